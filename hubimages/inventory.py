@@ -1,0 +1,211 @@
+"""Query functions for the Image Management list (SPEC §2–3), computed in SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dateutil.relativedelta import relativedelta
+from django.conf import settings
+from django.db.models import (
+    Count,
+    Exists,
+    F,
+    Max,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from hubimages.models import IndexEntry, Manifest, Repository, Tag
+
+FILTERS = ("all", "tagged", "index", "image")
+SORT_FIELDS = {"size": "total_size", "last_pushed": "pushed_at", "last_pulled": "last_pulled_at"}
+SORTS = tuple(SORT_FIELDS) + tuple(f"-{key}" for key in SORT_FIELDS)
+DEFAULT_FILTER = "all"
+DEFAULT_SORT = "-last_pushed"
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """The list's search, filter and sort, checked against the allowed values."""
+
+    search: str = ""
+    filter: str = DEFAULT_FILTER
+    sort: str = DEFAULT_SORT
+
+    @classmethod
+    def from_params(cls, params) -> ListQuery:
+        search = (params.get("search") or params.get("q") or "").strip()[:200]
+        filter_ = params.get("filter", DEFAULT_FILTER)
+        sort = params.get("sort", DEFAULT_SORT)
+        return cls(
+            search=search,
+            filter=filter_ if filter_ in FILTERS else DEFAULT_FILTER,
+            sort=sort if sort in SORTS else DEFAULT_SORT,
+        )
+
+
+def stale_cutoff(now: datetime | None = None) -> datetime:
+    """Activity before this instant is stale: calendar months, as SPEC §2 says."""
+    return (now or timezone.now()) - relativedelta(months=settings.STALE_AFTER_MONTHS)
+
+
+def is_stale(manifest: Manifest, now: datetime | None = None) -> bool:
+    return last_activity(manifest) < stale_cutoff(now)
+
+
+def last_activity(manifest: Manifest) -> datetime:
+    if manifest.last_pulled_at and manifest.last_pulled_at > manifest.pushed_at:
+        return manifest.last_pulled_at
+    return manifest.pushed_at
+
+
+def top_level(repository: Repository, query: ListQuery = ListQuery()) -> QuerySet[Manifest]:
+    """The list's rows: every index, and every image no index of the repository holds."""
+    rows = Manifest.objects.filter(repository=repository, is_top_level=True)
+    if query.filter == "tagged":
+        rows = rows.filter(is_tagged=True)
+    elif query.filter == "index":
+        rows = rows.filter(kind=Manifest.Kind.INDEX)
+    elif query.filter == "image":
+        rows = rows.filter(kind=Manifest.Kind.IMAGE)
+    if query.search:
+        rows = rows.filter(_search(repository, query.search))
+    return rows.order_by(*_ordering(query.sort))
+
+
+def _search(repository: Repository, text: str) -> Q:
+    """Tag names by substring, digests by prefix; a match on a child shows its index."""
+    needle = text.lower()
+    digest_prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
+    own = Q(digest__startswith=digest_prefix) | Exists(
+        Tag.objects.filter(manifest=OuterRef("pk"), name__icontains=text)
+    )
+    child_matches = IndexEntry.objects.filter(index=OuterRef("pk")).filter(
+        Q(child__digest__startswith=digest_prefix)
+        | Exists(Tag.objects.filter(manifest=OuterRef("child"), name__icontains=text))
+    )
+    return own | Exists(child_matches)
+
+
+def _ordering(sort: str) -> list:
+    descending = sort.startswith("-")
+    field = SORT_FIELDS[sort.lstrip("-")]
+    expression = F(field).desc(nulls_last=True) if descending else F(field).asc(nulls_last=True)
+    return [expression, "-id" if descending else "id"]
+
+
+def with_details(rows: QuerySet[Manifest]) -> QuerySet[Manifest]:
+    """Prefetch what a row shows (tags, children with their tags, referrers): a fixed
+    number of queries whatever the page size."""
+    child_entries = IndexEntry.objects.select_related("child").prefetch_related(
+        Prefetch("child__tags", queryset=Tag.objects.order_by("name"))
+    )
+    referrers = Manifest.objects.prefetch_related(
+        Prefetch("tags", queryset=Tag.objects.order_by("name"))
+    ).order_by("pushed_at", "id")
+    return rows.prefetch_related(
+        Prefetch("tags", queryset=Tag.objects.order_by("name")),
+        Prefetch("entries", queryset=child_entries),
+        Prefetch("referrers", queryset=referrers),
+    )
+
+
+def platforms_of(manifest: Manifest) -> list[str]:
+    """An image's own platform; an index's images' platforms (attestations left out).
+    Uses the prefetched entries."""
+    if manifest.kind == Manifest.Kind.INDEX:
+        seen: list[str] = []
+        for entry in manifest.entries.all():
+            if entry.child.kind == Manifest.Kind.ATTESTATION:
+                continue
+            platform = entry.platform or entry.child.platform
+            if platform and platform not in seen:
+                seen.append(platform)
+        return seen
+    return [manifest.platform] if manifest.platform else []
+
+
+def children_of(manifest: Manifest) -> list[tuple[Manifest, str]]:
+    """(child, platform) for an index's entries, then the manifest's referrers."""
+    children = [(e.child, e.platform or e.child.platform) for e in manifest.entries.all()]
+    children += [(referrer, referrer.platform) for referrer in manifest.referrers.all()]
+    return children
+
+
+def repository_overview(search: str = "", sort: str = "name") -> QuerySet[Repository]:
+    """Repositories with their counts, size, last push and stale share: one query."""
+    top = Manifest.objects.filter(repository=OuterRef("pk"), is_top_level=True)
+    rows = Repository.objects.annotate(
+        tag_count=_count(Tag.objects.filter(repository=OuterRef("pk"))),
+        image_count=_count(top),
+        stale_count=_count(top.filter(stale_q())),
+        total_size=Coalesce(_aggregate(top, Sum("total_size")), Value(0)),
+        last_pushed=_aggregate(top, Max("pushed_at")),
+    )
+    if search:
+        rows = rows.filter(name__icontains=search)
+    return rows.order_by(*REPOSITORY_SORTS.get(sort, REPOSITORY_SORTS["name"]))
+
+
+def stale_q(now: datetime | None = None) -> Q:
+    """Last activity (the later of last pushed and last pulled) before the cutoff."""
+    cutoff = stale_cutoff(now)
+    return Q(pushed_at__lt=cutoff) & (Q(last_pulled_at__isnull=True) | Q(last_pulled_at__lt=cutoff))
+
+
+def _count(rows: QuerySet) -> Coalesce:
+    return Coalesce(_aggregate(rows, Count("pk")), Value(0))
+
+
+def _aggregate(rows: QuerySet, aggregate) -> Subquery:
+    return Subquery(
+        rows.order_by().annotate(group=Value(1)).values("group").annotate(v=aggregate).values("v")
+    )
+
+
+REPOSITORY_SORTS = {
+    "name": ["name"],
+    "-name": ["-name"],
+    "last_pushed": [F("last_pushed").asc(nulls_last=True), "name"],
+    "-last_pushed": [F("last_pushed").desc(nulls_last=True), "name"],
+    "size": ["total_size", "name"],
+    "-size": ["-total_size", "name"],
+}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def row_as_dict(row: Manifest, now: datetime | None = None) -> dict:
+    """A list row in the stable JSON shape scripts rely on (`list_images --json`)."""
+    return {
+        "digest": row.digest,
+        "kind": row.kind,
+        "media_type": row.media_type,
+        "tags": [tag.name for tag in row.tags.all()],
+        "platforms": platforms_of(row),
+        "size": row.total_size,
+        "last_pushed": _iso(row.pushed_at),
+        "last_pushed_estimated": row.pushed_at_estimated,
+        "last_pulled": _iso(row.last_pulled_at),
+        "stale": is_stale(row, now),
+        "children": [
+            {
+                "digest": child.digest,
+                "kind": child.kind,
+                "platform": platform,
+                "size": child.total_size,
+                "tags": [tag.name for tag in child.tags.all()],
+            }
+            for child, platform in children_of(row)
+        ],
+    }

@@ -1,0 +1,217 @@
+"""What hubimages knows of the registry (SPEC §1), plus its own records.
+
+Manifests are per repository (the same digest may live in several); blobs are global, as
+the registry stores them. A few columns are kept up to date by `rollups.refresh` rather
+than computed on every page, so the list can filter and sort from an index:
+`is_top_level`, `is_tagged`, and an index's `total_size`.
+"""
+
+from django.conf import settings
+from django.db import models
+
+
+class Repository(models.Model):
+    name = models.CharField(max_length=255, unique=True)
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    # Bumped on every change so an open page can ask "anything new?" cheaply.
+    revision = models.PositiveBigIntegerField(default=0)
+    # A portable advisory lock (a conditional UPDATE works alike on SQLite and PostgreSQL):
+    # sync and delete take it so they never interleave on one repository.
+    lock_token = models.CharField(max_length=32, blank=True, default="")
+    locked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "repositories"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Blob(models.Model):
+    """Content stored once for the whole registry: layers, configs and manifest bytes."""
+
+    digest = models.CharField(max_length=160, unique=True)
+    size = models.BigIntegerField()
+    media_type = models.CharField(max_length=255, blank=True)
+
+    def __str__(self) -> str:
+        return self.digest
+
+
+class Manifest(models.Model):
+    class Kind(models.TextChoices):
+        INDEX = "index", "Image index"
+        IMAGE = "image", "Image"
+        ATTESTATION = "attestation", "Attestation"
+        ARTIFACT = "artifact", "Artifact"
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="manifests")
+    digest = models.CharField(max_length=160)
+    media_type = models.CharField(max_length=255)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    artifact_type = models.CharField(max_length=255, blank=True)
+    size = models.BigIntegerField(help_text="The manifest's own bytes.")
+    total_size = models.BigIntegerField(default=0, help_text="Config + layers (SPEC §2).")
+    os = models.CharField(max_length=64, blank=True)
+    architecture = models.CharField(max_length=64, blank=True)
+    variant = models.CharField(max_length=64, blank=True)
+    annotations = models.JSONField(default=dict, blank=True)
+    config_digest = models.CharField(max_length=160, blank=True)
+    labels = models.JSONField(default=dict, blank=True)
+    history = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(null=True, blank=True, help_text="Build time, if plausible.")
+    subject_digest = models.CharField(max_length=160, blank=True)
+    subject = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="referrers"
+    )
+    first_seen_at = models.DateTimeField()
+    pushed_at = models.DateTimeField()
+    pushed_at_estimated = models.BooleanField(default=True)
+    last_pulled_at = models.DateTimeField(null=True, blank=True)
+    is_top_level = models.BooleanField(default=True)
+    is_tagged = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "digest"], name="manifest_unique_digest")
+        ]
+        indexes = [
+            models.Index(
+                fields=["repository", "is_top_level", "pushed_at"], name="manifest_by_pushed"
+            ),
+            models.Index(
+                fields=["repository", "is_top_level", "total_size"], name="manifest_by_size"
+            ),
+            models.Index(
+                fields=["repository", "is_top_level", "last_pulled_at"], name="manifest_by_pulled"
+            ),
+            models.Index(
+                fields=["repository", "is_top_level", "kind", "pushed_at"], name="manifest_by_kind"
+            ),
+            models.Index(
+                fields=["repository", "is_top_level", "is_tagged", "pushed_at"],
+                name="manifest_by_tagged",
+            ),
+            models.Index(fields=["config_digest"], name="manifest_by_config"),
+            models.Index(fields=["digest"], name="manifest_by_digest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.repository.name}@{self.digest}"
+
+    @property
+    def platform(self) -> str:
+        return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
+
+    @property
+    def short_digest(self) -> str:
+        return self.digest.split(":", 1)[-1][:12]
+
+
+class IndexEntry(models.Model):
+    """An index's pointer to one of its child manifests, with the platform it declares."""
+
+    index = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="entries")
+    child = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="parent_entries")
+    position = models.PositiveIntegerField()
+    os = models.CharField(max_length=64, blank=True)
+    architecture = models.CharField(max_length=64, blank=True)
+    variant = models.CharField(max_length=64, blank=True)
+    annotations = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["index", "position"], name="entry_unique_position")
+        ]
+        indexes = [models.Index(fields=["child"], name="entry_by_child")]
+
+    @property
+    def platform(self) -> str:
+        return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
+
+
+class ManifestBlob(models.Model):
+    class Role(models.TextChoices):
+        MANIFEST = "manifest", "Manifest bytes"
+        CONFIG = "config", "Config"
+        LAYER = "layer", "Layer"
+
+    manifest = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="blob_links")
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="manifest_links")
+    role = models.CharField(max_length=8, choices=Role.choices)
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["manifest", "role", "position"], name="manifestblob_unique_position"
+            )
+        ]
+        indexes = [models.Index(fields=["blob", "manifest"], name="manifestblob_by_blob")]
+
+
+class Tag(models.Model):
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=128)
+    manifest = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="tags")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "name"], name="tag_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SyncRun(models.Model):
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    succeeded = models.BooleanField(default=False)
+    summary = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        get_latest_by = "started_at"
+
+
+class DeletionRecord(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    username = models.CharField(max_length=150)
+    deleted_at = models.DateTimeField(auto_now_add=True)
+    repository = models.CharField(max_length=255)
+    digest = models.CharField(max_length=160)
+    kind = models.CharField(max_length=16)
+    tags = models.JSONField(default=list, blank=True)
+    size = models.BigIntegerField(default=0)
+    reclaimed_bytes = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-deleted_at", "-id"]
+
+
+class RegistryEvent(models.Model):
+    """A registry notification, kept so a redelivered event changes nothing."""
+
+    event_id = models.CharField(max_length=128, unique=True)
+    action = models.CharField(max_length=16)
+    repository = models.CharField(max_length=255)
+    digest = models.CharField(max_length=160, blank=True)
+    tag = models.CharField(max_length=128, blank=True)
+    media_type = models.CharField(max_length=255, blank=True)
+    occurred_at = models.DateTimeField()
+    user_agent = models.CharField(max_length=512, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=512, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["processed_at"], name="event_by_processed")]

@@ -1,0 +1,55 @@
+"""Derived columns the list filters and sorts on, recomputed in SQL after every change."""
+
+from django.db.models import Exists, F, Max, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+
+from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+
+
+def refresh(repository: Repository) -> None:
+    """Recompute subjects, top-level, tagged, index sizes and estimated push times.
+
+    A handful of UPDATE statements whatever the repository's size; called by sync,
+    registry events and deletion after they change a repository.
+    """
+    manifests = Manifest.objects.filter(repository=repository)
+    _link_subjects(repository, manifests)
+    manifests.update(
+        is_tagged=Exists(Tag.objects.filter(manifest=OuterRef("pk"))),
+        is_top_level=~Exists(IndexEntry.objects.filter(child=OuterRef("pk")))
+        & Q(subject__isnull=True),
+    )
+    indexes = manifests.filter(kind__in=[Manifest.Kind.INDEX, Manifest.Kind.ARTIFACT])
+    indexes.filter(entries__isnull=False).update(total_size=Coalesce(_children_size(), Value(0)))
+    newest_child_build = (
+        IndexEntry.objects.filter(index=OuterRef("pk"))
+        .values("index")
+        .annotate(newest=Max("child__created_at"))
+        .values("newest")
+    )
+    indexes.filter(pushed_at_estimated=True, created_at__isnull=True).update(
+        pushed_at=Coalesce(Subquery(newest_child_build), F("first_seen_at"))
+    )
+
+
+def _children_size() -> Subquery:
+    """The distinct config and layer blobs of an index's children, each counted once."""
+    child_blobs = ManifestBlob.objects.filter(
+        manifest__parent_entries__index=OuterRef(OuterRef("pk")),
+        role__in=[ManifestBlob.Role.CONFIG, ManifestBlob.Role.LAYER],
+    ).values("blob_id")
+    total = (
+        Blob.objects.filter(pk__in=child_blobs)
+        .annotate(group=Value(1))
+        .values("group")
+        .annotate(total=Sum("size"))
+        .values("total")
+    )
+    return Subquery(total)
+
+
+def _link_subjects(repository: Repository, manifests) -> None:
+    subject = Manifest.objects.filter(
+        repository=repository, digest=OuterRef("subject_digest")
+    ).values("pk")[:1]
+    manifests.exclude(subject_digest="").update(subject=Subquery(subject))

@@ -1,0 +1,149 @@
+"""Shared fixtures: a real CNCF distribution registry per test, an image pusher, users."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from registry.client import RegistryClient
+from registry.pusher import ImagePusher
+from registry.server import LocalRegistry
+from registry.sync import SyncSummary, sync_registry
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture
+def registry_server(tmp_path) -> Iterator[LocalRegistry]:
+    """A fresh registry process on a free loopback port, delete enabled, own storage."""
+    with LocalRegistry(tmp_path / "registry") as server:
+        yield server
+
+
+@pytest.fixture
+def pusher(registry_server: LocalRegistry) -> ImagePusher:
+    return ImagePusher(registry_server.url)
+
+
+@pytest.fixture
+def registry_url(registry_server: LocalRegistry, settings) -> str:
+    settings.REGISTRY_URL = registry_server.url
+    return registry_server.url
+
+
+@pytest.fixture
+def registry_client(registry_url: str) -> Iterator[RegistryClient]:
+    with RegistryClient(registry_url) as client:
+        yield client
+
+
+@pytest.fixture
+def sync(registry_client: RegistryClient, db):
+    """Sync the test registry into the database; fails the test on sync errors unless
+    `expect_errors=True`."""
+
+    def run(*repositories: str, expect_errors: bool = False, workers: int = 4) -> SyncSummary:
+        summary = sync_registry(registry_client, repositories=repositories or None, workers=workers)
+        if not expect_errors:
+            assert summary.errors == []
+        return summary
+
+    return run
+
+
+# -- people --------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """Signed-in user who may look but not delete."""
+    return django_user_model.objects.create_user("viewer", password=PASSWORD)
+
+
+@pytest.fixture
+def deleter(django_user_model):
+    """A user holding the delete permission (not a superuser)."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("deleter", password=PASSWORD)
+    user.user_permissions.add(Permission.objects.get(codename="delete_manifest"))
+    return user
+
+
+@pytest.fixture
+def viewer_client(client_factory, viewer):
+    return client_factory(viewer)
+
+
+@pytest.fixture
+def deleter_client(client_factory, deleter):
+    return client_factory(deleter)
+
+
+@pytest.fixture
+def client_factory(db):
+    """Django test clients signed in as a given user (CSRF checks on, as in production)."""
+    from django.test import Client
+
+    def make(user, *, enforce_csrf_checks: bool = False) -> Client:
+        web = Client(enforce_csrf_checks=enforce_csrf_checks)
+        web.force_login(user)
+        return web
+
+    return make
+
+
+# -- browser -------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright (no browser download, ever)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def signed_in_page(browser, live_server, django_user_model):
+    """A page in a fresh browser context, signed in as a superuser via the login form.
+
+    Yields a function so a test can ask for JavaScript to be disabled."""
+    contexts = []
+
+    def open_page(*, javascript: bool = True, username: str = "admin"):
+        if not django_user_model.objects.filter(username=username).exists():
+            django_user_model.objects.create_superuser(username, password=PASSWORD)
+        context = browser.new_context(java_script_enabled=javascript, base_url=live_server.url)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto("/accounts/login/")
+        page.fill("input[name=username]", username)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit], input[type=submit]")
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
