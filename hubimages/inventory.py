@@ -23,7 +23,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from hubimages.models import IndexEntry, Manifest, Repository, Tag
+from hubimages.models import IndexEntry, Manifest, ManifestBlob, Repository, Tag
 
 FILTERS = ("all", "tagged", "index", "image")
 SORT_FIELDS = {"size": "total_size", "last_pushed": "pushed_at", "last_pulled": "last_pulled_at"}
@@ -209,3 +209,71 @@ def row_as_dict(row: Manifest, now: datetime | None = None) -> dict:
             for child, platform in children_of(row)
         ],
     }
+
+
+# -- one manifest (the Image details page) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer with the build step that made it (None for squashed or hand-made images)."""
+
+    position: int
+    digest: str
+    size: int
+    media_type: str
+    created_by: str | None
+
+
+def manifest_detail(repository: Repository, digest: str) -> Manifest:
+    """One manifest with everything its page shows, in a fixed number of queries.
+
+    Raises Manifest.DoesNotExist."""
+    by_name = Prefetch("tags", queryset=Tag.objects.order_by("name"))
+    child_entries = IndexEntry.objects.select_related("child").prefetch_related(
+        Prefetch("child__tags", queryset=Tag.objects.order_by("name"))
+    )
+    return (
+        Manifest.objects.select_related("repository", "subject")
+        .prefetch_related(
+            by_name,
+            Prefetch("entries", queryset=child_entries),
+            Prefetch(
+                "blob_links",
+                queryset=ManifestBlob.objects.select_related("blob").order_by("role", "position"),
+            ),
+            Prefetch("referrers", queryset=Manifest.objects.order_by("pushed_at", "id")),
+            Prefetch("parent_entries", queryset=IndexEntry.objects.select_related("index")),
+        )
+        .get(repository=repository, digest=digest)
+    )
+
+
+def layers_of(manifest: Manifest) -> list[Layer]:
+    """Layers in order, each paired with its `created_by` line: history entries marked
+    `empty_layer` (ENV, CMD…) made no layer, the others map onto the layers in order.
+    Uses the blob links prefetched by `manifest_detail`."""
+    producing = [
+        entry
+        for entry in manifest.history
+        if isinstance(entry, dict) and not entry.get("empty_layer")
+    ]
+    layers = [
+        link for link in manifest.blob_links.all() if link.role == ManifestBlob.Role.LAYER
+    ]
+    layers.sort(key=lambda link: link.position)
+    return [
+        Layer(
+            position=i + 1,
+            digest=link.blob.digest,
+            size=link.blob.size,
+            media_type=link.blob.media_type,
+            created_by=_created_by(producing[i]) if i < len(producing) else None,
+        )
+        for i, link in enumerate(layers)
+    ]
+
+
+def _created_by(entry: dict) -> str | None:
+    value = entry.get("created_by")
+    return value if isinstance(value, str) and value else None

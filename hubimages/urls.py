@@ -1,7 +1,19 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from hubimages import views, webhooks
+
+# Repository names hold "/", so a repository's own pages sit under "/-/" (no OCI name
+# component starts with "-") and come before the catch-all list route.
 urlpatterns = [
+    path("", views.repositories, name="repositories"),
+    path(
+        "repositories/<path:name>/-/images/<str:digest>/",
+        views.image_detail,
+        name="image_detail",
+    ),
+    path("repositories/<path:name>/", views.image_management, name="image_management"),
+    path("registry/events", webhooks.registry_events, name="registry_events"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

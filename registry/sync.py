@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from hubimages import rollups
+from hubimages.locks import RepositoryBusy, repository_lock
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, SyncRun, Tag
 from registry import media
 from registry.client import FetchedManifest, RegistryClient
@@ -30,6 +31,7 @@ CONFIG_MAX_BYTES = 4 * 1024 * 1024
 EARLIEST_PLAUSIBLE_BUILD = datetime(2013, 1, 1, tzinfo=UTC)
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 REPOSITORY_COORDINATORS = 4
+LOCK_WAIT_SECONDS = 30.0  # a deletion holds the repository meanwhile; then report it busy
 
 
 @dataclass
@@ -122,13 +124,19 @@ def sync_registry(
                 summary.errors.append(f"{result.name}: {result.error}")
     except RegistryError as error:
         summary.errors.append(str(error))
-    Blob.objects.filter(manifest_links__isnull=True).delete()
+    if summary.manifests_removed or summary.repositories_removed:
+        remove_unused_blobs()
     summary.duration = time.monotonic() - started
     run.finished_at = timezone.now()
     run.succeeded = summary.succeeded
     run.summary = summary.as_dict()
     run.save()
     return summary
+
+
+def remove_unused_blobs() -> None:
+    """Blobs no manifest references any more: the registry frees them at its next GC."""
+    Blob.objects.filter(manifest_links__isnull=True).delete()
 
 
 def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> RepositoryResult:
@@ -141,7 +149,10 @@ def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> R
             return _write_missing(name)
         except RegistryError as error:
             return RepositoryResult(name=name, error=str(error))
-    return _write(snapshot, known)
+    try:
+        return _write(snapshot, known)
+    except RepositoryBusy as error:
+        return RepositoryResult(name=name, error=str(error))
 
 
 def _sync_repositories(
@@ -172,7 +183,7 @@ def _sync_repositories(
                     result = _write(future.result(), known)
                 except NotFound:
                     result = _write_missing(name)
-                except RegistryError as error:
+                except (RegistryError, RepositoryBusy) as error:
                     result = RepositoryResult(name=name, error=str(error))
                 except Exception as error:  # a bug must not stop the other repositories
                     log.exception("sync of %s failed", name)
@@ -243,7 +254,27 @@ def _read_repository(
         else:
             snapshot.tags[tag] = head.digest
 
-    frontier = set(snapshot.tags.values())
+    _read_graph(client, pool, snapshot, set(snapshot.tags.values()), known)
+    _drop_dangling_tags(snapshot)
+    # Manifests we know but no tag reaches any more: the registry keeps them as untagged
+    # images until someone deletes them, so keep them while a HEAD by digest finds them.
+    unreached = sorted(set(known) - snapshot.present)
+    heads = _parallel(pool, lambda digest: client.head_manifest(name, digest), unreached)
+    snapshot.present.update(d for d, head in zip(unreached, heads, strict=True) if head)
+
+    _read_configs(client, pool, snapshot, known_configs)
+    return snapshot
+
+
+def _read_graph(
+    client: RegistryClient,
+    pool: ThreadPoolExecutor,
+    snapshot: Snapshot,
+    frontier: set[str],
+    known: dict[str, KnownManifest],
+) -> None:
+    """Walk from `frontier` down through index children, fetching what is not `known`."""
+    name = snapshot.name
     while frontier:
         snapshot.present |= frontier
         unknown = sorted(d for d in frontier if d not in known and d not in snapshot.fetched)
@@ -261,13 +292,10 @@ def _read_repository(
             next_frontier.update(child.digest for child in manifest.parsed.manifests)
         frontier = next_frontier - snapshot.present
 
-    _drop_dangling_tags(snapshot)
-    # Manifests we know but no tag reaches any more: the registry keeps them as untagged
-    # images until someone deletes them, so keep them while a HEAD by digest finds them.
-    unreached = sorted(set(known) - snapshot.present)
-    heads = _parallel(pool, lambda digest: client.head_manifest(name, digest), unreached)
-    snapshot.present.update(d for d, head in zip(unreached, heads, strict=True) if head)
 
+def _read_configs(
+    client: RegistryClient, pool: ThreadPoolExecutor, snapshot: Snapshot, known_configs: set[str]
+) -> None:
     configs = sorted(
         {
             m.parsed.config.digest
@@ -277,10 +305,9 @@ def _read_repository(
         - known_configs
     )
     bodies = _parallel(
-        pool, lambda digest: _config_or_none(client, name, digest, snapshot), configs
+        pool, lambda digest: _config_or_none(client, snapshot.name, digest, snapshot), configs
     )
     snapshot.configs = {d: c for d, c in zip(configs, bodies, strict=True) if c is not None}
-    return snapshot
 
 
 def _drop_dangling_tags(snapshot: Snapshot) -> None:
@@ -325,8 +352,11 @@ def _write_missing(name: str) -> RepositoryResult:
 def _write(snapshot: Snapshot, known: dict[str, KnownManifest]) -> RepositoryResult:
     result = RepositoryResult(name=snapshot.name, warnings=snapshot.warnings)
     now = timezone.now()
-    with transaction.atomic():
-        repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+    repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+    with (
+        repository_lock(repository, owner="sync", wait=LOCK_WAIT_SECONDS),
+        transaction.atomic(),
+    ):
         gone = set(known) - snapshot.present
         if gone:
             Manifest.objects.filter(repository=repository, digest__in=gone).delete()
@@ -335,11 +365,12 @@ def _write(snapshot: Snapshot, known: dict[str, KnownManifest]) -> RepositoryRes
         if snapshot.fetched:
             _insert_manifests(repository, snapshot, now)
         result.tags_changed = _write_tags(repository, snapshot.tags)
-        _classify(repository, snapshot)
-        rollups.refresh(repository)
-        changed = result.added or result.removed or result.tags_changed
+        changed = bool(result.added or result.removed or result.tags_changed)
+        if changed:
+            _classify(repository, snapshot)
+            rollups.refresh(repository)
         Repository.objects.filter(pk=repository.pk).update(
-            synced_at=now, revision=F("revision") + (1 if changed else 0)
+            synced_at=now, revision=F("revision") + int(changed)
         )
     return result
 
@@ -563,3 +594,86 @@ def _classify(repository: Repository, snapshot: Snapshot) -> None:
             Manifest.objects.filter(repository=repository, digest=digest, subject_digest="").update(
                 subject_digest=subject, kind=Manifest.Kind.ARTIFACT
             )
+
+
+# -- one pushed manifest (registry events) -----------------------------------------------
+
+
+class _KnownOnDemand(dict[str, KnownManifest]):
+    """`_known_manifests` for the few digests one push touches, looked up as the walk asks
+    (in the calling thread): a repository may hold thousands of manifests."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+        self._asked: set[str] = set()
+
+    def __contains__(self, digest: object) -> bool:
+        if isinstance(digest, str) and digest not in self._asked:
+            self._asked.add(digest)
+            rows = Manifest.objects.filter(repository__name=self._name, digest=digest)
+            for config_digest in rows.values_list("config_digest", flat=True):
+                children = IndexEntry.objects.filter(
+                    index__repository__name=self._name, index__digest=digest
+                ).values_list("child__digest", flat=True)
+                self[digest] = KnownManifest(children=list(children), config_digest=config_digest)
+        return super().__contains__(digest)
+
+
+def read_pushed_manifest(
+    client: RegistryClient, name: str, digest: str, *, tag: str = "", workers: int = 4
+) -> Snapshot | None:
+    """One manifest with the children and configs the database lacks, read as sync reads
+    them; None when the registry no longer has it (deleted since the push).
+
+    `tag` lands in the snapshot only while the registry still points it at `digest`:
+    events arrive in any order, and a later push may have moved it.
+    """
+    snapshot = Snapshot(name=name)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push") as pool:
+        _read_graph(client, pool, snapshot, {digest}, _KnownOnDemand(name))
+        if digest not in snapshot.present:
+            return None
+        if tag:
+            head = client.head_manifest(name, tag)
+            if head is not None and head.digest == digest:
+                snapshot.tags[tag] = digest
+        wanted = {_config_digest(m) for m in snapshot.fetched.values()} - {""}
+        known_configs = set(
+            Manifest.objects.filter(config_digest__in=wanted).values_list(
+                "config_digest", flat=True
+            )
+        )
+        _read_configs(client, pool, snapshot, known_configs)
+    return snapshot
+
+
+def write_pushed_manifest(snapshot: Snapshot) -> Repository:
+    """Store what `read_pushed_manifest` read and point its tag, in one transaction,
+    leaving the repository's other manifests and tags alone (repairing them is sync's job)."""
+    now = timezone.now()
+    with transaction.atomic():
+        repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+        # A sync or another event may have stored some of them since the read.
+        for digest in Manifest.objects.filter(
+            repository=repository, digest__in=list(snapshot.fetched)
+        ).values_list("digest", flat=True):
+            del snapshot.fetched[digest]
+        if snapshot.fetched:
+            _insert_manifests(repository, snapshot, now)
+        changed = bool(snapshot.fetched)
+        for tag, digest in snapshot.tags.items():
+            manifest = Manifest.objects.get(repository=repository, digest=digest)
+            current = Tag.objects.filter(repository=repository, name=tag).first()
+            if current is None:
+                Tag.objects.create(repository=repository, name=tag, manifest=manifest)
+                changed = True
+            elif current.manifest_id != manifest.pk:
+                current.manifest = manifest
+                current.save()
+                changed = True
+        if changed:
+            _classify(repository, snapshot)
+            rollups.refresh(repository)
+            Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
+    return repository

@@ -1,0 +1,558 @@
+"""Preview and delete (SPEC §4): what goes, what stays and why, the bytes it frees.
+
+`plan_deletion` reads; `execute_deletion` deletes exactly a previewed plan or nothing.
+
+The cascade is a fixed point computed in a few set queries per round: from what is being
+deleted, follow index entries down to children and `subject` links to referrers (the
+referrers-fallback index tagged `sha256-<hex>` and cosign's `.sig`/`.att`/`.sbom` manifests
+carry their subject too, see `registry.sync._classify`). A manifest reached that way goes
+too, unless an index that stays lists it or it has a tag of its own (a referrer-schema tag
+naming its own subject is not "its own"). What is kept waits in case its blocking index
+joins later; the loop ends when a round adds nothing.
+
+Reclaimable bytes follow distribution's garbage collector (SPEC §6): it marks, for every
+manifest revision left in any repository, the manifest's own blob, its config and layers,
+and for an index its children's manifest blobs; a `subject` marks nothing. We never leave
+an index pointing at a deleted child, so "referenced by no remaining manifest anywhere"
+(ManifestBlob, every role, every repository) is exactly what it frees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Exists, F, OuterRef, Sum
+
+from hubimages import rollups
+from hubimages.locks import repository_lock
+from hubimages.models import (
+    Blob,
+    DeletionRecord,
+    IndexEntry,
+    Manifest,
+    ManifestBlob,
+    Repository,
+    Tag,
+)
+from registry.client import RegistryClient
+from registry.errors import RegistryError
+from registry.media import referrer_tag_subject
+from registry.sync import sync_repository
+
+SELECTED = "selected"
+LOCK_RENEW_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """One manifest the plan deletes; `group` is the selected digest it comes with."""
+
+    manifest_id: int
+    digest: str
+    kind: str
+    platform: str
+    tags: tuple[str, ...]
+    size: int
+    because: str
+    group: str
+
+
+@dataclass(frozen=True)
+class KeptItem:
+    """A manifest the cascade reached but keeps, and why."""
+
+    digest: str
+    kind: str
+    reason: str
+    group: str
+
+
+@dataclass(frozen=True)
+class RefusedItem:
+    """A selected digest that cannot be deleted, and why."""
+
+    digest: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeletionPlan:
+    repository: str
+    selected: tuple[str, ...]
+    delete: tuple[PlannedItem, ...]
+    keep: tuple[KeptItem, ...]
+    refused: tuple[RefusedItem, ...]
+    tags_removed: tuple[str, ...]
+    reclaimable_bytes: int
+    fingerprint: str
+
+    @property
+    def manifest_count(self) -> int:
+        return len(self.delete)
+
+    @property
+    def tag_count(self) -> int:
+        return len(self.tags_removed)
+
+    def groups(self) -> list[tuple[str, list[PlannedItem]]]:
+        """The deleted items under the selected digest each comes with, in selection order."""
+        grouped: dict[str, list[PlannedItem]] = {}
+        for item in self.delete:
+            grouped.setdefault(item.group, []).append(item)
+        return list(grouped.items())
+
+    def as_dict(self) -> dict:
+        """The stable JSON shape of `delete_images --dry-run --json`."""
+        return {
+            "delete": [
+                {
+                    "digest": item.digest,
+                    "kind": item.kind,
+                    "tags": list(item.tags),
+                    "size": item.size,
+                    "because": item.because,
+                }
+                for item in self.delete
+            ],
+            "keep": [{"digest": item.digest, "reason": item.reason} for item in self.keep],
+            "tags_removed": list(self.tags_removed),
+            "reclaimable_bytes": self.reclaimable_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class NotDeleted:
+    digest: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeletionOutcome:
+    """What `execute_deletion` did. `stale`: the plan changed, nothing was deleted and
+    `plan` is the fresh one to show; otherwise `plan` is the plan that was executed."""
+
+    plan: DeletionPlan
+    stale: bool
+    deleted: tuple[PlannedItem, ...] = ()
+    failed: tuple[NotDeleted, ...] = ()
+    skipped: tuple[NotDeleted, ...] = ()
+    reclaimed_bytes: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.stale and not self.failed and not self.skipped
+
+
+class RecheckFailed(Exception):
+    """The repository could not be re-read from the registry: nothing was deleted."""
+
+
+def can_delete(user) -> bool:
+    return user.has_perm("hubimages.delete_manifest")
+
+
+def normalize_digest(text: str) -> str:
+    """`sha256:<hex>` from a digest given with or without its algorithm."""
+    text = text.strip().lower()
+    return text if ":" in text else f"sha256:{text}"
+
+
+def short_digest(digest: str) -> str:
+    """`sha256:ab12cd34ef56…`: what people read in reasons."""
+    algorithm, _, hexpart = digest.partition(":")
+    return f"{algorithm}:{hexpart[:12]}…"
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Closure:
+    members: dict[int, tuple[str, str, int]]  # id -> (because, group, round)
+    kept: dict[int, tuple[str, str]]  # id -> (reason, group)
+
+
+def plan_deletion(*, repository: Repository, digests: Iterable[str]) -> DeletionPlan:
+    """What deleting `digests` from `repository` takes with it, keeps, refuses and frees."""
+    selected = tuple(dict.fromkeys(normalize_digest(d) for d in digests))
+    found = dict(
+        Manifest.objects.filter(repository=repository, digest__in=selected).values_list(
+            "digest", "pk"
+        )
+    )
+    refused = {
+        digest: f"not in repository {repository.name}"
+        for digest in selected
+        if digest not in found
+    }
+    seeds = {found[d]: d for d in selected if d in found}
+    while True:
+        closure = _cascade(seeds)
+        blocked = _staying_parents(seeds, closure.members)
+        if not blocked:
+            break
+        for manifest_id, indexes in blocked.items():
+            refused[seeds.pop(manifest_id)] = (
+                f"used by index {short_digest(indexes[0])}, which stays — "
+                "delete the index instead or remove it from the index first"
+            )
+    return _assemble(repository, selected, closure, refused)
+
+
+def _cascade(seeds: dict[int, str]) -> _Closure:
+    members: dict[int, tuple[str, str, int]] = {pk: (SELECTED, d, 0) for pk, d in seeds.items()}
+    pending: dict[int, tuple[str, str]] = {}
+    own_tags: dict[int, list[str]] = {}
+    staying: dict[int, list[str]] = {}
+    frontier: Collection[int] = list(seeds)
+    round_ = 0
+    while frontier:
+        round_ += 1
+        reached = _reached_from(frontier, members)
+        for pk, how in reached.items():
+            pending.setdefault(pk, how)
+        own_tags.update(_own_tags([pk for pk in reached if pk not in own_tags]))
+        staying = _staying_parents(pending, members)
+        addable = [pk for pk in pending if pk not in staying and not own_tags.get(pk)]
+        for pk in addable:
+            because, group = pending.pop(pk)
+            members[pk] = (because, group, round_)
+        frontier = addable
+    kept = {
+        pk: (_kept_reason(own_tags.get(pk, []), staying.get(pk, [])), group)
+        for pk, (_, group) in pending.items()
+    }
+    return _Closure(members=members, kept=kept)
+
+
+def _reached_from(
+    frontier: Collection[int], members: dict[int, tuple[str, str, int]]
+) -> dict[int, tuple[str, str]]:
+    """Referrers and index children of `frontier` not yet deleted: id -> (because, group)."""
+    reached: dict[int, tuple[str, str]] = {}
+    referrers = (
+        Manifest.objects.filter(subject_id__in=frontier)
+        .values_list("pk", "subject_id", "subject__digest")
+        .order_by("subject_id", "pk")
+    )
+    for pk, subject_id, subject_digest in referrers:
+        if pk not in members:
+            reached.setdefault(
+                pk, (f"referrer of {short_digest(subject_digest)}", members[subject_id][1])
+            )
+    children = (
+        IndexEntry.objects.filter(index_id__in=frontier)
+        .values_list("child_id", "index_id", "index__digest")
+        .order_by("index_id", "position")
+    )
+    for pk, index_id, index_digest in children:
+        if pk not in members:
+            reached.setdefault(
+                pk, (f"only used by index {short_digest(index_digest)}", members[index_id][1])
+            )
+    return reached
+
+
+def _own_tags(manifest_ids: list[int]) -> dict[int, list[str]]:
+    """Tags that keep a manifest: all but the referrer-schema tags naming its subject."""
+    tags: dict[int, list[str]] = {}
+    if not manifest_ids:
+        return tags
+    rows = (
+        Tag.objects.filter(manifest_id__in=manifest_ids)
+        .values_list("manifest_id", "name", "manifest__subject_digest")
+        .order_by("name")
+    )
+    for manifest_id, name, subject_digest in rows:
+        subject = referrer_tag_subject(name)
+        if subject is None or subject != subject_digest:
+            tags.setdefault(manifest_id, []).append(name)
+    return tags
+
+
+def _staying_parents(manifest_ids: Collection[int], leaving: Collection[int]) -> dict[int, list]:
+    """Indexes outside `leaving` that list one of `manifest_ids`: id -> their digests."""
+    parents: dict[int, list[str]] = {}
+    if not manifest_ids:
+        return parents
+    rows = (
+        IndexEntry.objects.filter(child_id__in=list(manifest_ids))
+        .exclude(index_id__in=list(leaving))
+        .values_list("child_id", "index__digest")
+        .order_by("index__digest")
+    )
+    for child_id, index_digest in rows:
+        if index_digest not in parents.setdefault(child_id, []):
+            parents[child_id].append(index_digest)
+    return parents
+
+
+def _kept_reason(tags: list[str], indexes: list[str]) -> str:
+    reasons = []
+    if tags:
+        reasons.append(f"has its own tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}")
+    if len(indexes) == 1:
+        reasons.append(f"used by index {short_digest(indexes[0])}, which stays")
+    elif indexes:
+        reasons.append(
+            f"used by index {short_digest(indexes[0])} and {len(indexes) - 1} more, which stay"
+        )
+    return "; ".join(reasons)
+
+
+def _assemble(
+    repository: Repository,
+    selected: tuple[str, ...],
+    closure: _Closure,
+    refused: dict[str, str],
+) -> DeletionPlan:
+    tags: dict[int, list[str]] = defaultdict(list)
+    for manifest_id, name in (
+        Tag.objects.filter(manifest_id__in=list(closure.members))
+        .values_list("manifest_id", "name")
+        .order_by("name")
+    ):
+        tags[manifest_id].append(name)
+    order = {digest: position for position, digest in enumerate(selected)}
+    delete = []
+    for pk, digest, kind, os, architecture, variant, size in Manifest.objects.filter(
+        pk__in=list(closure.members)
+    ).values_list("pk", "digest", "kind", "os", "architecture", "variant", "total_size"):
+        because, group, round_ = closure.members[pk]
+        platform = "/".join(part for part in (os, architecture, variant) if part)
+        item = PlannedItem(pk, digest, kind, platform, tuple(tags[pk]), size, because, group)
+        delete.append((order[group], round_, digest, item))
+    keep = [
+        (order[closure.kept[pk][1]], digest, KeptItem(digest, kind, *closure.kept[pk]))
+        for pk, digest, kind in Manifest.objects.filter(pk__in=list(closure.kept)).values_list(
+            "pk", "digest", "kind"
+        )
+    ]
+    items = tuple(entry[-1] for entry in sorted(delete, key=lambda e: e[:3]))
+    kept = tuple(entry[-1] for entry in sorted(keep, key=lambda e: e[:2]))
+    refusals = tuple(RefusedItem(d, refused[d]) for d in selected if d in refused)
+    tags_removed = tuple(sorted(name for names in tags.values() for name in names))
+    reclaimable = reclaimable_bytes(list(closure.members))
+    return DeletionPlan(
+        repository=repository.name,
+        selected=selected,
+        delete=items,
+        keep=kept,
+        refused=refusals,
+        tags_removed=tags_removed,
+        reclaimable_bytes=reclaimable,
+        fingerprint=_fingerprint(items, kept, refusals, reclaimable),
+    )
+
+
+def reclaimable_bytes(manifest_ids: Collection[int]) -> int:
+    """Total size of the distinct blobs these manifests reference and no other manifest
+    of any repository does: what the registry's garbage collector frees once they are gone.
+    One query."""
+    if not manifest_ids:
+        return 0
+    ids = list(manifest_ids)
+    used_elsewhere = ManifestBlob.objects.filter(blob_id=OuterRef("pk")).exclude(
+        manifest_id__in=ids
+    )
+    total = (
+        Blob.objects.filter(
+            pk__in=ManifestBlob.objects.filter(manifest_id__in=ids).values("blob_id")
+        )
+        .filter(~Exists(used_elsewhere))
+        .aggregate(total=Sum("size"))["total"]
+    )
+    return total or 0
+
+
+def _fingerprint(
+    delete: tuple[PlannedItem, ...],
+    keep: tuple[KeptItem, ...],
+    refused: tuple[RefusedItem, ...],
+    reclaimable: int,
+) -> str:
+    """Stable for the same state: the same manifests, tags, reasons and bytes."""
+    document = {
+        "delete": sorted([i.digest, i.kind, sorted(i.tags), i.size] for i in delete),
+        "keep": sorted([i.digest, i.reason] for i in keep),
+        "refused": sorted([i.digest, i.reason] for i in refused),
+        "bytes": reclaimable,
+    }
+    encoded = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+# -- execution -----------------------------------------------------------------------------
+
+
+def execute_deletion(
+    *,
+    repository: Repository,
+    digests: Iterable[str],
+    fingerprint: str,
+    user,
+    client: RegistryClient,
+    username: str | None = None,
+) -> DeletionOutcome:
+    """Delete exactly the plan previewed as `fingerprint`, or nothing if it changed.
+
+    Under the repository lock: re-read the repository from the registry, recompute the
+    plan, then delete parents before children (indexes before their entries, subjects
+    before their referrers) so a failure never leaves an index pointing at nothing.
+    `username` overrides the recorded name (the command line records `cli:<os user>`).
+    Raises `locks.RepositoryBusy` or `RecheckFailed`, both before deleting anything.
+    """
+    digests = list(digests)
+    name = username or (user.get_username() if user is not None else "")
+    with repository_lock(repository, owner=f"delete:{name}") as lock:
+        result = sync_repository(client, repository.name)
+        if result.error:
+            raise RecheckFailed(
+                f"could not re-check {repository.name} against the registry: {result.error}"
+            )
+        plan = plan_deletion(repository=repository, digests=digests)
+        if plan.fingerprint != fingerprint:
+            return DeletionOutcome(plan=plan, stale=True)
+        deleted: list[PlannedItem] = []
+        failed: list[NotDeleted] = []
+        skipped: list[NotDeleted] = []
+        try:
+            _delete_in_order(plan, client, lock, deleted, failed, skipped)
+        finally:
+            reclaimed = _record(repository, deleted, user, name)
+    return DeletionOutcome(
+        plan=plan,
+        stale=False,
+        deleted=tuple(deleted),
+        failed=tuple(failed),
+        skipped=tuple(skipped),
+        reclaimed_bytes=reclaimed,
+    )
+
+
+def _delete_in_order(
+    plan: DeletionPlan,
+    client: RegistryClient,
+    lock,
+    deleted: list[PlannedItem],
+    failed: list[NotDeleted],
+    skipped: list[NotDeleted],
+) -> None:
+    parents = _parents_within(plan)
+    not_done: dict[int, str] = {}  # manifest id -> digest, failed or skipped
+    renewed = time.monotonic()
+    for item in _topological(plan.delete, parents):
+        blocking = [(p, how) for p, how in parents.get(item.manifest_id, []) if p in not_done]
+        if blocking:
+            parent, how = blocking[0]
+            what = "its subject" if how == "subject" else "index"
+            skipped.append(
+                NotDeleted(
+                    item.digest,
+                    f"kept because {what} {short_digest(not_done[parent])} could not be deleted",
+                )
+            )
+            not_done[item.manifest_id] = item.digest
+            continue
+        try:
+            client.delete_manifest(plan.repository, item.digest)  # False (404): gone already
+        except RegistryError as error:
+            failed.append(NotDeleted(item.digest, str(error)))
+            not_done[item.manifest_id] = item.digest
+            continue
+        deleted.append(item)
+        if time.monotonic() - renewed > LOCK_RENEW_SECONDS:
+            lock.renew()
+            renewed = time.monotonic()
+
+
+def _parents_within(plan: DeletionPlan) -> dict[int, list[tuple[int, str]]]:
+    """For each planned manifest, its planned parents: the indexes listing it, its subject."""
+    ids = [item.manifest_id for item in plan.delete]
+    parents: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for index_id, child_id in IndexEntry.objects.filter(
+        index_id__in=ids, child_id__in=ids
+    ).values_list("index_id", "child_id"):
+        parents[child_id].append((index_id, "index"))
+    for pk, subject_id in Manifest.objects.filter(pk__in=ids, subject_id__in=ids).values_list(
+        "pk", "subject_id"
+    ):
+        parents[pk].append((subject_id, "subject"))
+    return parents
+
+
+def _topological(
+    items: tuple[PlannedItem, ...], parents: dict[int, list[tuple[int, str]]]
+) -> list[PlannedItem]:
+    """Parents first, else plan order; anything in a cycle (never seen) comes last."""
+    remaining = {item.manifest_id: {p for p, _ in parents.get(item.manifest_id, [])} for item in items}
+    ordered: list[PlannedItem] = []
+    placed: set[int] = set()
+    while len(ordered) < len(items):
+        ready = [i for i in items if i.manifest_id not in placed and remaining[i.manifest_id] <= placed]
+        if not ready:
+            ready = [i for i in items if i.manifest_id not in placed]
+        for item in ready:
+            placed.add(item.manifest_id)
+            ordered.append(item)
+    return ordered
+
+
+def _record(repository: Repository, deleted: list[PlannedItem], user, username: str) -> int:
+    """Make the database say what the registry now holds, and write the audit records.
+
+    Each blob freed is credited to the first deleted manifest (in deletion order) that held
+    it, so the records' `reclaimed_bytes` add up to what the deletion freed."""
+    if not deleted:
+        return 0
+    ids = [item.manifest_id for item in deleted]
+    shares = _reclaimed_shares(ids)
+    blob_ids = list(
+        ManifestBlob.objects.filter(manifest_id__in=ids).values_list("blob_id", flat=True)
+    )
+    with transaction.atomic():
+        DeletionRecord.objects.bulk_create(
+            [
+                DeletionRecord(
+                    user=user,
+                    username=username,
+                    repository=repository.name,
+                    digest=item.digest,
+                    kind=item.kind,
+                    tags=list(item.tags),
+                    size=item.size,
+                    reclaimed_bytes=shares.get(item.manifest_id, 0),
+                )
+                for item in deleted
+            ]
+        )
+        Manifest.objects.filter(pk__in=ids).delete()
+        Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
+        rollups.refresh(repository)
+        Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
+    return sum(shares.values())
+
+
+def _reclaimed_shares(ids: list[int]) -> dict[int, int]:
+    position = {pk: i for i, pk in enumerate(ids)}
+    used_elsewhere = ManifestBlob.objects.filter(blob_id=OuterRef("blob_id")).exclude(
+        manifest_id__in=ids
+    )
+    owner: dict[int, tuple[int, int]] = {}  # blob id -> (manifest id, size)
+    for blob_id, manifest_id, size in (
+        ManifestBlob.objects.filter(manifest_id__in=ids)
+        .filter(~Exists(used_elsewhere))
+        .values_list("blob_id", "manifest_id", "blob__size")
+    ):
+        if blob_id not in owner or position[manifest_id] < position[owner[blob_id][0]]:
+            owner[blob_id] = (manifest_id, size)
+    shares: dict[int, int] = defaultdict(int)
+    for manifest_id, size in owner.values():
+        shares[manifest_id] += size
+    return dict(shares)
