@@ -339,3 +339,20 @@ def test_blobs_are_global_and_shared_layers_stored_once(pusher, sync):
 
     assert Blob.objects.filter(digest=sha256(shared)).count() == 1
     assert Blob.objects.get(digest=sha256(shared)).manifest_links.count() == 2
+
+
+def test_a_tag_deleted_mid_sync_is_skipped_with_a_warning(registry_server, pusher, sync):
+    pusher.push_image("moving", tag="stays", layers=[random_layer(10, "m1")])
+    pusher.push_image("moving", tag="vanishes", layers=[random_layer(10, "m2")])
+
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as stub:
+        stub.add_passthru(registry_server.url)
+        stub.head(
+            f"{registry_server.url}/v2/moving/manifests/vanishes",
+            status=404,
+            json={"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]},
+        )
+        summary = sync()
+
+    assert set(tags_of("moving")) == {"stays"}
+    assert any("vanishes" in warning for warning in summary.warnings)
