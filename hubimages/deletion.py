@@ -20,6 +20,7 @@ an index pointing at a deleted child, so "referenced by no remaining manifest an
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import time
 from collections import defaultdict
@@ -187,9 +188,7 @@ def plan_deletion(*, repository: Repository, digests: Iterable[str]) -> Deletion
         )
     )
     refused = {
-        digest: f"not in repository {repository.name}"
-        for digest in selected
-        if digest not in found
+        digest: f"not in repository {repository.name}" for digest in selected if digest not in found
     }
     seeds = {found[d]: d for d in selected if d in found}
     while True:
@@ -207,6 +206,7 @@ def plan_deletion(*, repository: Repository, digests: Iterable[str]) -> Deletion
 
 def _cascade(seeds: dict[int, str]) -> _Closure:
     members: dict[int, tuple[str, str, int]] = {pk: (SELECTED, d, 0) for pk, d in seeds.items()}
+    rank = {digest: position for position, digest in enumerate(seeds.values())}
     pending: dict[int, tuple[str, str]] = {}
     own_tags: dict[int, list[str]] = {}
     staying: dict[int, list[str]] = {}
@@ -214,7 +214,7 @@ def _cascade(seeds: dict[int, str]) -> _Closure:
     round_ = 0
     while frontier:
         round_ += 1
-        reached = _reached_from(frontier, members)
+        reached = _reached_from(frontier, members, rank)
         for pk, how in reached.items():
             pending.setdefault(pk, how)
         own_tags.update(_own_tags([pk for pk in reached if pk not in own_tags]))
@@ -232,31 +232,30 @@ def _cascade(seeds: dict[int, str]) -> _Closure:
 
 
 def _reached_from(
-    frontier: Collection[int], members: dict[int, tuple[str, str, int]]
+    frontier: Collection[int], members: dict[int, tuple[str, str, int]], rank: dict[str, int]
 ) -> dict[int, tuple[str, str]]:
-    """Referrers and index children of `frontier` not yet deleted: id -> (because, group)."""
-    reached: dict[int, tuple[str, str]] = {}
-    referrers = (
-        Manifest.objects.filter(subject_id__in=frontier)
-        .values_list("pk", "subject_id", "subject__digest")
-        .order_by("subject_id", "pk")
+    """Referrers and index children of `frontier` not yet deleted: id -> (because, group).
+
+    Reached several ways, an item goes with the earliest selection, as a referrer first."""
+    best: dict[int, tuple[tuple, tuple[str, str]]] = {}
+
+    def offer(pk: int, via_id: int, priority: int, because: str) -> None:
+        group = members[via_id][1]
+        key = (rank[group], priority, because)
+        if pk not in members and (pk not in best or key < best[pk][0]):
+            best[pk] = (key, (because, group))
+
+    referrers = Manifest.objects.filter(subject_id__in=frontier).values_list(
+        "pk", "subject_id", "subject__digest"
     )
     for pk, subject_id, subject_digest in referrers:
-        if pk not in members:
-            reached.setdefault(
-                pk, (f"referrer of {short_digest(subject_digest)}", members[subject_id][1])
-            )
-    children = (
-        IndexEntry.objects.filter(index_id__in=frontier)
-        .values_list("child_id", "index_id", "index__digest")
-        .order_by("index_id", "position")
+        offer(pk, subject_id, 0, f"referrer of {short_digest(subject_digest)}")
+    children = IndexEntry.objects.filter(index_id__in=frontier).values_list(
+        "child_id", "index_id", "index__digest"
     )
     for pk, index_id, index_digest in children:
-        if pk not in members:
-            reached.setdefault(
-                pk, (f"only used by index {short_digest(index_digest)}", members[index_id][1])
-            )
-    return reached
+        offer(pk, index_id, 1, f"only used by index {short_digest(index_digest)}")
+    return {pk: how for pk, (_, how) in best.items()}
 
 
 def _own_tags(manifest_ids: list[int]) -> dict[int, list[str]]:
@@ -416,6 +415,7 @@ def execute_deletion(
             raise RecheckFailed(
                 f"could not re-check {repository.name} against the registry: {result.error}"
             )
+        lock.renew()
         plan = plan_deletion(repository=repository, digests=digests)
         if plan.fingerprint != fingerprint:
             return DeletionOutcome(plan=plan, stale=True)
@@ -490,18 +490,26 @@ def _parents_within(plan: DeletionPlan) -> dict[int, list[tuple[int, str]]]:
 def _topological(
     items: tuple[PlannedItem, ...], parents: dict[int, list[tuple[int, str]]]
 ) -> list[PlannedItem]:
-    """Parents first, else plan order; anything in a cycle (never seen) comes last."""
-    remaining = {item.manifest_id: {p for p, _ in parents.get(item.manifest_id, [])} for item in items}
+    """Parents before children, otherwise plan order (Kahn's algorithm); anything caught
+    in a cycle, which content addressing rules out, comes last in plan order."""
+    position = {item.manifest_id: i for i, item in enumerate(items)}
+    waiting = {pk: len({p for p, _ in parents.get(pk, [])}) for pk in position}
+    children: dict[int, list[int]] = defaultdict(list)
+    for pk in position:
+        for parent in {p for p, _ in parents.get(pk, [])}:
+            children[parent].append(pk)
+    ready = [position[pk] for pk, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
     ordered: list[PlannedItem] = []
-    placed: set[int] = set()
-    while len(ordered) < len(items):
-        ready = [i for i in items if i.manifest_id not in placed and remaining[i.manifest_id] <= placed]
-        if not ready:
-            ready = [i for i in items if i.manifest_id not in placed]
-        for item in ready:
-            placed.add(item.manifest_id)
-            ordered.append(item)
-    return ordered
+    while ready:
+        item = items[heapq.heappop(ready)]
+        ordered.append(item)
+        for child in children[item.manifest_id]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, position[child])
+    placed = {item.manifest_id for item in ordered}
+    return ordered + [item for item in items if item.manifest_id not in placed]
 
 
 def _record(repository: Repository, deleted: list[PlannedItem], user, username: str) -> int:

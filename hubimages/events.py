@@ -37,7 +37,9 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from hubimages import rollups
-from hubimages.models import Blob, Manifest, ManifestBlob, Repository, RegistryEvent, Tag
+from hubimages.connection import registry_client
+from hubimages.locks import LOCK_LEASE, RepositoryBusy, repository_lock
+from hubimages.models import Blob, Manifest, ManifestBlob, RegistryEvent, Repository, Tag
 from registry import media
 from registry.client import RegistryClient
 from registry.errors import AuthenticationError, RegistryError
@@ -50,6 +52,7 @@ MANIFEST_MEDIA_TYPES = media.INDEX_MEDIA_TYPES | media.IMAGE_MEDIA_TYPES
 PULL_METHODS = ("GET", "HEAD")
 OWN_USER_AGENT_PREFIX = "hubimages/"
 ACTIONS = ("push", "pull", "delete", "mount")
+LOCK_WAIT_SECONDS = 30.0  # in the background thread; then the event waits for the next drain
 
 # Outcomes, as stored in RegistryEvent.outcome.
 PULL_COUNTED = "pull counted"
@@ -213,13 +216,16 @@ def _row(event: Event, outcome: str | None, *, processed_at: datetime | None) ->
     )
 
 
-def _apply_now(event: Event) -> tuple[str | None, bool]:
+def _apply_now(event: Event, *, defer_if_locked: bool = True) -> tuple[str | None, bool]:
     """(outcome, whether the list changed); outcome None leaves the event pending."""
     if event.action == "push" and event.is_manifest:
         return (None, False) if event.digest else ("ignored: push without a digest", False)
     if event.action == "pull" and event.is_manifest:
         return _apply_pull(event)
     if event.action == "delete":
+        if defer_if_locked and _locked(event.repository):
+            # hubimages's own deletion (or a sync) is at work: apply it after, under the lock.
+            return None, False
         return _apply_delete(event)
     if event.action == "mount":
         return "ignored: mount", False
@@ -268,7 +274,9 @@ def _apply_delete(event: Event) -> tuple[str, bool]:
             return "delete: manifest not stored", False
         if Manifest.objects.filter(pk=manifest.pk).filter(pushed_later).exists():
             return "ignored: pushed again after this delete", False
-        blob_ids = list(ManifestBlob.objects.filter(manifest=manifest).values_list("blob_id"))
+        blob_ids = list(
+            ManifestBlob.objects.filter(manifest=manifest).values_list("blob_id", flat=True)
+        )
         manifest.delete()
         Blob.objects.filter(pk__in=blob_ids, manifest_links__isnull=True).delete()
         return "manifest deleted", True
@@ -281,6 +289,14 @@ def _apply_delete(event: Event) -> tuple[str, bool]:
     return "tag deleted", True
 
 
+def _locked(repository: str) -> bool:
+    return (
+        Repository.objects.filter(name=repository, locked_at__gte=timezone.now() - LOCK_LEASE)
+        .exclude(lock_token="")
+        .exists()
+    )
+
+
 def _bump(repositories: set[str]) -> None:
     if repositories:
         Repository.objects.filter(name__in=repositories).update(revision=F("revision") + 1)
@@ -289,9 +305,10 @@ def _bump(repositories: set[str]) -> None:
 # -- pushes, after the answer --------------------------------------------------------------
 
 _drain_lock = threading.Lock()
-_worker_lock = threading.Lock()
+_worker_state = threading.Condition()
 _worker: threading.Thread | None = None
 _more_work = False
+RETRY_DELAYS = (1.0, 5.0, 30.0)  # the background thread's own retries of what failed
 
 
 def process_soon() -> None:
@@ -303,8 +320,9 @@ def process_soon() -> None:
     if getattr(settings, "EVENTS_PROCESS_INLINE", False):
         process_pending()
         return
-    with _worker_lock:
+    with _worker_state:
         _more_work = True
+        _worker_state.notify()
         if _worker is None:
             _worker = threading.Thread(target=_work, name="registry-events", daemon=True)
             _worker.start()
@@ -312,7 +330,7 @@ def process_soon() -> None:
 
 def wait_for_background(timeout: float = 30.0) -> bool:
     """Wait for the background thread to finish its drains; False on timeout."""
-    with _worker_lock:
+    with _worker_state:
         worker = _worker
     if worker is None:
         return True
@@ -321,18 +339,29 @@ def wait_for_background(timeout: float = 30.0) -> bool:
 
 
 def _work() -> None:
+    """Drain while there is work; retry what failed a few times (a registry restarting, a
+    busy database), then leave it to the next event, `process_events` or `sync_registry`."""
     global _worker, _more_work
+    retries = 0
+    left = False
     try:
         while True:
-            with _worker_lock:
+            with _worker_state:
                 if not _more_work:
-                    _worker = None
-                    return
+                    if not left or retries >= len(RETRY_DELAYS):
+                        _worker = None
+                        return
+                    _worker_state.wait(RETRY_DELAYS[retries])
+                    retries += 1
                 _more_work = False
             try:
                 process_pending()
+                left = RegistryEvent.objects.filter(processed_at__isnull=True).exists()
             except Exception:
                 log.exception("processing registry events failed")
+                left = True
+            if not left:
+                retries = 0
     finally:
         connections.close_all()
 
@@ -348,8 +377,6 @@ def process_pending(client: RegistryClient | None = None, *, batch: int = 50) ->
             return 0
         own_client = client is None
         if client is None:
-            from hubimages.connection import registry_client
-
             try:
                 client = registry_client()
             except ImproperlyConfigured as error:
@@ -367,9 +394,9 @@ def _drain(client: RegistryClient, batch: int) -> int:
     last_pk = 0
     while True:
         events = list(
-            RegistryEvent.objects.filter(processed_at__isnull=True, pk__gt=last_pk).order_by(
-                "pk"
-            )[:batch]
+            RegistryEvent.objects.filter(processed_at__isnull=True, pk__gt=last_pk).order_by("pk")[
+                :batch
+            ]
         )
         if not events:
             return done
@@ -382,10 +409,10 @@ def _process(client: RegistryClient, event: RegistryEvent) -> bool:
     try:
         if event.action == "push":
             _process_push(client, event)
-        else:  # recorded as pending by an older version, or its first application failed
-            _finish(event, "nothing to do")
+        else:
+            _process_deferred(event)
         return True
-    except (RegistryError, DatabaseError) as error:
+    except (RegistryError, DatabaseError, RepositoryBusy) as error:
         if isinstance(error, RegistryError) and not (
             error.retryable or isinstance(error, AuthenticationError)
         ):
@@ -415,6 +442,33 @@ def _deleted_later(event: RegistryEvent) -> bool:
     ).exists()
 
 
+def _process_deferred(event: RegistryEvent) -> None:
+    """An event left pending at receipt because the repository was locked."""
+    repository = Repository.objects.filter(name=event.repository).first()
+    if repository is None:
+        _finish(event, "ignored: repository not stored")
+        return
+    parsed = Event(
+        id=event.event_id,
+        action=event.action,
+        occurred_at=event.occurred_at,
+        repository=event.repository,
+        digest=event.digest,
+        tag=event.tag,
+        media_type=event.media_type,
+        user_agent=event.user_agent,
+    )
+    with (
+        repository_lock(repository, owner="events", wait=LOCK_WAIT_SECONDS),
+        transaction.atomic(),
+    ):
+        outcome, visible = _apply_now(parsed, defer_if_locked=False)
+        if visible:
+            rollups.refresh(repository)
+            _bump({repository.name})
+        _finish(event, outcome or "nothing to do")
+
+
 def _process_push(client: RegistryClient, event: RegistryEvent) -> None:
     """Store the pushed manifest as sync would, then its exact push time (SPEC §2)."""
     if _deleted_later(event):
@@ -425,7 +479,11 @@ def _process_push(client: RegistryClient, event: RegistryEvent) -> None:
         _finish(event, "ignored: the registry no longer has this manifest")
         return
     new_digests = list(snapshot.fetched)
-    with transaction.atomic():
+    repository, _ = Repository.objects.get_or_create(name=event.repository)
+    with (
+        repository_lock(repository, owner="events", wait=LOCK_WAIT_SECONDS),
+        transaction.atomic(),
+    ):
         if _deleted_later(event):  # a delete recorded while we were reading
             _finish(event, "ignored: deleted after this push")
             return
@@ -476,4 +534,3 @@ def prune(older_than: datetime) -> int:
         processed_at__isnull=False, received_at__lt=older_than
     ).delete()
     return deleted
-

@@ -102,16 +102,24 @@ def _ordering(sort: str) -> list:
     return [expression, "-id" if descending else "id"]
 
 
+# Config history, labels and annotations can be large and no list row shows them.
+_HEAVY_FIELDS = ("history", "labels", "annotations")
+
+
 def with_details(rows: QuerySet[Manifest]) -> QuerySet[Manifest]:
     """Prefetch what a row shows (tags, children with their tags, referrers): a fixed
     number of queries whatever the page size."""
-    child_entries = IndexEntry.objects.select_related("child").prefetch_related(
-        Prefetch("child__tags", queryset=Tag.objects.order_by("name"))
+    child_entries = (
+        IndexEntry.objects.select_related("child")
+        .defer(*(f"child__{name}" for name in _HEAVY_FIELDS))
+        .prefetch_related(Prefetch("child__tags", queryset=Tag.objects.order_by("name")))
     )
-    referrers = Manifest.objects.prefetch_related(
-        Prefetch("tags", queryset=Tag.objects.order_by("name"))
-    ).order_by("pushed_at", "id")
-    return rows.prefetch_related(
+    referrers = (
+        Manifest.objects.defer(*_HEAVY_FIELDS)
+        .prefetch_related(Prefetch("tags", queryset=Tag.objects.order_by("name")))
+        .order_by("pushed_at", "id")
+    )
+    return rows.defer(*_HEAVY_FIELDS).prefetch_related(
         Prefetch("tags", queryset=Tag.objects.order_by("name")),
         Prefetch("entries", queryset=child_entries),
         Prefetch("referrers", queryset=referrers),

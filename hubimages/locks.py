@@ -33,7 +33,8 @@ LOCK_LEASE = timedelta(minutes=10)
 POLL_INTERVAL = 0.2
 _OWNER_CHARS = 15  # lock_token holds 32 characters: 16 hex, ":", the owner's first 15
 
-_held: ContextVar[dict[int, str]] = ContextVar("hubimages_repository_locks", default={})
+# Repository id -> token of the locks this context holds (never mutated: replaced).
+_held: ContextVar[dict[int, str] | None] = ContextVar("hubimages_repository_locks", default=None)
 
 
 class RepositoryBusy(Exception):
@@ -87,14 +88,12 @@ def release(lock: HeldLock) -> None:
 
 
 @contextmanager
-def repository_lock(
-    repository: Repository, *, owner: str, wait: float = 0.0
-) -> Iterator[HeldLock]:
+def repository_lock(repository: Repository, *, owner: str, wait: float = 0.0) -> Iterator[HeldLock]:
     """Hold `repository`'s lock for the block, waiting up to `wait` seconds for it.
 
     Raises `RepositoryBusy` when another holder keeps it longer than that.
     """
-    held = _held.get()
+    held = _held.get() or {}
     if repository.pk in held:
         yield HeldLock(repository.pk, held[repository.pk])
         return

@@ -78,6 +78,15 @@ def _paginate(rows, per_page: int, raw_page: str | None) -> Page:
     return paginator.page(_page_number(raw_page, paginator.num_pages))
 
 
+def _neighbours(page: Page) -> dict:
+    """Previous and next page numbers for links; page 1 is the bare URL (None drops it)."""
+    previous = page.number - 1 if page.has_previous() else 0
+    return {
+        "previous_page": previous if previous > 1 else None,
+        "next_page": page.number + 1 if page.has_next() else None,
+    }
+
+
 @require_GET
 @vary_on_headers("HX-Request", "HX-History-Restore-Request")
 def repositories(request: HttpRequest) -> HttpResponse:
@@ -91,6 +100,7 @@ def repositories(request: HttpRequest) -> HttpResponse:
     state = {"search": search or None, "sort": sort if sort != "name" else None}
     context = {
         "page": page,
+        **_neighbours(page),
         "search": search,
         "sort": sort,
         "state": state,
@@ -128,6 +138,8 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
         "state": state,
         "filters": FILTER_LABELS,
         "columns": _columns(query.sort, SORTABLE_COLUMNS),
+        **_neighbours(page),
+        "stale_months": settings.STALE_AFTER_MONTHS,
     }
     template = "image_management.html#rows" if _wants_partial(request) else "image_management.html"
     return render(request, template, context)
@@ -155,6 +167,7 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
         "annotations": sorted(manifest.annotations.items())
         if isinstance(manifest.annotations, dict)
         else [],
+        "stale_months": settings.STALE_AFTER_MONTHS,
     }
     template = "image_detail.html#panel" if _wants_partial(request) else "image_detail.html"
     return render(request, template, context)

@@ -173,7 +173,7 @@ def _sync_repositories(
                 name = queue.pop()
                 known = _known_manifests(name)
                 future = coordinators.submit(
-                    _read_repository, client, requests_pool, name, known, known_configs
+                    _read_repository, client, requests_pool, name, known, frozenset(known_configs)
                 )
                 pending[future] = (name, known)
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -243,7 +243,7 @@ def _read_repository(
     pool: ThreadPoolExecutor,
     name: str,
     known: dict[str, KnownManifest],
-    known_configs: set[str],
+    known_configs: frozenset[str] | set[str],
 ) -> Snapshot:
     snapshot = Snapshot(name=name)
     tag_names = client.list_tags(name)
@@ -649,11 +649,15 @@ def read_pushed_manifest(
 
 
 def write_pushed_manifest(snapshot: Snapshot) -> Repository:
-    """Store what `read_pushed_manifest` read and point its tag, in one transaction,
-    leaving the repository's other manifests and tags alone (repairing them is sync's job)."""
+    """Store what `read_pushed_manifest` read and point its tag, in one transaction under
+    the repository lock, leaving the repository's other manifests and tags alone
+    (repairing them is sync's job). Raises `RepositoryBusy` like `_write`."""
     now = timezone.now()
-    with transaction.atomic():
-        repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+    repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+    with (
+        repository_lock(repository, owner="events", wait=LOCK_WAIT_SECONDS),
+        transaction.atomic(),
+    ):
         # A sync or another event may have stored some of them since the read.
         for digest in Manifest.objects.filter(
             repository=repository, digest__in=list(snapshot.fetched)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django import template
@@ -82,3 +84,40 @@ def clipped(value: object, length: int = 200) -> dict:
         "clipped": len(text) > length,
         "capped": len(text) > LONG_TEXT_LIMIT,
     }
+
+
+@register.filter
+def platforms(manifest: Manifest) -> list[str]:
+    return inventory.platforms_of(manifest)
+
+
+@dataclass(frozen=True)
+class Content:
+    manifest: Manifest
+    platform: str
+    label: str
+
+
+@register.filter
+def contents(manifest: Manifest) -> dict:
+    """What an index row opens onto: its images and attestations, then its referrers
+    (from the prefetched entries and referrers), with a one-line summary."""
+    children = []
+    for child, platform in inventory.children_of(manifest):
+        if child.subject_id == manifest.pk:
+            label = f"Referrer ({child.artifact_type})" if child.artifact_type else "Referrer"
+        else:
+            label = child.get_kind_display()
+        children.append(Content(child, platform, label))
+    counts = Counter(child.manifest.kind for child in children)
+    words = [
+        f"{counts[kind]} {one if counts[kind] == 1 else many}"
+        for kind, one, many in (
+            (Manifest.Kind.IMAGE, "image", "images"),
+            (Manifest.Kind.INDEX, "index", "indexes"),
+            (Manifest.Kind.ATTESTATION, "attestation", "attestations"),
+            (Manifest.Kind.ARTIFACT, "referrer", "referrers"),
+        )
+        if counts[kind]
+    ]
+    return {"children": children, "summary": ", ".join(words)}

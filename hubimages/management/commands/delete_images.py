@@ -62,7 +62,7 @@ class Command(BaseCommand):
         if not yes and not self.confirm(plan):
             self.stderr.write("Nothing deleted.")
             return
-        outcome = self.execute(repo, selected, plan)
+        outcome = self.delete(repo, selected, plan)
         if outcome.stale:
             if not as_json:
                 self.show(outcome.plan)
@@ -90,7 +90,7 @@ class Command(BaseCommand):
         self.stderr.flush()
         return sys.stdin.readline().strip().lower() in ("y", "yes")
 
-    def execute(self, repo, selected, plan) -> deletion.DeletionOutcome:
+    def delete(self, repo, selected, plan) -> deletion.DeletionOutcome:
         client = registry_client()
         try:
             return deletion.execute_deletion(
@@ -136,7 +136,9 @@ class Command(BaseCommand):
                             {"digest": i.digest, "kind": i.kind, "tags": list(i.tags)}
                             for i in outcome.deleted
                         ],
-                        "failed": [{"digest": i.digest, "reason": i.reason} for i in outcome.failed],
+                        "failed": [
+                            {"digest": i.digest, "reason": i.reason} for i in outcome.failed
+                        ],
                         "skipped": [
                             {"digest": i.digest, "reason": i.reason} for i in outcome.skipped
                         ],

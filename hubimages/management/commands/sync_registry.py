@@ -2,6 +2,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from hubimages import events
 from hubimages.connection import registry_client
 from registry.sync import sync_registry
 
@@ -38,6 +39,8 @@ class Command(BaseCommand):
             summary = sync_registry(
                 client, repositories=repositories, workers=workers, progress=progress
             )
+            # Registry events still pending (a push whose fetch failed, a deferred delete).
+            processed_events = events.process_pending(client)
         finally:
             client.close()
         if interactive:
@@ -52,5 +55,7 @@ class Command(BaseCommand):
             f"{summary.manifests_removed} manifests removed, "
             f"{summary.repositories_removed} repositories removed, {len(summary.errors)} errors."
         )
+        if processed_events:
+            self.stdout.write(f"Processed {processed_events} pending registry events.")
         if not summary.succeeded:
             raise CommandError(f"{len(summary.errors)} repositories failed to sync")

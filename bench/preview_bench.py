@@ -1,0 +1,231 @@
+"""How fast the deletion preview is, next to one list page, as the registry grows.
+
+Fills a temporary SQLite database directly (bulk_create, no registry process): one target
+repository of 1,100 top-level items (300 multi-arch indexes with attestations, 800 images)
+plus other repositories sharing base layers: first ~10,000 blobs, then ~100,000 (the
+target repository is the same in both, so the growth is the registry's alone).
+On each size it times `plan_deletion` for 1,000 and for 10 selected items of the target
+repository and one list page (`inventory.top_level` + `with_details`, first 25 rows,
+evaluated and turned into rows), and prints the ratios.
+
+Targets: the 1,000-item preview under 10 × one list page; growth from the small registry
+to the 10× one well under 10× (sub-linear).
+
+    .venv/bin/python bench/preview_bench.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGET = "bench/target"
+TARGET_INDEXES = 300
+TARGET_IMAGES = 800
+BASE_LAYERS = 40  # shared across the whole registry, as base images are
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+class Filler:
+    """Writes repositories of indexes (2 images + 2 attestations each) and images."""
+
+    def __init__(self) -> None:
+        from hubimages.models import Blob
+
+        self.serial = 0
+        self.now = datetime(2025, 1, 1, tzinfo=UTC)
+        self.bases = Blob.objects.bulk_create(
+            [Blob(digest=self.digest(), size=20_000_000) for _ in range(BASE_LAYERS)]
+        )
+
+    def digest(self) -> str:
+        self.serial += 1
+        return f"sha256:{self.serial:064x}"
+
+    def repository(self, name: str, indexes: int, images: int) -> None:
+        from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+
+        repository = Repository.objects.create(name=name)
+        manifests: list[Manifest] = []
+        blobs: list[list] = []  # per manifest: [(blob, role), ...] with new Blob objects
+        entries: list[tuple[int, int, int]] = []  # (index position, child position, slot)
+        tags: list[tuple[int, str]] = []
+
+        def add(kind: str, top: bool, layers: list, media_type: str = OCI_MANIFEST) -> int:
+            self.serial += 1
+            when = self.now - timedelta(minutes=self.serial)
+            manifest = Manifest(
+                repository=repository,
+                digest=self.digest(),
+                media_type=media_type,
+                kind=kind,
+                size=900,
+                total_size=sum(b.size for b, _ in layers),
+                os="linux" if kind != "attestation" else "unknown",
+                architecture="amd64" if kind != "attestation" else "unknown",
+                first_seen_at=when,
+                pushed_at=when,
+                is_top_level=top,
+                is_tagged=top,
+            )
+            own = Blob(digest=manifest.digest, size=900)
+            manifests.append(manifest)
+            blobs.append([(own, "manifest"), *layers])
+            return len(manifests) - 1
+
+        def image_layers() -> list:
+            base = self.bases[self.serial % BASE_LAYERS]
+            return [
+                (Blob(digest=self.digest(), size=1_500), "config"),
+                (base, "layer"),
+                (Blob(digest=self.digest(), size=3_000_000), "layer"),
+            ]
+
+        for i in range(indexes):
+            index = add("index", True, [], OCI_INDEX)
+            children = [add("image", False, image_layers()) for _ in range(2)]
+            children += [
+                add(
+                    "attestation",
+                    False,
+                    [
+                        (Blob(digest=self.digest(), size=400), "config"),
+                        (Blob(digest=self.digest(), size=12_000), "layer"),
+                    ],
+                )
+                for _ in range(2)
+            ]
+            entries += [(index, child, slot) for slot, child in enumerate(children)]
+            tags.append((index, f"v{i}"))
+        for i in range(images):
+            tags.append((add("image", True, image_layers()), f"build-{i}"))
+
+        Manifest.objects.bulk_create(manifests, batch_size=2000)
+        Blob.objects.bulk_create(
+            [b for links in blobs for b, _ in links if b.pk is None], batch_size=2000
+        )
+        ManifestBlob.objects.bulk_create(
+            [
+                ManifestBlob(manifest=manifests[m], blob=b, role=role, position=p)
+                for m, links in enumerate(blobs)
+                for p, (b, role) in enumerate(links)
+            ],
+            batch_size=2000,
+        )
+        IndexEntry.objects.bulk_create(
+            [
+                IndexEntry(index=manifests[i], child=manifests[c], position=slot)
+                for i, c, slot in entries
+            ],
+            batch_size=2000,
+        )
+        Tag.objects.bulk_create(
+            [Tag(repository=repository, name=n, manifest=manifests[m]) for m, n in tags],
+            batch_size=2000,
+        )
+
+
+def best_of(repeat: int, function: Callable[[], object]) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure(repeat: int) -> dict[str, float]:
+    from hubimages import deletion, inventory
+    from hubimages.models import Blob, Manifest, Repository
+
+    repository = Repository.objects.get(name=TARGET)
+    top = Manifest.objects.filter(repository=repository, is_top_level=True)
+    indexes = list(top.filter(kind="index").order_by("id").values_list("digest", flat=True))
+    images = list(top.filter(kind="image").order_by("id").values_list("digest", flat=True))
+    many = indexes[:200] + images[:800]
+    few = indexes[:2] + images[:8]
+
+    def page() -> None:
+        rows = list(inventory.with_details(inventory.top_level(repository))[:25])
+        [inventory.row_as_dict(row) for row in rows]
+
+    page()  # warm the caches once, for every measurement alike
+    plan = deletion.plan_deletion(repository=repository, digests=many)
+    assert len(plan.delete) == 200 * 5 + 800 and plan.reclaimable_bytes > 0
+    return {
+        "blobs": Blob.objects.count(),
+        "page": best_of(repeat, page),
+        "plan_1000": best_of(
+            repeat, lambda: deletion.plan_deletion(repository=repository, digests=many)
+        ),
+        "plan_10": best_of(
+            repeat, lambda: deletion.plan_deletion(repository=repository, digests=few)
+        ),
+    }
+
+
+def fill_others(filler: Filler, first: int, count: int) -> None:
+    for r in range(first, first + count):
+        filler.repository(f"bench/other{r:04d}", indexes=30, images=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hubimages-preview-bench-") as workdir:
+        run(workdir, args.repeat)
+
+
+def run(workdir: str, repeat: int) -> None:
+    os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubimages.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    filler = Filler()
+    started = time.perf_counter()
+    filler.repository(TARGET, indexes=TARGET_INDEXES, images=TARGET_IMAGES)
+    fill_others(filler, 0, 9)  # ~10,000 blobs
+    small = measure(repeat)
+    fill_others(filler, 9, 214)  # ~100,000 blobs
+    large = measure(repeat)
+    print(f"(filled and measured in {time.perf_counter() - started:.0f}s)")
+
+    print(f"{'':28}{'small registry':>16}{'10x registry':>16}{'growth':>9}")
+    print(f"{'blobs':28}{small['blobs']:>16,}{large['blobs']:>16,}")
+    for key, label in [
+        ("page", "list page (25 rows)"),
+        ("plan_10", "preview, 10 selected"),
+        ("plan_1000", "preview, 1,000 selected"),
+    ]:
+        growth = large[key] / small[key]
+        print(f"{label:28}{small[key] * 1000:>14.1f}ms{large[key] * 1000:>14.1f}ms{growth:>8.2f}x")
+    for name, figures in [("small", small), ("10x", large)]:
+        ratio = figures["plan_1000"] / figures["page"]
+        verdict = "ok" if ratio < 10 else "OVER TARGET"
+        print(
+            f"1,000-item preview / list page, {name} registry: {ratio:.1f} (target < 10) {verdict}"
+        )
+    growth = large["plan_1000"] / small["plan_1000"]
+    verdict = "ok" if growth < 10 * 0.5 else "NOT SUB-LINEAR"
+    print(f"1,000-item preview growth for 10x the blobs: {growth:.2f}x {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+from datetime import timedelta
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from hubimages import events
+from hubimages.connection import registry_client
+from hubimages.models import RegistryEvent
+
+
+class Command(BaseCommand):
+    help = (
+        "Process the registry events still pending (pushes whose manifest could not be "
+        "fetched yet, deletes deferred while a repository was locked) and forget old ones. "
+        "For cron, or after the registry or the database was unavailable."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--keep-days",
+            type=int,
+            default=30,
+            help="forget processed events received more than this many days ago (default 30)",
+        )
+
+    def handle(self, *args, keep_days: int = 30, **options):
+        if keep_days < 1:
+            raise CommandError("--keep-days must be at least 1")
+        try:
+            client = registry_client()
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error)) from None
+        with client:
+            processed = events.process_pending(client)
+        pending = RegistryEvent.objects.filter(processed_at__isnull=True)
+        pruned = events.prune(timezone.now() - timedelta(days=keep_days))
+        self.stdout.write(
+            f"Processed {processed} registry events; {pending.count()} still pending; "
+            f"forgot {pruned} events older than {keep_days} days."
+        )
+        for event in pending.order_by("pk")[:10]:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"pending: {event.action} {event.repository}@{event.digest or event.tag}: "
+                    f"{event.outcome or 'not tried yet'}"
+                )
+            )

@@ -1,0 +1,112 @@
+"""A real registry delivering its notifications to a live hubimages, pushes processed by
+the real background thread: what a user sees without ever running a sync."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import pytest
+from django.db import OperationalError
+from django.utils import timezone
+
+from hubimages import events
+from hubimages.models import Manifest, RegistryEvent, Tag
+from registry.client import RegistryClient
+from registry.pusher import ImagePusher, random_layer
+from registry.server import LocalRegistry
+
+TOKEN = "live-events-secret-41d7"
+DOCKER_UA = "docker/27.3.1 go/go1.22.7 os/linux arch/amd64"
+
+
+@pytest.fixture
+def notifying_registry(tmp_path, live_server, settings, transactional_db) -> Iterator[str]:
+    settings.REGISTRY_EVENTS_TOKEN = TOKEN
+    settings.EVENTS_PROCESS_INLINE = False
+    server = LocalRegistry(
+        tmp_path / "registry",
+        notify_url=f"{live_server.url}/registry/events",
+        notify_token=TOKEN,
+    )
+    with server:
+        settings.REGISTRY_URL = server.url
+        yield server.url
+    assert events.wait_for_background(timeout=30)
+
+
+def eventually(check: Callable[[], object], timeout: float = 10.0) -> object:
+    """Poll until `check()` is truthy: the registry delivers asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if result := check():
+                return result
+        except OperationalError:  # SQLite's shared in-memory test database: a writer is busy
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {check.__doc__ or check}")
+        time.sleep(0.05)
+
+
+def test_pushes_pulls_and_deletes_reach_the_list_without_a_sync(notifying_registry):
+    pusher = ImagePusher(notifying_registry)
+    before_push = timezone.now() - timedelta(seconds=1)
+    image = pusher.push_image("team/api", tag="v1", layers=[random_layer(2000, "live")])
+
+    def stored() -> Manifest | None:
+        """the pushed manifest is stored with an exact push time"""
+        return Manifest.objects.filter(
+            repository__name="team/api", digest=image.digest, pushed_at_estimated=False
+        ).first()
+
+    manifest = eventually(stored)
+    assert before_push <= manifest.pushed_at <= timezone.now()
+    assert manifest.total_size == image.config_size + 2000
+    assert manifest.last_pulled_at is None
+    assert list(Tag.objects.values_list("name", flat=True)) == ["v1"]
+
+    # A pull by tag, then by digest (GET, as docker does).
+    assert pusher.pull_manifest("team/api", "v1", user_agent=DOCKER_UA).status_code == 200
+
+    def pulled_after(instant):
+        def check():
+            """Last pulled moved forward"""
+            value = Manifest.objects.get(digest=image.digest).last_pulled_at
+            return value if value and (instant is None or value > instant) else None
+
+        return check
+
+    by_tag = eventually(pulled_after(None))
+    assert pusher.pull_manifest("team/api", image.digest, user_agent=DOCKER_UA).ok
+    by_digest = eventually(pulled_after(by_tag))
+
+    # hubimages's own HEADs reach the registry's events with its User-Agent, and are not
+    # counted as pulls.
+    with RegistryClient(notifying_registry) as client:
+        assert client.head_manifest("team/api", "v1").digest == image.digest
+        assert client.head_manifest("team/api", image.digest) is not None
+
+    def own_heads_recorded():
+        """both HEADs by hubimages's client are recorded"""
+        own = RegistryEvent.objects.filter(action="pull", user_agent__startswith="hubimages/")
+        return own.count() >= 2 and own
+
+    own = eventually(own_heads_recorded)
+    assert {e.outcome for e in own} == {"ignored: hubimages's own request"}
+    assert Manifest.objects.get(digest=image.digest).last_pulled_at == by_digest
+
+    # A delete through the registry's API.
+    pusher.delete_manifest("team/api", image.digest)
+
+    def gone():
+        """the deleted manifest and its tag are gone"""
+        return not Manifest.objects.filter(digest=image.digest).exists() and not (
+            Tag.objects.exists()
+        )
+
+    eventually(gone)
+    push = RegistryEvent.objects.get(action="push", digest=image.digest)
+    assert push.outcome == events.STORED
+    assert push.user_agent == "hubimages-test-pusher/1"

@@ -1,0 +1,167 @@
+"""The repositories page, its empty states, the header and signing in and out."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from hubimages.models import Repository, SyncRun
+from registry.pusher import random_layer
+from tests.builders import finish, manifest
+
+from tests.conftest import PASSWORD
+
+
+def repository_names(response) -> list[str]:
+    return re.findall(r'class="repository-name" href="[^"]+">([^<]+)</a>', response.content.decode())
+
+
+@pytest.fixture
+def three(db):
+    """Three repositories with chosen sizes and push times; "web" has one stale image."""
+    now = timezone.now()
+    sizes = {"api": (5000, 2), "db/main": (1000, 40), "web": (3000, 400)}
+    for name, (size, days_ago) in sizes.items():
+        repo = Repository.objects.create(name=name)
+        manifest(repo, f"{name}1", size=size, pushed_at=now - timedelta(days=days_ago), tags=["1"])
+        manifest(repo, f"{name}2", size=size, pushed_at=now - timedelta(days=days_ago + 1))
+        finish(repo)
+    SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
+
+
+def test_each_repository_shows_its_tags_images_size_last_push_and_stale_share(
+    pusher, sync, viewer_client
+):
+    first = pusher.push_image("team/api", tag="1.0", layers=[random_layer(2000, 1)])
+    pusher.tag("team/api", "latest", first)
+    pusher.push_image("team/api", tag="2.0", layers=[random_layer(3000, 2)])
+    pusher.push_image("team/web", tag="1", layers=[random_layer(100, 3)])
+    sync()
+    Repository.objects.get(name="team/web").manifests.update(
+        pushed_at=datetime(2020, 1, 1, tzinfo=UTC)
+    )
+
+    page = viewer_client.get("/").content.decode()
+
+    api = page[page.index(">team/api<") : page.index(">team/web<")]
+    cells = re.findall(r'<td class="col-count">(\d+)</td>', api)
+    assert cells == ["3", "2"]  # tags, images
+    assert re.search(r'<td class="col-size">5\.\d kB</td>', api)
+    assert "just now" in api and "none" in api
+    web = page[page.index(">team/web<") :]
+    assert "1 of 1 stale" in web
+    assert 'href="/repositories/team/api/"' in page
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        (None, ["api", "db/main", "web"]),
+        ("-name", ["web", "db/main", "api"]),
+        ("size", ["db/main", "web", "api"]),
+        ("-size", ["api", "web", "db/main"]),
+        ("last_pushed", ["web", "db/main", "api"]),
+        ("-last_pushed", ["api", "db/main", "web"]),
+        ("nonsense", ["api", "db/main", "web"]),
+    ],
+)
+def test_repositories_sort_by_name_size_and_last_push(three, viewer_client, sort, expected):
+    response = viewer_client.get("/", {"sort": sort} if sort else {})
+
+    assert response.status_code == 200
+    assert repository_names(response) == expected
+
+
+def test_repository_search_narrows_by_name_and_says_when_nothing_matches(three, viewer_client):
+    assert repository_names(viewer_client.get("/", {"search": "DB/"})) == ["db/main"]
+
+    page = viewer_client.get("/", {"search": "<zzz>"}).content.decode()
+    assert "No repository matches “&lt;zzz&gt;”" in page
+
+
+def test_htmx_gets_only_the_repository_table(three, viewer_client):
+    response = viewer_client.get("/", {"sort": "size"}, headers={"HX-Request": "true"})
+
+    page = response.content.decode()
+    assert page.lstrip().startswith('<input type="hidden" name="sort" value="size"') or (
+        page.lstrip().startswith('<section id="table"')
+    )
+    assert "<html" not in page
+    assert repository_names(response) == ["db/main", "web", "api"]
+
+
+def test_without_a_registry_the_page_says_to_set_registry_url(db, viewer_client, settings):
+    settings.REGISTRY_URL = ""
+
+    page = viewer_client.get("/").content.decode()
+
+    assert "No registry configured" in page and "REGISTRY_URL" in page
+    assert "not configured" in page  # the header
+
+
+def test_before_the_first_sync_the_page_says_to_run_it(db, viewer_client, settings):
+    settings.REGISTRY_URL = "https://registry.example.com"
+
+    page = viewer_client.get("/").content.decode()
+
+    assert "Not synced yet" in page and "python manage.py sync_registry" in page
+    assert "<code>https://registry.example.com</code>" in page
+    assert "never" in page  # last sync in the header
+
+
+def test_an_empty_registry_says_so(db, viewer_client, settings):
+    settings.REGISTRY_URL = "https://registry.example.com"
+    now = timezone.now()
+    SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
+
+    page = viewer_client.get("/").content.decode()
+
+    assert "The registry has no repositories" in page
+
+
+def test_the_header_shows_the_registry_and_the_last_sync(three, viewer_client, settings):
+    settings.REGISTRY_URL = "https://registry.example.com"
+    earlier = timezone.now() - timedelta(hours=3)
+    SyncRun.objects.all().update(started_at=earlier, finished_at=earlier)
+
+    page = viewer_client.get("/").content.decode()
+
+    header = page[page.index("<header") : page.index("</header>")]
+    assert "<code>https://registry.example.com</code>" in header
+    assert "3\xa0hours ago" in header  # timesince keeps number and unit together
+    assert 'action="/accounts/logout/"' in header and 'method="post"' in header
+
+
+def test_every_page_requires_signing_in(client, three):
+    for url in ("/", "/repositories/api/"):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/accounts/login/?next=")
+
+
+def test_signing_in_and_out(client, viewer):
+    login = client.get("/accounts/login/?next=/")
+    page = login.content.decode()
+    assert '<label for="id_username">Username</label>' in page
+    assert '<label for="id_password">Password</label>' in page
+
+    signed_in = client.post(
+        "/accounts/login/", {"username": "viewer", "password": PASSWORD, "next": "/"}
+    )
+    assert signed_in.status_code == 302 and signed_in["Location"] == "/"
+    assert client.get("/").status_code == 200
+
+    assert client.get("/accounts/logout/").status_code == 405  # POST only
+    signed_out = client.post("/accounts/logout/")
+    assert signed_out.status_code == 302 and signed_out["Location"] == "/accounts/login/"
+    assert client.get("/").status_code == 302
+
+
+def test_a_wrong_password_is_refused_with_a_message(client, viewer):
+    response = client.post("/accounts/login/", {"username": "viewer", "password": "nope"})
+
+    assert response.status_code == 200
+    assert "didn't match" in response.content.decode()
