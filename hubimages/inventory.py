@@ -266,9 +266,7 @@ def layers_of(manifest: Manifest) -> list[Layer]:
         for entry in manifest.history
         if isinstance(entry, dict) and not entry.get("empty_layer")
     ]
-    layers = [
-        link for link in manifest.blob_links.all() if link.role == ManifestBlob.Role.LAYER
-    ]
+    layers = [link for link in manifest.blob_links.all() if link.role == ManifestBlob.Role.LAYER]
     layers.sort(key=lambda link: link.position)
     return [
         Layer(

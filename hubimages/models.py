@@ -94,6 +94,24 @@ class Manifest(models.Model):
                 fields=["repository", "is_top_level", "is_tagged", "pushed_at"],
                 name="manifest_by_tagged",
             ),
+            # A filter with another sort would scan past every row of the other kind
+            # (indexes sort after all images by size): one index per filter × sort.
+            models.Index(
+                fields=["repository", "is_top_level", "kind", "total_size"],
+                name="manifest_by_kind_size",
+            ),
+            models.Index(
+                fields=["repository", "is_top_level", "kind", "last_pulled_at"],
+                name="manifest_by_kind_pulled",
+            ),
+            models.Index(
+                fields=["repository", "is_top_level", "is_tagged", "total_size"],
+                name="manifest_by_tagged_size",
+            ),
+            models.Index(
+                fields=["repository", "is_top_level", "is_tagged", "last_pulled_at"],
+                name="manifest_by_tagged_pulled",
+            ),
             models.Index(fields=["config_digest"], name="manifest_by_config"),
             models.Index(fields=["digest"], name="manifest_by_digest"),
         ]

@@ -91,6 +91,9 @@ def _sqlite(path: Path) -> dict:
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": path,
+        # A file, not shared-cache memory, so the live server's threads and the events
+        # worker wait for locks (busy timeout) instead of failing "table is locked".
+        "TEST": {"NAME": str(path.with_name(f"test-{path.stem}.sqlite3"))},
         "OPTIONS": {
             # Events, syncs and page views write at once: wait for the lock, take it up front.
             "timeout": 30,

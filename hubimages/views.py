@@ -24,7 +24,11 @@ PAGE_SIZES = (10, 25, 50, 100)
 REPOSITORIES_PER_PAGE = 50
 FILTER_LABELS = (("all", "All"), ("tagged", "Tagged"), ("index", "Image index"), ("image", "Image"))
 # The list's columns that sort, in the order shown; a first click sorts biggest/newest first.
-SORTABLE_COLUMNS = (("size", "Size"), ("last_pushed", "Last pushed"), ("last_pulled", "Last pulled"))
+SORTABLE_COLUMNS = (
+    ("size", "Size"),
+    ("last_pushed", "Last pushed"),
+    ("last_pulled", "Last pulled"),
+)
 REPOSITORY_COLUMNS = (("name", "Name"), ("size", "Size"), ("last_pushed", "Last pushed"))
 
 
@@ -39,10 +43,14 @@ class Column:
 
 
 def _wants_partial(request: HttpRequest) -> bool:
+    """htmx swaps a partial; on a history miss (Back) it swaps what we send into <body>."""
     return bool(request.htmx) and not request.htmx.history_restore_request
 
 
-def _columns(current: str, choices: tuple[tuple[str, str], ...], ascending_first=()) -> list:
+def _columns(
+    current: str, choices: tuple[tuple[str, str], ...], ascending_first: tuple[str, ...] = ()
+) -> list[Column]:
+    """Each column's link sorts by it (biggest/newest first, names A→Z) or reverses it."""
     columns = []
     for key, title in choices:
         if current == key:

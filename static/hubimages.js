@@ -6,10 +6,14 @@
     return document.querySelectorAll('#selection input[name="digest"]:checked');
   }
 
-  // The list polls for changes only while nothing is selected, so a refresh never
-  // throws away a selection (htmx evaluates this in the hx-trigger filter).
+  // The list polls for changes only while nothing is selected, no index is open and no
+  // panel is shown, so a refresh never throws away what the user is doing (htmx
+  // evaluates this in the hx-trigger filter).
   window.hubimagesIdle = function () {
-    return checkedBoxes().length === 0 && !document.querySelector("dialog[open]");
+    return (
+      checkedBoxes().length === 0 &&
+      !document.querySelector("#rows details[open], dialog[open]")
+    );
   };
 
   function updateSelection() {

@@ -68,7 +68,10 @@ def test_an_index_page_lists_its_platforms_and_contents(pusher, sync, viewer_cli
     page = viewer_client.get(detail_url(index.digest)).content.decode()
 
     assert '<h1 id="details-title">Image index <code' in page
-    assert '<span class="platform">linux/amd64</span> <span class="platform">linux/arm64</span>' in page
+    assert (
+        '<span class="platform">linux/amd64</span> <span class="platform">linux/arm64</span>'
+        in page
+    )
     assert "Platforms and contents" in page
     for child in (amd, arm, *(c for c in index.children if c.platform[0] == "unknown")):
         assert detail_url(child.digest) in page

@@ -45,13 +45,20 @@ def test_the_list_shows_one_row_per_top_level_manifest_with_its_columns(pushed, 
 
     assert response.status_code == 200
     page = response.content.decode()
-    assert set(row_digests(response)) == {pushed.index.digest, pushed.solo.digest, pushed.loose.digest}
+    assert set(row_digests(response)) == {
+        pushed.index.digest,
+        pushed.solo.digest,
+        pushed.loose.digest,
+    }
     assert "3 items" in page
     # Short digest, full one on hover and in the copy button.
     assert f'title="{pushed.index.digest}"><code>{pushed.index.hex[:12]}</code>' in page
     assert f'data-copy="{pushed.index.digest}"' in page
     assert ">Image index</td>" in page and ">Image</td>" in page
-    assert '<span class="platform">linux/amd64</span> <span class="platform">linux/arm64</span>' in page
+    assert (
+        '<span class="platform">linux/amd64</span> <span class="platform">linux/arm64</span>'
+        in page
+    )
     assert 'title="latest">latest</span>' in page and 'title="solo-2.1">solo-2.1</span>' in page
     # The index opens in place onto its images and attestations (a <details>, no page load).
     assert "<summary>2 images, 2 attestations</summary>" in page
@@ -145,7 +152,9 @@ def sortable(db):
         ("-last_pulled", "ac" + "db"),
     ],
 )
-def test_sorting_orders_rows_both_ways_with_never_pulled_last(sortable, viewer_client, sort, expected):
+def test_sorting_orders_rows_both_ways_with_never_pulled_last(
+    sortable, viewer_client, sort, expected
+):
     params = {"sort": sort} if sort else {}
 
     digests = row_digests(viewer_client.get(sortable.url, params))
@@ -158,15 +167,23 @@ def test_sorting_orders_rows_both_ways_with_never_pulled_last(sortable, viewer_c
 
 def test_a_column_title_sorts_then_reverses_and_shows_the_direction(sortable, viewer_client):
     unsorted = viewer_client.get(sortable.url).content.decode()
-    assert re.search(r'aria-sort="none" class="col-size">\s*<a class="sort" href="[^"]*sort=-size"', unsorted)
+    assert re.search(
+        r'aria-sort="none" class="col-size">\s*<a class="sort" href="[^"]*sort=-size"', unsorted
+    )
     assert 'aria-sort="descending" class="col-last_pushed"' in unsorted
 
     descending = viewer_client.get(sortable.url, {"sort": "-size"}).content.decode()
-    assert re.search(r'aria-sort="descending" class="col-size">\s*<a class="sort" href="[^"]*sort=size"', descending)
+    assert re.search(
+        r'aria-sort="descending" class="col-size">\s*<a class="sort" href="[^"]*sort=size"',
+        descending,
+    )
     assert 'aria-sort="none" class="col-last_pushed"' in descending
 
     ascending = viewer_client.get(sortable.url, {"sort": "size"}).content.decode()
-    assert re.search(r'aria-sort="ascending" class="col-size">\s*<a class="sort" href="[^"]*sort=-size"', ascending)
+    assert re.search(
+        r'aria-sort="ascending" class="col-size">\s*<a class="sort" href="[^"]*sort=-size"',
+        ascending,
+    )
 
 
 def test_bad_query_values_fall_back_to_the_defaults(sortable, viewer_client):
@@ -239,7 +256,8 @@ def test_pages_split_the_list_and_keep_the_query_in_their_links(thirty, viewer_c
 
 
 @pytest.mark.parametrize(
-    ("page", "expected"), [("99", slice(20, 30)), ("abc", slice(0, 10)), ("-3", slice(0, 10)), ("0", slice(0, 10))]
+    ("page", "expected"),
+    [("99", slice(20, 30)), ("abc", slice(0, 10)), ("-3", slice(0, 10)), ("0", slice(0, 10))],
 )
 def test_a_bad_page_number_shows_the_nearest_page(thirty, viewer_client, page, expected):
     response = viewer_client.get("/repositories/many/", {"per_page": 10, "page": page})
@@ -326,11 +344,15 @@ def test_the_poll_answers_no_content_until_the_repository_changes(sortable, view
     assert f'hx-get="{sortable.url}?sort=size&amp;since={repo.revision}"' in page
     assert 'hx-trigger="every 5s [hubimagesIdle()], focus[hubimagesIdle()] from:window"' in page
 
-    unchanged = viewer_client.get(sortable.url, {"sort": "size", "since": repo.revision}, headers=htmx)
+    unchanged = viewer_client.get(
+        sortable.url, {"sort": "size", "since": repo.revision}, headers=htmx
+    )
     assert unchanged.status_code == 204
 
     Repository.objects.filter(pk=repo.pk).update(revision=repo.revision + 1)
-    changed = viewer_client.get(sortable.url, {"sort": "size", "since": repo.revision}, headers=htmx)
+    changed = viewer_client.get(
+        sortable.url, {"sort": "size", "since": repo.revision}, headers=htmx
+    )
     assert changed.status_code == 200
     assert f"since={repo.revision + 1}" in changed.content.decode()
 

@@ -80,7 +80,7 @@ def clipped(value: object, length: int = 200) -> dict:
     text = value if isinstance(value, str) else str(value)
     return {
         "short": text if len(text) <= length else text[: length - 1] + "…",
-        "full": text[: LONG_TEXT_LIMIT],
+        "full": text[:LONG_TEXT_LIMIT],
         "clipped": len(text) > length,
         "capped": len(text) > LONG_TEXT_LIMIT,
     }
