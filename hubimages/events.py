@@ -33,10 +33,10 @@ from datetime import datetime
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, connections, transaction
-from django.db.models import F, Max, Q
+from django.db.models import F, Q
 from django.utils import timezone
 
-from hubimages import rollups
+from hubimages import activity, rollups
 from hubimages.connection import registry_client
 from hubimages.locks import LOCK_LEASE, RepositoryBusy, repository_lock
 from hubimages.models import Blob, Manifest, ManifestBlob, RegistryEvent, Repository, Tag
@@ -57,7 +57,6 @@ LOCK_WAIT_SECONDS = 30.0  # in the background thread; then the event waits for t
 # Outcomes, as stored in RegistryEvent.outcome.
 PULL_COUNTED = "pull counted"
 PULL_NOT_NEWER = "pull counted: not newer than the last one"
-PULL_BEFORE_STORED = "pull counted: manifest not stored yet"
 STORED = "push stored"
 RETRY = "will retry: "
 
@@ -261,7 +260,7 @@ def _apply_pull(event: Event) -> tuple[str, bool]:
     ).update(last_pulled_at=event.occurred_at)
     if updated:
         return PULL_COUNTED, True
-    return (PULL_NOT_NEWER if manifests.exists() else PULL_BEFORE_STORED), False
+    return (PULL_NOT_NEWER if manifests.exists() else activity.PULL_BEFORE_STORED), False
 
 
 def _apply_delete(event: Event) -> tuple[str, bool]:
@@ -494,35 +493,10 @@ def _process_push(client: RegistryClient, event: RegistryEvent) -> None:
             .filter(Q(pushed_at_estimated=True) | Q(pushed_at__lt=event.occurred_at))
             .update(pushed_at=event.occurred_at, pushed_at_estimated=False)
         )
-        pulled = _apply_earlier_pulls(repository, new_digests)
+        pulled = activity.apply_earlier_pulls(repository, new_digests)
         if updated or pulled:
             _bump({repository.name})
         _finish(event, STORED)
-
-
-def _apply_earlier_pulls(repository: Repository, digests: list[str]) -> int:
-    """Pulls recorded before their manifest was stored (delivery is unordered)."""
-    if not digests:
-        return 0
-    latest = (
-        RegistryEvent.objects.filter(
-            action="pull",
-            repository=repository.name,
-            digest__in=digests,
-            outcome=PULL_BEFORE_STORED,
-        )
-        .values("digest")
-        .annotate(latest=Max("occurred_at"))
-        .order_by()
-    )
-    count = 0
-    for row in latest:
-        count += (
-            Manifest.objects.filter(repository=repository, digest=row["digest"])
-            .filter(Q(last_pulled_at__isnull=True) | Q(last_pulled_at__lt=row["latest"]))
-            .update(last_pulled_at=row["latest"])
-        )
-    return count
 
 
 def prune(older_than: datetime) -> int:

@@ -232,4 +232,7 @@ class RegistryEvent(models.Model):
     outcome = models.CharField(max_length=512, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["processed_at"], name="event_by_processed")]
+        indexes = [
+            models.Index(fields=["processed_at"], name="event_by_processed"),
+            models.Index(fields=["repository", "digest", "action"], name="event_by_manifest"),
+        ]

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from hubimages import rollups
+from hubimages import activity, rollups
 from hubimages.locks import RepositoryBusy, repository_lock
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, SyncRun, Tag
 from registry import media
@@ -364,6 +364,8 @@ def _write(snapshot: Snapshot, known: dict[str, KnownManifest]) -> RepositoryRes
         result.added = len(snapshot.fetched)
         if snapshot.fetched:
             _insert_manifests(repository, snapshot, now)
+            activity.apply_recorded_pushes(repository, list(snapshot.fetched))
+            activity.apply_earlier_pulls(repository, list(snapshot.fetched))
         result.tags_changed = _write_tags(repository, snapshot.tags)
         changed = bool(result.added or result.removed or result.tags_changed)
         if changed:
@@ -665,6 +667,8 @@ def write_pushed_manifest(snapshot: Snapshot) -> Repository:
             del snapshot.fetched[digest]
         if snapshot.fetched:
             _insert_manifests(repository, snapshot, now)
+            activity.apply_recorded_pushes(repository, list(snapshot.fetched))
+            activity.apply_earlier_pulls(repository, list(snapshot.fetched))
         changed = bool(snapshot.fetched)
         for tag, digest in snapshot.tags.items():
             manifest = Manifest.objects.get(repository=repository, digest=digest)

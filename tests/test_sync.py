@@ -356,3 +356,23 @@ def test_a_tag_deleted_mid_sync_is_skipped_with_a_warning(registry_server, pushe
 
     assert set(tags_of("moving")) == {"stays"}
     assert any("vanishes" in warning for warning in summary.warnings)
+
+
+def test_a_sync_applies_push_and_pull_times_recorded_before_it_stored_the_manifest(pusher, sync):
+    from hubimages.activity import PULL_BEFORE_STORED
+    from hubimages.models import RegistryEvent
+
+    image = pusher.push_image("early", tag="v1", layers=[random_layer(10, "early")])
+    pushed = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+    pulled = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
+    common = {"repository": "early", "digest": image.digest}
+    RegistryEvent.objects.create(event_id="p1", action="push", occurred_at=pushed, **common)
+    RegistryEvent.objects.create(
+        event_id="g1", action="pull", occurred_at=pulled, outcome=PULL_BEFORE_STORED, **common
+    )
+
+    sync()
+
+    stored = manifest("early", image.digest)
+    assert (stored.pushed_at, stored.pushed_at_estimated) == (pushed, False)
+    assert stored.last_pulled_at == pulled

@@ -1,0 +1,49 @@
+"""Pull and push times recorded from registry events before their manifest was stored.
+
+Delivery is unordered and a sync may store a manifest before the events worker does, so
+whoever stores a manifest first applies what the events already told us about it.
+"""
+
+from django.db.models import Max, Q
+
+from hubimages.models import Manifest, RegistryEvent, Repository
+
+PULL_BEFORE_STORED = "pull counted: manifest not stored yet"
+
+
+def apply_earlier_pulls(repository: Repository, digests: list[str]) -> int:
+    """Pulls recorded before their manifest was stored; returns how many rows changed."""
+    if not digests:
+        return 0
+    count = 0
+    for digest, latest in _latest(repository, digests, action="pull", outcome=PULL_BEFORE_STORED):
+        count += (
+            Manifest.objects.filter(repository=repository, digest=digest)
+            .filter(Q(last_pulled_at__isnull=True) | Q(last_pulled_at__lt=latest))
+            .update(last_pulled_at=latest)
+        )
+    return count
+
+
+def apply_recorded_pushes(repository: Repository, digests: list[str]) -> int:
+    """Push events the worker has not processed yet still carry the real push time."""
+    if not digests:
+        return 0
+    count = 0
+    for digest, latest in _latest(repository, digests, action="push"):
+        count += Manifest.objects.filter(
+            repository=repository, digest=digest, pushed_at_estimated=True
+        ).update(pushed_at=latest, pushed_at_estimated=False)
+    return count
+
+
+def _latest(repository: Repository, digests: list[str], *, action: str, **filters):
+    rows = (
+        RegistryEvent.objects.filter(
+            action=action, repository=repository.name, digest__in=digests, **filters
+        )
+        .values("digest")
+        .annotate(latest=Max("occurred_at"))
+        .order_by()
+    )
+    return [(row["digest"], row["latest"]) for row in rows]
