@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -269,18 +271,40 @@ def main(argv: list[str] | None = None) -> int:
         notify_token=args.notify_token,
         binary=args.binary,
     )
+    collect_requested = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGUSR1: stop, garbage-collect, restart (see scripts/demo-gc).
+    signal.signal(signal.SIGUSR1, lambda *_: collect_requested.set())
     registry.start()
+    pid_file = registry.root / "server.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
     print(f"registry at {registry.url} (storage {registry.storage_dir})", flush=True)
     try:
-        assert registry._process is not None
-        code = registry._process.wait()
-        print(f"registry exited ({code}):\n{registry._log_tail()}", file=sys.stderr)
-        return code or 1
+        while True:
+            assert registry._process is not None
+            try:
+                code = registry._process.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                code = None
+            if collect_requested.is_set():
+                collect_requested.clear()
+                _collect_garbage(registry)
+            elif code is not None:
+                print(f"registry exited ({code}):\n{registry._log_tail()}", file=sys.stderr)
+                return code or 1
     except KeyboardInterrupt:
         return 0
     finally:
+        pid_file.unlink(missing_ok=True)
         registry.stop()
+
+
+def _collect_garbage(registry: LocalRegistry) -> None:
+    before = registry.blob_bytes_on_disk()
+    output = registry.garbage_collect()
+    freed = before - registry.blob_bytes_on_disk()
+    print(output, flush=True)
+    (registry.root / "gc-result").write_text(f"{freed}\n")
 
 
 if __name__ == "__main__":
