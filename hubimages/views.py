@@ -1,4 +1,5 @@
-"""The pages: repositories, a repository's Image Management list, one image's details.
+"""The pages: repositories, a repository's Image Management list, one image's details,
+the preview and "Delete forever" of a selection, and the deletion history.
 
 Views stay thin: `inventory` computes the data in SQL; each view renders its page, or only
 the page's refreshable partial when htmx asks for it. A history restore (Back with htmx)
@@ -7,17 +8,25 @@ gets the whole page, since htmx swaps it into the body.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseClientRedirect
 
-from hubimages import inventory
-from hubimages.models import Manifest, Repository, SyncRun
+from hubimages import deletion, inventory
+from hubimages.connection import registry_client
+from hubimages.locks import RepositoryBusy
+from hubimages.models import DeletionRecord, Manifest, Repository, SyncRun
+from hubimages.templatetags.hubimages_tags import human_size
 from registry import media
 
 PAGE_SIZES = (10, 25, 50, 100)
@@ -30,6 +39,12 @@ SORTABLE_COLUMNS = (
     ("last_pulled", "Last pulled"),
 )
 REPOSITORY_COLUMNS = (("name", "Name"), ("size", "Size"), ("last_pushed", "Last pushed"))
+# A page shows at most 100 rows; more digests than this are not a selection but a misuse.
+MAX_SELECTED = 1000
+HISTORY_PER_PAGE = 50
+CHANGED = "The registry changed since your preview: nothing was deleted. Check the new preview."
+BUSY = "Someone else is changing this repository right now; try again in a moment."
+UNCONFIRMED = "Tick the box to confirm that you understand what will be deleted."
 
 
 @dataclass(frozen=True)
@@ -178,4 +193,156 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
         "stale_months": settings.STALE_AFTER_MONTHS,
     }
     template = "image_detail.html#panel" if _wants_partial(request) else "image_detail.html"
+    return render(request, template, context)
+
+
+# -- preview and delete ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviewGroup:
+    """One selected digest with what goes with it and what it leaves behind."""
+
+    digest: str
+    delete: list[deletion.PlannedItem]
+    keep: list[deletion.KeptItem]
+
+
+def _preview_groups(plan: deletion.DeletionPlan) -> list[PreviewGroup]:
+    kept = defaultdict(list)
+    for item in plan.keep:
+        kept[item.group].append(item)
+    groups = [PreviewGroup(group, items, kept.pop(group, [])) for group, items in plan.groups()]
+    return groups + [PreviewGroup(group, [], items) for group, items in kept.items()]
+
+
+def _repository_to_delete_from(request: HttpRequest, name: str) -> Repository:
+    """403 before anything else: who may not delete learns nothing, not even what exists."""
+    if not deletion.can_delete(request.user):
+        raise PermissionDenied("deleting needs the hubimages.delete_manifest permission")
+    return get_object_or_404(Repository, name=name)
+
+
+def _preview(
+    request: HttpRequest,
+    repository: Repository,
+    plan: deletion.DeletionPlan,
+    *,
+    notice: str = "",
+    error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    """The preview as a page, or as the dialog htmx swaps into `#panel`."""
+    refused = {item.digest for item in plan.refused}
+    context = {
+        "repository": repository,
+        "plan": plan,
+        "groups": _preview_groups(plan),
+        # With refusals, the rest of the selection, to preview without them.
+        "deletable": [d for d in plan.selected if d not in refused] if refused else [],
+        "notice": notice,
+        "error": error,
+    }
+    template = "delete_preview.html#dialog" if _wants_partial(request) else "delete_preview.html"
+    return render(request, template, context, status=status)
+
+
+@require_GET
+@vary_on_headers("HX-Request", "HX-History-Restore-Request")
+def delete_preview(request: HttpRequest, name: str) -> HttpResponse:
+    repository = _repository_to_delete_from(request, name)
+    digests = request.GET.getlist("digest")[:MAX_SELECTED]
+    return _preview(
+        request, repository, deletion.plan_deletion(repository=repository, digests=digests)
+    )
+
+
+@require_POST
+@vary_on_headers("HX-Request")
+def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
+    """Delete exactly the previewed plan (its fingerprint came with the form), or nothing.
+
+    The cheap checks come first, against the database: a plan that already differs, or that
+    refuses part of the selection, never reaches the registry. `execute_deletion` then
+    re-reads the repository from the registry under its lock and checks once more."""
+    repository = _repository_to_delete_from(request, name)
+    digests = request.POST.getlist("digest")[:MAX_SELECTED]
+    plan = deletion.plan_deletion(repository=repository, digests=digests)
+    if plan.refused or not plan.delete:
+        return _preview(request, repository, plan, status=422)
+    if request.POST.get("fingerprint") != plan.fingerprint:
+        return _preview(request, repository, plan, notice=CHANGED, status=409)
+    if request.POST.get("confirm") != "yes":
+        return _preview(request, repository, plan, error=UNCONFIRMED, status=422)
+    try:
+        with registry_client() as client:
+            outcome = deletion.execute_deletion(
+                repository=repository,
+                digests=digests,
+                fingerprint=plan.fingerprint,
+                user=request.user,
+                client=client,
+            )
+    except RepositoryBusy:
+        return _preview(request, repository, plan, error=BUSY, status=409)
+    except deletion.RecheckFailed as failure:
+        error = f"Nothing was deleted: {failure}."
+        return _preview(request, repository, plan, error=error, status=502)
+    if outcome.stale:
+        return _preview(request, repository, outcome.plan, notice=CHANGED, status=409)
+    return _deletion_done(request, repository, outcome)
+
+
+def _deletion_done(
+    request: HttpRequest, repository: Repository, outcome: deletion.DeletionOutcome
+) -> HttpResponse:
+    """All done: back to the list with a message. Otherwise show what happened to each."""
+    list_url = reverse("image_management", args=[repository.name])
+    if outcome.succeeded:
+        messages.success(request, deleted_message(outcome))
+        if request.htmx:
+            return HttpResponseClientRedirect(list_url)
+        return HttpResponseRedirect(list_url, status=303)
+    context = {
+        "repository": repository,
+        "outcome": outcome,
+        "message": deleted_message(outcome),
+    }
+    template = "delete_outcome.html#dialog" if request.htmx else "delete_outcome.html"
+    return render(request, template, context)
+
+
+def deleted_message(outcome: deletion.DeletionOutcome) -> str:
+    """What was deleted and the bytes it frees, once the registry collects garbage."""
+    manifests = len(outcome.deleted)
+    tags = sum(len(item.tags) for item in outcome.deleted)
+    return (
+        f"Deleted {manifests} manifest{'s' if manifests != 1 else ''} and {tags} "
+        f"tag{'s' if tags != 1 else ''}; {human_size(outcome.reclaimed_bytes)} "
+        f"({outcome.reclaimed_bytes:,} bytes) will be freed at the next garbage collection."
+    )
+
+
+@require_GET
+@vary_on_headers("HX-Request", "HX-History-Restore-Request")
+def deletion_history(request: HttpRequest) -> HttpResponse:
+    """Every deleted manifest, newest first; `?repository=` narrows to one repository.
+
+    Any signed-in user may read it: whoever can see the list must be able to find out
+    where an image went and who removed it, and the records hold nothing the list did
+    not already show (plus a username)."""
+    repository = request.GET.get("repository", "").strip()[:255]
+    records = DeletionRecord.objects.all()
+    if repository:
+        records = records.filter(repository=repository)
+    page = _paginate(records, HISTORY_PER_PAGE, request.GET.get("page"))
+    context = {
+        "page": page,
+        **_neighbours(page),
+        "repository": repository,
+        "state": {"repository": repository or None},
+    }
+    template = (
+        "deletion_history.html#records" if _wants_partial(request) else "deletion_history.html"
+    )
     return render(request, template, context)

@@ -93,11 +93,26 @@
     root.querySelectorAll("dialog[data-modal]:not([open])").forEach(function (dialog) {
       dialog.addEventListener("close", function () {
         dialog.remove();
+        // After a partly failed deletion the list below is out of date (and its poll
+        // waits while boxes are ticked): show what the registry holds now.
+        if (dialog.hasAttribute("data-reload-on-close")) window.location.reload();
       });
       dialog.showModal();
     });
     updateSelection();
   }
+
+  // The delete preview answers 409 (the plan changed, the repository is busy), 422 (not
+  // confirmed, refused) and 502 (registry unreachable) with a fresh preview to show:
+  // htmx leaves 4xx/5xx unswapped unless told.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var status = event.detail.xhr.status;
+    var target = event.detail.target;
+    if (target && target.id === "panel" && [409, 422, 502].indexOf(status) !== -1) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     enhance(document);

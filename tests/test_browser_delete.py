@@ -1,0 +1,117 @@
+"""Preview and delete in a real browser (Debian's chromium), with and without JavaScript:
+select two items, preview, check what goes and the bytes, confirm, Delete forever, see the
+list without them and the deletion history with them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from playwright.sync_api import expect
+
+from hubimages import deletion
+from hubimages.models import DeletionRecord, Repository
+from hubimages.templatetags.hubimages_tags import human_size
+from registry.pusher import random_layer
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+REPO = "acme/store"
+LIST = f"/repositories/{REPO}/"
+ROWS = '#rows input[name="digest"]'
+
+
+@pytest.fixture
+def store(pusher, sync):
+    """A multi-arch release with an attestation, an old build sharing a layer with the
+    current one."""
+    base = random_layer(30_000, "base")
+    amd = pusher.push_image(REPO, layers=[base, random_layer(40_000, "amd")])
+    arm = pusher.push_image(REPO, layers=[base, random_layer(35_000, "arm")], architecture="arm64")
+    release = pusher.push_index(REPO, tag="3.0", images=[amd, arm], attestations=[amd])
+    old = pusher.push_image(REPO, tag="2.9", layers=[base, random_layer(20_000, "old")])
+    current = pusher.push_image(REPO, tag="3.1", layers=[base, random_layer(25_000, "cur")])
+    sync()
+    return SimpleNamespace(release=release, old=old, current=current)
+
+
+def plan_for(*manifests) -> deletion.DeletionPlan:
+    return deletion.plan_deletion(
+        repository=Repository.objects.get(name=REPO), digests=[m.digest for m in manifests]
+    )
+
+
+def check_preview(scope, plan: deletion.DeletionPlan) -> None:
+    """The listed manifests and the reclaimable bytes are the planner's, to the byte."""
+    items = scope.locator("tr.delete-item")
+    expect(items).to_have_count(len(plan.delete))
+    assert {items.nth(i).get_attribute("data-digest") for i in range(len(plan.delete))} == {
+        item.digest for item in plan.delete
+    }
+    reclaimable = scope.locator("strong.reclaimable")
+    expect(reclaimable).to_have_text(human_size(plan.reclaimable_bytes))
+    expect(reclaimable).to_have_attribute("data-bytes", str(plan.reclaimable_bytes))
+    expect(reclaimable).to_have_attribute("title", f"{plan.reclaimable_bytes:,} bytes")
+
+
+def check_deleted(page, store, plan: deletion.DeletionPlan) -> None:
+    """Back on the list: the message, the rows gone; then the history lists them."""
+    message = (
+        f"Deleted {plan.manifest_count} manifests and {plan.tag_count} tags; "
+        f"{human_size(plan.reclaimable_bytes)}"
+    )
+    expect(page.locator(".message-success")).to_contain_text(message)
+    expect(page.locator(ROWS)).to_have_count(1)
+    assert page.locator(ROWS).first.get_attribute("value") == store.current.digest
+
+    page.get_by_role("link", name="Deletion history", exact=True).click()
+    records = page.locator("tr.record")
+    expect(records).to_have_count(plan.manifest_count)
+    assert {records.nth(i).get_attribute("data-digest") for i in range(plan.manifest_count)} == {
+        item.digest for item in plan.delete
+    }
+    expect(records.first).to_contain_text("admin")
+    assert DeletionRecord.objects.count() == plan.manifest_count
+
+
+def test_select_preview_and_delete_forever_in_a_dialog(store, signed_in_page):
+    page = signed_in_page()
+    page.goto(LIST)
+    expect(page.locator(ROWS)).to_have_count(3)
+    plan = plan_for(store.release, store.old)
+
+    page.get_by_label(f"Select {store.release.hex[:12]}").check()
+    page.get_by_label(f"Select {store.old.hex[:12]}").check()
+    page.get_by_role("button", name="Preview and delete").click()
+
+    dialog = page.locator("dialog.panel")
+    expect(dialog).to_be_visible()
+    assert page.url.endswith(LIST)  # a dialog over the list, no page load
+    check_preview(dialog, plan)
+    delete = dialog.get_by_role("button", name="Delete forever")
+    delete.click()  # not confirmed yet: the browser holds the form back
+    expect(dialog).to_be_visible()
+    assert DeletionRecord.objects.count() == 0
+    dialog.get_by_label("I understand that").check()
+    delete.click()
+
+    check_deleted(page, store, plan)
+
+
+def test_select_preview_and_delete_forever_with_javascript_off(store, signed_in_page):
+    page = signed_in_page(javascript=False)
+    page.goto(LIST)
+    plan = plan_for(store.release, store.old)
+
+    page.get_by_label(f"Select {store.release.hex[:12]}").check()
+    page.get_by_label(f"Select {store.old.hex[:12]}").check()
+    page.get_by_role("button", name="Preview and delete").click()
+
+    expect(page.get_by_role("heading", name=f"Preview and delete {REPO}")).to_be_visible()
+    assert "/-/delete/?digest=" in page.url
+    check_preview(page, plan)
+    page.get_by_label("I understand that").check()
+    page.get_by_role("button", name="Delete forever").click()
+
+    expect(page).to_have_url(f"{page.url.split('/repositories/')[0]}{LIST}")
+    check_deleted(page, store, plan)
