@@ -214,6 +214,10 @@ class DeletionRecord(models.Model):
 
     class Meta:
         ordering = ["-deleted_at", "-id"]
+        indexes = [
+            models.Index(fields=["-deleted_at", "-id"], name="deletion_by_time"),
+            models.Index(fields=["repository", "-deleted_at"], name="deletion_by_repository"),
+        ]
 
 
 class RegistryEvent(models.Model):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -134,6 +135,20 @@ def repositories(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
+def _encode(state: dict) -> str:
+    return urlencode({key: value for key, value in state.items() if value is not None})
+
+
+def _list_state(query: inventory.ListQuery, per_page: int) -> dict:
+    """The list's parameters that differ from the defaults (None for the others)."""
+    return {
+        "search": query.search or None,
+        "filter": query.filter if query.filter != inventory.DEFAULT_FILTER else None,
+        "sort": query.sort if query.sort != inventory.DEFAULT_SORT else None,
+        "per_page": per_page if per_page != _page_size(None) else None,
+    }
+
+
 @require_GET
 @vary_on_headers("HX-Request", "HX-History-Restore-Request")
 def image_management(request: HttpRequest, name: str) -> HttpResponse:
@@ -145,13 +160,8 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
     per_page = _page_size(request.GET.get("per_page"))
     rows = inventory.with_details(inventory.top_level(repository, query))
     page = _paginate(rows, per_page, request.GET.get("page"))
-    state = {
-        "search": query.search or None,
-        "filter": query.filter if query.filter != inventory.DEFAULT_FILTER else None,
-        "sort": query.sort if query.sort != inventory.DEFAULT_SORT else None,
-        "per_page": per_page if per_page != _page_size(None) else None,
-        "page": page.number if page.number != 1 else None,
-    }
+    view = _list_state(query, per_page)
+    state = {**view, "page": page.number if page.number != 1 else None}
     context = {
         "repository": repository,
         "query": query,
@@ -159,6 +169,8 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
         "per_page": per_page,
         "page_sizes": PAGE_SIZES,
         "state": state,
+        # Carried through the delete preview, so the list comes back as the user left it.
+        "back": _encode(view),
         "filters": FILTER_LABELS,
         "columns": _columns(query.sort, SORTABLE_COLUMNS),
         **_neighbours(page),
@@ -234,9 +246,12 @@ def _preview(
 ) -> HttpResponse:
     """The preview as a page, or as the dialog htmx swaps into `#panel`."""
     refused = {item.digest for item in plan.refused}
+    back = request.GET.get("back") or request.POST.get("back") or ""
     context = {
         "repository": repository,
         "plan": plan,
+        "back": back,
+        "list_url": list_url(repository, back),
         "groups": _preview_groups(plan),
         # With refusals, the rest of the selection, to preview without them.
         "deletable": [d for d in plan.selected if d not in refused] if refused else [],
@@ -296,13 +311,14 @@ def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
 def _deletion_done(
     request: HttpRequest, repository: Repository, outcome: deletion.DeletionOutcome
 ) -> HttpResponse:
-    """All done: back to the list with a message. Otherwise show what happened to each."""
-    list_url = reverse("image_management", args=[repository.name])
+    """All done: back to the list as the user left it, with a message. Otherwise show what
+    happened to each."""
+    back_to = list_url(repository, request.POST.get("back", ""))
     if outcome.succeeded:
         messages.success(request, deleted_message(outcome))
         if request.htmx:
-            return HttpResponseClientRedirect(list_url)
-        return HttpResponseRedirect(list_url, status=303)
+            return HttpResponseClientRedirect(back_to)
+        return HttpResponseRedirect(back_to, status=303)
     context = {
         "repository": repository,
         "outcome": outcome,
@@ -310,6 +326,18 @@ def _deletion_done(
     }
     template = "delete_outcome.html#dialog" if request.htmx else "delete_outcome.html"
     return render(request, template, context)
+
+
+def list_url(repository: Repository, back: str = "") -> str:
+    """The list's URL with the search, filter, sort and page size the user came from.
+
+    `back` is the list's query string, carried through the preview; only known parameters
+    with allowed values survive, so it can never point anywhere else."""
+    params = QueryDict(back.lstrip("?")[:1000])
+    state = _list_state(inventory.ListQuery.from_params(params), _page_size(params.get("per_page")))
+    encoded = _encode(state)
+    url = reverse("image_management", args=[repository.name])
+    return f"{url}?{encoded}" if encoded else url
 
 
 def deleted_message(outcome: deletion.DeletionOutcome) -> str:

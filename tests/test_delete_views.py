@@ -230,6 +230,28 @@ def test_delete_forever_deletes_the_plan_records_it_and_returns_to_the_list(
     assert shop.old.digest not in listing and shop.arm.digest in listing
 
 
+def test_after_deleting_the_list_comes_back_with_the_search_filter_and_sort_the_user_had(
+    shop, deleter_client
+):
+    listing = deleter_client.get(LIST, {"filter": "image", "sort": "size", "search": "1"})
+    back = re.search(r'name="back" value="([^"]*)"', listing.content.decode()).group(1)
+    page = deleter_client.get(
+        PREVIEW, {"digest": shop.old.digest, "back": html.unescape(back)}
+    ).content.decode()
+
+    response = deleter_client.post(EXECUTE, confirmed(page))
+
+    assert response.status_code == 303
+    assert response["Location"] == f"{LIST}?search=1&filter=image&sort=size"
+
+
+def test_the_way_back_to_the_list_keeps_only_known_list_parameters(db):
+    repository = Repository.objects.create(name=REPO)
+    hostile = "?sort=;drop&filter=../../x&next=https://evil.example&search=<b>&per_page=7"
+    assert views.list_url(repository, hostile) == f"{LIST}?search=%3Cb%3E"
+    assert views.list_url(repository, "//evil.example/") == LIST
+
+
 def test_with_htmx_a_successful_delete_sends_the_browser_back_to_the_list(
     shop, deleter_client, registry_client
 ):
