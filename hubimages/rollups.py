@@ -30,6 +30,16 @@ def refresh(repository: Repository) -> None:
     indexes.filter(pushed_at_estimated=True, created_at__isnull=True).update(
         pushed_at=Coalesce(Subquery(newest_child_build), F("first_seen_at"))
     )
+    # Attestations carry no build time of their own: they were pushed with their index.
+    index_pushed = (
+        IndexEntry.objects.filter(child=OuterRef("pk"))
+        .values("child")
+        .annotate(latest=Max("index__pushed_at"))
+        .values("latest")
+    )
+    manifests.filter(
+        kind=Manifest.Kind.ATTESTATION, pushed_at_estimated=True, created_at__isnull=True
+    ).update(pushed_at=Coalesce(Subquery(index_pushed), F("first_seen_at")))
 
 
 def _children_size() -> Subquery:

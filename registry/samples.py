@@ -180,16 +180,36 @@ def _reporter():
     return say
 
 
+def pull_like_docker(pusher: ImagePusher, reference: str, user_agent: str) -> None:
+    """GET a tag's manifest and, for an index, its linux/amd64 image, as `docker pull` does
+    (layers are left out: only manifest pulls count)."""
+    repository, tag = reference.rsplit(":", 1)
+    response = pusher.pull_manifest(repository, tag, user_agent=user_agent)
+    response.raise_for_status()
+    for entry in response.json().get("manifests", []):
+        platform = entry.get("platform", {})
+        if (platform.get("os"), platform.get("architecture")) == ("linux", "amd64"):
+            pusher.pull_manifest(repository, entry["digest"], user_agent=user_agent)
+            break
+    print(f"  pulled {reference}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Push the demo's sample images.")
     parser.add_argument("url", help="registry base URL, such as http://127.0.0.1:5050")
     parser.add_argument("--rebuilds", action="store_true", help="push the newer builds")
+    parser.add_argument(
+        "--pull", nargs="+", metavar="REPOSITORY:TAG", help="pull these as docker would instead"
+    )
     parser.add_argument("--username")
     parser.add_argument("--password")
     args = parser.parse_args(argv)
     auth = (args.username, args.password) if args.username else None
     pusher = ImagePusher(args.url, auth=auth, user_agent="hubimages-samples/1")
-    if args.rebuilds:
+    if args.pull:
+        for reference in args.pull:
+            pull_like_docker(pusher, reference, "docker/27.3.1 (linux; hubimages demo)")
+    elif args.rebuilds:
         push_rebuilds(pusher)
     else:
         push_base(pusher)

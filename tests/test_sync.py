@@ -376,3 +376,15 @@ def test_a_sync_applies_push_and_pull_times_recorded_before_it_stored_the_manife
     stored = manifest("early", image.digest)
     assert (stored.pushed_at, stored.pushed_at_estimated) == (pushed, False)
     assert stored.last_pulled_at == pulled
+
+
+def test_attestations_without_a_build_time_take_their_index_s_push_time(pusher, sync):
+    image = pusher.push_image(
+        "attested", layers=[random_layer(10, "att")], created="2024-02-02T00:00:00Z"
+    )
+    index = pusher.push_index("attested", tag="v1", images=[image], attestations=True)
+    sync()
+    attestation = manifest("attested", index.child_digests[1])
+    assert attestation.kind == "attestation"
+    assert attestation.pushed_at == manifest("attested", index.digest).pushed_at
+    assert attestation.pushed_at == datetime(2024, 2, 2, tzinfo=UTC)
