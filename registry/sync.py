@@ -23,7 +23,7 @@ from hubimages.locks import RepositoryBusy, repository_lock
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, SyncRun, Tag
 from registry import media
 from registry.client import FetchedManifest, RegistryClient
-from registry.errors import NotFound, RegistryError
+from registry.errors import ContentTooLarge, NotFound, RegistryError, UnsupportedManifest
 
 log = logging.getLogger("hubimages.sync")
 
@@ -278,15 +278,15 @@ def _read_graph(
     while frontier:
         snapshot.present |= frontier
         unknown = sorted(d for d in frontier if d not in known and d not in snapshot.fetched)
-        fetched = _parallel(pool, lambda digest: _get_or_none(client, name, digest), unknown)
+        fetched = _parallel(pool, lambda digest: _get_or_skip(client, name, digest), unknown)
         next_frontier: set[str] = set()
         for digest in frontier:
             if digest in known:
                 next_frontier.update(known[digest].children)
         for digest, manifest in zip(unknown, fetched, strict=True):
-            if manifest is None:
+            if isinstance(manifest, str):
                 snapshot.present.discard(digest)
-                snapshot.warnings.append(f"manifest {digest} disappeared during the sync")
+                snapshot.warnings.append(f"manifest {digest} skipped: {manifest}")
                 continue
             snapshot.fetched[digest] = manifest
             next_frontier.update(child.digest for child in manifest.parsed.manifests)
@@ -316,11 +316,17 @@ def _drop_dangling_tags(snapshot: Snapshot) -> None:
             del snapshot.tags[tag]
 
 
-def _get_or_none(client: RegistryClient, name: str, digest: str) -> FetchedManifest | None:
+def _get_or_skip(client: RegistryClient, name: str, digest: str) -> FetchedManifest | str:
+    """The manifest, or why it is skipped while the rest of the repository syncs.
+
+    Legacy (schema 1) and oversized manifests are content we cannot list, not a broken
+    registry; a malformed body or a digest mismatch is, and fails the repository."""
     try:
         return client.get_manifest(name, digest)
     except NotFound:
-        return None
+        return "it disappeared during the sync"
+    except (UnsupportedManifest, ContentTooLarge) as error:
+        return error.message
 
 
 def _config_or_none(

@@ -388,3 +388,25 @@ def test_attestations_without_a_build_time_take_their_index_s_push_time(pusher, 
     assert attestation.kind == "attestation"
     assert attestation.pushed_at == manifest("attested", index.digest).pushed_at
     assert attestation.pushed_at == datetime(2024, 2, 2, tzinfo=UTC)
+
+
+def test_a_legacy_schema1_tag_is_skipped_with_a_warning_and_the_rest_syncs(
+    registry_server, pusher, sync
+):
+    pusher.push_image("legacy", tag="modern", layers=[random_layer(10, "modern")])
+    old = pusher.push_image("legacy", tag="ancient", layers=[random_layer(10, "ancient")])
+    schema1 = b'{"schemaVersion": 1, "name": "legacy", "tag": "ancient", "fsLayers": []}'
+
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as stub:
+        stub.add_passthru(registry_server.url)
+        stub.get(
+            f"{registry_server.url}/v2/legacy/manifests/{old.digest}",
+            body=schema1,
+            content_type="application/vnd.docker.distribution.manifest.v1+prettyjws",
+        )
+        summary = sync()
+
+    assert set(tags_of("legacy")) == {"modern"}
+    assert any(
+        old.digest in warning and "schema 1" in warning.lower() for warning in summary.warnings
+    ), summary.warnings
