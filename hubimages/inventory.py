@@ -17,12 +17,12 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
-    Sum,
     Value,
 )
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from hubimages import rollups
 from hubimages.models import IndexEntry, Manifest, ManifestBlob, Repository, Tag
 
 FILTERS = ("all", "tagged", "index", "image")
@@ -155,7 +155,13 @@ def repository_overview(search: str = "", sort: str = "name") -> QuerySet[Reposi
         tag_count=_count(Tag.objects.filter(repository=OuterRef("pk"))),
         image_count=_count(top),
         stale_count=_count(top.filter(stale_q())),
-        total_size=Coalesce(_aggregate(top, Sum("total_size")), Value(0)),
+        # Storage, as the registry keeps it: a base layer shared by many images once.
+        total_size=Coalesce(
+            rollups.distinct_blob_size(
+                ManifestBlob.objects.filter(manifest__repository=OuterRef(OuterRef("pk")))
+            ),
+            Value(0),
+        ),
         last_pushed=_aggregate(top, Max("pushed_at")),
     )
     if search:

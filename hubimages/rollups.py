@@ -44,12 +44,17 @@ def refresh(repository: Repository) -> None:
 
 def _children_size() -> Subquery:
     """The distinct config and layer blobs of an index's children, each counted once."""
-    child_blobs = ManifestBlob.objects.filter(
-        manifest__parent_entries__index=OuterRef(OuterRef("pk")),
-        role__in=[ManifestBlob.Role.CONFIG, ManifestBlob.Role.LAYER],
-    ).values("blob_id")
+    return distinct_blob_size(
+        ManifestBlob.objects.filter(manifest__parent_entries__index=OuterRef(OuterRef("pk")))
+    )
+
+
+def distinct_blob_size(links) -> Subquery:
+    """The total size of the distinct config and layer blobs these ManifestBlob rows name:
+    a layer shared by several manifests counts once, as the registry stores it once."""
+    blobs = links.filter(role__in=[ManifestBlob.Role.CONFIG, ManifestBlob.Role.LAYER])
     total = (
-        Blob.objects.filter(pk__in=child_blobs)
+        Blob.objects.filter(pk__in=blobs.values("blob_id"))
         .annotate(group=Value(1))
         .values("group")
         .annotate(total=Sum("size"))

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from hubimages import rollups
-from hubimages.models import IndexEntry, Manifest, Repository, Tag
+from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -30,7 +30,8 @@ def manifest(
     children: Iterable[Manifest] = (),
     architecture: str = "amd64",
 ) -> Manifest:
-    """One manifest with exact figures (push time not estimated), its tags and children.
+    """One manifest with exact figures (push time not estimated), its tags and children;
+    an image or artifact gets one layer of `size` bytes of its own.
 
     Call `rollups.refresh(repository)` (or `finish`) once all rows exist."""
     row = Manifest.objects.create(
@@ -47,6 +48,9 @@ def manifest(
         pushed_at_estimated=False,
         last_pulled_at=last_pulled_at,
     )
+    if kind != Manifest.Kind.INDEX:
+        layer, _ = Blob.objects.get_or_create(digest=digest_for(f"{seed}:layer"), size=size)
+        ManifestBlob.objects.create(manifest=row, blob=layer, role=ManifestBlob.Role.LAYER)
     for name in tags:
         Tag.objects.create(repository=repository, name=name, manifest=row)
     for position, child in enumerate(children):

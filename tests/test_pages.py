@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from hubimages.models import Repository, SyncRun
+from hubimages import inventory
+from hubimages.models import Manifest, Repository, SyncRun
 from registry.pusher import random_layer
 from tests.builders import finish, manifest
 from tests.conftest import PASSWORD
@@ -164,3 +165,18 @@ def test_a_wrong_password_is_refused_with_a_message(client, viewer):
 
     assert response.status_code == 200
     assert "didn't match" in response.content.decode()
+
+
+def test_a_repository_s_size_counts_a_shared_layer_once_as_the_registry_stores_it(
+    pusher, sync, viewer_client
+):
+    base = random_layer(40_000, "shared-base")
+    one = pusher.push_image("team/svc", tag="1", layers=[base, random_layer(1_000, "one")])
+    two = pusher.push_image("team/svc", tag="2", layers=[base, random_layer(2_000, "two")])
+    sync()
+
+    repository = inventory.repository_overview().get(name="team/svc")
+
+    stored = 40_000 + 1_000 + 2_000 + one.config_size + two.config_size
+    assert repository.total_size == stored
+    assert stored < sum(m.total_size for m in Manifest.objects.filter(repository__name="team/svc"))
