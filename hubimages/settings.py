@@ -121,7 +121,10 @@ STALE_AFTER_MONTHS = env_int("STALE_AFTER_MONTHS", 6, minimum=1)
 PULL_IGNORE_USER_AGENTS = env_list(
     "PULL_IGNORE_USER_AGENTS", ["trivy", "clair", "grype", "snyk", "harbor-scanner"]
 )
+PAGE_SIZES = (10, 25, 50, 100)
 PAGE_SIZE = env_int("PAGE_SIZE", 25, minimum=1)
+if PAGE_SIZE not in PAGE_SIZES:
+    raise ImproperlyConfigured(f"PAGE_SIZE must be one of {PAGE_SIZES}, not {PAGE_SIZE}")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -30,7 +30,6 @@ from hubimages.models import DeletionRecord, Manifest, Repository, SyncRun
 from hubimages.templatetags.hubimages_tags import human_size
 from registry import media
 
-PAGE_SIZES = (10, 25, 50, 100)
 REPOSITORIES_PER_PAGE = 50
 FILTER_LABELS = (("all", "All"), ("tagged", "Tagged"), ("index", "Image index"), ("image", "Image"))
 # The list's columns that sort, in the order shown; a first click sorts biggest/newest first.
@@ -89,12 +88,12 @@ def _page_number(raw: str | None, num_pages: int) -> int:
 
 
 def _page_size(raw: str | None) -> int:
-    default = settings.PAGE_SIZE if settings.PAGE_SIZE in PAGE_SIZES else 25
+    default = settings.PAGE_SIZE
     try:
         size = int(raw or default)
     except ValueError:
         return default
-    return size if size in PAGE_SIZES else default
+    return size if size in settings.PAGE_SIZES else default
 
 
 def _paginate(rows, per_page: int, raw_page: str | None) -> Page:
@@ -167,7 +166,7 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
         "query": query,
         "page": page,
         "per_page": per_page,
-        "page_sizes": PAGE_SIZES,
+        "page_sizes": settings.PAGE_SIZES,
         "state": state,
         # Carried through the delete preview, so the list comes back as the user left it.
         "back": _encode(view),
