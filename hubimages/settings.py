@@ -115,6 +115,8 @@ REGISTRY_URL = env_url("REGISTRY_URL")
 REGISTRY_USERNAME = env_str("REGISTRY_USERNAME")
 REGISTRY_PASSWORD = os.environ.get("REGISTRY_PASSWORD", "")
 REGISTRY_EVENTS_TOKEN = env_str("REGISTRY_EVENTS_TOKEN")
+# For registries whose catalog API is closed to us (Docker Hub, GHCR): what to sync instead.
+REGISTRY_REPOSITORIES = env_list("REGISTRY_REPOSITORIES", [])
 REGISTRY_TIMEOUT = env_int("REGISTRY_TIMEOUT", 30, minimum=1)
 SYNC_WORKERS = env_int("SYNC_WORKERS", 8, minimum=1)
 STALE_AFTER_MONTHS = env_int("STALE_AFTER_MONTHS", 6, minimum=1)

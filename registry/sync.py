@@ -23,7 +23,14 @@ from hubimages.locks import RepositoryBusy, repository_lock
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, SyncRun, Tag
 from registry import media
 from registry.client import FetchedManifest, RegistryClient
-from registry.errors import ContentTooLarge, NotFound, RegistryError, UnsupportedManifest
+from registry.errors import (
+    AuthenticationError,
+    ContentTooLarge,
+    NotFound,
+    RegistryError,
+    UnsupportedManifest,
+    UnsupportedOperation,
+)
 
 log = logging.getLogger("hubimages.sync")
 
@@ -99,10 +106,15 @@ def sync_registry(
     client: RegistryClient,
     *,
     repositories: Iterable[str] | None = None,
+    catalog: Iterable[str] | None = None,
     workers: int = 8,
     progress: Progress | None = None,
 ) -> SyncSummary:
-    """Bring the database in line with the registry; see SPEC §5."""
+    """Bring the database in line with the registry; see SPEC §5.
+
+    `repositories` syncs just those. `catalog` stands in for the registry's catalog, for
+    registries that do not offer one to us (Docker Hub, GHCR): the database then holds those
+    repositories and no others, as it would with the catalog."""
     started = time.monotonic()
     run = SyncRun.objects.create(started_at=timezone.now())
     summary = SyncSummary()
@@ -111,7 +123,7 @@ def sync_registry(
         if repositories:
             names = list(dict.fromkeys(repositories))
         else:
-            names = list(client.iter_repositories())
+            names = list(dict.fromkeys(catalog)) if catalog else _read_catalog(client)
             summary.repositories_removed = _remove_vanished_repositories(names)
         report(f"{len(names)} repositories in the catalog")
         for result in _sync_repositories(client, names, workers, report):
@@ -132,6 +144,16 @@ def sync_registry(
     run.summary = summary.as_dict()
     run.save()
     return summary
+
+
+def _read_catalog(client: RegistryClient) -> list[str]:
+    try:
+        return list(client.iter_repositories())
+    except (UnsupportedOperation, AuthenticationError) as error:
+        error.message += (
+            "; name the repositories to sync in REGISTRY_REPOSITORIES (or with --repository)"
+        )
+        raise
 
 
 def remove_unused_blobs() -> None:

@@ -410,3 +410,28 @@ def test_a_legacy_schema1_tag_is_skipped_with_a_warning_and_the_rest_syncs(
     assert any(
         old.digest in warning and "schema 1" in warning.lower() for warning in summary.warnings
     ), summary.warnings
+
+
+def test_registries_without_a_catalog_sync_the_repositories_named_in_settings(
+    registry_server, pusher, settings, db, capsys
+):
+    settings.REGISTRY_URL = registry_server.url
+    for name in ("org/one", "org/two", "org/three"):
+        pusher.push_image(name, tag="v1", layers=[random_layer(10, name)])
+    Repository.objects.create(name="org/old")
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as stub:
+        stub.add_passthru(registry_server.url)
+        stub.get(
+            f"{registry_server.url}/v2/_catalog?n=1000",
+            status=404,
+            json={"errors": [{"code": "UNSUPPORTED", "message": "catalog is not available"}]},
+        )
+        with pytest.raises(CommandError):
+            call_command("sync_registry")
+        assert "REGISTRY_REPOSITORIES" in capsys.readouterr().err
+
+        settings.REGISTRY_REPOSITORIES = ["org/one", "org/three"]
+        call_command("sync_registry")
+
+    assert set(Repository.objects.values_list("name", flat=True)) == {"org/one", "org/three"}

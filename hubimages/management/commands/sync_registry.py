@@ -37,7 +37,11 @@ class Command(BaseCommand):
 
         try:
             summary = sync_registry(
-                client, repositories=repositories, workers=workers, progress=progress
+                client,
+                repositories=repositories,
+                catalog=settings.REGISTRY_REPOSITORIES,
+                workers=workers,
+                progress=progress,
             )
             # Registry events still pending (a push whose fetch failed, a deferred delete).
             processed_events = events.process_pending(client)
