@@ -40,6 +40,7 @@ from hubimages.models import (
     ManifestBlob,
     Repository,
     Tag,
+    platform_label,
 )
 from registry.client import RegistryClient
 from registry.errors import RegistryError
@@ -324,7 +325,7 @@ def _assemble(
         pk__in=list(closure.members)
     ).values_list("pk", "digest", "kind", "os", "architecture", "variant", "total_size"):
         because, group, round_ = closure.members[pk]
-        platform = "/".join(part for part in (os, architecture, variant) if part)
+        platform = platform_label(os, architecture, variant)
         item = PlannedItem(pk, digest, kind, platform, tuple(tags[pk]), size, because, group)
         delete.append((order[group], round_, digest, item))
     keep = [

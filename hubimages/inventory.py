@@ -134,7 +134,7 @@ def platforms_of(manifest: Manifest) -> list[str]:
         for entry in manifest.entries.all():
             if entry.child.kind == Manifest.Kind.ATTESTATION:
                 continue
-            platform = entry.platform or entry.child.platform
+            platform = entry.child_platform
             if platform and platform not in seen:
                 seen.append(platform)
         return seen
@@ -143,7 +143,7 @@ def platforms_of(manifest: Manifest) -> list[str]:
 
 def children_of(manifest: Manifest) -> list[tuple[Manifest, str]]:
     """(child, platform) for an index's entries, then the manifest's referrers."""
-    children = [(e.child, e.platform or e.child.platform) for e in manifest.entries.all()]
+    children = [(entry.child, entry.child_platform) for entry in manifest.entries.all()]
     children += [(referrer, referrer.platform) for referrer in manifest.referrers.all()]
     return children
 

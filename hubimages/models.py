@@ -10,6 +10,11 @@ from django.conf import settings
 from django.db import models
 
 
+def platform_label(os: str, architecture: str, variant: str) -> str:
+    """`linux/arm64/v8`, `linux/amd64`: the parts that are known, joined."""
+    return "/".join(part for part in (os, architecture, variant) if part)
+
+
 class Repository(models.Model):
     name = models.CharField(max_length=255, unique=True)
     first_seen_at = models.DateTimeField(auto_now_add=True)
@@ -121,7 +126,7 @@ class Manifest(models.Model):
 
     @property
     def platform(self) -> str:
-        return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
+        return platform_label(self.os, self.architecture, self.variant)
 
     @property
     def short_digest(self) -> str:
@@ -148,7 +153,12 @@ class IndexEntry(models.Model):
 
     @property
     def platform(self) -> str:
-        return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
+        return platform_label(self.os, self.architecture, self.variant)
+
+    @property
+    def child_platform(self) -> str:
+        """The platform the index declares for its child, else the child's own config's."""
+        return self.platform or self.child.platform
 
 
 class ManifestBlob(models.Model):

@@ -193,7 +193,7 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
         "repository": repository,
         "manifest": manifest,
         "layers": inventory.layers_of(manifest),
-        "children": [(e.child, e.platform or e.child.platform) for e in manifest.entries.all()],
+        "children": [(entry.child, entry.child_platform) for entry in manifest.entries.all()],
         "referrers": list(manifest.referrers.all()),
         "parents": [entry.index for entry in manifest.parent_entries.all()],
         "platforms": inventory.platforms_of(manifest),

@@ -591,18 +591,13 @@ def _write_tags(repository: Repository, tags: dict[str, str]) -> int:
     current = dict(Tag.objects.filter(repository=repository).values_list("name", "manifest_id"))
     wanted = {name: ids[digest] for name, digest in tags.items() if digest in ids}
     removed = [name for name in current if name not in wanted]
-    moved = {n: m for n, m in wanted.items() if n in current and current[n] != m}
-    added = [
-        Tag(repository=repository, name=n, manifest_id=m)
-        for n, m in wanted.items()
-        if n not in current
-    ]
-    Tag.objects.filter(repository=repository, name__in=removed + list(moved)).delete()
+    changed = {name: pk for name, pk in wanted.items() if current.get(name) != pk}
+    Tag.objects.filter(repository=repository, name__in=removed + list(changed)).delete()
     Tag.objects.bulk_create(
-        added + [Tag(repository=repository, name=n, manifest_id=m) for n, m in moved.items()],
+        [Tag(repository=repository, name=name, manifest_id=pk) for name, pk in changed.items()],
         batch_size=500,
     )
-    return len(removed) + len(moved) + len(added)
+    return len(removed) + len(changed)
 
 
 def _classify(repository: Repository, snapshot: Snapshot) -> None:
