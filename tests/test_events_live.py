@@ -33,7 +33,22 @@ def notifying_registry(tmp_path, live_server, settings, transactional_db) -> Ite
     with server:
         settings.REGISTRY_URL = server.url
         yield server.url
-    assert events.wait_for_background(timeout=30)
+    settle_events_worker()
+
+
+def settle_events_worker(quiet: float = 1.0, timeout: float = 30.0) -> None:
+    """Wait until the events worker has been idle for `quiet` seconds.
+
+    A delivery already in flight when the registry stopped still reaches the live server
+    and may start a drain: one that writes while the test database is flushed deadlocks
+    PostgreSQL's TRUNCATE."""
+    deadline = time.monotonic() + timeout
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < quiet:
+        if not events.wait_for_background(timeout=0):
+            assert time.monotonic() < deadline, "the events worker did not finish"
+            idle_since = time.monotonic()
+        time.sleep(0.05)
 
 
 def eventually(check: Callable[[], object], timeout: float = 10.0) -> object:
