@@ -28,9 +28,9 @@ from requests.adapters import HTTPAdapter
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.pusher import ImagePusher, random_layer  # noqa: E402
+from devtools.server import LocalRegistry  # noqa: E402
 from registry.media import MANIFEST_ACCEPT  # noqa: E402
-from registry.pusher import ImagePusher, random_layer  # noqa: E402
-from registry.server import LocalRegistry  # noqa: E402
 
 
 def push_data_set(url: str, repositories: int, tags: int, workers: int) -> None:
@@ -119,8 +119,8 @@ def main() -> None:
     django.setup()
     from django.core.management import call_command
 
+    from hubimages.sync import sync_registry
     from registry.client import RegistryClient
-    from registry.sync import sync_registry
 
     call_command("migrate", verbosity=0)
     with LocalRegistry(work / "registry") as server:

@@ -8,7 +8,7 @@ from django.db.models import Max, Q
 
 from hubimages.models import Manifest, RegistryEvent, Repository
 
-PULL_BEFORE_STORED = "pull counted: manifest not stored yet"
+State = RegistryEvent.State
 
 
 def apply_earlier_pulls(repository: Repository, digests: list[str]) -> int:
@@ -16,12 +16,16 @@ def apply_earlier_pulls(repository: Repository, digests: list[str]) -> int:
     if not digests:
         return 0
     count = 0
-    for digest, latest in _latest(repository, digests, action="pull", outcome=PULL_BEFORE_STORED):
+    waiting = RegistryEvent.objects.filter(
+        action="pull", repository=repository.name, digest__in=digests, state=State.WAITING
+    )
+    for digest, latest in _latest(waiting):
         count += (
             Manifest.objects.filter(repository=repository, digest=digest)
             .filter(Q(last_pulled_at__isnull=True) | Q(last_pulled_at__lt=latest))
             .update(last_pulled_at=latest)
         )
+    waiting.update(state=State.APPLIED, message="pull counted once the manifest was stored")
     return count
 
 
@@ -30,20 +34,16 @@ def apply_recorded_pushes(repository: Repository, digests: list[str]) -> int:
     if not digests:
         return 0
     count = 0
-    for digest, latest in _latest(repository, digests, action="push"):
+    pushes = RegistryEvent.objects.filter(
+        action="push", repository=repository.name, digest__in=digests
+    )
+    for digest, latest in _latest(pushes):
         count += Manifest.objects.filter(
             repository=repository, digest=digest, pushed_at_estimated=True
         ).update(pushed_at=latest, pushed_at_estimated=False)
     return count
 
 
-def _latest(repository: Repository, digests: list[str], *, action: str, **filters):
-    rows = (
-        RegistryEvent.objects.filter(
-            action=action, repository=repository.name, digest__in=digests, **filters
-        )
-        .values("digest")
-        .annotate(latest=Max("occurred_at"))
-        .order_by()
-    )
+def _latest(events) -> list[tuple[str, object]]:
+    rows = events.values("digest").annotate(latest=Max("occurred_at")).order_by()
     return [(row["digest"], row["latest"]) for row in rows]

@@ -5,7 +5,7 @@
 The cascade is a fixed point computed in a few set queries per round: from what is being
 deleted, follow index entries down to children and `subject` links to referrers (the
 referrers-fallback index tagged `sha256-<hex>` and cosign's `.sig`/`.att`/`.sbom` manifests
-carry their subject too, see `registry.sync._classify`). A manifest reached that way goes
+carry their subject too, see `hubimages.sync._classify`). A manifest reached that way goes
 too, unless an index that stays lists it or it has a tag of its own (a referrer-schema tag
 naming its own subject is not "its own"). What is kept waits in case its blocking index
 joins later; the loop ends when a round adds nothing.
@@ -31,6 +31,7 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Sum
 
 from hubimages import rollups
+from hubimages.formatting import short_digest
 from hubimages.locks import repository_lock
 from hubimages.models import (
     Blob,
@@ -42,10 +43,10 @@ from hubimages.models import (
     Tag,
     platform_label,
 )
+from hubimages.sync import sync_repository
 from registry.client import RegistryClient
 from registry.errors import RegistryError
 from registry.media import referrer_tag_subject
-from registry.sync import sync_repository
 
 SELECTED = "selected"
 LOCK_RENEW_SECONDS = 60.0
@@ -163,12 +164,6 @@ def normalize_digest(text: str) -> str:
     """`sha256:<hex>` from a digest given with or without its algorithm."""
     text = text.strip().lower()
     return text if ":" in text else f"sha256:{text}"
-
-
-def short_digest(digest: str) -> str:
-    """`sha256:ab12cd34ef56…`: what people read in reasons."""
-    algorithm, _, hexpart = digest.partition(":")
-    return f"{algorithm}:{hexpart[:12]}…"
 
 
 # -- the plan ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ person: after `LOCK_LEASE` without renewal anyone may take it over. Long holders
 
 The lock is re-entrant within one thread of execution (a context variable remembers what
 this context holds): a deletion holds it while it re-reads the repository through
-`registry.sync.sync_repository`, whose write path takes the same lock.
+`hubimages.sync.sync_repository`, whose write path takes the same lock.
 
 Take it outside any transaction: inside one, the UPDATE would only be seen by others at
 commit time (PostgreSQL would make them wait on the row instead of answering "busy").

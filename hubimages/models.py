@@ -128,10 +128,6 @@ class Manifest(models.Model):
     def platform(self) -> str:
         return platform_label(self.os, self.architecture, self.variant)
 
-    @property
-    def short_digest(self) -> str:
-        return self.digest.split(":", 1)[-1][:12]
-
 
 class IndexEntry(models.Model):
     """An index's pointer to one of its child manifests, with the platform it declares."""
@@ -233,6 +229,14 @@ class DeletionRecord(models.Model):
 class RegistryEvent(models.Model):
     """A registry notification, kept so a redelivered event changes nothing."""
 
+    class State(models.TextChoices):
+        RECEIVED = "received", "Received"  # waits for the worker (pushes, deferred deletes)
+        APPLIED = "applied", "Applied"
+        IGNORED = "ignored", "Ignored"
+        # A pull of a manifest not stored yet: applied when its push is stored.
+        WAITING = "waiting", "Waiting for manifest"
+        FAILED = "failed", "Failed"
+
     event_id = models.CharField(max_length=128, unique=True)
     action = models.CharField(max_length=16)
     repository = models.CharField(max_length=255)
@@ -243,7 +247,9 @@ class RegistryEvent(models.Model):
     user_agent = models.CharField(max_length=512, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
-    outcome = models.CharField(max_length=512, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
+    message = models.CharField(max_length=512, blank=True, help_text="What happened, for people.")
+    attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         indexes = [

@@ -8,6 +8,9 @@ from urllib.parse import unquote, urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# A checkout keeps its SQLite file and collected static files beside manage.py; an
+# installed copy (`pip install .`) keeps them in the directory it runs from.
+PROJECT_DIR = BASE_DIR if (BASE_DIR / "manage.py").exists() else Path.cwd()
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -70,7 +73,9 @@ def database_from_url(url: str) -> dict:
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = unquote(parts.path)
-        return _sqlite(Path(path[1:] if path.startswith("//") else path) if path else BASE_DIR)
+        if not path:
+            return _sqlite(PROJECT_DIR / "db.sqlite3")
+        return _sqlite(Path(path[1:] if path.startswith("//") else path))
     if parts.scheme in ("postgres", "postgresql"):
         name = unquote(parts.path.lstrip("/"))
         if not name:
@@ -174,7 +179,7 @@ TEMPLATES = [
 DATABASES = {
     "default": database_from_url(env_str("DATABASE_URL"))
     if env_str("DATABASE_URL")
-    else _sqlite(BASE_DIR / "db.sqlite3")
+    else _sqlite(PROJECT_DIR / "db.sqlite3")
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -188,8 +193,10 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / ".static"
+# The checkout's static/ and templates/; an installed copy carries them inside the
+# hubimages package, where the app directories loaders find them.
+STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or PROJECT_DIR / ".static")
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False

@@ -25,9 +25,9 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from hubimages import deletion, inventory
 from hubimages.connection import registry_client
+from hubimages.formatting import human_size
 from hubimages.locks import RepositoryBusy
 from hubimages.models import DeletionRecord, Manifest, Repository, SyncRun
-from hubimages.templatetags.hubimages_tags import human_size
 from registry import media
 
 REPOSITORIES_PER_PAGE = 50
@@ -57,9 +57,21 @@ class Column:
     aria_sort: str
 
 
-def _wants_partial(request: HttpRequest) -> bool:
+# Every view that answers with a whole page or one of its partials varies on these.
+vary_on_htmx = vary_on_headers("HX-Request", "HX-History-Restore-Request")
+
+
+def wants_partial(request: HttpRequest) -> bool:
     """htmx swaps a partial; on a history miss (Back) it swaps what we send into <body>."""
     return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+def render_page(
+    request: HttpRequest, template: str, partial: str, context: dict, *, status: int = 200
+) -> HttpResponse:
+    """The whole page, or only its `partial` when htmx asks for a piece of it."""
+    name = f"{template}#{partial}" if wants_partial(request) else template
+    return render(request, name, context, status=status)
 
 
 def _columns(
@@ -78,15 +90,6 @@ def _columns(
     return columns
 
 
-def _page_number(raw: str | None, num_pages: int) -> int:
-    """The nearest valid page: junk means the first, beyond the end means the last."""
-    try:
-        number = int(raw or 1)
-    except ValueError:
-        return 1
-    return min(max(number, 1), num_pages)
-
-
 def _page_size(raw: str | None) -> int:
     default = settings.PAGE_SIZE
     try:
@@ -97,8 +100,8 @@ def _page_size(raw: str | None) -> int:
 
 
 def _paginate(rows, per_page: int, raw_page: str | None) -> Page:
-    paginator = Paginator(rows, per_page)
-    return paginator.page(_page_number(raw_page, paginator.num_pages))
+    """Junk means the first page, beyond the end the last (`Paginator.get_page`)."""
+    return Paginator(rows, per_page).get_page(raw_page)
 
 
 def _neighbours(page: Page) -> dict:
@@ -111,7 +114,7 @@ def _neighbours(page: Page) -> dict:
 
 
 @require_GET
-@vary_on_headers("HX-Request", "HX-History-Restore-Request")
+@vary_on_htmx
 def repositories(request: HttpRequest) -> HttpResponse:
     search = request.GET.get("search", "").strip()[:200]
     sort = request.GET.get("sort", "name")
@@ -130,8 +133,7 @@ def repositories(request: HttpRequest) -> HttpResponse:
         "columns": _columns(sort, REPOSITORY_COLUMNS, ascending_first=("name",)),
         "never_synced": not page.paginator.count and not SyncRun.objects.exists(),
     }
-    template = "repositories.html#table" if _wants_partial(request) else "repositories.html"
-    return render(request, template, context)
+    return render_page(request, "repositories.html", "table", context)
 
 
 def _encode(state: dict) -> str:
@@ -149,10 +151,10 @@ def _list_state(query: inventory.ListQuery, per_page: int) -> dict:
 
 
 @require_GET
-@vary_on_headers("HX-Request", "HX-History-Restore-Request")
+@vary_on_htmx
 def image_management(request: HttpRequest, name: str) -> HttpResponse:
     repository = get_object_or_404(Repository, name=name)
-    if _wants_partial(request) and request.GET.get("since") == str(repository.revision):
+    if wants_partial(request) and request.GET.get("since") == str(repository.revision):
         # The list's poll: nothing changed since it was drawn, so htmx swaps nothing.
         return HttpResponse(status=204)
     query = inventory.ListQuery.from_params(request.GET)
@@ -175,12 +177,11 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
         **_neighbours(page),
         "stale_months": settings.STALE_AFTER_MONTHS,
     }
-    template = "image_management.html#rows" if _wants_partial(request) else "image_management.html"
-    return render(request, template, context)
+    return render_page(request, "image_management.html", "rows", context)
 
 
 @require_GET
-@vary_on_headers("HX-Request", "HX-History-Restore-Request")
+@vary_on_htmx
 def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     if not media.is_digest(digest):
         raise Http404("not a digest")
@@ -203,8 +204,7 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
         else [],
         "stale_months": settings.STALE_AFTER_MONTHS,
     }
-    template = "image_detail.html#panel" if _wants_partial(request) else "image_detail.html"
-    return render(request, template, context)
+    return render_page(request, "image_detail.html", "panel", context)
 
 
 # -- preview and delete ----------------------------------------------------------------------
@@ -257,12 +257,11 @@ def _preview(
         "notice": notice,
         "error": error,
     }
-    template = "delete_preview.html#dialog" if _wants_partial(request) else "delete_preview.html"
-    return render(request, template, context, status=status)
+    return render_page(request, "delete_preview.html", "dialog", context, status=status)
 
 
 @require_GET
-@vary_on_headers("HX-Request", "HX-History-Restore-Request")
+@vary_on_htmx
 def delete_preview(request: HttpRequest, name: str) -> HttpResponse:
     repository = _repository_to_delete_from(request, name)
     digests = request.GET.getlist("digest")[:MAX_SELECTED]
@@ -272,7 +271,7 @@ def delete_preview(request: HttpRequest, name: str) -> HttpResponse:
 
 
 @require_POST
-@vary_on_headers("HX-Request")
+@vary_on_htmx
 def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
     """Delete exactly the previewed plan (its fingerprint came with the form), or nothing.
 
@@ -323,8 +322,7 @@ def _deletion_done(
         "outcome": outcome,
         "message": deleted_message(outcome),
     }
-    template = "delete_outcome.html#dialog" if request.htmx else "delete_outcome.html"
-    return render(request, template, context)
+    return render_page(request, "delete_outcome.html", "dialog", context)
 
 
 def list_url(repository: Repository, back: str = "") -> str:
@@ -351,7 +349,7 @@ def deleted_message(outcome: deletion.DeletionOutcome) -> str:
 
 
 @require_GET
-@vary_on_headers("HX-Request", "HX-History-Restore-Request")
+@vary_on_htmx
 def deletion_history(request: HttpRequest) -> HttpResponse:
     """Every deleted manifest, newest first; `?repository=` narrows to one repository.
 
@@ -369,7 +367,4 @@ def deletion_history(request: HttpRequest) -> HttpResponse:
         "repository": repository,
         "state": {"repository": repository or None},
     }
-    template = (
-        "deletion_history.html#records" if _wants_partial(request) else "deletion_history.html"
-    )
-    return render(request, template, context)
+    return render_page(request, "deletion_history.html", "records", context)

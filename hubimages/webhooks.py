@@ -13,10 +13,12 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from hubimages import events
+from hubimages import background, events
+from registry.notifications import EnvelopeError, parse_envelope
 
 log = logging.getLogger("hubimages.events")
 
+MAX_BODY_BYTES = 1024 * 1024
 ACCEPTED_CONTENT_TYPES = (
     "application/vnd.docker.distribution.events.v1+json",
     "application/vnd.docker.distribution.events.v2+json",
@@ -42,14 +44,14 @@ def registry_events(request: HttpRequest) -> JsonResponse:
         return _error(415, f"expected one of {', '.join(ACCEPTED_CONTENT_TYPES)}")
     body = _read_body(request)
     if body is None:
-        return _error(413, f"the body is larger than {events.MAX_BODY_BYTES} bytes")
+        return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        parsed = events.parse_envelope(body)
-    except events.EnvelopeError as error:
+        parsed = parse_envelope(body)
+    except EnvelopeError as error:
         return _error(400, str(error))
     recorded = events.record(parsed)
     if recorded.pending:
-        events.process_soon()
+        background.process_soon()
     return JsonResponse(
         {"recorded": recorded.new, "duplicates": recorded.duplicates, "pending": recorded.pending}
     )
@@ -68,10 +70,10 @@ def _read_body(request: HttpRequest) -> bytes | None:
         announced = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         announced = 0
-    if announced > events.MAX_BODY_BYTES:
+    if announced > MAX_BODY_BYTES:
         return None
-    body = request.read(events.MAX_BODY_BYTES + 1)
-    return None if len(body) > events.MAX_BODY_BYTES else body
+    body = request.read(MAX_BODY_BYTES + 1)
+    return None if len(body) > MAX_BODY_BYTES else body
 
 
 def _warn_disabled() -> None:

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from devtools.pusher import ImagePusher
+from devtools.server import LocalRegistry
+from hubimages.sync import SyncSummary, sync_registry
 from registry.client import RegistryClient
-from registry.pusher import ImagePusher
-from registry.server import LocalRegistry
-from registry.sync import SyncSummary, sync_registry
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 

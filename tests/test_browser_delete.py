@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from playwright.sync_api import expect
 
+from devtools.pusher import random_layer
 from hubimages import deletion
+from hubimages.formatting import human_size, short_digest
 from hubimages.models import DeletionRecord, Repository
-from hubimages.templatetags.hubimages_tags import human_size
-from registry.pusher import random_layer
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -80,8 +80,8 @@ def test_select_preview_and_delete_forever_in_a_dialog(store, signed_in_page):
     expect(page.locator(ROWS)).to_have_count(3)
     plan = plan_for(store.release, store.old)
 
-    page.get_by_label(f"Select {store.release.hex[:12]}").check()
-    page.get_by_label(f"Select {store.old.hex[:12]}").check()
+    page.get_by_label(f"Select {short_digest(store.release.digest)}").check()
+    page.get_by_label(f"Select {short_digest(store.old.digest)}").check()
     page.get_by_role("button", name="Preview and delete").click()
 
     dialog = page.locator("dialog.panel")
@@ -103,8 +103,8 @@ def test_select_preview_and_delete_forever_with_javascript_off(store, signed_in_
     page.goto(LIST)
     plan = plan_for(store.release, store.old)
 
-    page.get_by_label(f"Select {store.release.hex[:12]}").check()
-    page.get_by_label(f"Select {store.old.hex[:12]}").check()
+    page.get_by_label(f"Select {short_digest(store.release.digest)}").check()
+    page.get_by_label(f"Select {short_digest(store.old.digest)}").check()
     page.get_by_role("button", name="Preview and delete").click()
 
     expect(page.get_by_role("heading", name=f"Preview and delete {REPO}")).to_be_visible()

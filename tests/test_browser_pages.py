@@ -11,8 +11,9 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from devtools.pusher import random_layer
+from hubimages.formatting import short_digest
 from hubimages.models import Manifest
-from registry.pusher import random_layer
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -65,7 +66,7 @@ def web(pusher, sync):
 
 
 def short(manifest) -> str:
-    return manifest.hex[:12]
+    return short_digest(manifest.digest)
 
 
 def test_the_list_narrows_sorts_opens_and_goes_back_without_page_loads(

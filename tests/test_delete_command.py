@@ -9,8 +9,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from devtools.pusher import random_layer
 from hubimages.models import DeletionRecord, Manifest, Repository
-from registry.pusher import random_layer
 
 REPO = "team/cli"
 
@@ -60,14 +60,14 @@ def test_dry_run_json_prints_the_stable_shape_and_deletes_nothing(pushed, pusher
             "kind": "image",
             "tags": [],
             "size": pushed["amd64"].config_size + 2_000,
-            "because": f"only used by index sha256:{index.hex[:12]}…",
+            "because": f"only used by index sha256:{index.hex[:12]}",
         },
     ]
     stable = Manifest.objects.get(repository__name=REPO, tags__name="stable").digest
     assert plan["keep"] == [
         {
             "digest": pushed["arm64"].digest,
-            "reason": f"used by index sha256:{stable[7:19]}…, which stays",
+            "reason": f"used by index sha256:{stable[7:19]}, which stays",
         }
     ]
     assert plan["tags_removed"] == ["v1"]

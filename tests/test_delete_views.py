@@ -14,10 +14,11 @@ import responses
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from devtools.pusher import random_layer
 from hubimages import deletion, locks, views
+from hubimages.formatting import human_size, short_digest
 from hubimages.models import DeletionRecord, Manifest, Repository
 from registry.client import RegistryClient
-from registry.pusher import random_layer
 
 REPO = "acme/shop"
 LIST = f"/repositories/{REPO}/"
@@ -82,7 +83,7 @@ def test_the_preview_lists_what_goes_what_stays_the_tags_and_the_exact_bytes(sho
     assert response.status_code == 200
     page = response.content.decode()
     plan = plan_for(shop.release.digest, shop.old.digest)
-    short = deletion.short_digest
+    short = short_digest
     listed = re.findall(r'<tr class="delete-item" data-digest="(sha256:\w+)">', page)
     assert listed == [item.digest for item in plan.delete]
     assert set(listed) == {
@@ -114,7 +115,7 @@ def test_the_preview_lists_what_goes_what_stays_the_tags_and_the_exact_bytes(sho
     assert 0 < plan.reclaimable_bytes < sum(item.size for item in plan.delete)
     assert (
         f'title="{plan.reclaimable_bytes:,} bytes" data-bytes="{plan.reclaimable_bytes}">'
-        f"{views.human_size(plan.reclaimable_bytes)}</strong>"
+        f"{human_size(plan.reclaimable_bytes)}</strong>"
     ) in page
     assert "garbage collector runs" in page and "--delete-untagged" in page
     # Delete forever: pinned to this plan, after a named confirmation.
@@ -126,7 +127,7 @@ def test_the_preview_lists_what_goes_what_stays_the_tags_and_the_exact_bytes(sho
     assert (
         '<input type="checkbox" name="confirm" value="yes" required> I understand that '
         "4 manifests and 3 tags will be deleted forever, reclaiming "
-        f"{views.human_size(plan.reclaimable_bytes)}."
+        f"{human_size(plan.reclaimable_bytes)}."
     ) in page
     assert ">Delete forever</button>" in page
     assert f'action="{EXECUTE}"' in page and "hx-post" not in page  # a plain page, no JS needed
@@ -151,7 +152,7 @@ def test_a_refused_selection_shows_why_and_offers_no_delete_until_it_is_fixed(sh
     assert response.status_code == 200
     assert "Cannot be deleted" in page
     assert (
-        f"used by index {deletion.short_digest(shop.release.digest)}, which stays — "
+        f"used by index {short_digest(shop.release.digest)}, which stays — "
         "delete the index instead or remove it from the index first"
     ) in page
     assert "Delete forever" not in page and 'name="fingerprint"' not in page
@@ -224,7 +225,7 @@ def test_delete_forever_deletes_the_plan_records_it_and_returns_to_the_list(
     assert sum(r.reclaimed_bytes for r in records) == plan.reclaimable_bytes
     listing = web.get(LIST).content.decode()
     assert (
-        f"Deleted 4 manifests and 3 tags; {views.human_size(plan.reclaimable_bytes)} "
+        f"Deleted 4 manifests and 3 tags; {human_size(plan.reclaimable_bytes)} "
         f"({plan.reclaimable_bytes:,} bytes) will be freed at the next garbage collection."
     ) in listing
     assert shop.old.digest not in listing and shop.arm.digest in listing

@@ -3,11 +3,12 @@
 import pytest
 import responses
 
+from devtools.pusher import PushedManifest, random_layer
 from hubimages import deletion, locks
+from hubimages import sync as hubimages_sync
+from hubimages.formatting import short_digest
 from hubimages.models import DeletionRecord, Manifest, Repository, Tag
-from registry import sync as registry_sync
-from registry.pusher import PushedManifest, random_layer
-from registry.sync import sync_repository
+from hubimages.sync import sync_repository
 
 REPO = "team/app"
 
@@ -97,7 +98,7 @@ def test_an_index_takes_its_unshared_images_attestations_and_referrers(multi_arc
     result = plan(index.digest)
 
     because = {item.digest: item.because for item in result.delete}
-    short = deletion.short_digest
+    short = short_digest
     assert because == {
         index.digest: "selected",
         m["amd64"].digest: f"only used by index {short(index.digest)}",
@@ -162,7 +163,7 @@ def test_selecting_a_child_of_an_index_that_stays_is_refused_with_a_reason(multi
 
     result = plan(m["amd64"].digest, unknown, m["tagged"].digest)
 
-    short = deletion.short_digest
+    short = short_digest
     assert [(r.digest, r.reason) for r in result.refused] == [
         (
             m["amd64"].digest,
@@ -305,7 +306,7 @@ def test_a_failing_delete_is_reported_the_rest_proceed_and_no_index_is_left_dang
             "storage backend unavailable",
         )
     ]
-    reason = f"kept because index {deletion.short_digest(index.digest)} could not be deleted"
+    reason = f"kept because index {short_digest(index.digest)} could not be deleted"
     assert sorted((s.digest, s.reason) for s in outcome.skipped) == sorted(
         [(amd64.digest, reason), (arm64.digest, reason)]
     )
@@ -334,7 +335,7 @@ def test_a_concurrent_holder_of_the_lock_makes_deletion_and_sync_refuse(
 
     with pytest.raises(locks.RepositoryBusy, match="busy: delete:alice is working on it"):
         execute(registry_client, image.digest, fingerprint=preview.fingerprint)
-    monkeypatch.setattr(registry_sync, "LOCK_WAIT_SECONDS", 0)
+    monkeypatch.setattr(hubimages_sync, "LOCK_WAIT_SECONDS", 0)
     assert "busy" in sync_repository(registry_client, REPO).error
 
     assert pusher.list_tags(REPO) == ["v1"]
@@ -381,7 +382,7 @@ def test_a_nested_index_goes_with_its_parent_and_each_index_goes_before_its_chil
     outcome = execute(registry_client, outer.digest, fingerprint=preview.fingerprint)
 
     because = {i.digest: i.because for i in preview.delete}
-    assert because[amd64.digest] == f"only used by index {deletion.short_digest(inner.digest)}"
+    assert because[amd64.digest] == f"only used by index {short_digest(inner.digest)}"
     order = [i.digest for i in outcome.deleted]
     assert order[0] == outer.digest
     assert order.index(inner.digest) < min(order.index(amd64.digest), order.index(arm64.digest))

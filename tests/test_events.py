@@ -17,11 +17,11 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from hubimages import events, inventory, locks
+from devtools.pusher import random_layer
+from hubimages import events, inventory, locks, webhooks
 from hubimages.models import Blob, Manifest, RegistryEvent, Repository, Tag
 from registry.client import RegistryClient
 from registry.media import OCI_MANIFEST
-from registry.pusher import random_layer
 
 TOKEN = "events-secret-9f2c"
 V1 = "application/vnd.docker.distribution.events.v1+json"
@@ -192,7 +192,7 @@ def test_an_event_missing_what_recording_needs_gets_400_and_nothing_is_written(
 
 def test_a_body_over_one_mebibyte_gets_413(client, events_on):
     pull = registry_event("pull", "team/api", digest="sha256:" + "a" * 64)
-    pull["padding"] = "x" * events.MAX_BODY_BYTES
+    pull["padding"] = "x" * webhooks.MAX_BODY_BYTES
     response = post(client, pull)
     assert response.status_code == 413
     assert "larger than 1048576 bytes" in response.json()["error"]
@@ -225,7 +225,8 @@ def test_a_push_stores_the_manifest_with_an_exact_last_pushed(
     assert manifest.is_tagged and manifest.is_top_level
     assert Blob.objects.filter(digest__in=image.blob_digests).count() == 2
     recorded = RegistryEvent.objects.get()
-    assert (recorded.outcome, recorded.processed_at is not None) == (events.STORED, True)
+    assert (recorded.state, recorded.message) == (RegistryEvent.State.APPLIED, "push stored")
+    assert recorded.processed_at is not None
     assert recorded.user_agent == DOCKER_UA
 
     # The same envelope again changes nothing.
@@ -281,7 +282,7 @@ def test_a_push_of_a_manifest_the_registry_no_longer_has_stores_nothing(
     assert stored("team/api", image.digest) is None
     push = RegistryEvent.objects.get(action="push")
     assert push.processed_at is not None
-    assert push.outcome.startswith("ignored: ")
+    assert push.state == RegistryEvent.State.IGNORED
 
 
 def test_a_push_that_fails_stays_pending_until_process_events_or_sync_registry(
@@ -301,10 +302,10 @@ def test_a_push_that_fails_stays_pending_until_process_events_or_sync_registry(
         )
         assert response.status_code == 200  # recorded: the registry need not deliver again
 
-    pending = RegistryEvent.objects.filter(processed_at__isnull=True)
-    outcomes = list(pending.values_list("outcome", flat=True))
-    assert len(outcomes) == 2
-    assert all(outcome.startswith(events.RETRY + "cannot reach") for outcome in outcomes)
+    pending = RegistryEvent.objects.filter(state=RegistryEvent.State.RECEIVED)
+    messages = list(pending.values_list("message", flat=True))
+    assert len(messages) == 2
+    assert all(message.startswith("will retry: cannot reach") for message in messages)
     assert stored("team/api", first.digest) is None
 
     registry_server.start()
@@ -380,7 +381,7 @@ def test_pulls_by_tag_and_by_digest_set_last_pulled_and_make_a_stale_image_activ
 def test_scanner_and_hubimages_pulls_are_not_counted(client, pushed, user_agent):
     post(client, registry_event("pull", "team/api", digest=pushed.digest, user_agent=user_agent))
     assert stored("team/api", pushed.digest).last_pulled_at is None
-    assert RegistryEvent.objects.get(action="pull").outcome.startswith("ignored: ")
+    assert RegistryEvent.objects.get(action="pull").state == RegistryEvent.State.IGNORED
 
 
 def test_pull_ignore_user_agents_is_a_setting(client, pushed, settings):
@@ -402,8 +403,8 @@ def test_blob_and_mount_events_are_recorded_and_ignored(client, pushed):
     mount = registry_event("mount", "team/api", digest=layer, media_type="application/octet-stream")
     assert post(client, blob_pull, mount).json()["recorded"] == 2
     assert stored("team/api", pushed.digest).last_pulled_at is None
-    outcomes = set(RegistryEvent.objects.exclude(action="push").values_list("outcome", flat=True))
-    assert outcomes == {"ignored: pull of a blob", "ignored: mount"}
+    outcomes = set(RegistryEvent.objects.exclude(action="push").values_list("state", "message"))
+    assert outcomes == {("ignored", "pull of a blob"), ("ignored", "mount")}
 
 
 def test_a_pull_delivered_before_its_push_counts_once_the_push_is_stored(
@@ -451,8 +452,12 @@ def test_a_delete_removes_the_manifest_and_a_tag_delete_removes_the_tag(
 
     assert list(Tag.objects.values_list("name", flat=True)) == ["stable"]
     assert revision("team/api") == before + 2
-    outcomes = list(RegistryEvent.objects.filter(action="delete").values_list("outcome", flat=True))
-    assert outcomes == ["manifest deleted", "delete: tag not stored", "tag deleted"]
+    outcomes = list(RegistryEvent.objects.filter(action="delete").values_list("state", "message"))
+    assert outcomes == [
+        ("applied", "manifest deleted"),
+        ("ignored", "delete: tag not stored"),
+        ("applied", "tag deleted"),
+    ]
 
 
 def test_a_delete_older_than_the_last_push_changes_nothing(client, pushed):
@@ -479,9 +484,9 @@ def test_a_delete_waits_while_the_repository_is_locked(
     assert stored("team/api", pushed.digest) is not None  # a deletion is at work: not now
     waiting = RegistryEvent.objects.get(action="delete")
     assert waiting.processed_at is None
-    assert waiting.outcome.startswith(events.RETRY + "repository team/api is busy")
+    assert waiting.message.startswith("will retry: repository team/api is busy")
 
     locks.release(lock)
-    assert events.process_pending(registry_client) == 1
+    assert events.process_received(registry_client) == 1
     assert stored("team/api", pushed.digest) is None
-    assert RegistryEvent.objects.get(action="delete").outcome == "manifest deleted"
+    assert RegistryEvent.objects.get(action="delete").message == "manifest deleted"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from registry.pusher import random_layer
+from devtools.pusher import random_layer
 
 REPO = "acme/api"
 

@@ -5,15 +5,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from registry.pusher import (
-    DOCKER_MANIFEST,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    ImagePusher,
-    PushedManifest,
-    random_layer,
-)
-from registry.server import LocalRegistry
+from devtools.pusher import ImagePusher, PushedManifest, random_layer
+from devtools.server import LocalRegistry
+from registry.media import DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST
 
 
 @pytest.fixture
@@ -62,7 +56,7 @@ def test_an_image_comes_back_with_its_media_type_and_exact_bytes(pusher):
 
     for manifest, reference, media_type in [
         (oci, "1.0", OCI_MANIFEST),
-        (docker, "docker", DOCKER_MANIFEST),
+        (docker, "docker", DOCKER_MANIFEST_V2),
         (oci, oci.digest, OCI_MANIFEST),
     ]:
         response = pusher.pull_manifest("library/web", reference)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+from devtools.pusher import random_layer
 from hubimages import inventory
 from hubimages.models import Manifest, Repository, SyncRun
-from registry.pusher import random_layer
 from tests.builders import finish, manifest
 from tests.conftest import PASSWORD
 

@@ -5,9 +5,9 @@ every manifest revision left, its config and layers, and an index's children; a 
 marks nothing. Each round collects once first, so only the deletion's effect is measured.
 """
 
+from devtools.pusher import random_layer
 from hubimages import deletion
 from hubimages.models import Repository
-from registry.pusher import random_layer
 
 APP = "team/app"
 OTHER = "team/other"

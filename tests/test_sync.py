@@ -12,12 +12,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from devtools.pusher import random_layer
+from devtools.server import LocalRegistry
 from hubimages import inventory
 from hubimages.models import Blob, IndexEntry, Manifest, Repository, SyncRun, Tag
+from hubimages.sync import sync_registry
 from registry.client import RegistryClient
-from registry.pusher import random_layer
-from registry.server import LocalRegistry
-from registry.sync import sync_registry
 
 pytestmark = pytest.mark.django_db
 
@@ -238,7 +238,7 @@ def test_a_second_sync_fetches_no_manifest_bodies(registry_server, pusher, db):
 
 def test_it_syncs_a_registry_behind_basic_auth(tmp_path, settings, db):
     with LocalRegistry(tmp_path / "auth", htpasswd=("ci", "s3cret-pass")) as server:
-        from registry.pusher import ImagePusher
+        from devtools.pusher import ImagePusher
 
         ImagePusher(server.url, auth=("ci", "s3cret-pass")).push_image(
             "private/app", tag="v1", layers=[random_layer(10, "private")]
@@ -335,7 +335,7 @@ def test_blobs_are_global_and_shared_layers_stored_once(pusher, sync):
     pusher.push_image("a/one", tag="v", layers=[shared])
     pusher.push_image("b/two", tag="v", layers=[shared, random_layer(10, "b")])
     sync()
-    from registry.pusher import sha256
+    from devtools.pusher import sha256
 
     assert Blob.objects.filter(digest=sha256(shared)).count() == 1
     assert Blob.objects.get(digest=sha256(shared)).manifest_links.count() == 2
@@ -359,7 +359,6 @@ def test_a_tag_deleted_mid_sync_is_skipped_with_a_warning(registry_server, pushe
 
 
 def test_a_sync_applies_push_and_pull_times_recorded_before_it_stored_the_manifest(pusher, sync):
-    from hubimages.activity import PULL_BEFORE_STORED
     from hubimages.models import RegistryEvent
 
     image = pusher.push_image("early", tag="v1", layers=[random_layer(10, "early")])
@@ -368,7 +367,7 @@ def test_a_sync_applies_push_and_pull_times_recorded_before_it_stored_the_manife
     common = {"repository": "early", "digest": image.digest}
     RegistryEvent.objects.create(event_id="p1", action="push", occurred_at=pushed, **common)
     RegistryEvent.objects.create(
-        event_id="g1", action="pull", occurred_at=pulled, outcome=PULL_BEFORE_STORED, **common
+        event_id="g1", action="pull", occurred_at=pulled, state="waiting", **common
     )
 
     sync()

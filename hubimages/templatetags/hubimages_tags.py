@@ -10,29 +10,18 @@ from django import template
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from hubimages import inventory
+from hubimages import formatting, inventory
 from hubimages.models import Manifest
 
 register = template.Library()
 
-_UNITS = ("kB", "MB", "GB", "TB", "PB")
 # Even the full text behind a disclosure is capped: a megabyte label must not bloat a page.
 LONG_TEXT_LIMIT = 10_000
 
 
 @register.filter
 def human_size(value: int | None) -> str:
-    """Decimal units, one decimal, as Docker Hub shows them: 53.2 MB."""
-    if value is None:
-        return "—"
-    size = float(value)
-    if size < 1000:
-        return f"{int(size)} B"
-    for unit in _UNITS:
-        size /= 1000
-        if size < 1000 or unit == _UNITS[-1]:
-            return f"{size:.1f} {unit}"
-    raise AssertionError("unreachable")
+    return "—" if value is None else formatting.human_size(value)
 
 
 @register.filter
@@ -63,10 +52,7 @@ def iso(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-@register.filter
-def short_digest(value: str) -> str:
-    """12 hex digits, without the algorithm, as `docker images` shows them."""
-    return value.split(":", 1)[-1][:12]
+register.filter("short_digest", formatting.short_digest)
 
 
 @register.filter

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from hubimages import deletion
 from hubimages.connection import registry_client
+from hubimages.formatting import human_size
 from hubimages.locks import RepositoryBusy
 from hubimages.models import Manifest, Repository
 
@@ -184,13 +185,3 @@ def resolve_digest(repository: Repository, text: str) -> str:
             f"{' and more' if len(matches) > 2 else ''}; give more digits"
         )
     return matches[0]
-
-
-def human_size(size: int) -> str:
-    """Decimal units, as registries and Docker Hub show them: `53.2 MB`."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")

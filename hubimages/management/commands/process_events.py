@@ -32,8 +32,8 @@ class Command(BaseCommand):
         except ImproperlyConfigured as error:
             raise CommandError(str(error)) from None
         with client:
-            processed = events.process_pending(client)
-        pending = RegistryEvent.objects.filter(processed_at__isnull=True)
+            processed = events.process_received(client)
+        pending = RegistryEvent.objects.filter(state=RegistryEvent.State.RECEIVED)
         pruned = events.prune(timezone.now() - timedelta(days=keep_days))
         self.stdout.write(
             f"Processed {processed} registry events; {pending.count()} still pending; "
@@ -43,6 +43,6 @@ class Command(BaseCommand):
             self.stdout.write(
                 self.style.WARNING(
                     f"pending: {event.action} {event.repository}@{event.digest or event.tag}: "
-                    f"{event.outcome or 'not tried yet'}"
+                    f"{event.message or 'not tried yet'}"
                 )
             )

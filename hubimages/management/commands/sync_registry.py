@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from hubimages import events
 from hubimages.connection import registry_client
-from registry.sync import sync_registry
+from hubimages.sync import sync_registry
 
 
 class Command(BaseCommand):
@@ -44,7 +44,7 @@ class Command(BaseCommand):
                 progress=progress,
             )
             # Registry events still pending (a push whose fetch failed, a deferred delete).
-            processed_events = events.process_pending(client)
+            processed_events = events.process_received(client)
         finally:
             client.close()
         if interactive:

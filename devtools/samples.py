@@ -1,6 +1,6 @@
 """A realistic set of sample repositories for the demo.
 
-``python -m registry.samples URL`` pushes the base set; ``--rebuilds`` then pushes new
+``python -m devtools.samples URL`` pushes the base set; ``--rebuilds`` then pushes new
 builds of some tags, which leaves the previous builds untagged in the registry. The demo
 runs a sync between the two so hubimages has seen the builds that become untagged (the
 registry API cannot list untagged manifests it never saw). Everything is deterministic:
@@ -13,7 +13,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from registry.pusher import ImagePusher, PushedManifest, random_layer
+from devtools.pusher import ImagePusher, PushedManifest, random_layer
 
 KB = 1024
 MB = 1024 * KB

@@ -4,7 +4,7 @@ Debian's ``docker-registry`` package (distribution 2.8) provides the binary. Eac
 ``LocalRegistry`` owns one directory: ``config.yml``, ``registry.log``, an optional
 ``htpasswd`` file and the blob storage under ``storage/``.
 
-Run it in the foreground with ``python -m registry.server --root DIR --port 5050``.
+Run it in the foreground with ``python -m devtools.server --root DIR --port 5050``.
 """
 
 from __future__ import annotations

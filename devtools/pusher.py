@@ -17,18 +17,11 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+from registry import media
+
+# Artifact types the samples use; hubimages itself never needs to name them.
 IN_TOTO = "application/vnd.in-toto+json"
 COSIGN_SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
 EMPTY_JSON = b"{}"
 TIMEOUT = 30
@@ -234,13 +227,13 @@ class ImagePusher:
         config_blob = self.push_blob(repository, config_data)
 
         oci = media_type == "oci"
-        layer_type = OCI_LAYER if oci else DOCKER_LAYER
-        manifest_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
+        layer_type = media.OCI_LAYER if oci else media.DOCKER_LAYER
+        manifest_type = media.OCI_MANIFEST if oci else media.DOCKER_MANIFEST_V2
         body: dict[str, Any] = {"schemaVersion": 2, "mediaType": manifest_type}
         if artifact_type:
             body["artifactType"] = artifact_type
         body["config"] = {
-            "mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
+            "mediaType": media.OCI_IMAGE_CONFIG if oci else media.DOCKER_CONTAINER_CONFIG,
             "digest": config_blob.digest,
             "size": config_blob.size,
         }
@@ -300,7 +293,7 @@ class ImagePusher:
                 }
             )
             children.append(attestation)
-        index_type = OCI_INDEX if media_type == "oci" else DOCKER_LIST
+        index_type = media.OCI_INDEX if media_type == "oci" else media.DOCKER_MANIFEST_LIST
         body: dict[str, Any] = {"schemaVersion": 2, "mediaType": index_type, "manifests": entries}
         if annotations:
             body["annotations"] = annotations
@@ -331,9 +324,9 @@ class ImagePusher:
         config_blob = self.push_blob(repository, json.dumps(config).encode())
         body = {
             "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
+            "mediaType": media.OCI_MANIFEST,
             "config": {
-                "mediaType": OCI_CONFIG,
+                "mediaType": media.OCI_IMAGE_CONFIG,
                 "digest": config_blob.digest,
                 "size": config_blob.size,
             },
@@ -351,7 +344,7 @@ class ImagePusher:
         return self._put(
             repository,
             body,
-            OCI_MANIFEST,
+            media.OCI_MANIFEST,
             None,
             config_digest=config_blob.digest,
             config_size=config_blob.size,
@@ -383,9 +376,9 @@ class ImagePusher:
         layer = self.push_blob(repository, payload)
         body: dict[str, Any] = {
             "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
+            "mediaType": media.OCI_MANIFEST,
             "artifactType": artifact_type,
-            "config": {"mediaType": OCI_EMPTY, "digest": config.digest, "size": config.size},
+            "config": {"mediaType": media.OCI_EMPTY, "digest": config.digest, "size": config.size},
             "layers": [{"mediaType": layer_media_type, "digest": layer.digest, "size": layer.size}],
             "subject": subject.descriptor(),
         }
@@ -394,7 +387,7 @@ class ImagePusher:
         referrer = self._put(
             repository,
             body,
-            OCI_MANIFEST,
+            media.OCI_MANIFEST,
             tag,
             config_digest=config.digest,
             config_size=config.size,
@@ -418,8 +411,8 @@ class ImagePusher:
             raise PushError(f"cannot read referrers tag {tag}", existing)
         if any(known["digest"] == entry["digest"] for known in entries):
             return
-        body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*entries, entry]}
-        self.push_manifest(repository, body, OCI_INDEX, tag)
+        body = {"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": [*entries, entry]}
+        self.push_manifest(repository, body, media.OCI_INDEX, tag)
 
     def push_cosign_signature(self, repository: str, subject: PushedManifest) -> PushedManifest:
         """What ``cosign sign`` pushes: a simple-signing payload under tag
@@ -449,9 +442,9 @@ class ImagePusher:
         signature = base64.b64encode(hashlib.sha512(payload).digest()).decode()
         body = {
             "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
+            "mediaType": media.OCI_MANIFEST,
             "config": {
-                "mediaType": OCI_CONFIG,
+                "mediaType": media.OCI_IMAGE_CONFIG,
                 "digest": config_blob.digest,
                 "size": config_blob.size,
             },
@@ -467,7 +460,7 @@ class ImagePusher:
         return self._put(
             repository,
             body,
-            OCI_MANIFEST,
+            media.OCI_MANIFEST,
             f"sha256-{subject.hex}.sig",
             config_digest=config_blob.digest,
             config_size=config_blob.size,
@@ -495,7 +488,7 @@ class ImagePusher:
         method: str = "GET",
         user_agent: str | None = None,
     ) -> requests.Response:
-        headers = {"Accept": MANIFEST_ACCEPT}
+        headers = {"Accept": media.MANIFEST_ACCEPT}
         if user_agent:
             headers["User-Agent"] = user_agent
         return self.session.request(

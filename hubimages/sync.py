@@ -1,16 +1,16 @@
-"""Maps what the registry client reads onto hubimages's models.
+"""The database half of a sync (SPEC §5): write what `registry.crawl` read.
 
-The network work runs in threads (catalog → tags → manifests → children → configs); the
-database work runs in the calling thread, one transaction per repository, so a repository
-whose sync fails keeps its previous data and the others go on.
+The crawl runs in threads and touches no database; the writes run in the calling thread,
+one transaction per repository, so a repository whose sync fails keeps its previous data
+and the others go on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,23 +21,15 @@ from django.utils import timezone
 from hubimages import activity, rollups
 from hubimages.locks import RepositoryBusy, repository_lock
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, SyncRun, Tag
-from registry import media
+from registry import crawl, media
 from registry.client import FetchedManifest, RegistryClient
-from registry.errors import (
-    AuthenticationError,
-    ContentTooLarge,
-    NotFound,
-    RegistryError,
-    UnsupportedManifest,
-    UnsupportedOperation,
-)
+from registry.crawl import KnownManifest, Snapshot
+from registry.errors import AuthenticationError, NotFound, RegistryError, UnsupportedOperation
 
 log = logging.getLogger("hubimages.sync")
 
-CONFIG_MAX_BYTES = 4 * 1024 * 1024
 EARLIEST_PLAUSIBLE_BUILD = datetime(2013, 1, 1, tzinfo=UTC)
 CREATED_ANNOTATION = "org.opencontainers.image.created"
-REPOSITORY_COORDINATORS = 4
 LOCK_WAIT_SECONDS = 30.0  # a deletion holds the repository meanwhile; then report it busy
 
 
@@ -77,26 +69,6 @@ class SyncSummary:
             "warnings": self.warnings,
             "duration": round(self.duration, 3),
         }
-
-
-@dataclass
-class KnownManifest:
-    """What the database already holds of a manifest: enough to walk it without a GET."""
-
-    children: list[str]
-    config_digest: str
-
-
-@dataclass
-class Snapshot:
-    """One repository as read from the registry, before anything is written."""
-
-    name: str
-    tags: dict[str, str] = field(default_factory=dict)
-    fetched: dict[str, FetchedManifest] = field(default_factory=dict)
-    configs: dict[str, media.ImageConfig] = field(default_factory=dict)
-    present: set[str] = field(default_factory=set)
-    warnings: list[str] = field(default_factory=list)
 
 
 Progress = Callable[[str], None]
@@ -163,10 +135,10 @@ def remove_unused_blobs() -> None:
 
 def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> RepositoryResult:
     """Sync one repository (used before a delete, to check the plan still holds)."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync") as requests_pool:
-        known = _known_manifests(name)
+    known = known_manifests(name)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync") as pool:
         try:
-            snapshot = _read_repository(client, requests_pool, name, known, _known_configs())
+            snapshot = crawl.read_repository(client, pool, name, known, stored_configs())
         except NotFound:
             return _write_missing(name)
         except RegistryError as error:
@@ -180,44 +152,39 @@ def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> R
 def _sync_repositories(
     client: RegistryClient, names: list[str], workers: int, report: Progress
 ) -> Iterable[RepositoryResult]:
-    known_configs = _known_configs()
-    with (
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync") as requests_pool,
-        ThreadPoolExecutor(
-            max_workers=min(REPOSITORY_COORDINATORS, workers), thread_name_prefix="repo"
-        ) as coordinators,
-    ):
-        pending: dict[Future, tuple[str, dict[str, KnownManifest]]] = {}
-        queue = list(reversed(names))
-        done = 0
-        while queue or pending:
-            while queue and len(pending) < REPOSITORY_COORDINATORS * 2:
-                name = queue.pop()
-                known = _known_manifests(name)
-                future = coordinators.submit(
-                    _read_repository, client, requests_pool, name, known, frozenset(known_configs)
-                )
-                pending[future] = (name, known)
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                name, known = pending.pop(future)
-                try:
-                    result = _write(future.result(), known)
-                except NotFound:
-                    result = _write_missing(name)
-                except (RegistryError, RepositoryBusy) as error:
-                    result = RepositoryResult(name=name, error=str(error))
-                except Exception as error:  # a bug must not stop the other repositories
-                    log.exception("sync of %s failed", name)
-                    result = RepositoryResult(name=name, error=f"internal error: {error!r}")
-                known_configs.update(
-                    Manifest.objects.filter(repository__name=name)
-                    .exclude(config_digest="")
-                    .values_list("config_digest", flat=True)
-                )
-                done += 1
-                report(_progress_line(done, len(names), result))
-                yield result
+    known_by_name: dict[str, dict[str, KnownManifest]] = {}
+    configs = stored_configs()
+
+    def known(name: str) -> dict[str, KnownManifest]:
+        known_by_name[name] = known_manifests(name)
+        return known_by_name[name]
+
+    snapshots = crawl.crawl_repositories(
+        client, names, known=known, known_configs=lambda: configs, workers=workers
+    )
+    for done, read in enumerate(snapshots, start=1):
+        result = _write_read(read, known_by_name.pop(read.name))
+        if isinstance(read, Snapshot) and not result.error:
+            configs.update(crawl.config_digest(m) for m in read.fetched.values())
+            configs.discard("")
+        report(_progress_line(done, len(names), result))
+        yield result
+
+
+def _write_read(
+    read: Snapshot | crawl.CrawlFailure, known: dict[str, KnownManifest]
+) -> RepositoryResult:
+    if isinstance(read, crawl.CrawlFailure):
+        if read.missing:
+            return _write_missing(read.name)
+        return RepositoryResult(name=read.name, error=str(read.error))
+    try:
+        return _write(read, known)
+    except RepositoryBusy as error:
+        return RepositoryResult(name=read.name, error=str(error))
+    except Exception as error:  # a bug must not stop the other repositories
+        log.exception("sync of %s failed", read.name)
+        return RepositoryResult(name=read.name, error=f"internal error: {error!r}")
 
 
 def _progress_line(done: int, total: int, result: RepositoryResult) -> str:
@@ -236,136 +203,30 @@ def _remove_vanished_repositories(catalog: list[str]) -> int:
     return len(vanished)
 
 
-def _known_manifests(name: str) -> dict[str, KnownManifest]:
-    known: dict[str, KnownManifest] = {}
-    for digest, config_digest in Manifest.objects.filter(repository__name=name).values_list(
-        "digest", "config_digest"
+def known_manifests(name: str, digests: Collection[str] | None = None) -> dict[str, KnownManifest]:
+    """The repository's stored manifests (or just `digests` of them) with their children."""
+    manifests = Manifest.objects.filter(repository__name=name)
+    entries = IndexEntry.objects.filter(index__repository__name=name)
+    if digests is not None:
+        manifests = manifests.filter(digest__in=list(digests))
+        entries = entries.filter(index__digest__in=list(digests))
+    known = {
+        digest: KnownManifest(children=[], config_digest=config_digest)
+        for digest, config_digest in manifests.values_list("digest", "config_digest")
+    }
+    for index_digest, child_digest in entries.order_by("index", "position").values_list(
+        "index__digest", "child__digest"
     ):
-        known[digest] = KnownManifest(children=[], config_digest=config_digest)
-    for index_digest, child_digest in IndexEntry.objects.filter(
-        index__repository__name=name
-    ).values_list("index__digest", "child__digest"):
         known[index_digest].children.append(child_digest)
     return known
 
 
-def _known_configs() -> set[str]:
-    return set(
-        Manifest.objects.exclude(config_digest="")
-        .values_list("config_digest", flat=True)
-        .distinct()
-    )
-
-
-# -- reading (runs in threads: no database access here) ----------------------------------
-
-
-def _read_repository(
-    client: RegistryClient,
-    pool: ThreadPoolExecutor,
-    name: str,
-    known: dict[str, KnownManifest],
-    known_configs: frozenset[str] | set[str],
-) -> Snapshot:
-    snapshot = Snapshot(name=name)
-    tag_names = client.list_tags(name)
-    heads = _parallel(pool, lambda tag: client.head_manifest(name, tag), tag_names)
-    for tag, head in zip(tag_names, heads, strict=True):
-        if head is None:
-            snapshot.warnings.append(f"tag {tag} disappeared during the sync")
-        else:
-            snapshot.tags[tag] = head.digest
-
-    _read_graph(client, pool, snapshot, set(snapshot.tags.values()), known)
-    _drop_dangling_tags(snapshot)
-    # Manifests we know but no tag reaches any more: the registry keeps them as untagged
-    # images until someone deletes them, so keep them while a HEAD by digest finds them.
-    unreached = sorted(set(known) - snapshot.present)
-    heads = _parallel(pool, lambda digest: client.head_manifest(name, digest), unreached)
-    snapshot.present.update(d for d, head in zip(unreached, heads, strict=True) if head)
-
-    _read_configs(client, pool, snapshot, known_configs)
-    return snapshot
-
-
-def _read_graph(
-    client: RegistryClient,
-    pool: ThreadPoolExecutor,
-    snapshot: Snapshot,
-    frontier: set[str],
-    known: dict[str, KnownManifest],
-) -> None:
-    """Walk from `frontier` down through index children, fetching what is not `known`."""
-    name = snapshot.name
-    while frontier:
-        snapshot.present |= frontier
-        unknown = sorted(d for d in frontier if d not in known and d not in snapshot.fetched)
-        fetched = _parallel(pool, lambda digest: _get_or_skip(client, name, digest), unknown)
-        next_frontier: set[str] = set()
-        for digest in frontier:
-            if digest in known:
-                next_frontier.update(known[digest].children)
-        for digest, manifest in zip(unknown, fetched, strict=True):
-            if isinstance(manifest, str):
-                snapshot.present.discard(digest)
-                snapshot.warnings.append(f"manifest {digest} skipped: {manifest}")
-                continue
-            snapshot.fetched[digest] = manifest
-            next_frontier.update(child.digest for child in manifest.parsed.manifests)
-        frontier = next_frontier - snapshot.present
-
-
-def _read_configs(
-    client: RegistryClient, pool: ThreadPoolExecutor, snapshot: Snapshot, known_configs: set[str]
-) -> None:
-    configs = sorted(
-        {
-            m.parsed.config.digest
-            for m in snapshot.fetched.values()
-            if m.parsed.config and not m.parsed.artifact_type
-        }
-        - known_configs
-    )
-    bodies = _parallel(
-        pool, lambda digest: _config_or_none(client, snapshot.name, digest, snapshot), configs
-    )
-    snapshot.configs = {d: c for d, c in zip(configs, bodies, strict=True) if c is not None}
-
-
-def _drop_dangling_tags(snapshot: Snapshot) -> None:
-    for tag, digest in list(snapshot.tags.items()):
-        if digest not in snapshot.present:
-            del snapshot.tags[tag]
-
-
-def _get_or_skip(client: RegistryClient, name: str, digest: str) -> FetchedManifest | str:
-    """The manifest, or why it is skipped while the rest of the repository syncs.
-
-    Legacy (schema 1) and oversized manifests are content we cannot list, not a broken
-    registry; a malformed body or a digest mismatch is, and fails the repository."""
-    try:
-        return client.get_manifest(name, digest)
-    except NotFound:
-        return "it disappeared during the sync"
-    except (UnsupportedManifest, ContentTooLarge) as error:
-        return error.message
-
-
-def _config_or_none(
-    client: RegistryClient, name: str, digest: str, snapshot: Snapshot
-) -> media.ImageConfig | None:
-    try:
-        return media.parse_config(client.get_blob(name, digest, max_bytes=CONFIG_MAX_BYTES))
-    except RegistryError as error:
-        # An image without its config still lists; only its platform and history are unknown.
-        snapshot.warnings.append(f"config {digest}: {error}")
-        return None
-
-
-def _parallel(pool: ThreadPoolExecutor, function: Callable, items: list) -> list:
-    if len(items) <= 1:
-        return [function(item) for item in items]
-    return list(pool.map(function, items))
+def stored_configs(digests: Collection[str] | None = None) -> set[str]:
+    """Config digests some stored manifest already brought in (or those of `digests`)."""
+    configs = Manifest.objects.exclude(config_digest="")
+    if digests is not None:
+        configs = configs.filter(config_digest__in=list(digests))
+    return set(configs.values_list("config_digest", flat=True).distinct())
 
 
 # -- writing (the calling thread, one transaction per repository) ------------------------
@@ -408,7 +269,7 @@ def _write(snapshot: Snapshot, known: dict[str, KnownManifest]) -> RepositoryRes
 def _insert_manifests(repository: Repository, snapshot: Snapshot, now: datetime) -> None:
     configs = _configs_for(snapshot)
     rows = [
-        _manifest_row(repository, fetched, configs.get(_config_digest(fetched)), now)
+        _manifest_row(repository, fetched, configs.get(crawl.config_digest(fetched)), now)
         for fetched in snapshot.fetched.values()
     ]
     Manifest.objects.bulk_create(rows)
@@ -421,7 +282,7 @@ def _insert_manifests(repository: Repository, snapshot: Snapshot, now: datetime)
 
 def _configs_for(snapshot: Snapshot) -> dict[str, media.ImageConfig | dict]:
     """Configs read now, plus those another manifest already brought into the database."""
-    wanted = {_config_digest(m) for m in snapshot.fetched.values()} - set(snapshot.configs)
+    wanted = {crawl.config_digest(m) for m in snapshot.fetched.values()} - set(snapshot.configs)
     wanted.discard("")
     configs: dict[str, media.ImageConfig | dict] = dict(snapshot.configs)
     for row in (
@@ -431,11 +292,6 @@ def _configs_for(snapshot: Snapshot) -> dict[str, media.ImageConfig | dict]:
     ):
         configs.setdefault(row["config_digest"], row)
     return configs
-
-
-def _config_digest(fetched: FetchedManifest) -> str:
-    config = fetched.parsed.config
-    return config.digest if config and not fetched.parsed.artifact_type else ""
 
 
 def _manifest_row(
@@ -461,7 +317,7 @@ def _manifest_row(
         architecture=platform[1],
         variant=platform[2],
         annotations=parsed.annotations,
-        config_digest=_config_digest(fetched),
+        config_digest=crawl.config_digest(fetched),
         labels=_labels_of(config),
         history=_history_of(config),
         created_at=created,
@@ -624,53 +480,16 @@ def _classify(repository: Repository, snapshot: Snapshot) -> None:
 # -- one pushed manifest (registry events) -----------------------------------------------
 
 
-class _KnownOnDemand(dict[str, KnownManifest]):
-    """`_known_manifests` for the few digests one push touches, looked up as the walk asks
-    (in the calling thread): a repository may hold thousands of manifests."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self._name = name
-        self._asked: set[str] = set()
-
-    def __contains__(self, digest: object) -> bool:
-        if isinstance(digest, str) and digest not in self._asked:
-            self._asked.add(digest)
-            rows = Manifest.objects.filter(repository__name=self._name, digest=digest)
-            for config_digest in rows.values_list("config_digest", flat=True):
-                children = IndexEntry.objects.filter(
-                    index__repository__name=self._name, index__digest=digest
-                ).values_list("child__digest", flat=True)
-                self[digest] = KnownManifest(children=list(children), config_digest=config_digest)
-        return super().__contains__(digest)
-
-
-def read_pushed_manifest(
-    client: RegistryClient, name: str, digest: str, *, tag: str = "", workers: int = 4
-) -> Snapshot | None:
-    """One manifest with the children and configs the database lacks, read as sync reads
-    them; None when the registry no longer has it (deleted since the push).
-
-    `tag` lands in the snapshot only while the registry still points it at `digest`:
-    events arrive in any order, and a later push may have moved it.
-    """
-    snapshot = Snapshot(name=name)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push") as pool:
-        _read_graph(client, pool, snapshot, {digest}, _KnownOnDemand(name))
-        if digest not in snapshot.present:
-            return None
-        if tag:
-            head = client.head_manifest(name, tag)
-            if head is not None and head.digest == digest:
-                snapshot.tags[tag] = digest
-        wanted = {_config_digest(m) for m in snapshot.fetched.values()} - {""}
-        known_configs = set(
-            Manifest.objects.filter(config_digest__in=wanted).values_list(
-                "config_digest", flat=True
-            )
-        )
-        _read_configs(client, pool, snapshot, known_configs)
-    return snapshot
+def read_pushed_manifest(client: RegistryClient, name: str, digest: str, *, tag: str = ""):
+    """`registry.crawl.read_pushed_manifest`, answering from the database what it holds."""
+    return crawl.read_pushed_manifest(
+        client,
+        name,
+        digest,
+        tag=tag,
+        known=lambda digests: known_manifests(name, digests),
+        known_configs=stored_configs,
+    )
 
 
 def write_pushed_manifest(snapshot: Snapshot) -> Repository:

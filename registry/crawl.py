@@ -1,0 +1,251 @@
+"""The network half of a sync: read repositories into plain snapshots, write nothing.
+
+What the caller already holds is passed in as plain data (`KnownManifest` by digest, the
+config digests it has), so only what is new is fetched. Requests run in a shared thread
+pool; the caller's own lookups (`known`, `known_configs`) run in the calling thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from registry import media
+from registry.client import FetchedManifest, RegistryClient
+from registry.errors import ContentTooLarge, NotFound, RegistryError, UnsupportedManifest
+
+CONFIG_MAX_BYTES = 4 * 1024 * 1024
+REPOSITORY_COORDINATORS = 4
+
+
+@dataclass
+class KnownManifest:
+    """What the caller already holds of a manifest: enough to walk it without a GET."""
+
+    children: list[str]
+    config_digest: str
+
+
+@dataclass
+class Snapshot:
+    """One repository as read from the registry.
+
+    `tags` maps each tag to the digest it points at; `present` holds every digest the
+    registry has (fetched now or known before); `fetched` the manifests read now and
+    `configs` the image configs read now."""
+
+    name: str
+    tags: dict[str, str] = field(default_factory=dict)
+    fetched: dict[str, FetchedManifest] = field(default_factory=dict)
+    configs: dict[str, media.ImageConfig] = field(default_factory=dict)
+    present: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+
+# Answers "which of these digests do you hold already?"; may return more than asked.
+KnownLookup = Callable[[Collection[str]], Mapping[str, KnownManifest]]
+
+
+@dataclass(frozen=True)
+class CrawlFailure:
+    """A repository that could not be read; `missing` when the registry has no such name."""
+
+    name: str
+    error: RegistryError
+    missing: bool = False
+
+
+def config_digest(fetched: FetchedManifest) -> str:
+    """The image config a manifest names; artifacts' configs are not image configs."""
+    config = fetched.parsed.config
+    return config.digest if config and not fetched.parsed.artifact_type else ""
+
+
+def crawl_repositories(
+    client: RegistryClient,
+    names: list[str],
+    *,
+    known: Callable[[str], Mapping[str, KnownManifest]],
+    known_configs: Callable[[], Collection[str]],
+    workers: int = 8,
+) -> Iterator[Snapshot | CrawlFailure]:
+    """Read `names` concurrently, yielding each repository's snapshot as it completes.
+
+    `known(name)` and `known_configs()` are called in the consumer's thread just before a
+    repository is read, so what the consumer wrote for earlier repositories counts."""
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crawl") as requests_pool,
+        ThreadPoolExecutor(
+            max_workers=min(REPOSITORY_COORDINATORS, workers), thread_name_prefix="repo"
+        ) as coordinators,
+    ):
+        pending: dict[Future, str] = {}
+        queue = list(reversed(names))
+        while queue or pending:
+            while queue and len(pending) < REPOSITORY_COORDINATORS * 2:
+                name = queue.pop()
+                future = coordinators.submit(
+                    read_repository,
+                    client,
+                    requests_pool,
+                    name,
+                    known(name),
+                    frozenset(known_configs()),
+                )
+                pending[future] = name
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = pending.pop(future)
+                try:
+                    yield future.result()
+                except NotFound as error:
+                    yield CrawlFailure(name, error, missing=True)
+                except RegistryError as error:
+                    yield CrawlFailure(name, error)
+
+
+def read_repository(
+    client: RegistryClient,
+    pool: ThreadPoolExecutor,
+    name: str,
+    known: Mapping[str, KnownManifest],
+    known_configs: Collection[str],
+) -> Snapshot:
+    """Tags (a HEAD each), the manifests and configs not in `known`, and which known
+    manifests the registry still has. Raises NotFound for a repository it lacks."""
+    snapshot = Snapshot(name=name)
+    tag_names = client.list_tags(name)
+    heads = parallel(pool, lambda tag: client.head_manifest(name, tag), tag_names)
+    for tag, head in zip(tag_names, heads, strict=True):
+        if head is None:
+            snapshot.warnings.append(f"tag {tag} disappeared during the sync")
+        else:
+            snapshot.tags[tag] = head.digest
+
+    read_graph(client, pool, snapshot, set(snapshot.tags.values()), lambda digests: known)
+    _drop_dangling_tags(snapshot)
+    # Manifests we know but no tag reaches any more: the registry keeps them as untagged
+    # images until someone deletes them, so keep them while a HEAD by digest finds them.
+    unreached = sorted(set(known) - snapshot.present)
+    heads = parallel(pool, lambda digest: client.head_manifest(name, digest), unreached)
+    snapshot.present.update(d for d, head in zip(unreached, heads, strict=True) if head)
+
+    read_configs(client, pool, snapshot, known_configs)
+    return snapshot
+
+
+def read_graph(
+    client: RegistryClient,
+    pool: ThreadPoolExecutor,
+    snapshot: Snapshot,
+    frontier: set[str],
+    known: KnownLookup,
+) -> None:
+    """Walk from `frontier` down through index children, fetching what is not known.
+
+    `known` is asked once per level, for that level's digests."""
+    name = snapshot.name
+    while frontier:
+        snapshot.present |= frontier
+        asked = frontier - set(snapshot.fetched)
+        found = known(asked)
+        held = {digest: found.get(digest) for digest in asked}
+        unknown = sorted(digest for digest, entry in held.items() if entry is None)
+        fetched = parallel(pool, lambda digest: _get_or_skip(client, name, digest), unknown)
+        next_frontier: set[str] = set()
+        for entry in held.values():
+            if entry is not None:
+                next_frontier.update(entry.children)
+        for digest, manifest in zip(unknown, fetched, strict=True):
+            if isinstance(manifest, str):
+                snapshot.present.discard(digest)
+                snapshot.warnings.append(f"manifest {digest} skipped: {manifest}")
+                continue
+            snapshot.fetched[digest] = manifest
+            next_frontier.update(child.digest for child in manifest.parsed.manifests)
+        frontier = next_frontier - snapshot.present
+
+
+def read_configs(
+    client: RegistryClient,
+    pool: ThreadPoolExecutor,
+    snapshot: Snapshot,
+    known_configs: Collection[str],
+) -> None:
+    """The image configs of the fetched manifests, except those in `known_configs`."""
+    wanted = {config_digest(m) for m in snapshot.fetched.values()} - {""}
+    configs = sorted(d for d in wanted if d not in known_configs)
+    bodies = parallel(pool, lambda digest: _config_or_none(client, snapshot, digest), configs)
+    snapshot.configs = {d: c for d, c in zip(configs, bodies, strict=True) if c is not None}
+
+
+def read_pushed_manifest(
+    client: RegistryClient,
+    name: str,
+    digest: str,
+    *,
+    tag: str = "",
+    known: KnownLookup,
+    known_configs: Callable[[Collection[str]], Collection[str]],
+    workers: int = 4,
+) -> Snapshot | None:
+    """One manifest with the children and configs the caller lacks; None when the registry
+    no longer has it (deleted since the push).
+
+    `known(digests)` and `known_configs(digests)` answer for just the digests asked, in the
+    calling thread: a repository may hold thousands of manifests and a push touches a few.
+    `tag` lands in the snapshot only while the registry still points it at `digest`: events
+    arrive in any order, and a later push may have moved it.
+    """
+    snapshot = Snapshot(name=name)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push") as pool:
+        read_graph(client, pool, snapshot, {digest}, known)
+        if digest not in snapshot.present:
+            return None
+        if tag:
+            head = client.head_manifest(name, tag)
+            if head is not None and head.digest == digest:
+                snapshot.tags[tag] = digest
+        wanted = {config_digest(m) for m in snapshot.fetched.values()} - {""}
+        read_configs(client, pool, snapshot, known_configs(wanted))
+    return snapshot
+
+
+def parallel(pool: ThreadPoolExecutor, function: Callable, items: Iterable) -> list:
+    items = list(items)
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    return list(pool.map(function, items))
+
+
+def _drop_dangling_tags(snapshot: Snapshot) -> None:
+    for tag, digest in list(snapshot.tags.items()):
+        if digest not in snapshot.present:
+            del snapshot.tags[tag]
+
+
+def _get_or_skip(client: RegistryClient, name: str, digest: str) -> FetchedManifest | str:
+    """The manifest, or why it is skipped while the rest of the repository syncs.
+
+    Legacy (schema 1) and oversized manifests are content we cannot list, not a broken
+    registry; a malformed body or a digest mismatch is, and fails the repository."""
+    try:
+        return client.get_manifest(name, digest)
+    except NotFound:
+        return "it disappeared during the sync"
+    except (UnsupportedManifest, ContentTooLarge) as error:
+        return error.message
+
+
+def _config_or_none(
+    client: RegistryClient, snapshot: Snapshot, digest: str
+) -> media.ImageConfig | None:
+    try:
+        return media.parse_config(
+            client.get_blob(snapshot.name, digest, max_bytes=CONFIG_MAX_BYTES)
+        )
+    except RegistryError as error:
+        # An image without its config still lists; only its platform and history are unknown.
+        snapshot.warnings.append(f"config {digest}: {error}")
+        return None
