@@ -22,19 +22,20 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import time
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Sum
+from django.utils import timezone
 
 from hubimages import rollups
 from hubimages.formatting import short_digest
-from hubimages.locks import repository_lock
+from hubimages.locks import HeldLease, repository_lock
 from hubimages.models import (
     Blob,
+    Deletion,
     DeletionRecord,
     IndexEntry,
     Manifest,
@@ -49,7 +50,6 @@ from registry.errors import RegistryError
 from registry.media import referrer_tag_subject
 
 SELECTED = "selected"
-LOCK_RENEW_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,7 @@ class DeletionOutcome:
     failed: tuple[NotDeleted, ...] = ()
     skipped: tuple[NotDeleted, ...] = ()
     reclaimed_bytes: int = 0
+    operation_id: int | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -394,34 +395,52 @@ def execute_deletion(
     user,
     client: RegistryClient,
     username: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> DeletionOutcome:
     """Delete exactly the plan previewed as `fingerprint`, or nothing if it changed.
 
-    Under the repository lock: re-read the repository from the registry, recompute the
+    Under the repository's lease: re-read the repository from the registry, recompute the
     plan, then delete parents before children (indexes before their entries, subjects
-    before their referrers) so a failure never leaves an index pointing at nothing.
+    before their referrers) so a failure never leaves an index pointing at nothing. Each
+    manifest's record is written PENDING before its DELETE is sent and DONE or FAILED
+    after, so a worker killed mid-way leaves an exact history (`resolve_interrupted`).
     `username` overrides the recorded name (the command line records `cli:<os user>`).
-    Raises `locks.RepositoryBusy` or `RecheckFailed`, both before deleting anything.
+    Raises `locks.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
+    `locks.LeaseLost` if the lease is taken over mid-way (what went is recorded).
     """
     digests = list(digests)
     name = username or (user.get_username() if user is not None else "")
-    with repository_lock(repository, owner=f"delete:{name}") as lock:
+    report = progress or (lambda line: None)
+    with repository_lock(repository, owner=f"delete:{name}") as lease:
+        report(f"Re-reading {repository.name} from the registry")
         result = sync_repository(client, repository.name)
         if result.error:
             raise RecheckFailed(
                 f"could not re-check {repository.name} against the registry: {result.error}"
             )
-        lock.renew()
         plan = plan_deletion(repository=repository, digests=digests)
+        operation = Deletion.objects.create(
+            user=user,
+            username=name,
+            repository=repository.name,
+            selected=list(plan.selected),
+            fingerprint=fingerprint,
+        )
         if plan.fingerprint != fingerprint:
-            return DeletionOutcome(plan=plan, stale=True)
+            _close(operation, Deletion.State.STALE, CHANGED_MESSAGE)
+            return DeletionOutcome(plan=plan, stale=True, operation_id=operation.pk)
         deleted: list[PlannedItem] = []
         failed: list[NotDeleted] = []
         skipped: list[NotDeleted] = []
+        reclaimed = 0
         try:
-            _delete_in_order(plan, client, lock, deleted, failed, skipped)
+            _delete_in_order(plan, client, lease, operation, deleted, failed, skipped, report)
         finally:
-            reclaimed = _record(repository, deleted, user, name)
+            reclaimed = _record(repository, operation, deleted)
+            state = Deletion.State.DONE if not (failed or skipped) else Deletion.State.PARTIAL
+            if len(deleted) + len(failed) + len(skipped) < len(plan.delete):
+                state = Deletion.State.FAILED  # interrupted: the lease was lost
+            _close(operation, state, "", reclaimed)
     return DeletionOutcome(
         plan=plan,
         stale=False,
@@ -429,43 +448,94 @@ def execute_deletion(
         failed=tuple(failed),
         skipped=tuple(skipped),
         reclaimed_bytes=reclaimed,
+        operation_id=operation.pk,
+    )
+
+
+CHANGED_MESSAGE = "the registry changed since the preview: nothing was deleted"
+
+
+def _close(operation: Deletion, state: str, message: str, reclaimed: int = 0) -> None:
+    Deletion.objects.filter(pk=operation.pk).update(
+        state=state, message=message, reclaimed_bytes=reclaimed, finished_at=timezone.now()
     )
 
 
 def _delete_in_order(
     plan: DeletionPlan,
     client: RegistryClient,
-    lock,
+    lease: HeldLease,
+    operation: Deletion,
     deleted: list[PlannedItem],
     failed: list[NotDeleted],
     skipped: list[NotDeleted],
+    report: Callable[[str], None],
 ) -> None:
     parents = _parents_within(plan)
     not_done: dict[int, str] = {}  # manifest id -> digest, failed or skipped
-    renewed = time.monotonic()
-    for item in _topological(plan.delete, parents):
+    ordered = _topological(plan.delete, parents)
+    for number, item in enumerate(ordered, start=1):
         blocking = [(p, how) for p, how in parents.get(item.manifest_id, []) if p in not_done]
         if blocking:
             parent, how = blocking[0]
             what = "its subject" if how == "subject" else "index"
-            skipped.append(
-                NotDeleted(
-                    item.digest,
-                    f"kept because {what} {short_digest(not_done[parent])} could not be deleted",
-                )
-            )
+            reason = f"kept because {what} {short_digest(not_done[parent])} could not be deleted"
+            skipped.append(NotDeleted(item.digest, reason))
             not_done[item.manifest_id] = item.digest
             continue
+        lease.check()  # never send a DELETE without holding the repository
+        report(f"Deleting {number} of {len(ordered)}: {short_digest(item.digest)}")
+        record = _pending_record(operation, item)
         try:
             client.delete_manifest(plan.repository, item.digest)  # False (404): gone already
         except RegistryError as error:
             failed.append(NotDeleted(item.digest, str(error)))
             not_done[item.manifest_id] = item.digest
+            _settle(record, DeletionRecord.State.FAILED, str(error))
             continue
+        _settle(record, DeletionRecord.State.DONE)
         deleted.append(item)
-        if time.monotonic() - renewed > LOCK_RENEW_SECONDS:
-            lock.renew()
-            renewed = time.monotonic()
+
+
+def _pending_record(operation: Deletion, item: PlannedItem) -> DeletionRecord:
+    return DeletionRecord.objects.create(
+        operation=operation,
+        user_id=operation.user_id,
+        username=operation.username,
+        repository=operation.repository,
+        digest=item.digest,
+        kind=item.kind,
+        tags=list(item.tags),
+        size=item.size,
+        state=DeletionRecord.State.PENDING,
+    )
+
+
+def _settle(record: DeletionRecord, state: str, message: str = "") -> None:
+    DeletionRecord.objects.filter(pk=record.pk).update(state=state, message=message[:512])
+
+
+def resolve_interrupted(client: RegistryClient, operation: Deletion) -> int:
+    """After a worker died mid-deletion: a PENDING record's DELETE may or may not have
+    reached the registry, so ask it (a HEAD by digest) and record what is true. Returns how
+    many were resolved."""
+    resolved = 0
+    for record in operation.records.filter(state=DeletionRecord.State.PENDING):
+        present = client.head_manifest(operation.repository, record.digest) is not None
+        _settle(
+            record,
+            DeletionRecord.State.FAILED if present else DeletionRecord.State.DONE,
+            "interrupted before the registry deleted it" if present else "",
+        )
+        resolved += 1
+    done = operation.records.filter(state=DeletionRecord.State.DONE).count()
+    _close(
+        operation,
+        Deletion.State.FAILED,
+        f"interrupted: the worker stopped; {done} manifest{'s' if done != 1 else ''} were "
+        "deleted before it did (see the records)",
+    )
+    return resolved
 
 
 def _parents_within(plan: DeletionPlan) -> dict[int, list[tuple[int, str]]]:
@@ -508,11 +578,10 @@ def _topological(
     return ordered + [item for item in items if item.manifest_id not in placed]
 
 
-def _record(repository: Repository, deleted: list[PlannedItem], user, username: str) -> int:
-    """Make the database say what the registry now holds, and write the audit records.
-
-    Each blob freed is credited to the first deleted manifest (in deletion order) that held
-    it, so the records' `reclaimed_bytes` add up to what the deletion freed."""
+def _record(repository: Repository, operation: Deletion, deleted: list[PlannedItem]) -> int:
+    """Make the database say what the registry now holds, and credit each freed blob to
+    the first deleted manifest (in deletion order) that held it, so the records'
+    `reclaimed_bytes` add up to what the deletion freed."""
     if not deleted:
         return 0
     ids = [item.manifest_id for item in deleted]
@@ -520,22 +589,10 @@ def _record(repository: Repository, deleted: list[PlannedItem], user, username: 
     blob_ids = list(
         ManifestBlob.objects.filter(manifest_id__in=ids).values_list("blob_id", flat=True)
     )
+    digests = {item.manifest_id: item.digest for item in deleted}
     with transaction.atomic():
-        DeletionRecord.objects.bulk_create(
-            [
-                DeletionRecord(
-                    user=user,
-                    username=username,
-                    repository=repository.name,
-                    digest=item.digest,
-                    kind=item.kind,
-                    tags=list(item.tags),
-                    size=item.size,
-                    reclaimed_bytes=shares.get(item.manifest_id, 0),
-                )
-                for item in deleted
-            ]
-        )
+        for manifest_id, share in shares.items():
+            operation.records.filter(digest=digests[manifest_id]).update(reclaimed_bytes=share)
         Manifest.objects.filter(pk__in=ids).delete()
         Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
         rollups.refresh(repository)

@@ -18,8 +18,11 @@ push time.
 from __future__ import annotations
 
 import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -29,10 +32,10 @@ from django.utils import timezone
 
 from hubimages import activity, rollups, sync
 from hubimages.connection import registry_client
-from hubimages.locks import LOCK_LEASE, RepositoryBusy, repository_lock
+from hubimages.locks import LeaseBusy, repository_lock, repository_locked
 from hubimages.models import Blob, Manifest, ManifestBlob, RegistryEvent, Repository, Tag
 from registry.client import RegistryClient
-from registry.errors import AuthenticationError, RegistryError
+from registry.errors import AuthenticationError, RegistryError, RegistryUnavailable
 from registry.notifications import Event
 
 log = logging.getLogger("hubimages.events")
@@ -53,6 +56,9 @@ class Applied:
     state: str
     message: str
     changed: bool = False
+    # Pulls by hubimages itself and by scanners are most of the traffic (a sync's HEADs
+    # come back as pull events) and never count: they are not even stored.
+    stored: bool = True
 
 
 @dataclass
@@ -60,6 +66,7 @@ class Recorded:
     new: int = 0
     duplicates: int = 0
     pending: int = 0
+    not_stored: int = 0
 
 
 # -- recording -------------------------------------------------------------------------------
@@ -99,6 +106,9 @@ def _record(events: list[Event]) -> Recorded:
                 changed.add(event.repository)
                 if event.action == "delete":
                     refresh.add(event.repository)
+            if not applied.stored:
+                result.not_stored += 1
+                continue
             rows.append(_row(event, applied, now))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
@@ -137,7 +147,7 @@ def apply_on_receipt(event: Event, *, defer_if_locked: bool = True) -> Applied:
     if event.action == "pull" and event.is_manifest:
         return apply_pull(event)
     if event.action == "delete":
-        if defer_if_locked and _locked(event.repository):
+        if defer_if_locked and repository_locked(event.repository):
             # hubimages's own deletion (or a sync) is at work: apply it after, under the lock.
             return Applied(State.RECEIVED, "")
         return apply_delete(event)
@@ -164,7 +174,7 @@ def apply_pull(event: Event) -> Applied:
         return Applied(State.IGNORED, f"{event.method} is not a pull")
     reason = ignored_user_agent(event.user_agent)
     if reason:
-        return Applied(State.IGNORED, reason)
+        return Applied(State.IGNORED, reason, stored=False)
     manifests = Manifest.objects.filter(repository__name=event.repository)
     if event.digest:
         manifests = manifests.filter(digest=event.digest)
@@ -205,75 +215,190 @@ def apply_delete(event: Event) -> Applied:
     return Applied(State.APPLIED, "tag deleted", changed=True)
 
 
-def _locked(repository: str) -> bool:
-    return (
-        Repository.objects.filter(name=repository, locked_at__gte=timezone.now() - LOCK_LEASE)
-        .exclude(lock_token="")
-        .exists()
-    )
-
-
 def _bump(repositories: set[str]) -> None:
     if repositories:
         Repository.objects.filter(name__in=repositories).update(revision=F("revision") + 1)
 
 
-# -- what waits for the worker ------------------------------------------------------------------
+# -- what waits for the worker ------------------------------------------------------------
+
+CLAIM_BATCH = 200
+MAX_BATCH = 100_000
+READ_CONCURRENCY = 8
+MAX_ATTEMPTS = 8
+RETRY_DELAYS = (5, 15, 60, 180, 600)  # seconds after the 1st, 2nd… failed attempt
 
 
-def process_received(client: RegistryClient | None = None, *, batch: int = 50) -> int:
-    """Process every RECEIVED event once, oldest first; returns how many were completed.
+@dataclass
+class Drained:
+    """What one `drain` did; `retry_at` is when the events that failed may be tried again."""
 
-    An event that fails for a reason that may pass stays RECEIVED, with the reason in its
-    message, for the next round."""
-    if not RegistryEvent.objects.filter(state=State.RECEIVED).exists():
-        return 0
-    own_client = client is None
-    if client is None:
-        try:
-            client = registry_client()
-        except ImproperlyConfigured as error:
-            log.warning("registry events stay pending: %s", error)
-            return 0
-    try:
-        done = 0
-        last_pk = 0
-        while events := list(
-            RegistryEvent.objects.filter(state=State.RECEIVED, pk__gt=last_pk).order_by("pk")[
-                :batch
-            ]
-        ):
-            for event in events:
-                last_pk = event.pk
-                done += _process(client, event)
-        return done
-    finally:
-        if own_client:
-            client.close()
+    processed: int = 0
+    retried: int = 0
+    registry_down: str = ""
+    retry_at: datetime | None = None
 
 
-def _process(client: RegistryClient, row: RegistryEvent) -> bool:
-    try:
-        if row.action == "push":
-            _process_push(client, row)
-        else:
-            _process_deferred(row)
-        return True
-    except (RegistryError, DatabaseError, RepositoryBusy) as error:
-        if isinstance(error, RegistryError) and not (
-            error.retryable or isinstance(error, AuthenticationError)
-        ):
-            _finish(row, Applied(State.FAILED, str(error)))
-            return True
-        message = f"will retry: {error}"
-    except Exception as error:  # a bug must not stop the other events
-        log.exception("registry event %s failed", row.event_id)
-        message = f"will retry: internal error: {error!r}"
-    log.warning("registry event %s: %s", row.event_id, message)
-    RegistryEvent.objects.filter(pk=row.pk).update(
-        message=message[:512], attempts=F("attempts") + 1
+def due_events(now: datetime | None = None, *, now_or_later: bool = False):
+    """RECEIVED events that nobody works on and whose next attempt is due (or all of them
+    with `now_or_later`: a person at the command line does not wait for the back-off)."""
+    now = now or timezone.now()
+    events = RegistryEvent.objects.filter(state=State.RECEIVED).filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
     )
-    return False
+    if now_or_later:
+        return events
+    return events.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+
+
+def claim(batch: int = CLAIM_BATCH, *, now_or_later: bool = False) -> list[RegistryEvent]:
+    """Claim up to `batch` due events for this worker: rows other workers are claiming are
+    skipped, and a claim lapses after the lease, should this worker die."""
+    now = timezone.now()
+    with transaction.atomic():
+        ids = list(
+            due_events(now, now_or_later=now_or_later)
+            .select_for_update(skip_locked=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch]
+        )
+        RegistryEvent.objects.filter(pk__in=ids).update(
+            claimed_until=now + timedelta(seconds=settings.WORKER_LEASE_SECONDS)
+        )
+    return list(RegistryEvent.objects.filter(pk__in=ids).order_by("pk"))
+
+
+def drain(
+    client: RegistryClient | None = None, *, batch: int = CLAIM_BATCH, now_or_later: bool = False
+) -> Drained:
+    """Claim due events and process them: deferred deletes one by one, pushes grouped by
+    repository (one read of the registry, one write to the database per repository).
+
+    An event that fails for a reason that may pass is tried again later with back-off, at
+    most MAX_ATTEMPTS times. When the registry is down, the drain stops at once and every
+    claimed event waits for the same retry time, rather than each failing on its own."""
+    rows = claim(batch, now_or_later=now_or_later)
+    if not rows:
+        return Drained()
+    result = Drained()
+    own_client = client is None
+    try:
+        if client is None:
+            client = registry_client()
+        pushes: dict[str, list[RegistryEvent]] = defaultdict(list)
+        for row in rows:
+            if row.action == "push":
+                pushes[row.repository].append(row)
+            else:
+                result.processed += _process_one(row, _process_deferred)
+        with ThreadPoolExecutor(READ_CONCURRENCY, thread_name_prefix="events") as pool:
+            for name, group in pushes.items():
+                result.processed += _store_group(client, pool, name, group, result)
+    except (RegistryUnavailable, ImproperlyConfigured) as error:
+        result.registry_down = str(error)
+        unfinished = RegistryEvent.objects.filter(
+            pk__in=[row.pk for row in rows], state=State.RECEIVED
+        )
+        result.retried += len(unfinished)
+        result.retry_at = _retry_later(list(unfinished), error)
+        log.warning("registry events wait until %s: %s", result.retry_at, error)
+    finally:
+        RegistryEvent.objects.filter(pk__in=[row.pk for row in rows]).update(claimed_until=None)
+        if own_client and client is not None:
+            client.close()
+    return result
+
+
+def drain_for(
+    seconds: float, client: RegistryClient | None = None, *, now_or_later: bool = False
+) -> Drained:
+    """Drain until nothing is due, the registry is down, or `seconds` have passed."""
+    total = Drained()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = drain(client, now_or_later=now_or_later)
+        total.processed += result.processed
+        total.retried += result.retried
+        total.registry_down = result.registry_down
+        total.retry_at = result.retry_at or total.retry_at
+        if result.registry_down or not (result.processed or result.retried):
+            break
+    return total
+
+
+def process_received(client: RegistryClient | None = None) -> int:
+    """Try every RECEIVED event once now, back-off or not (the command line's way);
+    returns how many were done."""
+    return drain(client, batch=MAX_BATCH, now_or_later=True).processed
+
+
+def _store_group(
+    client: RegistryClient,
+    pool: ThreadPoolExecutor,
+    name: str,
+    rows: list[RegistryEvent],
+    result: Drained,
+) -> int:
+    """Store one repository's pushes together; if that fails for a reason that will not
+    pass, try them one by one so each event gets its own outcome."""
+    try:
+        return _store_pushes(client, pool, name, rows)
+    except RegistryUnavailable:
+        raise
+    except (RegistryError, DatabaseError, LeaseBusy) as error:
+        if len(rows) > 1 and not _retryable(error):
+            return sum(_store_group(client, pool, name, [row], result) for row in rows)
+        return sum(_failed(row, error, result) for row in rows)
+    except Exception as error:  # a bug must not stop the other events
+        log.exception("registry events of %s failed", name)
+        return sum(_failed(row, error, result) for row in rows)
+
+
+def _process_one(row: RegistryEvent, process) -> int:
+    try:
+        process(row)
+        return 1
+    except RegistryUnavailable:
+        raise
+    except Exception as error:
+        if not isinstance(error, RegistryError | DatabaseError | LeaseBusy):
+            log.exception("registry event %s failed", row.event_id)
+        return _failed(row, error, Drained())
+
+
+def _retryable(error: Exception) -> bool:
+    if isinstance(error, RegistryError):
+        return error.retryable or isinstance(error, AuthenticationError)
+    return True  # a busy repository, a database hiccup, a bug fixed by the next release
+
+
+def _failed(row: RegistryEvent, error: Exception, result: Drained) -> int:
+    """Record a failed attempt; 1 when the event is done with (given up), else 0."""
+    reason = str(error) if isinstance(error, RegistryError | LeaseBusy) else repr(error)
+    if _retryable(error) and row.attempts + 1 < MAX_ATTEMPTS:
+        result.retried += 1
+        retry_at = _retry_later([row], error)
+        result.retry_at = min(filter(None, (result.retry_at, retry_at)))
+        return 0
+    RegistryEvent.objects.filter(pk=row.pk).update(
+        state=State.FAILED,
+        processed_at=timezone.now(),
+        attempts=F("attempts") + 1,
+        message=f"gave up: {reason}"[:512],
+    )
+    return 1
+
+
+def _retry_later(rows: list[RegistryEvent], error: Exception) -> datetime:
+    attempt = max((row.attempts for row in rows), default=0)
+    retry_at = timezone.now() + timedelta(seconds=RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+    reason = str(error) if isinstance(error, RegistryError | LeaseBusy) else repr(error)
+    RegistryEvent.objects.filter(pk__in=[row.pk for row in rows]).update(
+        attempts=F("attempts") + 1,
+        next_attempt_at=retry_at,
+        message=f"will retry at {retry_at:%H:%M:%S} UTC: {reason}"[:512],
+    )
+    return retry_at
 
 
 def _finish(row: RegistryEvent, applied: Applied) -> None:
@@ -295,13 +420,23 @@ def _event_of(row: RegistryEvent) -> Event:
     )
 
 
-def _deleted_later(row: RegistryEvent) -> bool:
-    return RegistryEvent.objects.filter(
+def _deleted_later(rows: list[RegistryEvent]) -> set[int]:
+    """The pushes among `rows` that a delete of the same digest, recorded later, undid."""
+    deletes = RegistryEvent.objects.filter(
         action="delete",
-        repository=row.repository,
-        digest=row.digest,
-        occurred_at__gt=row.occurred_at,
-    ).exists()
+        repository__in={row.repository for row in rows},
+        digest__in={row.digest for row in rows},
+    ).values_list("repository", "digest", "occurred_at")
+    latest: dict[tuple[str, str], datetime] = {}
+    for repository, digest, occurred_at in deletes:
+        key = (repository, digest)
+        latest[key] = max(latest.get(key, occurred_at), occurred_at)
+    return {
+        row.pk
+        for row in rows
+        if (row.repository, row.digest) in latest
+        and latest[(row.repository, row.digest)] > row.occurred_at
+    }
 
 
 def _process_deferred(row: RegistryEvent) -> None:
@@ -321,35 +456,45 @@ def _process_deferred(row: RegistryEvent) -> None:
         _finish(row, applied)
 
 
-def _process_push(client: RegistryClient, row: RegistryEvent) -> None:
-    """Store the pushed manifest as sync would, then its exact push time (SPEC §2)."""
-    if _deleted_later(row):
-        _finish(row, Applied(State.IGNORED, "deleted after this push"))
-        return
-    snapshot = sync.read_pushed_manifest(client, row.repository, row.digest, tag=row.tag)
-    if snapshot is None:
-        _finish(row, Applied(State.IGNORED, "the registry no longer has this manifest"))
-        return
-    new_digests = list(snapshot.fetched)
-    repository, _ = Repository.objects.get_or_create(name=row.repository)
-    with (
-        repository_lock(repository, owner="events", wait=LOCK_WAIT_SECONDS),
-        transaction.atomic(),
-    ):
-        if _deleted_later(row):  # a delete recorded while we were reading
+def _store_pushes(
+    client: RegistryClient, pool: ThreadPoolExecutor, name: str, rows: list[RegistryEvent]
+) -> int:
+    """Store one repository's pushed manifests as sync would, then their exact push times
+    (SPEC §2); returns how many events are done."""
+    undone = _deleted_later(rows)
+    for row in rows:
+        if row.pk in undone:
             _finish(row, Applied(State.IGNORED, "deleted after this push"))
-            return
-        repository = sync.write_pushed_manifest(snapshot)
-        manifests = Manifest.objects.filter(repository=repository)
-        updated = (
-            manifests.filter(digest=row.digest)
-            .filter(Q(pushed_at_estimated=True) | Q(pushed_at__lt=row.occurred_at))
-            .update(pushed_at=row.occurred_at, pushed_at_estimated=False)
-        )
-        pulled = activity.apply_earlier_pulls(repository, new_digests)
+    rows = [row for row in rows if row.pk not in undone]
+    done_before = len(undone)
+    if not rows:
+        return done_before
+    pushed: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        pushed[row.digest].update([row.tag] if row.tag else [])
+    snapshot = sync.read_pushed(client, pool, name, pushed)
+    with repository_lock(name, owner="events", wait=LOCK_WAIT_SECONDS), transaction.atomic():
+        undone = _deleted_later(rows)  # deletes recorded while we were reading
+        stored = [row for row in rows if row.pk not in undone and row.digest in snapshot.present]
+        repository = sync.write_pushed(snapshot)
+        updated = 0
+        for row in stored:
+            updated += (
+                Manifest.objects.filter(repository=repository, digest=row.digest)
+                .filter(Q(pushed_at_estimated=True) | Q(pushed_at__lt=row.occurred_at))
+                .update(pushed_at=row.occurred_at, pushed_at_estimated=False)
+            )
+        pulled = activity.apply_earlier_pulls(repository, [row.digest for row in stored])
         if updated or pulled:
             _bump({repository.name})
-        _finish(row, Applied(State.APPLIED, "push stored"))
+        for row in rows:
+            if row.pk in undone:
+                _finish(row, Applied(State.IGNORED, "deleted after this push"))
+            elif row.digest not in snapshot.present:
+                _finish(row, Applied(State.IGNORED, "the registry no longer has this manifest"))
+            else:
+                _finish(row, Applied(State.APPLIED, "push stored"))
+    return done_before + len(rows)
 
 
 def prune(older_than: datetime) -> int:

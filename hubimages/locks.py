@@ -1,118 +1,216 @@
-"""A per-repository advisory lock, so a deletion and a sync never interleave on one repository.
+"""Named leases, so a deletion and a sync never interleave on one repository and two full
+syncs never overlap, whichever processes and hosts they run in.
 
-The lock is a token written into the repository's row by a conditional UPDATE ("set it
-where nobody holds it, or where the holder's lease ran out"): it works alike on SQLite and
-PostgreSQL, and a process that crashes while holding it leaves nothing behind that needs a
-person: after `LOCK_LEASE` without renewal anyone may take it over. Long holders call
-`HeldLock.renew()` now and then.
+A lease is a row (`Lease`) taken by a conditional UPDATE ("where nobody holds it, or where
+the holder's lease ran out"): it works alike on SQLite and PostgreSQL. While a process
+holds leases, one thread of that process renews them every quarter of `LOCK_LEASE_SECONDS`;
+a process that dies (SIGKILL included) stops renewing, and after the lease anyone may take
+over. A holder whose lease was taken over meanwhile learns it from `HeldLease.check()`.
+Only workers and command-line processes hold leases: a web request never does.
 
-The lock is re-entrant within one thread of execution (a context variable remembers what
-this context holds): a deletion holds it while it re-reads the repository through
-`hubimages.sync.sync_repository`, whose write path takes the same lock.
+Leases are re-entrant within one thread of execution (a context variable remembers what
+this context holds): a deletion holds its repository's while it re-reads the repository
+through `hubimages.sync.sync_repository`, whose write path takes the same lease.
 
-Take it outside any transaction: inside one, the UPDATE would only be seen by others at
+Take them outside any transaction: inside one, the UPDATE would only be seen by others at
 commit time (PostgreSQL would make them wait on the row instead of answering "busy").
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
+from django.db import IntegrityError, connection
 from django.db.models import Q
 from django.utils import timezone
 
-from hubimages.models import Repository
+from hubimages.models import Lease, Repository
 
-LOCK_LEASE = timedelta(minutes=10)
+log = logging.getLogger("hubimages.locks")
+
 POLL_INTERVAL = 0.2
-_OWNER_CHARS = 15  # lock_token holds 32 characters: 16 hex, ":", the owner's first 15
 
-# Repository id -> token of the locks this context holds (never mutated: replaced).
-_held: ContextVar[dict[int, str] | None] = ContextVar("hubimages_repository_locks", default=None)
+# Lease name -> token of the leases this context holds (never mutated: replaced).
+_held: ContextVar[dict[str, str] | None] = ContextVar("hubimages_leases", default=None)
 
 
-class RepositoryBusy(Exception):
-    """Someone else (a deletion, a sync) is working on this repository right now."""
+def lease_duration() -> timedelta:
+    return timedelta(seconds=settings.LOCK_LEASE_SECONDS)
 
-    def __init__(self, repository: str, holder: str, since: datetime | None) -> None:
-        self.repository = repository
+
+class LeaseBusy(Exception):
+    """Someone else holds the lease right now."""
+
+    def __init__(self, what: str, holder: str, since: datetime | None) -> None:
+        self.what = what
         self.holder = holder
         self.since = since
         when = f" since {since:%H:%M:%S} UTC" if since else ""
         super().__init__(
-            f"repository {repository} is busy: {holder or 'another process'} is working on it"
-            f"{when}; try again in a moment"
+            f"{what} is busy: {holder or 'another process'} is working on it{when}; "
+            "try again in a moment"
         )
 
 
-@dataclass(frozen=True)
-class HeldLock:
-    repository_id: int
+class RepositoryBusy(LeaseBusy):
+    """A deletion or a sync is working on this repository right now."""
+
+    def __init__(self, repository: str, holder: str, since: datetime | None) -> None:
+        self.repository = repository
+        super().__init__(f"repository {repository}", holder, since)
+
+
+class LeaseLost(Exception):
+    """The lease ran out and another process took it over: stop before doing more."""
+
+
+@dataclass
+class HeldLease:
+    name: str
     token: str
+    lost: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    def check(self) -> None:
+        """Raise LeaseLost when the lease was taken over; call before each irreversible step."""
+        if self.lost.is_set():
+            raise LeaseLost(f"lost the lease on {self.name}: another process took it over")
 
     def renew(self) -> bool:
-        """Push the lease forward; False if the lock was lost (taken over after expiry)."""
-        return bool(
-            Repository.objects.filter(pk=self.repository_id, lock_token=self.token).update(
-                locked_at=timezone.now()
-            )
+        """Push the lease forward; False (and `lost` set) when it was taken over."""
+        renewed = Lease.objects.filter(name=self.name, token=self.token).update(
+            expires_at=timezone.now() + lease_duration()
         )
+        if not renewed:
+            self.lost.set()
+        return bool(renewed)
 
 
-def acquire(repository: Repository, *, owner: str) -> HeldLock | None:
-    """Take the lock if it is free or its lease expired; None if someone holds it.
+def repository_lease_name(name: str) -> str:
+    return f"repository:{name}"
 
-    Not re-entrant: `repository_lock` is what callers normally use.
-    """
+
+def acquire(name: str, *, owner: str) -> HeldLease | None:
+    """Take the lease if it is free or expired; None if someone holds it. Not re-entrant."""
     now = timezone.now()
-    token = f"{secrets.token_hex(8)}:{owner[:_OWNER_CHARS]}"
-    free = Q(lock_token="") | Q(locked_at__isnull=True) | Q(locked_at__lt=now - LOCK_LEASE)
-    taken = (
-        Repository.objects.filter(pk=repository.pk)
+    token = secrets.token_hex(16)
+    fields = {"token": token, "owner": owner[:200], "acquired_at": now}
+    free = Q(token="") | Q(expires_at__isnull=True) | Q(expires_at__lt=now)
+    if (
+        Lease.objects.filter(name=name)
         .filter(free)
-        .update(lock_token=token, locked_at=now)
-    )
-    return HeldLock(repository.pk, token) if taken else None
+        .update(expires_at=now + lease_duration(), **fields)
+    ):
+        return HeldLease(name, token)
+    if Lease.objects.filter(name=name).exists():
+        return None
+    try:
+        Lease.objects.create(name=name, expires_at=now + lease_duration(), **fields)
+    except IntegrityError:  # someone created it first
+        return None
+    return HeldLease(name, token)
 
 
-def release(lock: HeldLock) -> None:
-    Repository.objects.filter(pk=lock.repository_id, lock_token=lock.token).update(
-        lock_token="", locked_at=None
-    )
+def release(held: HeldLease) -> None:
+    Lease.objects.filter(name=held.name, token=held.token).update(token="", expires_at=None)
+
+
+def holder(name: str) -> Lease | None:
+    """The live lease on `name`, if someone holds one."""
+    return Lease.objects.filter(name=name, expires_at__gte=timezone.now()).exclude(token="").first()
 
 
 @contextmanager
-def repository_lock(repository: Repository, *, owner: str, wait: float = 0.0) -> Iterator[HeldLock]:
-    """Hold `repository`'s lock for the block, waiting up to `wait` seconds for it.
-
-    Raises `RepositoryBusy` when another holder keeps it longer than that.
-    """
+def lease(name: str, *, owner: str, wait: float = 0.0, busy=LeaseBusy) -> Iterator[HeldLease]:
+    """Hold the lease `name` for the block, waiting up to `wait` seconds for it; renewed in
+    the background meanwhile. Raises `busy(...)` when another holder keeps it longer."""
     held = _held.get() or {}
-    if repository.pk in held:
-        yield HeldLock(repository.pk, held[repository.pk])
+    if name in held:
+        yield HeldLease(name, held[name])
         return
     deadline = time.monotonic() + wait
-    while (lock := acquire(repository, owner=owner)) is None:
+    while (taken := acquire(name, owner=owner)) is None:
         if time.monotonic() >= deadline:
-            raise _busy(repository)
+            current = Lease.objects.filter(name=name).first()
+            raise busy(
+                name.partition(":")[2] or name,
+                current.owner if current else "",
+                current.acquired_at if current else None,
+            )
         time.sleep(POLL_INTERVAL)
-    reset = _held.set({**held, repository.pk: lock.token})
+    reset = _held.set({**held, name: taken.token})
+    _renewer.add(taken)
     try:
-        yield lock
+        yield taken
     finally:
+        _renewer.discard(taken)
         _held.reset(reset)
-        release(lock)
+        release(taken)
 
 
-def _busy(repository: Repository) -> RepositoryBusy:
-    row = Repository.objects.filter(pk=repository.pk).values("lock_token", "locked_at").first()
-    token = row["lock_token"] if row else ""
-    return RepositoryBusy(
-        repository.name, token.partition(":")[2], row["locked_at"] if row else None
-    )
+@contextmanager
+def repository_lock(
+    repository: Repository | str, *, owner: str, wait: float = 0.0
+) -> Iterator[HeldLease]:
+    """Hold a repository's lease: see `lease`. Raises `RepositoryBusy`."""
+    name = repository if isinstance(repository, str) else repository.name
+    with lease(repository_lease_name(name), owner=owner, wait=wait, busy=RepositoryBusy) as held:
+        yield held
+
+
+def repository_locked(name: str) -> bool:
+    return holder(repository_lease_name(name)) is not None
+
+
+class _Renewer:
+    """One thread per process renews every lease the process holds, and stops when it holds
+    none (so a process that holds no lease runs no thread)."""
+
+    def __init__(self) -> None:
+        self._objects: dict[tuple[str, str], HeldLease] = {}
+        self._state = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, held: HeldLease) -> None:
+        with self._state:
+            self._objects[(held.name, held.token)] = held
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
+                self._thread.start()
+
+    def discard(self, held: HeldLease) -> None:
+        with self._state:
+            self._objects.pop((held.name, held.token), None)
+            self._state.notify()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                due = time.monotonic() + lease_duration().total_seconds() / 4
+                with self._state:
+                    # Woken early only to learn that nothing is held any more.
+                    while self._objects and (left := due - time.monotonic()) > 0:
+                        self._state.wait(left)
+                    if not self._objects:
+                        self._thread = None
+                        return
+                    holding = list(self._objects.values())
+                for held in holding:
+                    try:
+                        if not held.renew():
+                            log.warning("lease %s was taken over by another process", held.name)
+                    except Exception:  # a database hiccup: try again next round
+                        log.exception("renewing lease %s failed", held.name)
+        finally:
+            connection.close()
+
+
+_renewer = _Renewer()

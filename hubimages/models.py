@@ -21,10 +21,6 @@ class Repository(models.Model):
     synced_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every change so an open page can ask "anything new?" cheaply.
     revision = models.PositiveBigIntegerField(default=0)
-    # A portable advisory lock (a conditional UPDATE works alike on SQLite and PostgreSQL):
-    # sync and delete take it so they never interleave on one repository.
-    lock_token = models.CharField(max_length=32, blank=True, default="")
-    locked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -205,7 +201,49 @@ class SyncRun(models.Model):
         get_latest_by = "started_at"
 
 
+class Deletion(models.Model):
+    """One deletion operation: a person's "Delete forever", a `delete_images` run, or one
+    repository of a retention run. Its records say what went, manifest by manifest."""
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        PARTIAL = "partial", "Partly done"
+        STALE = "stale", "Plan changed: nothing deleted"
+        FAILED = "failed", "Failed"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    username = models.CharField(max_length=150)
+    repository = models.CharField(max_length=255)
+    selected = models.JSONField(default=list, blank=True)
+    fingerprint = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    message = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    reclaimed_bytes = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            models.Index(fields=["repository", "-started_at"], name="operation_by_repository")
+        ]
+
+
 class DeletionRecord(models.Model):
+    """One manifest of a deletion: written PENDING before its DELETE is sent and DONE or
+    FAILED after, so a worker that dies mid-way leaves an exact history."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Deleted"
+        FAILED = "failed", "Failed"
+
+    operation = models.ForeignKey(
+        Deletion, null=True, blank=True, on_delete=models.CASCADE, related_name="records"
+    )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -217,6 +255,8 @@ class DeletionRecord(models.Model):
     tags = models.JSONField(default=list, blank=True)
     size = models.BigIntegerField(default=0)
     reclaimed_bytes = models.BigIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.DONE)
+    message = models.CharField(max_length=512, blank=True)
 
     class Meta:
         ordering = ["-deleted_at", "-id"]
@@ -250,9 +290,93 @@ class RegistryEvent(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
     message = models.CharField(max_length=512, blank=True, help_text="What happened, for people.")
     attempts = models.PositiveIntegerField(default=0)
+    # A worker claims RECEIVED events before working on them; a claim that outlives its
+    # lease (the worker died) may be taken by another.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
             models.Index(fields=["processed_at"], name="event_by_processed"),
             models.Index(fields=["repository", "digest", "action"], name="event_by_manifest"),
+            models.Index(fields=["state", "id"], name="event_by_state"),
         ]
+
+
+class Lease(models.Model):
+    """A named lock that expires unless its holder renews it: a repository's (sync and
+    delete take it), the full sync's. A holder that dies leaves nothing that needs a person:
+    its lease runs out and anyone may take it over. See `hubimages.locks`."""
+
+    name = models.CharField(max_length=300, unique=True)
+    token = models.CharField(max_length=32, blank=True)
+    owner = models.CharField(max_length=200, blank=True)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+
+class Job(models.Model):
+    """A task someone (or the schedule) started, as people follow it: its progress, its
+    outcome, and why it failed. The queue itself is django-tasks-db's; `task_id` points at
+    the current attempt there."""
+
+    class Kind(models.TextChoices):
+        SYNC = "sync", "Full sync"
+        SYNC_REPOSITORY = "sync_repository", "Repository sync"
+        DELETION = "deletion", "Deletion"
+        RETENTION = "retention", "Retention run"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    started_by = models.CharField(max_length=150, help_text="A username, or 'schedule'.")
+    repository = models.CharField(max_length=255, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    progress = models.CharField(max_length=500, blank=True)
+    outcome = models.JSONField(default=dict, blank=True)
+    message = models.TextField(blank=True, help_text="Why it failed or retries, for people.")
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    task_id = models.CharField(max_length=64, blank=True)
+    worker_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["state", "kind"], name="job_by_state"),
+            models.Index(fields=["-created_at", "-id"], name="job_by_time"),
+        ]
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (self.State.SUCCEEDED, self.State.FAILED)
+
+
+class WorkerHeartbeat(models.Model):
+    """A `db_worker` process says it is alive; a task it was running while its heartbeat
+    stopped is recovered by the other workers (`hubimages.jobs.recover`)."""
+
+    worker_id = models.CharField(max_length=64, unique=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField(db_index=True)
+
+
+class Schedule(models.Model):
+    """When a periodic job is next due; workers claim it with a conditional UPDATE, so one
+    of them, on whichever host, starts it."""
+
+    name = models.CharField(max_length=64, unique=True)
+    next_run_at = models.DateTimeField()

@@ -2,8 +2,9 @@
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -88,6 +89,9 @@ def database_from_url(url: str) -> dict:
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
             "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+            # ?sslmode=verify-full&connect_timeout=5 and the like go to libpq as they are.
+            "OPTIONS": dict(parse_qsl(parts.query)),
         }
     raise ImproperlyConfigured("DATABASE_URL must start with postgres:// or sqlite:///")
 
@@ -111,8 +115,15 @@ def _sqlite(path: Path) -> dict:
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
-    # A key made per process: safe, but sessions end when the server restarts.
-    SECRET_KEY = secrets.token_urlsafe(50)
+    if not DEBUG:
+        # Several web workers (or hosts) with keys of their own would log each other's
+        # users out, and a restart would end every session.
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is false: give every web and worker process "
+            "the same long random value, e.g. from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`"
+        )
+    SECRET_KEY = secrets.token_urlsafe(50)  # development only: sessions end at restart
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -128,6 +139,14 @@ STALE_AFTER_MONTHS = env_int("STALE_AFTER_MONTHS", 6, minimum=1)
 PULL_IGNORE_USER_AGENTS = env_list(
     "PULL_IGNORE_USER_AGENTS", ["trivy", "clair", "grype", "snyk", "harbor-scanner"]
 )
+# The workers run a full sync this often (0: never; then run `sync_registry` yourself).
+SYNC_INTERVAL_MINUTES = env_int("SYNC_INTERVAL_MINUTES", 15)
+# Processed registry events are forgotten after this many days.
+EVENTS_KEEP_DAYS = env_int("EVENTS_KEEP_DAYS", 7, minimum=1)
+# A lock (a repository's, the full sync's) whose holder stopped renewing it for this long
+# may be taken over; a worker silent for this long is dead and its task recovered.
+LOCK_LEASE_SECONDS = env_int("LOCK_LEASE_SECONDS", 60, minimum=2)
+WORKER_LEASE_SECONDS = env_int("WORKER_LEASE_SECONDS", 60, minimum=2)
 PAGE_SIZES = (10, 25, 50, 100)
 PAGE_SIZE = env_int("PAGE_SIZE", 25, minimum=1)
 if PAGE_SIZE not in PAGE_SIZES:
@@ -142,11 +161,16 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    "axes",
+    # Before django_tasks_db: hubimages's db_worker extends django-tasks-db's.
     "hubimages",
+    "django_tasks_db",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -155,7 +179,23 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed logins: after 5 for one username from one address, that pair waits 15 minutes.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
 ROOT_URLCONF = "hubimages.urls"
 WSGI_APPLICATION = "hubimages.wsgi.application"
@@ -197,18 +237,64 @@ STATIC_URL = "static/"
 # hubimages package, where the app directories loaders find them.
 STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]
 STATIC_ROOT = Path(env_str("STATIC_ROOT") or PROJECT_DIR / ".static")
+# WhiteNoise serves what collectstatic wrote: compressed, with hashed names cached forever.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 
+# One switch for deployments behind HTTPS (a TLS-terminating proxy that sets
+# X-Forwarded-Proto): secure cookies, HSTS, and redirects from plain HTTP.
+HTTPS = env_bool("HTTPS", False)
+if HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = 31_536_000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = False
+
+# Scripts and styles come from our own static files only: no inline code, no eval.
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}")
+# Everything goes to the root logger's one handler on standard error, with a timestamp;
+# Django's own loggers propagate there, so every 500 is logged with its traceback.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"},
+        "json": {"()": "hubimages.logs.JsonFormatter"},
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
     "loggers": {
-        "hubimages": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
-        "registry": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+        "django": {"level": "INFO"},
+        "django.request": {"level": "WARNING"},
+        "django.server": {"handlers": [], "propagate": True},
+        "axes": {"level": "WARNING"},
     },
 }

@@ -8,6 +8,8 @@ and the others go on.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from hubimages import activity, rollups
-from hubimages.locks import RepositoryBusy, repository_lock
+from hubimages.locks import LeaseBusy, lease, repository_lock
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, SyncRun, Tag
 from registry import crawl, media
 from registry.client import FetchedManifest, RegistryClient
@@ -74,6 +76,9 @@ class SyncSummary:
 Progress = Callable[[str], None]
 
 
+FULL_SYNC_LEASE = "sync:all"
+
+
 def sync_registry(
     client: RegistryClient,
     *,
@@ -86,15 +91,27 @@ def sync_registry(
 
     `repositories` syncs just those. `catalog` stands in for the registry's catalog, for
     registries that do not offer one to us (Docker Hub, GHCR): the database then holds those
-    repositories and no others, as it would with the catalog."""
+    repositories and no others, as it would with the catalog. A full sync holds the
+    `sync:all` lease, so two never overlap on any number of hosts (raises `LeaseBusy`)."""
+    if repositories:
+        return _sync(client, list(dict.fromkeys(repositories)), None, workers, progress)
+    with lease(FULL_SYNC_LEASE, owner=f"full sync ({socket.gethostname()}:{os.getpid()})"):
+        return _sync(client, None, catalog, workers, progress)
+
+
+def _sync(
+    client: RegistryClient,
+    names: list[str] | None,
+    catalog: Iterable[str] | None,
+    workers: int,
+    progress: Progress | None,
+) -> SyncSummary:
     started = time.monotonic()
     run = SyncRun.objects.create(started_at=timezone.now())
     summary = SyncSummary()
     report = progress or (lambda message: None)
     try:
-        if repositories:
-            names = list(dict.fromkeys(repositories))
-        else:
+        if names is None:
             names = list(dict.fromkeys(catalog)) if catalog else _read_catalog(client)
             summary.repositories_removed = _remove_vanished_repositories(names)
         report(f"{len(names)} repositories in the catalog")
@@ -106,15 +123,20 @@ def sync_registry(
             summary.warnings += [f"{result.name}: {w}" for w in result.warnings]
             if result.error:
                 summary.errors.append(f"{result.name}: {result.error}")
+        if summary.manifests_removed or summary.repositories_removed:
+            remove_unused_blobs()
     except RegistryError as error:
         summary.errors.append(str(error))
-    if summary.manifests_removed or summary.repositories_removed:
-        remove_unused_blobs()
-    summary.duration = time.monotonic() - started
-    run.finished_at = timezone.now()
-    run.succeeded = summary.succeeded
-    run.summary = summary.as_dict()
-    run.save()
+    except BaseException as error:
+        summary.errors.append(f"interrupted: {error!r}")
+        raise
+    finally:
+        # Whatever happened (a bug, a lost database), the run is closed with what it did.
+        summary.duration = time.monotonic() - started
+        run.finished_at = timezone.now()
+        run.succeeded = summary.succeeded
+        run.summary = summary.as_dict()
+        run.save()
     return summary
 
 
@@ -133,31 +155,45 @@ def remove_unused_blobs() -> None:
     Blob.objects.filter(manifest_links__isnull=True).delete()
 
 
+@dataclass
+class Known:
+    """What the database held of a repository when its crawl started: the crawl fetches
+    only what is new, and the write moves only tags nobody else moved meanwhile."""
+
+    manifests: dict[str, KnownManifest]
+    tags: dict[str, str]
+
+
+def known_state(name: str) -> Known:
+    tags = dict(Tag.objects.filter(repository__name=name).values_list("name", "manifest__digest"))
+    return Known(known_manifests(name), tags)
+
+
 def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> RepositoryResult:
     """Sync one repository (used before a delete, to check the plan still holds)."""
-    known = known_manifests(name)
+    known = known_state(name)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync") as pool:
         try:
-            snapshot = crawl.read_repository(client, pool, name, known, stored_configs())
+            snapshot = crawl.read_repository(client, pool, name, known.manifests, stored_configs())
         except NotFound:
             return _write_missing(name)
         except RegistryError as error:
             return RepositoryResult(name=name, error=str(error))
     try:
         return _write(snapshot, known)
-    except RepositoryBusy as error:
+    except LeaseBusy as error:
         return RepositoryResult(name=name, error=str(error))
 
 
 def _sync_repositories(
     client: RegistryClient, names: list[str], workers: int, report: Progress
 ) -> Iterable[RepositoryResult]:
-    known_by_name: dict[str, dict[str, KnownManifest]] = {}
+    known_by_name: dict[str, Known] = {}
     configs = stored_configs()
 
     def known(name: str) -> dict[str, KnownManifest]:
-        known_by_name[name] = known_manifests(name)
-        return known_by_name[name]
+        known_by_name[name] = known_state(name)
+        return known_by_name[name].manifests
 
     snapshots = crawl.crawl_repositories(
         client, names, known=known, known_configs=lambda: configs, workers=workers
@@ -171,16 +207,14 @@ def _sync_repositories(
         yield result
 
 
-def _write_read(
-    read: Snapshot | crawl.CrawlFailure, known: dict[str, KnownManifest]
-) -> RepositoryResult:
+def _write_read(read: Snapshot | crawl.CrawlFailure, known: Known) -> RepositoryResult:
     if isinstance(read, crawl.CrawlFailure):
         if read.missing:
             return _write_missing(read.name)
         return RepositoryResult(name=read.name, error=str(read.error))
     try:
         return _write(read, known)
-    except RepositoryBusy as error:
+    except LeaseBusy as error:
         return RepositoryResult(name=read.name, error=str(error))
     except Exception as error:  # a bug must not stop the other repositories
         log.exception("sync of %s failed", read.name)
@@ -238,7 +272,10 @@ def _write_missing(name: str) -> RepositoryResult:
     return RepositoryResult(name=name, removed=removed, warnings=["not in the registry"])
 
 
-def _write(snapshot: Snapshot, known: dict[str, KnownManifest]) -> RepositoryResult:
+def _write(snapshot: Snapshot, known: Known) -> RepositoryResult:
+    """Write a crawl's snapshot under the repository's lease, trusting the database as it
+    is now rather than as it was when the crawl started: a push event may have stored some
+    manifests or moved some tags meanwhile, and its word is newer than the crawl's."""
     result = RepositoryResult(name=snapshot.name, warnings=snapshot.warnings)
     now = timezone.now()
     repository, _ = Repository.objects.get_or_create(name=snapshot.name)
@@ -246,19 +283,24 @@ def _write(snapshot: Snapshot, known: dict[str, KnownManifest]) -> RepositoryRes
         repository_lock(repository, owner="sync", wait=LOCK_WAIT_SECONDS),
         transaction.atomic(),
     ):
-        gone = set(known) - snapshot.present
+        stored = set(
+            Manifest.objects.filter(repository=repository).values_list("digest", flat=True)
+        )
+        tags = _tags_to_write(repository, snapshot.tags, known.tags)
+        gone = (set(known.manifests) - snapshot.present) & stored
         if gone:
             Manifest.objects.filter(repository=repository, digest__in=gone).delete()
+        new = {d: m for d, m in snapshot.fetched.items() if d not in stored}
         result.removed = len(gone)
-        result.added = len(snapshot.fetched)
-        if snapshot.fetched:
-            _insert_manifests(repository, snapshot, now)
-            activity.apply_recorded_pushes(repository, list(snapshot.fetched))
-            activity.apply_earlier_pulls(repository, list(snapshot.fetched))
-        result.tags_changed = _write_tags(repository, snapshot.tags)
+        result.added = len(new)
+        if new:
+            _insert_manifests(repository, new, snapshot.configs, now)
+            activity.apply_recorded_pushes(repository, list(new))
+            activity.apply_earlier_pulls(repository, list(new))
+        result.tags_changed = _write_tags(repository, tags)
         changed = bool(result.added or result.removed or result.tags_changed)
         if changed:
-            _classify(repository, snapshot)
+            _classify(repository, new, snapshot.tags)
             rollups.refresh(repository)
         Repository.objects.filter(pk=repository.pk).update(
             synced_at=now, revision=F("revision") + int(changed)
@@ -266,25 +308,32 @@ def _write(snapshot: Snapshot, known: dict[str, KnownManifest]) -> RepositoryRes
     return result
 
 
-def _insert_manifests(repository: Repository, snapshot: Snapshot, now: datetime) -> None:
-    configs = _configs_for(snapshot)
+def _insert_manifests(
+    repository: Repository,
+    fetched: dict[str, FetchedManifest],
+    configs_read: dict[str, media.ImageConfig],
+    now: datetime,
+) -> None:
+    configs = _configs_for(fetched, configs_read)
     rows = [
-        _manifest_row(repository, fetched, configs.get(crawl.config_digest(fetched)), now)
-        for fetched in snapshot.fetched.values()
+        _manifest_row(repository, manifest, configs.get(crawl.config_digest(manifest)), now)
+        for manifest in fetched.values()
     ]
     Manifest.objects.bulk_create(rows)
     ids = dict(
         Manifest.objects.filter(repository=repository).values_list("digest", "pk").iterator()
     )
-    _insert_blob_links(snapshot.fetched.values(), ids)
-    _insert_index_entries(snapshot.fetched.values(), ids)
+    _insert_blob_links(fetched.values(), ids)
+    _insert_index_entries(fetched.values(), ids)
 
 
-def _configs_for(snapshot: Snapshot) -> dict[str, media.ImageConfig | dict]:
+def _configs_for(
+    fetched: dict[str, FetchedManifest], configs_read: dict[str, media.ImageConfig]
+) -> dict[str, media.ImageConfig | dict]:
     """Configs read now, plus those another manifest already brought into the database."""
-    wanted = {crawl.config_digest(m) for m in snapshot.fetched.values()} - set(snapshot.configs)
+    wanted = {crawl.config_digest(m) for m in fetched.values()} - set(configs_read)
     wanted.discard("")
-    configs: dict[str, media.ImageConfig | dict] = dict(snapshot.configs)
+    configs: dict[str, media.ImageConfig | dict] = dict(configs_read)
     for row in (
         Manifest.objects.filter(config_digest__in=wanted)
         .values("config_digest", "os", "architecture", "variant", "labels", "history")
@@ -441,60 +490,81 @@ def _insert_index_entries(fetched: Iterable[FetchedManifest], ids: dict[str, int
     IndexEntry.objects.bulk_create(entries, batch_size=500)
 
 
-def _write_tags(repository: Repository, tags: dict[str, str]) -> int:
-    """Make the repository's tags exactly `tags`; returns how many changed."""
+def _tags_to_write(
+    repository: Repository, read: dict[str, str], before: dict[str, str]
+) -> dict[str, str | None]:
+    """Tag -> digest (None: remove) for the tags the crawl may decide: those that still
+    point where they did when it started. Read before anything changes in the transaction."""
+    current = dict(
+        Tag.objects.filter(repository=repository).values_list("name", "manifest__digest")
+    )
+    return {
+        name: read.get(name)
+        for name in current.keys() | before.keys() | read.keys()
+        if current.get(name) == before.get(name) and current.get(name) != read.get(name)
+    }
+
+
+def _write_tags(repository: Repository, tags: dict[str, str | None]) -> int:
+    """Point (or remove, for None) each tag; returns how many changed."""
+    if not tags:
+        return 0
     ids = dict(Manifest.objects.filter(repository=repository).values_list("digest", "pk"))
-    current = dict(Tag.objects.filter(repository=repository).values_list("name", "manifest_id"))
-    wanted = {name: ids[digest] for name, digest in tags.items() if digest in ids}
-    removed = [name for name in current if name not in wanted]
-    changed = {name: pk for name, pk in wanted.items() if current.get(name) != pk}
-    Tag.objects.filter(repository=repository, name__in=removed + list(changed)).delete()
-    Tag.objects.bulk_create(
-        [Tag(repository=repository, name=name, manifest_id=pk) for name, pk in changed.items()],
+    Tag.objects.filter(repository=repository, name__in=list(tags)).delete()
+    created = Tag.objects.bulk_create(
+        [
+            Tag(repository=repository, name=name, manifest_id=ids[digest])
+            for name, digest in tags.items()
+            if digest in ids
+        ],
         batch_size=500,
     )
-    return len(removed) + len(changed)
+    return len(created) + sum(1 for digest in tags.values() if digest is None)
 
 
-def _classify(repository: Repository, snapshot: Snapshot) -> None:
+def _classify(
+    repository: Repository, fetched: dict[str, FetchedManifest], tags: dict[str, str]
+) -> None:
     """Kinds that depend on context: attestations (by their index entry) and referrers
     reached through the tag schema of registries without a referrers API."""
     attestations = [
         child.digest
-        for fetched in snapshot.fetched.values()
-        for child in fetched.parsed.manifests
+        for manifest in fetched.values()
+        for child in manifest.parsed.manifests
         if media.is_attestation(child)
     ]
     if attestations:
         Manifest.objects.filter(repository=repository, digest__in=attestations).update(
             kind=Manifest.Kind.ATTESTATION
         )
-    for tag, digest in snapshot.tags.items():
+    for tag, digest in tags.items():
         subject = media.referrer_tag_subject(tag)
-        if subject and digest in snapshot.fetched:
+        if subject and digest in fetched:
             Manifest.objects.filter(repository=repository, digest=digest, subject_digest="").update(
                 subject_digest=subject, kind=Manifest.Kind.ARTIFACT
             )
 
 
-# -- one pushed manifest (registry events) -----------------------------------------------
+# -- pushed manifests (registry events) ------------------------------------------------
 
 
-def read_pushed_manifest(client: RegistryClient, name: str, digest: str, *, tag: str = ""):
-    """`registry.crawl.read_pushed_manifest`, answering from the database what it holds."""
-    return crawl.read_pushed_manifest(
+def read_pushed(
+    client: RegistryClient, pool: ThreadPoolExecutor, name: str, pushed: dict[str, set[str]]
+) -> Snapshot:
+    """`registry.crawl.read_pushed`, answering from the database what it holds."""
+    return crawl.read_pushed(
         client,
+        pool,
         name,
-        digest,
-        tag=tag,
+        pushed,
         known=lambda digests: known_manifests(name, digests),
         known_configs=stored_configs,
     )
 
 
-def write_pushed_manifest(snapshot: Snapshot) -> Repository:
-    """Store what `read_pushed_manifest` read and point its tag, in one transaction under
-    the repository lock, leaving the repository's other manifests and tags alone
+def write_pushed(snapshot: Snapshot) -> Repository:
+    """Store what `read_pushed` read and point its tags, in one transaction under the
+    repository's lease, leaving the repository's other manifests and tags alone
     (repairing them is sync's job). Raises `RepositoryBusy` like `_write`."""
     now = timezone.now()
     repository, _ = Repository.objects.get_or_create(name=snapshot.name)
@@ -503,27 +573,26 @@ def write_pushed_manifest(snapshot: Snapshot) -> Repository:
         transaction.atomic(),
     ):
         # A sync or another event may have stored some of them since the read.
-        for digest in Manifest.objects.filter(
-            repository=repository, digest__in=list(snapshot.fetched)
-        ).values_list("digest", flat=True):
-            del snapshot.fetched[digest]
-        if snapshot.fetched:
-            _insert_manifests(repository, snapshot, now)
-            activity.apply_recorded_pushes(repository, list(snapshot.fetched))
-            activity.apply_earlier_pulls(repository, list(snapshot.fetched))
-        changed = bool(snapshot.fetched)
-        for tag, digest in snapshot.tags.items():
-            manifest = Manifest.objects.get(repository=repository, digest=digest)
-            current = Tag.objects.filter(repository=repository, name=tag).first()
-            if current is None:
-                Tag.objects.create(repository=repository, name=tag, manifest=manifest)
-                changed = True
-            elif current.manifest_id != manifest.pk:
-                current.manifest = manifest
-                current.save()
-                changed = True
+        stored = set(
+            Manifest.objects.filter(
+                repository=repository, digest__in=list(snapshot.fetched)
+            ).values_list("digest", flat=True)
+        )
+        new = {d: m for d, m in snapshot.fetched.items() if d not in stored}
+        if new:
+            _insert_manifests(repository, new, snapshot.configs, now)
+            activity.apply_recorded_pushes(repository, list(new))
+            activity.apply_earlier_pulls(repository, list(new))
+        current = dict(
+            Tag.objects.filter(repository=repository, name__in=list(snapshot.tags)).values_list(
+                "name", "manifest__digest"
+            )
+        )
+        moved = {tag: d for tag, d in snapshot.tags.items() if current.get(tag) != d}
+        tags_changed = _write_tags(repository, moved)
+        changed = bool(new or tags_changed)
         if changed:
-            _classify(repository, snapshot)
+            _classify(repository, new, snapshot.tags)
             rollups.refresh(repository)
             Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return repository

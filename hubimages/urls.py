@@ -1,12 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from hubimages import views, webhooks
+from hubimages import health, views, webhooks
 
 # Repository names hold "/", so a repository's own pages sit under "/-/" (no OCI name
 # component starts with "-") and come before the catch-all list route.
 urlpatterns = [
     path("", views.repositories, name="repositories"),
+    path("sync/", views.sync_now, name="sync_now"),
     path(
         "repositories/<path:name>/-/images/<str:digest>/",
         views.image_detail,
@@ -18,9 +19,13 @@ urlpatterns = [
         views.delete_execute,
         name="delete_execute",
     ),
+    path("repositories/<path:name>/-/sync/", views.sync_now, name="sync_repository"),
     path("repositories/<path:name>/", views.image_management, name="image_management"),
     path("history/", views.deletion_history, name="deletion_history"),
+    path("jobs/", views.job_list, name="jobs"),
+    path("jobs/<int:job_id>/", views.job, name="job"),
     path("registry/events", webhooks.registry_events, name="registry_events"),
+    path("healthz", health.healthz, name="healthz"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

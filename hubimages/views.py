@@ -19,15 +19,13 @@ from django.core.paginator import Page, Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from hubimages import deletion, inventory
-from hubimages.connection import registry_client
+from hubimages import deletion, inventory, jobs
 from hubimages.formatting import human_size
-from hubimages.locks import RepositoryBusy
-from hubimages.models import DeletionRecord, Manifest, Repository, SyncRun
+from hubimages.models import DeletionRecord, Job, Manifest, Repository, SyncRun
 from registry import media
 
 REPOSITORIES_PER_PAGE = 50
@@ -42,8 +40,8 @@ REPOSITORY_COLUMNS = (("name", "Name"), ("size", "Size"), ("last_pushed", "Last 
 # A page shows at most 100 rows; more digests than this are not a selection but a misuse.
 MAX_SELECTED = 1000
 HISTORY_PER_PAGE = 50
+JOBS_PER_PAGE = 50
 CHANGED = "The registry changed since your preview: nothing was deleted. Check the new preview."
-BUSY = "Someone else is changing this repository right now; try again in a moment."
 UNCONFIRMED = "Tick the box to confirm that you understand what will be deleted."
 
 
@@ -176,6 +174,7 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
         "columns": _columns(query.sort, SORTABLE_COLUMNS),
         **_neighbours(page),
         "stale_months": settings.STALE_AFTER_MONTHS,
+        "sync_url": reverse("sync_repository", args=[repository.name]),
     }
     return render_page(request, "image_management.html", "rows", context)
 
@@ -260,11 +259,15 @@ def _preview(
     return render_page(request, "delete_preview.html", "dialog", context, status=status)
 
 
-@require_GET
+@require_http_methods(["GET", "POST"])
 @vary_on_htmx
 def delete_preview(request: HttpRequest, name: str) -> HttpResponse:
+    """The plan for the selection. The list sends it by POST (a page of 100 selected
+    digests would not fit in a URL), links to a small selection by GET; it changes
+    nothing either way."""
     repository = _repository_to_delete_from(request, name)
-    digests = request.GET.getlist("digest")[:MAX_SELECTED]
+    params = request.POST if request.method == "POST" else request.GET
+    digests = params.getlist("digest")[:MAX_SELECTED]
     return _preview(
         request, repository, deletion.plan_deletion(repository=repository, digests=digests)
     )
@@ -273,11 +276,12 @@ def delete_preview(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 @vary_on_htmx
 def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
-    """Delete exactly the previewed plan (its fingerprint came with the form), or nothing.
+    """Start the deletion of exactly the previewed plan (its fingerprint came with the
+    form) as a job, and follow it.
 
     The cheap checks come first, against the database: a plan that already differs, or that
-    refuses part of the selection, never reaches the registry. `execute_deletion` then
-    re-reads the repository from the registry under its lock and checks once more."""
+    refuses part of the selection, never reaches the worker. The worker then re-reads the
+    repository from the registry under its lease and checks once more."""
     repository = _repository_to_delete_from(request, name)
     digests = request.POST.getlist("digest")[:MAX_SELECTED]
     plan = deletion.plan_deletion(repository=repository, digests=digests)
@@ -287,42 +291,90 @@ def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
         return _preview(request, repository, plan, notice=CHANGED, status=409)
     if request.POST.get("confirm") != "yes":
         return _preview(request, repository, plan, error=UNCONFIRMED, status=422)
-    try:
-        with registry_client() as client:
-            outcome = deletion.execute_deletion(
-                repository=repository,
-                digests=digests,
-                fingerprint=plan.fingerprint,
-                user=request.user,
-                client=client,
-            )
-    except RepositoryBusy:
-        return _preview(request, repository, plan, error=BUSY, status=409)
-    except deletion.RecheckFailed as failure:
-        error = f"Nothing was deleted: {failure}."
-        return _preview(request, repository, plan, error=error, status=502)
-    if outcome.stale:
-        return _preview(request, repository, outcome.plan, notice=CHANGED, status=409)
-    return _deletion_done(request, repository, outcome)
+    job = jobs.start_deletion(
+        repository=repository,
+        digests=list(plan.selected),
+        fingerprint=plan.fingerprint,
+        user=request.user,
+    )
+    return _follow(request, job, back=request.POST.get("back", ""))
 
 
-def _deletion_done(
-    request: HttpRequest, repository: Repository, outcome: deletion.DeletionOutcome
-) -> HttpResponse:
-    """All done: back to the list as the user left it, with a message. Otherwise show what
-    happened to each."""
-    back_to = list_url(repository, request.POST.get("back", ""))
-    if outcome.succeeded:
-        messages.success(request, deleted_message(outcome))
-        if request.htmx:
-            return HttpResponseClientRedirect(back_to)
-        return HttpResponseRedirect(back_to, status=303)
+def _follow(request: HttpRequest, job: Job, *, back: str = "") -> HttpResponse:
+    """Answer a request that started a job: its progress in place for htmx, else its page."""
+    url = reverse("job", args=[job.pk]) + (f"?{urlencode({'back': back})}" if back else "")
+    if request.htmx:
+        # A deletion replaces the preview dialog; a sync shows under its button.
+        partial = "dialog" if job.kind == Job.Kind.DELETION else "status"
+        return render(request, f"job.html#{partial}", _job_context(request, job, back))
+    return HttpResponseRedirect(url, status=303)
+
+
+def _job_context(request: HttpRequest, job: Job, back: str) -> dict:
+    repository = Repository.objects.filter(name=job.repository).first() if job.repository else None
     context = {
+        "job": job,
+        "back": back,
         "repository": repository,
-        "outcome": outcome,
-        "message": deleted_message(outcome),
+        "list_url": list_url(repository, back) if repository else reverse("repositories"),
     }
-    return render_page(request, "delete_outcome.html", "dialog", context)
+    if job.kind == Job.Kind.DELETION and job.finished:
+        context["deletion"] = _deletion_summary(job.outcome)
+    return context
+
+
+def _deletion_summary(outcome: dict) -> dict:
+    deleted = outcome.get("deleted", [])
+    tags = sum(len(item.get("tags", [])) for item in deleted)
+    reclaimed = outcome.get("reclaimed_bytes", 0)
+    return {
+        **outcome,
+        "message": deleted_message(len(deleted), tags, reclaimed),
+    }
+
+
+@require_GET
+@vary_on_htmx
+def job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """A job's progress and outcome; the page refreshes itself while it runs (htmx polls
+    its status, a plain page reloads). Its owner and admins may see it."""
+    job = get_object_or_404(_visible_jobs(request.user), pk=job_id)
+    back = request.GET.get("back", "")[:1000]
+    context = _job_context(request, job, back)
+    if request.htmx and request.GET.get("in") == "dialog":
+        if job.finished and job.kind == Job.Kind.DELETION and job.state == Job.State.SUCCEEDED:
+            # All went: back to the list as the user left it, with the message.
+            messages.success(request, context["deletion"]["message"])
+            return HttpResponseClientRedirect(context["list_url"])
+        return render(request, "job.html#dialog-body", context)
+    return render_page(request, "job.html", "status", context)
+
+
+def _visible_jobs(user):
+    return Job.objects.all() if user.is_staff else Job.objects.filter(user=user)
+
+
+@require_GET
+@vary_on_htmx
+def job_list(request: HttpRequest) -> HttpResponse:
+    """Recent jobs, newest first: admins see everyone's (and why what failed failed),
+    others their own."""
+    page = _paginate(
+        _visible_jobs(request.user).select_related("user"), JOBS_PER_PAGE, request.GET.get("page")
+    )
+    context = {"page": page, **_neighbours(page), "state": {}}
+    return render_page(request, "jobs.html", "jobs", context)
+
+
+@require_POST
+def sync_now(request: HttpRequest, name: str = "") -> HttpResponse:
+    """Admins: sync everything, or one repository, now (as a job the workers run)."""
+    if not request.user.is_staff:
+        raise PermissionDenied("syncing on demand is for admins")
+    if name:
+        get_object_or_404(Repository, name=name)
+    started = jobs.start_sync(user=request.user, repository=name)
+    return _follow(request, started)
 
 
 def list_url(repository: Repository, back: str = "") -> str:
@@ -337,14 +389,12 @@ def list_url(repository: Repository, back: str = "") -> str:
     return f"{url}?{encoded}" if encoded else url
 
 
-def deleted_message(outcome: deletion.DeletionOutcome) -> str:
+def deleted_message(manifests: int, tags: int, reclaimed: int) -> str:
     """What was deleted and the bytes it frees, once the registry collects garbage."""
-    manifests = len(outcome.deleted)
-    tags = sum(len(item.tags) for item in outcome.deleted)
     return (
         f"Deleted {manifests} manifest{'s' if manifests != 1 else ''} and {tags} "
-        f"tag{'s' if tags != 1 else ''}; {human_size(outcome.reclaimed_bytes)} "
-        f"({outcome.reclaimed_bytes:,} bytes) will be freed at the next garbage collection."
+        f"tag{'s' if tags != 1 else ''}; {human_size(reclaimed)} "
+        f"({reclaimed:,} bytes) will be freed at the next garbage collection."
     )
 
 

@@ -13,7 +13,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from hubimages import background, events
+from hubimages import events, jobs
 from registry.notifications import EnvelopeError, parse_envelope
 
 log = logging.getLogger("hubimages.events")
@@ -51,9 +51,14 @@ def registry_events(request: HttpRequest) -> JsonResponse:
         return _error(400, str(error))
     recorded = events.record(parsed)
     if recorded.pending:
-        background.process_soon()
+        jobs.ensure_drain()
     return JsonResponse(
-        {"recorded": recorded.new, "duplicates": recorded.duplicates, "pending": recorded.pending}
+        {
+            "recorded": recorded.new,
+            "duplicates": recorded.duplicates,
+            "pending": recorded.pending,
+            "ignored": recorded.not_stored,
+        }
     )
 
 

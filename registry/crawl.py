@@ -180,35 +180,38 @@ def read_configs(
     snapshot.configs = {d: c for d, c in zip(configs, bodies, strict=True) if c is not None}
 
 
-def read_pushed_manifest(
+def read_pushed(
     client: RegistryClient,
+    pool: ThreadPoolExecutor,
     name: str,
-    digest: str,
+    pushed: Mapping[str, Collection[str]],
     *,
-    tag: str = "",
     known: KnownLookup,
     known_configs: Callable[[Collection[str]], Collection[str]],
-    workers: int = 4,
-) -> Snapshot | None:
-    """One manifest with the children and configs the caller lacks; None when the registry
-    no longer has it (deleted since the push).
+) -> Snapshot:
+    """Pushed manifests (digest -> the tags pushed with it) with the children and configs
+    the caller lacks. A digest the registry no longer has (deleted since the push) is
+    missing from `present`.
 
     `known(digests)` and `known_configs(digests)` answer for just the digests asked, in the
     calling thread: a repository may hold thousands of manifests and a push touches a few.
-    `tag` lands in the snapshot only while the registry still points it at `digest`: events
-    arrive in any order, and a later push may have moved it.
+    A tag lands in the snapshot only while the registry still points it at its digest:
+    events arrive in any order, and a later push may have moved it.
     """
     snapshot = Snapshot(name=name)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push") as pool:
-        read_graph(client, pool, snapshot, {digest}, known)
-        if digest not in snapshot.present:
-            return None
-        if tag:
-            head = client.head_manifest(name, tag)
-            if head is not None and head.digest == digest:
-                snapshot.tags[tag] = digest
-        wanted = {config_digest(m) for m in snapshot.fetched.values()} - {""}
-        read_configs(client, pool, snapshot, known_configs(wanted))
+    read_graph(client, pool, snapshot, set(pushed), known)
+    tagged = sorted(
+        (tag, digest)
+        for digest, tags in pushed.items()
+        if digest in snapshot.present
+        for tag in tags
+    )
+    heads = parallel(pool, lambda pair: client.head_manifest(name, pair[0]), tagged)
+    for (tag, digest), head in zip(tagged, heads, strict=True):
+        if head is not None and head.digest == digest:
+            snapshot.tags[tag] = digest
+    wanted = {config_digest(m) for m in snapshot.fetched.values()} - {""}
+    read_configs(client, pool, snapshot, known_configs(wanted))
     return snapshot
 
 

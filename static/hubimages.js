@@ -1,4 +1,7 @@
 // Progressive enhancement for hubimages's pages: every control works without this file.
+// Loaded in <head> without `defer`, so the "js" class is set before the page is drawn.
+document.documentElement.classList.add("js");
+
 (function () {
   "use strict";
 
@@ -7,14 +10,18 @@
   }
 
   // The list polls for changes only while nothing is selected, no index is open and no
-  // panel is shown, so a refresh never throws away what the user is doing (htmx
-  // evaluates this in the hx-trigger filter).
-  window.hubimagesIdle = function () {
+  // panel is shown, so a refresh never throws away what the user is doing. (A listener,
+  // not an hx-trigger filter: htmx runs with allowEval off, under a strict CSP.)
+  function idle() {
     return (
       checkedBoxes().length === 0 &&
       !document.querySelector("#rows details[open], dialog[open]")
     );
-  };
+  }
+
+  document.addEventListener("htmx:confirm", function (event) {
+    if (event.target.hasAttribute("data-poll") && !idle()) event.preventDefault();
+  });
 
   function updateSelection() {
     var form = document.getElementById("selection");

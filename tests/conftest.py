@@ -1,18 +1,54 @@
-"""Shared fixtures: a real CNCF distribution registry per test, an image pusher, users."""
+"""Shared fixtures: a real CNCF distribution registry per test, an image pusher, users,
+and the task worker."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from devtools.pusher import ImagePusher
 from devtools.server import LocalRegistry
+from devtools.worker import task_worker
 from hubimages.sync import SyncSummary, sync_registry
 from registry.client import RegistryClient
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(autouse=True)
+def plain_static_files(settings):
+    """Pages render without `collectstatic` (the production-shape test runs it for real)."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker_thread(transactional_db) -> Iterator[None]:
+    """A worker running tasks in a thread of the test process while the test runs (for
+    browser tests, where the page waits for a job)."""
+    from django.db import connection
+
+    worker = task_worker(batch=False, worker_id="test-worker")
+
+    def run() -> None:
+        try:
+            worker.run()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, name="test-worker", daemon=True)
+    thread.start()
+    yield
+    worker.running = False
+    thread.join(timeout=30)
 
 
 @pytest.fixture

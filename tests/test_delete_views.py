@@ -15,9 +15,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from devtools.pusher import random_layer
-from hubimages import deletion, locks, views
+from devtools.worker import run_tasks
+from hubimages import deletion, jobs, locks, views
 from hubimages.formatting import human_size, short_digest
-from hubimages.models import DeletionRecord, Manifest, Repository
+from hubimages.models import Deletion, DeletionRecord, Job, Manifest, Repository
 from registry.client import RegistryClient
 
 REPO = "acme/shop"
@@ -156,7 +157,13 @@ def test_a_refused_selection_shows_why_and_offers_no_delete_until_it_is_fixed(sh
         "delete the index instead or remove it from the index first"
     ) in page
     assert "Delete forever" not in page and 'name="fingerprint"' not in page
-    assert f'<a href="{PREVIEW}?digest={shop.old.digest.replace(":", "%3A")}"' in page
+    # "Preview without it" posts the rest of the selection back to the preview.
+    rest = re.search(
+        r'<form class="inline-form" method="post" action="([^"]+)".*?</form>', page, re.S
+    )
+    assert rest.group(1) == PREVIEW
+    assert re.findall(r'name="digest" value="([^"]+)"', rest.group(0)) == [shop.old.digest]
+    assert "preview without it</button>" in rest.group(0)
 
 
 def test_an_empty_selection_says_what_to_do(shop, deleter_client):
@@ -205,7 +212,15 @@ def test_delete_refuses_get_and_posts_without_a_csrf_token(
 # -- Delete forever ----------------------------------------------------------------------------
 
 
-def test_delete_forever_deletes_the_plan_records_it_and_returns_to_the_list(
+def follow_job(web, response, **headers) -> str:
+    """What a browser without JavaScript does after "Delete forever": a worker runs the
+    job, then the job's page shows how it ended."""
+    assert response.status_code == 303 and response["Location"].startswith("/jobs/")
+    run_tasks()
+    return web.get(response["Location"], **headers).content.decode()
+
+
+def test_delete_forever_starts_a_job_that_deletes_the_plan_and_records_it(
     shop, deleter, client_factory, registry_client
 ):
     web = client_factory(deleter, enforce_csrf_checks=True)
@@ -214,24 +229,34 @@ def test_delete_forever_deletes_the_plan_records_it_and_returns_to_the_list(
 
     response = web.post(EXECUTE, confirmed(page))
 
-    assert response.status_code == 303 and response["Location"] == LIST
-    gone = {item.digest for item in plan.delete}
+    # The request only started the job: nothing is deleted until a worker runs it.
     everything = (shop.release, shop.amd, shop.arm, shop.attestation, shop.old, shop.stable)
+    assert len(in_registry(registry_client, *everything)) == 6
+    job = Job.objects.get()
+    assert (job.kind, job.state, job.user, job.repository) == ("deletion", "queued", deleter, REPO)
+    assert job.params["fingerprint"] == plan.fingerprint
+    outcome = follow_job(web, response)
+
+    gone = {item.digest for item in plan.delete}
     assert in_registry(registry_client, *everything) == {shop.arm.digest, shop.stable.digest}
     assert in_database() == {shop.arm.digest, shop.stable.digest}
     records = DeletionRecord.objects.all()
     assert {r.digest for r in records} == gone
-    assert {(r.user, r.username, r.repository) for r in records} == {(deleter, "deleter", REPO)}
+    assert {(r.user, r.username, r.repository, r.state) for r in records} == {
+        (deleter, "deleter", REPO, "done")
+    }
     assert sum(r.reclaimed_bytes for r in records) == plan.reclaimable_bytes
-    listing = web.get(LIST).content.decode()
+    assert Deletion.objects.get().state == "done"
+    assert "Succeeded" in outcome
     assert (
         f"Deleted 4 manifests and 3 tags; {human_size(plan.reclaimable_bytes)} "
         f"({plan.reclaimable_bytes:,} bytes) will be freed at the next garbage collection."
-    ) in listing
+    ) in outcome
+    listing = web.get(LIST).content.decode()
     assert shop.old.digest not in listing and shop.arm.digest in listing
 
 
-def test_after_deleting_the_list_comes_back_with_the_search_filter_and_sort_the_user_had(
+def test_after_deleting_the_way_back_keeps_the_search_filter_and_sort_the_user_had(
     shop, deleter_client
 ):
     listing = deleter_client.get(LIST, {"filter": "image", "sort": "size", "search": "1"})
@@ -240,10 +265,10 @@ def test_after_deleting_the_list_comes_back_with_the_search_filter_and_sort_the_
         PREVIEW, {"digest": shop.old.digest, "back": html.unescape(back)}
     ).content.decode()
 
-    response = deleter_client.post(EXECUTE, confirmed(page))
+    outcome = follow_job(deleter_client, deleter_client.post(EXECUTE, confirmed(page)))
 
-    assert response.status_code == 303
-    assert response["Location"] == f"{LIST}?search=1&filter=image&sort=size"
+    back_link = f'href="{LIST}?search=1&amp;filter=image&amp;sort=size">Back to {REPO}</a>'
+    assert back_link in outcome
 
 
 def test_the_way_back_to_the_list_keeps_only_known_list_parameters(db):
@@ -253,23 +278,52 @@ def test_the_way_back_to_the_list_keeps_only_known_list_parameters(db):
     assert views.list_url(repository, "//evil.example/") == LIST
 
 
-def test_with_htmx_a_successful_delete_sends_the_browser_back_to_the_list(
+def test_with_htmx_the_dialog_follows_the_job_then_sends_the_browser_back_to_the_list(
     shop, deleter_client, registry_client
 ):
     page = deleter_client.get(PREVIEW, {"digest": shop.old.digest}, **HTMX).content.decode()
 
-    response = deleter_client.post(EXECUTE, confirmed(page), **HTMX)
+    started = deleter_client.post(EXECUTE, confirmed(page), **HTMX).content.decode()
 
-    assert response.status_code == 200 and response["HX-Redirect"] == LIST
+    job = Job.objects.get()
+    assert started.lstrip().startswith('<dialog class="panel" aria-labelledby="job-title"')
+    poll = f'hx-get="/jobs/{job.pk}/?in=dialog" hx-trigger="every 1s"'
+    assert poll in started and "Queued" in started
+    still = deleter_client.get(f"/jobs/{job.pk}/", {"in": "dialog"}, **HTMX)
+    assert still.status_code == 200 and poll in still.content.decode()
+    run_tasks()
+    done = deleter_client.get(f"/jobs/{job.pk}/", {"in": "dialog"}, **HTMX)
+    assert done.status_code == 200 and done["HX-Redirect"] == LIST
     assert in_registry(registry_client, shop.old) == set()
     assert "Deleted 1 manifest and 1 tag;" in deleter_client.get(LIST).content.decode()
 
 
-def test_a_tag_pushed_after_the_preview_deletes_nothing_and_shows_the_fresh_preview(
+def test_a_tag_pushed_after_the_preview_deletes_nothing_and_offers_the_fresh_preview(
     shop, pusher, deleter_client, registry_client
 ):
     page = deleter_client.get(PREVIEW, {"digest": shop.old.digest}).content.decode()
-    pusher.tag(REPO, "hotfix", shop.old)  # in the registry only: found by the re-check
+    pusher.tag(REPO, "hotfix", shop.old)  # in the registry only: found by the worker's re-check
+
+    outcome = follow_job(deleter_client, deleter_client.post(EXECUTE, confirmed(page)))
+
+    job = Job.objects.get()
+    assert job.state == "failed" and job.outcome["stale"]
+    assert "The registry changed since your preview: nothing was deleted" in outcome
+    assert "See the new preview</button>" in outcome
+    assert job.outcome["plan"]["tags_removed"] == ["1.9", "hotfix"]
+    assert job.outcome["plan"]["fingerprint"] == plan_for(shop.old.digest).fingerprint
+    assert in_registry(registry_client, shop.old) == {shop.old.digest}
+    assert pusher.list_tags(REPO).count("hotfix") == 1
+    assert not DeletionRecord.objects.exists()
+    assert Deletion.objects.get().state == "stale"
+
+
+def test_a_plan_that_already_differs_in_the_database_starts_no_job(
+    shop, pusher, deleter_client, sync
+):
+    page = deleter_client.get(PREVIEW, {"digest": shop.old.digest}).content.decode()
+    pusher.tag(REPO, "hotfix", shop.old)
+    sync(REPO)
 
     plain = deleter_client.post(EXECUTE, confirmed(page))
     htmx = deleter_client.post(EXECUTE, confirmed(page), **HTMX)
@@ -284,9 +338,7 @@ def test_a_tag_pushed_after_the_preview_deletes_nothing_and_shows_the_fresh_prev
         assert form_fields(fresh)["fingerprint"] == [plan_for(shop.old.digest).fingerprint]
     assert "<html" in plain.content.decode()
     assert htmx.content.decode().lstrip().startswith("<dialog")
-    assert in_registry(registry_client, shop.old) == {shop.old.digest}
-    assert pusher.list_tags(REPO).count("hotfix") == 1
-    assert not DeletionRecord.objects.exists()
+    assert not Job.objects.exists()
 
 
 def test_a_delete_without_the_confirmation_ticked_deletes_nothing(
@@ -299,32 +351,30 @@ def test_a_delete_without_the_confirmation_ticked_deletes_nothing(
     assert response.status_code == 422
     assert "Tick the box to confirm" in response.content.decode()
     assert in_registry(registry_client, shop.old) == {shop.old.digest}
+    assert not Job.objects.exists()
 
 
-def test_a_busy_repository_or_an_unreachable_registry_deletes_nothing_and_says_so(
+def test_a_busy_repository_or_an_unreachable_registry_deletes_nothing_and_is_retried(
     shop, deleter_client, registry_server, registry_url, monkeypatch
 ):
     page = deleter_client.get(PREVIEW, {"digest": shop.old.digest}).content.decode()
-    repository = Repository.objects.get(name=REPO)
 
-    held = locks.acquire(repository, owner="sync")
-    busy = deleter_client.post(EXECUTE, confirmed(page))
+    held = locks.acquire(locks.repository_lease_name(REPO), owner="sync")
+    busy = follow_job(deleter_client, deleter_client.post(EXECUTE, confirmed(page)))
     locks.release(held)
     registry_server.stop()
     monkeypatch.setattr(
-        views, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+        jobs, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
     )
-    unreachable = deleter_client.post(EXECUTE, confirmed(page))
+    unreachable = follow_job(deleter_client, deleter_client.post(EXECUTE, confirmed(page)))
 
-    assert busy.status_code == 409
-    assert (
-        "Someone else is changing this repository right now; try again in a moment."
-        in busy.content.decode()
-    )
-    assert unreachable.status_code == 502
+    first, second = Job.objects.order_by("pk")
+    assert (first.state, second.state) == ("queued", "queued")
+    assert "attempt 1 of 3 failed: repository acme/shop is busy: sync is working on it" in busy
     assert re.search(
-        rf"Nothing was deleted: could not re-check {REPO} against the registry: .*cannot reach",
-        unreachable.content.decode(),
+        rf"attempt 1 of 3 failed: nothing was deleted: could not re-check {REPO} against the "
+        r"registry: .*cannot reach.*; trying again at",
+        unreachable,
     )
     assert shop.old.digest in in_database()
     assert not DeletionRecord.objects.exists()
@@ -336,6 +386,7 @@ def test_a_failing_delete_is_shown_with_the_registrys_message_beside_what_went(
     page = deleter_client.get(
         PREVIEW, {"digest": [shop.release.digest, shop.old.digest]}
     ).content.decode()
+    response = deleter_client.post(EXECUTE, confirmed(page))
 
     with responses.RequestsMock() as mock:
         mock.add_passthru(registry_url)
@@ -345,11 +396,9 @@ def test_a_failing_delete_is_shown_with_the_registrys_message_beside_what_went(
             status=500,
             json={"errors": [{"code": "UNKNOWN", "message": "storage <b>unavailable</b>"}]},
         )
-        response = deleter_client.post(EXECUTE, confirmed(page))
+        result = follow_job(deleter_client, response)
 
-    result = response.content.decode()
-    assert response.status_code == 200
-    assert "Not everything could be deleted" in result
+    assert "3 manifests not deleted" in result
     assert re.search(
         rf'<li data-digest="{shop.release.digest}">.*?<span class="registry-message">'
         r"registry answered 500 UNKNOWN .*?storage &lt;b&gt;unavailable&lt;/b&gt;</span>",
@@ -369,6 +418,7 @@ def test_a_failing_delete_is_shown_with_the_registrys_message_beside_what_went(
         shop.attestation.digest,
         shop.stable.digest,
     }
+    assert Deletion.objects.get().state == "partial"
 
 
 # -- the history -------------------------------------------------------------------------------
