@@ -129,9 +129,11 @@ def holder(name: str) -> Lease | None:
 
 
 @contextmanager
-def lease(name: str, *, owner: str, wait: float = 0.0, busy=LeaseBusy) -> Iterator[HeldLease]:
+def lease(
+    name: str, *, owner: str, wait: float = 0.0, busy=LeaseBusy, what: str = ""
+) -> Iterator[HeldLease]:
     """Hold the lease `name` for the block, waiting up to `wait` seconds for it; renewed in
-    the background meanwhile. Raises `busy(...)` when another holder keeps it longer."""
+    the background meanwhile. Raises `busy(what, …)` when another holder keeps it longer."""
     held = _held.get() or {}
     if name in held:
         yield HeldLease(name, held[name])
@@ -141,7 +143,7 @@ def lease(name: str, *, owner: str, wait: float = 0.0, busy=LeaseBusy) -> Iterat
         if time.monotonic() >= deadline:
             current = Lease.objects.filter(name=name).first()
             raise busy(
-                name.partition(":")[2] or name,
+                what or name.partition(":")[2] or name,
                 current.owner if current else "",
                 current.acquired_at if current else None,
             )

@@ -95,7 +95,8 @@ def sync_registry(
     `sync:all` lease, so two never overlap on any number of hosts (raises `LeaseBusy`)."""
     if repositories:
         return _sync(client, list(dict.fromkeys(repositories)), None, workers, progress)
-    with lease(FULL_SYNC_LEASE, owner=f"full sync ({socket.gethostname()}:{os.getpid()})"):
+    owner = f"a full sync ({socket.gethostname()}:{os.getpid()})"
+    with lease(FULL_SYNC_LEASE, owner=owner, what="the registry"):
         return _sync(client, None, catalog, workers, progress)
 
 

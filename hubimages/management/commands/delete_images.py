@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from hubimages import deletion
 from hubimages.connection import registry_client
 from hubimages.formatting import human_size
-from hubimages.locks import RepositoryBusy
+from hubimages.locks import LeaseLost, RepositoryBusy
 from hubimages.models import Manifest, Repository
 
 MIN_PREFIX = 12
@@ -102,7 +102,7 @@ class Command(BaseCommand):
                 client=client,
                 username=f"cli:{getpass.getuser()}",
             )
-        except (RepositoryBusy, deletion.RecheckFailed) as error:
+        except (RepositoryBusy, LeaseLost, deletion.RecheckFailed) as error:
             raise CommandError(str(error)) from None
         finally:
             client.close()

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from hubimages import events
 from hubimages.connection import registry_client
+from hubimages.locks import LeaseBusy
 from hubimages.sync import sync_registry
 
 
@@ -45,6 +46,8 @@ class Command(BaseCommand):
             )
             # Registry events still pending (a push whose fetch failed, a deferred delete).
             processed_events = events.process_received(client)
+        except LeaseBusy as error:
+            raise CommandError(str(error)) from None
         finally:
             client.close()
         if interactive:

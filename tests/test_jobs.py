@@ -1,0 +1,364 @@
+"""Jobs and their workers (SPEC §7): retries with back-off, a bounded number of times;
+failures shown to admins; the tasks of dead workers recovered; the schedule started by one
+worker of many; two full syncs never at once; "Sync now"; events claimed, never processed
+twice, and not retried one by one while the registry is down."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+
+from devtools.pusher import random_layer
+from devtools.worker import run_tasks
+from hubimages import events, jobs, locks
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    Job,
+    Manifest,
+    RegistryEvent,
+    Repository,
+    Schedule,
+    WorkerHeartbeat,
+)
+from hubimages.sync import sync_registry
+from registry.client import RegistryClient
+
+REPO = "team/api"
+
+
+@pytest.fixture
+def admin_client(client_factory, django_user_model):
+    return client_factory(django_user_model.objects.create_superuser("root", password="x"))
+
+
+def make_due(job: Job) -> None:
+    """Skip the back-off: the retry's task may run now."""
+    DBTaskResult.objects.filter(id=job.task_id).update(run_after=timezone.now())
+
+
+# -- retries ------------------------------------------------------------------------------------
+
+
+def test_a_job_that_fails_for_a_passing_reason_is_retried_with_back_off_then_given_up(
+    pusher, sync, registry_server, registry_url, deleter, monkeypatch
+):
+    image = pusher.push_image(REPO, tag="v1", layers=[random_layer(100, "retry")])
+    sync()
+    repository = Repository.objects.get(name=REPO)
+    from hubimages import deletion
+
+    plan = deletion.plan_deletion(repository=repository, digests=[image.digest])
+    registry_server.stop()
+    monkeypatch.setattr(
+        jobs, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+    )
+    job = jobs.start_deletion(
+        repository=repository, digests=[image.digest], fingerprint=plan.fingerprint, user=deleter
+    )
+
+    waits = []
+    for attempt in (1, 2, 3):
+        before = timezone.now()
+        run_tasks()
+        job.refresh_from_db()
+        if attempt < 3:
+            assert job.state == "queued" and f"attempt {attempt} of 3 failed" in job.message
+            retry = DBTaskResult.objects.get(id=job.task_id)
+            waits.append(round((retry.run_after - before).total_seconds()))
+            run_tasks()  # not due yet: nothing runs
+            assert Job.objects.get(pk=job.pk).attempts == attempt
+            make_due(job)
+    assert waits == [15, 60]
+    assert job.state == "failed" and job.attempts == 3
+    assert job.message.startswith("gave up after 3 attempts: nothing was deleted")
+    assert "cannot reach" in job.message
+    assert not DeletionRecord.objects.exists()
+
+
+def test_a_failed_job_shows_its_message_to_admins_and_its_owner_only(
+    db, admin_client, viewer_client, viewer, deleter_client
+):
+    mine = Job.objects.create(kind="sync", state="failed", user=viewer, message="registry <b>down")
+    other = Job.objects.create(kind="deletion", state="failed", repository="x", message="secret")
+
+    listing = admin_client.get("/jobs/").content.decode()
+    own = viewer_client.get("/jobs/").content.decode()
+
+    assert "registry &lt;b&gt;down" in listing and "secret" in listing
+    assert f'data-job="{mine.pk}"' in own and f'data-job="{other.pk}"' not in own
+    assert viewer_client.get(f"/jobs/{other.pk}/").status_code == 404
+    assert viewer_client.get(f"/jobs/{mine.pk}/").status_code == 200
+    assert deleter_client.get(f"/jobs/{mine.pk}/").status_code == 404
+
+
+def test_the_jobs_page_costs_the_same_queries_however_many_jobs(
+    db, admin_client, django_assert_max_num_queries
+):
+    for n in range(30):
+        Job.objects.create(kind="sync", state="succeeded", started_by=f"user{n}")
+    with django_assert_max_num_queries(8):
+        assert admin_client.get("/jobs/").status_code == 200
+
+
+# -- recovery -----------------------------------------------------------------------------------
+
+
+def claimed_by(job: Job, worker: str, *, ago: float) -> None:
+    """As django-tasks-db's worker `worker` would have claimed the job's task `ago` s ago."""
+    started = timezone.now() - timedelta(seconds=ago)
+    DBTaskResult.objects.filter(id=job.task_id).update(
+        status="RUNNING", started_at=started, worker_ids=[worker]
+    )
+    Job.objects.filter(pk=job.pk).update(
+        state="running", started_at=started, attempts=1, worker_id=worker
+    )
+    WorkerHeartbeat.objects.update_or_create(
+        worker_id=worker,
+        defaults={"beat_at": started, "host": "h", "pid": 1, "started_at": started},
+    )
+
+
+def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
+    settings.WORKER_LEASE_SECONDS = 10
+    dead = jobs.start_sync(started_by="schedule")
+    alive = jobs.start_sync(started_by="alice", repository=REPO)
+    claimed_by(dead, "worker-dead", ago=30)
+    claimed_by(alive, "worker-alive", ago=30)
+    jobs.beat("worker-alive", timezone.now())
+
+    recovered = jobs.recover()
+
+    assert recovered == [dead.pk]
+    dead.refresh_from_db()
+    assert dead.state == "queued" and "worker worker-dead stopped during attempt 1" in dead.message
+    old_task = DBTaskResult.objects.get(worker_ids=["worker-dead"])
+    assert old_task.status == "FAILED" and "stopped beating" in old_task.traceback
+    assert DBTaskResult.objects.get(id=dead.task_id).status == "READY"
+    assert Job.objects.get(pk=alive.pk).state == "running"  # its worker is alive
+    assert jobs.recover() == []  # once only
+
+
+def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice(
+    pusher, sync, deleter, settings, registry_client
+):
+    settings.WORKER_LEASE_SECONDS = 10
+    gone = pusher.push_image(REPO, tag="a", layers=[random_layer(100, "gone")])
+    kept = pusher.push_image(REPO, tag="b", layers=[random_layer(100, "kept")])
+    sync()
+    repository = Repository.objects.get(name=REPO)
+    job = jobs.start_deletion(
+        repository=repository, digests=[gone.digest, kept.digest], fingerprint="f", user=deleter
+    )
+    # The worker wrote both records PENDING, sent the first DELETE, and died.
+    operation = Deletion.objects.create(
+        username="deleter", repository=REPO, selected=[gone.digest, kept.digest], fingerprint="f"
+    )
+    for image in (gone, kept):
+        DeletionRecord.objects.create(
+            operation=operation,
+            username="deleter",
+            repository=REPO,
+            digest=image.digest,
+            kind="image",
+            state="pending",
+        )
+    pusher.delete_manifest(REPO, gone.digest)
+    claimed_by(job, "worker-dead", ago=30)
+    Deletion.objects.filter(pk=operation.pk).update(started_at=job.created_at)
+
+    assert jobs.recover() == [job.pk]
+
+    states = dict(DeletionRecord.objects.values_list("digest", "state"))
+    assert states == {gone.digest: "done", kept.digest: "failed"}
+    assert Deletion.objects.get().state == "failed"
+    job.refresh_from_db()
+    assert job.state == "failed" and "nothing more was deleted" in job.message
+    repair = Job.objects.get(kind="sync_repository")
+    assert (repair.repository, repair.started_by) == (REPO, "recovery")
+    run_tasks()
+    assert not Manifest.objects.filter(digest=gone.digest).exists()
+    assert Manifest.objects.filter(digest=kept.digest).exists()
+
+
+# -- the schedule -------------------------------------------------------------------------------
+
+
+def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings):
+    settings.SYNC_INTERVAL_MINUTES = 15
+    now = timezone.now()
+    wins = []
+    barrier = threading.Barrier(6)
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            wins.append(jobs.claim_schedule("sync", now, timedelta(minutes=15)))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(wins) == [False] * 5 + [True]
+    assert jobs.schedule_due(now + timedelta(minutes=5)) == []
+    started = jobs.schedule_due(now + timedelta(minutes=16))
+    assert [job.kind for job in started] == ["sync"] and started[0].started_by == "schedule"
+    assert Schedule.objects.get(name="sync").next_run_at == now + timedelta(minutes=31)
+
+
+def test_no_periodic_sync_when_the_interval_is_zero(db, settings):
+    settings.SYNC_INTERVAL_MINUTES = 0
+    assert jobs.schedule_due() == []
+    assert not Job.objects.exists()
+
+
+def test_two_full_syncs_never_overlap(registry_client, db, capsys, settings, registry_url):
+    held = locks.acquire("sync:all", owner="a full sync (host-b:4242)")
+
+    with pytest.raises(
+        locks.LeaseBusy, match="the registry is busy: a full sync \\(host-b:4242\\)"
+    ):
+        sync_registry(registry_client)
+    with pytest.raises(CommandError, match="a full sync \\(host-b:4242\\) is working on it"):
+        call_command("sync_registry")
+    first = jobs.start_sync(started_by="alice")
+    assert jobs.start_sync(started_by="bob") == first  # the same job, not a second one
+    run_tasks()
+    first.refresh_from_db()
+    assert (
+        first.state == "queued" and "attempt 1 of 3 failed: the registry is busy" in first.message
+    )
+    locks.release(held)
+    make_due(first)
+    run_tasks()
+    assert Job.objects.get(pk=first.pk).state == "succeeded"
+
+
+# -- Sync now -----------------------------------------------------------------------------------
+
+
+def test_sync_now_is_for_admins_by_post_and_shows_progress_then_a_summary(
+    pusher, registry_url, admin_client, viewer_client
+):
+    pusher.push_image(REPO, tag="v1", layers=[random_layer(100, "now")])
+    pusher.push_image("team/web", tag="v1", layers=[random_layer(100, "web")])
+
+    assert viewer_client.post("/sync/").status_code == 403
+    assert admin_client.get("/sync/").status_code == 405
+    assert 'action="/sync/"' in admin_client.get("/").content.decode()
+    assert 'action="/sync/"' not in viewer_client.get("/").content.decode()
+
+    started = admin_client.post("/sync/", headers={"HX-Request": "true"}).content.decode()
+    job = Job.objects.get()
+    assert (job.kind, job.started_by) == ("sync", "root")
+    assert f'hx-get="/jobs/{job.pk}/" hx-trigger="every 1s"' in started and "Queued" in started
+    run_tasks()
+    done = admin_client.get(f"/jobs/{job.pk}/", headers={"HX-Request": "true"}).content.decode()
+    assert "hx-trigger" not in done and "Succeeded" in done
+    assert "2 repositories synced" in done and "2 manifests added" in done
+
+    plain = admin_client.post(f"/repositories/{REPO}/-/sync/")
+    assert plain.status_code == 303 and plain["Location"].startswith("/jobs/")
+    assert Job.objects.latest("pk").repository == REPO
+
+
+# -- registry events ----------------------------------------------------------------------------
+
+
+def push_events(pusher, count: int) -> list:
+    images = [
+        pusher.push_image(REPO, tag=f"t{n}", layers=[random_layer(50, f"claim-{n}")])
+        for n in range(count)
+    ]
+    now = timezone.now()
+    for n, image in enumerate(images):
+        RegistryEvent.objects.create(
+            event_id=f"push-{n}",
+            action="push",
+            repository=REPO,
+            digest=image.digest,
+            tag=f"t{n}",
+            occurred_at=now,
+            media_type="application/vnd.oci.image.manifest.v1+json",
+        )
+    return images
+
+
+def test_two_workers_draining_at_once_store_each_push_once(pusher, registry_url, transactional_db):
+    images = push_events(pusher, 40)
+    drained = []
+
+    def worker() -> None:
+        try:
+            while (result := events.drain(batch=7)).processed:
+                drained.append(result.processed)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(drained) == 40
+    assert set(RegistryEvent.objects.values_list("state", "message", "attempts")) == {
+        ("applied", "push stored", 0)
+    }
+    assert Manifest.objects.filter(repository__name=REPO).count() == 40
+    assert {m.digest for m in Manifest.objects.all()} == {image.digest for image in images}
+
+
+def test_with_the_registry_down_pending_pushes_wait_together_and_a_sync_ends_quickly(
+    pusher, registry_server, registry_url, db, capsys
+):
+    push_events(pusher, 10)
+    registry_server.stop()
+
+    started = time.monotonic()
+    with pytest.raises(CommandError):
+        call_command("sync_registry")
+    took = time.monotonic() - started
+
+    assert took < 40  # one failed attempt for the catalog, one for the events: not ten
+    waiting = RegistryEvent.objects.filter(state="received")
+    assert waiting.count() == 10
+    assert len(set(waiting.values_list("next_attempt_at", flat=True))) == 1
+    assert all(row.attempts == 1 and "cannot reach" in row.message for row in waiting)
+
+
+def test_housekeeping_forgets_old_processed_events_and_finished_jobs(db, settings):
+    settings.EVENTS_KEEP_DAYS = 7
+    now = timezone.now()
+    for n, (state, days) in enumerate([("applied", 8), ("applied", 2), ("received", 30)]):
+        RegistryEvent.objects.create(
+            event_id=f"e{n}",
+            action="push",
+            repository="a",
+            occurred_at=now,
+            state=state,
+            processed_at=None if state == "received" else now,
+        )
+        RegistryEvent.objects.filter(event_id=f"e{n}").update(
+            received_at=now - timedelta(days=days)
+        )
+    old = Job.objects.create(kind="sync", state="succeeded", finished_at=now - timedelta(days=40))
+    recent = Job.objects.create(kind="sync", state="failed", finished_at=now - timedelta(days=1))
+
+    jobs.housekeeping(now)
+
+    assert set(RegistryEvent.objects.values_list("event_id", flat=True)) == {"e1", "e2"}
+    assert set(Job.objects.values_list("pk", flat=True)) == {recent.pk}
+    assert old.pk not in set(Job.objects.values_list("pk", flat=True))

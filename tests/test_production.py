@@ -1,0 +1,286 @@
+"""hubimages in its production shape (SPEC §7), with real processes started from the
+Procfile's own commands: gunicorn with 3 workers, 2 `db_worker`s, and a real registry
+notifying the web processes. The suite runs it on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from django.db import connection
+from django_tasks_db.models import DBTaskResult
+
+from devtools.processes import Process, environment, wait_for_http
+from devtools.pusher import ImagePusher, random_layer
+from devtools.server import LocalRegistry, free_port
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    Job,
+    Manifest,
+    RegistryEvent,
+    WorkerHeartbeat,
+)
+from tests.conftest import PASSWORD
+
+TOKEN = "production-shape-events-token"
+SECRET = "production-shape-secret-key-" + "x" * 30
+LEASE_SECONDS = "6"
+
+
+def database_url() -> str:
+    """The test database, as the other processes reach it."""
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{Path(settings['NAME']).resolve()}"
+    credentials = quote(settings["USER"]) + (
+        f":{quote(settings['PASSWORD'])}" if settings["PASSWORD"] else ""
+    )
+    return f"postgres://{credentials}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+
+
+def eventually(check: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        if result := check():
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what or check.__doc__}")
+        time.sleep(0.2)
+
+
+@dataclass
+class Deployment:
+    url: str
+    registry: LocalRegistry
+    env: dict[str, str]
+    logs: Path
+    web: Process
+    workers: list[Process]
+
+    def start_worker(self) -> Process:
+        worker = Process("worker", self.env, self.logs / f"worker-{len(self.workers)}.log")
+        self.workers.append(worker)
+        return worker
+
+    def signed_in(self, username: str) -> requests.Session:
+        session = requests.Session()
+        login = session.get(f"{self.url}/accounts/login/", timeout=10)
+        assert "csrftoken" in session.cookies, (login.status_code, login.text[:300])
+        answer = session.post(
+            f"{self.url}/accounts/login/",
+            data={
+                "username": username,
+                "password": PASSWORD,
+                "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            },
+            timeout=10,
+            allow_redirects=False,
+        )
+        assert answer.status_code == 302, answer.text[:500]
+        session.headers["X-CSRFToken"] = session.cookies["csrftoken"]
+        return session
+
+
+@pytest.fixture
+def deployment(tmp_path, transactional_db) -> Iterator[Deployment]:
+    """Web, two workers and a registry that notifies the web, on a shared database."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    registry = LocalRegistry(
+        tmp_path / "registry", notify_url=f"{url}/registry/events", notify_token=TOKEN
+    )
+    registry.start()
+    env = environment(
+        DATABASE_URL=database_url(),
+        SECRET_KEY=SECRET,
+        DEBUG="false",
+        REGISTRY_URL=registry.url,
+        REGISTRY_EVENTS_TOKEN=TOKEN,
+        STATIC_ROOT=str(tmp_path / "static"),
+        SYNC_INTERVAL_MINUTES="0",
+        WORKER_LEASE_SECONDS=LEASE_SECONDS,
+        LOCK_LEASE_SECONDS=LEASE_SECONDS,
+        PORT=str(port),
+        WEB_CONCURRENCY="3",
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    release = Process("release", env, logs / "release.log")
+    assert release.popen.wait(timeout=120) == 0, release.tail()
+    web = Process("web", env, logs / "web.log")
+    deployment = Deployment(url, registry, env, logs, web, [])
+    try:
+        wait_for_http(f"{url}/healthz", web)
+        for _ in range(2):
+            deployment.start_worker()
+        yield deployment
+    finally:
+        registry.stop()
+        for process in [*deployment.workers, web]:
+            process.stop()
+
+
+def running_workers() -> set[str]:
+    """The workers that django-tasks-db says are running a task now."""
+    tasks = DBTaskResult.objects.filter(status="RUNNING").values_list("worker_ids", flat=True)
+    return {workers[-1] for workers in tasks if workers}
+
+
+def push_from_threads(registry_url: str, threads: int, each: int) -> list:
+    pushed: list = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        pusher = ImagePusher(registry_url)
+        for m in range(each):
+            image = pusher.push_image(
+                f"team/app{n}", tag=f"v{m}", layers=[random_layer(200, f"{n}-{m}")]
+            )
+            with lock:
+                pushed.append(image)
+
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return pushed
+
+
+def listed(digests: set[str]) -> Callable[[], bool]:
+    def check() -> bool:
+        """every pushed manifest is listed"""
+        stored = set(
+            Manifest.objects.filter(digest__in=digests, pushed_at_estimated=False).values_list(
+                "digest", flat=True
+            )
+        )
+        return stored == digests
+
+    return check
+
+
+def test_pushes_from_eight_clients_are_listed_without_a_sync(deployment, django_user_model):
+    django_user_model.objects.create_user("viewer", password=PASSWORD)
+
+    images = push_from_threads(deployment.registry.url, threads=8, each=5)
+
+    eventually(listed({image.digest for image in images}), what="all 40 pushes stored")
+    assert not RegistryEvent.objects.filter(state="received").exists()
+    page = deployment.signed_in("viewer").get(f"{deployment.url}/repositories/team/app3/")
+    assert page.status_code == 200
+    assert page.text.count('name="digest"') == 5
+    assert "Content-Security-Policy" in page.headers
+    stylesheet = re.search(r'href="(/static/hubimages\.[0-9a-f]+\.css)"', page.text).group(1)
+    static = requests.get(f"{deployment.url}{stylesheet}", headers={"Accept-Encoding": "gzip"})
+    assert static.status_code == 200 and "immutable" in static.headers["Cache-Control"]
+    health = requests.get(f"{deployment.url}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["last_worker_heartbeat_age_seconds"] < 10
+    assert health["oldest_unapplied_event_age_seconds"] is None
+
+
+def test_a_worker_killed_mid_task_loses_nothing(deployment):
+    first, second = deployment.workers
+    images = []
+    victim = None
+
+    def pushing() -> None:
+        images.extend(push_from_threads(deployment.registry.url, threads=4, each=10))
+
+    pusher = threading.Thread(target=pushing)
+    pusher.start()
+
+    def running_on_first() -> bool:
+        """the first worker runs a task"""
+        beat = WorkerHeartbeat.objects.filter(pid=first.pid).first()
+        return bool(beat) and beat.worker_id in running_workers()
+
+    eventually(running_on_first, timeout=30)
+    victim = WorkerHeartbeat.objects.get(pid=first.pid).worker_id
+    first.kill()
+    pusher.join()
+
+    eventually(listed({image.digest for image in images}), timeout=90, what="all pushes stored")
+    assert not RegistryEvent.objects.filter(state="received").exists()
+    assert not RegistryEvent.objects.exclude(state="applied").exists()
+    assert second.popen.poll() is None
+
+    def recovered() -> bool:
+        """the killed worker's task was recovered"""
+        return victim not in running_workers()
+
+    eventually(recovered, timeout=30)
+
+
+def test_with_no_worker_a_push_waits_in_the_queue_and_is_stored_once_one_starts(deployment):
+    for worker in deployment.workers:
+        worker.stop()
+    deployment.workers.clear()
+    pusher = ImagePusher(deployment.registry.url)
+    image = pusher.push_image("team/queue", tag="v1", layers=[random_layer(300, "queued")])
+
+    def queued() -> bool:
+        """the push is recorded and waits for a worker"""
+        return RegistryEvent.objects.filter(digest=image.digest, state="received").exists()
+
+    eventually(queued, timeout=30)
+    time.sleep(2)
+    assert not Manifest.objects.filter(digest=image.digest).exists()
+    assert DBTaskResult.objects.filter(status="READY").exists()
+
+    deployment.start_worker()
+    eventually(listed({image.digest}), timeout=60, what="the queued push stored")
+
+
+def test_a_deletion_started_in_the_web_ui_while_a_sync_runs_ends_correctly(
+    deployment, django_user_model
+):
+    django_user_model.objects.create_superuser("admin", password=PASSWORD)
+    pusher = ImagePusher(deployment.registry.url)
+    doomed = pusher.push_image("team/shop", tag="old", layers=[random_layer(500, "doomed")])
+    kept = pusher.push_image("team/shop", tag="new", layers=[random_layer(500, "kept")])
+    for n in range(20):  # enough for the sync to take a while
+        pusher.push_image(f"team/other{n}", tag="v1", layers=[random_layer(100, f"o{n}")])
+    eventually(listed({doomed.digest, kept.digest}), what="the shop listed")
+    web = deployment.signed_in("admin")
+    preview = web.post(
+        f"{deployment.url}/repositories/team/shop/-/delete/", data={"digest": doomed.digest}
+    )
+    fingerprint = re.search(r'name="fingerprint" value="([0-9a-f]+)"', preview.text).group(1)
+
+    sync = web.post(f"{deployment.url}/sync/", allow_redirects=False)
+    delete = web.post(
+        f"{deployment.url}/repositories/team/shop/-/delete/confirm",
+        data={"digest": doomed.digest, "fingerprint": fingerprint, "confirm": "yes"},
+        allow_redirects=False,
+    )
+
+    assert sync.status_code == delete.status_code == 303
+
+    def finished() -> bool:
+        """both jobs finished"""
+        return not Job.objects.exclude(state__in=["succeeded", "failed"]).exists()
+
+    eventually(finished, timeout=120)
+    assert set(Job.objects.values_list("kind", "state")) == {
+        ("sync", "succeeded"),
+        ("deletion", "succeeded"),
+    }
+    page = web.get(f"{deployment.url}{delete.headers['Location']}").text
+    assert "Deleted 1 manifest and 1 tag" in page
+    assert pusher.list_tags("team/shop") == ["new"]
+    shop = set(
+        Manifest.objects.filter(repository__name="team/shop").values_list("digest", flat=True)
+    )
+    assert shop == {kept.digest}
+    record = DeletionRecord.objects.get()
+    assert (record.digest, record.state, record.username) == (doomed.digest, "done", "admin")
+    assert Deletion.objects.get().state == "done"
