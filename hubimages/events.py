@@ -56,9 +56,6 @@ class Applied:
     state: str
     message: str
     changed: bool = False
-    # Pulls by hubimages itself and by scanners are most of the traffic (a sync's HEADs
-    # come back as pull events) and never count: they are not even stored.
-    stored: bool = True
 
 
 @dataclass
@@ -73,10 +70,24 @@ class Recorded:
 
 
 def record(events: list[Event]) -> Recorded:
-    """Record the envelope's new events and apply pulls and deletes, in one transaction."""
+    """Record the envelope's new events and apply pulls and deletes, in one transaction.
+
+    Pulls that never count (hubimages's own, scanners') are answered without touching the
+    database: a sync's HEADs and the workers' reads come back as a stream of them."""
+    result = Recorded()
+    kept = []
+    for event in events:
+        if _never_counted(event):
+            result.not_stored += 1
+        else:
+            kept.append(event)
+    if not kept:
+        return result
     for attempt in range(2):
         try:
-            return _record(events)
+            recorded = _record(kept)
+            recorded.not_stored += result.not_stored
+            return recorded
         except IntegrityError:
             # The registry redelivered while the first delivery was still being recorded:
             # the second pass sees those events as duplicates.
@@ -106,9 +117,6 @@ def _record(events: list[Event]) -> Recorded:
                 changed.add(event.repository)
                 if event.action == "delete":
                     refresh.add(event.repository)
-            if not applied.stored:
-                result.not_stored += 1
-                continue
             rows.append(_row(event, applied, now))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
@@ -158,6 +166,10 @@ def apply_on_receipt(event: Event, *, defer_if_locked: bool = True) -> Applied:
     return Applied(State.IGNORED, f"unknown action {event.action!r}")
 
 
+def _never_counted(event: Event) -> bool:
+    return event.action == "pull" and ignored_user_agent(event.user_agent) is not None
+
+
 def ignored_user_agent(user_agent: str) -> str | None:
     """Why a pull from this user agent does not count, or None when it counts (SPEC §2)."""
     agent = user_agent.lower()
@@ -174,7 +186,7 @@ def apply_pull(event: Event) -> Applied:
         return Applied(State.IGNORED, f"{event.method} is not a pull")
     reason = ignored_user_agent(event.user_agent)
     if reason:
-        return Applied(State.IGNORED, reason, stored=False)
+        return Applied(State.IGNORED, reason)
     manifests = Manifest.objects.filter(repository__name=event.repository)
     if event.digest:
         manifests = manifests.filter(digest=event.digest)

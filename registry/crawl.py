@@ -153,7 +153,11 @@ def read_graph(
         held = {digest: found.get(digest) for digest in asked}
         unknown = sorted(digest for digest, entry in held.items() if entry is None)
         fetched = parallel(pool, lambda digest: _get_or_skip(client, name, digest), unknown)
-        next_frontier: set[str] = set()
+        next_frontier: set[str] = {
+            child.digest
+            for digest in frontier - asked  # read before the walk (a GET by tag)
+            for child in snapshot.fetched[digest].parsed.manifests
+        }
         for entry in held.values():
             if entry is not None:
                 next_frontier.update(entry.children)
@@ -199,15 +203,25 @@ def read_pushed(
     events arrive in any order, and a later push may have moved it.
     """
     snapshot = Snapshot(name=name)
+    held = known(set(pushed))
+    # A tag the caller has not stored is read with a GET by tag: one request gives the
+    # body and where the tag points now. Only a tag that moved needs a GET by digest too.
+    first_tags = {d: min(tags) for d, tags in pushed.items() if tags and d not in held}
+    by_tag = parallel(pool, lambda d: _get_or_none(client, name, first_tags[d]), first_tags)
+    for digest, fetched in zip(first_tags, by_tag, strict=True):
+        if fetched is not None and fetched.digest == digest:
+            snapshot.fetched[digest] = fetched
+            snapshot.tags[first_tags[digest]] = digest
     read_graph(client, pool, snapshot, set(pushed), known)
-    tagged = sorted(
+    unconfirmed = sorted(
         (tag, digest)
         for digest, tags in pushed.items()
         if digest in snapshot.present
         for tag in tags
+        if tag not in snapshot.tags
     )
-    heads = parallel(pool, lambda pair: client.head_manifest(name, pair[0]), tagged)
-    for (tag, digest), head in zip(tagged, heads, strict=True):
+    heads = parallel(pool, lambda pair: client.head_manifest(name, pair[0]), unconfirmed)
+    for (tag, digest), head in zip(unconfirmed, heads, strict=True):
         if head is not None and head.digest == digest:
             snapshot.tags[tag] = digest
     wanted = {config_digest(m) for m in snapshot.fetched.values()} - {""}
@@ -239,6 +253,15 @@ def _get_or_skip(client: RegistryClient, name: str, digest: str) -> FetchedManif
         return "it disappeared during the sync"
     except (UnsupportedManifest, ContentTooLarge) as error:
         return error.message
+
+
+def _get_or_none(client: RegistryClient, name: str, tag: str) -> FetchedManifest | None:
+    """The manifest a tag points at, or None when the tag is gone or its manifest is one
+    to skip (the GET by digest that follows says why)."""
+    try:
+        return client.get_manifest(name, tag)
+    except (NotFound, UnsupportedManifest, ContentTooLarge):
+        return None
 
 
 def _config_or_none(

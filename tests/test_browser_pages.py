@@ -206,3 +206,39 @@ def test_the_same_flows_work_with_javascript_off(web, signed_in_page, live_serve
     page.get_by_role("link", name=short(web.amd)).click()
     expect(page.get_by_role("heading", name=f"Image {short(web.amd)}")).to_be_visible()
     expect(page.get_by_text("Part of")).to_be_visible()
+
+
+def test_no_page_breaks_the_content_security_policy_and_sync_now_shows_its_progress(
+    web, signed_in_page, worker_thread
+):
+    """Chromium enforces the CSP: htmx must work without eval and no inline script may run.
+    An admin's "Sync now" then follows its job in place until the summary."""
+    page = signed_in_page()
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text)
+            if "Content Security Policy" in message.text or "Refused to" in message.text
+            else None
+        ),
+    )
+
+    page.goto("/")
+    page.get_by_role("button", name="Sync everything now").click()
+    status = page.locator("#job-status")
+    expect(status.locator(".job-state")).to_have_text("Succeeded", timeout=30_000)
+    expect(status).to_contain_text("1 repository synced")
+    assert page.url.endswith("/")  # no page load
+
+    page.goto(LIST)
+    page.get_by_label("Search").fill("2.4")  # htmx, under the CSP
+    expect(page.locator(ROWS)).to_have_count(2)
+    page.get_by_label(f"Select {short(web.builds['2.4.0'])}").check()
+    page.get_by_role("button", name="Preview and delete").click()
+    expect(page.locator("dialog.panel")).to_be_visible()
+    page.goto("/jobs/")
+    expect(page.get_by_role("link", name="Full sync #1")).to_be_visible()
+    page.goto("/history/")
+
+    assert violations == []

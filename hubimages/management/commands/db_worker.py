@@ -64,8 +64,9 @@ class Command(db_worker.Command):
 
     def add_arguments(self, parser) -> None:
         super().add_arguments(parser)
-        # The reloader would run a second process with the same worker id.
-        parser.set_defaults(reload=False)
+        # The reloader would run a second process with the same worker id; a push waits
+        # for the next poll, so poll more often than once a second (a cheap query).
+        parser.set_defaults(reload=False, interval=0.25)
 
     def handle(self, *args, worker_id: str, **options) -> None:
         housekeeper = Housekeeper(worker_id)
