@@ -12,7 +12,6 @@ Prints the lag and (push phase + lag) / push phase; target <= 1.2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devtools.postgres import TemporaryPostgres  # noqa: E402
-from devtools.processes import Process, environment, wait_for_http  # noqa: E402
+from devtools.processes import Process, environment, setup_django, wait_for_http  # noqa: E402
 from devtools.pusher import ImagePusher, random_layer  # noqa: E402
 from devtools.server import LocalRegistry, free_port  # noqa: E402
 
@@ -96,11 +95,7 @@ def main() -> int:
         )
         registry.start()
         env["REGISTRY_URL"] = registry.url
-        os.environ.update({k: v for k, v in env.items() if k != "PATH"})
-        os.environ["DJANGO_SETTINGS_MODULE"] = "hubimages.settings"
-        import django
-
-        django.setup()
+        setup_django(database.url, SECRET_KEY=env["SECRET_KEY"])
 
         processes: list[Process] = []
         try:

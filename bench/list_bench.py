@@ -25,23 +25,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools import processes  # noqa: E402
+
 TARGET = 1.5
 # Per release: an index, two images and their two attestations.
 RELEASE = 5
 
 
 def setup_django(directory: str) -> None:
-    os.environ["DATABASE_URL"] = f"sqlite:///{directory}/bench.sqlite3"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "hubimages.settings"
     os.environ.setdefault("REGISTRY_URL", "http://registry.invalid")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    processes.setup_django(f"sqlite:///{directory}/bench.sqlite3")
     from django.test.utils import setup_test_environment
 
     setup_test_environment()  # lets the test client's "testserver" host in
-    call_command("migrate", verbosity=0)
 
 
 def fill(name: str, manifests: int, seed: int) -> None:

@@ -17,7 +17,6 @@ to the 10× one well under 10× (sub-linear).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from devtools import processes  # noqa: E402
 
 TARGET = "bench/target"
 TARGET_INDEXES = 300
@@ -190,14 +191,7 @@ def main() -> None:
 
 
 def run(workdir: str, repeat: int) -> None:
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubimages.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    processes.setup_django(f"sqlite:///{workdir}/bench.sqlite3")
     filler = Filler()
     started = time.perf_counter()
     filler.repository(TARGET, indexes=TARGET_INDEXES, images=TARGET_IMAGES)

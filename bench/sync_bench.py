@@ -15,7 +15,6 @@ Prints b/a and c/a'; target: both <= 1.3.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from requests.adapters import HTTPAdapter
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools import processes  # noqa: E402
 from devtools.pusher import ImagePusher, random_layer  # noqa: E402
 from devtools.server import LocalRegistry  # noqa: E402
 from registry.media import MANIFEST_ACCEPT  # noqa: E402
@@ -112,17 +112,11 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hubimages-sync-bench-"))
-    os.environ["DATABASE_URL"] = f"sqlite:///{work / 'bench.sqlite3'}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubimages.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    processes.setup_django(f"sqlite:///{work / 'bench.sqlite3'}")
 
     from hubimages.sync import sync_registry
     from registry.client import RegistryClient
 
-    call_command("migrate", verbosity=0)
     with LocalRegistry(work / "registry") as server:
         print(f"pushing {args.repositories} × {args.tags} multi-arch tags …", flush=True)
         push_time = timed(lambda: push_data_set(server.url, args.repositories, args.tags, 8))

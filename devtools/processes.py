@@ -84,3 +84,23 @@ def wait_for_http(url: str, process: Process, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer within {timeout}s:\n{process.tail()}")
         time.sleep(0.1)
+
+
+def setup_django(database_url: str, **settings: str) -> None:
+    """Configure Django in this process on `database_url` and migrate it (benchmarks)."""
+    os.environ.update(
+        {"DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "hubimages.settings", **settings}
+    )
+    os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-" + "x" * 30)
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    from django.conf import settings as django_settings
+
+    # Pages render from the source static files: no collectstatic in a benchmark.
+    django_settings.STORAGES = {
+        **django_settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    call_command("migrate", verbosity=0)
