@@ -489,15 +489,19 @@ def test_it_honours_retry_after_on_429_then_succeeds(rsps, client, sleeps):
     assert sleeps == [7.0]
 
 
-def test_it_caps_retry_after_at_max_backoff(rsps, make_client, sleeps):
-    client = make_client(max_backoff=3.0)
+def test_a_retry_after_beyond_the_cap_fails_at_once_saying_when_to_retry(
+    rsps, make_client, sleeps
+):
+    client = make_client(max_retry_after=30.0)
     url = f"{BASE}/v2/team/api/tags/list"
     rsps.get(url, status=429, headers={"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"})
-    rsps.get(url, json={"tags": []})
 
-    client.list_tags("team/api")
+    with pytest.raises(RateLimited) as caught:
+        client.list_tags("team/api")
 
-    assert sleeps == [3.0]
+    assert sleeps == [] and len(rsps.calls) == 1
+    assert caught.value.retry_after > 30
+    assert "try again after 2099-10-21 07:28 UTC" in str(caught.value)
 
 
 def test_it_raises_rate_limited_when_429_persists(rsps, make_client, sleeps):
