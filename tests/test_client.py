@@ -489,9 +489,7 @@ def test_it_honours_retry_after_on_429_then_succeeds(rsps, client, sleeps):
     assert sleeps == [7.0]
 
 
-def test_a_retry_after_beyond_the_cap_fails_at_once_saying_when_to_retry(
-    rsps, make_client, sleeps
-):
+def test_a_retry_after_beyond_the_cap_fails_at_once_saying_when_to_retry(rsps, make_client, sleeps):
     client = make_client(max_retry_after=30.0)
     url = f"{BASE}/v2/team/api/tags/list"
     rsps.get(url, status=429, headers={"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"})
