@@ -19,9 +19,11 @@ content no longer matches its digest) and `oversize` (with or without Content-Le
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,6 +100,7 @@ class FaultProxy:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.requests: list[tuple[str, str]] = []
@@ -119,10 +122,17 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        """Stop serving and hang up on every open connection, kept-alive ones included: a
+        client in an endless loop over one connection sees the proxy gone."""
         self.stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -195,6 +205,11 @@ class FaultProxy:
         return self._add(
             pattern, method, None, rewrite=_page_request(page_size, keep_last=True), respond=respond
         )
+
+    def page_size(self, pattern: str, size: int, *, method: str | None = "GET") -> Fault:
+        """Ask the registry for pages of `size` whatever the client asked: a catalog of a few
+        repositories then takes several pages, as a large one would."""
+        return self._add(pattern, method, None, rewrite=_page_request(size, keep_last=True))
 
     def looping_pages(self, pattern: str, *, page_size: int, method: str | None = "GET") -> Fault:
         """A proxy that drops `last` and pages at `page_size`: every page is the first
@@ -319,6 +334,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
+        with proxy._lock:
+            proxy._connections.add(self.connection)
+
+    def finish(self) -> None:
+        proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
+        with proxy._lock:
+            proxy._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def _handle(self) -> None:
         proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]

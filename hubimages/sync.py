@@ -165,6 +165,9 @@ def _sync_everything(
         report(f"{plural(len(listed), 'repository')} in the catalog{more}")
         _sync_all(client, listed + unlisted, workers, report, summary, gone=gone)
         found = [name for name in unlisted if name not in gone]
+        for name in unlisted:
+            if name in gone:  # not even in the catalog: the whole repository goes
+                gone[name] = (crawl.CrawlFailure(name, NotFound("not in the catalog")), {})
         if found:
             summary.warnings.append(
                 f"the catalog does not list {plural(len(found), 'repository')} the registry "
