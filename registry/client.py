@@ -488,8 +488,10 @@ class RegistryClient:
         """The body, at most `max_bytes` (announced or actual), read by the deadline.
 
         Each read waits at most until the deadline, so a body trickled a byte at a time
-        ends with it; a body shorter than announced raises _BodyCutShort."""
+        ends with it; a body shorter than announced raises _BodyCutShort. A body read to
+        its end gives its connection back to the pool for the next request."""
         if method == "HEAD":
+            response.raw.release_conn()
             return b""
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > max_bytes:
@@ -518,6 +520,7 @@ class RegistryClient:
                     method=method,
                 ) from None
             if not chunk:
+                response.raw.release_conn()
                 return b"".join(chunks)
             total += len(chunk)
             if total > max_bytes:

@@ -229,6 +229,25 @@ def test_a_failing_catalog_page_removes_nothing_and_says_the_catalog_failed(popu
     assert fingerprint() == populated.fingerprint
 
 
+def test_invalid_names_in_the_catalog_or_a_tag_list_are_skipped_with_a_warning(
+    populated, fault_proxy
+):
+    catalog = [*REPOSITORIES, "UPPER/Case", "../../etc", "x\u202ey"]
+    fault_proxy.answer(r"^/v2/_catalog", json_body={"repositories": catalog})
+    tags = {"name": "team/app3", "tags": ["v1", "no tag!", "../v2"]}
+    fault_proxy.answer(r"^/v2/team/app3/tags/list", json_body=tags)
+
+    outcome = run_sync(fault_proxy, case="invalid names in the catalog and a tag list")
+
+    assert fingerprint() == populated.fingerprint
+    assert outcome.status == 0, outcome.err
+    assert (
+        "invalid repository names listed in the catalog, skipped: 'UPPER/Case', '../../etc', "
+        "'x\\u202ey'" in outcome.out
+    )
+    assert "team/app3: the tag list names invalid tags, skipped: 'no tag!', '../v2'" in outcome.out
+
+
 # -- 2. untagged manifests stay while a HEAD finds them --------------------------------------
 
 
