@@ -453,19 +453,16 @@ class RegistryClient:
         attempts = f"{attempt + 1} attempt{'s' if attempt else ''}"
         if self._clock() >= deadline - 0.05:
             raise self._out_of_time(method, url) from None
-        if isinstance(exc, _BodyCutShort):
+        if isinstance(exc, _BodyCutShort | _BodyStalled):
+            # The registry answered: "cannot reach" would send people after the network.
+            what = "was cut short" if isinstance(exc, _BodyCutShort) else "stopped coming"
             raise TruncatedResponse(
-                f"{host} answered, but the body was cut short: {exc} ({attempts})",
+                f"{host} answered, but the body {what}: {exc} ({attempts})",
                 url=url,
                 method=method,
             ) from None
         self._failing = True
-        if isinstance(exc, _BodyStalled):
-            kind = "stopped sending its answer"
-        elif isinstance(exc, requests.Timeout):
-            kind = "timed out"
-        else:
-            kind = "connection failed"
+        kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
         raise RegistryUnavailable(
             f"cannot reach {host} ({kind} after {attempts})", url=url
         ) from None
@@ -733,13 +730,12 @@ def _when_to_retry(seconds: float) -> str:
     """How long the registry asks to wait, and until when (UTC), for people."""
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    wait = (
-        f"{hours} h {minutes} min"
-        if hours
-        else f"{minutes} min {secs} s"
-        if minutes
-        else f"{secs} s"
-    )
+    if hours:
+        wait = f"{hours} h {minutes} min"
+    elif minutes:
+        wait = f"{minutes} min {secs} s"
+    else:
+        wait = f"{secs} s"
     when = datetime.now(UTC) + timedelta(seconds=seconds)
     return f"the registry asks to wait {wait}: try again after {when:%Y-%m-%d %H:%M} UTC"
 

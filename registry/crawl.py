@@ -134,12 +134,13 @@ def read_repository(
     distribution answers it for a repository that holds only untagged manifests (pushed
     by digest), which stay while a HEAD by digest finds them (SPEC §5)."""
     snapshot = Snapshot(name=name)
+    unknown_name = False
     try:
         listed = client.list_tags(name)
     except NotFound:
         if not known:
             raise
-        listed = []
+        listed, unknown_name = [], True
         snapshot.warnings.append(
             "the registry lists no tags for it (404): kept the manifests a HEAD still finds"
         )
@@ -158,8 +159,8 @@ def read_repository(
     unreached = sorted(set(known) - snapshot.present)
     heads = parallel(pool, lambda digest: client.head_manifest(name, digest), unreached)
     snapshot.present.update(d for d, head in zip(unreached, heads, strict=True) if head)
-    if not listed and not snapshot.present and known:
-        raise NotFound(f"no tags, and none of its {len(known)} known manifests is left")
+    if unknown_name and not snapshot.present:
+        raise NotFound(f"unknown to the registry, and none of its {len(known)} manifests is left")
 
     read_configs(client, pool, snapshot, known_configs)
     return snapshot

@@ -77,8 +77,8 @@ class Command(BaseCommand):
 
 
 def failure_message(summary: SyncSummary) -> str:
-    """What went wrong, in one line: "the catalog could not be read", "1 repository failed
-    to sync", "12 repositories held back (--prune removes them)"."""
+    """What went wrong, in one line: the catalog could not be read, "1 repository failed
+    to sync", repositories that seem gone kept for want of --prune."""
     problems = []
     if summary.catalog_failed:
         problems.append("the catalog could not be read, so no repository was synced")
