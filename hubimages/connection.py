@@ -16,5 +16,6 @@ def registry_client() -> RegistryClient:
         username=settings.REGISTRY_USERNAME or None,
         password=settings.REGISTRY_PASSWORD or None,
         timeout=(5.0, float(settings.REGISTRY_TIMEOUT)),
+        deadline=float(settings.REGISTRY_DEADLINE),
         pool_size=max(16, settings.SYNC_WORKERS * 2),
     )

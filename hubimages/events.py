@@ -21,8 +21,8 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -34,8 +34,9 @@ from hubimages import activity, rollups, sync
 from hubimages.connection import registry_client
 from hubimages.locks import LeaseBusy, repository_lock, repository_locked
 from hubimages.models import Blob, Manifest, ManifestBlob, RegistryEvent, Repository, Tag
+from registry import media
 from registry.client import RegistryClient
-from registry.errors import AuthenticationError, RegistryError, RegistryUnavailable
+from registry.errors import AuthenticationError, RegistryError, RegistryUnavailable, shorten
 from registry.notifications import Event
 
 log = logging.getLogger("hubimages.events")
@@ -44,6 +45,11 @@ PULL_METHODS = ("GET", "HEAD")
 OWN_USER_AGENT_PREFIX = "hubimages/"
 ACTIONS = ("push", "pull", "delete", "mount")
 LOCK_WAIT_SECONDS = 30.0  # then the event waits for the next round
+# An event time may run this far ahead of its receipt (the registry's clock is not ours);
+# further ahead, or before registries sent events at all, it is replaced by the receipt
+# time: a pull "at 9999-12-31" would otherwise be the Last pulled for ever.
+CLOCK_SKEW = timedelta(minutes=5)
+EARLIEST_EVENT = datetime(2015, 1, 1, tzinfo=UTC)  # distribution 2.0 and its notifications
 
 State = RegistryEvent.State
 
@@ -108,7 +114,8 @@ def _record(events: list[Event]) -> Recorded:
         refresh: set[str] = set()
         rows = []
         now = timezone.now()
-        for event in sorted(events, key=lambda e: e.occurred_at):
+        corrected = [_plausible_time(event, now) for event in events]
+        for event, correction in sorted(corrected, key=lambda pair: pair[0].occurred_at):
             if event.id in seen:
                 result.duplicates += 1
                 continue
@@ -117,7 +124,7 @@ def _record(events: list[Event]) -> Recorded:
                 changed.add(event.repository)
                 if event.action == "delete":
                     refresh.add(event.repository)
-            rows.append(_row(event, applied, now))
+            rows.append(_row(event, applied, now, correction))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
         RegistryEvent.objects.bulk_create(rows)
@@ -127,7 +134,20 @@ def _record(events: list[Event]) -> Recorded:
     return result
 
 
-def _row(event: Event, applied: Applied, now: datetime) -> RegistryEvent:
+def _plausible_time(event: Event, now: datetime) -> tuple[Event, str]:
+    """The event with a time that can be true, and a note of the correction ("" if none)."""
+    if event.occurred_at > now + CLOCK_SKEW:
+        why = "later than its receipt"
+    elif event.occurred_at < EARLIEST_EVENT:
+        why = "earlier than any registry event"
+    else:
+        return event, ""
+    sent = event.occurred_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return replace(event, occurred_at=now), f"its time {sent} is {why}: taken as received"
+
+
+def _row(event: Event, applied: Applied, now: datetime, correction: str = "") -> RegistryEvent:
+    message = f"{applied.message}; {correction}" if correction else applied.message
     return RegistryEvent(
         event_id=event.id,
         action=event.action[:16],
@@ -139,7 +159,7 @@ def _row(event: Event, applied: Applied, now: datetime) -> RegistryEvent:
         user_agent=event.user_agent,
         processed_at=None if applied.state == State.RECEIVED else now,
         state=applied.state,
-        message=applied.message[:512],
+        message=message[:512],
     )
 
 
@@ -147,7 +167,14 @@ def _row(event: Event, applied: Applied, now: datetime) -> RegistryEvent:
 
 
 def apply_on_receipt(event: Event, *, defer_if_locked: bool = True) -> Applied:
-    """Apply what is cheap and local now; pushes (and deletes under a lock) stay RECEIVED."""
+    """Apply what is cheap and local now; pushes (and deletes under a lock) stay RECEIVED.
+
+    An event naming a repository or tag the registry API cannot address was forged or
+    mangled on the way: recorded as ignored, with the reason, never left pending."""
+    if not media.is_repository_name(event.repository):
+        return Applied(State.IGNORED, f"invalid repository name {shorten(event.repository, 80)!r}")
+    if event.tag and not media.is_tag(event.tag):
+        return Applied(State.IGNORED, f"invalid tag {shorten(event.tag, 80)!r}")
     if event.action == "push" and event.is_manifest:
         if not event.digest:
             return Applied(State.IGNORED, "push without a digest")

@@ -1,4 +1,4 @@
-"""How digests and sizes read, on pages, in messages and on the command line: one way each."""
+"""How digests, sizes and counts read, on pages, in messages and on the command line."""
 
 
 def short_digest(digest: str) -> str:
@@ -21,3 +21,13 @@ def human_size(size: int) -> str:
         if value < 1000 or unit == _UNITS[-1]:
             return f"{value:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def plural(number: int, singular: str, plural_form: str = "") -> str:
+    """`1 repository`, `2 repositories`, `0 manifests`: the count and the word that fits."""
+    if number == 1:
+        return f"1 {singular}"
+    if not plural_form:
+        ends_in_y = singular.endswith("y") and singular[-2:-1] not in "aeiou"
+        plural_form = singular[:-1] + "ies" if ends_in_y else singular + "s"
+    return f"{number:,} {plural_form}"

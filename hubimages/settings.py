@@ -134,6 +134,8 @@ REGISTRY_EVENTS_TOKEN = env_str("REGISTRY_EVENTS_TOKEN")
 # For registries whose catalog API is closed to us (Docker Hub, GHCR): what to sync instead.
 REGISTRY_REPOSITORIES = env_list("REGISTRY_REPOSITORIES", [])
 REGISTRY_TIMEOUT = env_int("REGISTRY_TIMEOUT", 30, minimum=1)
+# The whole of one request (retries, waits and a trickled body included), in seconds.
+REGISTRY_DEADLINE = env_int("REGISTRY_DEADLINE", 60, minimum=1)
 SYNC_WORKERS = env_int("SYNC_WORKERS", 8, minimum=1)
 STALE_AFTER_MONTHS = env_int("STALE_AFTER_MONTHS", 6, minimum=1)
 PULL_IGNORE_USER_AGENTS = env_list(

@@ -3,6 +3,12 @@
 The crawl runs in threads and touches no database; the writes run in the calling thread,
 one transaction per repository, so a repository whose sync fails keeps its previous data
 and the others go on.
+
+Removing is where a lying registry costs data (untagged manifests the API cannot list
+again, every Last pulled), so a full sync removes a repository only on evidence: it is
+missing from the catalog *and* a HEAD finds none of its known manifests (a repository
+the catalog leaves out is read like the others). Even then, removing more than a safe
+share of the repositories in one sync (`too_many_to_remove`) waits for `prune=True`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from hubimages import activity, rollups
+from hubimages.formatting import plural
 from hubimages.locks import LeaseBusy, lease, repository_lock
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, SyncRun, Tag
 from registry import crawl, media
@@ -33,6 +40,9 @@ log = logging.getLogger("hubimages.sync")
 EARLIEST_PLAUSIBLE_BUILD = datetime(2013, 1, 1, tzinfo=UTC)
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 LOCK_WAIT_SECONDS = 30.0  # a deletion holds the repository meanwhile; then report it busy
+# Up to this many repositories, only removing all of them needs --prune; past it, more
+# than half of them does.
+FEW_REPOSITORIES = 4
 
 
 @dataclass
@@ -43,6 +53,8 @@ class RepositoryResult:
     removed: int = 0
     error: str = ""
     warnings: list[str] = field(default_factory=list)
+    # The registry holds none of its manifests: whether to remove it is decided at the end.
+    gone: bool = False
 
 
 @dataclass
@@ -55,10 +67,18 @@ class SyncSummary:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     duration: float = 0.0
+    # The catalog could not be read (then `errors` holds that one error).
+    catalog_failed: bool = False
+    # Repositories that seem gone but were kept: too many to remove without `prune`.
+    held_back: list[str] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.held_back
+
+    @property
+    def repositories_failed(self) -> int:
+        return len(self.errors) - int(self.catalog_failed)
 
     def as_dict(self) -> dict:
         return {
@@ -69,6 +89,8 @@ class SyncSummary:
             "manifests_removed": self.manifests_removed,
             "errors": self.errors,
             "warnings": self.warnings,
+            "catalog_failed": self.catalog_failed,
+            "held_back": self.held_back,
             "duration": round(self.duration, 3),
         }
 
@@ -86,18 +108,20 @@ def sync_registry(
     catalog: Iterable[str] | None = None,
     workers: int = 8,
     progress: Progress | None = None,
+    prune: bool = False,
 ) -> SyncSummary:
     """Bring the database in line with the registry; see SPEC §5.
 
     `repositories` syncs just those. `catalog` stands in for the registry's catalog, for
     registries that do not offer one to us (Docker Hub, GHCR): the database then holds those
-    repositories and no others, as it would with the catalog. A full sync holds the
+    repositories and no others, as it would with the catalog. `prune` lets a full sync
+    remove more repositories than `too_many_to_remove` allows. A full sync holds the
     `sync:all` lease, so two never overlap on any number of hosts (raises `LeaseBusy`)."""
     if repositories:
-        return _sync(client, list(dict.fromkeys(repositories)), None, workers, progress)
+        return _sync(client, list(dict.fromkeys(repositories)), None, workers, progress, prune)
     owner = f"a full sync ({socket.gethostname()}:{os.getpid()})"
     with lease(FULL_SYNC_LEASE, owner=owner, what="the registry"):
-        return _sync(client, None, catalog, workers, progress)
+        return _sync(client, None, catalog, workers, progress, prune)
 
 
 def _sync(
@@ -106,24 +130,19 @@ def _sync(
     catalog: Iterable[str] | None,
     workers: int,
     progress: Progress | None,
+    prune: bool,
 ) -> SyncSummary:
     started = time.monotonic()
     run = SyncRun.objects.create(started_at=timezone.now())
     summary = SyncSummary()
     report = progress or (lambda message: None)
     try:
-        if names is None:
-            names = list(dict.fromkeys(catalog)) if catalog else _read_catalog(client)
-            summary.repositories_removed = _remove_vanished_repositories(names)
-        report(f"{len(names)} repositories in the catalog")
-        for result in _sync_repositories(client, names, workers, report):
-            summary.repositories += 1
-            summary.manifests_added += result.added
-            summary.tags_changed += result.tags_changed
-            summary.manifests_removed += result.removed
-            summary.warnings += [f"{result.name}: {w}" for w in result.warnings]
-            if result.error:
-                summary.errors.append(f"{result.name}: {result.error}")
+        if names is not None:
+            _sync_all(
+                client, _valid_names(names, "named", summary), workers, report, summary, gone=None
+            )
+        else:
+            _sync_everything(client, catalog, workers, report, summary, prune)
         if summary.manifests_removed or summary.repositories_removed:
             remove_unused_blobs()
     except RegistryError as error:
@@ -139,6 +158,127 @@ def _sync(
         run.summary = summary.as_dict()
         run.save()
     return summary
+
+
+def _sync_everything(
+    client: RegistryClient,
+    catalog: Iterable[str] | None,
+    workers: int,
+    report: Progress,
+    summary: SyncSummary,
+    prune: bool,
+) -> None:
+    """Every repository of the catalog, plus those the database holds and the catalog does
+    not list: the catalog's word alone removes nothing."""
+    if catalog:
+        listed = _valid_names(list(dict.fromkeys(catalog)), "configured", summary)
+    else:
+        try:
+            listed = _valid_names(_read_catalog(client), "listed in the catalog", summary)
+        except RegistryError:
+            summary.catalog_failed = True
+            raise
+    holding = _repositories_holding_manifests()
+    unlisted = sorted(set(Repository.objects.values_list("name", flat=True)) - set(listed))
+    gone: dict[str, tuple[Snapshot | crawl.CrawlFailure, Known]] = {}
+    if catalog:
+        # The configured list is the operator's word, not the registry's: no need to look.
+        for name in unlisted:
+            gone[name] = (crawl.CrawlFailure(name, NotFound("not configured")), NOTHING_KNOWN)
+        report(f"{plural(len(listed), 'repository')} configured")
+        _sync_all(client, listed, workers, report, summary, gone=gone)
+    else:
+        more = f"; {len(unlisted)} more in the database, looked up too" if unlisted else ""
+        report(f"{plural(len(listed), 'repository')} in the catalog{more}")
+        _sync_all(client, listed + unlisted, workers, report, summary, gone=gone)
+        found = [name for name in unlisted if name not in gone]
+        for name in unlisted:
+            if name in gone:  # not even in the catalog: the whole repository goes
+                gone[name] = (
+                    crawl.CrawlFailure(name, NotFound("not in the catalog")),
+                    NOTHING_KNOWN,
+                )
+        if found:
+            summary.warnings.append(
+                f"the catalog does not list {plural(len(found), 'repository')} the registry "
+                f"still has, kept: {crawl.named(found)}"
+            )
+    _remove_gone(gone, holding, prune, summary)
+
+
+def _sync_all(
+    client: RegistryClient,
+    names: list[str],
+    workers: int,
+    report: Progress,
+    summary: SyncSummary,
+    *,
+    gone: dict | None,
+) -> None:
+    for result in _sync_repositories(client, names, workers, report, gone):
+        summary.repositories += 1
+        summary.manifests_added += result.added
+        summary.tags_changed += result.tags_changed
+        summary.manifests_removed += result.removed
+        summary.warnings += [f"{result.name}: {w}" for w in result.warnings]
+        if result.error:
+            summary.errors.append(f"{result.name}: {result.error}")
+
+
+def too_many_to_remove(count: int, holding: int) -> bool:
+    """Whether removing `count` of the `holding` repositories that hold manifests needs
+    `prune`: all of them, or more than half when there are more than a few. An empty
+    catalog, a proxy answering 404 for everything or REGISTRY_URL pointed at another
+    registry all look like that; a real clean-up can say so."""
+    if count == 0:
+        return False
+    return count >= holding or (holding > FEW_REPOSITORIES and count * 2 > holding)
+
+
+def _remove_gone(
+    gone: dict[str, tuple[Snapshot | crawl.CrawlFailure, Known]],
+    holding: set[str],
+    prune: bool,
+    summary: SyncSummary,
+) -> None:
+    """Remove what a full sync found gone, unless it is too much to take on its word.
+
+    Repositories that hold no manifest cost nothing and always go."""
+    costly = sorted(name for name in gone if name in holding)
+    if not prune and too_many_to_remove(len(costly), len(holding)):
+        summary.held_back = costly
+        summary.warnings.append(
+            f"{plural(len(costly), 'repository')} of {len(holding)} seem gone from the "
+            f"registry ({crawl.named(costly)}) and were kept: removing "
+            f"{'all' if len(costly) >= len(holding) else 'more than half'} of them in one "
+            "sync needs --prune (check the registry first)"
+        )
+        gone = {name: read for name, read in gone.items() if name not in holding}
+    for name, (read, known) in sorted(gone.items()):
+        if isinstance(read, Snapshot):
+            result = _write_or_fail(read, known)
+            summary.manifests_removed += result.removed
+            if result.error:
+                summary.errors.append(f"{name}: {result.error}")
+        else:
+            summary.manifests_removed += _write_missing(name).removed
+            summary.repositories_removed += 1
+
+
+def _valid_names(names: list[str], source: str, summary: SyncSummary) -> list[str]:
+    """The names the registry API can address; others are reported, never requested."""
+    invalid = [name for name in names if not media.is_repository_name(name)]
+    if invalid:
+        summary.warnings.append(
+            f"invalid repository names {source}, skipped: {crawl.named(invalid)}"
+        )
+    return [name for name in names if media.is_repository_name(name)]
+
+
+def _repositories_holding_manifests() -> set[str]:
+    return set(
+        Repository.objects.filter(manifests__isnull=False).values_list("name", flat=True).distinct()
+    )
 
 
 def _read_catalog(client: RegistryClient) -> list[str]:
@@ -165,6 +305,9 @@ class Known:
     tags: dict[str, str]
 
 
+NOTHING_KNOWN = Known({}, {})
+
+
 def known_state(name: str) -> Known:
     tags = dict(Tag.objects.filter(repository__name=name).values_list("name", "manifest__digest"))
     return Known(known_manifests(name), tags)
@@ -187,8 +330,14 @@ def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> R
 
 
 def _sync_repositories(
-    client: RegistryClient, names: list[str], workers: int, report: Progress
+    client: RegistryClient,
+    names: list[str],
+    workers: int,
+    report: Progress,
+    gone: dict | None = None,
 ) -> Iterable[RepositoryResult]:
+    """Read and write each repository. With `gone`, a repository the registry holds none
+    of (`_is_gone`) is put there, with what was read, for the caller to decide."""
     known_by_name: dict[str, Known] = {}
     configs = stored_configs()
 
@@ -200,7 +349,12 @@ def _sync_repositories(
         client, names, known=known, known_configs=lambda: configs, workers=workers
     )
     for done, read in enumerate(snapshots, start=1):
-        result = _write_read(read, known_by_name.pop(read.name))
+        known_before = known_by_name.pop(read.name)
+        if gone is not None and _is_gone(read, known_before):
+            gone[read.name] = (read, known_before)
+            result = RepositoryResult(name=read.name, gone=True)
+        else:
+            result = _write_read(read, known_before)
         if isinstance(read, Snapshot) and not result.error:
             configs.update(crawl.config_digest(m) for m in read.fetched.values())
             configs.discard("")
@@ -208,34 +362,41 @@ def _sync_repositories(
         yield result
 
 
+def _is_gone(read: Snapshot | crawl.CrawlFailure, known: Known) -> bool:
+    """The registry has no such repository, or no tag and none of its known manifests."""
+    if isinstance(read, crawl.CrawlFailure):
+        return read.missing
+    stored = set(known.manifests)
+    return bool(stored) and not read.tags and not read.fetched and not (read.present & stored)
+
+
 def _write_read(read: Snapshot | crawl.CrawlFailure, known: Known) -> RepositoryResult:
     if isinstance(read, crawl.CrawlFailure):
         if read.missing:
             return _write_missing(read.name)
         return RepositoryResult(name=read.name, error=str(read.error))
+    return _write_or_fail(read, known)
+
+
+def _write_or_fail(snapshot: Snapshot, known: Known) -> RepositoryResult:
     try:
-        return _write(read, known)
+        return _write(snapshot, known)
     except LeaseBusy as error:
-        return RepositoryResult(name=read.name, error=str(error))
+        return RepositoryResult(name=snapshot.name, error=str(error))
     except Exception as error:  # a bug must not stop the other repositories
-        log.exception("sync of %s failed", read.name)
-        return RepositoryResult(name=read.name, error=f"internal error: {error!r}")
+        log.exception("sync of %s failed", snapshot.name)
+        return RepositoryResult(name=snapshot.name, error=f"internal error: {error!r}")
 
 
 def _progress_line(done: int, total: int, result: RepositoryResult) -> str:
     if result.error:
         return f"[{done}/{total}] {result.name}: failed: {result.error}"
+    if result.gone:
+        return f"[{done}/{total}] {result.name}: none of it is left in the registry"
     return (
-        f"[{done}/{total}] {result.name}: {result.added} manifests added, "
-        f"{result.removed} removed, {result.tags_changed} tags changed"
+        f"[{done}/{total}] {result.name}: {plural(result.added, 'manifest')} added, "
+        f"{result.removed} removed, {plural(result.tags_changed, 'tag')} changed"
     )
-
-
-def _remove_vanished_repositories(catalog: list[str]) -> int:
-    vanished = sorted(set(Repository.objects.values_list("name", flat=True)) - set(catalog))
-    for start in range(0, len(vanished), 500):
-        Repository.objects.filter(name__in=vanished[start : start + 500]).delete()
-    return len(vanished)
 
 
 def known_manifests(name: str, digests: Collection[str] | None = None) -> dict[str, KnownManifest]:

@@ -26,9 +26,14 @@ from django_htmx.http import HttpResponseClientRedirect
 from hubimages import deletion, inventory, jobs
 from hubimages.formatting import human_size
 from hubimages.models import DeletionRecord, Job, Manifest, Repository, SyncRun
+from hubimages.templatetags.hubimages_tags import LONG_TEXT_LIMIT
 from registry import media
 
 REPOSITORIES_PER_PAGE = 50
+# An image's labels and annotations on its page: the first ones, then how many more. A
+# config may hold 20,000 labels or a megabyte key; the page stays small and readable.
+KEY_VALUES_SHOWN = 100
+KEY_VALUES_CHARACTERS = 50_000
 FILTER_LABELS = (("all", "All"), ("tagged", "Tagged"), ("index", "Image index"), ("image", "Image"))
 # The list's columns that sort, in the order shown; a first click sorts biggest/newest first.
 SORTABLE_COLUMNS = (
@@ -197,13 +202,33 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
         "referrers": list(manifest.referrers.all()),
         "parents": [entry.index for entry in manifest.parent_entries.all()],
         "platforms": inventory.platforms_of(manifest),
-        "labels": sorted(manifest.labels.items()) if isinstance(manifest.labels, dict) else [],
-        "annotations": sorted(manifest.annotations.items())
-        if isinstance(manifest.annotations, dict)
-        else [],
+        "labels": first_key_values(manifest.labels),
+        "annotations": first_key_values(manifest.annotations),
         "stale_months": settings.STALE_AFTER_MONTHS,
     }
     return render_page(request, "image_detail.html", "panel", context)
+
+
+@dataclass(frozen=True)
+class KeyValues:
+    shown: list[tuple[str, str]]
+    more: int
+
+
+def first_key_values(mapping: object) -> KeyValues:
+    """The first pairs by key, as many as fit KEY_VALUES_SHOWN and (counting each side up
+    to the clipped text's cap) KEY_VALUES_CHARACTERS; `more` counts the rest."""
+    if not isinstance(mapping, dict):
+        return KeyValues([], 0)
+    pairs = sorted((str(key), str(value)) for key, value in mapping.items())
+    shown: list[tuple[str, str]] = []
+    characters = 0
+    for key, value in pairs[:KEY_VALUES_SHOWN]:
+        characters += min(len(key), LONG_TEXT_LIMIT) + min(len(value), LONG_TEXT_LIMIT)
+        if shown and characters > KEY_VALUES_CHARACTERS:
+            break
+        shown.append((key, value))
+    return KeyValues(shown, len(pairs) - len(shown))
 
 
 # -- preview and delete ----------------------------------------------------------------------

@@ -15,18 +15,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from registry import __version__
 from registry.errors import (
     AuthenticationError,
     BlobNotFound,
+    ContentTooComplex,
     ContentTooLarge,
+    DeadlineExceeded,
     DigestMismatch,
     InvalidResponse,
     ManifestNotFound,
@@ -35,6 +38,7 @@ from registry.errors import (
     RegistryError,
     RegistryUnavailable,
     ServerError,
+    TruncatedResponse,
     UnsupportedManifest,
     UnsupportedOperation,
     parse_error_body,
@@ -49,6 +53,9 @@ from registry.media import (
     ParsedManifest,
     digest_of,
     is_digest,
+    is_repository_name,
+    is_tag,
+    load_json,
     parse_manifest,
 )
 
@@ -59,16 +66,14 @@ MAX_JSON_BYTES = 64 * 1024 * 1024  # tags/list of distribution 2.8 is one unpage
 MAX_ERROR_BYTES = 64 * 1024
 DEFAULT_TOKEN_LIFETIME = 60.0
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# A Link chain whose pages bring nothing new this many times in a row goes nowhere.
+MAX_IDLE_PAGES = 3
+_READ_CHUNK = 64 * 1024
 _TRANSPORT_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
-
-_NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_NAME_RE = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_MAX_NAME_LENGTH = 255
 _ACCEPT_WITH_SCHEMA1 = f"{MANIFEST_ACCEPT}, {DOCKER_SCHEMA1_SIGNED}, {DOCKER_SCHEMA1}"
 # A scheme alone, or one `name=value` / `name="quoted, value"` parameter, per match.
 _CHALLENGE_TOKEN = re.compile(
@@ -109,9 +114,12 @@ class RegistryClient:
         username: str | None = None,
         password: str | None = None,
         timeout: tuple[float, float] = (5.0, 30.0),
+        deadline: float = 60.0,
         max_retries: int = 4,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
+        max_retry_after: float = 30.0,
+        max_pages: int = 1000,
         pool_size: int = 16,
         session: requests.Session | None = None,
         user_agent: str = f"hubimages/{__version__}",
@@ -122,9 +130,15 @@ class RegistryClient:
         self._origin = "{0.scheme}://{0.netloc}".format(urlsplit(self.base_url))
         self._credentials = (username, password or "") if username else None
         self.timeout = timeout
+        # Per-read timeouts alone let a trickled answer run forever: each request, its
+        # retries and its body included, ends within `deadline` seconds.
+        self.deadline = deadline
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        # A registry asking for a longer wait (429 Retry-After) gets an answer at once.
+        self.max_retry_after = max_retry_after
+        self.max_pages = max_pages
         self.user_agent = user_agent
         self._sleep = sleep
         self._clock = clock
@@ -139,6 +153,10 @@ class RegistryClient:
         self._tokens: dict[str, _Token] = {}
         self._tokens_lock = threading.Lock()
         self._scope_locks: dict[str, threading.Lock] = {}
+        # Set when a request gave up on a registry that is down or failing (connections
+        # refused, 502/503/504 after every retry): later requests try once, not with full
+        # back-off each, until the registry answers again.
+        self._failing = False
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r}, authenticated={self._credentials is not None})"
@@ -176,38 +194,70 @@ class RegistryClient:
             )
 
     def iter_repositories(self, page_size: int = 1000) -> Iterator[str]:
-        """Every repository name of the catalog, page by page (`n`, then `Link` rel=next)."""
+        """Every repository name of the catalog, page by page (`n`, then `Link` rel=next).
+
+        Raises InvalidResponse when the pages loop or never end, rather than returning a
+        partial catalog that would read as repositories gone."""
         _check_page_size(page_size)
-        url: str | None = f"{self.base_url}/v2/_catalog?{urlencode({'n': page_size})}"
-        seen: set[str] = set()
-        while url and url not in seen:
-            seen.add(url)
-            try:
-                response, body = self._call("GET", url, scope="registry:catalog:*")
-            except NotFound as exc:
-                raise UnsupportedOperation(
-                    "the registry does not offer the catalog API (GET /v2/_catalog)",
-                    status=exc.status,
-                    code=exc.code,
-                    url=url,
-                    method="GET",
-                ) from exc
-            yield from _string_list(body, "repositories", url)
-            url = self._next_page(response)
+        url = f"{self.base_url}/v2/_catalog?{urlencode({'n': page_size})}"
+        try:
+            yield from self._paged(url, "registry:catalog:*", "repositories", "the catalog")
+        except NotFound as exc:
+            raise UnsupportedOperation(
+                "the registry does not offer the catalog API (GET /v2/_catalog)",
+                status=exc.status,
+                code=exc.code,
+                url=exc.url,
+                method="GET",
+            ) from exc
 
     def list_tags(self, repository: str, page_size: int = 1000) -> list[str]:
         """All tags of `repository`, in the registry's order, following `Link` pages."""
         _check_name(repository)
         _check_page_size(page_size)
-        url: str | None = f"{self.base_url}/v2/{repository}/tags/list?{urlencode({'n': page_size})}"
-        tags: dict[str, None] = {}
+        url = f"{self.base_url}/v2/{repository}/tags/list?{urlencode({'n': page_size})}"
+        pages = self._paged(url, _pull_scope(repository), "tags", f"the tags of {repository}")
+        return list(pages)
+
+    def _paged(self, url: str, scope: str, key: str, what: str) -> Iterator[str]:
+        """The new strings of `key` on each page of a `Link` chain, each once.
+
+        A registry or proxy that ignores `last` serves the first page again and again, and
+        one that always announces a next page never stops: a chain that comes back to a
+        page, brings nothing new MAX_IDLE_PAGES times in a row, or passes `max_pages` is an
+        error, never a silently shortened list."""
+        seen_urls = {url}
         seen: set[str] = set()
-        while url and url not in seen:
-            seen.add(url)
-            response, body = self._call("GET", url, scope=_pull_scope(repository))
-            tags.update(dict.fromkeys(_string_list(body, "tags", url)))
-            url = self._next_page(response)
-        return list(tags)
+        idle = 0
+        for page in range(1, self.max_pages + 1):
+            response, body = self._call("GET", url, scope=scope)
+            new = [value for value in _string_list(body, key, url) if value not in seen]
+            seen.update(new)
+            yield from new
+            next_url = self._next_page(response)
+            if next_url is None:
+                return
+            idle = 0 if new else idle + 1
+            if next_url in seen_urls:
+                raise InvalidResponse(
+                    f"the pages of {what} loop: page {page} links back to an earlier page",
+                    url=next_url,
+                    method="GET",
+                )
+            if idle >= MAX_IDLE_PAGES:
+                raise InvalidResponse(
+                    f"the pages of {what} never end: {idle} pages in a row brought nothing "
+                    "new, yet each links to another",
+                    url=next_url,
+                    method="GET",
+                )
+            seen_urls.add(next_url)
+            url = next_url
+        raise InvalidResponse(
+            f"the pages of {what} never end: stopped after {self.max_pages} pages",
+            url=url,
+            method="GET",
+        )
 
     def head_manifest(self, repository: str, reference: str) -> ManifestHead | None:
         """The manifest's digest, media type and size, or None when the registry lacks it."""
@@ -316,8 +366,11 @@ class RegistryClient:
 
         `scope` None sends `authorization` as given and never answers a challenge (token
         server requests); otherwise the cached Basic or Bearer credentials for `scope` go
-        along and one 401 challenge is answered.
+        along and one 401 challenge is answered. Everything, retries included, ends within
+        `deadline` seconds.
         """
+        deadline = self._clock() + self.deadline
+        retries = 0 if self._failing else self.max_retries
         attempt = 0
         challenge_answered = False
         while True:
@@ -327,10 +380,14 @@ class RegistryClient:
                 request_headers["Authorization"] = sent
             try:
                 response = self._session.request(
-                    method, url, headers=request_headers, timeout=self.timeout, stream=True
+                    method,
+                    url,
+                    headers=request_headers,
+                    timeout=self._timeouts(deadline, method, url),
+                    stream=True,
                 )
             except _TRANSPORT_ERRORS as exc:
-                self._give_up_or_wait(exc, url, attempt)
+                self._give_up_or_wait(exc, method, url, attempt, retries, deadline)
                 attempt += 1
                 continue
             with response:
@@ -344,42 +401,130 @@ class RegistryClient:
                 ):
                     challenge_answered = True
                     continue
-                if status in RETRY_STATUSES and attempt < self.max_retries:
-                    self._sleep(self._retry_delay(response, attempt))
-                    attempt += 1
-                    continue
-                if 200 <= status < 300:
-                    try:
-                        return response, _read_capped(response, max_bytes, method)
-                    except _TRANSPORT_ERRORS as exc:
-                        self._give_up_or_wait(exc, url, attempt)
+                if status in RETRY_STATUSES and attempt < retries:
+                    delay = self._retry_delay(response, attempt)
+                    if delay is not None and self._clock() + delay < deadline:
+                        self._sleep(delay)
                         attempt += 1
                         continue
-                raise self._error(response, method)
+                if 200 <= status < 300:
+                    try:
+                        body = self._read_body(response, max_bytes, method, deadline)
+                    except (_BodyCutShort, _BodyStalled) as exc:
+                        self._give_up_or_wait(exc, method, url, attempt, retries, deadline)
+                        attempt += 1
+                        continue
+                    self._failing = False
+                    return response, body
+                error = self._error(response, method, deadline)
+                self._failing = status in RETRY_STATUSES and status != 429
+                raise error
 
-    def _give_up_or_wait(self, exc: Exception, url: str, attempt: int) -> None:
+    def _timeouts(self, deadline: float, method: str, url: str) -> tuple[float, float]:
+        """The connect and per-read timeouts, never past the deadline."""
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise self._out_of_time(method, url)
+        return min(self.timeout[0], remaining), min(self.timeout[1], remaining)
+
+    def _out_of_time(self, method: str, url: str) -> DeadlineExceeded:
+        host = urlsplit(url).netloc.rpartition("@")[2]
+        return DeadlineExceeded(
+            f"{host} did not complete the request within {self.deadline:g} s "
+            "(a total deadline, retries and slow answers included)",
+            url=url,
+            method=method,
+        )
+
+    def _give_up_or_wait(
+        self, exc: Exception, method: str, url: str, attempt: int, retries: int, deadline: float
+    ) -> None:
+        """Sleep before the next attempt, or raise what the last one says about the registry."""
         host = urlsplit(url).netloc.rpartition("@")[2]
         if isinstance(exc, requests.exceptions.SSLError):
             raise RegistryUnavailable(
                 f"TLS failed with {host}: {shorten(str(exc), 200)}", url=url, retryable=False
             ) from None
-        if attempt >= self.max_retries:
-            kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
-            raise RegistryUnavailable(
-                f"cannot reach {host} ({kind} after {attempt + 1} attempts)", url=url
+        delay = self._backoff_delay(attempt)
+        if attempt < retries and self._clock() + delay < deadline:
+            logger.debug("retrying %s after %s", redact_url(url), type(exc).__name__)
+            self._sleep(delay)
+            return
+        attempts = f"{attempt + 1} attempt{'s' if attempt else ''}"
+        if self._clock() >= deadline - 0.05:
+            raise self._out_of_time(method, url) from None
+        if isinstance(exc, _BodyCutShort | _BodyStalled):
+            # The registry answered: "cannot reach" would send people after the network.
+            what = "was cut short" if isinstance(exc, _BodyCutShort) else "stopped coming"
+            raise TruncatedResponse(
+                f"{host} answered, but the body {what}: {exc} ({attempts})",
+                url=url,
+                method=method,
             ) from None
-        logger.debug("retrying %s after %s", redact_url(url), type(exc).__name__)
-        self._sleep(self._backoff_delay(attempt))
+        self._failing = True
+        kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+        raise RegistryUnavailable(
+            f"cannot reach {host} ({kind} after {attempts})", url=url
+        ) from None
 
     def _backoff_delay(self, attempt: int) -> float:
         delay = min(self.max_backoff, self.backoff * 2**attempt)
         return min(self.max_backoff, delay + random.uniform(0, self.backoff / 4))
 
-    def _retry_delay(self, response: requests.Response, attempt: int) -> float:
+    def _retry_delay(self, response: requests.Response, attempt: int) -> float | None:
+        """How long to wait before trying again; None when the registry asks for longer
+        than `max_retry_after` (the request fails at once, saying when to come back)."""
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-        if retry_after is not None:
-            return min(self.max_backoff, retry_after)
-        return self._backoff_delay(attempt)
+        if retry_after is None:
+            return self._backoff_delay(attempt)
+        return retry_after if retry_after <= self.max_retry_after else None
+
+    def _read_body(
+        self, response: requests.Response, max_bytes: int, method: str, deadline: float
+    ) -> bytes:
+        """The body, at most `max_bytes` (announced or actual), read by the deadline.
+
+        Each read waits at most until the deadline, so a body trickled a byte at a time
+        ends with it; a body shorter than announced raises _BodyCutShort. A body read to
+        its end gives its connection back to the pool for the next request."""
+        if method == "HEAD":
+            response.raw.release_conn()
+            return b""
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise ContentTooLarge(
+                f"content of {int(length)} bytes is over the {max_bytes}-byte limit",
+                url=response.url,
+                method=method,
+            )
+        chunks, total = [], 0
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise _BodyStalled(f"{total} bytes read by the deadline")
+            _limit_read_wait(response, min(self.timeout[1], remaining))
+            try:
+                chunk = response.raw.read1(_READ_CHUNK, decode_content=True)
+            except (TimeoutError, urllib3.exceptions.ReadTimeoutError):
+                raise _BodyStalled(f"nothing more after {total} bytes") from None
+            except (urllib3.exceptions.ProtocolError, OSError) as exc:
+                expected = f" of {int(length)}" if length.isdigit() else ""
+                raise _BodyCutShort(f"{total}{expected} bytes received") from exc
+            except urllib3.exceptions.DecodeError:
+                raise InvalidResponse(
+                    "the body does not decode as its Content-Encoding says",
+                    url=response.url,
+                    method=method,
+                ) from None
+            if not chunk:
+                response.raw.release_conn()
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ContentTooLarge(
+                    f"content is over the {max_bytes}-byte limit", url=response.url, method=method
+                )
+            chunks.append(chunk)
 
     def _authorization(self, scope: str) -> str | None:
         with self._tokens_lock:
@@ -457,11 +602,11 @@ class RegistryClient:
         margin = min(10.0, lifetime / 2)
         return _Token(value, self._clock() + lifetime - margin)
 
-    def _error(self, response: requests.Response, method: str) -> RegistryError:
+    def _error(self, response: requests.Response, method: str, deadline: float) -> RegistryError:
         status = response.status_code
         try:
-            body = b"" if method == "HEAD" else _read_capped(response, MAX_ERROR_BYTES, method)
-        except (ContentTooLarge, requests.RequestException):
+            body = self._read_body(response, MAX_ERROR_BYTES, method, deadline)
+        except (RegistryError, _BodyCutShort, _BodyStalled):
             body = b""
         code, message = parse_error_body(body)
         message = message or response.reason or "no explanation given"
@@ -481,6 +626,8 @@ class RegistryClient:
             return UnsupportedOperation(message, **where)
         if status == 429:
             retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None:
+                message += f"; {_when_to_retry(retry_after)}"
             return RateLimited(message, retry_after=retry_after, **where)
         if status >= 500:
             return ServerError(message, retryable=status in RETRY_STATUSES, **where)
@@ -500,7 +647,7 @@ class RegistryClient:
 
     def _manifest_url(self, repository: str, reference: str) -> str:
         _check_name(repository)
-        if not (is_digest(reference) or _TAG_RE.match(reference)):
+        if not (is_digest(reference) or is_tag(reference)):
             raise ValueError(f"invalid manifest reference {shorten(reference, 80)!r}")
         return f"{self.base_url}/v2/{repository}/manifests/{reference}"
 
@@ -559,25 +706,38 @@ def parse_www_authenticate(header: str) -> dict[str, dict[str, str]]:
     return challenges
 
 
-def _read_capped(response: requests.Response, max_bytes: int, method: str) -> bytes:
-    if method == "HEAD":
-        return b""
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > max_bytes:
-        raise ContentTooLarge(
-            f"content of {int(length)} bytes is over the {max_bytes}-byte limit",
-            url=response.url,
-            method=method,
-        )
-    chunks, total = [], 0
-    for chunk in response.iter_content(64 * 1024):
-        total += len(chunk)
-        if total > max_bytes:
-            raise ContentTooLarge(
-                f"content is over the {max_bytes}-byte limit", url=response.url, method=method
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _BodyCutShort(Exception):
+    """The body ended before its announced length, or the connection broke mid-body."""
+
+
+class _BodyStalled(Exception):
+    """No more of the body came within the read timeout or the deadline."""
+
+
+def _limit_read_wait(response: requests.Response, seconds: float) -> None:
+    """Make the next read on the response's socket wait at most `seconds`.
+
+    requests applies its read timeout to each read: a body trickled a byte per second
+    never trips it, so the remaining time before the deadline is set before each read.
+    (Responses not backed by a socket, as in tests' stubs, have nothing to set.)"""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
+
+
+def _when_to_retry(seconds: float) -> str:
+    """How long the registry asks to wait, and until when (UTC), for people."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        wait = f"{hours} h {minutes} min"
+    elif minutes:
+        wait = f"{minutes} min {secs} s"
+    else:
+        wait = f"{secs} s"
+    when = datetime.now(UTC) + timedelta(seconds=seconds)
+    return f"the registry asks to wait {wait}: try again after {when:%Y-%m-%d %H:%M} UTC"
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -616,11 +776,7 @@ def _same_algorithm(a: str, b: str) -> bool:
 
 
 def _check_name(repository: str) -> None:
-    if (
-        not isinstance(repository, str)
-        or len(repository) > _MAX_NAME_LENGTH
-        or not _NAME_RE.match(repository)
-    ):
+    if not is_repository_name(repository):
         raise ValueError(f"invalid repository name {shorten(str(repository), 80)!r}")
 
 
@@ -636,15 +792,18 @@ def _check_page_size(page_size: int) -> None:
 
 def _json(body: bytes, url: str, what: str) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return load_json(body, what)
+    except ContentTooComplex as exc:
+        exc.url, exc.method = redact_url(url), "GET"
+        raise
+    except ValueError:
         raise InvalidResponse(f"{what} is not valid JSON", url=url, method="GET") from None
 
 
 def _is_json_object(body: bytes) -> bool:
     try:
         return isinstance(json.loads(body), dict)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return False
 
 

@@ -7,16 +7,27 @@ pool; the caller's own lookups (`known`, `known_configs`) run in the calling thr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from registry import media
 from registry.client import FetchedManifest, RegistryClient
-from registry.errors import ContentTooLarge, NotFound, RegistryError, UnsupportedManifest
+from registry.errors import (
+    ContentTooComplex,
+    ContentTooLarge,
+    NotFound,
+    RegistryError,
+    UnsupportedManifest,
+    shorten,
+)
+
+logger = logging.getLogger("registry")
 
 CONFIG_MAX_BYTES = 4 * 1024 * 1024
 REPOSITORY_COORDINATORS = 4
+MAX_NAMED_WARNINGS = 5  # invalid tags named one by one; past that, counted
 
 
 @dataclass
@@ -103,6 +114,9 @@ def crawl_repositories(
                     yield CrawlFailure(name, error, missing=True)
                 except RegistryError as error:
                     yield CrawlFailure(name, error)
+                except Exception as error:  # a bug must not stop the other repositories
+                    logger.exception("reading %s failed", name)
+                    yield CrawlFailure(name, RegistryError(f"internal error: {error!r}"))
 
 
 def read_repository(
@@ -113,9 +127,24 @@ def read_repository(
     known_configs: Collection[str],
 ) -> Snapshot:
     """Tags (a HEAD each), the manifests and configs not in `known`, and which known
-    manifests the registry still has. Raises NotFound for a repository it lacks."""
+    manifests the registry still has.
+
+    Raises NotFound for a repository the registry lacks: its tag list answers 404 and a
+    HEAD finds none of the `known` manifests. A 404 tag list alone does not say so:
+    distribution answers it for a repository that holds only untagged manifests (pushed
+    by digest), which stay while a HEAD by digest finds them (SPEC §5)."""
     snapshot = Snapshot(name=name)
-    tag_names = client.list_tags(name)
+    unknown_name = False
+    try:
+        listed = client.list_tags(name)
+    except NotFound:
+        if not known:
+            raise
+        listed, unknown_name = [], True
+        snapshot.warnings.append(
+            "the registry lists no tags for it (404): kept the manifests a HEAD still finds"
+        )
+    tag_names = _valid_tags(listed, snapshot)
     heads = parallel(pool, lambda tag: client.head_manifest(name, tag), tag_names)
     for tag, head in zip(tag_names, heads, strict=True):
         if head is None:
@@ -130,9 +159,20 @@ def read_repository(
     unreached = sorted(set(known) - snapshot.present)
     heads = parallel(pool, lambda digest: client.head_manifest(name, digest), unreached)
     snapshot.present.update(d for d, head in zip(unreached, heads, strict=True) if head)
+    if unknown_name and not snapshot.present:
+        raise NotFound(f"unknown to the registry, and none of its {len(known)} manifests is left")
 
     read_configs(client, pool, snapshot, known_configs)
     return snapshot
+
+
+def _valid_tags(tags: list[str], snapshot: Snapshot) -> list[str]:
+    """The tags a manifest URL can name; a registry listing others is lying or broken."""
+    valid = [tag for tag in tags if media.is_tag(tag)]
+    invalid = [tag for tag in tags if not media.is_tag(tag)]
+    if invalid:
+        snapshot.warnings.append(f"the tag list names invalid tags, skipped: {named(invalid)}")
+    return valid
 
 
 def read_graph(
@@ -242,16 +282,23 @@ def _drop_dangling_tags(snapshot: Snapshot) -> None:
             del snapshot.tags[tag]
 
 
+def named(values: list[str]) -> str:
+    """A few values for a message, each shortened, then how many more there are."""
+    shown = ", ".join(repr(shorten(value, 60)) for value in values[:MAX_NAMED_WARNINGS])
+    rest = len(values) - MAX_NAMED_WARNINGS
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
 def _get_or_skip(client: RegistryClient, name: str, digest: str) -> FetchedManifest | str:
     """The manifest, or why it is skipped while the rest of the repository syncs.
 
-    Legacy (schema 1) and oversized manifests are content we cannot list, not a broken
-    registry; a malformed body or a digest mismatch is, and fails the repository."""
+    Legacy (schema 1), oversized and over-nested manifests are content we cannot list, not
+    a broken registry; a malformed body or a digest mismatch is, and fails the repository."""
     try:
         return client.get_manifest(name, digest)
     except NotFound:
         return "it disappeared during the sync"
-    except (UnsupportedManifest, ContentTooLarge) as error:
+    except (UnsupportedManifest, ContentTooLarge, ContentTooComplex) as error:
         return error.message
 
 

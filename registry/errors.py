@@ -88,7 +88,8 @@ class BlobNotFound(NotFound):
 
 
 class RateLimited(RegistryError):
-    """429 Too Many Requests, still there after the retries."""
+    """429 Too Many Requests, still there after the retries, or asking for a wait longer
+    than the client's cap (`retry_after` says how long, in seconds)."""
 
     default_retryable = True
 
@@ -101,6 +102,21 @@ class ServerError(RegistryError):
     """5xx; 502/503/504 are retryable, a 500 is a registry bug or broken storage."""
 
 
+class DeadlineExceeded(RegistryError):
+    """A request (its retries and its body included) did not end within the client's total
+    deadline: a registry trickling its answer, or one too slow to be useful."""
+
+    default_retryable = True
+
+
+class TruncatedResponse(RegistryError):
+    """The registry answered, but the body ended before its announced length (or the
+    connection broke mid-body): a proxy or registry cutting answers short, not a network
+    that cannot be reached."""
+
+    default_retryable = True
+
+
 class InvalidResponse(RegistryError):
     """The registry answered something that is not what the API promises."""
 
@@ -111,6 +127,12 @@ class DigestMismatch(InvalidResponse):
 
 class ContentTooLarge(InvalidResponse):
     """A manifest over 4 MiB or a blob over the cap the caller set."""
+
+
+class ContentTooComplex(InvalidResponse):
+    """Valid JSON that Python will not parse: nested deeper than its recursion limit, or
+    holding a number of thousands of digits. The registry accepts such content (Go parses
+    10,000 levels), so it is skipped like oversized content, never a reason to fail."""
 
 
 class MalformedManifest(InvalidResponse):
@@ -155,7 +177,7 @@ def parse_error_body(body: bytes) -> tuple[str | None, str]:
         return None, ""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, _text_message(body)
     errors = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(errors, list) or not errors:

@@ -9,7 +9,12 @@ from typing import Any
 
 from dateutil.parser import isoparse
 
-from registry.errors import InvalidResponse, MalformedManifest, UnsupportedManifest
+from registry.errors import (
+    ContentTooComplex,
+    InvalidResponse,
+    MalformedManifest,
+    UnsupportedManifest,
+)
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -33,6 +38,11 @@ MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCK
 ATTESTATION_REFERENCE_TYPE = "attestation-manifest"
 
 DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+# The distribution spec's grammar: lowercase path components, at most 255 characters.
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_NAME_RE = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
+MAX_NAME_LENGTH = 255
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _REFERRER_TAG_RE = re.compile(r"^sha256-([a-f0-9]{64})(?:\.(?:sig|att|sbom))?$")
 _SCHEMA1_MESSAGE = (
     "schema 1 manifests are not supported (Docker deprecated them in 2017); "
@@ -106,6 +116,34 @@ def is_digest(value: object) -> bool:
     return isinstance(value, str) and DIGEST_RE.match(value) is not None
 
 
+def is_repository_name(value: object) -> bool:
+    """A name the distribution API can address; anything else comes from a lying catalog
+    or a forged event, and must not reach a URL, the database or a page."""
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_NAME_LENGTH
+        and _NAME_RE.match(value) is not None
+    )
+
+
+def is_tag(value: object) -> bool:
+    return isinstance(value, str) and _TAG_RE.match(value) is not None
+
+
+def load_json(body: bytes, what: str) -> Any:
+    """`json.loads`, raising ContentTooComplex for valid JSON Python will not parse
+    (nesting past its recursion limit, integers of thousands of digits) and ValueError
+    (JSONDecodeError or UnicodeDecodeError) for what is not JSON at all."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ContentTooComplex(f"{what} nests JSON deeper than can be parsed") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise
+    except ValueError:  # int's limit on digits (sys.get_int_max_str_digits)
+        raise ContentTooComplex(f"{what} holds a number too long to parse") from None
+
+
 def digest_of(body: bytes, algorithm: str = "sha256") -> str:
     if algorithm not in ("sha256", "sha512"):
         raise ValueError(f"unsupported digest algorithm {algorithm!r}")
@@ -139,8 +177,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
 
 def _load_object(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(body, "manifest")
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise MalformedManifest("manifest is not valid JSON") from None
     if not isinstance(data, dict):
         raise MalformedManifest(f"manifest is a JSON {type(data).__name__}, not an object")
@@ -255,8 +293,8 @@ def _string(value: Any) -> str:
 def parse_config(body: bytes) -> ImageConfig:
     """Parse an image config blob, tolerantly: odd or missing fields become empty values."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(body, "image config blob")
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise InvalidResponse("image config blob is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidResponse(f"image config blob is a JSON {type(data).__name__}, not an object")

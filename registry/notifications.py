@@ -43,6 +43,10 @@ def parse_envelope(body: bytes) -> list[Event]:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise EnvelopeError(f"the body is not JSON: {error}") from None
+    except RecursionError:
+        raise EnvelopeError("the body nests JSON deeper than can be parsed") from None
+    except ValueError:  # int's limit on digits (sys.get_int_max_str_digits)
+        raise EnvelopeError("the body holds a number too long to parse") from None
     if not isinstance(data, dict) or not isinstance(data.get("events"), list):
         raise EnvelopeError('expected an envelope {"events": [...]}')
     events: dict[str, Event] = {}

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from devtools.faultproxy import FaultProxy
 from devtools.pusher import ImagePusher
 from devtools.server import LocalRegistry
 from devtools.worker import task_worker
@@ -56,6 +57,14 @@ def registry_server(tmp_path) -> Iterator[LocalRegistry]:
     """A fresh registry process on a free loopback port, delete enabled, own storage."""
     with LocalRegistry(tmp_path / "registry") as server:
         yield server
+
+
+@pytest.fixture
+def fault_proxy(registry_server: LocalRegistry) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy on a free loopback port in front of `registry_server`;
+    tests add faults (`devtools.faultproxy`) and point hubimages at `fault_proxy.url`."""
+    with FaultProxy(registry_server.url) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -254,6 +254,39 @@ def test_it_pages_tags_with_n_last_and_link(rsps, client):
     assert client.list_tags("team/api", page_size=2) == ["1.0", "1.1", "latest"]
 
 
+def test_a_link_chain_that_comes_back_to_a_page_is_an_error_not_a_short_list(rsps, client):
+    first = '</v2/_catalog?last=b&n=2>; rel="next"'
+    rsps.get(f"{BASE}/v2/_catalog", json={"repositories": ["a", "b"]}, headers={"Link": first})
+
+    with pytest.raises(InvalidResponse, match="the pages of the catalog loop"):
+        list(client.iter_repositories(page_size=2))
+
+
+def test_once_the_registry_is_down_later_requests_try_once_until_it_answers(rsps, client, sleeps):
+    url = f"{BASE}/v2/team/api/tags/list"
+    rsps.get(url, body=requests.ConnectionError("connection refused"))
+    with pytest.raises(RegistryUnavailable, match="after 5 attempts"):
+        client.list_tags("team/api")
+    sleeps.clear()
+
+    with pytest.raises(RegistryUnavailable, match="after 1 attempt\\)"):
+        client.list_tags("team/api")
+    assert sleeps == []
+
+    rsps.replace(responses.GET, url, json={"tags": ["v1"]})
+    assert client.list_tags("team/api") == ["v1"]
+    rsps.replace(responses.GET, url, body=requests.ConnectionError("connection refused"))
+    with pytest.raises(RegistryUnavailable, match="after 5 attempts"):
+        client.list_tags("team/api")
+
+
+def test_error_bodies_nested_too_deep_still_give_a_registry_error(rsps, client):
+    rsps.get(f"{BASE}/v2/team/api/tags/list", status=400, body=b"[" * 60_000)
+
+    with pytest.raises(RegistryError, match="400"):
+        client.list_tags("team/api")
+
+
 def test_it_reads_null_tags_as_no_tags(rsps, client):
     rsps.get(f"{BASE}/v2/team/api/tags/list", json={"name": "team/api", "tags": None})
 
@@ -489,15 +522,17 @@ def test_it_honours_retry_after_on_429_then_succeeds(rsps, client, sleeps):
     assert sleeps == [7.0]
 
 
-def test_it_caps_retry_after_at_max_backoff(rsps, make_client, sleeps):
-    client = make_client(max_backoff=3.0)
+def test_a_retry_after_beyond_the_cap_fails_at_once_saying_when_to_retry(rsps, make_client, sleeps):
+    client = make_client(max_retry_after=30.0)
     url = f"{BASE}/v2/team/api/tags/list"
     rsps.get(url, status=429, headers={"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"})
-    rsps.get(url, json={"tags": []})
 
-    client.list_tags("team/api")
+    with pytest.raises(RateLimited) as caught:
+        client.list_tags("team/api")
 
-    assert sleeps == [3.0]
+    assert sleeps == [] and len(rsps.calls) == 1
+    assert caught.value.retry_after > 30
+    assert "try again after 2099-10-21 07:28 UTC" in str(caught.value)
 
 
 def test_it_raises_rate_limited_when_429_persists(rsps, make_client, sleeps):

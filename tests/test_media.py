@@ -3,7 +3,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from registry.errors import InvalidResponse, MalformedManifest, UnsupportedManifest
+from registry.errors import (
+    ContentTooComplex,
+    InvalidResponse,
+    MalformedManifest,
+    UnsupportedManifest,
+)
 from registry.media import (
     DOCKER_CONTAINER_CONFIG,
     DOCKER_MANIFEST_LIST,
@@ -334,3 +339,18 @@ def test_it_pairs_layers_with_the_history_entries_that_made_them():
     pairs = layers_in_history_order(layers, [base, env, run])
 
     assert pairs == [(layers[0], base), (layers[1], run), (layers[2], None)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(b"[" * 100_000 + b"]" * 100_000, "nests JSON deeper"), (b"7" * 5_000, "number too long")],
+    ids=["deep", "long number"],
+)
+def test_json_python_will_not_parse_is_too_complex_not_malformed(extra, message):
+    manifest = b'{"schemaVersion": 2, "config": {}, "extra": ' + extra + b"}"
+    config = b'{"os": "linux", "extra": ' + extra + b"}"
+
+    with pytest.raises(ContentTooComplex, match=message):
+        parse_manifest(manifest, OCI_MANIFEST)
+    with pytest.raises(ContentTooComplex, match=message):
+        parse_config(config)

@@ -81,7 +81,7 @@ def test_repository_search_narrows_by_name_and_says_when_nothing_matches(three, 
     assert repository_names(viewer_client.get("/", {"search": "DB/"})) == ["db/main"]
 
     page = viewer_client.get("/", {"search": "<zzz>"}).content.decode()
-    assert "No repository matches “&lt;zzz&gt;”" in page
+    assert 'No repository matches “<bdi class="name">&lt;zzz&gt;</bdi>”' in page
 
 
 def test_htmx_gets_only_the_repository_table(three, viewer_client):

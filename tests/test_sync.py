@@ -298,7 +298,7 @@ def test_the_command_prints_a_summary_and_fails_on_errors(pusher, registry_url, 
     call_command("sync_registry", "--workers", "2")
     out = capsys.readouterr().out
     assert "cmd/app" in out
-    assert "Synced 1 repositories" in out and "1 manifests added" in out
+    assert "Synced 1 repository" in out and "1 manifest added" in out
 
     call_command("sync_registry", "--repository", "cmd/app")
     assert "0 manifests added" in capsys.readouterr().out

@@ -17,6 +17,7 @@ register = template.Library()
 
 # Even the full text behind a disclosure is capped: a megabyte label must not bloat a page.
 LONG_TEXT_LIMIT = 10_000
+ARTIFACT_TYPE_CHARACTERS = 60
 
 
 @register.filter
@@ -91,7 +92,14 @@ def contents(manifest: Manifest) -> dict:
     children = []
     for child, platform in inventory.children_of(manifest):
         if child.subject_id == manifest.pk:
-            label = f"Referrer ({child.artifact_type})" if child.artifact_type else "Referrer"
+            # An artifact type is registry text of up to 255 characters: clipped to a label.
+            kind = child.artifact_type
+            kind = (
+                kind
+                if len(kind) <= ARTIFACT_TYPE_CHARACTERS
+                else kind[: ARTIFACT_TYPE_CHARACTERS - 1] + "…"
+            )
+            label = f"Referrer ({kind})" if kind else "Referrer"
         else:
             label = child.get_kind_display()
         children.append(Content(child, platform, label))

@@ -4,8 +4,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from hubimages import events
 from hubimages.connection import registry_client
+from hubimages.formatting import plural
 from hubimages.locks import LeaseBusy
-from hubimages.sync import sync_registry
+from hubimages.sync import SyncSummary, sync_registry
 
 
 class Command(BaseCommand):
@@ -20,8 +21,14 @@ class Command(BaseCommand):
             help="sync only this repository (repeatable)",
         )
         parser.add_argument("--workers", type=int, default=None, help="concurrent requests")
+        parser.add_argument(
+            "--prune",
+            action="store_true",
+            help="remove repositories the registry no longer has even when they are all, or "
+            "more than half, of those known (without it such a sync keeps them and says so)",
+        )
 
-    def handle(self, *args, repositories=None, workers=None, **options):
+    def handle(self, *args, repositories=None, workers=None, prune=False, **options):
         from django.conf import settings
 
         workers = workers or settings.SYNC_WORKERS
@@ -43,6 +50,7 @@ class Command(BaseCommand):
                 catalog=settings.REGISTRY_REPOSITORIES,
                 workers=workers,
                 progress=progress,
+                prune=prune,
             )
             # Registry events still pending (a push whose fetch failed, a deferred delete).
             processed_events = events.process_received(client)
@@ -57,12 +65,31 @@ class Command(BaseCommand):
         for error in summary.errors:
             self.stderr.write(self.style.ERROR(f"error: {error}"))
         self.stdout.write(
-            f"Synced {summary.repositories} repositories in {summary.duration:.1f}s: "
-            f"{summary.manifests_added} manifests added, {summary.tags_changed} tags changed, "
-            f"{summary.manifests_removed} manifests removed, "
-            f"{summary.repositories_removed} repositories removed, {len(summary.errors)} errors."
+            f"Synced {plural(summary.repositories, 'repository')} in {summary.duration:.1f}s: "
+            f"{plural(summary.manifests_added, 'manifest')} added, "
+            f"{plural(summary.tags_changed, 'tag')} changed, "
+            f"{plural(summary.manifests_removed, 'manifest')} removed, "
+            f"{plural(summary.repositories_removed, 'repository')} removed"
+            + (f", {len(summary.held_back)} held back" if summary.held_back else "")
+            + f", {plural(len(summary.errors), 'error')}."
         )
         if processed_events:
             self.stdout.write(f"Processed {processed_events} pending registry events.")
         if not summary.succeeded:
-            raise CommandError(f"{len(summary.errors)} repositories failed to sync")
+            raise CommandError(failure_message(summary))
+
+
+def failure_message(summary: SyncSummary) -> str:
+    """What went wrong, in one line: the catalog could not be read, "1 repository failed
+    to sync", repositories that seem gone kept for want of --prune."""
+    problems = []
+    if summary.catalog_failed:
+        problems.append("the catalog could not be read, so no repository was synced")
+    if summary.repositories_failed:
+        problems.append(f"{plural(summary.repositories_failed, 'repository')} failed to sync")
+    if summary.held_back:
+        problems.append(
+            f"{plural(len(summary.held_back), 'repository', 'repositories')} that seem gone "
+            "were kept (see the warning; --prune removes them)"
+        )
+    return "; ".join(problems)
