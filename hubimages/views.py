@@ -8,6 +8,7 @@ gets the whole page, since htmx swaps it into the body.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -19,15 +20,24 @@ from django.core.paginator import Page, Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from hubimages import deletion, inventory
+from hubimages import deletion, inventory, retention
 from hubimages.connection import registry_client
 from hubimages.formatting import human_size
 from hubimages.locks import RepositoryBusy
-from hubimages.models import DeletionRecord, Manifest, Repository, SyncRun
+from hubimages.models import (
+    DeletionRecord,
+    Manifest,
+    Repository,
+    RetentionPolicy,
+    RetentionRun,
+    SyncRun,
+)
+from hubimages.retention_form import KEEP_CHOICES, PolicyForm
 from registry import media
 
 REPOSITORIES_PER_PAGE = 50
@@ -368,3 +378,195 @@ def deletion_history(request: HttpRequest) -> HttpResponse:
         "state": {"repository": repository or None},
     }
     return render_page(request, "deletion_history.html", "records", context)
+
+
+# -- retention policies (SPEC §8) --------------------------------------------------------------
+
+RUNS_SHOWN = 10
+RUN_CHANGED = "The registry changed since your preview: nothing was deleted. Check the new preview."
+
+
+def _may_edit_policies(request: HttpRequest) -> None:
+    """A policy deletes: editing or running one needs the delete permission."""
+    if not deletion.can_delete(request.user):
+        raise PermissionDenied("retention policies need the hubimages.delete_manifest permission")
+
+
+@require_GET
+def retention_policies(request: HttpRequest) -> HttpResponse:
+    """Every policy: what it covers, its last run and what that freed, its next run."""
+    context = {
+        "policies": retention.policy_overview(),
+        "can_edit": deletion.can_delete(request.user),
+    }
+    return render(request, "retention.html", context)
+
+
+def _editor(
+    request: HttpRequest,
+    *,
+    row: RetentionPolicy | None,
+    form: PolicyForm,
+    notice: str = "",
+    error: str = "",
+    status: int = 200,
+    check: bool = True,
+) -> HttpResponse:
+    """The editor with the dry run of what its fields say (the whole page, or only the dry
+    run for htmx); Run now only when that is the stored policy, unchanged. `check=False`
+    for a blank new policy, which has nothing to complain about yet."""
+    draft = form.validate() if check else None
+    saved = retention.policy_of(row) if row is not None else None
+    context = {
+        "row": row,
+        "form": form,
+        "keep_choices": KEEP_CHOICES,
+        "draft": draft,
+        "preview": retention.dry_run(draft) if draft is not None else None,
+        "is_saved": saved is not None
+        and draft is not None
+        and draft.effective_json() == saved.effective_json(),
+        "policy_json": json.dumps(draft.as_json(), indent=2) if draft else "",
+        "runs": row.runs.all()[:RUNS_SHOWN] if row is not None else [],
+        "can_edit": deletion.can_delete(request.user),
+        "notice": notice,
+        "error": error,
+        "checked": check,
+    }
+    return render_page(request, "retention_policy.html", "dry_run", context, status=status)
+
+
+def _stored_policy(name: str) -> RetentionPolicy:
+    return get_object_or_404(RetentionPolicy, name=name)
+
+
+@require_GET
+@vary_on_htmx
+def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
+    row = _stored_policy(name)
+    return _editor(request, row=row, form=PolicyForm.from_policy(retention.policy_of(row)))
+
+
+@require_GET
+def retention_new(request: HttpRequest) -> HttpResponse:
+    _may_edit_policies(request)
+    return _editor(request, row=None, form=PolicyForm.from_policy(None), check=False)
+
+
+@require_POST
+@vary_on_htmx
+def retention_preview(request: HttpRequest) -> HttpResponse:
+    """The dry run of the editor's fields as they stand, saved or not: htmx asks for it as
+    you type; the Preview button gets the whole page (and a fresh empty rule row)."""
+    _may_edit_policies(request)
+    original = request.POST.get("original", "")
+    row = RetentionPolicy.objects.filter(name=original).first() if original else None
+    return _editor(request, row=row, form=PolicyForm.from_post(request.POST))
+
+
+@require_POST
+def retention_save(request: HttpRequest, name: str = "") -> HttpResponse:
+    _may_edit_policies(request)
+    row = _stored_policy(name) if name else None
+    form = PolicyForm.from_post(request.POST)
+    policy = form.validate()
+    if policy is None:
+        return _editor(request, row=row, form=form, status=422)
+    try:
+        saved = retention.save_policy(policy, original=row)
+    except retention.PolicyExists as exists:
+        form.errors.setdefault("name", []).append(f"{exists}: choose another name")
+        return _editor(request, row=row, form=form, status=422)
+    messages.success(request, f"Saved policy {saved.name}.")
+    return HttpResponseRedirect(reverse("retention_policy", args=[saved.name]), status=303)
+
+
+@require_POST
+def retention_run(request: HttpRequest, name: str) -> HttpResponse:
+    """Run now: exactly the previewed dry run (its `now` and fingerprint came with the
+    form), or nothing and a fresh preview."""
+    _may_edit_policies(request)
+    row = _stored_policy(name)
+    policy = retention.policy_of(row)
+    form = PolicyForm.from_policy(policy)
+    now = parse_datetime(request.POST.get("now", ""))
+    if now is None or now.tzinfo is None:
+        return _editor(request, row=row, form=form, notice=RUN_CHANGED, status=409)
+    if request.POST.get("confirm") != "yes":
+        return _editor(request, row=row, form=form, error=UNCONFIRMED, status=422)
+    try:
+        with registry_client() as client:
+            result = retention.run(
+                policy=policy,
+                now=now,
+                fingerprint=request.POST.get("fingerprint", ""),
+                client=client,
+                trigger=RetentionRun.Trigger.MANUAL,
+                started_by=request.user.get_username(),
+                user=request.user,
+                row=row,
+            )
+    except retention.InvalidPolicy as invalid:  # pragma: no cover - stored policies are valid
+        return _editor(request, row=row, form=form, error=str(invalid), status=422)
+    outcome = result.record.outcome
+    if outcome == RetentionRun.Outcome.CHANGED:
+        return _editor(request, row=row, form=form, notice=RUN_CHANGED, status=409)
+    if outcome == RetentionRun.Outcome.BUSY:
+        return _editor(request, row=row, form=form, error=BUSY, status=409)
+    if outcome == RetentionRun.Outcome.FAILED:
+        return _editor(request, row=row, form=form, error=result.record.message, status=502)
+    level = messages.SUCCESS if outcome == RetentionRun.Outcome.DONE else messages.WARNING
+    messages.add_message(request, level, result.record.message)
+    return HttpResponseRedirect(reverse("retention_policy", args=[row.name]), status=303)
+
+
+@require_POST
+def retention_delete(request: HttpRequest, name: str) -> HttpResponse:
+    """Delete the policy (its runs stay on record, under its name)."""
+    _may_edit_policies(request)
+    row = _stored_policy(name)
+    row.delete()
+    messages.success(request, f"Deleted policy {name}; its runs stay in the records.")
+    return HttpResponseRedirect(reverse("retention_policies"), status=303)
+
+
+@require_GET
+def retention_export(request: HttpRequest, name: str) -> HttpResponse:
+    policy = retention.policy_of(_stored_policy(name))
+    response = HttpResponse(
+        json.dumps(policy.as_json(), indent=2) + "\n", content_type="application/json"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{policy.name}.json"'
+    return response
+
+
+@require_POST
+def retention_import(request: HttpRequest) -> HttpResponse:
+    """Store a policy from its JSON (pasted, or an uploaded file); a policy of the same
+    name is replaced only when asked."""
+    _may_edit_policies(request)
+    upload = request.FILES.get("file")
+    text = request.POST.get("policy", "")
+    if upload is not None:
+        text = upload.read(retention.MAX_IMPORT_BYTES + 1).decode("utf-8", errors="replace")
+    problems: list[str] = []
+    if len(text) > retention.MAX_IMPORT_BYTES:
+        problems = [f"the file is larger than {retention.MAX_IMPORT_BYTES // 1000} kB"]
+    else:
+        try:
+            policy = retention.parse_policy_json(text)
+            row = retention.save_policy(policy, replace=request.POST.get("replace") == "yes")
+        except retention.InvalidPolicy as invalid:
+            problems = [str(error) for error in invalid.errors]
+        except retention.PolicyExists as exists:
+            problems = [f"{exists}: tick “Replace” to replace it"]
+    if problems:
+        context = {
+            "policies": retention.policy_overview(),
+            "can_edit": True,
+            "import_errors": problems,
+            "import_text": text,
+        }
+        return render(request, "retention.html", context, status=422)
+    messages.success(request, f"Imported policy {row.name}.")
+    return HttpResponseRedirect(reverse("retention_policy", args=[row.name]), status=303)
