@@ -814,7 +814,8 @@ def _in_use(manifest_ids: list[int], now: datetime) -> dict[int, str]:
 def _ago(when: datetime, now: datetime) -> str:
     if (now - when).total_seconds() < 60:
         return "just now"
-    return f"{timesince(when, now, depth=1)} ago"
+    # timesince joins number and unit with a no-break space; the command line prints this.
+    return f"{timesince(when, now, depth=1)} ago".replace("\xa0", " ")
 
 
 def _fingerprint(policy: Policy, now: datetime, results: list[RepositoryDryRun], total: int) -> str:
@@ -921,51 +922,20 @@ def _recheck(client: RegistryClient, repositories: list[Repository]) -> str:
 def _execute(
     record: RetentionRun, checked: DryRun, client: RegistryClient, *, user, brake: bool
 ) -> RunResult:
-    policy = checked.policy
-    notes: list[dict[str, Any]] = []
-    incomplete = False
+    notes, incomplete = [], False
     for repo in checked.repositories:
-        note: dict[str, Any] = {
-            "repository": repo.name,
-            "selected": len(repo.selected),
-            "deleted": 0,
-            "tags": 0,
-            "reclaimed_bytes": 0,
-            "note": "",
-        }
-        notes.append(note)
-        if not repo.plan.delete:
-            note["note"] = "nothing to delete"
-            continue
-        if brake and repo.over(policy.max_delete_fraction):
-            incomplete = True
-            note["note"] = (
-                f"stopped: would delete {len(repo.selected)} of {repo.candidates} top-level "
-                f"items ({repo.delete_fraction:.0%}), more than max_delete_fraction "
-                f"{policy.max_delete_fraction:g}; nothing deleted here"
-            )
-            continue
-        if repo.plan.refused:
-            incomplete = True
-            note["note"] = "nothing deleted here: " + "; ".join(
-                f"{item.digest}: {item.reason}" for item in repo.plan.refused
-            )
-            continue
-        try:
-            outcome = deletion.execute_deletion(
-                repository=repo.repository,
-                digests=repo.selected,
-                fingerprint=repo.plan.fingerprint,
-                user=user,
-                client=client,
-                username=f"policy:{policy.name}",
-            )
-        except deletion.RecheckFailed as failure:
-            incomplete = True
-            note["note"] = f"nothing deleted here: {failure}"
-            continue
-        note.update(_outcome_note(outcome))
-        incomplete = incomplete or not outcome.succeeded
+        note, done = _execute_repository(repo, checked.policy, client, user=user, brake=brake)
+        notes.append(
+            {
+                "repository": repo.name,
+                "selected": len(repo.selected),
+                "deleted": 0,
+                "tags": 0,
+                "reclaimed_bytes": 0,
+                **note,
+            }
+        )
+        incomplete = incomplete or not done
     record.repositories = notes
     record.manifests_deleted = sum(n["deleted"] for n in notes)
     record.tags_deleted = sum(n["tags"] for n in notes)
@@ -974,9 +944,58 @@ def _execute(
     return _finish(record, checked, outcome, _summary(record, incomplete))
 
 
+def _execute_repository(
+    repo: RepositoryDryRun, policy: Policy, client: RegistryClient, *, user, brake: bool
+) -> tuple[dict[str, Any], bool]:
+    """Delete one repository's part of a checked dry run: (its note, whether it went as
+    planned).
+
+    Its plan is computed again first: a blob shared only with an item of a repository this
+    run already cleaned is now reclaimable here too, so the bytes (and the fingerprint) may
+    have grown. Only the bytes may differ; what goes, what stays and why must not."""
+    if not repo.plan.delete:
+        return {"note": "nothing to delete"}, True
+    if brake and repo.over(policy.max_delete_fraction):
+        return {
+            "note": f"stopped: would delete {len(repo.selected)} of {repo.candidates} top-level "
+            f"items ({repo.delete_fraction:.0%}), more than max_delete_fraction "
+            f"{policy.max_delete_fraction:g}; nothing deleted here"
+        }, False
+    if repo.plan.refused:
+        refused = "; ".join(f"{item.digest}: {item.reason}" for item in repo.plan.refused)
+        return {"note": f"nothing deleted here: {refused}"}, False
+    current = deletion.plan_deletion(repository=repo.repository, digests=repo.selected)
+    if _what_goes(current) != _what_goes(repo.plan):
+        return {"note": CHANGED_WHILE_RUNNING}, False
+    try:
+        outcome = deletion.execute_deletion(
+            repository=repo.repository,
+            digests=repo.selected,
+            fingerprint=current.fingerprint,
+            user=user,
+            client=client,
+            username=f"policy:{policy.name}",
+        )
+    except deletion.RecheckFailed as failure:
+        return {"note": f"nothing deleted here: {failure}"}, False
+    return _outcome_note(outcome), outcome.succeeded
+
+
+CHANGED_WHILE_RUNNING = "the repository changed while the run went on: nothing deleted here"
+
+
+def _what_goes(plan: deletion.DeletionPlan) -> tuple:
+    """A plan without its bytes: what it deletes (with tags and sizes), keeps and refuses."""
+    return (
+        sorted((i.digest, i.kind, i.tags, i.size) for i in plan.delete),
+        sorted((i.digest, i.reason) for i in plan.keep),
+        sorted((i.digest, i.reason) for i in plan.refused),
+    )
+
+
 def _outcome_note(outcome: deletion.DeletionOutcome) -> dict[str, Any]:
     if outcome.stale:
-        return {"note": "the repository changed while the run went on: nothing deleted here"}
+        return {"note": CHANGED_WHILE_RUNNING}
     problems = [f"failed {i.digest}: {i.reason}" for i in outcome.failed]
     problems += [f"skipped {i.digest}: {i.reason}" for i in outcome.skipped]
     return {
