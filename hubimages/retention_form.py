@@ -76,6 +76,8 @@ class PolicyForm:
     enabled: bool = True
     rows: list[RuleRow] = field(default_factory=list)
     errors: dict[str, list[str]] = field(default_factory=dict)  # field -> messages
+    _checked: bool = field(default=False, repr=False)
+    _policy: retention.Policy | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for index, row in enumerate(self.rows):
@@ -148,10 +150,15 @@ class PolicyForm:
         return data
 
     def validate(self) -> retention.Policy | None:
-        """The policy, or None with every error placed on its field."""
+        """The policy, or None with every error placed on its field. Checks once: a view
+        may add an error of its own (a name in use) before the page is drawn."""
+        if self._checked:
+            return self._policy
+        self._checked = True
         policy_errors = retention.validate_policy(self.as_json())
         if not policy_errors:
-            return retention.parse_policy(self.as_json())
+            self._policy = retention.parse_policy(self.as_json())
+            return self._policy
         rule_rows = [row for row in self.rows if row.is_rule]
         for error in policy_errors:
             self._place(error, rule_rows)
