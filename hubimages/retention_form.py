@@ -123,8 +123,8 @@ class PolicyForm:
                     group_by=data.get(f"rule-{i}-group_by", "").strip(),
                 )
             )
-        if not rows or rows[-1].is_rule:
-            rows.append(RuleRow())
+        # Emptied rows go (numbers then match the dry run's "rule 2"); one empty row stays.
+        rows = [row for row in rows if row.is_rule] + [RuleRow()]
         return cls(
             name=data.get("name", "").strip(),
             repositories=data.get("repositories", "").strip(),

@@ -257,10 +257,24 @@ def test_the_preview_button_draws_the_whole_editor_with_a_new_empty_rule(shop, c
     page = deleter_client.post(PREVIEW, {**fields, "original": "ci"}).content.decode()
 
     assert 'id="policy-form"' in page and "<html" in page
-    assert "<legend>Rule 3</legend>" in page and "<legend>Add a rule</legend>" in page
-    assert 'name="rule-3-keep"' in page
+    assert "<legend>Rule 3</legend>" in page
+    assert '<legend>Rule 4 <span class="muted">(new)</span></legend>' in page
+    assert 'name="rule-3-keep"' in page and 'name="rule-4-keep"' not in page
     assert "kept by rule 3: pushed within 30 days" in page
     assert delete_items(page) == []
+
+
+def test_a_rule_emptied_in_the_middle_goes_and_the_others_renumber(shop, ci, deleter_client):
+    fields = editor_fields(
+        {**POLICY, "rules": [*POLICY["rules"], {"keep": "always", "tags": ["x"]}]}
+    )
+    fields["rule-0-keep"] = ""
+
+    page = deleter_client.post(PREVIEW, {**fields, "original": "ci"}).content.decode()
+
+    assert 'name="rule-2-keep"' in page and 'name="rule-3-keep"' not in page
+    assert 'id="rule-0-group_by" name="rule-0-group_by" value="^(main)-"' in page
+    assert "kept by rule 1: latest 1 of group main" in page
 
 
 def test_an_unchanged_policy_in_the_editor_can_run_as_it_was_saved(shop, ci, deleter_client):
