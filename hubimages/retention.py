@@ -23,10 +23,10 @@ import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
@@ -549,9 +549,9 @@ def policy_overview() -> list[PolicySummary]:
 # -- evaluation ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A top-level item; `tags` leaves out the referrer-schema tags, which never match."""
+class Candidate(NamedTuple):
+    """A top-level item; `tags` leaves out the referrer-schema tags, which never match.
+    (A named tuple: a run makes one per top-level item, tens of thousands.)"""
 
     pk: int
     digest: str
@@ -664,40 +664,59 @@ def dry_run(
 ) -> DryRun:
     """What a run of `policy` would delete and keep, as of `now`: reads, never writes.
 
-    Two queries read the candidates and their tags for every covered repository at once;
-    then the rules run in Python, and each repository with a selection gets its plan."""
+    A fixed number of queries whatever the number of repositories and items: two read
+    every covered repository's candidates and tags, the rules run in Python, and
+    `deletion.plan_deletions` plans every repository's selection at once."""
     now = now or start_now()
     repos = covered_repositories(policy, only=repositories)
     candidates = _candidates(repos)
-    results = []
+    evaluated = []
     for repository in repos:
         items = candidates.get(repository.pk, [])
         kept = evaluate(policy, items, now=now)
-        selected = tuple(
-            c.digest
-            for c in sorted(items, key=lambda c: (c.pushed_at, c.digest))
-            if c.pk not in kept
-        )
-        plan = deletion.plan_deletion(repository=repository, digests=selected)
-        kept_items = tuple(
-            KeptCandidate(c.digest, c.tags, tuple(kept[c.pk]))
-            for c in sorted(items, key=lambda c: (-c.pushed_at.timestamp(), c.digest))
-            if c.pk in kept
-        )
-        results.append(RepositoryDryRun(repository, len(items), selected, kept_items, plan, {}))
-    deleted_ids = [item.manifest_id for r in results for item in r.plan.delete]
-    in_use = _in_use(deleted_ids, now)
+        evaluated.append((repository, items, kept))
+    plans = deletion.plan_deletions(
+        {
+            repository: [c.digest for c in _oldest_first(items) if c.pk not in kept]
+            for repository, items, kept in evaluated
+        }
+    )
     results = [
-        replace(
-            r,
-            in_use={
-                i.digest: in_use[i.manifest_id] for i in r.plan.delete if i.manifest_id in in_use
-            },
-        )
-        for r in results
+        _repository_dry_run(repository, items, kept, plans.plans[repository.pk], now)
+        for repository, items, kept in evaluated
     ]
-    total = deletion.reclaimable_bytes(deleted_ids)
+    total = plans.reclaimable_bytes
     return DryRun(policy, now, tuple(results), total, _fingerprint(policy, now, results, total))
+
+
+def _oldest_first(items: list[Candidate]) -> list[Candidate]:
+    return sorted(items, key=lambda c: (c.pushed_at, c.digest))
+
+
+def _repository_dry_run(
+    repository: Repository,
+    items: list[Candidate],
+    kept: dict[int, list[str]],
+    plan: deletion.DeletionPlan,
+    now: datetime,
+) -> RepositoryDryRun:
+    newest_first = sorted(items, key=lambda c: c.digest)
+    newest_first.sort(key=lambda c: c.pushed_at, reverse=True)
+    in_use = {
+        item.digest: f"in use: pulled {_ago(item.last_pulled_at, now)}"
+        for item in plan.delete
+        if item.last_pulled_at and item.last_pulled_at >= now - IN_USE_WITHIN
+    }
+    return RepositoryDryRun(
+        repository=repository,
+        candidates=len(items),
+        selected=plan.selected,
+        kept=tuple(
+            KeptCandidate(c.digest, c.tags, tuple(kept[c.pk])) for c in newest_first if c.pk in kept
+        ),
+        plan=plan,
+        in_use=in_use,
+    )
 
 
 def _candidates(repositories: list[Repository]) -> dict[int, list[Candidate]]:
@@ -734,16 +753,16 @@ def evaluate(policy: Policy, items: list[Candidate], *, now: datetime) -> dict[i
 def _scope(rule: Rule, items: list[Candidate]) -> list[tuple[Candidate, tuple[str, ...]]]:
     """The rule's scope, each item with its in-scope tags (those matching `tags`)."""
     include, exclude, _ = rule.matchers
+    untagged = rule.includes_untagged
     scope = []
     for item in items:
-        if not item.tags:
-            if rule.includes_untagged:
+        tags = item.tags
+        if not tags:
+            if untagged:
                 scope.append((item, ()))
             continue
-        if exclude and any(exclude.match(tag) for tag in item.tags):
-            continue
-        matching = tuple(tag for tag in item.tags if include and include.match(tag))
-        if matching:
+        matching = tuple(tag for tag in tags if include.match(tag)) if include else ()
+        if matching and not (exclude and any(exclude.match(tag) for tag in tags)):
             scope.append((item, matching))
     return scope
 
@@ -799,16 +818,6 @@ def _group_keys(regex: re.Pattern | None, tags: tuple[str, ...]) -> set[str]:
         else:
             keys.add((match.group(1) if regex.groups else match.group(0)) or "")
     return keys
-
-
-def _in_use(manifest_ids: list[int], now: datetime) -> dict[int, str]:
-    """Deleted items pulled in the last 30 days: id -> "in use: pulled 2 days ago"."""
-    if not manifest_ids:
-        return {}
-    rows = Manifest.objects.filter(
-        pk__in=manifest_ids, last_pulled_at__gte=now - IN_USE_WITHIN
-    ).values_list("pk", "last_pulled_at")
-    return {pk: f"in use: pulled {_ago(pulled, now)}" for pk, pulled in rows}
 
 
 def _ago(when: datetime, now: datetime) -> str:
