@@ -88,6 +88,8 @@ class FieldError:
 
 
 class InvalidPolicy(ValueError):
+    """A policy's JSON has problems; `errors` names each with its field."""
+
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
         super().__init__("; ".join(str(error) for error in errors))
@@ -181,6 +183,8 @@ def _describe_scope(rule: Rule) -> str:
 
 @dataclass(frozen=True)
 class Policy:
+    """A checked policy (build one with `parse_policy`): what the engine runs."""
+
     name: str
     rules: tuple[Rule, ...]
     repositories: tuple[str, ...] = DEFAULT_REPOSITORIES
@@ -385,8 +389,11 @@ def _parse_rule(raw: Any, at: str) -> tuple[Rule | None, list[FieldError]]:
                 f"unknown keep kind {json.dumps(keep)}; use one of {', '.join(KEEP_KINDS)}",
             )
         )
-    errors += _check_number(raw, "count", keep in COUNTED, at, "latest_pushed and latest_pulled")
-    errors += _check_number(raw, "days", keep in TIMED, at, "pushed_within and pulled_within")
+    if keep in KEEP_KINDS:  # what goes with an unknown kind cannot be told
+        errors += _check_number(
+            raw, "count", keep in COUNTED, at, "latest_pushed and latest_pulled"
+        )
+        errors += _check_number(raw, "days", keep in TIMED, at, "pushed_within and pulled_within")
     tags = _pattern_list(raw, "tags", at, errors)
     exclude = _pattern_list(raw, "exclude_tags", at, errors)
     untagged = raw.get("untagged")
@@ -438,7 +445,7 @@ def _pattern_list(raw: dict, key: str, at: str, errors: list[FieldError]) -> tup
 
 
 def _check_group_by(value: Any, keep: Any, at: str) -> list[FieldError]:
-    if keep not in COUNTED:
+    if keep in KEEP_KINDS and keep not in COUNTED:
         return [FieldError(f"{at}.group_by", "group_by goes with latest_pushed and latest_pulled")]
     if not isinstance(value, str) or not value:
         return [FieldError(f"{at}.group_by", "a regular expression, such as ^(main|pr-[0-9]+)-")]
@@ -807,7 +814,8 @@ def _latest(rule: Rule, scope: list[tuple[Candidate, tuple[str, ...]]]) -> list[
 
 def _group_keys(regex: re.Pattern | None, tags: tuple[str, ...]) -> set[str]:
     """Its first capture group (else the whole match) in each in-scope tag; tags it does
-    not match, and untagged items, share the group ""."""
+    not match, untagged items, and a first group that took no part in the match all share
+    the group ""."""
     if regex is None or not tags:
         return {""}
     keys = set()
@@ -1074,9 +1082,14 @@ def run_due_policies(now: datetime, *, client: RegistryClient | None = None) -> 
             )
             if not claimed:
                 continue
+            try:
+                policy = policy_of(row)
+            except InvalidPolicy as invalid:  # edited behind the app's back, say in /admin/
+                results.append(_unreadable(row, now, invalid))
+                continue
             results.append(
                 run(
-                    policy=policy_of(row),
+                    policy=policy,
                     now=now,
                     fingerprint=None,
                     client=client,
@@ -1088,3 +1101,20 @@ def run_due_policies(now: datetime, *, client: RegistryClient | None = None) -> 
                 )
             )
     return results
+
+
+def _unreadable(row: RetentionPolicy, now: datetime, invalid: InvalidPolicy) -> RunResult:
+    record = RetentionRun.objects.create(
+        policy=row,
+        policy_name=row.name,
+        trigger=RetentionRun.Trigger.SCHEDULED,
+        started_by="schedule",
+        started_at=now,
+        finished_at=timezone.now(),
+        outcome=RetentionRun.Outcome.FAILED,
+        message=f"Nothing was deleted: the stored policy is not valid: {invalid}",
+    )
+    empty = DryRun(
+        Policy(name=row.name, rules=()), now, (), 0, _fingerprint(Policy(row.name, ()), now, [], 0)
+    )
+    return RunResult(record=record, dry_run=empty)

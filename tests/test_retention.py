@@ -653,3 +653,22 @@ def test_saving_a_schedule_makes_the_first_run_one_period_later(db, now):
 
     off = retention.save_policy(policy(*rules), original=row)
     assert off.next_run_at is None
+
+
+def test_a_stored_policy_that_no_longer_reads_fails_its_scheduled_run_and_deletes_nothing(
+    registry_client, db, now
+):
+    row = retention.save_policy(policy({"keep": "always"}, schedule={"every_hours": 1}))
+    RetentionPolicy.objects.filter(pk=row.pk).update(
+        rules=[{"keep": "bogus"}], next_run_at=now - timedelta(minutes=5)
+    )
+
+    [result] = retention.run_due_policies(now, client=registry_client)
+
+    assert result.record.outcome == RetentionRun.Outcome.FAILED
+    assert result.record.message == (
+        "Nothing was deleted: the stored policy is not valid: rules[0].keep: unknown keep "
+        'kind "bogus"; use one of always, latest_pushed, latest_pulled, pushed_within, '
+        "pulled_within"
+    )
+    assert RetentionPolicy.objects.get().next_run_at == now + timedelta(hours=1)
