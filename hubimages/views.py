@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -489,25 +490,22 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
     row = _stored_policy(name)
     policy = retention.policy_of(row)
     form = PolicyForm.from_policy(policy)
-    now = parse_datetime(request.POST.get("now", ""))
-    if now is None or now.tzinfo is None:
+    now = _aware_datetime(request.POST.get("now", ""))
+    if now is None:
         return _editor(request, row=row, form=form, notice=RUN_CHANGED, status=409)
     if request.POST.get("confirm") != "yes":
         return _editor(request, row=row, form=form, error=UNCONFIRMED, status=422)
-    try:
-        with registry_client() as client:
-            result = retention.run(
-                policy=policy,
-                now=now,
-                fingerprint=request.POST.get("fingerprint", ""),
-                client=client,
-                trigger=RetentionRun.Trigger.MANUAL,
-                started_by=request.user.get_username(),
-                user=request.user,
-                row=row,
-            )
-    except retention.InvalidPolicy as invalid:  # pragma: no cover - stored policies are valid
-        return _editor(request, row=row, form=form, error=str(invalid), status=422)
+    with registry_client() as client:
+        result = retention.run(
+            policy=policy,
+            now=now,
+            fingerprint=request.POST.get("fingerprint", ""),
+            client=client,
+            trigger=RetentionRun.Trigger.MANUAL,
+            started_by=request.user.get_username(),
+            user=request.user,
+            row=row,
+        )
     outcome = result.record.outcome
     if outcome == RetentionRun.Outcome.CHANGED:
         return _editor(request, row=row, form=form, notice=RUN_CHANGED, status=409)
@@ -518,6 +516,15 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
     level = messages.SUCCESS if outcome == RetentionRun.Outcome.DONE else messages.WARNING
     messages.add_message(request, level, result.record.message)
     return HttpResponseRedirect(reverse("retention_policy", args=[row.name]), status=303)
+
+
+def _aware_datetime(text: str) -> datetime | None:
+    """The preview's `now` as the form carried it; None when it is not one."""
+    try:
+        value = parse_datetime(text.strip()[:40])
+    except ValueError:
+        return None
+    return value if value is not None and value.tzinfo is not None else None
 
 
 @require_POST

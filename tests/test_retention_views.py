@@ -11,12 +11,10 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devtools.pusher import random_layer
-from hubimages import retention, views
+from hubimages import locks, retention, views
 from hubimages.models import DeletionRecord, Manifest, Repository, RetentionPolicy, RetentionRun
 from tests.builders import finish, manifest
 
@@ -148,7 +146,9 @@ def test_the_retention_page_lists_what_each_policy_covers_its_last_run_and_next_
     assert "New policy" not in page and "Import a policy" not in page  # a viewer
 
 
-def test_the_retention_page_needs_the_same_queries_for_many_policies_and_runs(db, deleter_client):
+def test_the_retention_page_needs_the_same_few_queries_for_many_policies_and_runs(
+    db, deleter_client, django_assert_max_num_queries
+):
     def add(count: int) -> int:
         for _ in range(count):
             row = retention.save_policy(
@@ -162,9 +162,11 @@ def test_the_retention_page_needs_the_same_queries_for_many_policies_and_runs(db
                     started_at=timezone.now() - timedelta(days=days),
                     outcome="done",
                 )
-        with CaptureQueriesContext(connection) as queries:
+        # session, user, policies with their last run, runs, repository names, permissions
+        # (2), last sync
+        with django_assert_max_num_queries(8) as captured:
             assert deleter_client.get(LIST).status_code == 200
-        return len(queries)
+        return len(captured)
 
     assert add(1) == add(12)
 
@@ -200,7 +202,7 @@ def test_the_editor_shows_per_repository_what_goes_what_stays_and_by_which_rule(
 
 
 def test_the_editor_needs_as_many_queries_for_a_big_repository_as_for_a_small_one(
-    db, deleter_client
+    db, deleter_client, django_assert_max_num_queries
 ):
     now = timezone.now()
 
@@ -224,7 +226,7 @@ def test_the_editor_needs_as_many_queries_for_a_big_repository_as_for_a_small_on
         retention.save_policy(
             retention.parse_policy({**POLICY, "name": pattern[:3], "repositories": [pattern]})
         )
-        with CaptureQueriesContext(connection) as captured:
+        with django_assert_max_num_queries(20) as captured:
             response = deleter_client.get(f"/retention/policies/{pattern[:3]}/")
         assert response.status_code == 200 and len(delete_items(response.content.decode())) > 2
         return len(captured)
@@ -404,6 +406,28 @@ def test_run_now_with_a_preview_the_registry_outdated_deletes_nothing(
     assert not DeletionRecord.objects.exists()
     assert all(registry_client.head_manifest(REPO, m.digest) for m in (*shop.mains, newer))
     assert RetentionRun.objects.get().outcome == "changed"
+
+
+def test_run_now_while_someone_else_holds_a_repository_deletes_nothing(shop, ci, deleter_client):
+    form = run_form(deleter_client.get(EDITOR).content.decode())
+    held = locks.acquire(Repository.objects.get(name=REPO), owner="sync")
+
+    response = deleter_client.post(RUN, {**form, "confirm": "yes"})
+
+    assert response.status_code == 409
+    assert views.BUSY in response.content.decode()
+    assert not DeletionRecord.objects.exists()
+    assert RetentionRun.objects.get().outcome == "busy"
+    locks.release(held)
+
+
+def test_a_preview_time_that_is_not_one_gets_a_fresh_preview(shop, ci, deleter_client):
+    form = run_form(deleter_client.get(EDITOR).content.decode())
+
+    for junk in ("yesterday", "2026-13-45T99:00:00Z", "2026-03-01T10:00:00"):
+        response = deleter_client.post(RUN, {**form, "now": junk, "confirm": "yes"})
+        assert response.status_code == 409, junk
+    assert not DeletionRecord.objects.exists() and not RetentionRun.objects.exists()
 
 
 def test_run_now_needs_the_box_ticked(shop, ci, deleter_client):
