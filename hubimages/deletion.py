@@ -52,6 +52,7 @@ from registry.media import referrer_tag_subject
 
 SELECTED = "selected"
 LOCK_RENEW_SECONDS = 60.0
+MANY = 64  # more ids than this go to the database as one parameter (`_values`)
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,6 @@ def _values(values: Collection) -> Collection | RawSQL:
         kind = "bigint" if isinstance(values[0], int) else "text"
         return RawSQL(f"SELECT unnest(%s::{kind}[])", (values,))
     return RawSQL("SELECT value FROM json_each(%s)", (json.dumps(values),))
-
-
-MANY = 64
 
 
 def _cascade(seeds: dict[int, str]) -> _Closure:

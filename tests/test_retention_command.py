@@ -197,3 +197,24 @@ def test_policies_import_and_export_as_the_same_json(policy_file, db, tmp_path):
     assert listed == "ci-cleanup  (no schedule, paused)\n"
     with pytest.raises(CommandError, match="no policy named nope"):
         call("retention_policy", "export", "nope")
+
+
+def test_an_exported_stored_policy_runs_from_standard_input_and_its_run_shows_as_its_own(
+    teams, policy_file, monkeypatch, pusher
+):
+    call("retention_policy", "import", policy_file)
+    exported, _ = call("retention_policy", "export", "ci-cleanup")
+
+    dry, _ = call(
+        "apply_retention",
+        "-",
+        "--dry-run",
+        "--json",
+        stdin=io.StringIO(exported),
+        monkeypatch=monkeypatch,
+    )
+    call("apply_retention", "-", "--yes", stdin=io.StringIO(exported), monkeypatch=monkeypatch)
+
+    assert [r["repository"] for r in json.loads(dry)["repositories"]] == ["team/app", "team/web"]
+    assert RetentionRun.objects.get().policy == RetentionPolicy.objects.get()
+    assert pusher.list_tags("team/web") == ["main-2", "v1"]

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from hubimages import retention
 from hubimages.connection import registry_client
 from hubimages.formatting import human_size, short_digest
-from hubimages.models import RetentionRun
+from hubimages.models import RetentionPolicy, RetentionRun
 
 
 class Command(BaseCommand):
@@ -63,6 +63,7 @@ class Command(BaseCommand):
                 trigger=RetentionRun.Trigger.COMMAND,
                 started_by=f"cli:{getpass.getuser()}",
                 repositories=repositories,
+                row=stored_as(parsed),
             )
         self.report(result.record, as_json)
         if result.record.outcome != RetentionRun.Outcome.DONE:
@@ -154,6 +155,15 @@ def read_policy(path: str) -> retention.Policy:
         raise CommandError(
             f"{path} is not a valid policy:\n" + "\n".join(f"  {e}" for e in invalid.errors)
         ) from None
+
+
+def stored_as(policy: retention.Policy) -> RetentionPolicy | None:
+    """The stored policy this file is an export of (same name, same rules): its runs from
+    here show on its page too."""
+    row = RetentionPolicy.objects.filter(name=policy.name).first()
+    if row is not None and retention.policy_of(row).effective_json() == policy.effective_json():
+        return row
+    return None
 
 
 def check_covered(policy: retention.Policy, repositories: list[str]) -> None:
