@@ -95,6 +95,8 @@ def test_the_dry_run_follows_the_editor_as_you_type_and_run_now_deletes_it(
     expect(page.locator(".message-success")).to_contain_text("Deleted 4 manifests and 4 tags;")
     expect(page.locator(DELETED)).to_have_count(0)
     expect(dry_run).to_contain_text("0 of 1 item go")
+    page.locator("tr.run details summary").click()
+    page.screenshot(path=ARTIFACTS / "retention-after-run.png", full_page=True)
     assert {r.username for r in DeletionRecord.objects.all()} == {"policy:ci"}
     assert DeletionRecord.objects.count() == 4
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Deletion history").click()
@@ -130,3 +132,5 @@ def test_with_javascript_off_the_preview_button_shows_the_dry_run(app, signed_in
     row = page.locator('tr.policy[data-policy="releases"]')
     expect(row).to_contain_text("4 manifests deleted")
     expect(row.locator(".freed")).to_have_text(human_size(plan.reclaimable_bytes))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "retention.png", full_page=True)
