@@ -901,14 +901,14 @@ def run(
     )
     if fingerprint is not None and first.fingerprint != fingerprint:
         return _finish(record, first, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
-    names = [r.repository for r in first.repositories]
+    covered = [r.repository for r in first.repositories]
     try:
         with ExitStack() as stack:
-            for repository in names:
+            for repository in covered:
                 stack.enter_context(
                     repository_lock(repository, owner=f"retention:{policy.name}", wait=lock_wait)
                 )
-            failure = _recheck(client, names)
+            failure = _recheck(client, covered)
             if failure:
                 return _finish(record, first, RetentionRun.Outcome.FAILED, failure)
             checked = dry_run(policy, now=now, repositories=repositories)
