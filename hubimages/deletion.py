@@ -23,11 +23,13 @@ import hashlib
 import heapq
 import json
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Sum
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from hubimages import rollups
@@ -50,6 +52,7 @@ from registry.errors import RegistryError
 from registry.media import referrer_tag_subject
 
 SELECTED = "selected"
+MANY = 64  # more ids than this go to the database as one parameter (`_values`)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class PlannedItem:
     size: int
     because: str
     group: str
+    last_pulled_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -172,39 +176,89 @@ def normalize_digest(text: str) -> str:
 
 @dataclass
 class _Closure:
-    members: dict[int, tuple[str, str, int]]  # id -> (because, group, round)
-    kept: dict[int, tuple[str, str]]  # id -> (reason, group)
+    members: dict[int, tuple[str, int, int]]  # id -> (because, seed id, round)
+    kept: dict[int, tuple[str, int]]  # id -> (reason, seed id)
+
+
+@dataclass(frozen=True)
+class PlanSet:
+    """The plans of several repositories, made together by `plan_deletions`."""
+
+    plans: dict[int, DeletionPlan]  # by repository id
+    reclaimable_bytes: int  # what deleting every plan frees, all together
 
 
 def plan_deletion(*, repository: Repository, digests: Iterable[str]) -> DeletionPlan:
     """What deleting `digests` from `repository` takes with it, keeps, refuses and frees."""
-    selected = tuple(dict.fromkeys(normalize_digest(d) for d in digests))
-    found = dict(
-        Manifest.objects.filter(repository=repository, digest__in=selected).values_list(
-            "digest", "pk"
-        )
-    )
-    refused = {
-        digest: f"not in repository {repository.name}" for digest in selected if digest not in found
+    return plan_deletions({repository: digests}).plans[repository.pk]
+
+
+def plan_deletions(selections: Mapping[Repository, Iterable[str]]) -> PlanSet:
+    """`plan_deletion` for each repository, in a fixed number of queries however many
+    repositories and digests there are (a retention run plans every repository it covers).
+
+    Each plan is its repository's own, exactly as if planned alone. A blob that only the
+    deleted manifests of two repositories use is therefore in neither plan's bytes, and in
+    the set's `reclaimable_bytes`, which is the whole deletion's."""
+    repositories = {repository.pk: repository for repository in selections}
+    selected = {
+        repository.pk: tuple(dict.fromkeys(normalize_digest(d) for d in digests))
+        for repository, digests in selections.items()
     }
-    seeds = {found[d]: d for d in selected if d in found}
+    found = _found(selected)
+    refused: dict[int, dict[str, str]] = {
+        pk: {d: f"not in repository {repositories[pk].name}" for d in ds if (pk, d) not in found}
+        for pk, ds in selected.items()
+    }
+    seeds = {found[pk, d]: d for pk, ds in selected.items() for d in ds if (pk, d) in found}
+    owner = {found[key]: key[0] for key in found}
     while True:
         closure = _cascade(seeds)
         blocked = _staying_parents(seeds, closure.members)
         if not blocked:
             break
         for manifest_id, indexes in blocked.items():
-            refused[seeds.pop(manifest_id)] = (
+            refused[owner[manifest_id]][seeds.pop(manifest_id)] = (
                 f"used by index {short_digest(indexes[0])}, which stays — "
                 "delete the index instead or remove it from the index first"
             )
-    return _assemble(repository, selected, closure, refused)
+    return _assemble(repositories, selected, seeds, closure, refused)
+
+
+def _found(selected: dict[int, tuple[str, ...]]) -> dict[tuple[int, str], int]:
+    """(repository id, digest) -> manifest id, for the selected digests that exist."""
+    wanted = {(pk, digest) for pk, digests in selected.items() for digest in digests}
+    rows = Manifest.objects.filter(digest__in=_values({digest for _, digest in wanted}))
+    if len(selected) == 1:
+        rows = rows.filter(repository_id__in=list(selected))
+    # With several repositories, by digest alone: SQLite would otherwise probe every
+    # repository × digest pair of its (repository, digest) index.
+    return {
+        (repo, digest): pk
+        for repo, digest, pk in rows.values_list("repository_id", "digest", "pk")
+        if (repo, digest) in wanted
+    }
+
+
+def _values(values: Collection) -> Collection | RawSQL:
+    """Many ids or digests for an `__in` lookup, as one query parameter.
+
+    Django prepares an IN list value by value, a few microseconds each: for a retention
+    run's thousands of manifests that was most of the plan's time. A JSON array (SQLite)
+    or an array (PostgreSQL) is one parameter, unpacked by the database."""
+    values = list(values)
+    if len(values) <= MANY:
+        return values
+    if connection.vendor == "postgresql":
+        kind = "bigint" if isinstance(values[0], int) else "text"
+        return RawSQL(f"SELECT unnest(%s::{kind}[])", (values,))
+    return RawSQL("SELECT value FROM json_each(%s)", (json.dumps(values),))
 
 
 def _cascade(seeds: dict[int, str]) -> _Closure:
-    members: dict[int, tuple[str, str, int]] = {pk: (SELECTED, d, 0) for pk, d in seeds.items()}
-    rank = {digest: position for position, digest in enumerate(seeds.values())}
-    pending: dict[int, tuple[str, str]] = {}
+    members: dict[int, tuple[str, int, int]] = {pk: (SELECTED, pk, 0) for pk in seeds}
+    rank = {pk: position for position, pk in enumerate(seeds)}
+    pending: dict[int, tuple[str, int]] = {}
     own_tags: dict[int, list[str]] = {}
     staying: dict[int, list[str]] = {}
     frontier: Collection[int] = list(seeds)
@@ -218,36 +272,36 @@ def _cascade(seeds: dict[int, str]) -> _Closure:
         staying = _staying_parents(pending, members)
         addable = [pk for pk in pending if pk not in staying and not own_tags.get(pk)]
         for pk in addable:
-            because, group = pending.pop(pk)
-            members[pk] = (because, group, round_)
+            because, seed = pending.pop(pk)
+            members[pk] = (because, seed, round_)
         frontier = addable
     kept = {
-        pk: (_kept_reason(own_tags.get(pk, []), staying.get(pk, [])), group)
-        for pk, (_, group) in pending.items()
+        pk: (_kept_reason(own_tags.get(pk, []), staying.get(pk, [])), seed)
+        for pk, (_, seed) in pending.items()
     }
     return _Closure(members=members, kept=kept)
 
 
 def _reached_from(
-    frontier: Collection[int], members: dict[int, tuple[str, str, int]], rank: dict[str, int]
-) -> dict[int, tuple[str, str]]:
-    """Referrers and index children of `frontier` not yet deleted: id -> (because, group).
+    frontier: Collection[int], members: dict[int, tuple[str, int, int]], rank: dict[int, int]
+) -> dict[int, tuple[str, int]]:
+    """Referrers and index children of `frontier` not yet deleted: id -> (because, seed).
 
     Reached several ways, an item goes with the earliest selection, as a referrer first."""
-    best: dict[int, tuple[tuple, tuple[str, str]]] = {}
+    best: dict[int, tuple[tuple, tuple[str, int]]] = {}
 
     def offer(pk: int, via_id: int, priority: int, because: str) -> None:
-        group = members[via_id][1]
-        key = (rank[group], priority, because)
+        seed = members[via_id][1]
+        key = (rank[seed], priority, because)
         if pk not in members and (pk not in best or key < best[pk][0]):
-            best[pk] = (key, (because, group))
+            best[pk] = (key, (because, seed))
 
-    referrers = Manifest.objects.filter(subject_id__in=frontier).values_list(
+    referrers = Manifest.objects.filter(subject_id__in=_values(frontier)).values_list(
         "pk", "subject_id", "subject__digest"
     )
     for pk, subject_id, subject_digest in referrers:
         offer(pk, subject_id, 0, f"referrer of {short_digest(subject_digest)}")
-    children = IndexEntry.objects.filter(index_id__in=frontier).values_list(
+    children = IndexEntry.objects.filter(index_id__in=_values(frontier)).values_list(
         "child_id", "index_id", "index__digest"
     )
     for pk, index_id, index_digest in children:
@@ -261,7 +315,7 @@ def _own_tags(manifest_ids: list[int]) -> dict[int, list[str]]:
     if not manifest_ids:
         return tags
     rows = (
-        Tag.objects.filter(manifest_id__in=manifest_ids)
+        Tag.objects.filter(manifest_id__in=_values(manifest_ids))
         .values_list("manifest_id", "name", "manifest__subject_digest")
         .order_by("name")
     )
@@ -278,8 +332,8 @@ def _staying_parents(manifest_ids: Collection[int], leaving: Collection[int]) ->
     if not manifest_ids:
         return parents
     rows = (
-        IndexEntry.objects.filter(child_id__in=list(manifest_ids))
-        .exclude(index_id__in=list(leaving))
+        IndexEntry.objects.filter(child_id__in=_values(manifest_ids))
+        .exclude(index_id__in=_values(leaving))
         .values_list("child_id", "index__digest")
         .order_by("index__digest")
     )
@@ -303,38 +357,78 @@ def _kept_reason(tags: list[str], indexes: list[str]) -> str:
 
 
 def _assemble(
-    repository: Repository,
-    selected: tuple[str, ...],
+    repositories: dict[int, Repository],
+    selected: dict[int, tuple[str, ...]],
+    seeds: dict[int, str],
     closure: _Closure,
-    refused: dict[str, str],
-) -> DeletionPlan:
+    refused: dict[int, dict[str, str]],
+) -> PlanSet:
+    members = closure.members
     tags: dict[int, list[str]] = defaultdict(list)
     for manifest_id, name in (
-        Tag.objects.filter(manifest_id__in=list(closure.members))
+        Tag.objects.filter(manifest_id__in=_values(members))
         .values_list("manifest_id", "name")
         .order_by("name")
     ):
         tags[manifest_id].append(name)
-    order = {digest: position for position, digest in enumerate(selected)}
-    delete = []
-    for pk, digest, kind, os, architecture, variant, size in Manifest.objects.filter(
-        pk__in=list(closure.members)
-    ).values_list("pk", "digest", "kind", "os", "architecture", "variant", "total_size"):
-        because, group, round_ = closure.members[pk]
+    order = {pk: {d: i for i, d in enumerate(digests)} for pk, digests in selected.items()}
+    delete: dict[int, list] = defaultdict(list)
+    repository_of: dict[int, int] = {}
+    for pk, repo, digest, kind, os, architecture, variant, size, pulled in Manifest.objects.filter(
+        pk__in=_values(members)
+    ).values_list(
+        "pk",
+        "repository_id",
+        "digest",
+        "kind",
+        "os",
+        "architecture",
+        "variant",
+        "total_size",
+        "last_pulled_at",
+    ):
+        because, seed, round_ = members[pk]
+        group = seeds[seed]
+        repository_of[pk] = repo
         platform = platform_label(os, architecture, variant)
-        item = PlannedItem(pk, digest, kind, platform, tuple(tags[pk]), size, because, group)
-        delete.append((order[group], round_, digest, item))
-    keep = [
-        (order[closure.kept[pk][1]], digest, KeptItem(digest, kind, *closure.kept[pk]))
-        for pk, digest, kind in Manifest.objects.filter(pk__in=list(closure.kept)).values_list(
-            "pk", "digest", "kind"
+        item = PlannedItem(
+            pk, digest, kind, platform, tuple(tags[pk]), size, because, group, pulled
         )
-    ]
+        delete[repo].append((order[repo][group], round_, digest, item))
+    keep: dict[int, list] = defaultdict(list)
+    for pk, repo, digest, kind in Manifest.objects.filter(pk__in=_values(closure.kept)).values_list(
+        "pk", "repository_id", "digest", "kind"
+    ):
+        reason, seed = closure.kept[pk]
+        group = seeds[seed]
+        keep[repo].append((order[repo][group], digest, KeptItem(digest, kind, reason, group)))
+    by_repository, total = _reclaimable_by_repository(repository_of)
+    plans = {
+        pk: _plan(
+            repository,
+            selected[pk],
+            delete[pk],
+            keep[pk],
+            refused[pk],
+            by_repository.get(pk, 0),
+        )
+        for pk, repository in repositories.items()
+    }
+    return PlanSet(plans=plans, reclaimable_bytes=total)
+
+
+def _plan(
+    repository: Repository,
+    selected: tuple[str, ...],
+    delete: list,
+    keep: list,
+    refused: dict[str, str],
+    reclaimable: int,
+) -> DeletionPlan:
     items = tuple(entry[-1] for entry in sorted(delete, key=lambda e: e[:3]))
     kept = tuple(entry[-1] for entry in sorted(keep, key=lambda e: e[:2]))
     refusals = tuple(RefusedItem(d, refused[d]) for d in selected if d in refused)
-    tags_removed = tuple(sorted(name for names in tags.values() for name in names))
-    reclaimable = reclaimable_bytes(list(closure.members))
+    tags_removed = tuple(sorted(name for item in items for name in item.tags))
     return DeletionPlan(
         repository=repository.name,
         selected=selected,
@@ -347,13 +441,45 @@ def _assemble(
     )
 
 
+def _reclaimable_by_repository(repository_of: dict[int, int]) -> tuple[dict[int, int], int]:
+    """What deleting these manifests (id -> repository id) frees, per repository and all
+    together, in one query: the blobs they reference that no other manifest of any
+    repository does (the predicate of `reclaimable_bytes`, over their union). A
+    repository's figure is the blobs only its own manifests among them use: what its plan
+    alone would free."""
+    if not repository_of:
+        return {}, 0
+    ids = _values(repository_of)
+    used_elsewhere = ManifestBlob.objects.filter(blob_id=OuterRef("blob_id")).exclude(
+        manifest_id__in=ids
+    )
+    sizes: dict[int, int] = {}
+    holder: dict[int, int | None] = {}  # blob id -> its one repository, None if several
+    for blob_id, manifest_id, size in (
+        ManifestBlob.objects.filter(manifest_id__in=ids)
+        .filter(~Exists(used_elsewhere))
+        .order_by()
+        .values_list("blob_id", "manifest_id", "blob__size")
+    ):
+        repository = repository_of[manifest_id]
+        if blob_id not in sizes:
+            sizes[blob_id], holder[blob_id] = size, repository
+        elif holder[blob_id] != repository:
+            holder[blob_id] = None
+    by_repository: dict[int, int] = defaultdict(int)
+    for blob_id, repository in holder.items():
+        if repository is not None:
+            by_repository[repository] += sizes[blob_id]
+    return dict(by_repository), sum(sizes.values())
+
+
 def reclaimable_bytes(manifest_ids: Collection[int]) -> int:
     """Total size of the distinct blobs these manifests reference and no other manifest
     of any repository does: what the registry's garbage collector frees once they are gone.
     One query."""
     if not manifest_ids:
         return 0
-    ids = list(manifest_ids)
+    ids = _values(manifest_ids)
     used_elsewhere = ManifestBlob.objects.filter(blob_id=OuterRef("pk")).exclude(
         manifest_id__in=ids
     )

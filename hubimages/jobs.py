@@ -29,10 +29,18 @@ from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from hubimages import deletion, events, sync
+from hubimages import deletion, events, retention, sync
 from hubimages.connection import registry_client
 from hubimages.locks import LeaseBusy, LeaseLost
-from hubimages.models import Deletion, Job, Repository, Schedule, WorkerHeartbeat
+from hubimages.models import (
+    Deletion,
+    Job,
+    Repository,
+    RetentionPolicy,
+    RetentionRun,
+    Schedule,
+    WorkerHeartbeat,
+)
 from registry.errors import RegistryError
 
 log = logging.getLogger("hubimages.jobs")
@@ -89,6 +97,27 @@ def start_sync(*, user=None, started_by: str = "", repository: str = "") -> Job:
         kind=kind, repository=repository, state__in=(State.QUEUED, State.RUNNING)
     ).first()
     return waiting or start(kind, user=user, started_by=started_by, repository=repository)
+
+
+def start_retention(
+    *,
+    policy: str,
+    now: datetime,
+    fingerprint: str | None,
+    user=None,
+    started_by: str = "",
+    scheduled: bool = False,
+) -> Job:
+    """A retention run of the stored policy `policy` as of `now`: exactly the dry run
+    previewed as `fingerprint`, or (scheduled, no fingerprint) previewed and executed in
+    one go with the brake."""
+    params = {
+        "policy": policy,
+        "now": now.isoformat(),
+        "fingerprint": fingerprint,
+        "scheduled": scheduled,
+    }
+    return start(Kind.RETENTION, user=user, started_by=started_by, params=params)
 
 
 def start_deletion(*, repository: Repository, digests: list[str], fingerprint: str, user) -> Job:
@@ -257,10 +286,47 @@ def deletion_outcome(outcome: deletion.DeletionOutcome) -> dict:
     return result
 
 
+def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
+    """A busy repository (nothing deleted) is retried; a plan that changed or a registry
+    that failed the re-check ends the job with the run's record saying why."""
+    row = RetentionPolicy.objects.filter(name=job.params["policy"]).first()
+    if row is None:
+        return {"failed_because": f"policy {job.params['policy']} no longer exists"}
+    now = datetime.fromisoformat(job.params["now"])
+    progress(f"Running policy {row.name} as of {now:%Y-%m-%d %H:%M:%S} UTC")
+    with registry_client() as client:
+        if job.params.get("scheduled"):
+            result = retention.run_scheduled(row, now, client=client)
+        else:
+            result = retention.run(
+                policy=retention.policy_of(row),
+                now=now,
+                fingerprint=job.params["fingerprint"],
+                client=client,
+                trigger=RetentionRun.Trigger.MANUAL,
+                started_by=job.started_by,
+                user=job.user,
+                row=row,
+            )
+    record = result.record
+    if record.outcome == RetentionRun.Outcome.BUSY:
+        raise Retry(record.message)
+    outcome = {
+        "policy": row.name,
+        "retention_run": record.pk,
+        "run_outcome": record.outcome,
+        "message": record.message,
+    }
+    if record.outcome != RetentionRun.Outcome.DONE:
+        outcome["failed_because"] = record.message
+    return outcome
+
+
 HANDLERS: dict[str, Callable[[Job, Callable[[str], None]], dict]] = {
     Kind.SYNC: _run_full_sync,
     Kind.SYNC_REPOSITORY: _run_repository_sync,
     Kind.DELETION: _run_deletion,
+    Kind.RETENTION: _run_retention,
 }
 
 
@@ -351,13 +417,24 @@ def _recover_deletion(job: Job, reason: str) -> None:
 
 
 def schedule_due(now: datetime | None = None) -> list[Job]:
-    """Start what the schedule says is due: the periodic full sync. Any number of workers
-    may call this at once; the conditional UPDATE on `Schedule` lets one of them win."""
+    """Start what the schedule says is due: the periodic full sync, the retention policies
+    whose time has come. Any number of workers may call this at once; conditional UPDATEs
+    (`Schedule`, each policy's `next_run_at`) let one of them win each."""
     now = now or timezone.now()
     started = []
     interval = settings.SYNC_INTERVAL_MINUTES
     if interval and claim_schedule(SCHEDULE_SYNC, now, timedelta(minutes=interval)):
         started.append(start_sync(started_by="schedule"))
+    for policy in retention.claim_due_policies(now):
+        started.append(
+            start_retention(
+                policy=policy.name,
+                now=now,
+                fingerprint=None,
+                started_by="schedule",
+                scheduled=True,
+            )
+        )
     if claim_schedule(SCHEDULE_HOUSEKEEPING, now, HOUSEKEEPING_EVERY):
         housekeeping(now)
     return started
@@ -367,10 +444,13 @@ def claim_schedule(name: str, now: datetime, every: timedelta) -> bool:
     """True for exactly one caller per period, on any number of hosts."""
     if Schedule.objects.filter(name=name, next_run_at__lte=now).update(next_run_at=now + every):
         return True
+    if Schedule.objects.filter(name=name).exists():
+        return False  # not due yet
     try:
-        Schedule.objects.create(name=name, next_run_at=now + every)
+        with transaction.atomic():
+            Schedule.objects.create(name=name, next_run_at=now + every)
     except IntegrityError:
-        return False  # it exists and is not due, or another worker created it just now
+        return False  # another worker created it just now
     return True
 
 

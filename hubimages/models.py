@@ -380,3 +380,70 @@ class Schedule(models.Model):
 
     name = models.CharField(max_length=64, unique=True)
     next_run_at = models.DateTimeField()
+
+
+class RetentionPolicy(models.Model):
+    """A stored retention policy (SPEC §8), its fields those of the policy's JSON.
+
+    `rules` holds the rules as written (checked by `retention.parse_policy` before saving);
+    `next_run_at` is when its schedule is next due (None: no schedule), kept by
+    `retention.save_policy` and `retention.run_due_policies`."""
+
+    name = models.CharField(max_length=100, unique=True)
+    repositories = models.JSONField(default=list)
+    rules = models.JSONField(default=list)
+    max_delete_fraction = models.FloatField(default=0.5)
+    schedule_hours = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Run every this many hours; empty: no schedule."
+    )
+    enabled = models.BooleanField(default=True, help_text="Off: the schedule is paused.")
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "retention policies"
+        indexes = [models.Index(fields=["enabled", "next_run_at"], name="policy_by_next_run")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RetentionRun(models.Model):
+    """One run of a policy, manual or scheduled: what it deleted and freed, and per
+    repository what happened (`repositories`: a list of {"repository", "selected",
+    "deleted", "tags", "reclaimed_bytes", "note"}). Its deletions are in DeletionRecord
+    under the username `policy:<name>`."""
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "Run now"
+        SCHEDULED = "scheduled", "Schedule"
+        COMMAND = "command", "Command line"
+
+    class Outcome(models.TextChoices):
+        DONE = "done", "Done"
+        INCOMPLETE = "incomplete", "Incomplete"
+        CHANGED = "changed", "Plan changed: nothing deleted"
+        BUSY = "busy", "Busy: nothing deleted"
+        FAILED = "failed", "Failed: nothing deleted"
+
+    policy = models.ForeignKey(
+        RetentionPolicy, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    policy_name = models.CharField(max_length=100)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    started_by = models.CharField(max_length=150, blank=True)
+    started_at = models.DateTimeField(help_text="The run's `now`, fixed at its start.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    message = models.TextField(blank=True)
+    manifests_deleted = models.PositiveIntegerField(default=0)
+    tags_deleted = models.PositiveIntegerField(default=0)
+    reclaimed_bytes = models.BigIntegerField(default=0)
+    planned_bytes = models.BigIntegerField(default=0, help_text="The dry run's total.")
+    repositories = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["policy", "-started_at"], name="run_by_policy")]

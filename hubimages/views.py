@@ -8,8 +8,10 @@ gets the whole page, since htmx swaps it into the body.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -19,13 +21,22 @@ from django.core.paginator import Page, Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from hubimages import deletion, inventory, jobs
+from hubimages import deletion, inventory, jobs, retention
 from hubimages.formatting import human_size
-from hubimages.models import DeletionRecord, Job, Manifest, Repository, SyncRun
+from hubimages.models import (
+    DeletionRecord,
+    Job,
+    Manifest,
+    Repository,
+    RetentionPolicy,
+    SyncRun,
+)
+from hubimages.retention_form import KEEP_CHOICES, PolicyForm
 from hubimages.templatetags.hubimages_tags import LONG_TEXT_LIMIT
 from registry import media
 
@@ -46,6 +57,7 @@ REPOSITORY_COLUMNS = (("name", "Name"), ("size", "Size"), ("last_pushed", "Last 
 MAX_SELECTED = 1000
 HISTORY_PER_PAGE = 50
 JOBS_PER_PAGE = 50
+SYNC_KINDS = (Job.Kind.SYNC, Job.Kind.SYNC_REPOSITORY)
 CHANGED = "The registry changed since your preview: nothing was deleted. Check the new preview."
 UNCONFIRMED = "Tick the box to confirm that you understand what will be deleted."
 
@@ -329,8 +341,8 @@ def _follow(request: HttpRequest, job: Job, *, back: str = "") -> HttpResponse:
     """Answer a request that started a job: its progress in place for htmx, else its page."""
     url = reverse("job", args=[job.pk]) + (f"?{urlencode({'back': back})}" if back else "")
     if request.htmx:
-        # A deletion replaces the preview dialog; a sync shows under its button.
-        partial = "dialog" if job.kind == Job.Kind.DELETION else "status"
+        # A deletion or a retention run replaces its preview; a sync shows under its button.
+        partial = "status" if job.kind in SYNC_KINDS else "dialog"
         return render(request, f"job.html#{partial}", _job_context(request, job, back))
     return HttpResponseRedirect(url, status=303)
 
@@ -343,8 +355,13 @@ def _job_context(request: HttpRequest, job: Job, back: str) -> dict:
         "repository": repository,
         "list_url": list_url(repository, back) if repository else reverse("repositories"),
     }
+    context["back_url"] = context["list_url"]
     if job.kind == Job.Kind.DELETION and job.finished:
         context["deletion"] = _deletion_summary(job.outcome)
+        context["done_message"] = context["deletion"]["message"]
+    if job.kind == Job.Kind.RETENTION:
+        context["back_url"] = reverse("retention_policy", args=[job.params["policy"]])
+        context["done_message"] = job.outcome.get("message", "")
     return context
 
 
@@ -367,10 +384,10 @@ def job(request: HttpRequest, job_id: int) -> HttpResponse:
     back = request.GET.get("back", "")[:1000]
     context = _job_context(request, job, back)
     if request.htmx and request.GET.get("in") == "dialog":
-        if job.finished and job.kind == Job.Kind.DELETION and job.state == Job.State.SUCCEEDED:
-            # All went: back to the list as the user left it, with the message.
-            messages.success(request, context["deletion"]["message"])
-            return HttpResponseClientRedirect(context["list_url"])
+        if job.state == Job.State.SUCCEEDED and job.kind in (Job.Kind.DELETION, Job.Kind.RETENTION):
+            # All went: back to where the user came from, with the message.
+            messages.success(request, context["done_message"])
+            return HttpResponseClientRedirect(context["back_url"])
         return render(request, "job.html#dialog-body", context)
     return render_page(request, "job.html", "status", context)
 
@@ -443,3 +460,192 @@ def deletion_history(request: HttpRequest) -> HttpResponse:
         "state": {"repository": repository or None},
     }
     return render_page(request, "deletion_history.html", "records", context)
+
+
+# -- retention policies (SPEC §8) --------------------------------------------------------------
+
+RUNS_SHOWN = 10
+RUN_CHANGED = "The registry changed since your preview: nothing was deleted. Check the new preview."
+
+
+def _may_edit_policies(request: HttpRequest) -> None:
+    """A policy deletes: editing or running one needs the delete permission."""
+    if not deletion.can_delete(request.user):
+        raise PermissionDenied("retention policies need the hubimages.delete_manifest permission")
+
+
+@require_GET
+def retention_policies(request: HttpRequest) -> HttpResponse:
+    """Every policy: what it covers, its last run and what that freed, its next run."""
+    context = {
+        "policies": retention.policy_overview(),
+        "can_edit": deletion.can_delete(request.user),
+    }
+    return render(request, "retention.html", context)
+
+
+def _editor(
+    request: HttpRequest,
+    *,
+    row: RetentionPolicy | None,
+    form: PolicyForm,
+    notice: str = "",
+    error: str = "",
+    status: int = 200,
+    check: bool = True,
+) -> HttpResponse:
+    """The editor with the dry run of what its fields say (the whole page, or only the dry
+    run for htmx); Run now only when that is the stored policy, unchanged. `check=False`
+    for a blank new policy, which has nothing to complain about yet."""
+    draft = form.validate() if check else None
+    saved = retention.policy_of(row) if row is not None else None
+    context = {
+        "row": row,
+        "form": form,
+        "keep_choices": KEEP_CHOICES,
+        "draft": draft,
+        "preview": retention.dry_run(draft) if draft is not None else None,
+        "is_saved": saved is not None
+        and draft is not None
+        and draft.effective_json() == saved.effective_json(),
+        "policy_json": json.dumps(draft.as_json(), indent=2) if draft else "",
+        "runs": row.runs.all()[:RUNS_SHOWN] if row is not None else [],
+        "can_edit": deletion.can_delete(request.user),
+        "notice": notice,
+        "error": error,
+        "checked": check,
+    }
+    return render_page(request, "retention_policy.html", "dry_run", context, status=status)
+
+
+def _stored_policy(name: str) -> RetentionPolicy:
+    return get_object_or_404(RetentionPolicy, name=name)
+
+
+@require_GET
+@vary_on_htmx
+def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
+    row = _stored_policy(name)
+    return _editor(request, row=row, form=PolicyForm.from_policy(retention.policy_of(row)))
+
+
+@require_GET
+def retention_new(request: HttpRequest) -> HttpResponse:
+    _may_edit_policies(request)
+    return _editor(request, row=None, form=PolicyForm.from_policy(None), check=False)
+
+
+@require_POST
+@vary_on_htmx
+def retention_preview(request: HttpRequest) -> HttpResponse:
+    """The dry run of the editor's fields as they stand, saved or not: htmx asks for it as
+    you type; the Preview button gets the whole page (and a fresh empty rule row)."""
+    _may_edit_policies(request)
+    original = request.POST.get("original", "")
+    row = RetentionPolicy.objects.filter(name=original).first() if original else None
+    return _editor(request, row=row, form=PolicyForm.from_post(request.POST))
+
+
+@require_POST
+def retention_save(request: HttpRequest, name: str = "") -> HttpResponse:
+    _may_edit_policies(request)
+    row = _stored_policy(name) if name else None
+    form = PolicyForm.from_post(request.POST)
+    policy = form.validate()
+    if policy is None:
+        return _editor(request, row=row, form=form, status=422)
+    try:
+        saved = retention.save_policy(policy, original=row)
+    except retention.PolicyExists as exists:
+        form.errors.setdefault("name", []).append(f"{exists}: choose another name")
+        return _editor(request, row=row, form=form, status=422)
+    messages.success(request, f"Saved policy {saved.name}.")
+    return HttpResponseRedirect(reverse("retention_policy", args=[saved.name]), status=303)
+
+
+@require_POST
+def retention_run(request: HttpRequest, name: str) -> HttpResponse:
+    """Run now: exactly the previewed dry run (its `now` and fingerprint came with the
+    form), or nothing and a fresh preview."""
+    _may_edit_policies(request)
+    row = _stored_policy(name)
+    policy = retention.policy_of(row)
+    form = PolicyForm.from_policy(policy)
+    now = _aware_datetime(request.POST.get("now", ""))
+    fingerprint = request.POST.get("fingerprint", "")
+    refusal = {}
+    if now is None or retention.dry_run(policy, now=now).fingerprint != fingerprint:
+        # A junk time, or a plan that already differs in the database: no job, the fresh
+        # preview at once.
+        refusal = {"notice": RUN_CHANGED, "status": 409}
+    elif request.POST.get("confirm") != "yes":
+        refusal = {"error": UNCONFIRMED, "status": 422}
+    if refusal:
+        response = _editor(request, row=row, form=form, **refusal)
+        if request.htmx:  # the dry run shows it, not the dialog the run would have opened
+            response["HX-Retarget"] = "#dry-run"
+            response["HX-Reswap"] = "outerHTML"
+        return response
+    job = jobs.start_retention(policy=row.name, now=now, fingerprint=fingerprint, user=request.user)
+    return _follow(request, job)
+
+
+def _aware_datetime(text: str) -> datetime | None:
+    """The preview's `now` as the form carried it; None when it is not one."""
+    try:
+        value = parse_datetime(text.strip()[:40])
+    except ValueError:
+        return None
+    return value if value is not None and value.tzinfo is not None else None
+
+
+@require_POST
+def retention_delete(request: HttpRequest, name: str) -> HttpResponse:
+    """Delete the policy (its runs stay on record, under its name)."""
+    _may_edit_policies(request)
+    row = _stored_policy(name)
+    row.delete()
+    messages.success(request, f"Deleted policy {name}; its runs stay in the records.")
+    return HttpResponseRedirect(reverse("retention_policies"), status=303)
+
+
+@require_GET
+def retention_export(request: HttpRequest, name: str) -> HttpResponse:
+    policy = retention.policy_of(_stored_policy(name))
+    response = HttpResponse(
+        json.dumps(policy.as_json(), indent=2) + "\n", content_type="application/json"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{policy.name}.json"'
+    return response
+
+
+@require_POST
+def retention_import(request: HttpRequest) -> HttpResponse:
+    """Store a policy from its JSON (pasted, or an uploaded file); a policy of the same
+    name is replaced only when asked."""
+    _may_edit_policies(request)
+    upload = request.FILES.get("file")
+    text = request.POST.get("policy", "")
+    if upload is not None:
+        text = upload.read(retention.MAX_IMPORT_BYTES + 1).decode("utf-8", errors="replace")
+    problems: list[str] = []
+    if len(text) > retention.MAX_IMPORT_BYTES:
+        problems = [f"the file is larger than {retention.MAX_IMPORT_BYTES // 1000} kB"]
+    else:
+        try:
+            policy = retention.parse_policy_json(text)
+            row = retention.save_policy(policy, replace=request.POST.get("replace") == "yes")
+        except retention.InvalidPolicy as invalid:
+            problems = [str(error) for error in invalid.errors]
+        except retention.PolicyExists as exists:
+            problems = [f"{exists}: tick “Replace” to replace it"]
+    if problems:
+        context = {
+            "policies": retention.policy_overview(),
+            "can_edit": True,
+            "import_errors": problems,
+            "import_text": text,
+        }
+        return render(request, "retention.html", context, status=422)
+    messages.success(request, f"Imported policy {row.name}.")
+    return HttpResponseRedirect(reverse("retention_policy", args=[row.name]), status=303)

@@ -115,7 +115,8 @@ document.documentElement.classList.add("js");
   document.addEventListener("htmx:beforeSwap", function (event) {
     var status = event.detail.xhr.status;
     var target = event.detail.target;
-    if (target && target.id === "panel" && [409, 422, 502].indexOf(status) !== -1) {
+    var answers = target && (target.id === "panel" || target.id === "dry-run");
+    if (answers && [409, 422, 502].indexOf(status) !== -1) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
     }

@@ -362,3 +362,41 @@ def test_housekeeping_forgets_old_processed_events_and_finished_jobs(db, setting
     assert set(RegistryEvent.objects.values_list("event_id", flat=True)) == {"e1", "e2"}
     assert set(Job.objects.values_list("pk", flat=True)) == {recent.pk}
     assert old.pk not in set(Job.objects.values_list("pk", flat=True))
+
+
+def test_the_schedule_runs_each_due_retention_policy_once_as_a_job(
+    pusher, sync, registry_url, settings
+):
+    from hubimages import retention
+    from hubimages.models import RetentionPolicy, RetentionRun
+
+    settings.SYNC_INTERVAL_MINUTES = 0
+    old = pusher.push_image(REPO, tag="old", layers=[random_layer(100, "sched-old")])
+    pusher.push_image(REPO, tag="new", layers=[random_layer(100, "sched-new")])
+    sync()
+    now = timezone.now()
+    Manifest.objects.filter(digest=old.digest).update(
+        pushed_at=now - timedelta(days=3), pushed_at_estimated=False
+    )
+    policy = retention.parse_policy(
+        {
+            "name": "nightly",
+            "rules": [{"keep": "latest_pushed", "count": 1}],
+            "schedule": {"every_hours": 24},
+        }
+    )
+    row = retention.save_policy(policy)
+    RetentionPolicy.objects.filter(pk=row.pk).update(next_run_at=now - timedelta(minutes=1))
+
+    started = jobs.schedule_due(now)
+    assert jobs.schedule_due(now) == []  # claimed once
+
+    assert [(job.kind, job.started_by, job.params["scheduled"]) for job in started] == [
+        ("retention", "schedule", True)
+    ]
+    run_tasks()
+    record = RetentionRun.objects.get()
+    assert (record.trigger, record.outcome) == ("scheduled", "done")
+    assert Job.objects.get(pk=started[0].pk).state == "succeeded"
+    assert not Manifest.objects.filter(digest=old.digest).exists()
+    assert RetentionPolicy.objects.get().next_run_at == now + timedelta(hours=24)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from django import template
 from django.utils import timezone
-from django.utils.timesince import timesince
+from django.utils.timesince import timesince, timeuntil
 
 from hubimages import formatting, inventory
 from hubimages.models import Manifest
@@ -115,3 +115,21 @@ def contents(manifest: Manifest) -> dict:
         if counts[kind]
     ]
     return {"children": children, "summary": ", ".join(words)}
+
+
+@register.filter
+def until(value: datetime | None) -> str:
+    """A coming time in one unit, "in 3 hours"; "due now" once it has passed."""
+    if value is None:
+        return "—"
+    now = timezone.now()
+    if value <= now:
+        return "due now"
+    return f"in {timeuntil(value, now, depth=1)}"
+
+
+@register.filter
+def get(mapping: dict, key: str):
+    """`mapping[key]`, or None: for dictionaries keyed by digests, which templates cannot
+    look up with a dot."""
+    return mapping.get(key) if hasattr(mapping, "get") else None
