@@ -25,7 +25,9 @@ from django.utils import timezone
 from hubimages import rollups
 from hubimages.models import IndexEntry, Manifest, ManifestBlob, Repository, Tag
 
-FILTERS = ("all", "tagged", "index", "image")
+FILTERS = ("all", "tagged", "untagged", "index", "image")
+# Status is its own axis (the API's `status`, the list's Stale filter): "" means any.
+STATUSES = ("", "active", "stale")
 SORT_FIELDS = {"size": "total_size", "last_pushed": "pushed_at", "last_pulled": "last_pulled_at"}
 SORTS = tuple(SORT_FIELDS) + tuple(f"-{key}" for key in SORT_FIELDS)
 DEFAULT_FILTER = "all"
@@ -39,16 +41,19 @@ class ListQuery:
     search: str = ""
     filter: str = DEFAULT_FILTER
     sort: str = DEFAULT_SORT
+    status: str = ""
 
     @classmethod
     def from_params(cls, params) -> ListQuery:
         search = (params.get("search") or params.get("q") or "").strip()[:200]
         filter_ = params.get("filter", DEFAULT_FILTER)
         sort = params.get("sort", DEFAULT_SORT)
+        status = params.get("status", "")
         return cls(
             search=search,
             filter=filter_ if filter_ in FILTERS else DEFAULT_FILTER,
             sort=sort if sort in SORTS else DEFAULT_SORT,
+            status=status if status in STATUSES else "",
         )
 
 
@@ -72,10 +77,16 @@ def top_level(repository: Repository, query: ListQuery = ListQuery()) -> QuerySe
     rows = Manifest.objects.filter(repository=repository, is_top_level=True)
     if query.filter == "tagged":
         rows = rows.filter(is_tagged=True)
+    elif query.filter == "untagged":
+        rows = rows.filter(is_tagged=False)
     elif query.filter == "index":
         rows = rows.filter(kind=Manifest.Kind.INDEX)
     elif query.filter == "image":
         rows = rows.filter(kind=Manifest.Kind.IMAGE)
+    if query.status == "stale":
+        rows = rows.filter(stale_q())
+    elif query.status == "active":
+        rows = rows.exclude(stale_q())
     if query.search:
         rows = rows.filter(_search(repository, query.search))
     return rows.order_by(*_ordering(query.sort))

@@ -45,7 +45,13 @@ REPOSITORIES_PER_PAGE = 50
 # config may hold 20,000 labels or a megabyte key; the page stays small and readable.
 KEY_VALUES_SHOWN = 100
 KEY_VALUES_CHARACTERS = 50_000
-FILTER_LABELS = (("all", "All"), ("tagged", "Tagged"), ("index", "Image index"), ("image", "Image"))
+FILTER_LABELS = (
+    ("all", "All"),
+    ("tagged", "Tagged"),
+    ("untagged", "Untagged"),
+    ("index", "Image index"),
+    ("image", "Image"),
+)
 # The list's columns that sort, in the order shown; a first click sorts biggest/newest first.
 SORTABLE_COLUMNS = (
     ("size", "Size"),
@@ -160,6 +166,7 @@ def _list_state(query: inventory.ListQuery, per_page: int) -> dict:
     return {
         "search": query.search or None,
         "filter": query.filter if query.filter != inventory.DEFAULT_FILTER else None,
+        "status": query.status or None,
         "sort": query.sort if query.sort != inventory.DEFAULT_SORT else None,
         "per_page": per_page if per_page != _page_size(None) else None,
     }

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from devtools.pusher import random_layer
 from hubimages import inventory
@@ -71,6 +72,7 @@ def test_the_list_shows_one_row_per_top_level_manifest_with_its_columns(pushed, 
 FILTERS = {
     "all": {"index", "solo", "loose"},
     "tagged": {"index", "solo"},
+    "untagged": {"loose"},
     "index": {"index"},
     "image": {"solo", "loose"},
 }
@@ -96,6 +98,21 @@ def test_search_matches_tag_substrings_and_a_childs_tag_finds_its_index(pushed, 
         response = viewer_client.get(LIST_URL, {"search": search})
 
         assert set(row_digests(response)) == {getattr(pushed, n).digest for n in expected}, search
+
+
+def test_the_status_narrows_to_stale_or_active_items_and_stays_in_the_links(pushed, viewer_client):
+    Manifest.objects.filter(digest=pushed.loose.digest).update(
+        pushed_at=timezone.now() - timedelta(days=400), last_pulled_at=None
+    )
+
+    stale = viewer_client.get(LIST_URL, {"status": "stale"})
+    active = viewer_client.get(LIST_URL, {"status": "active", "sort": "size"})
+    junk = viewer_client.get(LIST_URL, {"status": "rotten"})
+
+    assert row_digests(stale) == [pushed.loose.digest]
+    assert set(row_digests(active)) == {pushed.index.digest, pushed.solo.digest}
+    assert "status=active" in active.content.decode()  # sort links keep it
+    assert len(row_digests(junk)) == 3
 
 
 def test_search_and_filter_combine(pushed, viewer_client):

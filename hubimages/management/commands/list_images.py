@@ -15,13 +15,14 @@ class Command(BaseCommand):
         parser.add_argument("--search", default="")
         parser.add_argument("--filter", default=inventory.DEFAULT_FILTER, choices=inventory.FILTERS)
         parser.add_argument("--sort", default=inventory.DEFAULT_SORT, choices=inventory.SORTS)
+        parser.add_argument("--status", default="", choices=[s for s in inventory.STATUSES if s])
 
-    def handle(self, *args, repository, search, filter, sort, **options):
+    def handle(self, *args, repository, search, filter, sort, status, **options):
         try:
             repo = Repository.objects.get(name=repository)
         except Repository.DoesNotExist:
             raise CommandError(f"no repository {repository!r}: run sync_registry first") from None
-        query = inventory.ListQuery(search=search, filter=filter, sort=sort)
+        query = inventory.ListQuery(search=search, filter=filter, sort=sort, status=status)
         rows = list(inventory.with_details(inventory.top_level(repo, query)))
         listing = {
             "repository": repo.name,
