@@ -14,7 +14,8 @@ and query, optionally one method, optionally only the first ``times`` requests):
 The last fault added wins when several match. Faults: `answer` (any canned status, body
 and headers: empty or ``null`` catalogs, 429 with ``Retry-After``, 503 always or once, a
 failing page), `endless_pages`, `looping_pages`, `truncate`, `trickle`, `corrupt` (the
-content no longer matches its digest) and `oversize` (with or without Content-Length).
+content no longer matches its digest), `oversize` (with or without Content-Length) and
+`delay` (a slow answer).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class Fault:
     # Sends the body its own way (trickled, cut short, endless...); None sends it whole.
     send: Callable[[_Handler, Upstream, Fault], None] | None = None
     forward: bool = True
+    # Seconds to hold the request before it goes upstream (a slow registry).
+    delay: float = 0.0
     hits: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -286,6 +289,11 @@ class FaultProxy:
 
         return self._add(pattern, method, None, send=send)
 
+    def delay(self, pattern: str, *, seconds: float, method: str | None = None) -> Fault:
+        """Hold each matching request `seconds` before forwarding it: a registry slow to
+        answer (a DELETE on a busy storage backend, say)."""
+        return self._add(pattern, method, None, delay=seconds)
+
     def _add(self, pattern: str, method: str | None, times: int | None, **parts: Any) -> Fault:
         fault = Fault(re.compile(pattern), method, times, **parts)
         with self._lock:
@@ -355,6 +363,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = proxy._take(self.command, self.path)
         try:
             upstream = None
+            if fault is not None and fault.delay:
+                proxy.stopping.wait(fault.delay)
             if fault is None or fault.forward:
                 path = fault.rewrite(self.path, fault) if fault and fault.rewrite else self.path
                 upstream = self._forward(proxy, path, request_body)

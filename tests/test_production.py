@@ -17,9 +17,11 @@ import requests
 from django.db import connection
 from django_tasks_db.models import DBTaskResult
 
+from devtools.faultproxy import FaultProxy
 from devtools.processes import Process, environment, wait_for_http
 from devtools.pusher import ImagePusher, random_layer
 from devtools.server import LocalRegistry, free_port
+from hubimages import locks
 from hubimages.models import (
     Deletion,
     DeletionRecord,
@@ -28,6 +30,7 @@ from hubimages.models import (
     RegistryEvent,
     WorkerHeartbeat,
 )
+from registry.client import RegistryClient
 from tests.conftest import PASSWORD
 
 TOKEN = "production-shape-events-token"
@@ -60,6 +63,7 @@ def eventually(check: Callable[[], object], timeout: float = 60.0, what: str = "
 class Deployment:
     url: str
     registry: LocalRegistry
+    proxy: FaultProxy  # hubimages reaches the registry through it (faults on demand)
     env: dict[str, str]
     logs: Path
     web: Process
@@ -98,11 +102,12 @@ def deployment(tmp_path, transactional_db) -> Iterator[Deployment]:
         tmp_path / "registry", notify_url=f"{url}/registry/events", notify_token=TOKEN
     )
     registry.start()
+    proxy = FaultProxy(registry.url).start()
     env = environment(
         DATABASE_URL=database_url(),
         SECRET_KEY=SECRET,
         DEBUG="false",
-        REGISTRY_URL=registry.url,
+        REGISTRY_URL=proxy.url,
         REGISTRY_EVENTS_TOKEN=TOKEN,
         STATIC_ROOT=str(tmp_path / "static"),
         SYNC_INTERVAL_MINUTES="0",
@@ -116,16 +121,17 @@ def deployment(tmp_path, transactional_db) -> Iterator[Deployment]:
     release = Process("release", env, logs / "release.log")
     assert release.popen.wait(timeout=120) == 0, release.tail()
     web = Process("web", env, logs / "web.log")
-    deployment = Deployment(url, registry, env, logs, web, [])
+    deployment = Deployment(url, registry, proxy, env, logs, web, [])
     try:
         wait_for_http(f"{url}/healthz", web)
         for _ in range(2):
             deployment.start_worker()
         yield deployment
     finally:
-        registry.stop()
         for process in [*deployment.workers, web]:
             process.stop()
+        proxy.stop()
+        registry.stop()
 
 
 def running_workers() -> set[str]:
@@ -285,3 +291,72 @@ def test_a_deletion_started_in_the_web_ui_while_a_sync_runs_ends_correctly(
     record = DeletionRecord.objects.get()
     assert (record.digest, record.state, record.username) == (doomed.digest, "done", "admin")
     assert Deletion.objects.get().state == "done"
+
+
+def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expires(
+    deployment, django_user_model
+):
+    django_user_model.objects.create_superuser("admin", password=PASSWORD)
+    pusher = ImagePusher(deployment.registry.url)
+    images = [
+        pusher.push_image("team/crash", tag=f"v{n}", layers=[random_layer(300, f"crash-{n}")])
+        for n in range(6)
+    ]
+    eventually(listed({image.digest for image in images}), what="the images listed")
+    deployment.proxy.delay(r"/manifests/sha256:", seconds=1.5, method="DELETE")
+    web = deployment.signed_in("admin")
+    digests = [image.digest for image in images]
+    crash = f"{deployment.url}/repositories/team/crash/-/delete/"
+    preview = web.post(crash, data={"digest": digests})
+    fingerprint = re.search(r'name="fingerprint" value="([0-9a-f]+)"', preview.text).group(1)
+    started = web.post(
+        f"{crash}confirm",
+        data={"digest": digests, "fingerprint": fingerprint, "confirm": "yes"},
+        allow_redirects=False,
+    )
+    assert started.status_code == 303
+
+    def two_deleted() -> bool:
+        """two DELETEs went through"""
+        return DeletionRecord.objects.filter(state="done").count() >= 2
+
+    eventually(two_deleted, timeout=60)
+    job = Job.objects.get(kind="deletion")
+    runner = next(
+        process
+        for process in deployment.workers
+        if WorkerHeartbeat.objects.filter(pid=process.pid, worker_id=job.worker_id).exists()
+    )
+    runner.kill()  # SIGKILL mid-deletion: no clean-up of any kind
+    assert locks.repository_locked("team/crash")
+
+    def settled() -> bool:
+        """the other worker recovered the deletion"""
+        return (
+            Job.objects.get(pk=job.pk).state == "failed"
+            and not DeletionRecord.objects.filter(state="pending").exists()
+        )
+
+    eventually(settled, timeout=90)
+    # The history says exactly what went: each record DONE is gone from the registry, each
+    # other one is still there, and nothing was sent for the rest.
+    with RegistryClient(deployment.registry.url) as registry:
+        still_there = {d for d in digests if registry.head_manifest("team/crash", d) is not None}
+    records = dict(DeletionRecord.objects.values_list("digest", "state"))
+    assert {d for d, state in records.items() if state == "done"} == set(digests) - still_there
+    assert all(records.get(d) in (None, "failed") for d in still_there)
+    assert 2 <= len(set(digests) - still_there) < 6
+    assert "stopped during attempt 1" in Job.objects.get(pk=job.pk).message
+    assert Deletion.objects.get().state == "failed"
+
+    def repaired() -> bool:
+        """the lock expired and the recovery's sync made the list true again"""
+        repair = Job.objects.filter(kind="sync_repository", started_by="recovery").first()
+        return repair is not None and repair.state == "succeeded"
+
+    eventually(repaired, timeout=90)
+    assert not locks.repository_locked("team/crash")
+    listed_now = set(
+        Manifest.objects.filter(repository__name="team/crash").values_list("digest", flat=True)
+    )
+    assert listed_now == still_there
