@@ -108,13 +108,9 @@ def authenticate(token: str, *, address: str, now: datetime | None = None) -> Ap
     """The live token `token` names, with its user; raises TooManyFailures while `address`
     is locked out (before looking at the token), InvalidToken otherwise."""
     now = now or timezone.now()
-    locked = (
-        ApiTokenFailure.objects.filter(address=address, locked_until__gt=now)
-        .values_list("locked_until", flat=True)
-        .first()
-    )
-    if locked:
-        raise TooManyFailures(locked)
+    failures = ApiTokenFailure.objects.filter(address=address).values("locked_until").first()
+    if failures and failures["locked_until"] and failures["locked_until"] > now:
+        raise TooManyFailures(failures["locked_until"])
     row = None
     if token.startswith(PREFIX) and len(token) <= MAX_TOKEN_LENGTH:
         row = ApiToken.objects.select_related("user").filter(token_hash=hash_token(token)).first()
@@ -132,7 +128,8 @@ def authenticate(token: str, *, address: str, now: datetime | None = None) -> Ap
     if row.last_used_at is None or row.last_used_at <= now - LAST_USED_PRECISION:
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
         row.last_used_at = now
-    ApiTokenFailure.objects.filter(address=address).delete()
+    if failures:  # a success clears the address's count, as axes does for sign-ins
+        ApiTokenFailure.objects.filter(address=address).delete()
     return row
 
 

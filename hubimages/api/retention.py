@@ -134,9 +134,7 @@ def dry_run_policy(request: HttpRequest, name: str) -> dict:
     response={202: JobStartedOut, **error_responses(400, 403, 404, 422), 409: DryRunChangedOut},
     summary="Run a retention policy",
 )
-def run_policy(
-    request: HttpRequest, name: str, payload: RunIn, response: HttpResponse
-) -> Status:
+def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpResponse) -> Status:
     """Starts a job that deletes exactly the dry run `now` and `fingerprint` name, or
     nothing: 409 with a fresh dry run when it would differ already."""
     require_delete(request)
