@@ -15,6 +15,8 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from django.core.management import call_command
+from django.test import Client
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 from playwright.sync_api import expect
@@ -298,3 +300,24 @@ def test_the_docs_page_works_under_the_content_security_policy(stock, signed_in_
     expect(listing.locator(".live-responses-table")).to_contain_text(REPO)
     assert problems == []
     assert hosts == {live_server.url.split("/")[2]}  # no CDN, nothing from elsewhere
+
+
+def test_the_docs_pages_files_are_collected_and_served_by_the_app_itself(admin, settings, tmp_path):
+    """As in production: collectstatic with hashed names, WhiteNoise serving them."""
+    settings.STATIC_ROOT = tmp_path / "static"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+    call_command("collectstatic", "--no-input", verbosity=0)
+    web = Client()  # a new handler: WhiteNoise reads the collected files when it starts
+    web.force_login(admin)
+
+    page = web.get(f"{API}/docs").content.decode()
+
+    assets = re.findall(r'(?:src|href)="(/static/ninja/[^"]+)"', page)
+    assert {Path(asset).suffix for asset in assets} >= {".js", ".css"}
+    for asset in assets:
+        assert re.search(r"\.[0-9a-f]{12}\.", asset), asset  # hashed, cached for ever
+        served = web.get(asset)
+        assert served.status_code == 200 and "immutable" in served["Cache-Control"], asset
