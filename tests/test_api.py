@@ -629,6 +629,18 @@ def test_every_error_answers_json_with_a_code_and_a_message(stock, client, delet
     assert cases[11][0]["Allow"] == "GET"
 
 
+def test_no_url_under_api_answers_a_csrf_failure_page(client_factory, viewer):
+    web = client_factory(viewer, enforce_csrf_checks=True)
+
+    assert_error(web.post(f"{API}/"), 405, "method_not_allowed")
+    assert_error(web.post(f"{API}/openapi.json"), 405, "method_not_allowed")
+    assert_error(web.post(f"{API}/no-such-endpoint"), 404, "not_found")
+    assert_error(web.put(f"{API}/repositories"), 405, "method_not_allowed")
+    assert_error(post_json(web, DELETE, {"digests": ["x"]}), 403, "csrf_failed")
+    index = web.get(f"{API}/").json()
+    assert index == {"openapi": "/api/v1/openapi.json", "docs": "/api/v1/docs"}
+
+
 def test_an_unexpected_failure_is_a_json_500_and_is_logged_with_its_traceback(
     stock, client, monkeypatch, caplog
 ):
@@ -723,3 +735,29 @@ def test_list_queries_stay_the_same_whatever_the_page_size(
     assert counts[1] == counts[10] == counts[100], counts
     with django_assert_max_num_queries(12):
         client.get(f"{API}/repositories/big/repo/images", {"page_size": 100}, headers=token)
+
+
+# -- the docs page and the document ---------------------------------------------------------------
+
+
+def test_the_docs_page_is_a_page_behind_the_login_wall(client, viewer_client):
+    anonymous = client.get(f"{API}/docs")
+
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/accounts/login/")
+    page = viewer_client.get(f"{API}/docs").content.decode()
+    assert '<div id="swagger-ui"></div>' in page
+    assert '"url": "/api/v1/openapi.json"' in page and '"validatorUrl": null' in page
+    assert "<script>" not in page  # code comes from files only (a JSON data block is data)
+    assert "cdn" not in page.lower()
+
+
+def test_the_document_needs_credentials_like_the_rest(client, viewer_client, viewer):
+    assert_error(client.get(f"{API}/openapi.json"), 401, "not_authenticated")
+    assert_error(
+        client.get(f"{API}/openapi.json", headers={"Authorization": "Bearer hubi_no"}),
+        401,
+        "invalid_token",
+    )
+    assert viewer_client.get(f"{API}/openapi.json").json()["info"]["title"] == "hubimages API"
+    by_token = client.get(f"{API}/openapi.json", headers=bearer(viewer, ApiToken.Scope.READ))
+    assert by_token.json()["paths"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern, reverse
 from ninja import NinjaAPI, Swagger
 
@@ -39,12 +39,18 @@ the new plan).
 """
 
 
-def _json_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """ninja's own answer to a method an endpoint lacks is plain text: make it JSON."""
+def _json_only(view: Callable[..., HttpResponse], *, read_only: bool = False) -> Callable:
+    """Every URL of the API answers JSON, even a method it lacks (ninja's own 405 is plain
+    text), and is exempt from Django's CSRF middleware, whose refusal is an HTML page: the
+    operations that change things check the session's CSRF token themselves (`auth`).
+    `read_only` views (the document, the docs page, the index) take GET and HEAD only."""
 
     @wraps(view)
     def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
-        response = view(request, *args, **kwargs)
+        if read_only and request.method not in ("GET", "HEAD"):
+            response = HttpResponseNotAllowed(["GET", "HEAD"])
+        else:
+            response = view(request, *args, **kwargs)
         if response.status_code == 405 and not response.get("Content-Type", "").startswith(
             "application/json"
         ):
@@ -56,7 +62,7 @@ def _json_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]
             return answer
         return response
 
-    wrapper.login_required = False  # type: ignore[attr-defined]
+    wrapper.csrf_exempt = True  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -86,14 +92,20 @@ def index(request: HttpRequest, **kwargs: object) -> JsonResponse:
 
 
 class HubimagesAPI(NinjaAPI):
+    """ninja's API, its URLs adjusted: JSON answers only, no login wall but for the docs
+    page (a page like the others), and an index at the root."""
+
     def _get_urls(self) -> list:
         patterns = super()._get_urls()
         for pattern in patterns:
-            if not isinstance(pattern, URLPattern) or pattern.name == "openapi-view":
-                continue  # the docs page: a page like the others, behind the login wall
+            if not isinstance(pattern, URLPattern):
+                continue
             if pattern.name == "api-root":
                 pattern.callback = index
-            pattern.callback = _json_only(pattern.callback)
+            read_only = pattern.name in ("api-root", "openapi-json", "openapi-view")
+            pattern.callback = _json_only(pattern.callback, read_only=read_only)
+            if pattern.name != "openapi-view":
+                pattern.callback.login_required = False
         return patterns
 
 
