@@ -27,7 +27,9 @@ from tests.api_helpers import API, REPO, push_stock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+ARTIFACTS = ROOT / "test-artifacts"
 POLICY = {
     "name": "api-doc-check",
     "repositories": ["org/**"],
@@ -321,3 +323,41 @@ def test_the_docs_pages_files_are_collected_and_served_by_the_app_itself(admin, 
         assert re.search(r"\.[0-9a-f]{12}\.", asset), asset  # hashed, cached for ever
         served = web.get(asset)
         assert served.status_code == 200 and "immutable" in served["Cache-Control"], asset
+
+
+@pytest.mark.browser
+def test_a_token_is_created_shown_once_copied_and_revoked_in_the_browser(
+    signed_in_page, live_server
+):
+    page = signed_in_page()
+    page.get_by_role("link", name="API tokens").click()
+    page.get_by_label("Name").fill("nightly cleanup")
+    page.get_by_label("Scope").select_option("read+delete")
+    page.get_by_label("Expires in (days)").fill("30")
+    page.get_by_role("button", name="Create token").click()
+
+    token = page.locator("#new-token-value").inner_text()
+    assert token.startswith("hubi_")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy the new token").click()
+    assert page.evaluate("navigator.clipboard.readText()") == token
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "api-tokens.png", full_page=True)
+    works = requests.get(
+        f"{live_server.url}{API}/repositories", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert works.status_code == 200
+
+    page.goto("/account/api-tokens/")
+    expect(page.locator("#new-token-value")).to_have_count(0)  # shown once
+    row = page.locator("tr.api-token")
+    expect(row).to_contain_text("nightly cleanup")
+    expect(row).to_contain_text("Read and delete")
+    expect(row.locator(".last-used time")).to_have_count(1)
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.locator(".messages")).to_contain_text("Revoked token nightly cleanup")
+    expect(row).to_contain_text("Revoked")
+    revoked = requests.get(
+        f"{live_server.url}{API}/repositories", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert revoked.status_code == 401

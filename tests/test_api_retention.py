@@ -235,3 +235,19 @@ def test_a_bad_run_request_is_refused_with_the_field_named(stored, client, admin
     body = assert_error(response, 422, "invalid_request")
     assert [problem["field"] for problem in body["error"]["fields"]] == [field]
     assert not Job.objects.exists()
+
+
+def test_policies_are_listed_by_name_a_page_at_a_time(client, admin_token):
+    for name in ("c-policy", "a-policy", "b-policy"):
+        post_json(client, POLICIES, {**POLICY, "name": name}, headers=admin_token)
+
+    first = client.get(POLICIES, {"page_size": 2}, headers=admin_token).json()
+    second = client.get(first["next"], headers=admin_token).json()
+
+    assert first["count"] == 3
+    assert [p["name"] for p in first["results"]] == ["a-policy", "b-policy"]
+    assert [p["name"] for p in second["results"]] == ["c-policy"]
+    assert second["next"] is None and second["previous"].endswith("page_size=2&page=1")
+    assert_error(
+        client.get(POLICIES, {"sort": "name"}, headers=admin_token), 422, "invalid_request"
+    )
