@@ -206,7 +206,8 @@ REPOSITORY_SORTS = {
 }
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a "Z", as every JSON output prints times; None stays None."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -219,9 +220,9 @@ def row_as_dict(row: Manifest, now: datetime | None = None) -> dict:
         "tags": [tag.name for tag in row.tags.all()],
         "platforms": platforms_of(row),
         "size": row.total_size,
-        "last_pushed": _iso(row.pushed_at),
+        "last_pushed": iso(row.pushed_at),
         "last_pushed_estimated": row.pushed_at_estimated,
-        "last_pulled": _iso(row.last_pulled_at),
+        "last_pulled": iso(row.last_pulled_at),
         "stale": is_stale(row, now),
         "children": [
             {
@@ -267,7 +268,10 @@ def manifest_detail(repository: Repository, digest: str) -> Manifest:
                 "blob_links",
                 queryset=ManifestBlob.objects.select_related("blob").order_by("role", "position"),
             ),
-            Prefetch("referrers", queryset=Manifest.objects.order_by("pushed_at", "id")),
+            Prefetch(
+                "referrers",
+                queryset=Manifest.objects.prefetch_related(by_name).order_by("pushed_at", "id"),
+            ),
             Prefetch("parent_entries", queryset=IndexEntry.objects.select_related("index")),
         )
         .get(repository=repository, digest=digest)

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -125,6 +125,11 @@ def start_deletion(*, repository: Repository, digests: list[str], fingerprint: s
     Not retried once it may have deleted something (see `_run_deletion`)."""
     params = {"digests": digests, "fingerprint": fingerprint}
     return start(Kind.DELETION, user=user, repository=repository.name, params=params)
+
+
+def visible_to(user) -> QuerySet[Job]:
+    """The jobs `user` may follow: admins everyone's, others their own."""
+    return Job.objects.all() if user.is_staff else Job.objects.filter(user=user)
 
 
 # -- running (in a worker) ----------------------------------------------------------------------

@@ -447,3 +447,47 @@ class RetentionRun(models.Model):
     class Meta:
         ordering = ["-started_at", "-id"]
         indexes = [models.Index(fields=["policy", "-started_at"], name="run_by_policy")]
+
+
+class ApiToken(models.Model):
+    """A personal access token for the HTTP API (SPEC §9). Only its SHA-256 is stored: the
+    token is 256 random bits, so a slow password hash would add nothing but latency, and a
+    leaked table gives no usable token. `prefix` (its first characters) lets people tell
+    their tokens apart."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        READ_DELETE = "read+delete", "Read and delete"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    prefix = models.CharField(max_length=16)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class ApiTokenFailure(models.Model):
+    """Failed token attempts from one client address, so guessing is rate-limited like
+    sign-ins (`hubimages.tokens`): after `LOGIN_FAILURE_LIMIT` failures within
+    `LOGIN_COOLOFF_MINUTES`, the address is refused until `locked_until`."""
+
+    address = models.CharField(max_length=64, unique=True)
+    failures = models.PositiveIntegerField(default=0)
+    first_failed_at = models.DateTimeField()
+    locked_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["first_failed_at"], name="token_failure_by_time")]

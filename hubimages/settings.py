@@ -164,6 +164,8 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "axes",
+    # The API; listed so its docs page uses the Swagger UI files it ships, not a CDN.
+    "ninja",
     # Before django_tasks_db: hubimages's db_worker extends django-tasks-db's.
     "hubimages",
     "django_tasks_db",

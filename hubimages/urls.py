@@ -1,7 +1,9 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
-from hubimages import health, views, webhooks
+from hubimages import health, token_pages, views, webhooks
+from hubimages.api import api
+from hubimages.api import errors as api_errors
 
 # Repository names hold "/", so a repository's own pages sit under "/-/" (no OCI name
 # component starts with "-") and come before the catch-all list route.
@@ -38,8 +40,22 @@ urlpatterns = [
         views.retention_export,
         name="retention_export",
     ),
+    path("account/api-tokens/", token_pages.api_tokens, name="api_tokens"),
+    path(
+        "account/api-tokens/<int:token_id>/revoke",
+        token_pages.revoke_api_token,
+        name="revoke_api_token",
+    ),
+    path("api/v1/", api.urls),
+    # Whatever else is under /api/ answers a JSON 404, never an HTML page.
+    re_path(r"^api/", api_errors.not_found),
     path("registry/events", webhooks.registry_events, name="registry_events"),
     path("healthz", health.healthz, name="healthz"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
+
+handler400 = api_errors.handler400
+handler403 = api_errors.handler403
+handler404 = api_errors.handler404
+handler500 = api_errors.handler500

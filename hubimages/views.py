@@ -387,7 +387,7 @@ def _deletion_summary(outcome: dict) -> dict:
 def job(request: HttpRequest, job_id: int) -> HttpResponse:
     """A job's progress and outcome; the page refreshes itself while it runs (htmx polls
     its status, a plain page reloads). Its owner and admins may see it."""
-    job = get_object_or_404(_visible_jobs(request.user), pk=job_id)
+    job = get_object_or_404(jobs.visible_to(request.user), pk=job_id)
     back = request.GET.get("back", "")[:1000]
     context = _job_context(request, job, back)
     if request.htmx and request.GET.get("in") == "dialog":
@@ -399,17 +399,13 @@ def job(request: HttpRequest, job_id: int) -> HttpResponse:
     return render_page(request, "job.html", "status", context)
 
 
-def _visible_jobs(user):
-    return Job.objects.all() if user.is_staff else Job.objects.filter(user=user)
-
-
 @require_GET
 @vary_on_htmx
 def job_list(request: HttpRequest) -> HttpResponse:
     """Recent jobs, newest first: admins see everyone's (and why what failed failed),
     others their own."""
     page = _paginate(
-        _visible_jobs(request.user).select_related("user"), JOBS_PER_PAGE, request.GET.get("page")
+        jobs.visible_to(request.user).select_related("user"), JOBS_PER_PAGE, request.GET.get("page")
     )
     context = {"page": page, **_neighbours(page), "state": {}}
     return render_page(request, "jobs.html", "jobs", context)

@@ -1,0 +1,124 @@
+"""The HTTP API under `/api/v1/` (SPEC §9), built with django-ninja: typed schemas
+(`schemas`), the OpenAPI document generated from them at `/api/v1/openapi.json`, and its
+docs page at `/api/v1/docs`.
+
+The docs page is ninja's Swagger UI served from ninja's own static files (WhiteNoise, like
+ours); its settings travel in a JSON data block read by a script file, so it runs under
+our Content Security Policy, with no CDN, inline script or eval. It is a page, so the
+login wall sends strangers to sign in; everything else here answers JSON to a session or a
+token, and JSON errors to anyone else (`errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.urls import URLPattern, reverse
+from ninja import NinjaAPI, Swagger
+
+from hubimages.api import errors, jobs, repositories, retention
+from hubimages.api.auth import AUTH
+from hubimages.api.errors import ApiError, error_response
+
+DESCRIPTION = """\
+What hubimages knows of the registry, and safe deletion, for scripts and CI pipelines.
+
+**Authentication**: a personal access token, `Authorization: Bearer <token>` (create one
+on the API tokens page, or with `manage.py create_api_token`), or the signed-in browser
+session with its CSRF token (`X-CSRFToken`) on POST, PUT and DELETE. A `read` token reads;
+deleting, and changing or running retention policies, need a `read+delete` token of a user
+who holds the delete permission.
+
+**Errors** are always `{"error": {"code": "...", "message": "..."}}`.
+
+**Deleting** takes two calls: a dry run answers the plan and its `fingerprint`; sending
+that fingerprint back starts a job that deletes exactly that plan, or nothing (409 with
+the new plan).
+"""
+
+
+def _json_only(view: Callable[..., HttpResponse], *, read_only: bool = False) -> Callable:
+    """Every URL of the API answers JSON, even a method it lacks (ninja's own 405 is plain
+    text), and is exempt from Django's CSRF middleware, whose refusal is an HTML page: the
+    operations that change things check the session's CSRF token themselves (`auth`).
+    `read_only` views (the document, the docs page, the index) take GET and HEAD only."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if read_only and request.method not in ("GET", "HEAD"):
+            response = HttpResponseNotAllowed(["GET", "HEAD"])
+        else:
+            response = view(request, *args, **kwargs)
+        if response.status_code == 405 and not response.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            allowed = response.get("Allow", "")
+            answer = error_response(
+                405, "method_not_allowed", f"{request.method} is not allowed here: use {allowed}"
+            )
+            answer["Allow"] = allowed
+            return answer
+        return response
+
+    wrapper.csrf_exempt = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _credentials_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The OpenAPI document (and docs page) for whoever may call the API, like the rest."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        try:
+            if not any(auth(request) for auth in AUTH):
+                return error_response(401, "not_authenticated", errors.NOT_AUTHENTICATED)
+        except ApiError as refused:
+            return error_response(refused.status, refused.code, refused.message)
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def index(request: HttpRequest, **kwargs: object) -> JsonResponse:
+    """`/api/v1/`: where the document and its docs are."""
+    return JsonResponse(
+        {
+            "openapi": reverse("api:openapi-json"),
+            "docs": reverse("api:openapi-view"),
+        }
+    )
+
+
+class HubimagesAPI(NinjaAPI):
+    """ninja's API, its URLs adjusted: JSON answers only, no login wall but for the docs
+    page (a page like the others), and an index at the root."""
+
+    def _get_urls(self) -> list:
+        patterns = super()._get_urls()
+        for pattern in patterns:
+            if not isinstance(pattern, URLPattern):
+                continue
+            if pattern.name == "api-root":
+                pattern.callback = index
+            read_only = pattern.name in ("api-root", "openapi-json", "openapi-view")
+            pattern.callback = _json_only(pattern.callback, read_only=read_only)
+            if pattern.name != "openapi-view":
+                pattern.callback.login_required = False
+        return patterns
+
+
+api = HubimagesAPI(
+    title="hubimages API",
+    version="1",
+    description=DESCRIPTION,
+    urls_namespace="api",
+    auth=AUTH,
+    docs=Swagger(settings={"validatorUrl": None, "persistAuthorization": False}),
+    docs_decorator=_credentials_required,
+)
+errors.install(api)
+api.add_router("", repositories.router)
+api.add_router("", jobs.router)
+api.add_router("", retention.router)

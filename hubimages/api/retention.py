@@ -1,0 +1,195 @@
+"""Retention policies over the API (SPEC §8–9): list, read, create, replace, delete, dry-run
+and run, in the policy JSON that `retention_policy export` prints and import reads.
+
+Bodies are checked by `retention.parse_policy`, the one checker the editor, the import and
+the command line use, so a 422 names each problem by its JSON path (`rules[1].count`).
+Reading is for everyone signed in; everything else deletes, or decides what will be deleted,
+and needs the delete permission (and a read+delete token).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from ninja import Query, Router, Status
+
+from hubimages import jobs, retention
+from hubimages.api.auth import require_delete
+from hubimages.api.errors import ApiError
+from hubimages.api.paging import paginate, reject_unknown_parameters
+from hubimages.api.schemas import (
+    DryRunChangedOut,
+    DryRunOut,
+    JobStartedOut,
+    PageQuery,
+    PolicyPage,
+    RetentionPolicy,
+    RunIn,
+    error_responses,
+)
+from hubimages.models import RetentionPolicy as PolicyRow
+
+router = Router(tags=["retention policies"])
+
+POLICY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/RetentionPolicy"}}
+        },
+    }
+}
+
+
+@router.get(
+    "/retention-policies",
+    response={200: PolicyPage, **error_responses(404, 422)},
+    exclude_unset=True,
+    summary="List retention policies",
+)
+def list_policies(request: HttpRequest, query: Query[PageQuery]) -> dict:
+    reject_unknown_parameters(request, PageQuery)
+    rows = PolicyRow.objects.order_by("name")
+    return paginate(request, rows, query, lambda page: [policy_json(row) for row in page])
+
+
+@router.post(
+    "/retention-policies",
+    response={201: RetentionPolicy, **error_responses(400, 403, 409, 422)},
+    exclude_unset=True,
+    openapi_extra=POLICY_BODY,
+    summary="Create a retention policy",
+)
+def create_policy(request: HttpRequest, response: HttpResponse) -> Status:
+    require_delete(request)
+    policy = _policy_in(request)
+    try:
+        row = retention.save_policy(policy)
+    except retention.PolicyExists as exists:
+        raise ApiError(
+            409, "policy_exists", f"{exists}: replace it with PUT {_url(policy.name)}"
+        ) from None
+    response["Location"] = _url(row.name)
+    return Status(201, policy_json(row))
+
+
+@router.get(
+    "/retention-policies/{name}",
+    response={200: RetentionPolicy, **error_responses(404)},
+    exclude_unset=True,
+    summary="One retention policy",
+)
+def get_policy(request: HttpRequest, name: str) -> dict:
+    return policy_json(_row(name))
+
+
+@router.put(
+    "/retention-policies/{name}",
+    response={200: RetentionPolicy, **error_responses(400, 403, 404, 409, 422)},
+    exclude_unset=True,
+    openapi_extra=POLICY_BODY,
+    summary="Replace a retention policy",
+)
+def replace_policy(request: HttpRequest, name: str) -> dict:
+    """The body replaces the policy whole; a different `name` renames it."""
+    require_delete(request)
+    row = _row(name)
+    policy = _policy_in(request)
+    try:
+        row = retention.save_policy(policy, original=row)
+    except retention.PolicyExists as exists:
+        raise ApiError(409, "policy_exists", str(exists)) from None
+    return policy_json(row)
+
+
+@router.delete(
+    "/retention-policies/{name}",
+    response={204: None, **error_responses(403, 404)},
+    summary="Delete a retention policy",
+)
+def delete_policy(request: HttpRequest, name: str) -> Status:
+    """Its past runs stay on record, under its name."""
+    require_delete(request)
+    _row(name).delete()
+    return Status(204, None)
+
+
+@router.post(
+    "/retention-policies/{name}/dry-run",
+    response={200: DryRunOut, **error_responses(403, 404)},
+    summary="Dry-run a retention policy",
+)
+def dry_run_policy(request: HttpRequest, name: str) -> dict:
+    """What a run would delete now, per repository (each plan as `delete-images` answers
+    it), and its `now` and `fingerprint`: send both to `run` to delete exactly that."""
+    require_delete(request)
+    return dry_run_out(retention.dry_run(retention.policy_of(_row(name))))
+
+
+@router.post(
+    "/retention-policies/{name}/run",
+    response={202: JobStartedOut, **error_responses(400, 403, 404, 422), 409: DryRunChangedOut},
+    summary="Run a retention policy",
+)
+def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpResponse) -> Status:
+    """Starts a job that deletes exactly the dry run `now` and `fingerprint` name, or
+    nothing: 409 with a fresh dry run when it would differ already."""
+    require_delete(request)
+    row = _row(name)
+    policy = retention.policy_of(row)
+    if retention.dry_run(policy, now=payload.now).fingerprint != payload.fingerprint:
+        raise ApiError(
+            409,
+            "plan_changed",
+            "the registry changed since that dry run (or it was another one): nothing was "
+            "deleted; check the new dry run and send its now and fingerprint",
+            dry_run=dry_run_out(retention.dry_run(policy)),
+        )
+    job = jobs.start_retention(
+        policy=row.name, now=payload.now, fingerprint=payload.fingerprint, user=request.user
+    )
+    url = reverse("api:get_job", kwargs={"job_id": job.pk})
+    response["Location"] = url
+    return Status(202, {"id": job.pk, "url": url})
+
+
+def policy_json(row: PolicyRow) -> dict[str, Any]:
+    return retention.policy_of(row).as_json()
+
+
+def dry_run_out(result: retention.DryRun) -> dict[str, Any]:
+    return {**result.as_dict(), "fingerprint": result.fingerprint}
+
+
+def _row(name: str) -> PolicyRow:
+    row = PolicyRow.objects.filter(name=name).first()
+    if row is None:
+        raise ApiError(404, "not_found", f"no retention policy {name}")
+    return row
+
+
+def _url(name: str) -> str:
+    return reverse("api:get_policy", kwargs={"name": name})
+
+
+def _policy_in(request: HttpRequest) -> retention.Policy:
+    if len(request.body) > retention.MAX_IMPORT_BYTES:
+        raise ApiError(
+            400, "bad_request", f"a policy is at most {retention.MAX_IMPORT_BYTES // 1000} kB"
+        )
+    try:
+        data = json.loads(request.body)
+    except ValueError:
+        raise ApiError(400, "bad_request", "the request body is not valid JSON") from None
+    try:
+        return retention.parse_policy(data)
+    except retention.InvalidPolicy as invalid:
+        raise ApiError(
+            422,
+            "invalid_policy",
+            str(invalid),
+            fields=[{"field": e.field, "message": e.message} for e in invalid.errors],
+        ) from None

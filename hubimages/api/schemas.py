@@ -1,0 +1,307 @@
+"""The API's typed shapes: what the OpenAPI document describes and every answer is checked
+against. Output shapes mirror the command line's JSON (`list_images --json`,
+`delete_images --dry-run --json`, `apply_retention --dry-run --json`) field for field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from django.conf import settings
+from ninja import Field, Schema
+from pydantic import AwareDatetime, ConfigDict, StrictBool
+
+from hubimages import inventory, retention
+
+MAX_PAGE_SIZE = 100
+MAX_DIGESTS = 1000
+Timestamp = str  # ISO 8601 in UTC with a "Z", as the command line prints it
+
+
+def _timestamp(description: str) -> Any:
+    return Field(None, description=description, json_schema_extra={"format": "date-time"})
+
+
+class Strict(Schema):
+    """A request body: an unknown field is an error, not silently ignored (a misspelt
+    `dry_run` must never delete)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class FieldProblem(Schema):
+    field: str = Field(description="Where: a parameter name, or a JSON path in the body.")
+    message: str
+
+
+class ErrorDetail(Schema):
+    code: str = Field(description="Stable, for scripts: `not_found`, `plan_changed`…")
+    message: str = Field(description="For people.")
+    fields: list[FieldProblem] | None = Field(
+        None, description="With 422: each invalid parameter or field."
+    )
+
+
+class ErrorOut(Schema):
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int, type[ErrorOut]]:
+    """The error answers an endpoint documents; 401 and 429 go with every endpoint, since
+    every endpoint takes tokens."""
+    return {status: ErrorOut for status in sorted({401, 429, *statuses})}
+
+
+# -- paging ------------------------------------------------------------------------------
+
+
+class PageQuery(Schema):
+    page: int = Field(1, ge=1, description="1 for the first page.")
+    page_size: int = Field(
+        settings.PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="Items per page, ≤ 100."
+    )
+
+
+class Page(Schema):
+    count: int = Field(description="Items on all pages.")
+    next: str | None = Field(description="The next page's URL; null on the last page.")
+    previous: str | None = Field(description="The previous page's URL; null on the first.")
+
+
+# -- repositories and images -------------------------------------------------------------
+
+
+class RepositoriesQuery(PageQuery):
+    search: str = Field("", max_length=200, description="Part of the repository's name.")
+    ordering: Literal[tuple(inventory.REPOSITORY_SORTS)] = Field(  # type: ignore[valid-type]
+        "name", description="`-` first for descending."
+    )
+
+
+class RepositoryOut(Schema):
+    name: str
+    tag_count: int
+    image_count: int = Field(description="Top-level items: indexes, and images no index holds.")
+    stale_count: int
+    size: int = Field(description="Stored bytes, each blob counted once.")
+    last_pushed: Timestamp | None = _timestamp("The newest top-level item's Last pushed.")
+    synced_at: Timestamp | None = _timestamp("When a sync last read this repository.")
+
+
+class RepositoryPage(Page):
+    results: list[RepositoryOut]
+
+
+class ImagesQuery(PageQuery):
+    search: str = Field(
+        "",
+        max_length=200,
+        description="Tag substring, or digest prefix with or without `sha256:`; a match on "
+        "a child shows its index.",
+    )
+    filter: Literal[inventory.FILTERS] = Field(  # type: ignore[valid-type]
+        inventory.DEFAULT_FILTER, description="Which top-level items."
+    )
+    status: Literal["active", "stale"] | None = Field(
+        None, description="Stale: no pull or push for `STALE_AFTER_MONTHS`."
+    )
+    ordering: Literal[inventory.SORTS] = Field(  # type: ignore[valid-type]
+        inventory.DEFAULT_SORT, description="`-` first for descending; never pulled sorts last."
+    )
+
+
+class ChildOut(Schema):
+    digest: str
+    kind: str
+    platform: str
+    size: int
+    tags: list[str]
+
+
+class ImageOut(Schema):
+    """One row of the Image Management list, as `list_images --json` prints it."""
+
+    digest: str
+    kind: Literal["index", "image", "attestation", "artifact"]
+    media_type: str
+    tags: list[str]
+    platforms: list[str]
+    size: int = Field(description="Config and layers (an index: its images', each blob once).")
+    last_pushed: Timestamp | None = _timestamp("The push event's time, or an estimate.")
+    last_pushed_estimated: bool
+    last_pulled: Timestamp | None = _timestamp("null when no pull was seen.")
+    stale: bool
+    children: list[ChildOut] = Field(description="An index's images, then referrers.")
+
+
+class ImagePage(Page):
+    results: list[ImageOut]
+
+
+class LayerOut(Schema):
+    position: int
+    digest: str
+    size: int
+    media_type: str
+    created_by: str | None = Field(description="The build step that made it, when known.")
+
+
+class ReferrerOut(Schema):
+    digest: str
+    kind: str
+    artifact_type: str
+    size: int
+    tags: list[str]
+
+
+class ImageDetailOut(ImageOut):
+    platform: str = Field(description="An image's own platform; empty for an index.")
+    manifest_size: int = Field(description="The manifest's own bytes.")
+    artifact_type: str
+    config_digest: str
+    created: Timestamp | None = _timestamp("Build time, when plausible.")
+    subject: str | None = Field(description="What this artifact refers to (signatures, SBOMs).")
+    parents: list[str] = Field(description="Indexes of this repository that hold it.")
+    referrers: list[ReferrerOut]
+    layers: list[LayerOut]
+    labels: dict[str, Any] = Field(description="The config's labels: untrusted text.")
+    annotations: dict[str, Any] = Field(description="The manifest's annotations: untrusted text.")
+
+
+# -- delete-images -----------------------------------------------------------------------
+
+
+class DeleteImagesIn(Strict):
+    digests: list[str] = Field(
+        min_length=1,
+        max_length=MAX_DIGESTS,
+        description="Top-level items to delete, `sha256:<hex>` (the prefix is optional).",
+    )
+    dry_run: StrictBool = Field(True, description="true: only answer the plan. false: delete it.")
+    fingerprint: str | None = Field(
+        None, max_length=64, description="With dry_run false: the dry run's fingerprint."
+    )
+
+
+class PlannedOut(Schema):
+    digest: str
+    kind: str
+    tags: list[str]
+    size: int
+    because: str = Field(description="`selected`, or why the cascade takes it.")
+
+
+class KeptOut(Schema):
+    digest: str
+    reason: str
+
+
+class RefusedOut(Schema):
+    digest: str
+    reason: str
+
+
+class PlanBody(Schema):
+    """The `delete_images --dry-run --json` object."""
+
+    delete: list[PlannedOut]
+    keep: list[KeptOut]
+    tags_removed: list[str]
+    reclaimable_bytes: int = Field(description="What the registry's garbage collector frees.")
+
+
+class PlanOut(PlanBody):
+    fingerprint: str = Field(description="Send it back with dry_run false to delete this plan.")
+    refused: list[RefusedOut] = Field(description="Selected digests that cannot be deleted.")
+
+
+class PlanChangedOut(ErrorOut):
+    plan: PlanOut = Field(description="The plan as it is now.")
+
+
+class JobStartedOut(Schema):
+    id: int
+    url: str = Field(description="Follow the job here.")
+
+
+# -- jobs --------------------------------------------------------------------------------
+
+
+class JobOut(Schema):
+    id: int
+    kind: Literal["sync", "sync_repository", "deletion", "retention"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    repository: str
+    started_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    max_attempts: int
+    progress: str = Field(description="While it runs.")
+    message: str = Field(description="Why it failed, or why it will be tried again.")
+    outcome: dict[str, Any] = Field(
+        description="Once finished. A deletion: `deleted` (digest, kind, tags, size), "
+        "`failed` and `skipped` (digest, reason), `reclaimed_bytes`; with `stale` true the "
+        "plan changed, nothing was deleted and `plan` is the new one."
+    )
+
+
+# -- retention policies ------------------------------------------------------------------
+
+
+class RuleSchema(Strict):
+    keep: Literal[retention.KEEP_KINDS]  # type: ignore[valid-type]
+    count: int | None = None
+    days: int | None = None
+    tags: list[str] | None = None
+    exclude_tags: list[str] | None = None
+    untagged: bool | None = None
+    group_by: str | None = None
+
+
+class ScheduleSchema(Strict):
+    every_hours: int
+
+
+class RetentionPolicy(Strict):
+    """SPEC §8's policy JSON, as `retention_policy export` prints it."""
+
+    name: str
+    repositories: list[str] = Field(default_factory=lambda: list(retention.DEFAULT_REPOSITORIES))
+    rules: list[RuleSchema]
+    max_delete_fraction: float = retention.DEFAULT_MAX_DELETE_FRACTION
+    schedule: ScheduleSchema | None = None
+    enabled: bool = True
+
+
+class PolicyPage(Page):
+    results: list[RetentionPolicy]
+
+
+class RepositoryDryRunOut(Schema):
+    repository: str
+    selected: list[str]
+    plan: PlanBody
+
+
+class DryRunOut(Schema):
+    """`apply_retention --dry-run --json`, plus the fingerprint that runs exactly it."""
+
+    policy: str
+    now: Timestamp = Field(json_schema_extra={"format": "date-time"})
+    repositories: list[RepositoryDryRunOut]
+    reclaimable_bytes: int
+    fingerprint: str
+
+
+class DryRunChangedOut(ErrorOut):
+    dry_run: DryRunOut = Field(description="A fresh dry run, as of a new `now`.")
+
+
+class RunIn(Strict):
+    now: AwareDatetime = Field(description="The dry run's `now`, as it answered it.")
+    fingerprint: str = Field(max_length=64, description="The dry run's fingerprint.")

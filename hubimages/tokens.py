@@ -1,0 +1,155 @@
+"""Personal access tokens for the HTTP API (SPEC §9): issuing, checking, revoking, and the
+limit on failed attempts.
+
+A token is `hubi_` and 43 characters of `secrets.token_urlsafe(32)`. It is shown once, when
+issued; the database keeps its SHA-256 (looked up by equality, so checking one costs an
+index probe) and its first characters, for people to tell tokens apart.
+
+Guessing is rate-limited like sign-ins (django-axes, `LOGIN_FAILURE_LIMIT` failures per
+`LOGIN_COOLOFF_MINUTES`), but keyed by the client address alone: a token attempt names no
+user. Axes itself keys on username and address and records attempts through its login
+signals, so the address is read the way axes reads it (`get_client_ip_address`) and the
+count lives in `ApiTokenFailure`. Only unknown tokens count: an expired or revoked token is
+a real one a script forgot to replace, not a guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from hubimages.models import ApiToken, ApiTokenFailure
+
+PREFIX = "hubi_"
+SHOWN_CHARACTERS = 12  # "hubi_" and 7 characters: enough to recognise, useless to guess
+MAX_EXPIRY_DAYS = 3650
+# Writing last_used_at on every call would make each API request a write: once a minute
+# is precise enough for "last used".
+LAST_USED_PRECISION = timedelta(minutes=1)
+# A header longer than this is not one of our tokens; it is not even hashed.
+MAX_TOKEN_LENGTH = 100
+
+
+class InvalidToken(Exception):
+    """The token is unknown, expired or revoked, or its user may not sign in."""
+
+
+class TooManyFailures(Exception):
+    """This address failed too often: it waits until `until`."""
+
+    def __init__(self, until: datetime) -> None:
+        self.until = until
+        super().__init__(
+            "too many failed token attempts from this address: "
+            f"try again after {until:%Y-%m-%d %H:%M:%S} UTC"
+        )
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token just made: `token` is the only copy of the secret there will ever be."""
+
+    row: ApiToken
+    token: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue(*, user, name: str, scope: str, expires_in_days: int | None = None) -> IssuedToken:
+    """Create a token for `user`. Its scope may say more than the user may do: a token
+    never grants more than its user has (see `may_delete`), and the user may get the
+    permission later."""
+    if scope not in ApiToken.Scope.values:
+        raise ValueError(f"scope must be one of {', '.join(ApiToken.Scope.values)}")
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
+        raise ValueError(f"expiry must be from 1 to {MAX_EXPIRY_DAYS} days")
+    token = PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken.objects.create(
+        user=user,
+        name=name.strip()[:100],
+        scope=scope,
+        prefix=token[:SHOWN_CHARACTERS],
+        token_hash=hash_token(token),
+        expires_at=timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None,
+    )
+    return IssuedToken(row, token)
+
+
+def revoke(row: ApiToken) -> None:
+    ApiToken.objects.filter(pk=row.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def state(row: ApiToken, now: datetime | None = None) -> str:
+    """`active`, `expired` or `revoked`, for lists."""
+    if row.revoked_at:
+        return "revoked"
+    if row.expires_at and row.expires_at <= (now or timezone.now()):
+        return "expired"
+    return "active"
+
+
+def may_delete(user, token: ApiToken | None) -> bool:
+    """The user's own permission, narrowed by the token's scope (None: a browser session)."""
+    if token is not None and token.scope != ApiToken.Scope.READ_DELETE:
+        return False
+    return user.has_perm("hubimages.delete_manifest")
+
+
+def authenticate(token: str, *, address: str, now: datetime | None = None) -> ApiToken:
+    """The live token `token` names, with its user; raises TooManyFailures while `address`
+    is locked out (before looking at the token), InvalidToken otherwise."""
+    now = now or timezone.now()
+    failures = ApiTokenFailure.objects.filter(address=address).values("locked_until").first()
+    if failures and failures["locked_until"] and failures["locked_until"] > now:
+        raise TooManyFailures(failures["locked_until"])
+    row = None
+    if token.startswith(PREFIX) and len(token) <= MAX_TOKEN_LENGTH:
+        row = ApiToken.objects.select_related("user").filter(token_hash=hash_token(token)).first()
+    if row is None:
+        record_failure(address, now)
+        raise InvalidToken("not a valid API token")
+    if row.revoked_at:
+        raise InvalidToken(f"this token ({row.name}) was revoked")
+    if row.expires_at and row.expires_at <= now:
+        raise InvalidToken(
+            f"this token ({row.name}) expired on {row.expires_at:%Y-%m-%d %H:%M} UTC"
+        )
+    if not row.user.is_active:
+        raise InvalidToken("this token's user is inactive")
+    if row.last_used_at is None or row.last_used_at <= now - LAST_USED_PRECISION:
+        ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+        row.last_used_at = now
+    if failures:  # a success clears the address's count, as axes does for sign-ins
+        ApiTokenFailure.objects.filter(address=address).delete()
+    return row
+
+
+def record_failure(address: str, now: datetime) -> None:
+    """Count a failed attempt from `address`; the one that reaches the limit locks it out
+    for the cool-off. Failures older than the cool-off are forgotten."""
+    cooloff = settings.AXES_COOLOFF_TIME
+    window = Q(first_failed_at__gt=now - cooloff)
+    ApiTokenFailure.objects.filter(
+        ~window & (Q(locked_until__isnull=True) | Q(locked_until__lte=now))
+    ).delete()
+    counted = ApiTokenFailure.objects.filter(window, address=address).update(
+        failures=F("failures") + 1
+    )
+    if not counted:
+        try:
+            with transaction.atomic():
+                ApiTokenFailure.objects.create(address=address, failures=1, first_failed_at=now)
+        except IntegrityError:  # another request from the same address created it just now
+            ApiTokenFailure.objects.filter(address=address).update(failures=F("failures") + 1)
+    ApiTokenFailure.objects.filter(
+        address=address, failures__gte=settings.AXES_FAILURE_LIMIT, locked_until__isnull=True
+    ).update(locked_until=now + cooloff)
