@@ -345,6 +345,8 @@ def note_collections(client: RegistryClient, now: datetime | None = None) -> int
     if low == 0:
         return 0
     collected_before = witnesses[low - 1][2]
-    return _uncollected().filter(finished_at__lte=collected_before).update(
-        collected_at=now or timezone.now()
+    return (
+        _uncollected()
+        .filter(finished_at__lte=collected_before)
+        .update(collected_at=now or timezone.now())
     )
