@@ -248,6 +248,7 @@ def shared_layers() -> list[dict]:
             "manifests": row["manifests"],
             "repositories": row["repositories"],
             "repository_names": names[row["blob_id"]][:NAMES_SHOWN],
+            "more_repositories": max(0, row["repositories"] - NAMES_SHOWN),
             "saved_bytes": row["blob__size"] * (row["manifests"] - 1),
         }
         for row in rows

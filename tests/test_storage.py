@@ -202,6 +202,7 @@ def test_the_largest_items_and_the_most_shared_layers(two_teams):
         "manifests": 2,
         "repositories": 2,
         "repository_names": [API, WEB],
+        "more_repositories": 0,
         "saved_bytes": 50_000,
     }
     assert 8_000 not in shared  # used by one image only
