@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.core.paginator import Paginator
-from django.db.models import CharField, Count, F, Func, IntegerField, Prefetch, Q, Sum, Value
+from django.db.models import CharField, Count, F, Func, IntegerField, Q, Sum, Value, Window
+from django.db.models.functions import RowNumber
 
 from hubimages.models import Deletion, DeletionRecord
 from hubimages.retention import iso
@@ -23,6 +24,7 @@ RECORD = "record"  # a manifest deleted before operations existed
 MANIFESTS_SHOWN = 100  # an operation opens onto its first manifests; the CSV has them all
 SELECTION_SHOWN = 3
 CSV_CHUNK = 200
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CSV_HEADER = (
     "operation",
     "started_at",
@@ -119,13 +121,10 @@ def rows(page: Iterable[tuple[str, int, datetime]], *, every_record: bool = Fals
     page = list(page)
     operation_ids = [pk for source, pk, _ in page if source == OPERATION]
     record_ids = [pk for source, pk, _ in page if source == RECORD]
-    records = DeletionRecord.objects.order_by("deleted_at", "pk")
-    if not every_record:
-        records = records[:MANIFESTS_SHOWN]
+    records = _records_of(operation_ids, None if every_record else MANIFESTS_SHOWN)
     operations = {
-        operation.pk: _operation_row(operation)
-        for operation in Deletion.objects.filter(pk__in=operation_ids)
-        .annotate(
+        operation.pk: _operation_row(operation, records.get(operation.pk, []))
+        for operation in Deletion.objects.filter(pk__in=operation_ids).annotate(
             deleted=Count("records", filter=Q(records__state=DeletionRecord.State.DONE)),
             failed=Count("records", filter=Q(records__state=DeletionRecord.State.FAILED)),
             pending=Count("records", filter=Q(records__state=DeletionRecord.State.PENDING)),
@@ -134,7 +133,6 @@ def rows(page: Iterable[tuple[str, int, datetime]], *, every_record: bool = Fals
                 filter=Q(records__state=DeletionRecord.State.DONE),
             ),
         )
-        .prefetch_related(Prefetch("records", queryset=records))
     }
     legacy = {row.pk: _record_row(row) for row in DeletionRecord.objects.filter(pk__in=record_ids)}
     return [
@@ -144,8 +142,21 @@ def rows(page: Iterable[tuple[str, int, datetime]], *, every_record: bool = Fals
     ]
 
 
-def _operation_row(operation: Deletion) -> HistoryRow:
-    records = list(operation.records.all())
+def _records_of(operation_ids: list[int], limit: int | None) -> dict[int, list]:
+    """Each operation's records in the order they were written, the first `limit` of each."""
+    records = DeletionRecord.objects.filter(operation_id__in=operation_ids)
+    if limit is not None:
+        number = Window(
+            RowNumber(), partition_by=F("operation_id"), order_by=[F("deleted_at"), F("pk")]
+        )
+        records = records.annotate(number=number).filter(number__lte=limit)
+    grouped: dict[int, list] = {}
+    for record in records.order_by("deleted_at", "pk"):
+        grouped.setdefault(record.operation_id, []).append(record)
+    return grouped
+
+
+def _operation_row(operation: Deletion, records: list[DeletionRecord]) -> HistoryRow:
     tags_of = {record.digest: tuple(record.tags) for record in records}
     selected = [Selected(d, tags_of.get(d, ())) for d in operation.selected]
     manifests = operation.deleted + operation.failed + operation.pending
@@ -219,33 +230,39 @@ def _csv_lines(row: HistoryRow) -> Iterator[list]:
     operation = [
         row.pk if row.source == OPERATION else "",
         _time(row.at),
-        _cell(row.username),
+        row.username,
         row.repository,
         row.state if row.source == OPERATION else "",
         " ".join(s.digest for s in row.selected) if row.source == OPERATION else "",
     ]
     collected = _time(row.collected_at)
     if not row.records:
-        yield operation + ["", "", "", "", "", "", _cell(row.message), "", collected]
+        yield _inert(operation + ["", "", "", "", "", "", row.message, "", collected])
     for record in row.records:
-        yield operation + [
-            record.digest,
-            record.kind,
-            " ".join(record.tags),
-            record.size,
-            record.reclaimed_bytes,
-            record.state,
-            _cell(record.message),
-            _time(record.deleted_at),
-            collected,
-        ]
+        yield _inert(
+            operation
+            + [
+                record.digest,
+                record.kind,
+                " ".join(record.tags),
+                record.size,
+                record.reclaimed_bytes,
+                record.state,
+                record.message,
+                _time(record.deleted_at),
+                collected,
+            ]
+        )
 
 
 def _time(value: datetime | None) -> str:
     return iso(value) if value else ""
 
 
-def _cell(text: str) -> str:
+def _inert(line: list) -> list:
     """Text from people or the registry, made inert for spreadsheets: a cell that starts
     with `=`, `+`, `-`, `@` or a control character would be read as a formula."""
-    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return [
+        f"'{value}" if isinstance(value, str) and value[:1] in FORMULA_STARTS else value
+        for value in line
+    ]

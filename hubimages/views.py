@@ -547,12 +547,15 @@ def deletion_history(request: HttpRequest) -> HttpResponse:
     not already show (plus a username)."""
     repository = request.GET.get("repository", "").strip()[:255]
     page = _paginate(history.entries(repository), HISTORY_PER_PAGE, request.GET.get("page"))
+    state = {"repository": repository or None}
+    export = reverse("deletion_history_csv")
     context = {
         "page": page,
         "rows": history.rows(page.object_list),
         **_neighbours(page),
         "repository": repository,
-        "state": {"repository": repository or None},
+        "state": state,
+        "export_url": f"{export}?{_encode(state)}" if repository else export,
         "waiting": storage.waiting_for_collection(),
     }
     return render_page(request, "deletion_history.html", "records", context)
