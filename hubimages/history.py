@@ -12,7 +12,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.core.paginator import Paginator
 from django.db.models import CharField, Count, F, Func, IntegerField, Q, Sum, Value, Window
 from django.db.models.functions import RowNumber
 
@@ -218,11 +217,12 @@ def _record_row(record: DeletionRecord) -> HistoryRow:
 
 def csv_rows(repository: str = "") -> Iterator[list]:
     """The history as CSV rows, one per manifest (an operation that deleted nothing has
-    one row without a manifest), newest operation first, read in chunks."""
+    one row without a manifest), newest operation first. What to export is read once, so
+    a deletion made meanwhile shifts nothing; the details are read in chunks."""
     yield list(CSV_HEADER)
-    paginator = Paginator(entries(repository), CSV_CHUNK)
-    for number in paginator.page_range:
-        for row in rows(paginator.page(number).object_list, every_record=True):
+    everything = list(entries(repository))
+    for start in range(0, len(everything), CSV_CHUNK):
+        for row in rows(everything[start : start + CSV_CHUNK], every_record=True):
             yield from _csv_lines(row)
 
 
