@@ -70,7 +70,10 @@ def test_the_storage_page_draws_its_charts_and_sorts_in_place(lived_in, signed_i
         lambda message: errors.append(message.text) if message.type == "error" else None,
     )
     page.set_viewport_size({"width": 1366, "height": 900})
-    page.goto("/")
+    page.goto("/?sort=-reclaimable")
+    expect(page.locator("tr.totals")).to_contain_text("All 4 repositories")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "repositories.png", full_page=True)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Storage").click()
 
     expect(page.get_by_role("heading", name="Storage", level=1)).to_be_visible()
@@ -98,7 +101,6 @@ def test_the_storage_page_draws_its_charts_and_sorts_in_place(lived_in, signed_i
     page.screenshot(path=ARTIFACTS / "storage-top.png")
 
     page.get_by_text("The same as a table").click()
-    expect(page.get_by_role("table", name="Stored bytes at each full sync").locator("tbody tr"))
     rows = page.get_by_role("table", name="Stored bytes at each full sync").locator("tbody tr")
     expect(rows).to_have_count(7)
     assert errors == []
@@ -129,3 +131,25 @@ def test_on_a_phone_the_charts_fit_the_screen(lived_in, browser, signed_in_page)
     assert table.bounding_box()["x"] >= 0
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "storage-phone.png", full_page=True)
+
+
+def test_the_deletion_history_opens_an_operation_and_leads_to_garbage_collection(
+    lived_in, signed_in_page
+):
+    page = signed_in_page()
+    page.set_viewport_size({"width": 1366, "height": 900})
+    page.goto("/history/")
+
+    operation = page.locator("tbody.operation").first
+    expect(operation.locator("tr.row")).to_contain_text("ci-cleanup")
+    expect(operation.locator("tr.row")).to_contain_text("waiting for GC")
+    expect(operation.locator("tr.record")).to_be_hidden()
+    operation.get_by_text("1 manifest").click()
+    expect(operation.locator("tr.record")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "deletion-history.png", full_page=True)
+
+    page.get_by_role("link", name="how to run it").click()
+    expect(page).to_have_url("/storage/#garbage-collection")
+    heading = page.get_by_role("heading", name="Freeing the space: garbage collection")
+    expect(heading).to_be_visible()

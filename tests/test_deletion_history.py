@@ -268,3 +268,10 @@ def test_the_history_costs_no_more_queries_however_many_operations(db, viewer_cl
 
     few = queries_for_a_page(2)  # operations and older records on one page
     assert queries_for_a_page(60) <= few
+
+
+def test_the_history_and_its_export_need_signing_in(client, db):
+    for url in ("/history/", "/history/export.csv"):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/accounts/login/")
