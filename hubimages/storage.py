@@ -76,11 +76,11 @@ def insights() -> dict:
     and untagged items there are, the largest items, the most shared layers, and when
     the figures were computed. From the cache while the state is the one they describe."""
     key = state_key()
-    cached = StorageFigures.objects.filter(pk=FIGURES_ROW, key=key).values_list("figures")
-    for (document,) in cached:
-        return document
-    document = compute()
-    _keep(key, document)
+    kept = StorageFigures.objects.filter(pk=FIGURES_ROW, key=key).values_list("figures", flat=True)
+    document = kept.first()
+    if document is None:
+        document = compute()
+        _keep(key, document)
     return document
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlencode
@@ -177,7 +178,9 @@ def repositories(request: HttpRequest) -> HttpResponse:
     return render_page(request, "repositories.html", "table", context)
 
 
-def _by_reclaimable(rows, reclaimable: dict[str, int], *, descending: bool) -> list:
+def _by_reclaimable(
+    rows: Iterable[Repository], reclaimable: dict[str, int], *, descending: bool
+) -> list[Repository]:
     """Repositories by their stale reclaimable bytes (then by name); those the figures do
     not know yet (pushed since the last sync) last either way."""
     rows = sorted(rows, key=lambda row: row.name)
