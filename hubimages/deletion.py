@@ -711,7 +711,7 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
     if not deleted:
         return 0
     ids = [item.manifest_id for item in deleted]
-    shares = _reclaimed_shares(ids)
+    shares, probe = _reclaimed_shares(ids)
     blob_ids = list(
         ManifestBlob.objects.filter(manifest_id__in=ids).values_list("blob_id", flat=True)
     )
@@ -719,6 +719,7 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
     with transaction.atomic():
         for manifest_id, share in shares.items():
             operation.records.filter(digest=digests[manifest_id]).update(reclaimed_bytes=share)
+        Deletion.objects.filter(pk=operation.pk).update(probe_digest=probe)
         Manifest.objects.filter(pk__in=ids).delete()
         Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
         rollups.refresh(repository)
@@ -726,20 +727,27 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
     return sum(shares.values())
 
 
-def _reclaimed_shares(ids: list[int]) -> dict[int, int]:
+def _reclaimed_shares(ids: list[int]) -> tuple[dict[int, int], str]:
+    """Each freed blob's bytes credited to the first deleted manifest holding it; and the
+    largest freed layer or config, the operation's probe (`Deletion.probe_digest`: the
+    registry serves it through the repository until its garbage collector runs, which
+    a manifest's own blob, reachable only as a manifest, does not tell)."""
     position = {pk: i for i, pk in enumerate(ids)}
     used_elsewhere = ManifestBlob.objects.filter(blob_id=OuterRef("blob_id")).exclude(
         manifest_id__in=ids
     )
     owner: dict[int, tuple[int, int]] = {}  # blob id -> (manifest id, size)
-    for blob_id, manifest_id, size in (
+    probe: tuple[int, str] = (-1, "")
+    for blob_id, manifest_id, size, role, digest in (
         ManifestBlob.objects.filter(manifest_id__in=ids)
         .filter(~Exists(used_elsewhere))
-        .values_list("blob_id", "manifest_id", "blob__size")
+        .values_list("blob_id", "manifest_id", "blob__size", "role", "blob__digest")
     ):
         if blob_id not in owner or position[manifest_id] < position[owner[blob_id][0]]:
             owner[blob_id] = (manifest_id, size)
+        if role != ManifestBlob.Role.MANIFEST and (-size, digest) < (-probe[0], probe[1]):
+            probe = (size, digest)
     shares: dict[int, int] = defaultdict(int)
     for manifest_id, size in owner.values():
         shares[manifest_id] += size
-    return dict(shares)
+    return dict(shares), probe[1]

@@ -29,7 +29,7 @@ from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from hubimages import deletion, events, retention, sync
+from hubimages import deletion, events, retention, storage, sync
 from hubimages.connection import registry_client
 from hubimages.locks import LeaseBusy, LeaseLost
 from hubimages.models import (
@@ -223,6 +223,11 @@ def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
             workers=settings.SYNC_WORKERS,
             progress=progress,
         )
+    if summary.succeeded:
+        # The Storage page's figures for the state the sync left, computed here rather
+        # than by the first person who opens the page.
+        progress("Computing the storage figures")
+        storage.insights()
     return _sync_outcome(summary)
 
 

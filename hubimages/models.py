@@ -224,11 +224,19 @@ class Deletion(models.Model):
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     reclaimed_bytes = models.BigIntegerField(default=0)
+    # The registry frees `reclaimed_bytes` when its garbage collector runs. One blob the
+    # deletion freed (its largest layer or config) is asked for after each full sync: once
+    # the registry no longer has it, the collector has run (`storage.note_collections`).
+    probe_digest = models.CharField(max_length=160, blank=True)
+    collected_at = models.DateTimeField(
+        null=True, blank=True, help_text="When hubimages saw the garbage collector had run."
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
         indexes = [
-            models.Index(fields=["repository", "-started_at"], name="operation_by_repository")
+            models.Index(fields=["repository", "-started_at"], name="operation_by_repository"),
+            models.Index(fields=["collected_at", "finished_at"], name="operation_by_collection"),
         ]
 
 
@@ -491,3 +499,23 @@ class ApiTokenFailure(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["first_failed_at"], name="token_failure_by_time")]
+
+
+class StorageSample(models.Model):
+    """The registry's stored bytes at the end of a successful full sync: the Storage page's
+    "over time" chart (one point per full sync, kept a year)."""
+
+    at = models.DateTimeField(db_index=True)
+    stored_bytes = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["at"]
+
+
+class StorageFigures(models.Model):
+    """The Storage page's figures as last computed, and the key of the state they describe
+    (`storage.state_key`): one row, shared by every web and worker process on any host."""
+
+    key = models.CharField(max_length=64)
+    computed_at = models.DateTimeField()
+    figures = models.JSONField(default=dict)

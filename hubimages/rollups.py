@@ -1,5 +1,7 @@
 """Derived columns the list filters and sorts on, recomputed in SQL after every change."""
 
+from collections.abc import Collection
+
 from django.db.models import Exists, F, Max, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
@@ -49,10 +51,17 @@ def _children_size() -> Subquery:
     )
 
 
-def distinct_blob_size(links) -> Subquery:
-    """The total size of the distinct config and layer blobs these ManifestBlob rows name:
-    a layer shared by several manifests counts once, as the registry stores it once."""
-    blobs = links.filter(role__in=[ManifestBlob.Role.CONFIG, ManifestBlob.Role.LAYER])
+IMAGE_CONTENT = (ManifestBlob.Role.CONFIG, ManifestBlob.Role.LAYER)
+
+
+def distinct_blob_size(links, roles: Collection[str] | None = IMAGE_CONTENT) -> Subquery:
+    """The total size of the distinct blobs these ManifestBlob rows name: a layer shared by
+    several manifests counts once, as the registry stores it once.
+
+    By default the config and layer blobs, an image's size (SPEC §2); `roles=None` adds
+    the manifests' own bytes, which the registry stores as blobs too (a repository's
+    storage, which its garbage collector frees)."""
+    blobs = links if roles is None else links.filter(role__in=list(roles))
     total = (
         Blob.objects.filter(pk__in=blobs.values("blob_id"))
         .annotate(group=Value(1))

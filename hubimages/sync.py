@@ -121,7 +121,13 @@ def sync_registry(
         return _sync(client, list(dict.fromkeys(repositories)), None, workers, progress, prune)
     owner = f"a full sync ({socket.gethostname()}:{os.getpid()})"
     with lease(FULL_SYNC_LEASE, owner=owner, what="the registry"):
-        return _sync(client, None, catalog, workers, progress, prune)
+        summary = _sync(client, None, catalog, workers, progress, prune)
+        if summary.succeeded:
+            # Imported here: storage plans with `deletion`, which imports this module.
+            from hubimages import storage
+
+            storage.after_full_sync(client)
+        return summary
 
 
 def _sync(

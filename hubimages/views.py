@@ -8,8 +8,10 @@ gets the whole page, since htmx swaps it into the body.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlencode
@@ -18,7 +20,14 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    QueryDict,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
@@ -26,10 +35,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from hubimages import deletion, inventory, jobs, retention
+from hubimages import charts, deletion, history, inventory, jobs, retention, storage
 from hubimages.formatting import human_size
 from hubimages.models import (
-    DeletionRecord,
     Job,
     Manifest,
     Repository,
@@ -58,7 +66,14 @@ SORTABLE_COLUMNS = (
     ("last_pushed", "Last pushed"),
     ("last_pulled", "Last pulled"),
 )
-REPOSITORY_COLUMNS = (("name", "Name"), ("size", "Size"), ("last_pushed", "Last pushed"))
+REPOSITORY_COLUMNS = (
+    ("name", "Name"),
+    ("size", "Size"),
+    ("reclaimable", "Reclaimable (stale)"),
+    ("last_pushed", "Last pushed"),
+)
+# Reclaimable bytes come from the storage figures (the plan engine), not from SQL.
+RECLAIMABLE_SORTS = ("reclaimable", "-reclaimable")
 # A page shows at most 100 rows; more digests than this are not a selection but a misuse.
 MAX_SELECTED = 1000
 HISTORY_PER_PAGE = 50
@@ -139,11 +154,14 @@ def _neighbours(page: Page) -> dict:
 def repositories(request: HttpRequest) -> HttpResponse:
     search = request.GET.get("search", "").strip()[:200]
     sort = request.GET.get("sort", "name")
-    if sort not in inventory.REPOSITORY_SORTS:
+    if sort not in inventory.REPOSITORY_SORTS and sort not in RECLAIMABLE_SORTS:
         sort = "name"
-    page = _paginate(
-        inventory.repository_overview(search, sort), REPOSITORIES_PER_PAGE, request.GET.get("page")
-    )
+    figures = storage.insights()
+    reclaimable = {row["name"]: row["stale_reclaimable_bytes"] for row in figures["repositories"]}
+    rows = inventory.repository_overview(search, sort)
+    if sort in RECLAIMABLE_SORTS:
+        rows = _by_reclaimable(rows, reclaimable, descending=sort.startswith("-"))
+    page = _paginate(rows, REPOSITORIES_PER_PAGE, request.GET.get("page"))
     state = {"search": search or None, "sort": sort if sort != "name" else None}
     context = {
         "page": page,
@@ -153,8 +171,82 @@ def repositories(request: HttpRequest) -> HttpResponse:
         "state": state,
         "columns": _columns(sort, REPOSITORY_COLUMNS, ascending_first=("name",)),
         "never_synced": not page.paginator.count and not SyncRun.objects.exists(),
+        "reclaimable": reclaimable,
+        "figures": figures,
+        "totals": inventory.repository_totals() if page.paginator.count else None,
     }
     return render_page(request, "repositories.html", "table", context)
+
+
+def _by_reclaimable(
+    rows: Iterable[Repository], reclaimable: dict[str, int], *, descending: bool
+) -> list[Repository]:
+    """Repositories by their stale reclaimable bytes (then by name); those the figures do
+    not know yet (pushed since the last sync) last either way."""
+    rows = sorted(rows, key=lambda row: row.name)
+    known = [row for row in rows if row.name in reclaimable]
+    known.sort(key=lambda row: reclaimable[row.name], reverse=descending)
+    return known + [row for row in rows if row.name not in reclaimable]
+
+
+STORAGE_COLUMNS = (
+    ("name", "Repository"),
+    ("stored", "Stored"),
+    ("reclaimable", "Reclaimable (stale)"),
+    ("untagged", "Untagged"),
+)
+STORAGE_SORT_FIELDS = {
+    "stored": "stored_bytes",
+    "reclaimable": "stale_reclaimable_bytes",
+    "untagged": "untagged_bytes",
+}
+STORAGE_SORTS = ("name", "-name", *STORAGE_SORT_FIELDS, *(f"-{k}" for k in STORAGE_SORT_FIELDS))
+STORAGE_DEFAULT_SORT = "-stored"
+STORAGE_PER_PAGE = 20
+
+
+@require_GET
+@vary_on_htmx
+def storage_insights(request: HttpRequest) -> HttpResponse:
+    """The Storage page: the registry's storage, what cleaning up would free, where the
+    bytes are and how they changed (SPEC §10). The bar chart draws the rows of the table's
+    page, in the table's order."""
+    figures = storage.insights()
+    sort = request.GET.get("sort", STORAGE_DEFAULT_SORT)
+    if sort not in STORAGE_SORTS:
+        sort = STORAGE_DEFAULT_SORT
+    page = _paginate(
+        _storage_order(figures["repositories"], sort), STORAGE_PER_PAGE, request.GET.get("page")
+    )
+    points = [
+        (datetime.fromisoformat(point["at"]), point["stored_bytes"]) for point in figures["history"]
+    ]
+    context = {
+        "figures": figures,
+        "page": page,
+        **_neighbours(page),
+        "sort": sort,
+        "state": {"sort": sort if sort != STORAGE_DEFAULT_SORT else None},
+        "columns": _columns(sort, STORAGE_COLUMNS, ascending_first=("name",)),
+        "chart": charts.repository_bars(page.object_list),
+        "history_chart": charts.line_chart(points),
+        "history_points": points,
+        "waiting": storage.waiting_for_collection(),
+        "stale_months": settings.STALE_AFTER_MONTHS,
+        "as_of": datetime.fromisoformat(figures["as_of"]) if figures["as_of"] else None,
+    }
+    return render_page(request, "storage.html", "by-repository", context)
+
+
+def _storage_order(rows: list[dict], sort: str) -> list[dict]:
+    """Names A→Z, or a figure biggest first (names A→Z among equals), or reversed."""
+    key = sort.lstrip("-")
+    if key == "name":
+        return sorted(rows, key=lambda row: row["name"], reverse=sort.startswith("-"))
+    field = STORAGE_SORT_FIELDS[key]
+    ordered = sorted(rows, key=lambda row: row["name"])
+    ordered.sort(key=lambda row: row[field], reverse=sort.startswith("-"))
+    return ordered
 
 
 def _encode(state: dict) -> str:
@@ -446,23 +538,46 @@ def deleted_message(manifests: int, tags: int, reclaimed: int) -> str:
 @require_GET
 @vary_on_htmx
 def deletion_history(request: HttpRequest) -> HttpResponse:
-    """Every deleted manifest, newest first; `?repository=` narrows to one repository.
+    """Every deletion, newest first, one row per operation opening onto its manifests;
+    `?repository=` narrows to the repositories whose name holds that text.
 
     Any signed-in user may read it: whoever can see the list must be able to find out
     where an image went and who removed it, and the records hold nothing the list did
     not already show (plus a username)."""
     repository = request.GET.get("repository", "").strip()[:255]
-    records = DeletionRecord.objects.all()
-    if repository:
-        records = records.filter(repository=repository)
-    page = _paginate(records, HISTORY_PER_PAGE, request.GET.get("page"))
+    page = _paginate(history.entries(repository), HISTORY_PER_PAGE, request.GET.get("page"))
+    state = {"repository": repository or None}
+    export = reverse("deletion_history_csv")
     context = {
         "page": page,
+        "rows": history.rows(page.object_list),
         **_neighbours(page),
         "repository": repository,
-        "state": {"repository": repository or None},
+        "state": state,
+        "export_url": f"{export}?{_encode(state)}" if repository else export,
+        "waiting": storage.waiting_for_collection(),
     }
     return render_page(request, "deletion_history.html", "records", context)
+
+
+class _Echo:
+    """A file that hands back what is written to it, so `csv.writer` can stream."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+@require_GET
+def deletion_history_csv(request: HttpRequest) -> StreamingHttpResponse:
+    """The history as CSV, one line per deleted manifest, with the same filter."""
+    repository = request.GET.get("repository", "").strip()[:255]
+    writer = csv.writer(_Echo())
+    response = StreamingHttpResponse(
+        (writer.writerow(line) for line in history.csv_rows(repository)),
+        content_type="text/csv; charset=utf-8",
+    )
+    response["Content-Disposition"] = 'attachment; filename="deletion-history.csv"'
+    return response
 
 
 # -- retention policies (SPEC §8) --------------------------------------------------------------

@@ -339,6 +339,20 @@ class RegistryClient:
             )
         return body
 
+    def has_blob(self, repository: str, digest: str) -> bool:
+        """Whether the registry still serves this blob through this repository (a HEAD).
+
+        A deleted manifest's layers answer until the garbage collector removes them, so
+        this is how to tell that the collector has run."""
+        _check_name(repository)
+        _check_digest(digest)
+        url = f"{self.base_url}/v2/{repository}/blobs/{digest}"
+        try:
+            self._call("HEAD", url, scope=_pull_scope(repository))
+        except NotFound:
+            return False
+        return True
+
     def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete by digest: True when deleted now, False when the registry no longer had it."""
         _check_name(repository)

@@ -43,7 +43,10 @@ _NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME_RE = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
 MAX_NAME_LENGTH = 255
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_REFERRER_TAG_RE = re.compile(r"^sha256-([a-f0-9]{64})(?:\.(?:sig|att|sbom))?$")
+# Also a database regular expression (PostgreSQL's and Python's syntax agree on it), so
+# pages can leave these tags out of their counts in SQL.
+REFERRER_TAG_PATTERN = r"^sha256-([a-f0-9]{64})(?:\.(?:sig|att|sbom))?$"
+_REFERRER_TAG_RE = re.compile(REFERRER_TAG_PATTERN)
 _SCHEMA1_MESSAGE = (
     "schema 1 manifests are not supported (Docker deprecated them in 2017); "
     "push the image again with a current client"

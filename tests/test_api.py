@@ -761,3 +761,29 @@ def test_the_document_needs_credentials_like_the_rest(client, viewer_client, vie
     assert viewer_client.get(f"{API}/openapi.json").json()["info"]["title"] == "hubimages API"
     by_token = client.get(f"{API}/openapi.json", headers=bearer(viewer, ApiToken.Scope.READ))
     assert by_token.json()["paths"]
+
+
+def test_the_storage_figures_are_the_storage_page_s_and_a_stale_figure_is_a_dry_run(
+    stock, client, reader, deleter
+):
+    from hubimages import storage
+
+    figures = client.get(f"{API}/storage", headers=reader).json()
+
+    assert figures == storage.figures()
+    assert set(figures) == {
+        "stored_bytes",
+        "stale_reclaimable_bytes",
+        "untagged_bytes",
+        "repositories",
+        "history",
+    }
+    mine = next(row for row in figures["repositories"] if row["name"] == REPO)
+    stale = client.get(IMAGES, {"status": "stale"}, headers=reader)
+    plan = client.post(
+        DELETE,
+        {"digests": digests(stale), "dry_run": True},
+        content_type="application/json",
+        headers=bearer(deleter),
+    )
+    assert digests(stale) and mine["stale_reclaimable_bytes"] == plan.json()["reclaimable_bytes"]

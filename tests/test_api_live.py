@@ -21,7 +21,7 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 from playwright.sync_api import expect
 
-from hubimages import tokens
+from hubimages import storage, tokens
 from hubimages.models import ApiToken, Job
 from tests.api_helpers import API, REPO, push_stock
 
@@ -155,6 +155,10 @@ def test_the_openapi_document_validates_and_every_endpoint_answers_as_documented
     good_run = {"now": dry_run["now"], "fingerprint": dry_run["fingerprint"]}
     api.call(web, "POST", f"{policy}/run", path=named, json=good_run, expect=202)
     api.call(web, "DELETE", policy, path=named, expect=204)
+
+    figures = api.call(reader, "GET", f"{API}/storage", expect=200).json()
+    assert figures == storage.figures()
+    api.call(requests.Session(), "GET", f"{API}/storage", expect=401)
 
     assert {(method, path) for method, path, _ in api.seen} == api.operations()
     assert Job.objects.count() == 2
@@ -292,7 +296,7 @@ def test_the_docs_page_works_under_the_content_security_policy(stock, signed_in_
     assert page.locator("body").get_attribute("data-api-csrf") == "true"  # for Try it out
     operations = page.locator(".opblock")
     expect(operations.first).to_be_visible()
-    assert operations.count() == 12  # every operation of the document
+    assert operations.count() == 13  # every operation of the document
     # Try it out, with the session: the list of repositories comes back.
     listing = page.locator("#operations-repositories-hubimages_api_repositories_list_repositories")
     listing.locator(".opblock-summary").click()

@@ -72,7 +72,7 @@ def check_deleted(page, store, plan: deletion.DeletionPlan) -> None:
     assert {records.nth(i).get_attribute("data-digest") for i in range(plan.manifest_count)} == {
         item.digest for item in plan.delete
     }
-    expect(records.first).to_contain_text("admin")
+    expect(page.locator("tbody.operation tr.row").first).to_contain_text("admin")
     assert DeletionRecord.objects.count() == plan.manifest_count
 
 

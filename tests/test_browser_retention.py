@@ -103,7 +103,7 @@ def test_the_dry_run_follows_the_editor_as_you_type_and_run_now_deletes_it(
     assert {r.username for r in DeletionRecord.objects.all()} == {"policy:ci"}
     assert DeletionRecord.objects.count() == 4
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Deletion history").click()
-    expect(page.locator("tr.record").first).to_contain_text("policy:ci")
+    expect(page.locator("tbody.operation tr.row").first).to_contain_text("policy:ci")
 
 
 def test_with_javascript_off_the_preview_button_shows_the_dry_run(

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devtools.pusher import random_layer
-from hubimages import inventory
+from hubimages import inventory, storage
+from hubimages.formatting import human_size
 from hubimages.models import Manifest, Repository, SyncRun
 from tests.builders import finish, manifest
 from tests.conftest import PASSWORD
@@ -51,7 +55,8 @@ def test_each_repository_shows_its_tags_images_size_last_push_and_stale_share(
     api = page[page.index(">team/api<") : page.index(">team/web<")]
     cells = re.findall(r'<td class="col-count">(\d+)</td>', api)
     assert cells == ["3", "2"]  # tags, images
-    assert re.search(r'<td class="col-size">5\.\d kB</td>', api)
+    # Layers and configs, and the manifests' own bytes: 6 kB.
+    assert re.search(r'<td class="col-size" title="[\d,]+ bytes">6\.\d kB</td>', api)
     assert "just now" in api and "none" in api
     web = page[page.index(">team/web<") :]
     assert "1 of 1 stale" in web
@@ -177,6 +182,123 @@ def test_a_repository_s_size_counts_a_shared_layer_once_as_the_registry_stores_i
 
     repository = inventory.repository_overview().get(name="team/svc")
 
-    stored = 40_000 + 1_000 + 2_000 + one.config_size + two.config_size
-    assert repository.total_size == stored
+    stored = 40_000 + 1_000 + 2_000 + one.config_size + two.config_size + one.size + two.size
+    assert repository.total_size == stored  # the manifests' own bytes are blobs too
     assert stored < sum(m.total_size for m in Manifest.objects.filter(repository__name="team/svc"))
+
+
+# -- reclaimable bytes, totals, tag counts -------------------------------------------------------
+
+
+def row_of(page: str, name: str) -> str:
+    start = page.index(f">{name}</a>")
+    return page[start : page.index("</tr>", start)]
+
+
+def test_tag_counts_leave_out_signature_attestation_and_referrer_tags(pusher, sync, viewer_client):
+    image = pusher.push_image("team/signed", tag="1.0", layers=[random_layer(1_000, "s")])
+    pusher.tag("team/signed", "latest", image)
+    pusher.push_cosign_signature("team/signed", image)  # tag sha256-<hex>.sig
+    pusher.push_referrer("team/signed", image)  # tag sha256-<hex>, the referrers index
+    pusher.tag("team/signed", f"sha256-{image.hex}.att", image)
+    pusher.tag("team/signed", f"sha256-{image.hex}.sbom", image)
+    pusher.tag("team/signed", f"sha256-{image.hex}.sigs", image)  # not the schema: a tag
+    sync()
+
+    page = viewer_client.get("/").content.decode()
+
+    counts = re.findall(r'<td class="col-count">([\d,]+)</td>', row_of(page, "team/signed"))
+    assert counts[0] == "3"  # 1.0, latest and the look-alike
+    totals = page[page.index('<tr class="totals">') :]
+    assert re.findall(r'<td class="col-count">([\d,]+)</td>', totals)[0] == "3"
+
+
+@pytest.fixture
+def stale_and_shared(pusher, sync):
+    """`team/old` holds a stale image whose base layer only `team/older`'s stale image
+    shares; `team/new` nothing stale."""
+    base = random_layer(60_000, "base")
+    old = pusher.push_image("team/old", tag="1", layers=[base, random_layer(9_000, "old")])
+    older = pusher.push_image("team/older", tag="1", layers=[base, random_layer(4_000, "x")])
+    pusher.push_image("team/new", tag="1", layers=[random_layer(5_000, "new")])
+    sync()
+    Manifest.objects.filter(digest__in=[old.digest, older.digest]).update(
+        pushed_at=datetime(2020, 1, 1, tzinfo=UTC)
+    )
+    sync()
+    storage.insights()  # what the worker computes after each full sync
+    return SimpleNamespace(old=old, older=older)
+
+
+def test_each_repository_shows_what_deleting_its_stale_items_frees(stale_and_shared, viewer_client):
+    from hubimages import storage
+
+    figures = {row["name"]: row for row in storage.figures()["repositories"]}
+
+    page = viewer_client.get("/").content.decode()
+
+    old = figures["team/old"]["stale_reclaimable_bytes"]
+    assert old == stale_and_shared.old.size + stale_and_shared.old.config_size + 9_000
+    assert (
+        f'<a href="/repositories/team/old/?status=stale" title="{old:,} bytes: what deleting '
+        f'its stale items frees">{human_size(old)}</a>'
+    ) in row_of(page, "team/old")
+    assert '<span class="muted">0 B</span>' in row_of(page, "team/new")
+    assert '<th scope="col" aria-sort="none" class="col-reclaimable">' in page
+    totals = page[page.index('<tr class="totals">') :]
+    everything = storage.figures()["stale_reclaimable_bytes"]
+    assert everything == old + figures["team/older"]["stale_reclaimable_bytes"] + 60_000
+    assert f'title="{everything:,} bytes, with the blobs' in totals
+    stored = storage.figures()["stored_bytes"]
+    assert f'title="{stored:,} bytes, each blob once' in totals
+    assert "All 3 repositories" in totals and "2 of 3 stale" in totals
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        ("-reclaimable", ["old", "older", "new", "brand-new"]),
+        ("reclaimable", ["new", "older", "old", "brand-new"]),
+    ],
+)
+def test_repositories_sort_by_reclaimable_bytes_unmeasured_ones_last(
+    stale_and_shared, pusher, viewer_client, sort, expected
+):
+    Repository.objects.create(name="team/brand-new")  # stored by an event since the sync
+
+    page = viewer_client.get("/", {"sort": sort}).content.decode()
+
+    assert repository_names_in(page) == [f"team/{name}" for name in expected]
+    assert '<span class="muted" title="Not measured yet' in row_of(page, "team/brand-new")
+
+
+def repository_names_in(page: str) -> list[str]:
+    return re.findall(r'class="repository-name" href="[^"]+">([^<]+)</a>', page)
+
+
+def test_the_repositories_page_costs_the_same_queries_however_many_repositories(
+    db, viewer_client, django_assert_max_num_queries
+):
+    from hubimages import storage
+
+    now = timezone.now()
+
+    def add(count: int) -> None:
+        for n in range(Repository.objects.count(), count):
+            repo = Repository.objects.create(name=f"repo-{n:03}")
+            manifest(repo, f"r{n}", size=1_000, pushed_at=now - timedelta(days=900), tags=["1"])
+            finish(repo)
+        SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
+        storage.insights()
+
+    sorts = ("-reclaimable", "name", "-size")
+    add(3)
+    few = {}
+    for sort in sorts:
+        with CaptureQueriesContext(connection) as queries:
+            viewer_client.get("/", {"sort": sort})
+        few[sort] = len(queries)
+    add(40)
+    for sort in sorts:
+        with django_assert_max_num_queries(few[sort]):
+            assert viewer_client.get("/", {"sort": sort}).status_code == 200

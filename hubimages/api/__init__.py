@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonR
 from django.urls import URLPattern, reverse
 from ninja import NinjaAPI, Swagger
 
-from hubimages.api import errors, jobs, repositories, retention
+from hubimages.api import errors, jobs, repositories, retention, storage
 from hubimages.api.auth import AUTH
 from hubimages.api.errors import ApiError, error_response
 
@@ -122,3 +122,4 @@ errors.install(api)
 api.add_router("", repositories.router)
 api.add_router("", jobs.router)
 api.add_router("", retention.router)
+api.add_router("", storage.router)

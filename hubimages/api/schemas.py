@@ -305,3 +305,31 @@ class DryRunChangedOut(ErrorOut):
 class RunIn(Strict):
     now: AwareDatetime = Field(description="The dry run's `now`, as it answered it.")
     fingerprint: str = Field(max_length=64, description="The dry run's fingerprint.")
+
+
+# -- storage -----------------------------------------------------------------------------
+
+
+class RepositoryStorageOut(Schema):
+    name: str
+    stored_bytes: int = Field(description="The distinct blobs its manifests use, each once.")
+    stale_reclaimable_bytes: int = Field(
+        description="What deleting all its stale top-level items would free."
+    )
+    untagged_bytes: int = Field(description="What deleting its untagged items would free.")
+
+
+class StoragePointOut(Schema):
+    at: str = Field(description="When a full sync ended (ISO 8601, UTC).")
+    stored_bytes: int
+
+
+class StorageOut(Schema):
+    stored_bytes: int = Field(description="The registry's distinct blobs, each counted once.")
+    stale_reclaimable_bytes: int = Field(
+        description="What deleting every stale item would free; blobs shared only by stale "
+        "items of several repositories count once."
+    )
+    untagged_bytes: int = Field(description="What deleting every untagged item would free.")
+    repositories: list[RepositoryStorageOut]
+    history: list[StoragePointOut] = Field(description="Stored bytes after each full sync.")

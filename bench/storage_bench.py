@@ -1,0 +1,128 @@
+"""What the Storage page costs on a big registry, next to one list page, in the same run.
+
+Fills a temporary SQLite database with the registry of `retention_bench.py` (50
+repositories of 400 top-level items, 20,000 in all: multi-arch releases with attestations,
+CI builds, untagged images, base layers shared across the registry; pushes spread over
+two years, so most items are stale). Then times, taking turns:
+
+- one list page of one repository (25 rows), rendered through Django's test client: the
+  baseline, a page people expect to be fast;
+- `storage.compute()`: the figures from scratch, two plans of the whole registry (every
+  stale item, every untagged item) and a few queries: what a full sync pays as it ends,
+  and a page after a deletion;
+- the Storage page and the Repositories page (by name, and by reclaimable bytes: all 50
+  rows read to sort them), rendered, with the figures computed: what every other view
+  pays.
+
+Targets: the Storage page with its figures ≤ 3 × the list page (the cache is what makes a
+big registry's page fast); computing the figures is printed as a ratio too.
+
+    .venv/bin/python bench/storage_bench.py [--repositories 50] [--items 400] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+from retention_bench import ROOT, Filler, timed
+
+sys.path.insert(0, str(ROOT))
+from devtools.processes import setup_django  # noqa: E402
+
+TARGET = 3.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repositories", type=int, default=50)
+    parser.add_argument("--items", type=int, default=400, help="top-level items per repository")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hubimages-storage-bench-") as workdir:
+        return run(workdir, args)
+
+
+def run(workdir: str, args: argparse.Namespace) -> int:
+    setup_django(f"sqlite:///{workdir}/bench.sqlite3")
+    from django.test.utils import setup_test_environment
+
+    setup_test_environment()  # lets the test client's "testserver" host in
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.utils import timezone
+
+    from hubimages import storage
+    from hubimages.models import Manifest, SyncRun
+
+    started = time.perf_counter()
+    filler = Filler(seed=1)
+    for r in range(args.repositories):
+        filler.repository(f"bench/r{r:03d}", args.items)
+    now = timezone.now()
+    SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
+    print(
+        f"filled {args.repositories} repositories, "
+        f"{Manifest.objects.filter(is_top_level=True).count():,} top-level items, "
+        f"{Manifest.objects.count():,} manifests in {time.perf_counter() - started:.0f} s"
+    )
+
+    client = Client()
+    client.force_login(get_user_model().objects.create_superuser("bench", password="x"))
+
+    def page(url: str, **params: object) -> None:
+        response = client.get(url, params)
+        assert response.status_code == 200
+
+    def list_page() -> None:
+        page("/repositories/bench/r000/", per_page=25)
+
+    def compute() -> dict:
+        return storage.compute()
+
+    figures = storage.insights()  # computed and kept, as a full sync leaves them
+    for warm in (list_page, lambda: page("/storage/"), lambda: page("/")):
+        warm()
+    times: dict[str, list[float]] = {
+        "list": [],
+        "compute": [],
+        "storage": [],
+        "repos": [],
+        "by name": [],
+    }
+    for _ in range(args.repeat):  # taking turns, so a busy moment hits all alike
+        for _ in range(4):
+            times["list"].append(timed(list_page))
+            times["storage"].append(timed(lambda: page("/storage/")))
+            times["repos"].append(timed(lambda: page("/", sort="-reclaimable")))
+            times["by name"].append(timed(lambda: page("/")))
+        times["compute"].append(timed(compute))
+    listed, computing, cached, repositories, by_name = (
+        statistics.median(times[key]) for key in ("list", "compute", "storage", "repos", "by name")
+    )
+    print(
+        f"figures: {figures['stored_bytes'] / 1e12:.2f} TB stored, "
+        f"{figures['stale_items']:,} stale items freeing "
+        f"{figures['stale_reclaimable_bytes'] / 1e12:.2f} TB, {figures['untagged_items']:,} "
+        f"untagged items holding {figures['untagged_bytes'] / 1e12:.2f} TB"
+    )
+    print(f"list page, rendered (25 rows):              {listed * 1000:7.1f} ms")
+    print(f"Storage page, figures kept:                 {cached * 1000:7.1f} ms")
+    print(f"Repositories page by reclaimable, kept:     {repositories * 1000:7.1f} ms")
+    print(f"Repositories page by name, kept:            {by_name * 1000:7.1f} ms")
+    print(f"figures computed from scratch:              {computing * 1000:7.1f} ms")
+    ratio = cached / listed
+    verdict = "meets" if ratio <= TARGET else "misses"
+    print(
+        f"storage bench: Storage page / list page = {ratio:.2f} ({verdict} target ≤ "
+        f"{TARGET:g}); Repositories page / list page = {repositories / listed:.2f}; "
+        f"computing the figures / list page = {computing / listed:.1f}"
+    )
+    return 0 if ratio <= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
