@@ -148,7 +148,8 @@ def matching_children(manifest: Manifest, text: str) -> set[str]:
     return {
         child.digest
         for child, _ in children_of(manifest)
-        if child.digest.startswith(prefix) or any(needle in t.name.lower() for t in child.tags.all())
+        if child.digest.startswith(prefix)
+        or any(needle in t.name.lower() for t in child.tags.all())
     }
 
 

@@ -56,7 +56,9 @@ def size(value: int | None):
     if value is None:
         return "—"
     return format_html(
-        '<span class="size" title="{} bytes">{}</span>', intcomma(value), formatting.human_size(value)
+        '<span class="size" title="{} bytes">{}</span>',
+        intcomma(value),
+        formatting.human_size(value),
     )
 
 
