@@ -321,7 +321,9 @@ def test_the_pages_are_numbered_with_the_far_ones_elided(db, viewer_client):
     numbers = re.search(r'<ol class="page-numbers">.*?</ol>', page, re.S)[0]
     links = re.findall(r'href="/repositories/long/\?per_page=10(?:&amp;page=(\d+))?"', numbers)
     assert links == ["", "8", "9", "11", "12", "20"]  # page 1 is the bare URL
-    assert '<span aria-current="page"><span class="visually-hidden">Page </span>10</span>' in numbers
+    assert (
+        '<span aria-current="page"><span class="visually-hidden">Page </span>10</span>' in numbers
+    )
     assert numbers.count("…") == 2
 
 

@@ -66,12 +66,14 @@ def test_each_item_frees_only_its_own_layers_and_names_what_shares_the_rest(shop
     assert f'<td class="frees-cell" data-bytes="{own}">' in one
     assert f'title="{own:,} bytes">{human_size(own)}</span>' in one
     assert f"{human_size(30_000)}</span> shared with <code>1.1</code>" not in one  # 1.1 goes too
-    assert re.search(rf"{re.escape(human_size(30_000))}</span> shared with <code>stable</code>", one)
+    assert re.search(
+        rf"{re.escape(human_size(30_000))}</span> shared with <code>stable</code>", one
+    )
     # Two rows of about 32 kB reclaim only what is their own: the parts add up to the total.
     sharing = preview.plan_sharing(plan)
     assert sharing.total == plan.reclaimable_bytes
     assert sharing.frees_alone == own + 3_000 + shop.two.config_size + len(shop.two.body)
-    assert f"= <span class=\"size\" title=\"{sharing.frees_alone:,} bytes\">" in page
+    assert f'= <span class="size" title="{sharing.frees_alone:,} bytes">' in page
 
 
 def test_bytes_only_the_deleted_items_share_are_counted_once_and_said_so(
@@ -104,7 +106,7 @@ def test_the_preview_flags_what_is_in_use_tagged_latest_or_a_signature(shop, del
     assert '<span class="badge badge-guard guard">signature</span>' in signature
     guard_rails = re.search(r'<section class="guard-rails".*?</section>', page, re.S)[0]
     assert "1 item in use: pulled in the last 30 days" in guard_rails
-    assert "The tag <span class=\"tag\">latest</span> goes" in guard_rails
+    assert 'The tag <span class="tag">latest</span> goes' in guard_rails
     assert "1 signature will go" in guard_rails
     assert "2 items are not stale" in guard_rails
     assert (
@@ -148,7 +150,7 @@ def test_the_total_and_delete_forever_sit_in_the_dialogs_sticky_footer(shop, del
     ).content.decode()
 
     footer = re.search(r'<form class="confirm-delete sticky-footer".*?</form>', page, re.S)[0]
-    assert f"Frees <strong class=\"footer-frees\" title=\"{plan.reclaimable_bytes:,} bytes\">" in (
+    assert f'Frees <strong class="footer-frees" title="{plan.reclaimable_bytes:,} bytes">' in (
         footer
     )
     assert ">Delete forever</button>" in footer

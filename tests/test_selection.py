@@ -80,9 +80,7 @@ def test_unticking_on_a_page_leaves_the_other_pages_selection_alone(thirty, dele
     assert off_page(page) == [thirty[12]]
 
 
-def test_the_running_total_is_what_the_preview_of_the_same_selection_frees(
-    thirty, deleter_client
-):
+def test_the_running_total_is_what_the_preview_of_the_same_selection_frees(thirty, deleter_client):
     bar = tick(deleter_client, thirty[:10], [thirty[2], thirty[5]]).content.decode()
     repository = Repository.objects.get(name="many")
     plan = deletion.plan_deletion(repository=repository, digests=[thirty[2], thirty[5]])
@@ -97,9 +95,7 @@ def test_the_running_total_is_what_the_preview_of_the_same_selection_frees(
     assert f'data-bytes="{plan.reclaimable_bytes}">' in preview.content.decode()
 
 
-def test_select_all_matching_takes_every_row_of_the_query_not_only_the_page(
-    thirty, deleter_client
-):
+def test_select_all_matching_takes_every_row_of_the_query_not_only_the_page(thirty, deleter_client):
     response = deleter_client.post(
         SELECTION, {"action": "all", "back": "filter=tagged&per_page=10", "here": "per_page=10"}
     )
