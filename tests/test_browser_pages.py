@@ -162,10 +162,14 @@ def test_the_list_narrows_sorts_opens_and_goes_back_without_page_loads(
 
 
 def save_screenshots(page) -> None:
-    """The default view with the release opened, as a test artifact; the viewport shot is
-    the README's picture (copy it to docs/screenshot.png when the page changes)."""
+    """The default view with the release opened and two rows ticked, as a test artifact;
+    the viewport shot is the README's picture (copy it to docs/screenshot.png when the page
+    changes)."""
     page.goto(LIST)
     page.locator("details.children").first.locator("summary").click()
+    for row in (1, 2):  # a selection, to show what deleting it would free
+        page.locator(ROWS).nth(row).check()
+        expect(page.locator("#selected-count")).to_have_text(str(row))
     page.mouse.move(0, 0)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "image-management.png", full_page=True)
