@@ -392,3 +392,41 @@ def test_no_page_has_serious_or_critical_accessibility_violations(
     page.goto("/accounts/login/")
     check("login")
     assert problems == {}
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG contrast ratio of two computed `rgb(r, g, b)` colours."""
+
+    def luminance(color: str) -> float:
+        channels = [int(v) / 255 for v in re.findall(r"\d+", color)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(first), luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_the_focus_ring_and_input_borders_stand_out_and_a_disabled_delete_is_no_alarm(
+    web, signed_in_page
+):
+    page = signed_in_page()
+    page.set_viewport_size(LAPTOP)
+    page.goto(LIST)
+    style = "(element, property) => getComputedStyle(element)[property]"
+    search = page.get_by_label("Search")
+    white = "rgb(255, 255, 255)"
+
+    assert contrast(search.evaluate(style, "borderTopColor"), white) >= 3
+    page.locator("h1").click()
+    page.keyboard.press("Tab")
+    focused = page.locator(":focus-visible")
+    expect(focused).to_have_count(1)
+    assert contrast(focused.evaluate(style, "outlineColor"), white) >= 3
+    assert focused.evaluate(style, "outlineStyle") == "solid"
+
+    button = page.get_by_role("button", name="Preview and delete")
+    expect(button).to_be_disabled()
+    background = button.evaluate(style, "backgroundColor")
+    red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
+    assert abs(red - green) < 20 and abs(green - blue) < 20, background  # grey, not red
+    assert button.evaluate(style, "opacity") == "1"
