@@ -314,7 +314,6 @@ def selection(request: HttpRequest, name: str) -> HttpResponse:
         context = {
             "repository": repository,
             "back": back,
-            "here": request.POST.get("here", "")[:1000],
             "matching": inventory.top_level(repository, query).count(),
             **_selection_context(request, repository, set(request.POST.getlist("shown"))),
         }
