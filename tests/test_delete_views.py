@@ -99,8 +99,8 @@ def test_the_preview_lists_what_goes_what_stays_the_tags_and_the_exact_bytes(sho
     release_group = page.index(f'<h2 id="group-1">Image index <code title="{shop.release.digest}"')
     old_group = page.index(f'<h2 id="group-2">Image <code title="{shop.old.digest}"')
     assert release_group < page.index(f'data-digest="{shop.amd.digest}"') < old_group
-    assert f"<td>only used by index {short(shop.release.digest)}\n" in page
-    assert page.count("<td>selected\n") == 2
+    assert f'<td class="col-because">only used by index {short(shop.release.digest)}\n' in page
+    assert page.count('<td class="col-because">selected\n') == 2
     assert (
         '<td class="col-type">Attestation</td>' in page
         and '<td class="col-platform"><bdi class="platform">unknown/unknown</bdi></td>' in page
@@ -144,7 +144,9 @@ def test_htmx_gets_the_preview_as_a_dialog_for_the_panel(shop, deleter_client):
 
     page = response.content.decode()
     assert response.status_code == 200
-    assert page.lstrip().startswith('<dialog class="panel" aria-labelledby="delete-title"')
+    assert page.lstrip().startswith(
+        '<dialog class="panel panel-wide" aria-labelledby="delete-title"'
+    )
     assert "<html" not in page
     assert f'hx-post="{EXECUTE}" hx-target="#panel"' in page
     assert 'form="cancel-delete">Cancel</button>' in page

@@ -260,7 +260,13 @@ def test_a_deletion_started_in_the_web_ui_while_a_sync_runs_ends_correctly(
     sync = web.post(f"{deployment.url}/sync/", allow_redirects=False)
     delete = web.post(
         f"{deployment.url}/repositories/team/shop/-/delete/confirm",
-        data={"digest": doomed.digest, "fingerprint": fingerprint, "confirm": "yes"},
+        # Freshly pushed, the image is active: both boxes ticked.
+        data={
+            "digest": doomed.digest,
+            "fingerprint": fingerprint,
+            "confirm": "yes",
+            "confirm_active": "yes",
+        },
         allow_redirects=False,
     )
 
