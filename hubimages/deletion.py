@@ -68,6 +68,8 @@ class PlannedItem:
     because: str
     group: str
     last_pulled_at: datetime | None = None
+    pushed_at: datetime | None = None
+    artifact_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -374,9 +376,19 @@ def _assemble(
     order = {pk: {d: i for i, d in enumerate(digests)} for pk, digests in selected.items()}
     delete: dict[int, list] = defaultdict(list)
     repository_of: dict[int, int] = {}
-    for pk, repo, digest, kind, os, architecture, variant, size, pulled in Manifest.objects.filter(
-        pk__in=_values(members)
-    ).values_list(
+    for (
+        pk,
+        repo,
+        digest,
+        kind,
+        os,
+        architecture,
+        variant,
+        size,
+        pulled,
+        pushed,
+        artifact_type,
+    ) in Manifest.objects.filter(pk__in=_values(members)).values_list(
         "pk",
         "repository_id",
         "digest",
@@ -386,13 +398,25 @@ def _assemble(
         "variant",
         "total_size",
         "last_pulled_at",
+        "pushed_at",
+        "artifact_type",
     ):
         because, seed, round_ = members[pk]
         group = seeds[seed]
         repository_of[pk] = repo
         platform = platform_label(os, architecture, variant)
         item = PlannedItem(
-            pk, digest, kind, platform, tuple(tags[pk]), size, because, group, pulled
+            pk,
+            digest,
+            kind,
+            platform,
+            tuple(tags[pk]),
+            size,
+            because,
+            group,
+            pulled,
+            pushed,
+            artifact_type,
         )
         delete[repo].append((order[repo][group], round_, digest, item))
     keep: dict[int, list] = defaultdict(list)

@@ -139,6 +139,22 @@ def with_details(rows: QuerySet[Manifest]) -> QuerySet[Manifest]:
     )
 
 
+def matching_children(manifest: Manifest, text: str) -> set[str]:
+    """The digests of an index's children and referrers that a search matches by themselves
+    (digest prefix, tag substring), from the prefetched rows: the list opens the index on
+    them, so a search for a platform image's digest shows where it lives."""
+    if not text:
+        return set()
+    needle = text.lower()
+    prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
+    return {
+        child.digest
+        for child, _ in children_of(manifest)
+        if child.digest.startswith(prefix)
+        or any(needle in t.name.lower() for t in child.tags.all())
+    }
+
+
 def platforms_of(manifest: Manifest) -> list[str]:
     """An image's own platform; an index's images' platforms (attestations left out).
     Uses the prefetched entries."""
@@ -343,6 +359,20 @@ def layers_of(manifest: Manifest) -> list[Layer]:
         )
         for i, link in enumerate(layers)
     ]
+
+
+def layer_users(manifest: Manifest) -> dict[str, int]:
+    """Layer digest -> how many other manifests, in any repository, use that layer too.
+    One query; a layer missing from the answer is this manifest's alone."""
+    layer_ids = [link.blob_id for link in manifest.blob_links.all() if link.role == "layer"]
+    rows = (
+        ManifestBlob.objects.filter(blob_id__in=layer_ids)
+        .exclude(manifest_id=manifest.pk)
+        .values("blob__digest")
+        .annotate(users=Count("manifest_id", distinct=True))
+        .values_list("blob__digest", "users")
+    )
+    return dict(rows)
 
 
 def _created_by(entry: dict) -> str | None:

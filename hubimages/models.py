@@ -46,7 +46,7 @@ class Manifest(models.Model):
         INDEX = "index", "Image index"
         IMAGE = "image", "Image"
         ATTESTATION = "attestation", "Attestation"
-        ARTIFACT = "artifact", "Artifact"
+        ARTIFACT = "artifact", "Referrer"
 
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="manifests")
     digest = models.CharField(max_length=160)

@@ -22,6 +22,7 @@ urlpatterns = [
         name="delete_execute",
     ),
     path("repositories/<path:name>/-/sync/", views.sync_now, name="sync_repository"),
+    path("repositories/<path:name>/-/selection/", views.selection, name="selection"),
     path("repositories/<path:name>/", views.image_management, name="image_management"),
     path("storage/", views.storage_insights, name="storage"),
     path("history/", views.deletion_history, name="deletion_history"),

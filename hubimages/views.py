@@ -35,7 +35,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from hubimages import charts, deletion, history, inventory, jobs, retention, storage
+from hubimages import charts, deletion, history, inventory, jobs, preview, retention, storage
 from hubimages.formatting import human_size
 from hubimages.models import (
     Job,
@@ -60,6 +60,7 @@ FILTER_LABELS = (
     ("index", "Image index"),
     ("image", "Image"),
 )
+STATUS_LABELS = (("", "Any"), ("active", "Active"), ("stale", "Stale"))
 # The list's columns that sort, in the order shown; a first click sorts biggest/newest first.
 SORTABLE_COLUMNS = (
     ("size", "Size"),
@@ -81,6 +82,9 @@ JOBS_PER_PAGE = 50
 SYNC_KINDS = (Job.Kind.SYNC, Job.Kind.SYNC_REPOSITORY)
 CHANGED = "The registry changed since your preview: nothing was deleted. Check the new preview."
 UNCONFIRMED = "Tick the box to confirm that you understand what will be deleted."
+ACTIVE_UNCONFIRMED = (
+    "Some of these items are still in use (not stale): tick the second box to delete them too."
+)
 
 
 @dataclass(frozen=True)
@@ -140,12 +144,29 @@ def _paginate(rows, per_page: int, raw_page: str | None) -> Page:
     return Paginator(rows, per_page).get_page(raw_page)
 
 
+@dataclass(frozen=True)
+class PageLink:
+    """One entry of the numbered pages: a number (its link's `page`, None for page 1, which
+    is the bare URL) or the ellipsis between distant numbers (number 0)."""
+
+    number: int
+    param: int | None
+    current: bool
+
+
 def _neighbours(page: Page) -> dict:
-    """Previous and next page numbers for links; page 1 is the bare URL (None drops it)."""
+    """Previous, next and numbered page links; page 1 is the bare URL (None drops it)."""
     previous = page.number - 1 if page.has_previous() else 0
+    numbers = [
+        PageLink(0, None, False)
+        if number == page.paginator.ELLIPSIS
+        else PageLink(number, number if number != 1 else None, number == page.number)
+        for number in page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1)
+    ]
     return {
         "previous_page": previous if previous > 1 else None,
         "next_page": page.number + 1 if page.has_next() else None,
+        "page_links": numbers,
     }
 
 
@@ -264,9 +285,17 @@ def _list_state(query: inventory.ListQuery, per_page: int) -> dict:
     }
 
 
+def _same_query(params: QueryDict, encoded: str) -> bool:
+    mine = sorted((k, v) for k, values in params.lists() for v in values)
+    return mine == sorted((k, v) for k, values in QueryDict(encoded).lists() for v in values)
+
+
 @require_GET
 @vary_on_htmx
 def image_management(request: HttpRequest, name: str) -> HttpResponse:
+    """The list. Its URL is the truth: a URL that says the same view another way (an empty
+    search, a default, junk, a page past the end) is redirected to the one way, so what
+    people bookmark and share is short and always shows what it says."""
     repository = get_object_or_404(Repository, name=name)
     if wants_partial(request) and request.GET.get("since") == str(repository.revision):
         # The list's poll: nothing changed since it was drawn, so htmx swaps nothing.
@@ -277,22 +306,111 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
     page = _paginate(rows, per_page, request.GET.get("page"))
     view = _list_state(query, per_page)
     state = {**view, "page": page.number if page.number != 1 else None}
+    here = _url_with(request.path, _encode(state))
+    if not request.htmx and not _same_query(request.GET, _encode(state)):
+        return HttpResponseRedirect(here)
     context = {
         "repository": repository,
         "query": query,
         "page": page,
         "per_page": per_page,
         "page_sizes": settings.PAGE_SIZES,
+        "default_page_size": _page_size(None),
         "state": state,
         # Carried through the delete preview, so the list comes back as the user left it.
         "back": _encode(view),
+        "here": _encode(state),
         "filters": FILTER_LABELS,
+        "statuses": STATUS_LABELS,
         "columns": _columns(query.sort, SORTABLE_COLUMNS),
         **_neighbours(page),
+        **_selection_context(request, repository, {row.digest for row in page}),
+        "matching": page.paginator.count,
         "stale_months": settings.STALE_AFTER_MONTHS,
         "sync_url": reverse("sync_repository", args=[repository.name]),
     }
-    return render_page(request, "image_management.html", "rows", context)
+    response = render_page(request, "image_management.html", "rows", context)
+    if request.htmx and str(page.number) != request.GET.get("page", "1"):
+        # A page past the end (the last rows went meanwhile): the address bar says where.
+        response["HX-Replace-Url"] = here
+    return response
+
+
+def _url_with(path: str, encoded: str) -> str:
+    return f"{path}?{encoded}" if encoded else path
+
+
+# -- the selection, kept on the server across search, filter, sort and pages -----------------
+
+
+def _selection_key(repository: Repository) -> str:
+    return f"hubimages:selection:{repository.pk}"
+
+
+def _selected(request: HttpRequest, repository: Repository) -> list[str]:
+    """The session's selection in this repository, less what is no longer a row of it."""
+    stored = request.session.get(_selection_key(repository), [])
+    if not stored:
+        return []
+    present = set(
+        Manifest.objects.filter(
+            repository=repository, is_top_level=True, digest__in=stored
+        ).values_list("digest", flat=True)
+    )
+    return [digest for digest in stored if digest in present]
+
+
+def _selection_context(request: HttpRequest, repository: Repository, on_page: set[str]) -> dict:
+    """The selection bar: how many are selected, what deleting them frees (the preview's
+    own figure, from the plan engine), and the selected digests not on this page, which
+    the form carries so the preview gets the whole selection."""
+    if not deletion.can_delete(request.user):
+        return {"selected": set(), "off_page": [], "selected_count": 0, "frees": None}
+    selected = _selected(request, repository)
+    frees = None
+    if selected:
+        plan = deletion.plan_deletion(repository=repository, digests=selected)
+        frees = plan.reclaimable_bytes
+    return {
+        "selected": set(selected),
+        "off_page": [digest for digest in selected if digest not in on_page],
+        "selected_count": len(selected),
+        "frees": frees,
+        "select_limit": MAX_SELECTED,
+    }
+
+
+@require_POST
+def selection(request: HttpRequest, name: str) -> HttpResponse:
+    """Change the selection: `page` makes the digests `shown` on a page what was ticked
+    there (the others stay selected), `all` selects every row matching the list's query,
+    `clear` empties it. htmx gets the selection bar back; without JavaScript, the list."""
+    repository = _repository_to_delete_from(request, name)
+    key = _selection_key(repository)
+    current = request.session.get(key, [])
+    action = request.POST.get("action", "page")
+    back = request.POST.get("back", "")[:1000]
+    if action == "clear":
+        chosen: list[str] = []
+    elif action == "all":
+        query = inventory.ListQuery.from_params(QueryDict(back.lstrip("?")))
+        matching = inventory.top_level(repository, query).values_list("digest", flat=True)
+        chosen = list(dict.fromkeys([*current, *matching[:MAX_SELECTED]]))
+    else:
+        shown = set(request.POST.getlist("shown"))
+        ticked = request.POST.getlist("digest")
+        chosen = list(dict.fromkeys([d for d in current if d not in shown] + ticked))
+    request.session[key] = [d for d in chosen if media.is_digest(d)][:MAX_SELECTED]
+    if request.htmx and action == "page":
+        query = inventory.ListQuery.from_params(QueryDict(back.lstrip("?")))
+        context = {
+            "repository": repository,
+            "back": back,
+            "matching": inventory.top_level(repository, query).count(),
+            **_selection_context(request, repository, set(request.POST.getlist("shown"))),
+        }
+        return render(request, "image_management.html#selection-bar", context)
+    return HttpResponseRedirect(list_url(repository, request.POST.get("here", "")), status=303)
 
 
 @require_GET
@@ -308,7 +426,9 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     context = {
         "repository": repository,
         "manifest": manifest,
+        "pull_command": f"docker pull {_pull_reference(repository.name, manifest.digest)}",
         "layers": inventory.layers_of(manifest),
+        "layer_users": inventory.layer_users(manifest),
         "children": [(entry.child, entry.child_platform) for entry in manifest.entries.all()],
         "referrers": list(manifest.referrers.all()),
         "parents": [entry.index for entry in manifest.parent_entries.all()],
@@ -318,6 +438,12 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
         "stale_months": settings.STALE_AFTER_MONTHS,
     }
     return render_page(request, "image_detail.html", "panel", context)
+
+
+def _pull_reference(repository: str, digest: str) -> str:
+    """`host:port/name@digest` as docker pulls it: the registry's address without scheme."""
+    host = (settings.REGISTRY_URL or "").split("://", 1)[-1].rstrip("/")
+    return f"{host}/{repository}@{digest}" if host else f"{repository}@{digest}"
 
 
 @dataclass(frozen=True)
@@ -381,18 +507,31 @@ def _preview(
     """The preview as a page, or as the dialog htmx swaps into `#panel`."""
     refused = {item.digest for item in plan.refused}
     back = request.GET.get("back") or request.POST.get("back") or ""
+    guards = preview.guard_rails(plan)
     context = {
         "repository": repository,
         "plan": plan,
         "back": back,
         "list_url": list_url(repository, back),
         "groups": _preview_groups(plan),
+        "sharing": preview.plan_sharing(plan),
+        "guards": guards,
+        "in_use": [item for item in plan.delete if guards.get(item.digest, _NO_GUARD).pulled_at],
+        "latest": [item for item in plan.delete if guards.get(item.digest, _NO_GUARD).latest],
+        "signatures": [
+            item for item in plan.delete if guards.get(item.digest, _NO_GUARD).signature
+        ],
+        "active_count": sum(1 for guard in guards.values() if guard.active),
+        "stale_months": settings.STALE_AFTER_MONTHS,
         # With refusals, the rest of the selection, to preview without them.
         "deletable": [d for d in plan.selected if d not in refused] if refused else [],
         "notice": notice,
         "error": error,
     }
     return render_page(request, "delete_preview.html", "dialog", context, status=status)
+
+
+_NO_GUARD = preview.Guards()
 
 
 @require_http_methods(["GET", "POST"])
@@ -427,6 +566,8 @@ def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
         return _preview(request, repository, plan, notice=CHANGED, status=409)
     if request.POST.get("confirm") != "yes":
         return _preview(request, repository, plan, error=UNCONFIRMED, status=422)
+    if preview.needs_active_confirmation(plan) and request.POST.get("confirm_active") != "yes":
+        return _preview(request, repository, plan, error=ACTIVE_UNCONFIRMED, status=422)
     job = jobs.start_deletion(
         repository=repository,
         digests=list(plan.selected),
@@ -521,7 +662,8 @@ def list_url(repository: Repository, back: str = "") -> str:
     with allowed values survive, so it can never point anywhere else."""
     params = QueryDict(back.lstrip("?")[:1000])
     state = _list_state(inventory.ListQuery.from_params(params), _page_size(params.get("per_page")))
-    encoded = _encode(state)
+    page = params.get("page", "")
+    encoded = _encode({**state, "page": page if page.isdigit() and page != "1" else None})
     url = reverse("image_management", args=[repository.name])
     return f"{url}?{encoded}" if encoded else url
 

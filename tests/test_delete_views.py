@@ -53,7 +53,7 @@ def plan_for(*digests: str) -> deletion.DeletionPlan:
 
 def form_fields(page: str) -> dict[str, list[str]]:
     """The hidden fields of the "Delete forever" form, as the browser would send them."""
-    form = re.search(r'<form class="confirm-delete".*?</form>', page, re.S)
+    form = re.search(r'<form class="confirm-delete[^"]*".*?</form>', page, re.S)
     assert form, "no Delete forever form"
     fields: dict[str, list[str]] = {}
     for name, value in re.findall(
@@ -64,7 +64,9 @@ def form_fields(page: str) -> dict[str, list[str]]:
 
 
 def confirmed(page: str) -> dict[str, list[str]]:
-    return {**form_fields(page), "confirm": ["yes"]}
+    """The form as sent once both boxes are ticked (freshly pushed items are active, so
+    the preview asks for the second one too)."""
+    return {**form_fields(page), "confirm": ["yes"], "confirm_active": ["yes"]}
 
 
 def in_registry(client: RegistryClient, *manifests) -> set[str]:
@@ -97,13 +99,13 @@ def test_the_preview_lists_what_goes_what_stays_the_tags_and_the_exact_bytes(sho
     release_group = page.index(f'<h2 id="group-1">Image index <code title="{shop.release.digest}"')
     old_group = page.index(f'<h2 id="group-2">Image <code title="{shop.old.digest}"')
     assert release_group < page.index(f'data-digest="{shop.amd.digest}"') < old_group
-    assert f"<td>only used by index {short(shop.release.digest)}</td>" in page
-    assert page.count("<td>selected</td>") == 2
+    assert f'<td class="col-because">only used by index {short(shop.release.digest)}\n' in page
+    assert page.count('<td class="col-because">selected\n') == 2
     assert (
-        "<td>Attestation</td>" in page
-        and '<td><bdi class="platform">unknown/unknown</bdi></td>' in page
+        '<td class="col-type">Attestation</td>' in page
+        and '<td class="col-platform"><bdi class="platform">unknown/unknown</bdi></td>' in page
     )
-    assert '<td><bdi class="platform">linux/amd64</bdi></td>' in page
+    assert '<td class="col-platform"><bdi class="platform">linux/amd64</bdi></td>' in page
     # The tags that disappear, per manifest and in total.
     assert plan.tags_removed == ("1.9", "2.0", "latest")
     assert '<span class="tag" title="latest">latest</span>' in page
@@ -142,7 +144,9 @@ def test_htmx_gets_the_preview_as_a_dialog_for_the_panel(shop, deleter_client):
 
     page = response.content.decode()
     assert response.status_code == 200
-    assert page.lstrip().startswith('<dialog class="panel" aria-labelledby="delete-title"')
+    assert page.lstrip().startswith(
+        '<dialog class="panel panel-wide" aria-labelledby="delete-title"'
+    )
     assert "<html" not in page
     assert f'hx-post="{EXECUTE}" hx-target="#panel"' in page
     assert 'form="cancel-delete">Cancel</button>' in page

@@ -59,7 +59,11 @@ def test_the_list_shows_one_row_per_top_level_manifest_with_its_columns(pushed, 
     assert '<bdi class="platform">linux/amd64</bdi> <bdi class="platform">linux/arm64</bdi>' in page
     assert 'title="latest">latest</span>' in page and 'title="solo-2.1">solo-2.1</span>' in page
     # The index opens in place onto its images and attestations (a <details>, no page load).
-    assert "<summary>2 images, 2 attestations</summary>" in page
+    assert re.search(
+        r"<summary>2 images, 2 attestations<span class=\"visually-hidden\"> in 1.0, latest "
+        rf"\(sha256:{pushed.index.hex[:12]}\)</span></summary>",
+        page,
+    )
     assert pushed.amd.digest in page and "Attestation" in page and "unknown/unknown" in page
     # Sizes human-readable, times relative with the exact time on hover, never pulled "—".
     assert f"{(53_200 + pushed.solo.config_size) / 1000:.1f} kB" in page
@@ -87,7 +91,7 @@ SEARCHES = {
 
 def test_each_filter_keeps_only_its_rows(pushed, viewer_client):
     for filter_, expected in FILTERS.items():
-        response = viewer_client.get(LIST_URL, {"filter": filter_})
+        response = viewer_client.get(LIST_URL, {"filter": filter_}, follow=True)
 
         assert set(row_digests(response)) == {getattr(pushed, n).digest for n in expected}, filter_
         assert f'<option value="{filter_}" selected>' in response.content.decode()
@@ -107,7 +111,7 @@ def test_the_status_narrows_to_stale_or_active_items_and_stays_in_the_links(push
 
     stale = viewer_client.get(LIST_URL, {"status": "stale"})
     active = viewer_client.get(LIST_URL, {"status": "active", "sort": "size"})
-    junk = viewer_client.get(LIST_URL, {"status": "rotten"})
+    junk = viewer_client.get(LIST_URL, {"status": "rotten"}, follow=True)
 
     assert row_digests(stale) == [pushed.loose.digest]
     assert set(row_digests(active)) == {pushed.index.digest, pushed.solo.digest}
@@ -171,7 +175,7 @@ def test_sorting_orders_rows_both_ways_with_never_pulled_last(
 ):
     params = {"sort": sort} if sort else {}
 
-    digests = row_digests(viewer_client.get(sortable.url, params))
+    digests = row_digests(viewer_client.get(sortable.url, params, follow=True))
 
     assert digests[:2] == [sortable.rows[key].digest for key in expected[:2]]
     assert set(digests[2:]) == {sortable.rows[key].digest for key in expected[2:]}
@@ -200,7 +204,7 @@ def test_a_column_title_sorts_then_reverses_and_shows_the_direction(sortable, vi
     )
 
 
-def test_bad_query_values_fall_back_to_the_defaults(sortable, viewer_client):
+def test_bad_query_values_redirect_to_the_defaults(sortable, viewer_client):
     default = row_digests(viewer_client.get(sortable.url))
 
     for params in (
@@ -214,9 +218,12 @@ def test_bad_query_values_fall_back_to_the_defaults(sortable, viewer_client):
         {"since": "not-a-number"},
     ):
         response = viewer_client.get(sortable.url, params)
-        assert response.status_code == 200, params
+        assert response.status_code == 302, params
         if "search" not in params:
-            assert row_digests(response) == default, params
+            assert response["Location"] == sortable.url, params
+            assert row_digests(viewer_client.get(response["Location"])) == default, params
+        else:
+            assert response["Location"] == f"{sortable.url}?search={'a' * 200}"
 
 
 # -- staleness -------------------------------------------------------------------------------
@@ -270,19 +277,72 @@ def test_pages_split_the_list_and_keep_the_query_in_their_links(thirty, viewer_c
 
 
 @pytest.mark.parametrize(
-    ("page", "expected"),
+    ("page", "where", "expected"),
     # Paginator.get_page: junk gives the first page, any number out of range the last.
-    [("99", slice(20, 30)), ("abc", slice(0, 10)), ("-3", slice(20, 30)), ("0", slice(20, 30))],
+    [
+        ("99", "?per_page=10&page=3", slice(20, 30)),
+        ("abc", "?per_page=10", slice(0, 10)),
+        ("-3", "?per_page=10&page=3", slice(20, 30)),
+        ("0", "?per_page=10&page=3", slice(20, 30)),
+        ("1", "?per_page=10", slice(0, 10)),
+    ],
 )
-def test_a_bad_page_number_shows_a_valid_page(thirty, viewer_client, page, expected):
+def test_a_bad_page_number_redirects_to_a_valid_page_with_the_url_corrected(
+    thirty, viewer_client, page, where, expected
+):
     response = viewer_client.get("/repositories/many/", {"per_page": 10, "page": page})
 
+    assert response.status_code == 302
+    assert response["Location"] == f"/repositories/many/{where}"
+    assert row_digests(viewer_client.get(response["Location"])) == thirty[expected]
+
+
+def test_with_htmx_a_page_past_the_end_shows_the_last_and_corrects_the_address(
+    thirty, viewer_client
+):
+    response = viewer_client.get(
+        "/repositories/many/", {"per_page": 10, "page": 7}, headers={"HX-Request": "true"}
+    )
+
     assert response.status_code == 200
-    assert row_digests(response) == thirty[expected]
+    assert row_digests(response) == thirty[20:30]
+    assert response["HX-Replace-Url"] == "/repositories/many/?per_page=10&page=3"
+
+
+def test_the_pages_are_numbered_with_the_far_ones_elided(db, viewer_client):
+    repo = Repository.objects.create(name="long")
+    start = datetime(2026, 6, 1, tzinfo=UTC)
+    for i in range(200):
+        manifest(repo, f"l{i}", pushed_at=start - timedelta(hours=i))
+    finish(repo)
+
+    page = viewer_client.get("/repositories/long/", {"per_page": 10, "page": 10}).content.decode()
+
+    numbers = re.search(r'<ol class="page-numbers">.*?</ol>', page, re.S)[0]
+    links = re.findall(r'href="/repositories/long/\?per_page=10(?:&amp;page=(\d+))?"', numbers)
+    assert links == ["", "8", "9", "11", "12", "20"]  # page 1 is the bare URL
+    assert (
+        '<span aria-current="page"><span class="visually-hidden">Page </span>10</span>' in numbers
+    )
+    assert numbers.count("…") == 2
+
+
+def test_empty_and_default_values_are_dropped_from_the_url(thirty, viewer_client):
+    """What the form sends without JavaScript, defaults and all, lands on the short URL."""
+    response = viewer_client.get(
+        "/repositories/many/",
+        {"search": "", "filter": "all", "status": "", "per_page": 25, "sort": "-last_pushed"},
+    )
+    narrowed = viewer_client.get("/repositories/many/", {"search": " m1 ", "status": "active"})
+
+    assert (response.status_code, response["Location"]) == (302, "/repositories/many/")
+    assert narrowed["Location"] == "/repositories/many/?search=m1&status=active"
 
 
 def test_an_unknown_page_size_falls_back_to_the_default(thirty, viewer_client):
-    assert len(row_digests(viewer_client.get("/repositories/many/", {"per_page": 7}))) == 25
+    response = viewer_client.get("/repositories/many/", {"per_page": 7}, follow=True)
+
+    assert len(row_digests(response)) == 25
 
 
 # -- query count -----------------------------------------------------------------------------
@@ -391,7 +451,7 @@ def test_only_users_who_may_delete_see_the_preview_button(sortable, viewer_clien
     for web, shown in ((viewer_client, False), (deleter_client, True)):
         page = web.get(sortable.url).content.decode()
         # POST: a page of 100 selected digests would not fit in a URL.
-        assert f'<form id="selection" method="post" action="{sortable.url}-/delete/">' in page
+        assert f'<form id="selection" method="post" action="{sortable.url}-/delete/"' in page
         assert len(re.findall(r'type="checkbox" name="digest"', page)) == 4
         assert ("Preview and delete" in page) is shown
 

@@ -266,7 +266,13 @@ def test_a_deletion_started_in_the_web_ui_while_a_sync_runs_ends_correctly(
     sync = web.post(f"{deployment.url}/sync/", allow_redirects=False)
     delete = web.post(
         f"{deployment.url}/repositories/team/shop/-/delete/confirm",
-        data={"digest": doomed.digest, "fingerprint": fingerprint, "confirm": "yes"},
+        # Freshly pushed, the image is active: both boxes ticked.
+        data={
+            "digest": doomed.digest,
+            "fingerprint": fingerprint,
+            "confirm": "yes",
+            "confirm_active": "yes",
+        },
         allow_redirects=False,
     )
 
@@ -311,7 +317,12 @@ def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expir
     fingerprint = re.search(r'name="fingerprint" value="([0-9a-f]+)"', preview.text).group(1)
     started = web.post(
         f"{crash}confirm",
-        data={"digest": digests, "fingerprint": fingerprint, "confirm": "yes"},
+        data={
+            "digest": digests,
+            "fingerprint": fingerprint,
+            "confirm": "yes",
+            "confirm_active": "yes",
+        },
         allow_redirects=False,
     )
     assert started.status_code == 303

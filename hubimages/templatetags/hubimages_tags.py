@@ -6,9 +6,12 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from dateutil.relativedelta import relativedelta
 from django import template
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.utils import timezone
-from django.utils.timesince import timesince, timeuntil
+from django.utils.html import format_html
+from django.utils.timesince import timeuntil
 
 from hubimages import formatting, inventory
 from hubimages.models import Manifest
@@ -25,16 +28,49 @@ def human_size(value: int | None) -> str:
     return "—" if value is None else formatting.human_size(value)
 
 
+# Short units, largest first: "1 y 2 mo ago" reads at a glance and fits a narrow column.
+_AGE_UNITS = (("years", "y"), ("months", "mo"), ("days", "d"), ("hours", "h"), ("minutes", "min"))
+
+
 @register.filter
 def ago(value: datetime | None) -> str:
-    """One unit, like "3 months ago": enough to judge at a glance (the exact time is
-    in the title)."""
+    """Two units, like "1 y 2 mo ago": one unit hides a year in "1 year ago" (13 months or
+    23 are not the same age for an image). The exact time goes in the title."""
     if value is None:
         return "—"
     now = timezone.now()
     if value > now or (now - value).total_seconds() < 60:
         return "just now"
-    return f"{timesince(value, now, depth=1)} ago"
+    delta = relativedelta(now, value)
+    amounts = [(getattr(delta, field), unit) for field, unit in _AGE_UNITS]
+    first = next(i for i, (amount, _) in enumerate(amounts) if amount)
+    shown = [amounts[first]]
+    if first + 1 < len(amounts) and amounts[first + 1][0]:
+        shown.append(amounts[first + 1])
+    return " ".join(f"{amount}\xa0{unit}" for amount, unit in shown) + " ago"
+
+
+@register.simple_tag
+def size(value: int | None):
+    """A size as people read it, with the exact bytes on hover."""
+    if value is None:
+        return "—"
+    return format_html(
+        '<span class="size" title="{} bytes">{}</span>',
+        intcomma(value),
+        formatting.human_size(value),
+    )
+
+
+@register.filter
+def middle(value: object, length: int = 40) -> str:
+    """Registry text clipped in the middle, so that what tells tags apart stays visible:
+    `sha256-4f9a…c2d1.sig` keeps its `.sig`, `release-2026-…-amd64` its platform."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= length:
+        return text
+    tail = (length - 1) // 3
+    return text[: length - 1 - tail] + "…" + text[-tail:]
 
 
 @register.filter
@@ -133,3 +169,20 @@ def get(mapping: dict, key: str):
     """`mapping[key]`, or None: for dictionaries keyed by digests, which templates cannot
     look up with a dot."""
     return mapping.get(key) if hasattr(mapping, "get") else None
+
+
+@register.filter
+def item_label(manifest: Manifest) -> str:
+    """What people call a row: its tags ("2.4.1, latest"), else "untagged". Check boxes
+    and toggles say it, so a screen reader names the item, not only its digest."""
+    names = [tag.name for tag in manifest.tags.all()]
+    if not names:
+        return "untagged"
+    shown = ", ".join(middle(name) for name in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+@register.filter
+def matching(manifest: Manifest, search: str) -> set[str]:
+    """The children and referrers of a row that the search matched by themselves."""
+    return inventory.matching_children(manifest, search)

@@ -1,0 +1,164 @@
+"""The delete preview explains its figure (issue 13): what each item frees on its own, what
+the rest of it is shared with, and the guard rails (in use, `latest`, signatures, active
+items needing a second tick, refused by the server too), against a real registry."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.utils import timezone
+
+from devtools.pusher import random_layer
+from devtools.worker import run_tasks
+from hubimages import deletion, preview, views
+from hubimages.formatting import human_size, short_digest
+from hubimages.models import Job, Manifest, Repository
+
+REPO = "acme/shop"
+LIST = f"/repositories/{REPO}/"
+PREVIEW = f"{LIST}-/delete/"
+EXECUTE = f"{LIST}-/delete/confirm"
+OLD = timedelta(days=400)
+
+
+@pytest.fixture
+def shop(pusher, sync):
+    """Two old builds sharing a big base layer with `stable`, which stays; a signed release
+    tagged `latest`, pulled minutes ago."""
+    base = random_layer(30_000, "base")
+    one = pusher.push_image(REPO, tag="1.0", layers=[base, random_layer(2_000, "one")])
+    two = pusher.push_image(REPO, tag="1.1", layers=[base, random_layer(3_000, "two")])
+    stable = pusher.push_image(REPO, tag="stable", layers=[base, random_layer(900, "stable")])
+    release = pusher.push_image(REPO, tag="2.0", layers=[random_layer(5_000, "release")])
+    pusher.tag(REPO, "latest", release)
+    signature = pusher.push_cosign_signature(REPO, release)
+    sync()
+    now = timezone.now()
+    Manifest.objects.filter(digest__in=[one.digest, two.digest]).update(
+        pushed_at=now - OLD, last_pulled_at=None
+    )
+    Manifest.objects.filter(digest=release.digest).update(last_pulled_at=now - timedelta(minutes=3))
+    return SimpleNamespace(
+        one=one, two=two, stable=stable, release=release, signature=signature, base=base
+    )
+
+
+def plan_for(*manifests) -> deletion.DeletionPlan:
+    repository = Repository.objects.get(name=REPO)
+    return deletion.plan_deletion(repository=repository, digests=[m.digest for m in manifests])
+
+
+def row_of(page: str, digest: str) -> str:
+    return re.search(rf'<tr class="delete-item" data-digest="{digest}">.*?</tr>', page, re.S)[0]
+
+
+def test_each_item_frees_only_its_own_layers_and_names_what_shares_the_rest(shop, deleter_client):
+    page = deleter_client.post(PREVIEW, {"digest": [shop.one.digest, shop.two.digest]})
+    page = page.content.decode()
+    plan = plan_for(shop.one, shop.two)
+
+    one = row_of(page, shop.one.digest)
+    # Its own layer, config and manifest bytes; the base layer is `stable`'s too.
+    own = 2_000 + shop.one.config_size + len(shop.one.body)
+    assert f'<td class="frees-cell" data-bytes="{own}">' in one
+    assert f'title="{own:,} bytes">{human_size(own)}</span>' in one
+    assert f"{human_size(30_000)}</span> shared with <code>1.1</code>" not in one  # 1.1 goes too
+    assert re.search(
+        rf"{re.escape(human_size(30_000))}</span> shared with <code>stable</code>", one
+    )
+    # Two rows of about 32 kB reclaim only what is their own: the parts add up to the total.
+    sharing = preview.plan_sharing(plan)
+    assert sharing.total == plan.reclaimable_bytes
+    assert sharing.frees_alone == own + 3_000 + shop.two.config_size + len(shop.two.body)
+    assert f'= <span class="size" title="{sharing.frees_alone:,} bytes">' in page
+
+
+def test_bytes_only_the_deleted_items_share_are_counted_once_and_said_so(
+    shop, pusher, sync, deleter_client
+):
+    """Delete `stable` too and nothing keeps the base layer: it is freed once, with them."""
+    plan = plan_for(shop.one, shop.two, shop.stable)
+    page = deleter_client.post(PREVIEW, {"digest": [m.digest for m in (shop.one, shop.two)]})
+    assert "shared with other items deleted here" not in page.content.decode()
+
+    page = deleter_client.post(
+        PREVIEW, {"digest": [m.digest for m in (shop.one, shop.two, shop.stable)]}
+    ).content.decode()
+
+    sharing = preview.plan_sharing(plan)
+    assert sharing.shared_among_items == 30_000
+    assert sharing.total == plan.reclaimable_bytes
+    assert "shared with other items deleted here: freed once, in the total" in row_of(
+        page, shop.one.digest
+    )
+    assert f'title="{plan.reclaimable_bytes:,} bytes" data-bytes="{plan.reclaimable_bytes}"' in page
+
+
+def test_the_preview_flags_what_is_in_use_tagged_latest_or_a_signature(shop, deleter_client):
+    page = deleter_client.post(PREVIEW, {"digest": shop.release.digest}).content.decode()
+
+    release, signature = row_of(page, shop.release.digest), row_of(page, shop.signature.digest)
+    assert '<span class="badge badge-in-use guard">in use: pulled 3\xa0min ago</span>' in release
+    assert '<span class="badge badge-guard guard">tag latest</span>' in release
+    assert '<span class="badge badge-guard guard">signature</span>' in signature
+    guard_rails = re.search(r'<section class="guard-rails".*?</section>', page, re.S)[0]
+    assert "1 item in use: pulled in the last 30 days" in guard_rails
+    assert 'The tag <span class="tag">latest</span> goes' in guard_rails
+    assert "1 signature will go" in guard_rails
+    assert "2 items are not stale" in guard_rails
+    assert (
+        '<input type="checkbox" name="confirm_active" value="yes" required> Also delete 2 active '
+        "items, pushed or pulled in the last 6 months (1 pulled in the last 30 days)."
+    ) in page
+
+
+def test_stale_items_alone_need_no_second_tick_and_raise_no_flag(shop, deleter_client):
+    page = deleter_client.post(PREVIEW, {"digest": shop.one.digest}).content.decode()
+
+    assert 'name="confirm_active"' not in page and "guard-rails" not in page
+    assert preview.guard_rails(plan_for(shop.one)) == {}
+
+
+def test_deleting_an_active_item_without_the_second_tick_deletes_nothing(
+    shop, deleter_client, registry_client
+):
+    plan = plan_for(shop.release)
+    fields = {"digest": shop.release.digest, "fingerprint": plan.fingerprint, "confirm": "yes"}
+
+    refused = deleter_client.post(EXECUTE, fields)
+    run_tasks()
+
+    assert refused.status_code == 422
+    assert views.ACTIVE_UNCONFIRMED in refused.content.decode()
+    assert not Job.objects.exists()
+    assert registry_client.head_manifest(REPO, shop.release.digest) is not None
+
+    started = deleter_client.post(EXECUTE, {**fields, "confirm_active": "yes"})
+    run_tasks()
+
+    assert started.status_code == 303
+    assert registry_client.head_manifest(REPO, shop.release.digest) is None
+
+
+def test_the_total_and_delete_forever_sit_in_the_dialogs_sticky_footer(shop, deleter_client):
+    plan = plan_for(shop.one)
+    page = deleter_client.post(
+        PREVIEW, {"digest": shop.one.digest}, headers={"HX-Request": "true"}
+    ).content.decode()
+
+    footer = re.search(r'<form class="confirm-delete sticky-footer".*?</form>', page, re.S)[0]
+    assert f'Frees <strong class="footer-frees" title="{plan.reclaimable_bytes:,} bytes">' in (
+        footer
+    )
+    assert ">Delete forever</button>" in footer
+
+
+def test_the_preview_says_referrer_not_artifact(shop, deleter_client):
+    page = deleter_client.post(PREVIEW, {"digest": shop.release.digest}).content.decode()
+
+    assert '<td class="col-type">Referrer</td>' in row_of(page, shop.signature.digest)
+    assert "Artifact" not in page
+    assert short_digest(shop.signature.digest) in page
