@@ -20,7 +20,6 @@ plus one pass in Python, never a request per item); both ratios are printed.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from devtools.processes import setup_django  # noqa: E402
 
 TARGET = 30.0
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -180,16 +181,10 @@ def main() -> int:
 
 
 def run(workdir: str, args: argparse.Namespace) -> int:
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubimages.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    setup_django(f"sqlite:///{workdir}/bench.sqlite3")
     from django.test.utils import setup_test_environment
 
     setup_test_environment()  # lets the test client's "testserver" host in
-    call_command("migrate", verbosity=0)
     from django.contrib.auth import get_user_model
     from django.test import Client
 
@@ -213,7 +208,7 @@ def run(workdir: str, args: argparse.Namespace) -> int:
     url = f"/repositories/{repository.name}/"
 
     def rendered_page() -> None:
-        response = client.get(url, {"per_page": 25})
+        response = client.get(url)  # 25 rows, the default page size
         assert response.status_code == 200
 
     def page_queries() -> None:

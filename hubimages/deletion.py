@@ -52,7 +52,7 @@ from registry.errors import RegistryError
 from registry.media import referrer_tag_subject
 
 SELECTED = "selected"
-MANY = 64  # more ids than this go to the database as one parameter (`_values`)
+MANY = 64  # more ids than this go to the database as one parameter (`as_parameter`)
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def plan_deletions(selections: Mapping[Repository, Iterable[str]]) -> PlanSet:
 def _found(selected: dict[int, tuple[str, ...]]) -> dict[tuple[int, str], int]:
     """(repository id, digest) -> manifest id, for the selected digests that exist."""
     wanted = {(pk, digest) for pk, digests in selected.items() for digest in digests}
-    rows = Manifest.objects.filter(digest__in=_values({digest for _, digest in wanted}))
+    rows = Manifest.objects.filter(digest__in=as_parameter({digest for _, digest in wanted}))
     if len(selected) == 1:
         rows = rows.filter(repository_id__in=list(selected))
     # With several repositories, by digest alone: SQLite would otherwise probe every
@@ -242,7 +242,7 @@ def _found(selected: dict[int, tuple[str, ...]]) -> dict[tuple[int, str], int]:
     }
 
 
-def _values(values: Collection) -> Collection | RawSQL:
+def as_parameter(values: Collection) -> Collection | RawSQL:
     """Many ids or digests for an `__in` lookup, as one query parameter.
 
     Django prepares an IN list value by value, a few microseconds each: for a retention
@@ -298,12 +298,12 @@ def _reached_from(
         if pk not in members and (pk not in best or key < best[pk][0]):
             best[pk] = (key, (because, seed))
 
-    referrers = Manifest.objects.filter(subject_id__in=_values(frontier)).values_list(
+    referrers = Manifest.objects.filter(subject_id__in=as_parameter(frontier)).values_list(
         "pk", "subject_id", "subject__digest"
     )
     for pk, subject_id, subject_digest in referrers:
         offer(pk, subject_id, 0, f"referrer of {short_digest(subject_digest)}")
-    children = IndexEntry.objects.filter(index_id__in=_values(frontier)).values_list(
+    children = IndexEntry.objects.filter(index_id__in=as_parameter(frontier)).values_list(
         "child_id", "index_id", "index__digest"
     )
     for pk, index_id, index_digest in children:
@@ -317,7 +317,7 @@ def _own_tags(manifest_ids: list[int]) -> dict[int, list[str]]:
     if not manifest_ids:
         return tags
     rows = (
-        Tag.objects.filter(manifest_id__in=_values(manifest_ids))
+        Tag.objects.filter(manifest_id__in=as_parameter(manifest_ids))
         .values_list("manifest_id", "name", "manifest__subject_digest")
         .order_by("name")
     )
@@ -334,8 +334,8 @@ def _staying_parents(manifest_ids: Collection[int], leaving: Collection[int]) ->
     if not manifest_ids:
         return parents
     rows = (
-        IndexEntry.objects.filter(child_id__in=_values(manifest_ids))
-        .exclude(index_id__in=_values(leaving))
+        IndexEntry.objects.filter(child_id__in=as_parameter(manifest_ids))
+        .exclude(index_id__in=as_parameter(leaving))
         .values_list("child_id", "index__digest")
         .order_by("index__digest")
     )
@@ -368,7 +368,7 @@ def _assemble(
     members = closure.members
     tags: dict[int, list[str]] = defaultdict(list)
     for manifest_id, name in (
-        Tag.objects.filter(manifest_id__in=_values(members))
+        Tag.objects.filter(manifest_id__in=as_parameter(members))
         .values_list("manifest_id", "name")
         .order_by("name")
     ):
@@ -388,7 +388,7 @@ def _assemble(
         pulled,
         pushed,
         artifact_type,
-    ) in Manifest.objects.filter(pk__in=_values(members)).values_list(
+    ) in Manifest.objects.filter(pk__in=as_parameter(members)).values_list(
         "pk",
         "repository_id",
         "digest",
@@ -420,9 +420,9 @@ def _assemble(
         )
         delete[repo].append((order[repo][group], round_, digest, item))
     keep: dict[int, list] = defaultdict(list)
-    for pk, repo, digest, kind in Manifest.objects.filter(pk__in=_values(closure.kept)).values_list(
-        "pk", "repository_id", "digest", "kind"
-    ):
+    for pk, repo, digest, kind in Manifest.objects.filter(
+        pk__in=as_parameter(closure.kept)
+    ).values_list("pk", "repository_id", "digest", "kind"):
         reason, seed = closure.kept[pk]
         group = seeds[seed]
         keep[repo].append((order[repo][group], digest, KeptItem(digest, kind, reason, group)))
@@ -473,7 +473,7 @@ def _reclaimable_by_repository(repository_of: dict[int, int]) -> tuple[dict[int,
     alone would free."""
     if not repository_of:
         return {}, 0
-    ids = _values(repository_of)
+    ids = as_parameter(repository_of)
     used_elsewhere = ManifestBlob.objects.filter(blob_id=OuterRef("blob_id")).exclude(
         manifest_id__in=ids
     )
@@ -503,7 +503,7 @@ def reclaimable_bytes(manifest_ids: Collection[int]) -> int:
     One query."""
     if not manifest_ids:
         return 0
-    ids = _values(manifest_ids)
+    ids = as_parameter(manifest_ids)
     used_elsewhere = ManifestBlob.objects.filter(blob_id=OuterRef("pk")).exclude(
         manifest_id__in=ids
     )

@@ -15,8 +15,8 @@ from datetime import datetime
 from django.db.models import CharField, Count, F, Func, IntegerField, Q, Sum, Value, Window
 from django.db.models.functions import RowNumber
 
+from hubimages.formatting import iso
 from hubimages.models import Deletion, DeletionRecord
-from hubimages.retention import iso
 
 OPERATION = "operation"
 RECORD = "record"  # a manifest deleted before operations existed

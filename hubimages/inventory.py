@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
@@ -24,6 +24,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from hubimages import rollups
+from hubimages.formatting import iso
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
 from registry import media
 
@@ -264,11 +265,6 @@ REPOSITORY_SORTS = {
     "size": ["total_size", "name"],
     "-size": ["-total_size", "name"],
 }
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a "Z", as every JSON output prints times; None stays None."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def row_as_dict(row: Manifest, now: datetime | None = None) -> dict:

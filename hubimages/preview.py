@@ -60,7 +60,7 @@ def plan_sharing(plan: deletion.DeletionPlan) -> PlanSharing:
     blobs_of: dict[int, set[int]] = defaultdict(set)  # planned manifest -> its blobs
     sizes: dict[int, int] = {}
     for manifest_id, blob_id, size in ManifestBlob.objects.filter(
-        manifest_id__in=deletion._values(ids)
+        manifest_id__in=deletion.as_parameter(ids)
     ).values_list("manifest_id", "blob_id", "blob__size"):
         users[blob_id].add(manifest_id)
         blobs_of[manifest_id].add(blob_id)
@@ -83,8 +83,8 @@ def _users_outside(blob_ids: list[int], planned: list[int]) -> dict[int, tuple[i
     if not blob_ids:
         return {}
     rows = (
-        ManifestBlob.objects.filter(blob_id__in=deletion._values(blob_ids))
-        .exclude(manifest_id__in=deletion._values(planned))
+        ManifestBlob.objects.filter(blob_id__in=deletion.as_parameter(blob_ids))
+        .exclude(manifest_id__in=deletion.as_parameter(planned))
         .values("blob_id")
         .annotate(
             count=Count("manifest_id", distinct=True),
@@ -100,7 +100,7 @@ def _names(repository: str, manifest_ids: set[int]) -> dict[int, str]:
     """A manifest as people know it: its first tag (`repo:tag` in another repository),
     else its short digest."""
     rows = (
-        Manifest.objects.filter(pk__in=deletion._values(manifest_ids))
+        Manifest.objects.filter(pk__in=deletion.as_parameter(manifest_ids))
         .annotate(first_tag=Min("tags__name"))
         .values_list("pk", "repository__name", "digest", "first_tag")
     )

@@ -24,17 +24,16 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, NamedTuple
 
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
-from django.utils.timesince import timesince
 
 from hubimages import deletion
-from hubimages.formatting import human_size
+from hubimages.formatting import ago, human_size, iso
 from hubimages.locks import RepositoryBusy, repository_lock
 from hubimages.models import (
     Manifest,
@@ -643,10 +642,6 @@ class DryRun:
         }
 
 
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def start_now() -> datetime:
     """A run's `now`, fixed once at its start; whole seconds, so it reads and round-trips
     (a preview's form carries it to Run now) without loss."""
@@ -710,7 +705,7 @@ def _repository_dry_run(
     newest_first = sorted(items, key=lambda c: c.digest)
     newest_first.sort(key=lambda c: c.pushed_at, reverse=True)
     in_use = {
-        item.digest: f"in use: pulled {_ago(item.last_pulled_at, now)}"
+        item.digest: f"in use: pulled {ago(item.last_pulled_at, now)}"
         for item in plan.delete
         if item.last_pulled_at and item.last_pulled_at >= now - IN_USE_WITHIN
     }
@@ -826,13 +821,6 @@ def _group_keys(regex: re.Pattern | None, tags: tuple[str, ...]) -> set[str]:
         else:
             keys.add((match.group(1) if regex.groups else match.group(0)) or "")
     return keys
-
-
-def _ago(when: datetime, now: datetime) -> str:
-    if (now - when).total_seconds() < 60:
-        return "just now"
-    # timesince joins number and unit with a no-break space; the command line prints this.
-    return f"{timesince(when, now, depth=1)} ago".replace("\xa0", " ")
 
 
 def _fingerprint(policy: Policy, now: datetime, results: list[RepositoryDryRun], total: int) -> str:

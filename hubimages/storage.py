@@ -28,6 +28,7 @@ from django.db.models import Count, Exists, Max, OuterRef, Prefetch, QuerySet, S
 from django.utils import timezone
 
 from hubimages import deletion, inventory
+from hubimages.formatting import iso
 from hubimages.models import (
     Deletion,
     Manifest,
@@ -38,7 +39,6 @@ from hubimages.models import (
     SyncRun,
     Tag,
 )
-from hubimages.retention import iso
 from registry.client import RegistryClient
 from registry.errors import RegistryError
 

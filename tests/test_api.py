@@ -16,7 +16,7 @@ from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 
 from devtools.worker import run_tasks
-from hubimages import deletion, inventory
+from hubimages import deletion, formatting, inventory
 from hubimages.api import errors as api_errors
 from hubimages.models import ApiToken, Job, Manifest, Repository
 from tests import builders
@@ -71,8 +71,8 @@ def test_repositories_are_listed_with_their_figures(stock, client, reader):
         "image_count": 6,  # old, orphan, rebuilt, index, edge, main
         "stale_count": 2,
         "size": overview.total_size,
-        "last_pushed": inventory.iso(overview.last_pushed),
-        "synced_at": inventory.iso(Repository.objects.get(name=REPO).synced_at),
+        "last_pushed": formatting.iso(overview.last_pushed),
+        "synced_at": formatting.iso(Repository.objects.get(name=REPO).synced_at),
     }
 
 

@@ -518,8 +518,8 @@ def test_the_dry_run_marks_what_it_would_delete_that_was_pulled_in_the_last_30_d
     dry = retention.dry_run(policy({"keep": "always", "tags": ["v*"]}), now=now)
 
     assert repo_of(dry).in_use == {
-        amd.digest: "in use: pulled 1 day ago",
-        recent.digest: "in use: pulled 2 days ago",
+        amd.digest: "in use: pulled 1\xa0d ago",
+        recent.digest: "in use: pulled 2\xa0d ago",
     }
 
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from devtools.pusher import random_layer
-from hubimages import retention
+from hubimages import formatting, retention
 from hubimages.models import DeletionRecord, Manifest, RetentionPolicy, RetentionRun
 
 POLICY = {
@@ -72,7 +72,7 @@ def test_dry_run_json_prints_spec_8s_object_with_delete_images_plans(teams, poli
     printed = json.loads(out)
     assert list(printed) == ["policy", "now", "repositories", "reclaimable_bytes"]
     assert printed["policy"] == "ci-cleanup"
-    now = retention.iso(timezone.now().replace(microsecond=0))
+    now = formatting.iso(timezone.now().replace(microsecond=0))
     assert printed["now"][:16] == now[:16] and printed["now"].endswith("Z")
     assert [r["repository"] for r in printed["repositories"]] == ["team/app", "team/web"]
     total_ids = []

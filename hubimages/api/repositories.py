@@ -12,7 +12,7 @@ from django.urls import register_converter, reverse
 from django.utils import timezone
 from ninja import Path, Query, Router, Status
 
-from hubimages import deletion, inventory, jobs
+from hubimages import deletion, formatting, inventory, jobs
 from hubimages.api.auth import require_delete
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import paginate, reject_unknown_parameters
@@ -74,8 +74,8 @@ def _repository_out(row: Repository) -> dict:
         "image_count": row.image_count,
         "stale_count": row.stale_count,
         "size": row.total_size,
-        "last_pushed": inventory.iso(row.last_pushed),
-        "synced_at": inventory.iso(row.synced_at),
+        "last_pushed": formatting.iso(row.last_pushed),
+        "synced_at": formatting.iso(row.synced_at),
     }
 
 
@@ -122,7 +122,7 @@ def image_detail(request: HttpRequest, digest: str, name: str = NAME) -> dict:
         "manifest_size": manifest.size,
         "artifact_type": manifest.artifact_type,
         "config_digest": manifest.config_digest,
-        "created": inventory.iso(manifest.created_at),
+        "created": formatting.iso(manifest.created_at),
         "subject": manifest.subject_digest or None,
         "parents": [entry.index.digest for entry in manifest.parent_entries.all()],
         "referrers": [

@@ -6,7 +6,6 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dateutil.relativedelta import relativedelta
 from django import template
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.utils import timezone
@@ -28,26 +27,10 @@ def human_size(value: int | None) -> str:
     return "—" if value is None else formatting.human_size(value)
 
 
-# Short units, largest first: "1 y 2 mo ago" reads at a glance and fits a narrow column.
-_AGE_UNITS = (("years", "y"), ("months", "mo"), ("days", "d"), ("hours", "h"), ("minutes", "min"))
-
-
 @register.filter
 def ago(value: datetime | None) -> str:
-    """Two units, like "1 y 2 mo ago": one unit hides a year in "1 year ago" (13 months or
-    23 are not the same age for an image). The exact time goes in the title."""
-    if value is None:
-        return "—"
-    now = timezone.now()
-    if value > now or (now - value).total_seconds() < 60:
-        return "just now"
-    delta = relativedelta(now, value)
-    amounts = [(getattr(delta, field), unit) for field, unit in _AGE_UNITS]
-    first = next(i for i, (amount, _) in enumerate(amounts) if amount)
-    shown = [amounts[first]]
-    if first + 1 < len(amounts) and amounts[first + 1][0]:
-        shown.append(amounts[first + 1])
-    return " ".join(f"{amount}\xa0{unit}" for amount, unit in shown) + " ago"
+    """`formatting.ago`; "—" for never. The exact time goes in the title."""
+    return "—" if value is None else formatting.ago(value)
 
 
 @register.simple_tag
@@ -84,9 +67,7 @@ def utc(value: datetime | None) -> str:
 @register.filter
 def iso(value: datetime | None) -> str:
     """Machine-readable time for `<time datetime>`."""
-    if value is None:
-        return ""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return formatting.iso(value) or ""
 
 
 register.filter("short_digest", formatting.short_digest)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages import retention
+from hubimages import formatting, retention
 from hubimages.connection import registry_client
 from hubimages.formatting import human_size, short_digest
 from hubimages.models import RetentionPolicy, RetentionRun
@@ -88,7 +88,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(preview.as_dict(), indent=2))
             return
         write = self.stdout.write
-        write(f"Policy {preview.policy.name}, as of {retention.iso(preview.now)}:")
+        write(f"Policy {preview.policy.name}, as of {formatting.iso(preview.now)}:")
         for number, rule in enumerate(preview.policy.rules, start=1):
             write(f"  rule {number}: {rule.describe()}")
         for repo in preview.repositories:
@@ -127,7 +127,7 @@ class Command(BaseCommand):
                 json.dumps(
                     {
                         "policy": record.policy_name,
-                        "now": retention.iso(record.started_at),
+                        "now": formatting.iso(record.started_at),
                         "outcome": record.outcome,
                         "message": record.message,
                         "repositories": record.repositories,
