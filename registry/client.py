@@ -574,6 +574,15 @@ class RegistryClient:
         params += [("scope", s) for s in scope.split()]
         url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(params)}" if params else realm
         basic = _basic(self._credentials) if self._credentials else None
+        if basic and not self._may_receive_credentials(realm):
+            raise AuthenticationError(
+                f"the registry sends us for a token to {urlsplit(realm).netloc} over plain "
+                "http: the registry credentials go only to a token server on the registry's "
+                f"own host ({urlsplit(self.base_url).hostname}) or over https, so none were "
+                "sent; serve the token realm over https (or check REGISTRY_URL)",
+                url=realm,
+                method="GET",
+            )
         try:
             _, body = self._call("GET", url, scope=None, authorization=basic)
         except RegistryUnavailable:
@@ -590,6 +599,13 @@ class RegistryClient:
                 retryable=exc.retryable,
             ) from None
         return self._token_from(body, url)
+
+    def _may_receive_credentials(self, realm: str) -> bool:
+        """A realm may get the Basic credentials over https, or on the registry's own host
+        (a registry and its token server behind one plain-http address, as on a laptop).
+        Anywhere else a challenge could send them in clear text to whoever it names."""
+        parts = urlsplit(realm)
+        return parts.scheme == "https" or parts.hostname == urlsplit(self.base_url).hostname
 
     def _token_from(self, body: bytes, url: str) -> _Token:
         data = _json(body, url, "token server answer")
