@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
+from django.db import connection
 from django.db.models import (
     Count,
-    Exists,
     F,
     Max,
     OuterRef,
@@ -92,18 +92,84 @@ def top_level(repository: Repository, query: ListQuery = ListQuery()) -> QuerySe
     return rows.order_by(*_ordering(query.sort))
 
 
+# A search matching at most this many manifests is resolved to their ids first, so the
+# page reads them by primary key instead of walking the sort index past every other row.
+SEARCH_IDS_LIMIT = 2000
+
+
 def _search(repository: Repository, text: str) -> Q:
-    """Tag names by substring, digests by prefix; a match on a child shows its index."""
+    """Tag names, digests by prefix; a match on a child shows its index.
+
+    Tags match by substring on PostgreSQL (a trigram index) and by prefix on SQLite, which
+    has no substring index: both read an index, however many tags the repository has."""
     needle = text.lower()
     digest_prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
-    own = Q(digest__startswith=digest_prefix) | Exists(
-        Tag.objects.filter(manifest=OuterRef("pk"), name__icontains=text)
+    tags = Tag.objects.filter(repository=repository).filter(_tag_matches(text))
+    matched = Manifest.objects.filter(repository=repository).filter(
+        Q(digest__startswith=digest_prefix) | Q(pk__in=tags.values("manifest_id"))
     )
-    child_matches = IndexEntry.objects.filter(index=OuterRef("pk")).filter(
-        Q(child__digest__startswith=digest_prefix)
-        | Exists(Tag.objects.filter(manifest=OuterRef("child"), name__icontains=text))
+    ids = list(matched.values_list("pk", flat=True)[: SEARCH_IDS_LIMIT + 1])
+    if len(ids) > SEARCH_IDS_LIMIT:  # a broad search: matches are dense, the walk is short
+        parents = IndexEntry.objects.filter(child__in=matched.values("pk")).values("index_id")
+        return Q(pk__in=matched.values("pk")) | Q(pk__in=parents)
+    parents = IndexEntry.objects.filter(child_id__in=ids).values_list("index_id", flat=True)
+    return Q(pk__in=set(ids) | set(parents))
+
+
+def _tag_matches(text: str) -> Q:
+    if connection.vendor == "postgresql":
+        return Q(name__icontains=text)
+    return Q(name__istartswith=text)
+
+
+# Counted exactly up to this many rows; past it, from the stored counts or an estimate.
+COUNT_EXACTLY_UP_TO = 10_000
+# Rows read to estimate the share of a big list that a status or a search keeps.
+ESTIMATE_SAMPLE = 1000
+
+
+@dataclass(frozen=True)
+class ListCount:
+    value: int
+    estimated: bool = False
+
+
+def count_top_level(repository: Repository, query: ListQuery) -> ListCount:
+    """How many rows `top_level(repository, query)` holds, without counting a million.
+
+    A filter alone is answered by the counts `rollups.refresh` stores. With a status or a
+    search, rows are counted up to COUNT_EXACTLY_UP_TO; past that, the count is estimated
+    from a sample of the filter's rows taken in digest order (digests are random, so the
+    sample is not skewed towards old or new pushes) and rounded, and says so."""
+    plain = not query.search and not query.status
+    if plain and query.filter in repository.list_counts:
+        return ListCount(repository.list_counts[query.filter])
+    rows = top_level(repository, query)
+    exact = rows.order_by().values("pk")[: COUNT_EXACTLY_UP_TO + 1].count()
+    if exact <= COUNT_EXACTLY_UP_TO or plain:
+        return ListCount(exact if exact <= COUNT_EXACTLY_UP_TO else _count(rows))
+    base_query = ListQuery(filter=query.filter)
+    base = repository.list_counts.get(query.filter)
+    if base is None:
+        base = top_level(repository, base_query).count()
+    sample = list(
+        top_level(repository, base_query)
+        .order_by("digest")
+        .values_list("pk", flat=True)[:ESTIMATE_SAMPLE]
     )
-    return own | Exists(child_matches)
+    kept = rows.order_by().filter(pk__in=sample).count()
+    estimate = max(COUNT_EXACTLY_UP_TO + 1, round(base * kept / len(sample)))
+    return ListCount(_round(estimate), estimated=True)
+
+
+def _count(rows: QuerySet) -> int:
+    return rows.order_by().count()
+
+
+def _round(value: int) -> int:
+    """Two significant figures: 183,456 -> 180,000."""
+    digits = len(str(value)) - 2
+    return round(value, -digits) if digits > 0 else value
 
 
 def _ordering(sort: str) -> list:
