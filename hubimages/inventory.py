@@ -123,9 +123,9 @@ def _tag_matches(text: str) -> Q:
 
 
 # Counted exactly up to this many rows; past it, from the stored counts or an estimate.
-COUNT_EXACTLY_UP_TO = 10_000
+COUNT_EXACTLY_UP_TO = 1000
 # Rows read to estimate the share of a big list that a status or a search keeps.
-ESTIMATE_SAMPLE = 1000
+ESTIMATE_SAMPLE = 500
 
 
 @dataclass(frozen=True)
