@@ -20,8 +20,8 @@ DEFAULT_MEMORY_BYTES = 8 * 1024 * 1024
 class Budget:
     """Raw bytes the spools of one crawl may keep in memory, all together."""
 
-    def __init__(self, limit: int = DEFAULT_MEMORY_BYTES) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = DEFAULT_MEMORY_BYTES if limit is None else limit
         self.used = 0
         self._lock = threading.Lock()
 

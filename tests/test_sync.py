@@ -11,6 +11,8 @@ import requests
 import responses
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devtools.pusher import random_layer
@@ -210,6 +212,9 @@ def test_it_pages_the_catalog_and_removes_vanished_repositories(registry_server,
     assert not Repository.objects.filter(name="gone/away").exists()
 
 
+WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
 def test_a_second_sync_fetches_no_manifest_bodies(registry_server, pusher, db):
     for n in range(3):
         images = [
@@ -220,21 +225,58 @@ def test_a_second_sync_fetches_no_manifest_bodies(registry_server, pusher, db):
     client, counts = counting_client(registry_server.url)
     first = sync_registry(client, workers=4)
     assert first.manifests_added == 3 * 5
+    # A tag never seen is read with one GET by tag (body and digest at once): no HEAD.
     assert counts[("GET", "manifests")] == 15
+    assert counts[("HEAD", "manifests")] == 0
+    assert counts[("GET", "blobs")] == 3 * 4  # the configs of the images and attestations
     counts.clear()
 
-    second = sync_registry(client, workers=4)
+    with CaptureQueriesContext(connection) as queries:
+        second = sync_registry(client, workers=4)
 
     assert second.manifests_added == second.manifests_removed == second.tags_changed == 0
     assert counts[("GET", "manifests")] == 0
     assert counts[("GET", "blobs")] == 0
     assert counts[("HEAD", "manifests")] == 3  # one per tag: the least a resync can do
-    # A new tag costs one more GET for the new manifest only.
+    # Every tag HEADed to where it was: the repository writes nothing and takes no lock;
+    # what is written is the run's record, the full sync's lease and one `synced_at`.
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith(WRITES)]
+    tables = {re.search(r'(?:INTO|UPDATE|FROM) "(\w+)"', sql).group(1) for sql in writes}
+    assert tables == {"hubimages_syncrun", "hubimages_lease", "hubimages_repository"}
+    assert all("sync:all" in sql for sql in writes if "hubimages_lease" in sql)
+    assert sum("hubimages_repository" in sql for sql in writes) == 1
+    # A new tag costs one GET by tag for the new manifest, its config, and the HEADs.
     pusher.push_image("inc", tag="extra", layers=[random_layer(64, "extra")])
     counts.clear()
     third = sync_registry(client, workers=4)
     assert third.manifests_added == 1
-    assert counts[("GET", "manifests")] == 1
+    assert counts[("GET", "manifests")] == 1 and counts[("GET", "blobs")] == 1
+    assert counts[("HEAD", "manifests")] == 3
+
+
+def test_a_known_tag_that_moved_is_headed_then_fetched_by_digest_only_if_new(
+    registry_server, pusher, db
+):
+    first = pusher.push_image("moved", tag="latest", layers=[random_layer(64, "one")])
+    pusher.tag("moved", "stable", first)
+    client, counts = counting_client(registry_server.url)
+    sync_registry(client, workers=4)
+    second = pusher.push_image("moved", tag="latest", layers=[random_layer(64, "two")])
+    pusher.tag("moved", "stable", second)
+    counts.clear()
+
+    summary = sync_registry(client, workers=4)
+
+    assert (summary.manifests_added, summary.tags_changed) == (1, 2)
+    # Both tags are known, and `first`, untagged now, stays while a HEAD finds it.
+    assert counts[("HEAD", "manifests")] == 2 + 1
+    assert counts[("GET", "manifests")] == 1  # one new digest behind two tags
+    # Back to a manifest the database holds: a HEAD tells where, nothing to GET.
+    pusher.tag("moved", "latest", first)
+    counts.clear()
+    assert sync_registry(client, workers=4).tags_changed == 1
+    assert counts[("GET", "manifests")] == 0 and counts[("HEAD", "manifests")] == 2
+    assert tags_of("moved") == {"latest": first.digest, "stable": second.digest}
 
 
 def test_it_syncs_a_registry_behind_basic_auth(tmp_path, settings, db):
