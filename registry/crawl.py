@@ -9,7 +9,9 @@ the fewest requests the API allows:
   manifest the caller does not hold;
 - an index's children and an image's config: one GET each, sent as soon as their parent
   arrives, not once a whole level is read;
-- a manifest the caller holds that no tag reaches any more: one HEAD by digest.
+- a manifest the caller holds that no tag reaches any more: one HEAD by digest;
+- on a registry with the OCI referrers API, one GET of the referrers of each new image or
+  index (distribution 2.8 answers the first with 404, and is not asked again).
 
 Every request of every repository goes through one work queue of `workers` threads, so a
 repository's slow tail never leaves the others waiting. The caller's own lookups (`known`,
@@ -346,10 +348,19 @@ class _RepositoryRead:
         snapshot.add_manifest(fetched)
         for child in fetched.parsed.manifests:
             self._reach(child.digest)
+        if self.client.may_have_referrers_api and not fetched.parsed.is_artifact:
+            self._send(self._referrers, fetched.digest)
         config = config_digest(fetched)
         if config and config not in self.known_configs and config not in self.configs_asked:
             self.configs_asked.add(config)
             self._send(self._get_config, config)
+
+    def _referrers(self, digest: str) -> None:
+        """Referrers pushed by digest alone (no fallback tag) are found only this way."""
+        referrers = self.client.list_referrers(self.name, digest)
+        with self.lock:
+            for referrer in referrers or []:
+                self._reach(referrer.digest)
 
     def _get_config(self, digest: str) -> None:
         body = _config_body_or_none(self.client, self.snapshot, digest, self.lock)
