@@ -313,7 +313,8 @@ def known_state(name: str) -> Known:
 
 def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> RepositoryResult:
     """Sync one repository (used before a delete, to check the plan still holds)."""
-    return next(iter(_sync_repositories(client, [name], workers, lambda message: None)))
+    [result] = _sync_repositories(client, [name], workers, lambda message: None)
+    return result
 
 
 def _sync_repositories(
