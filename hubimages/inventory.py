@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import (
     Count,
+    Exists,
     F,
     Max,
     OuterRef,
@@ -101,19 +102,28 @@ def _search(repository: Repository, text: str) -> Q:
     """Tag names, digests by prefix; a match on a child shows its index.
 
     Tags match by substring on PostgreSQL (a trigram index) and by prefix on SQLite, which
-    has no substring index: both read an index, however many tags the repository has."""
+    has no substring index: both read an index, however many tags the repository has. A
+    narrow search becomes the ids it matched (read by primary key, whatever the sort); a
+    broad one a test each row takes while the page walks its sort index."""
     needle = text.lower()
     digest_prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
-    tags = Tag.objects.filter(repository=repository).filter(_tag_matches(text))
-    matched = Manifest.objects.filter(repository=repository).filter(
-        Q(digest__startswith=digest_prefix) | Q(pk__in=tags.values("manifest_id"))
+    by_tag = Tag.objects.filter(repository=repository).filter(_tag_matches(text))
+    by_tag = by_tag.values_list("manifest_id", flat=True)
+    by_digest = Manifest.objects.filter(repository=repository, digest__startswith=digest_prefix)
+    by_digest = by_digest.values_list("pk", flat=True)
+    ids = [*by_tag[: SEARCH_IDS_LIMIT + 1], *by_digest[: SEARCH_IDS_LIMIT + 1]]
+    if len(ids) <= SEARCH_IDS_LIMIT:
+        parents = IndexEntry.objects.filter(child_id__in=ids).values_list("index_id", flat=True)
+        return Q(pk__in={*ids, *parents})
+    # A broad search: matches are dense, so the page walks the sort index and asks each row
+    # (by its own indexes) whether it or a child matches, stopping after a page of rows.
+    tagged = Tag.objects.filter(_tag_matches(text))
+    own = Q(digest__startswith=digest_prefix) | Exists(tagged.filter(manifest=OuterRef("pk")))
+    child = IndexEntry.objects.filter(index=OuterRef("pk")).filter(
+        Q(child__digest__startswith=digest_prefix)
+        | Exists(tagged.filter(manifest=OuterRef("child")))
     )
-    ids = list(matched.values_list("pk", flat=True)[: SEARCH_IDS_LIMIT + 1])
-    if len(ids) > SEARCH_IDS_LIMIT:  # a broad search: matches are dense, the walk is short
-        parents = IndexEntry.objects.filter(child__in=matched.values("pk")).values("index_id")
-        return Q(pk__in=matched.values("pk")) | Q(pk__in=parents)
-    parents = IndexEntry.objects.filter(child_id__in=ids).values_list("index_id", flat=True)
-    return Q(pk__in=set(ids) | set(parents))
+    return own | Exists(child)
 
 
 def _tag_matches(text: str) -> Q:

@@ -95,3 +95,19 @@ def test_search_matches_tags_by_substring_on_postgresql_and_by_prefix_on_sqlite(
         assert "1 item" in by_substring and "build-38" in by_substring
     else:
         assert "build-38" not in by_substring
+
+
+@pytest.mark.parametrize("ids_limit", [0, 2000], ids=["broad", "narrow"])
+def test_a_broad_and_a_narrow_search_find_the_same_rows(repository, monkeypatch, ids_limit):
+    # Past SEARCH_IDS_LIMIT matches the search is a test per row rather than a list of ids.
+    monkeypatch.setattr(inventory, "SEARCH_IDS_LIMIT", ids_limit)
+    digest = Manifest.objects.get(tags__name="build-4").digest
+
+    def found(text: str) -> set[str]:
+        rows = inventory.top_level(repository, inventory.ListQuery(search=text))
+        return set(rows.values_list("digest", flat=True))
+
+    assert found("build-3") == set(
+        Manifest.objects.filter(tags__name__startswith="build-3").values_list("digest", flat=True)
+    )
+    assert found(digest[7:19]) == found(digest[:19]) == {digest}
