@@ -133,14 +133,17 @@ class ListPaginator(Paginator):
 
     estimated = False
 
-    def __init__(self, rows, per_page: int, repository: Repository, query) -> None:
+    def __init__(
+        self, rows, per_page: int, repository: Repository, query, found: inventory.Search | None
+    ) -> None:
         super().__init__(rows, per_page)
         self._repository = repository
         self._query = query
+        self._found = found
 
     @cached_property
     def count(self) -> int:
-        counted = inventory.count_top_level(self._repository, self._query)
+        counted = inventory.count_top_level(self._repository, self._query, found=self._found)
         self.estimated = counted.estimated
         return counted.value
 
@@ -201,8 +204,10 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
         return HttpResponse(status=204)
     query = inventory.ListQuery.from_params(request.GET)
     per_page = _page_size(request.GET.get("per_page"))
-    rows = inventory.with_details(inventory.top_level(repository, query))
-    page = ListPaginator(rows, per_page, repository, query).get_page(request.GET.get("page"))
+    found = inventory.search(repository, query.search) if query.search else None
+    rows = inventory.with_details(inventory.top_level(repository, query, found=found))
+    paginator = ListPaginator(rows, per_page, repository, query, found)
+    page = paginator.get_page(request.GET.get("page"))
     view = _list_state(query, per_page)
     state = {**view, "page": page.number if page.number != 1 else None}
     context = {

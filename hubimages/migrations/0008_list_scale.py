@@ -22,6 +22,17 @@ POSTGRESQL = [
         "(repository_id, digest varchar_pattern_ops)",
         "DROP INDEX IF EXISTS manifest_digest_prefix",
     ),
+    # "Last pulled, newest first" puts never-pulled items last (DESC NULLS LAST): a
+    # PostgreSQL index read backwards gives NULLS FIRST, so these are built in that order.
+    # (SQLite sorts NULLs lowest: its ascending indexes read backwards already do.)
+    *(
+        (
+            f"CREATE INDEX manifest_by{name}_pulled_desc ON hubimages_manifest "
+            f"(repository_id, is_top_level, {column}last_pulled_at DESC NULLS LAST, id DESC)",
+            f"DROP INDEX IF EXISTS manifest_by{name}_pulled_desc",
+        )
+        for name, column in (("", ""), ("_kind", "kind, "), ("_tagged", "is_tagged, "))
+    ),
 ]
 SQLITE = [
     (
