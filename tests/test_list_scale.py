@@ -111,3 +111,18 @@ def test_a_broad_and_a_narrow_search_find_the_same_rows(repository, monkeypatch,
         Manifest.objects.filter(tags__name__startswith="build-3").values_list("digest", flat=True)
     )
     assert found(digest[7:19]) == found(digest[:19]) == {digest}
+
+
+def test_a_status_over_a_huge_list_is_estimated_without_counting_its_rows(
+    repository, viewer_client, monkeypatch
+):
+    monkeypatch.setattr(inventory, "ESTIMATED_FROM", 5)
+    monkeypatch.setattr(inventory, "ESTIMATE_SAMPLE", 40)  # the whole list: exact share
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        page = viewer_client.get(URL, {"status": "active"}).content.decode()
+
+    assert "about 20 items" in page  # 40 × 20/40, from the sample of 40
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert len(counts) == 1 and " IN (" in counts[0]  # the sample's, not the list's
