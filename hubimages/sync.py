@@ -342,7 +342,11 @@ def _sync_repositories(
         if gone is not None and _is_gone(read, known_before):
             gone[read.name] = (read, known_before)
             result = RepositoryResult(name=read.name, gone=True)
-        elif isinstance(read, Snapshot) and crawl.is_unchanged(read, known_before):
+        elif (
+            isinstance(read, Snapshot)
+            and (known_before.manifests or known_before.tags)  # else maybe a new, empty one
+            and crawl.is_unchanged(read, known_before)
+        ):
             # Every tag HEADed to where it was: nothing to write, not even a lock.
             result = RepositoryResult(name=read.name, warnings=read.warnings)
             unchanged.append(read.name)
