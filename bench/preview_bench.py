@@ -2,8 +2,9 @@
 
 Fills a temporary SQLite database directly (bulk_create, no registry process): one target
 repository of 1,100 top-level items (300 multi-arch indexes with attestations, 800 images)
-plus other repositories sharing base layers: first ~10,000 blobs, then ~100,000 (the
-target repository is the same in both, so the growth is the registry's alone).
+plus other repositories sharing base layers: first a tenth of --blobs (~10,000), then
+--blobs (~100,000; `--blobs 1000000` for Docker Hub size); the target repository is the
+same in both, so the growth is the registry's alone.
 On each size it times `plan_deletion` for 1,000 and for 10 selected items of the target
 repository and one list page (`inventory.top_level` + `with_details`, first 25 rows,
 evaluated and turned into rows), and prints the ratios.
@@ -11,7 +12,7 @@ evaluated and turned into rows), and prints the ratios.
 Targets: the 1,000-item preview under 10 × one list page; growth from the small registry
 to the 10× one well under 10× (sub-linear).
 
-    .venv/bin/python bench/preview_bench.py [--repeat 5]
+    .venv/bin/python bench/preview_bench.py [--blobs 100000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -176,28 +177,38 @@ def measure(repeat: int) -> dict[str, float]:
     }
 
 
-def fill_others(filler: Filler, first: int, count: int) -> None:
-    for r in range(first, first + count):
-        filler.repository(f"bench/other{r:04d}", indexes=30, images=10)
+def fill_others(filler: Filler, first: int, blobs: int) -> int:
+    """Other repositories until the registry holds `blobs` blobs; returns the next index."""
+    from hubimages.models import Blob
+
+    serial = first
+    while Blob.objects.count() < blobs:
+        for _ in range(10):
+            filler.repository(f"bench/other{serial:05d}", indexes=30, images=10)
+            serial += 1
+    return serial
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--blobs", type=int, default=100_000, help="blobs of the big registry (the small: a tenth)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hubimages-preview-bench-") as workdir:
-        run(workdir, args.repeat)
+        run(workdir, args.repeat, args.blobs)
 
 
-def run(workdir: str, repeat: int) -> None:
+def run(workdir: str, repeat: int, blobs: int) -> None:
     processes.setup_django(f"sqlite:///{workdir}/bench.sqlite3")
     filler = Filler()
     started = time.perf_counter()
     filler.repository(TARGET, indexes=TARGET_INDEXES, images=TARGET_IMAGES)
-    fill_others(filler, 0, 9)  # ~10,000 blobs
+    next_repository = fill_others(filler, 0, blobs // 10)
     small = measure(repeat)
-    fill_others(filler, 9, 214)  # ~100,000 blobs
+    fill_others(filler, next_repository, blobs)
     large = measure(repeat)
     print(f"(filled and measured in {time.perf_counter() - started:.0f}s)")
 

@@ -16,6 +16,8 @@ and headers: empty or ``null`` catalogs, 429 with ``Retry-After``, 503 always or
 failing page), `endless_pages`, `looping_pages`, `truncate`, `trickle`, `corrupt` (the
 content no longer matches its digest), `oversize` (with or without Content-Length) and
 `delay` (a slow answer).
+Registries other than distribution 2.8, documented behaviour the proxy adds on top of it:
+`paged_tags` (Harbor, GHCR, 3.x) and `referrers` (the OCI referrers API).
 """
 
 from __future__ import annotations
@@ -213,6 +215,49 @@ class FaultProxy:
         """Ask the registry for pages of `size` whatever the client asked: a catalog of a few
         repositories then takes several pages, as a large one would."""
         return self._add(pattern, method, None, rewrite=_page_request(size, keep_last=True))
+
+    def paged_tags(self, size: int) -> Fault:
+        """Page tag lists as Harbor, GHCR and distribution 3.x do (at most `size` tags a
+        page, sorted, `last` to go on, `Link` while more follow): 2.8 answers every tag
+        at once, whatever `n` and `last` say."""
+
+        def respond(upstream: Upstream | None, path: str, fault: Fault) -> Upstream:
+            assert upstream is not None
+            if upstream.status != 200:
+                return upstream
+            data = json.loads(upstream.body)
+            params = dict(parse_qsl(urlsplit(path).query))
+            limit = min(size, int(params.get("n") or size))
+            tags = sorted(tag for tag in data.get("tags") or [] if tag > params.get("last", ""))
+            page, more = tags[:limit], len(tags) > limit
+            upstream.body = json.dumps({"name": data.get("name"), "tags": page}).encode()
+            link = f'<{urlsplit(path).path}?n={limit}&last={page[-1]}>; rel="next"'
+            upstream.set_header("Link", link if more else None)
+            return upstream
+
+        return self._add(
+            r"/tags/list",
+            "GET",
+            None,
+            rewrite=_page_request(None, keep_last=False),
+            respond=respond,
+        )
+
+    def referrers(self, referrers: dict[str, list[dict]]) -> Fault:
+        """The OCI referrers API that 2.8 lacks: `GET /v2/<name>/referrers/<digest>`
+        answers an image index of `referrers[digest]` (descriptors), empty for others."""
+
+        def respond(upstream: Upstream | None, path: str, fault: Fault) -> Upstream:
+            digest = urlsplit(path).path.rsplit("/", 1)[-1]
+            index = {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": referrers.get(digest, []),
+            }
+            headers = [("Content-Type", "application/vnd.oci.image.index.v1+json")]
+            return Upstream(200, headers, json.dumps(index).encode())
+
+        return self._add(r"^/v2/.+/referrers/", "GET", None, respond=respond, forward=False)
 
     def looping_pages(self, pattern: str, *, page_size: int, method: str | None = "GET") -> Fault:
         """A proxy that drops `last` and pages at `page_size`: every page is the first

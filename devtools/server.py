@@ -22,9 +22,12 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
+
+if TYPE_CHECKING:
+    from devtools.tokenserver import TokenServer
 
 DEFAULT_BINARY = "/usr/bin/docker-registry"
 START_TIMEOUT = 15.0
@@ -51,14 +54,20 @@ class LocalRegistry:
         notify_url: str | None = None,
         notify_token: str | None = None,
         delete_enabled: bool = True,
+        token_auth: TokenServer | None = None,
+        token_realm: str | None = None,
         binary: str = DEFAULT_BINARY,
     ) -> None:
+        """`token_auth` makes the registry refuse requests without a token from that
+        server (`auth: token`); `token_realm` announces another address for it."""
         self.root = Path(root).resolve()
         self.port = port if port is not None else free_port()
         self.htpasswd = htpasswd
         self.notify_url = notify_url
         self.notify_token = notify_token
         self.delete_enabled = delete_enabled
+        self.token_auth = token_auth
+        self.token_realm = token_realm
         self.binary = binary
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -171,6 +180,10 @@ class LocalRegistry:
             config["auth"] = {
                 "htpasswd": {"realm": "hubimages-local", "path": str(self.htpasswd_path)}
             }
+        if self.token_auth:
+            config["auth"] = self.token_auth.registry_auth(
+                self.root / "token-ca.pem", realm=self.token_realm
+            )
         if self.notify_url:
             endpoint: dict[str, Any] = {
                 "name": "hubimages",
@@ -198,7 +211,7 @@ class LocalRegistry:
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        expected = {200, 401} if self.htpasswd else {200}
+        expected = {200, 401} if self.htpasswd or self.token_auth else {200}
         while True:
             process = self._process
             if process is None or process.poll() is not None:

@@ -48,7 +48,7 @@ from hubimages.models import (
 )
 from hubimages.sync import sync_repository
 from registry.client import RegistryClient
-from registry.errors import RegistryError
+from registry.errors import RegistryError, UnsupportedOperation
 from registry.media import referrer_tag_subject
 
 SELECTED = "selected"
@@ -139,6 +139,12 @@ class DeletionPlan:
 class NotDeleted:
     digest: str
     reason: str
+    # The registry answered 405 UNSUPPORTED: it has deletes turned off (or, like Docker
+    # Hub, deletes only through its own site).
+    deletes_disabled: bool = False
+
+
+DELETES_DISABLED = "not sent: the registry answered 405 to an earlier DELETE, it does not delete"
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,10 @@ class DeletionOutcome:
     skipped: tuple[NotDeleted, ...] = ()
     reclaimed_bytes: int = 0
     operation_id: int | None = None
+
+    @property
+    def deletes_disabled(self) -> bool:
+        return any(item.deletes_disabled for item in self.failed)
 
     @property
     def succeeded(self) -> bool:
@@ -623,6 +633,7 @@ def _delete_in_order(
 ) -> None:
     parents = _parents_within(plan)
     not_done: dict[int, str] = {}  # manifest id -> digest, failed or skipped
+    disabled = False
     ordered = _topological(plan.delete, parents)
     for number, item in enumerate(ordered, start=1):
         blocking = [(p, how) for p, how in parents.get(item.manifest_id, []) if p in not_done]
@@ -633,18 +644,45 @@ def _delete_in_order(
             skipped.append(NotDeleted(item.digest, reason))
             not_done[item.manifest_id] = item.digest
             continue
+        if disabled:
+            skipped.append(NotDeleted(item.digest, DELETES_DISABLED))
+            not_done[item.manifest_id] = item.digest
+            continue
         lease.check()  # never send a DELETE without holding the repository
         report(f"Deleting {number} of {len(ordered)}: {short_digest(item.digest)}")
         record = _pending_record(operation, item)
         try:
-            client.delete_manifest(plan.repository, item.digest)  # False (404): gone already
+            _delete_manifest(client, plan.repository, item)
         except RegistryError as error:
-            failed.append(NotDeleted(item.digest, str(error)))
+            # 405: the registry does not delete at all; the other DELETEs would fail alike.
+            disabled = isinstance(error, UnsupportedOperation) and error.status == 405
+            failed.append(NotDeleted(item.digest, str(error), deletes_disabled=disabled))
             not_done[item.manifest_id] = item.digest
             _settle(record, DeletionRecord.State.FAILED, str(error))
             continue
         _settle(record, DeletionRecord.State.DONE)
         deleted.append(item)
+
+
+def _delete_manifest(client: RegistryClient, repository: str, item: PlannedItem) -> None:
+    """DELETE by digest (a 404 means gone already). A registry that refuses to delete a
+    manifest its tags still name (4xx but 404/405) gets its tags deleted first, the
+    order the OCI distribution spec's own conformance tests follow, then one more try."""
+    try:
+        client.delete_manifest(repository, item.digest)
+    except RegistryError as error:
+        if (
+            not item.tags
+            or error.status in (401, 403, 404, 405)
+            or not 400 <= (error.status or 0) < 500
+        ):
+            raise
+        try:
+            for tag in item.tags:
+                client.delete_tag(repository, tag)
+        except UnsupportedOperation:
+            raise error from None
+        client.delete_manifest(repository, item.digest)
 
 
 def _pending_record(operation: Deletion, item: PlannedItem) -> DeletionRecord:

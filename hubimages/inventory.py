@@ -7,6 +7,7 @@ from datetime import datetime
 
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
+from django.db import connection
 from django.db.models import (
     Count,
     Exists,
@@ -20,7 +21,7 @@ from django.db.models import (
     Sum,
     Value,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
 from hubimages import rollups
@@ -75,8 +76,11 @@ def last_activity(manifest: Manifest) -> datetime:
     return manifest.pushed_at
 
 
-def top_level(repository: Repository, query: ListQuery = ListQuery()) -> QuerySet[Manifest]:
-    """The list's rows: every index, and every image no index of the repository holds."""
+def top_level(
+    repository: Repository, query: ListQuery = ListQuery(), *, found: Search | None = None
+) -> QuerySet[Manifest]:
+    """The list's rows: every index, and every image no index of the repository holds.
+    `found`: the query's search, if already resolved by `search`."""
     rows = Manifest.objects.filter(repository=repository, is_top_level=True)
     if query.filter == "tagged":
         rows = rows.filter(is_tagged=True)
@@ -91,28 +95,147 @@ def top_level(repository: Repository, query: ListQuery = ListQuery()) -> QuerySe
     elif query.status == "active":
         rows = rows.exclude(stale_q())
     if query.search:
-        rows = rows.filter(_search(repository, query.search))
+        rows = rows.filter((found or search(repository, query.search)).q)
     return rows.order_by(*_ordering(query.sort))
 
 
-def _search(repository: Repository, text: str) -> Q:
-    """Tag names by substring, digests by prefix; a match on a child shows its index."""
+# A search matching at most this many manifests is resolved to their ids first, so the
+# page reads them by primary key instead of walking the sort index past every other row.
+SEARCH_IDS_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class Search:
+    """A search resolved once for a page and its count (`top_level`, `count_top_level`)."""
+
+    q: Q
+    broad: bool
+
+
+def search(repository: Repository, text: str) -> Search:
+    """Tag names, digests by prefix; a match on a child shows its index.
+
+    Tags match by substring on PostgreSQL (a trigram index) and by prefix on SQLite, which
+    has no substring index: both read an index, however many tags the repository has. A
+    narrow search becomes the ids it matched (read by primary key, whatever the sort); a
+    broad one a test each row takes while the page walks its sort index."""
     needle = text.lower()
     digest_prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
-    own = Q(digest__startswith=digest_prefix) | Exists(
-        Tag.objects.filter(manifest=OuterRef("pk"), name__icontains=text)
-    )
-    child_matches = IndexEntry.objects.filter(index=OuterRef("pk")).filter(
+    ids = _search_ids(repository.pk, text, digest_prefix)
+    if ids is not None:
+        return Search(Q(pk__in=ids), broad=False)
+    # Each row's own tags, through the index on their manifest: the tag search index,
+    # asked once per row, would read every tag the search matches each time.
+    if connection.vendor == "postgresql":
+        tagged = Tag.objects.alias(lowered=Lower("name")).filter(lowered__contains=needle)
+    else:
+        tagged = Tag.objects.filter(_tag_matches(text))
+    own = Q(digest__startswith=digest_prefix) | Exists(tagged.filter(manifest=OuterRef("pk")))
+    child = IndexEntry.objects.filter(index=OuterRef("pk")).filter(
         Q(child__digest__startswith=digest_prefix)
-        | Exists(Tag.objects.filter(manifest=OuterRef("child"), name__icontains=text))
+        | Exists(tagged.filter(manifest=OuterRef("child")))
     )
-    return own | Exists(child_matches)
+    return Search(own | Exists(child), broad=True)
+
+
+def _search_ids(repository_id: int, text: str, digest_prefix: str) -> frozenset[int] | None:
+    """The manifests a search matches and their indexes, or None past SEARCH_IDS_LIMIT."""
+    by_tag = Tag.objects.filter(repository_id=repository_id).filter(_tag_matches(text))
+    by_digest = Manifest.objects.filter(
+        repository_id=repository_id, digest__startswith=digest_prefix
+    )
+    ids = [
+        *by_tag.values_list("manifest_id", flat=True)[: SEARCH_IDS_LIMIT + 1],
+        *by_digest.values_list("pk", flat=True)[: SEARCH_IDS_LIMIT + 1],
+    ]
+    if len(ids) > SEARCH_IDS_LIMIT:
+        return None
+    parents = IndexEntry.objects.filter(child_id__in=ids).values_list("index_id", flat=True)
+    return frozenset([*ids, *parents])
+
+
+def _tag_matches(text: str) -> Q:
+    if connection.vendor == "postgresql":
+        return Q(name__icontains=text)
+    return Q(name__istartswith=text)
+
+
+# Counted exactly up to this many rows; past it, from the stored counts or an estimate.
+COUNT_EXACTLY_UP_TO = 1000
+# A status or a broad search estimated to keep more rows than this is not counted at all.
+ESTIMATED_FROM = 10 * COUNT_EXACTLY_UP_TO
+# Rows read to estimate the share of a big list that a status or a search keeps.
+ESTIMATE_SAMPLE = 500
+
+
+@dataclass(frozen=True)
+class ListCount:
+    value: int
+    estimated: bool = False
+
+
+def count_top_level(
+    repository: Repository, query: ListQuery, *, found: Search | None = None
+) -> ListCount:
+    """How many rows `top_level(repository, query)` holds, without counting a million.
+
+    A filter alone is answered by the counts `rollups.refresh` stores. With a status or a
+    search, the count is first estimated from a sample of the filter's rows taken in
+    digest order (digests are random, so the sample is not skewed towards old or new
+    pushes); an estimate past ESTIMATED_FROM is shown rounded, and says so. Below it (or
+    for a narrow search, a list of ids), rows are counted, up to COUNT_EXACTLY_UP_TO."""
+    plain = not query.search and not query.status
+    if plain and query.filter in repository.list_counts:
+        return ListCount(repository.list_counts[query.filter])
+    if query.search and found is None:
+        found = search(repository, query.search)
+    rows = top_level(repository, query, found=found).order_by()
+    if plain:
+        return ListCount(rows.count())
+    narrow = found is not None and not found.broad
+    base = repository.list_counts.get(query.filter)
+    if not narrow and base is not None and base > ESTIMATED_FROM:
+        estimate = _estimate(repository, query, rows, base)
+        if estimate > ESTIMATED_FROM:
+            return ListCount(_round(estimate), estimated=True)
+    exact = rows.values("pk")[: COUNT_EXACTLY_UP_TO + 1].count()
+    if exact <= COUNT_EXACTLY_UP_TO:
+        return ListCount(exact)
+    estimate = _estimate(repository, query, rows, base or exact)
+    return ListCount(_round(max(estimate, COUNT_EXACTLY_UP_TO + 1)), estimated=True)
+
+
+def _estimate(repository: Repository, query: ListQuery, rows: QuerySet, base: int) -> int:
+    """`base` (the filter's count) × the share of a sample of the filter's rows kept."""
+    sample = list(
+        top_level(repository, ListQuery(filter=query.filter))
+        .order_by("digest")
+        .values_list("pk", flat=True)[:ESTIMATE_SAMPLE]
+    )
+    if not sample:
+        return 0
+    return round(base * rows.filter(pk__in=sample).count() / len(sample))
+
+
+def _count(rows: QuerySet) -> int:
+    return rows.order_by().count()
+
+
+def _round(value: int) -> int:
+    """Two significant figures: 183,456 -> 180,000."""
+    digits = len(str(value)) - 2
+    return round(value, -digits) if digits > 0 else value
 
 
 def _ordering(sort: str) -> list:
+    """Never-pulled items last, either way. Only Last pulled can be NULL: asking NULLS LAST
+    of the other columns would keep PostgreSQL from reading their indexes backwards."""
     descending = sort.startswith("-")
     field = SORT_FIELDS[sort.lstrip("-")]
-    expression = F(field).desc(nulls_last=True) if descending else F(field).asc(nulls_last=True)
+    nulls_last = True if field == "last_pulled_at" else None
+    expression = (
+        F(field).desc(nulls_last=nulls_last) if descending else F(field).asc(nulls_last=nulls_last)
+    )
     return [expression, "-id" if descending else "id"]
 
 

@@ -286,6 +286,7 @@ def deletion_outcome(outcome: deletion.DeletionOutcome) -> dict:
         "failed": [{"digest": i.digest, "reason": i.reason} for i in outcome.failed],
         "skipped": [{"digest": i.digest, "reason": i.reason} for i in outcome.skipped],
         "reclaimed_bytes": outcome.reclaimed_bytes,
+        "deletes_disabled": outcome.deletes_disabled,
     }
     if outcome.stale:
         result["failed_because"] = deletion.CHANGED_MESSAGE

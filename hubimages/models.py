@@ -21,6 +21,9 @@ class Repository(models.Model):
     synced_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every change so an open page can ask "anything new?" cheaply.
     revision = models.PositiveBigIntegerField(default=0)
+    # Top-level items per list filter ("all", "tagged", …), kept by `rollups.refresh`: a
+    # list of a million manifests shows its count without counting them.
+    list_counts = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["name"]

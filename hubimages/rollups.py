@@ -2,14 +2,15 @@
 
 from collections.abc import Collection
 
-from django.db.models import Exists, F, Max, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
 
 
 def refresh(repository: Repository) -> None:
-    """Recompute subjects, top-level, tagged, index sizes and estimated push times.
+    """Recompute subjects, top-level, tagged, index sizes, estimated push times and the
+    list's counts.
 
     A handful of UPDATE statements whatever the repository's size; called by sync,
     registry events and deletion after they change a repository.
@@ -42,6 +43,19 @@ def refresh(repository: Repository) -> None:
     manifests.filter(
         kind=Manifest.Kind.ATTESTATION, pushed_at_estimated=True, created_at__isnull=True
     ).update(pushed_at=Coalesce(Subquery(index_pushed), F("first_seen_at")))
+    Repository.objects.filter(pk=repository.pk).update(list_counts=list_counts(repository))
+
+
+def list_counts(repository: Repository) -> dict[str, int]:
+    """The list's top-level items per filter (`inventory.FILTERS`), in one query."""
+    top = Manifest.objects.filter(repository=repository, is_top_level=True)
+    return top.aggregate(
+        all=Count("pk"),
+        tagged=Count("pk", filter=Q(is_tagged=True)),
+        untagged=Count("pk", filter=Q(is_tagged=False)),
+        index=Count("pk", filter=Q(kind=Manifest.Kind.INDEX)),
+        image=Count("pk", filter=Q(kind=Manifest.Kind.IMAGE)),
+    )
 
 
 def _children_size() -> Subquery:

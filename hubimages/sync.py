@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +32,7 @@ from hubimages.locks import LeaseBusy, lease, repository_lock
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, SyncRun, Tag
 from registry import crawl, media
 from registry.client import FetchedManifest, RegistryClient
-from registry.crawl import KnownManifest, Snapshot
+from registry.crawl import NOTHING_KNOWN, KnownManifest, KnownRepository, Snapshot
 from registry.errors import AuthenticationError, NotFound, RegistryError, UnsupportedOperation
 
 log = logging.getLogger("hubimages.sync")
@@ -43,6 +43,9 @@ LOCK_WAIT_SECONDS = 30.0  # a deletion holds the repository meanwhile; then repo
 # Up to this many repositories, only removing all of them needs --prune; past it, more
 # than half of them does.
 FEW_REPOSITORIES = 4
+# Manifests written per statement batch: a repository of 20,000 images is written in
+# chunks, read back from the crawl's spool, never held in memory all at once.
+CHUNK = 1000
 
 
 @dataclass
@@ -263,6 +266,7 @@ def _remove_gone(
     for name, (read, known) in sorted(gone.items()):
         if isinstance(read, Snapshot):
             result = _write_or_fail(read, known)
+            read.close()
             summary.manifests_removed += result.removed
             if result.error:
                 summary.errors.append(f"{name}: {result.error}")
@@ -302,16 +306,10 @@ def remove_unused_blobs() -> None:
     Blob.objects.filter(manifest_links__isnull=True).delete()
 
 
-@dataclass
-class Known:
-    """What the database held of a repository when its crawl started: the crawl fetches
-    only what is new, and the write moves only tags nobody else moved meanwhile."""
-
-    manifests: dict[str, KnownManifest]
-    tags: dict[str, str]
-
-
-NOTHING_KNOWN = Known({}, {})
+# What the database held of a repository when its crawl started: the crawl fetches only
+# what is new and HEADs only the tags it knows, and the write moves only tags nobody else
+# moved meanwhile.
+Known = KnownRepository
 
 
 def known_state(name: str) -> Known:
@@ -321,18 +319,8 @@ def known_state(name: str) -> Known:
 
 def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> RepositoryResult:
     """Sync one repository (used before a delete, to check the plan still holds)."""
-    known = known_state(name)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync") as pool:
-        try:
-            snapshot = crawl.read_repository(client, pool, name, known.manifests, stored_configs())
-        except NotFound:
-            return _write_missing(name)
-        except RegistryError as error:
-            return RepositoryResult(name=name, error=str(error))
-    try:
-        return _write(snapshot, known)
-    except LeaseBusy as error:
-        return RepositoryResult(name=name, error=str(error))
+    [result] = _sync_repositories(client, [name], workers, lambda message: None)
+    return result
 
 
 def _sync_repositories(
@@ -346,10 +334,11 @@ def _sync_repositories(
     of (`_is_gone`) is put there, with what was read, for the caller to decide."""
     known_by_name: dict[str, Known] = {}
     configs = stored_configs()
+    unchanged: list[str] = []
 
-    def known(name: str) -> dict[str, KnownManifest]:
+    def known(name: str) -> Known:
         known_by_name[name] = known_state(name)
-        return known_by_name[name].manifests
+        return known_by_name[name]
 
     snapshots = crawl.crawl_repositories(
         client, names, known=known, known_configs=lambda: configs, workers=workers
@@ -359,13 +348,31 @@ def _sync_repositories(
         if gone is not None and _is_gone(read, known_before):
             gone[read.name] = (read, known_before)
             result = RepositoryResult(name=read.name, gone=True)
+        elif (
+            isinstance(read, Snapshot)
+            and (known_before.manifests or known_before.tags)  # else maybe a new, empty one
+            and crawl.is_unchanged(read, known_before)
+        ):
+            # Every tag HEADed to where it was: nothing to write, not even a lock.
+            result = RepositoryResult(name=read.name, warnings=read.warnings)
+            unchanged.append(read.name)
+            read.close()
         else:
             result = _write_read(read, known_before)
-        if isinstance(read, Snapshot) and not result.error:
-            configs.update(crawl.config_digest(m) for m in read.fetched.values())
-            configs.discard("")
+            if isinstance(read, Snapshot):
+                if not result.error:
+                    configs.update(read.config_digests)
+                read.close()
         report(_progress_line(done, len(names), result))
         yield result
+    _mark_synced(unchanged)
+
+
+def _mark_synced(names: list[str]) -> None:
+    """One statement per thousand unchanged repositories, rather than a write each."""
+    now = timezone.now()
+    for start in range(0, len(names), CHUNK):
+        Repository.objects.filter(name__in=names[start : start + CHUNK]).update(synced_at=now)
 
 
 def _is_gone(read: Snapshot | crawl.CrawlFailure, known: Known) -> bool:
@@ -443,7 +450,11 @@ def _write_missing(name: str) -> RepositoryResult:
 def _write(snapshot: Snapshot, known: Known) -> RepositoryResult:
     """Write a crawl's snapshot under the repository's lease, trusting the database as it
     is now rather than as it was when the crawl started: a push event may have stored some
-    manifests or moved some tags meanwhile, and its word is newer than the crawl's."""
+    manifests or moved some tags meanwhile, and its word is newer than the crawl's.
+
+    One transaction, written in chunks of CHUNK manifests read back from the snapshot's
+    spool: memory stays flat however large the repository, and a failure leaves the
+    repository's previous data."""
     result = RepositoryResult(name=snapshot.name, warnings=snapshot.warnings)
     now = timezone.now()
     repository, _ = Repository.objects.get_or_create(name=snapshot.name)
@@ -456,19 +467,18 @@ def _write(snapshot: Snapshot, known: Known) -> RepositoryResult:
         )
         tags = _tags_to_write(repository, snapshot.tags, known.tags)
         gone = (set(known.manifests) - snapshot.present) & stored
-        if gone:
-            Manifest.objects.filter(repository=repository, digest__in=gone).delete()
-        new = {d: m for d, m in snapshot.fetched.items() if d not in stored}
+        for chunk in _chunks(sorted(gone)):
+            Manifest.objects.filter(repository=repository, digest__in=chunk).delete()
+        new = [digest for digest in snapshot.fetched if digest not in stored]
+        del stored
         result.removed = len(gone)
         result.added = len(new)
         if new:
-            _insert_manifests(repository, new, snapshot.configs, now)
-            activity.apply_recorded_pushes(repository, list(new))
-            activity.apply_earlier_pulls(repository, list(new))
+            _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
         result.tags_changed = _write_tags(repository, tags)
         changed = bool(result.added or result.removed or result.tags_changed)
         if changed:
-            _classify(repository, new, snapshot.tags)
+            _classify(repository, snapshot.fetched, new, snapshot.tags)
             rollups.refresh(repository)
         Repository.objects.filter(pk=repository.pk).update(
             synced_at=now, revision=F("revision") + int(changed)
@@ -476,34 +486,61 @@ def _write(snapshot: Snapshot, known: Known) -> RepositoryResult:
     return result
 
 
+def _chunks(items: list) -> Iterable[list]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
 def _insert_manifests(
     repository: Repository,
-    fetched: dict[str, FetchedManifest],
-    configs_read: dict[str, media.ImageConfig],
+    fetched: Mapping[str, FetchedManifest],
+    digests: list[str],
+    configs_read: Mapping[str, media.ImageConfig],
     now: datetime,
 ) -> None:
-    configs = _configs_for(fetched, configs_read)
-    rows = [
-        _manifest_row(repository, manifest, configs.get(crawl.config_digest(manifest)), now)
-        for manifest in fetched.values()
-    ]
-    Manifest.objects.bulk_create(rows)
-    ids = dict(
-        Manifest.objects.filter(repository=repository).values_list("digest", "pk").iterator()
-    )
-    _insert_blob_links(fetched.values(), ids)
-    _insert_index_entries(fetched.values(), ids)
+    """Insert `digests` of `fetched` with their blobs, then their index entries (a child
+    may come in a later chunk than its index), a chunk at a time; apply what registry
+    events recorded about them before they were stored."""
+    for chunk in _chunks(digests):
+        manifests = [fetched[digest] for digest in chunk]
+        configs = _configs_for(manifests, configs_read)
+        rows = [
+            _manifest_row(repository, m, configs.get(crawl.config_digest(m)), now)
+            for m in manifests
+        ]
+        Manifest.objects.bulk_create(rows)
+        _insert_blob_links(manifests, _manifest_ids(repository, chunk))
+        activity.apply_recorded_pushes(repository, chunk)
+        activity.apply_earlier_pulls(repository, chunk)
+    for chunk in _chunks(digests):
+        indexes = [m for m in (fetched[digest] for digest in chunk) if m.parsed.manifests]
+        if indexes:
+            children = {child.digest for m in indexes for child in m.parsed.manifests}
+            ids = _manifest_ids(repository, [m.digest for m in indexes] + sorted(children))
+            _insert_index_entries(indexes, ids)
+
+
+def _manifest_ids(repository: Repository, digests: list[str]) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for chunk in _chunks(digests):
+        ids.update(
+            Manifest.objects.filter(repository=repository, digest__in=chunk).values_list(
+                "digest", "pk"
+            )
+        )
+    return ids
 
 
 def _configs_for(
-    fetched: dict[str, FetchedManifest], configs_read: dict[str, media.ImageConfig]
+    fetched: list[FetchedManifest], configs_read: Mapping[str, media.ImageConfig]
 ) -> dict[str, media.ImageConfig | dict]:
     """Configs read now, plus those another manifest already brought into the database."""
-    wanted = {crawl.config_digest(m) for m in fetched.values()} - set(configs_read)
-    wanted.discard("")
-    configs: dict[str, media.ImageConfig | dict] = dict(configs_read)
+    wanted = {crawl.config_digest(m) for m in fetched} - {""}
+    configs: dict[str, media.ImageConfig | dict] = {
+        digest: configs_read[digest] for digest in wanted if digest in configs_read
+    }
     for row in (
-        Manifest.objects.filter(config_digest__in=wanted)
+        Manifest.objects.filter(config_digest__in=wanted - set(configs))
         .values("config_digest", "os", "architecture", "variant", "labels", "history")
         .order_by()
     ):
@@ -677,34 +714,40 @@ def _write_tags(repository: Repository, tags: dict[str, str | None]) -> int:
     """Point (or remove, for None) each tag; returns how many changed."""
     if not tags:
         return 0
-    ids = dict(Manifest.objects.filter(repository=repository).values_list("digest", "pk"))
-    Tag.objects.filter(repository=repository, name__in=list(tags)).delete()
+    ids = _manifest_ids(repository, sorted({d for d in tags.values() if d is not None}))
+    names = sorted(tags)
+    for chunk in _chunks(names):
+        Tag.objects.filter(repository=repository, name__in=chunk).delete()
     created = Tag.objects.bulk_create(
-        [
+        (
             Tag(repository=repository, name=name, manifest_id=ids[digest])
             for name, digest in tags.items()
             if digest in ids
-        ],
-        batch_size=500,
+        ),
+        batch_size=CHUNK,
     )
     return len(created) + sum(1 for digest in tags.values() if digest is None)
 
 
 def _classify(
-    repository: Repository, fetched: dict[str, FetchedManifest], tags: dict[str, str]
+    repository: Repository,
+    fetched: Mapping[str, FetchedManifest],
+    new: list[str],
+    tags: dict[str, str],
 ) -> None:
     """Kinds that depend on context: attestations (by their index entry) and referrers
     reached through the tag schema of registries without a referrers API."""
-    attestations = [
-        child.digest
-        for manifest in fetched.values()
-        for child in manifest.parsed.manifests
-        if media.is_attestation(child)
-    ]
-    if attestations:
-        Manifest.objects.filter(repository=repository, digest__in=attestations).update(
-            kind=Manifest.Kind.ATTESTATION
-        )
+    for chunk in _chunks(new):
+        attestations = [
+            child.digest
+            for manifest in (fetched[digest] for digest in chunk)
+            for child in manifest.parsed.manifests
+            if media.is_attestation(child)
+        ]
+        if attestations:
+            Manifest.objects.filter(repository=repository, digest__in=attestations).update(
+                kind=Manifest.Kind.ATTESTATION
+            )
     for tag, digest in tags.items():
         subject = media.referrer_tag_subject(tag)
         if subject and digest in fetched:
@@ -746,11 +789,9 @@ def write_pushed(snapshot: Snapshot) -> Repository:
                 repository=repository, digest__in=list(snapshot.fetched)
             ).values_list("digest", flat=True)
         )
-        new = {d: m for d, m in snapshot.fetched.items() if d not in stored}
+        new = [digest for digest in snapshot.fetched if digest not in stored]
         if new:
-            _insert_manifests(repository, new, snapshot.configs, now)
-            activity.apply_recorded_pushes(repository, list(new))
-            activity.apply_earlier_pulls(repository, list(new))
+            _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
         current = dict(
             Tag.objects.filter(repository=repository, name__in=list(snapshot.tags)).values_list(
                 "name", "manifest__digest"
@@ -760,7 +801,7 @@ def write_pushed(snapshot: Snapshot) -> Repository:
         tags_changed = _write_tags(repository, moved)
         changed = bool(new or tags_changed)
         if changed:
-            _classify(repository, new, snapshot.tags)
+            _classify(repository, snapshot.fetched, new, snapshot.tags)
             rollups.refresh(repository)
             Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return repository

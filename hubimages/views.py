@@ -31,6 +31,7 @@ from django.http import (
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
+from django.utils.functional import cached_property
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
@@ -152,6 +153,28 @@ class PageLink:
     number: int
     param: int | None
     current: bool
+
+
+class ListPaginator(Paginator):
+    """Pages of the Image Management list, counted by `inventory.count_top_level`: a
+    list of a million rows costs no more to page than one of a hundred. `estimated` says
+    the count is an estimate (the page then says "about")."""
+
+    estimated = False
+
+    def __init__(
+        self, rows, per_page: int, repository: Repository, query, found: inventory.Search | None
+    ) -> None:
+        super().__init__(rows, per_page)
+        self._repository = repository
+        self._query = query
+        self._found = found
+
+    @cached_property
+    def count(self) -> int:
+        counted = inventory.count_top_level(self._repository, self._query, found=self._found)
+        self.estimated = counted.estimated
+        return counted.value
 
 
 def _neighbours(page: Page) -> dict:
@@ -302,8 +325,10 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
         return HttpResponse(status=204)
     query = inventory.ListQuery.from_params(request.GET)
     per_page = _page_size(request.GET.get("per_page"))
-    rows = inventory.with_details(inventory.top_level(repository, query))
-    page = _paginate(rows, per_page, request.GET.get("page"))
+    found = inventory.search(repository, query.search) if query.search else None
+    rows = inventory.with_details(inventory.top_level(repository, query, found=found))
+    paginator = ListPaginator(rows, per_page, repository, query, found)
+    page = paginator.get_page(request.GET.get("page"))
     view = _list_state(query, per_page)
     state = {**view, "page": page.number if page.number != 1 else None}
     here = _url_with(request.path, _encode(state))

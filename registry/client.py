@@ -49,7 +49,9 @@ from registry.media import (
     DOCKER_SCHEMA1,
     DOCKER_SCHEMA1_SIGNED,
     MANIFEST_ACCEPT,
+    OCI_INDEX,
     SCHEMA1_MEDIA_TYPES,
+    Descriptor,
     ParsedManifest,
     digest_of,
     is_digest,
@@ -150,6 +152,8 @@ class RegistryClient:
             session.mount("http://", adapter)
         self._session = session
         self._use_basic = False
+        # Whether the registry has the OCI referrers API: None until the first answer.
+        self._referrers_api: bool | None = None
         self._tokens: dict[str, _Token] = {}
         self._tokens_lock = threading.Lock()
         self._scope_locks: dict[str, threading.Lock] = {}
@@ -353,6 +357,35 @@ class RegistryClient:
             return False
         return True
 
+    @property
+    def may_have_referrers_api(self) -> bool:
+        """False once the registry answered that it has no referrers API."""
+        return self._referrers_api is not False
+
+    def list_referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
+        """The manifests whose `subject` is `digest`, from the OCI referrers API (OCI
+        distribution 1.1: Harbor, Zot, GHCR, distribution 3.x); None when the registry has
+        no such API. Distribution 2.8 answers 404 there, which a registry that has the API
+        must never do: after one 404 the client stops asking."""
+        _check_name(repository)
+        _check_digest(digest)
+        if self._referrers_api is False:
+            return None
+        url = f"{self.base_url}/v2/{repository}/referrers/{digest}"
+        try:
+            _, body = self._call(
+                "GET", url, scope=_pull_scope(repository), headers={"Accept": OCI_INDEX}
+            )
+        except (NotFound, UnsupportedOperation):
+            self._referrers_api = False
+            return None
+        self._referrers_api = True
+        try:
+            return parse_manifest(body, OCI_INDEX).manifests
+        except RegistryError as exc:
+            exc.url, exc.method = redact_url(url), "GET"
+            raise
+
     def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete by digest: True when deleted now, False when the registry no longer had it."""
         _check_name(repository)
@@ -362,6 +395,31 @@ class RegistryClient:
             self._call("DELETE", url, scope=f"repository:{repository}:delete")
         except NotFound:
             return False
+        return True
+
+    def delete_tag(self, repository: str, tag: str) -> bool:
+        """Delete a tag, leaving its manifest (OCI distribution 1.1, distribution 3.x):
+        True when deleted now, False when the registry no longer had it. Distribution 2.8
+        answers 400 DIGEST_INVALID, raised as UnsupportedOperation."""
+        _check_name(repository)
+        if not is_tag(tag):
+            raise ValueError(f"invalid tag {shorten(str(tag), 80)!r}")
+        url = f"{self.base_url}/v2/{repository}/manifests/{tag}"
+        try:
+            self._call("DELETE", url, scope=f"repository:{repository}:delete")
+        except NotFound:
+            return False
+        except RegistryError as exc:
+            if exc.status == 400 and exc.code == "DIGEST_INVALID":
+                raise UnsupportedOperation(
+                    "the registry cannot delete a tag alone (distribution 2.8 deletes by "
+                    "digest only)",
+                    status=exc.status,
+                    code=exc.code,
+                    url=url,
+                    method="DELETE",
+                ) from None
+            raise
         return True
 
     # -- requests, retries and auth -------------------------------------------------------------
@@ -588,6 +646,15 @@ class RegistryClient:
         params += [("scope", s) for s in scope.split()]
         url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(params)}" if params else realm
         basic = _basic(self._credentials) if self._credentials else None
+        if basic and not self._may_receive_credentials(realm):
+            raise AuthenticationError(
+                f"the registry sends us for a token to {urlsplit(realm).netloc} over plain "
+                "http: the registry credentials go only to a token server on the registry's "
+                f"own host ({urlsplit(self.base_url).hostname}) or over https, so none were "
+                "sent; serve the token realm over https (or check REGISTRY_URL)",
+                url=realm,
+                method="GET",
+            )
         try:
             _, body = self._call("GET", url, scope=None, authorization=basic)
         except RegistryUnavailable:
@@ -604,6 +671,13 @@ class RegistryClient:
                 retryable=exc.retryable,
             ) from None
         return self._token_from(body, url)
+
+    def _may_receive_credentials(self, realm: str) -> bool:
+        """A realm may get the Basic credentials over https, or on the registry's own host
+        (a registry and its token server behind one plain-http address, as on a laptop).
+        Anywhere else a challenge could send them in clear text to whoever it names."""
+        parts = urlsplit(realm)
+        return parts.scheme == "https" or parts.hostname == urlsplit(self.base_url).hostname
 
     def _token_from(self, body: bytes, url: str) -> _Token:
         data = _json(body, url, "token server answer")

@@ -855,3 +855,40 @@ def test_it_fetches_one_token_for_many_threads_sharing_the_client(rsps, client):
 
     assert results == [["latest"]] * 32
     assert len([c for c in rsps.calls if c.request.url.startswith(AUTH)]) == 1
+
+
+def test_delete_tag_deletes_a_tag_alone_where_the_registry_can(rsps, client):
+    rsps.delete(f"{BASE}/v2/team/api/manifests/old", status=202)
+    rsps.delete(f"{BASE}/v2/team/api/manifests/gone", status=404, json=oci_error("X", "x"))
+
+    assert client.delete_tag("team/api", "old") is True
+    assert client.delete_tag("team/api", "gone") is False
+
+
+def test_delete_tag_says_when_the_registry_deletes_by_digest_only(rsps, client):
+    rsps.delete(
+        f"{BASE}/v2/team/api/manifests/old",
+        status=400,
+        json=oci_error("DIGEST_INVALID", "provided digest did not match uploaded content"),
+    )
+
+    with pytest.raises(UnsupportedOperation, match="cannot delete a tag alone"):
+        client.delete_tag("team/api", "old")
+
+
+def test_referrers_come_from_the_api_and_a_404_means_the_registry_has_none(rsps, client):
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": OTHER_DIGEST, "size": 10, "artifactType": "x/y"}
+        ],
+    }
+    rsps.get(f"{BASE}/v2/team/api/referrers/{MANIFEST_DIGEST}", json=index)
+    assert [d.digest for d in client.list_referrers("team/api", MANIFEST_DIGEST)] == [OTHER_DIGEST]
+
+    rsps.get(f"{BASE}/v2/team/api/referrers/{OTHER_DIGEST}", status=404, body="404 page not found")
+    assert client.list_referrers("team/api", OTHER_DIGEST) is None
+    assert client.list_referrers("team/api", MANIFEST_DIGEST) is None  # not asked again
+    assert client.may_have_referrers_api is False
+    assert len(rsps.calls) == 2

@@ -338,9 +338,13 @@ def test_a_concurrent_holder_of_the_lock_makes_deletion_and_sync_refuse(
     with pytest.raises(locks.RepositoryBusy, match="busy: delete:alice is working on it"):
         execute(registry_client, image.digest, fingerprint=preview.fingerprint)
     monkeypatch.setattr(hubimages_sync, "LOCK_WAIT_SECONDS", 0)
+    # A sync that finds nothing changed writes nothing, so it needs no lock...
+    assert sync_repository(registry_client, REPO).error == ""
+    # ...but one with something to write waits for the holder, then says it is busy.
+    pusher.push_image(REPO, tag="v2", layers=[random_layer(1_000, "v2")])
     assert "busy" in sync_repository(registry_client, REPO).error
 
-    assert pusher.list_tags(REPO) == ["v1"]
+    assert pusher.list_tags(REPO) == ["v1", "v2"]
     assert digests_in_database() == {image.digest}
     locks.release(other)
     assert execute(registry_client, image.digest, fingerprint=preview.fingerprint).succeeded

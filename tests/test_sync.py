@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +11,8 @@ import requests
 import responses
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devtools.pusher import random_layer
@@ -209,6 +212,9 @@ def test_it_pages_the_catalog_and_removes_vanished_repositories(registry_server,
     assert not Repository.objects.filter(name="gone/away").exists()
 
 
+WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
 def test_a_second_sync_fetches_no_manifest_bodies(registry_server, pusher, db):
     for n in range(3):
         images = [
@@ -219,21 +225,64 @@ def test_a_second_sync_fetches_no_manifest_bodies(registry_server, pusher, db):
     client, counts = counting_client(registry_server.url)
     first = sync_registry(client, workers=4)
     assert first.manifests_added == 3 * 5
+    # A tag never seen is read with one GET by tag (body and digest at once): no HEAD.
     assert counts[("GET", "manifests")] == 15
+    assert counts[("HEAD", "manifests")] == 0
+    assert counts[("GET", "blobs")] == 3 * 4  # the configs of the images and attestations
     counts.clear()
 
-    second = sync_registry(client, workers=4)
+    with CaptureQueriesContext(connection) as queries:
+        second = sync_registry(client, workers=4)
 
     assert second.manifests_added == second.manifests_removed == second.tags_changed == 0
     assert counts[("GET", "manifests")] == 0
     assert counts[("GET", "blobs")] == 0
     assert counts[("HEAD", "manifests")] == 3  # one per tag: the least a resync can do
-    # A new tag costs one more GET for the new manifest only.
+    # Every tag HEADed to where it was: the repository writes nothing and takes no lock;
+    # what is written is the run's record, the full sync's lease, one `synced_at` and the
+    # storage history's point for this full sync.
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith(WRITES)]
+    tables = {re.search(r'(?:INTO|UPDATE|FROM) "(\w+)"', sql).group(1) for sql in writes}
+    assert tables == {
+        "hubimages_syncrun",
+        "hubimages_lease",
+        "hubimages_repository",
+        "hubimages_storagesample",
+    }
+    assert all("sync:all" in sql for sql in writes if "hubimages_lease" in sql)
+    assert sum("hubimages_repository" in sql for sql in writes) == 1
+    # A new tag costs one GET by tag for the new manifest, its config, and the HEADs.
     pusher.push_image("inc", tag="extra", layers=[random_layer(64, "extra")])
     counts.clear()
     third = sync_registry(client, workers=4)
     assert third.manifests_added == 1
-    assert counts[("GET", "manifests")] == 1
+    assert counts[("GET", "manifests")] == 1 and counts[("GET", "blobs")] == 1
+    assert counts[("HEAD", "manifests")] == 3
+
+
+def test_a_known_tag_that_moved_is_headed_then_fetched_by_digest_only_if_new(
+    registry_server, pusher, db
+):
+    first = pusher.push_image("moved", tag="latest", layers=[random_layer(64, "one")])
+    pusher.tag("moved", "stable", first)
+    client, counts = counting_client(registry_server.url)
+    sync_registry(client, workers=4)
+    second = pusher.push_image("moved", tag="latest", layers=[random_layer(64, "two")])
+    pusher.tag("moved", "stable", second)
+    counts.clear()
+
+    summary = sync_registry(client, workers=4)
+
+    assert (summary.manifests_added, summary.tags_changed) == (1, 2)
+    # Both tags are known, and `first`, untagged now, stays while a HEAD finds it.
+    assert counts[("HEAD", "manifests")] == 2 + 1
+    assert counts[("GET", "manifests")] == 1  # one new digest behind two tags
+    # Back to a manifest the database holds: a HEAD tells where, nothing to GET.
+    pusher.tag("moved", "latest", first)
+    counts.clear()
+    assert sync_registry(client, workers=4).tags_changed == 1
+    assert counts[("GET", "manifests")] == 0 and counts[("HEAD", "manifests")] == 2
+    assert tags_of("moved") == {"latest": first.digest, "stable": second.digest}
 
 
 def test_it_syncs_a_registry_behind_basic_auth(tmp_path, settings, db):
@@ -267,8 +316,9 @@ def test_a_failed_repository_keeps_its_previous_data_and_the_others_go_on(
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as stub:
         stub.add_passthru(registry_server.url)
+        # A new tag is read with a GET by tag (the body and its digest in one request).
         stub.get(
-            f"{registry_server.url}/v2/flaky/manifests/{broken.digest}",
+            re.compile(rf"{registry_server.url}/v2/flaky/manifests/(v2|{broken.digest})$"),
             body=b"{not json",
             content_type="application/vnd.oci.image.manifest.v1+json",
             headers={"Docker-Content-Digest": broken.digest},
@@ -347,7 +397,7 @@ def test_a_tag_deleted_mid_sync_is_skipped_with_a_warning(registry_server, pushe
 
     with responses.RequestsMock(assert_all_requests_are_fired=True) as stub:
         stub.add_passthru(registry_server.url)
-        stub.head(
+        stub.get(  # a tag hubimages does not know yet is read with a GET by tag
             f"{registry_server.url}/v2/moving/manifests/vanishes",
             status=404,
             json={"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]},
@@ -398,8 +448,8 @@ def test_a_legacy_schema1_tag_is_skipped_with_a_warning_and_the_rest_syncs(
 
     with responses.RequestsMock(assert_all_requests_are_fired=True) as stub:
         stub.add_passthru(registry_server.url)
-        stub.get(
-            f"{registry_server.url}/v2/legacy/manifests/{old.digest}",
+        stub.get(  # by tag, then by digest once a HEAD gave it: schema 1 both times
+            re.compile(rf"{registry_server.url}/v2/legacy/manifests/(ancient|{old.digest})$"),
             body=schema1,
             content_type="application/vnd.docker.distribution.manifest.v1+prettyjws",
         )

@@ -1,0 +1,128 @@
+"""The Image Management list at Docker Hub size (issue 14): counts that cost nothing or say
+they are estimates, and a search that reads an index on either database."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from hubimages import inventory
+from hubimages.models import Manifest, Repository, Tag
+from tests.builders import finish, manifest
+
+pytestmark = pytest.mark.django_db
+
+REPO = "big/app"
+URL = f"/repositories/{REPO}/"
+
+
+@pytest.fixture
+def repository():
+    """40 images, every other one tagged `build-N`, the older half stale."""
+    repository = Repository.objects.create(name=REPO)
+    now = timezone.now()
+    for n in range(40):
+        age = timedelta(days=400 if n < 20 else 3)
+        tags = [f"build-{n}"] if n % 2 == 0 else []
+        manifest(repository, f"image-{n}", pushed_at=now - age - timedelta(minutes=n), tags=tags)
+    finish(repository)
+    repository.refresh_from_db()
+    return repository
+
+
+def test_the_list_counts_come_from_the_stored_counts_without_counting_rows(
+    repository, viewer_client, django_assert_max_num_queries
+):
+    assert repository.list_counts == {
+        "all": 40,
+        "tagged": 20,
+        "untagged": 20,
+        "index": 0,
+        "image": 40,
+    }
+    with django_assert_max_num_queries(12) as queries:
+        page = viewer_client.get(URL, {"filter": "tagged"}).content.decode()
+
+    assert "20 items" in page and "about" not in page
+    assert not any("COUNT(" in q["sql"].upper() for q in queries.captured_queries)
+
+
+def test_a_big_list_with_a_status_shows_an_estimated_count_that_says_so(
+    repository, viewer_client, monkeypatch
+):
+    monkeypatch.setattr(inventory, "COUNT_EXACTLY_UP_TO", 5)
+    monkeypatch.setattr(inventory, "ESTIMATE_SAMPLE", 10)
+
+    page = viewer_client.get(URL, {"status": "stale", "per_page": 10}).content.decode()
+
+    # The ten rows of lowest digest hold some share of stale ones; 40 × that share, said so.
+    sample = sorted(Manifest.objects.values_list("digest", "pushed_at"))[:10]
+    stale = sum(1 for _, pushed in sample if pushed < inventory.stale_cutoff())
+    assert f"about {40 * stale // 10} items" in page
+    assert re.search(r"Page 1 of about \d+", page)
+    exact = inventory.count_top_level(repository, inventory.ListQuery(status="stale"))
+    assert exact.estimated
+
+
+def test_a_small_list_with_a_status_is_counted_exactly(repository, viewer_client):
+    page = viewer_client.get(URL, {"status": "stale"}).content.decode()
+
+    assert "20 items" in page and "about" not in page
+
+
+def test_search_reads_an_index_of_tags_on_either_database(repository):
+    tags = Tag.objects.filter(inventory._tag_matches("build-1"))
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")  # 20 rows: a scan would be cheaper
+        assert "tag_name_trgm" in tags.explain()
+    else:
+        assert "tag_name_prefix" in tags.filter(repository=repository).explain()
+
+
+def test_search_matches_tags_by_substring_on_postgresql_and_by_prefix_on_sqlite(
+    repository, viewer_client
+):
+    by_prefix = viewer_client.get(URL, {"search": "BUILD-3"}).content.decode()
+    assert "build-30" in by_prefix and "build-32" in by_prefix and "build-2" not in by_prefix
+
+    by_substring = viewer_client.get(URL, {"search": "ild-38"}).content.decode()
+    if connection.vendor == "postgresql":
+        assert "1 item" in by_substring and "build-38" in by_substring
+    else:
+        assert "build-38" not in by_substring
+
+
+@pytest.mark.parametrize("ids_limit", [0, 2000], ids=["broad", "narrow"])
+def test_a_broad_and_a_narrow_search_find_the_same_rows(repository, monkeypatch, ids_limit):
+    # Past SEARCH_IDS_LIMIT matches the search is a test per row rather than a list of ids.
+    monkeypatch.setattr(inventory, "SEARCH_IDS_LIMIT", ids_limit)
+    digest = Manifest.objects.get(tags__name="build-4").digest
+
+    def found(text: str) -> set[str]:
+        rows = inventory.top_level(repository, inventory.ListQuery(search=text))
+        return set(rows.values_list("digest", flat=True))
+
+    assert found("build-3") == set(
+        Manifest.objects.filter(tags__name__startswith="build-3").values_list("digest", flat=True)
+    )
+    assert found(digest[7:19]) == found(digest[:19]) == {digest}
+
+
+def test_a_status_over_a_huge_list_is_estimated_without_counting_its_rows(
+    repository, viewer_client, monkeypatch
+):
+    monkeypatch.setattr(inventory, "ESTIMATED_FROM", 5)
+    monkeypatch.setattr(inventory, "ESTIMATE_SAMPLE", 40)  # the whole list: exact share
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        page = viewer_client.get(URL, {"status": "active"}).content.decode()
+
+    assert "about 20 items" in page  # 40 × 20/40, from the sample of 40
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert len(counts) == 1 and " IN (" in counts[0]  # the sample's, not the list's
