@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import (
     Count,
+    DateTimeField,
     Exists,
     F,
     Max,
@@ -21,6 +22,7 @@ from django.db.models import (
     Sum,
     Value,
 )
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
@@ -90,13 +92,32 @@ def top_level(
         rows = rows.filter(kind=Manifest.Kind.INDEX)
     elif query.filter == "image":
         rows = rows.filter(kind=Manifest.Kind.IMAGE)
-    if query.status == "stale":
+    ordering = _ordering(query.sort)
+    newest_pull_first = query.sort == "-last_pulled"
+    if query.status == "stale" and newest_pull_first and connection.vendor == "postgresql":
+        # Stale, newest pull first: "pulled before the cutoff or never" is one range of
+        # an index in this very order (never pulled reads as -infinity), where the two
+        # conditions of `stale_q` would walk past every recent pull to reach the first row.
+        cutoff = stale_cutoff()
+        rows = rows.alias(pulled_or_never=_PULLED_OR_NEVER).filter(
+            pushed_at__lt=cutoff, pulled_or_never__lt=cutoff
+        )
+        ordering = [F("pulled_or_never").desc(), "-id"]
+    elif query.status == "stale":
         rows = rows.filter(stale_q())
     elif query.status == "active":
         rows = rows.exclude(stale_q())
     if query.search:
         rows = rows.filter((found or search(repository, query.search)).q)
-    return rows.order_by(*_ordering(query.sort))
+    return rows.order_by(*ordering)
+
+
+# The expression of the `manifest_*pulled_or_never` indexes (migration 0012), to the letter.
+_PULLED_OR_NEVER = RawSQL(
+    """COALESCE("hubimages_manifest"."last_pulled_at", '-infinity'::timestamptz)""",
+    (),
+    output_field=DateTimeField(),
+)
 
 
 # A search matching at most this many manifests is resolved to their ids first, so the

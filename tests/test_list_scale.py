@@ -4,7 +4,7 @@ they are estimates, and a search that reads an index on either database."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from hubimages import inventory
 from hubimages.models import Manifest, Repository, Tag
-from tests.builders import finish, manifest
+from tests.builders import digest_for, finish, manifest
 
 pytestmark = pytest.mark.django_db
 
@@ -126,3 +126,29 @@ def test_a_status_over_a_huge_list_is_estimated_without_counting_its_rows(
     assert "about 20 items" in page  # 40 × 20/40, from the sample of 40
     counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
     assert len(counts) == 1 and " IN (" in counts[0]  # the sample's, not the list's
+
+
+def test_stale_items_newest_pull_first_are_the_stale_rows_in_that_order(repository):
+    # Pulls before and after the cutoff, and never: the stale ones, newest pull first, never
+    # pulled last, on either database (PostgreSQL reads them as one index range).
+    now = timezone.now()
+    for n, days in enumerate([1, 250, 500, None, 300, 2] * 6):
+        Manifest.objects.filter(digest=digest_for(f"image-{n}")).update(
+            last_pulled_at=None if days is None else now - timedelta(days=days, minutes=n)
+        )
+    query = inventory.ListQuery(status="stale", sort="-last_pulled")
+
+    listed = list(inventory.top_level(repository, query).values_list("digest", flat=True))
+
+    stale = [m for m in Manifest.objects.all() if inventory.is_stale(m)]
+    never = datetime.min.replace(tzinfo=UTC)
+    expected = sorted(stale, key=lambda m: (m.last_pulled_at or never, m.pk), reverse=True)
+    assert listed == [m.digest for m in expected]
+    assert any(m.last_pulled_at is None for m in stale) and any(m.last_pulled_at for m in stale)
+    if connection.vendor == "postgresql":
+        # 40 rows: a scan and a sort would be cheaper, so the planner is told to avoid both.
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL enable_sort = off")
+        plan = inventory.top_level(repository, query).explain()
+        assert "manifest_by_pulled_or_never" in plan and "Sort" not in plan
