@@ -193,6 +193,10 @@ class _Renewer:
             self._objects.pop((held.name, held.token), None)
             self._state.notify()
 
+    def _holds(self, held: HeldLease) -> bool:
+        with self._state:
+            return (held.name, held.token) in self._objects
+
     def _run(self) -> None:
         try:
             while True:
@@ -207,7 +211,8 @@ class _Renewer:
                     holding = list(self._objects.values())
                 for held in holding:
                     try:
-                        if not held.renew():
+                        if not held.renew() and self._holds(held):
+                            # (A lease released since `holding` was read is not lost.)
                             log.warning("lease %s was taken over by another process", held.name)
                     except Exception:  # a database hiccup: try again next round
                         log.exception("renewing lease %s failed", held.name)
