@@ -26,49 +26,29 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 
-from retention_bench import ROOT, Filler, timed
-
-sys.path.insert(0, str(ROOT))
-from devtools.processes import setup_django  # noqa: E402
+from retention_bench import bench_arguments, filled_registry, timed
 
 TARGET = 3.0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repositories", type=int, default=50)
-    parser.add_argument("--items", type=int, default=400, help="top-level items per repository")
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = bench_arguments(__doc__.split("\n\n")[0])
     with tempfile.TemporaryDirectory(prefix="hubimages-storage-bench-") as workdir:
         return run(workdir, args)
 
 
 def run(workdir: str, args: argparse.Namespace) -> int:
-    setup_django(f"sqlite:///{workdir}/bench.sqlite3")
-    from django.test.utils import setup_test_environment
-
-    setup_test_environment()  # lets the test client's "testserver" host in
+    filled_registry(workdir, args)
     from django.contrib.auth import get_user_model
     from django.test import Client
     from django.utils import timezone
 
     from hubimages import storage
-    from hubimages.models import Manifest, SyncRun
+    from hubimages.models import SyncRun
 
-    started = time.perf_counter()
-    filler = Filler(seed=1)
-    for r in range(args.repositories):
-        filler.repository(f"bench/r{r:03d}", args.items)
     now = timezone.now()
     SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
-    print(
-        f"filled {args.repositories} repositories, "
-        f"{Manifest.objects.filter(is_top_level=True).count():,} top-level items, "
-        f"{Manifest.objects.count():,} manifests in {time.perf_counter() - started:.0f} s"
-    )
 
     client = Client()
     client.force_login(get_user_model().objects.create_superuser("bench", password="x"))
@@ -78,7 +58,7 @@ def run(workdir: str, args: argparse.Namespace) -> int:
         assert response.status_code == 200
 
     def list_page() -> None:
-        page("/repositories/bench/r000/", per_page=25)
+        page("/repositories/bench/r000/")  # 25 rows, the default page size
 
     def compute() -> dict:
         return storage.compute()
