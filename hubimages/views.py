@@ -176,6 +176,38 @@ class ListPaginator(Paginator):
         self.estimated = counted.estimated
         return counted.value
 
+    def validate_number(self, number) -> int:
+        """An estimated count is no end: a page past it is there if it has rows (`page`),
+        up to twice the estimate."""
+        if self.count and self.estimated:
+            return self._validate_number(number, 2 * self.num_pages)
+        return super().validate_number(number)
+
+    def page(self, number) -> Page:
+        """With an estimated count, a page reads one row more than it shows, so that Next
+        follows the rows themselves rather than an estimate that may fall short."""
+        if not (self.count and self.estimated):
+            return super().page(number)
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        rows = list(self.object_list[bottom : bottom + self.per_page + 1])
+        return EstimatedPage(rows[: self.per_page], number, self, more=len(rows) > self.per_page)
+
+
+class EstimatedPage(Page):
+    """A page of a list whose count is estimated: whether there is a next page, and where
+    this one ends, come from its rows."""
+
+    def __init__(self, object_list, number: int, paginator: Paginator, *, more: bool) -> None:
+        super().__init__(object_list, number, paginator)
+        self.more = more
+
+    def has_next(self) -> bool:
+        return self.more
+
+    def end_index(self) -> int:
+        return self.start_index() + len(self.object_list) - 1
+
 
 def _neighbours(page: Page) -> dict:
     """Previous, next and numbered page links; page 1 is the bare URL (None drops it)."""

@@ -152,3 +152,42 @@ def test_stale_items_newest_pull_first_are_the_stale_rows_in_that_order(reposito
             cursor.execute("SET LOCAL enable_sort = off")
         plan = inventory.top_level(repository, query).explain()
         assert "manifest_by_pulled_or_never" in plan and "Sort" not in plan
+
+
+def estimated_as(monkeypatch, value: int) -> None:
+    """Lists counted as `value`, an estimate (as a status over a huge list is)."""
+    monkeypatch.setattr(
+        inventory, "count_top_level", lambda *_, **__: inventory.ListCount(value, True)
+    )
+
+
+def test_an_estimate_that_falls_short_still_pages_on_to_the_last_row(
+    repository, viewer_client, monkeypatch
+):
+    estimated_as(monkeypatch, 10)  # 20 are active: one page by the estimate, two in truth
+
+    first = viewer_client.get(URL, {"status": "active", "per_page": 10}).content.decode()
+    second = viewer_client.get(URL, {"status": "active", "per_page": 10, "page": 2})
+
+    assert "about 10 items" in first and 'rel="next"' in first and "build-20" in first
+    assert second.status_code == 200
+    second = second.content.decode()
+    assert "build-30" in second and "build-38" in second and "build-20" not in second
+    assert "showing 11–20" in second and 'rel="next"' not in second
+
+
+def test_a_page_past_an_estimate_that_was_too_high_says_the_list_ended(
+    repository, viewer_client, monkeypatch
+):
+    estimated_as(monkeypatch, 40)  # 20 are active: two pages, not four
+
+    second = viewer_client.get(URL, {"status": "active", "per_page": 10, "page": 2})
+    third = viewer_client.get(URL, {"status": "active", "per_page": 10, "page": 3})
+
+    assert 'rel="next"' not in second.content.decode()  # the rows ended, whatever the estimate
+    assert third.status_code == 200
+    assert "The list ends before this page (its count was an estimate)." in third.content.decode()
+    # Beyond twice the estimate, a page number is junk: the last page by the estimate.
+    assert viewer_client.get(URL, {"status": "active", "per_page": 10, "page": 9}).url == (
+        f"{URL}?status=active&per_page=10&page=4"
+    )
