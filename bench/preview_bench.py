@@ -29,34 +29,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from filling import BASE_LAYERS, BulkFiller  # noqa: E402
+
 from devtools import processes  # noqa: E402
 
 TARGET = "bench/target"
 TARGET_INDEXES = 300
 TARGET_IMAGES = 800
-BASE_LAYERS = 40  # shared across the whole registry, as base images are
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-class Filler:
+class Filler(BulkFiller):
     """Writes repositories of indexes (2 images + 2 attestations each) and images."""
 
     def __init__(self) -> None:
-        from hubimages.models import Blob
-
-        self.serial = 0
+        super().__init__()
         self.now = datetime(2025, 1, 1, tzinfo=UTC)
-        self.bases = Blob.objects.bulk_create(
-            [Blob(digest=self.digest(), size=20_000_000) for _ in range(BASE_LAYERS)]
-        )
-
-    def digest(self) -> str:
-        self.serial += 1
-        return f"sha256:{self.serial:064x}"
 
     def repository(self, name: str, indexes: int, images: int) -> None:
-        from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+        from hubimages.models import Blob, Manifest, Repository
 
         repository = Repository.objects.create(name=name)
         manifests: list[Manifest] = []
@@ -113,29 +105,7 @@ class Filler:
         for i in range(images):
             tags.append((add("image", True, image_layers()), f"build-{i}"))
 
-        Manifest.objects.bulk_create(manifests, batch_size=2000)
-        Blob.objects.bulk_create(
-            [b for links in blobs for b, _ in links if b.pk is None], batch_size=2000
-        )
-        ManifestBlob.objects.bulk_create(
-            [
-                ManifestBlob(manifest=manifests[m], blob=b, role=role, position=p)
-                for m, links in enumerate(blobs)
-                for p, (b, role) in enumerate(links)
-            ],
-            batch_size=2000,
-        )
-        IndexEntry.objects.bulk_create(
-            [
-                IndexEntry(index=manifests[i], child=manifests[c], position=slot)
-                for i, c, slot in entries
-            ],
-            batch_size=2000,
-        )
-        Tag.objects.bulk_create(
-            [Tag(repository=repository, name=n, manifest=manifests[m]) for m, n in tags],
-            batch_size=2000,
-        )
+        self.write(repository, manifests, blobs, entries, tags)
 
 
 def best_of(repeat: int, function: Callable[[], object]) -> float:

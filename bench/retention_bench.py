@@ -32,11 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from filling import BASE_LAYERS, BulkFiller  # noqa: E402
+
 from devtools.processes import setup_django  # noqa: E402
 
 TARGET = 30.0
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-BASE_LAYERS = 40
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 POLICY = {
@@ -56,25 +57,16 @@ POLICY = {
 }
 
 
-class Filler:
+class Filler(BulkFiller):
     """Writes repositories shaped as the docstring says, in a few bulk inserts each."""
 
     def __init__(self, seed: int) -> None:
-        from hubimages.models import Blob
-
+        super().__init__()
         self.rng = random.Random(seed)
-        self.serial = 0
-        self.bases = Blob.objects.bulk_create(
-            [Blob(digest=self.digest(), size=20_000_000) for _ in range(BASE_LAYERS)]
-        )
-
-    def digest(self) -> str:
-        self.serial += 1
-        return f"sha256:{self.serial:064x}"
 
     def repository(self, name: str, items: int) -> None:
         from hubimages import rollups
-        from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+        from hubimages.models import Blob, Manifest, Repository
 
         repository = Repository.objects.create(name=name)
         manifests: list[Manifest] = []
@@ -144,29 +136,7 @@ class Filler:
         )
         tags.append((newest_main, "latest"))
 
-        Manifest.objects.bulk_create(manifests, batch_size=2000)
-        Blob.objects.bulk_create(
-            [blob for blobs in links for blob, _ in blobs if blob.pk is None], batch_size=2000
-        )
-        ManifestBlob.objects.bulk_create(
-            [
-                ManifestBlob(manifest=manifests[m], blob=blob, role=role, position=p)
-                for m, blobs in enumerate(links)
-                for p, (blob, role) in enumerate(blobs)
-            ],
-            batch_size=2000,
-        )
-        IndexEntry.objects.bulk_create(
-            [
-                IndexEntry(index=manifests[i], child=manifests[c], position=slot)
-                for i, c, slot in entries
-            ],
-            batch_size=2000,
-        )
-        Tag.objects.bulk_create(
-            [Tag(repository=repository, name=tag, manifest=manifests[m]) for m, tag in tags],
-            batch_size=2000,
-        )
+        self.write(repository, manifests, links, entries, tags)
         rollups.refresh(repository)
 
 
