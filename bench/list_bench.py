@@ -66,8 +66,8 @@ def fill(name: str, manifests: int, seed: int) -> None:
     """A repository of `manifests` manifests: three quarters in releases (index + 2
     images + 2 attestations, a tag each), the rest standalone images (every fifth
     tagged); half the images pulled. Written in chunks, so a million fits in memory."""
-    from hubimages import rollups
     from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+    from hubimages.sync import rollups
 
     rng = random.Random(seed)
     repository = Repository.objects.create(name=name)
@@ -183,11 +183,11 @@ def canonical(params: dict) -> dict:
     """`params` less the defaults: the list redirects any other spelling to this one."""
     from django.conf import settings
 
-    from hubimages import inventory
+    from hubimages.inventory import lists
 
     defaults = {
-        "filter": inventory.DEFAULT_FILTER,
-        "sort": inventory.DEFAULT_SORT,
+        "filter": lists.DEFAULT_FILTER,
+        "sort": lists.DEFAULT_SORT,
         "per_page": settings.PAGE_SIZE,
     }
     return {key: value for key, value in params.items() if defaults.get(key) != value}
@@ -231,7 +231,7 @@ def main() -> int:
         from django.contrib.auth import get_user_model
         from django.test import Client
 
-        from hubimages import inventory
+        from hubimages.inventory import lists
         from hubimages.models import Manifest
 
         started = time.perf_counter()
@@ -246,8 +246,8 @@ def main() -> int:
         client = Client()
         client.force_login(get_user_model().objects.create_superuser("bench", password="x"))
 
-        cases = [({"filter": f, "sort": s}) for f in inventory.FILTERS for s in inventory.SORTS]
-        cases += [{"status": "stale", "sort": s} for s in inventory.SORTS]
+        cases = [({"filter": f, "sort": s}) for f in lists.FILTERS for s in lists.SORTS]
+        cases += [{"status": "stale", "sort": s} for s in lists.SORTS]
         cases += [{"search": search} for search in SEARCHES]
         print(f"{'case':<34} {'big ms':>8} {'small ms':>9} {'ratio':>6}")
         ratios = []

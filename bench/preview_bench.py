@@ -118,7 +118,8 @@ def best_of(repeat: int, function: Callable[[], object]) -> float:
 
 
 def measure(repeat: int) -> dict[str, float]:
-    from hubimages import deletion, inventory
+    from hubimages.deletion import planning
+    from hubimages.inventory import lists
     from hubimages.models import Blob, Manifest, Repository
 
     repository = Repository.objects.get(name=TARGET)
@@ -129,20 +130,20 @@ def measure(repeat: int) -> dict[str, float]:
     few = indexes[:2] + images[:8]
 
     def page() -> None:
-        rows = list(inventory.with_details(inventory.top_level(repository))[:25])
-        [inventory.row_as_dict(row) for row in rows]
+        rows = list(lists.with_details(lists.top_level(repository))[:25])
+        [lists.row_as_dict(row) for row in rows]
 
     page()  # warm the caches once, for every measurement alike
-    plan = deletion.plan_deletion(repository=repository, digests=many)
+    plan = planning.plan_deletion(repository=repository, digests=many)
     assert len(plan.delete) == 200 * 5 + 800 and plan.reclaimable_bytes > 0
     return {
         "blobs": Blob.objects.count(),
         "page": best_of(repeat, page),
         "plan_1000": best_of(
-            repeat, lambda: deletion.plan_deletion(repository=repository, digests=many)
+            repeat, lambda: planning.plan_deletion(repository=repository, digests=many)
         ),
         "plan_10": best_of(
-            repeat, lambda: deletion.plan_deletion(repository=repository, digests=few)
+            repeat, lambda: planning.plan_deletion(repository=repository, digests=few)
         ),
     }
 

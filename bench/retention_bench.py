@@ -65,8 +65,8 @@ class Filler(BulkFiller):
         self.rng = random.Random(seed)
 
     def repository(self, name: str, items: int) -> None:
-        from hubimages import rollups
         from hubimages.models import Blob, Manifest, Repository
+        from hubimages.sync import rollups
 
         repository = Repository.objects.create(name=name)
         manifests: list[Manifest] = []
@@ -181,10 +181,11 @@ def run(workdir: str, args: argparse.Namespace) -> int:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from hubimages import inventory, retention
+    from hubimages.inventory import lists
     from hubimages.models import Repository
+    from hubimages.retention import engine, policies
 
-    policy = retention.parse_policy(POLICY)
+    policy = policies.parse_policy(POLICY)
     repository = Repository.objects.get(name="bench/r000")
     client = Client()
     client.force_login(get_user_model().objects.create_superuser("bench", password="x"))
@@ -195,11 +196,11 @@ def run(workdir: str, args: argparse.Namespace) -> int:
         assert response.status_code == 200
 
     def page_queries() -> None:
-        rows = list(inventory.with_details(inventory.top_level(repository))[:25])
-        [inventory.row_as_dict(row) for row in rows]
+        rows = list(lists.with_details(lists.top_level(repository))[:25])
+        [lists.row_as_dict(row) for row in rows]
 
-    def dry_run() -> retention.DryRun:
-        return retention.dry_run(policy, now=NOW)
+    def dry_run() -> engine.DryRun:
+        return engine.dry_run(policy, now=NOW)
 
     rendered_page(), page_queries()  # warm the caches once, for all alike
     result = dry_run()

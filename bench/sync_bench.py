@@ -139,7 +139,7 @@ def timed(function: Callable[[], object]) -> float:
 
 def measure(repositories: int, tags: int, workers: int, repeat: int, work: Path) -> dict:
     from hubimages.models import Blob, Repository
-    from hubimages.sync import sync_registry
+    from hubimages.sync.service import sync_registry
     from registry.client import RegistryClient
 
     with LocalRegistry(work / f"registry-{repositories}x{tags}") as server:

@@ -376,7 +376,7 @@ class Job(models.Model):
 
 class WorkerHeartbeat(models.Model):
     """A `db_worker` process says it is alive; a task it was running while its heartbeat
-    stopped is recovered by the other workers (`hubimages.jobs.recover`)."""
+    stopped is recovered by the other workers (`hubimages.jobs.worker.recover`)."""
 
     worker_id = models.CharField(max_length=64, unique=True)
     host = models.CharField(max_length=255)

@@ -214,8 +214,10 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "hubimages.context_processors.registry",
+                "hubimages.web.context_processors.registry",
             ],
+            # The template tags live with the pages they serve (hubimages/web/).
+            "libraries": {"hubimages_tags": "hubimages.web.templatetags"},
         },
     },
 ]
@@ -292,7 +294,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"},
-        "json": {"()": "hubimages.logs.JsonFormatter"},
+        "json": {"()": "hubimages.lib.logs.JsonFormatter"},
     },
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["stderr"], "level": LOG_LEVEL},

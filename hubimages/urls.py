@@ -1,52 +1,65 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
-from hubimages import health, token_pages, views, webhooks
 from hubimages.api import api
 from hubimages.api import errors as api_errors
+from hubimages.web import (
+    deletion,
+    health,
+    history,
+    images,
+    jobs,
+    repositories,
+    retention,
+    storage,
+    tokens,
+    webhooks,
+)
 
 # Repository names hold "/", so a repository's own pages sit under "/-/" (no OCI name
 # component starts with "-") and come before the catch-all list route.
 urlpatterns = [
-    path("", views.repositories, name="repositories"),
-    path("sync/", views.sync_now, name="sync_now"),
+    path("", repositories.repositories, name="repositories"),
+    path("sync/", jobs.sync_now, name="sync_now"),
     path(
         "repositories/<path:name>/-/images/<str:digest>/",
-        views.image_detail,
+        images.image_detail,
         name="image_detail",
     ),
-    path("repositories/<path:name>/-/delete/", views.delete_preview, name="delete_preview"),
+    path("repositories/<path:name>/-/delete/", deletion.delete_preview, name="delete_preview"),
     path(
         "repositories/<path:name>/-/delete/confirm",
-        views.delete_execute,
+        deletion.delete_execute,
         name="delete_execute",
     ),
-    path("repositories/<path:name>/-/sync/", views.sync_now, name="sync_repository"),
-    path("repositories/<path:name>/-/selection/", views.selection, name="selection"),
-    path("repositories/<path:name>/", views.image_management, name="image_management"),
-    path("storage/", views.storage_insights, name="storage"),
-    path("history/", views.deletion_history, name="deletion_history"),
-    path("history/export.csv", views.deletion_history_csv, name="deletion_history_csv"),
-    path("jobs/", views.job_list, name="jobs"),
-    path("jobs/<int:job_id>/", views.job, name="job"),
-    path("retention/", views.retention_policies, name="retention_policies"),
-    path("retention/new/", views.retention_new, name="retention_new"),
-    path("retention/new/save", views.retention_save, name="retention_create"),
-    path("retention/preview", views.retention_preview, name="retention_preview"),
-    path("retention/import", views.retention_import, name="retention_import"),
-    path("retention/policies/<str:name>/", views.retention_policy, name="retention_policy"),
-    path("retention/policies/<str:name>/save", views.retention_save, name="retention_save"),
-    path("retention/policies/<str:name>/run", views.retention_run, name="retention_run"),
-    path("retention/policies/<str:name>/delete", views.retention_delete, name="retention_delete"),
+    path("repositories/<path:name>/-/sync/", jobs.sync_now, name="sync_repository"),
+    path("repositories/<path:name>/-/selection/", images.selection, name="selection"),
+    path("repositories/<path:name>/", images.image_management, name="image_management"),
+    path("storage/", storage.storage_insights, name="storage"),
+    path("history/", history.deletion_history, name="deletion_history"),
+    path("history/export.csv", history.deletion_history_csv, name="deletion_history_csv"),
+    path("jobs/", jobs.job_list, name="jobs"),
+    path("jobs/<int:job_id>/", jobs.job, name="job"),
+    path("retention/", retention.retention_policies, name="retention_policies"),
+    path("retention/new/", retention.retention_new, name="retention_new"),
+    path("retention/new/save", retention.retention_save, name="retention_create"),
+    path("retention/preview", retention.retention_preview, name="retention_preview"),
+    path("retention/import", retention.retention_import, name="retention_import"),
+    path("retention/policies/<str:name>/", retention.retention_policy, name="retention_policy"),
+    path("retention/policies/<str:name>/save", retention.retention_save, name="retention_save"),
+    path("retention/policies/<str:name>/run", retention.retention_run, name="retention_run"),
+    path(
+        "retention/policies/<str:name>/delete", retention.retention_delete, name="retention_delete"
+    ),
     path(
         "retention/policies/<str:name>/export.json",
-        views.retention_export,
+        retention.retention_export,
         name="retention_export",
     ),
-    path("account/api-tokens/", token_pages.api_tokens, name="api_tokens"),
+    path("account/api-tokens/", tokens.api_tokens, name="api_tokens"),
     path(
         "account/api-tokens/<int:token_id>/revoke",
-        token_pages.revoke_api_token,
+        tokens.revoke_api_token,
         name="revoke_api_token",
     ),
     path("api/v1/", api.urls),

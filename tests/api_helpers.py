@@ -7,7 +7,7 @@ import json
 from types import SimpleNamespace
 
 from devtools.pusher import random_layer
-from hubimages import tokens
+from hubimages.accounts import tokens
 from hubimages.models import ApiToken
 
 REPO = "org/group/proj"

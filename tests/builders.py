@@ -7,8 +7,8 @@ import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 
-from hubimages import rollups
 from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+from hubimages.sync import rollups
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

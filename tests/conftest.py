@@ -13,7 +13,8 @@ from devtools.faultproxy import FaultProxy
 from devtools.pusher import ImagePusher
 from devtools.server import LocalRegistry
 from devtools.worker import task_worker
-from hubimages.sync import SyncSummary, sync_registry
+from hubimages.storage.figures import after_full_sync
+from hubimages.sync.service import SyncSummary, sync_registry
 from registry.client import RegistryClient
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -90,7 +91,12 @@ def sync(registry_client: RegistryClient, db):
     `expect_errors=True`."""
 
     def run(*repositories: str, expect_errors: bool = False, workers: int = 4) -> SyncSummary:
-        summary = sync_registry(registry_client, repositories=repositories or None, workers=workers)
+        summary = sync_registry(
+            registry_client,
+            repositories=repositories or None,
+            workers=workers,
+            after_full_sync=after_full_sync,
+        )
         if not expect_errors:
             assert summary.errors == []
         return summary

@@ -16,19 +16,14 @@ from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 
 from devtools.worker import run_tasks
-from hubimages import deletion, formatting, inventory
 from hubimages.api import errors as api_errors
+from hubimages.deletion import planning
+from hubimages.inventory import lists
+from hubimages.inventory import repositories as inventory_repositories
+from hubimages.lib import formatting
 from hubimages.models import ApiToken, Job, Manifest, Repository
 from tests import builders
-from tests.api_helpers import (
-    API,
-    IMAGES_REPO,
-    REPO,
-    assert_error,
-    bearer,
-    post_json,
-    push_stock,
-)
+from tests.api_helpers import API, IMAGES_REPO, REPO, assert_error, bearer, post_json, push_stock
 
 IMAGES = f"{API}/repositories/{REPO}/images"
 DELETE = f"{API}/repositories/{REPO}/delete-images"
@@ -64,7 +59,7 @@ def test_repositories_are_listed_with_their_figures(stock, client, reader):
     body = response.json()
     assert body["count"] == 2 and body["next"] is None and body["previous"] is None
     proj = next(item for item in body["results"] if item["name"] == REPO)
-    overview = inventory.repository_overview().get(name=REPO)
+    overview = inventory_repositories.repository_overview().get(name=REPO)
     assert proj == {
         "name": REPO,
         "tag_count": overview.tag_count,
@@ -159,7 +154,7 @@ def test_search_matches_tags_digest_prefixes_and_a_childs_digest(stock, client, 
 
 
 def test_ordering_follows_the_list_sort_in_both_directions(stock, client, reader):
-    for ordering in inventory.SORTS:
+    for ordering in lists.SORTS:
         response = client.get(IMAGES, {"ordering": ordering}, headers=reader)
         expected = [row["digest"] for row in list_images_json(f"--sort={ordering}")["results"]]
         assert digests(response) == expected, ordering
@@ -308,7 +303,7 @@ def test_a_dry_run_answers_the_command_lines_plan_with_its_fingerprint(stock, cl
 
     assert response.status_code == 200
     body = response.json()
-    plan = deletion.plan_deletion(repository=Repository.objects.get(name=REPO), digests=selection)
+    plan = planning.plan_deletion(repository=Repository.objects.get(name=REPO), digests=selection)
     assert body == {
         **delete_images_dry_run_json(*selection),
         "fingerprint": plan.fingerprint,
@@ -647,7 +642,7 @@ def test_an_unexpected_failure_is_a_json_500_and_is_logged_with_its_traceback(
     def broken(*args, **kwargs):
         raise RuntimeError("the database fell over")
 
-    monkeypatch.setattr(inventory, "repository_overview", broken)
+    monkeypatch.setattr(inventory_repositories, "repository_overview", broken)
     with caplog.at_level(logging.ERROR, logger="hubimages.api"):
         response = client.get(f"{API}/repositories", headers=bearer_for_anyone())
 
@@ -766,11 +761,11 @@ def test_the_document_needs_credentials_like_the_rest(client, viewer_client, vie
 def test_the_storage_figures_are_the_storage_page_s_and_a_stale_figure_is_a_dry_run(
     stock, client, reader, deleter
 ):
-    from hubimages import storage
+    from hubimages.storage import figures as storage_figures
 
     figures = client.get(f"{API}/storage", headers=reader).json()
 
-    assert figures == storage.figures()
+    assert figures == storage_figures.figures()
     assert set(figures) == {
         "stored_bytes",
         "stale_reclaimable_bytes",

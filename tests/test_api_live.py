@@ -21,8 +21,9 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 from playwright.sync_api import expect
 
-from hubimages import storage, tokens
+from hubimages.accounts import tokens
 from hubimages.models import ApiToken, Job
+from hubimages.storage import figures as storage_figures
 from tests.api_helpers import API, REPO, push_stock
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -157,7 +158,7 @@ def test_the_openapi_document_validates_and_every_endpoint_answers_as_documented
     api.call(web, "DELETE", policy, path=named, expect=204)
 
     figures = api.call(reader, "GET", f"{API}/storage", expect=200).json()
-    assert figures == storage.figures()
+    assert figures == storage_figures.figures()
     api.call(requests.Session(), "GET", f"{API}/storage", expect=401)
 
     assert {(method, path) for method, path, _ in api.seen} == api.operations()

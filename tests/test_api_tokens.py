@@ -13,7 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from hubimages import tokens
+from hubimages.accounts import tokens
 from hubimages.models import ApiToken, ApiTokenFailure
 from tests.api_helpers import API, assert_error
 

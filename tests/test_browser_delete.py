@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import expect
 
 from devtools.pusher import random_layer
-from hubimages import deletion
-from hubimages.formatting import human_size, short_digest
+from hubimages.deletion import planning
+from hubimages.lib.formatting import human_size, short_digest
 from hubimages.models import DeletionRecord, Repository
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -41,13 +41,13 @@ def select_box(page, manifest):
     return page.get_by_role("checkbox", name=re.compile(re.escape(short_digest(manifest.digest))))
 
 
-def plan_for(*manifests) -> deletion.DeletionPlan:
-    return deletion.plan_deletion(
+def plan_for(*manifests) -> planning.DeletionPlan:
+    return planning.plan_deletion(
         repository=Repository.objects.get(name=REPO), digests=[m.digest for m in manifests]
     )
 
 
-def check_preview(scope, plan: deletion.DeletionPlan) -> None:
+def check_preview(scope, plan: planning.DeletionPlan) -> None:
     """The listed manifests and the reclaimable bytes are the planner's, to the byte."""
     items = scope.locator("tr.delete-item")
     expect(items).to_have_count(len(plan.delete))
@@ -60,14 +60,14 @@ def check_preview(scope, plan: deletion.DeletionPlan) -> None:
     expect(reclaimable).to_have_attribute("title", f"{plan.reclaimable_bytes:,} bytes")
 
 
-def deleted_message(plan: deletion.DeletionPlan) -> str:
+def deleted_message(plan: planning.DeletionPlan) -> str:
     return (
         f"Deleted {plan.manifest_count} manifests and {plan.tag_count} tags; "
         f"{human_size(plan.reclaimable_bytes)}"
     )
 
 
-def check_deleted(page, store, plan: deletion.DeletionPlan) -> None:
+def check_deleted(page, store, plan: planning.DeletionPlan) -> None:
     """On the list: the rows gone; then the history lists them."""
     expect(page.locator(ROWS)).to_have_count(1)
     assert page.locator(ROWS).first.get_attribute("value") == store.current.digest

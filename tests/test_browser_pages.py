@@ -13,7 +13,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from devtools.pusher import random_layer
-from hubimages.formatting import short_digest
+from hubimages.lib.formatting import short_digest
 from hubimages.models import Manifest
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -13,9 +13,9 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from devtools.pusher import random_layer
-from hubimages import retention
-from hubimages.formatting import human_size
+from hubimages.lib.formatting import human_size
 from hubimages.models import DeletionRecord, Manifest, RetentionPolicy
+from hubimages.retention import engine, policies
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -41,8 +41,8 @@ def app(pusher, sync):
     return SimpleNamespace(release=release, mains=mains)
 
 
-def expected(policy: dict) -> retention.DryRun:
-    return retention.dry_run(retention.parse_policy(policy))
+def expected(policy: dict) -> engine.DryRun:
+    return engine.dry_run(policies.parse_policy(policy))
 
 
 def test_the_dry_run_follows_the_editor_as_you_type_and_run_now_deletes_it(

@@ -11,7 +11,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from devtools.pusher import random_layer
-from hubimages import deletion
+from hubimages.deletion import execution, planning
 from hubimages.models import Manifest, Repository, StorageSample
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -51,8 +51,8 @@ def lived_in(pusher, sync, registry_client):
         StorageSample.objects.filter(pk=sample.pk).update(at=now - timedelta(days=days_ago))
     ci = Repository.objects.get(name="tools/ci")
     oldest = Manifest.objects.get(repository=ci, tags__name="1.0").digest
-    plan = deletion.plan_deletion(repository=ci, digests=[oldest])
-    deletion.execute_deletion(
+    plan = planning.plan_deletion(repository=ci, digests=[oldest])
+    execution.execute_deletion(
         repository=ci,
         digests=[oldest],
         fingerprint=plan.fingerprint,

@@ -16,8 +16,8 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from devtools.pusher import random_layer
-from hubimages import deletion
-from hubimages.formatting import human_size, short_digest
+from hubimages.deletion import planning
+from hubimages.lib.formatting import human_size, short_digest
 from hubimages.models import Job, Manifest, Repository
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -227,7 +227,7 @@ def test_the_running_total_equals_a_preview_of_the_same_selection_across_searche
 
     repository = Repository.objects.get(name=REPO)
     selected = [web.builds["2.4.0"].digest, web.builds["1.9.7"].digest]
-    plan = deletion.plan_deletion(repository=repository, digests=selected)
+    plan = planning.plan_deletion(repository=repository, digests=selected)
     frees = page.locator("#selection-bar .frees")
     expect(frees).to_have_attribute("data-bytes", str(plan.reclaimable_bytes))
     expect(frees).to_have_text(human_size(plan.reclaimable_bytes))

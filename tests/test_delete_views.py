@@ -16,9 +16,12 @@ from django.test.utils import CaptureQueriesContext
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages import deletion, jobs, locks, views
-from hubimages.formatting import human_size, short_digest
+from hubimages.deletion import planning
+from hubimages.jobs import runner
+from hubimages.lib import leases
+from hubimages.lib.formatting import human_size, short_digest
 from hubimages.models import Deletion, DeletionRecord, Job, Manifest, Repository
+from hubimages.web import images
 from registry.client import RegistryClient
 
 REPO = "acme/shop"
@@ -47,8 +50,8 @@ def shop(pusher, sync):
     )
 
 
-def plan_for(*digests: str) -> deletion.DeletionPlan:
-    return deletion.plan_deletion(repository=Repository.objects.get(name=REPO), digests=digests)
+def plan_for(*digests: str) -> planning.DeletionPlan:
+    return planning.plan_deletion(repository=Repository.objects.get(name=REPO), digests=digests)
 
 
 def form_fields(page: str) -> dict[str, list[str]]:
@@ -281,8 +284,8 @@ def test_after_deleting_the_way_back_keeps_the_search_filter_and_sort_the_user_h
 def test_the_way_back_to_the_list_keeps_only_known_list_parameters(db):
     repository = Repository.objects.create(name=REPO)
     hostile = "?sort=;drop&filter=../../x&next=https://evil.example&search=<b>&per_page=7"
-    assert views.list_url(repository, hostile) == f"{LIST}?search=%3Cb%3E"
-    assert views.list_url(repository, "//evil.example/") == LIST
+    assert images.list_url(repository, hostile) == f"{LIST}?search=%3Cb%3E"
+    assert images.list_url(repository, "//evil.example/") == LIST
 
 
 def test_with_htmx_the_dialog_follows_the_job_then_sends_the_browser_back_to_the_list(
@@ -366,12 +369,12 @@ def test_a_busy_repository_or_an_unreachable_registry_deletes_nothing_and_is_ret
 ):
     page = deleter_client.get(PREVIEW, {"digest": shop.old.digest}).content.decode()
 
-    held = locks.acquire(locks.repository_lease_name(REPO), owner="sync")
+    held = leases.acquire(leases.repository_lease_name(REPO), owner="sync")
     busy = follow_job(deleter_client, deleter_client.post(EXECUTE, confirmed(page)))
-    locks.release(held)
+    leases.release(held)
     registry_server.stop()
     monkeypatch.setattr(
-        jobs, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+        runner, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
     )
     unreachable = follow_job(deleter_client, deleter_client.post(EXECUTE, confirmed(page)))
 

@@ -4,11 +4,12 @@ import pytest
 import responses
 
 from devtools.pusher import PushedManifest, random_layer
-from hubimages import deletion, locks
-from hubimages import sync as hubimages_sync
-from hubimages.formatting import short_digest
+from hubimages.deletion import execution, planning
+from hubimages.lib import leases
+from hubimages.lib.formatting import short_digest
 from hubimages.models import DeletionRecord, Manifest, Repository, Tag
-from hubimages.sync import sync_repository
+from hubimages.sync import store
+from hubimages.sync.service import sync_repository
 
 REPO = "team/app"
 
@@ -24,14 +25,14 @@ def stored_bytes(*manifests: PushedManifest, extra: dict[str, int] | None = None
     return sum(sizes.values())
 
 
-def plan(*digests: str, repository: str = REPO) -> deletion.DeletionPlan:
-    return deletion.plan_deletion(
+def plan(*digests: str, repository: str = REPO) -> planning.DeletionPlan:
+    return planning.plan_deletion(
         repository=Repository.objects.get(name=repository), digests=list(digests)
     )
 
 
 def execute(client, *digests: str, fingerprint: str, user=None, repository: str = REPO):
-    return deletion.execute_deletion(
+    return execution.execute_deletion(
         repository=Repository.objects.get(name=repository),
         digests=list(digests),
         fingerprint=fingerprint,
@@ -333,11 +334,11 @@ def test_a_concurrent_holder_of_the_lock_makes_deletion_and_sync_refuse(
     image = pusher.push_image(REPO, tag="v1", layers=[random_layer(1_000, "v1")])
     sync()
     preview = plan(image.digest)
-    other = locks.acquire(locks.repository_lease_name(REPO), owner="delete:alice")
+    other = leases.acquire(leases.repository_lease_name(REPO), owner="delete:alice")
 
-    with pytest.raises(locks.RepositoryBusy, match="busy: delete:alice is working on it"):
+    with pytest.raises(leases.RepositoryBusy, match="busy: delete:alice is working on it"):
         execute(registry_client, image.digest, fingerprint=preview.fingerprint)
-    monkeypatch.setattr(hubimages_sync, "LOCK_WAIT_SECONDS", 0)
+    monkeypatch.setattr(store, "LOCK_WAIT_SECONDS", 0)
     # A sync that finds nothing changed writes nothing, so it needs no lock...
     assert sync_repository(registry_client, REPO).error == ""
     # ...but one with something to write waits for the holder, then says it is busy.
@@ -346,7 +347,7 @@ def test_a_concurrent_holder_of_the_lock_makes_deletion_and_sync_refuse(
 
     assert pusher.list_tags(REPO) == ["v1", "v2"]
     assert digests_in_database() == {image.digest}
-    locks.release(other)
+    leases.release(other)
     assert execute(registry_client, image.digest, fingerprint=preview.fingerprint).succeeded
 
 
@@ -355,30 +356,30 @@ def test_a_lock_whose_holder_stopped_renewing_can_be_taken_over(db):
 
     from hubimages.models import Lease
 
-    name = locks.repository_lease_name(REPO)
-    crashed = locks.acquire(name, owner="sync")
-    assert locks.acquire(name, owner="delete:bob") is None
+    name = leases.repository_lease_name(REPO)
+    crashed = leases.acquire(name, owner="sync")
+    assert leases.acquire(name, owner="delete:bob") is None
 
     Lease.objects.filter(name=name).update(
         expires_at=timezone.now() - timezone.timedelta(seconds=1)
     )
-    with locks.repository_lock(REPO, owner="delete:bob") as lock:
+    with leases.repository_lock(REPO, owner="delete:bob") as lock:
         assert not crashed.renew()
         assert crashed.lost.is_set()
-        with pytest.raises(locks.LeaseLost):
+        with pytest.raises(leases.LeaseLost):
             crashed.check()
         assert lock.renew()
-        with locks.repository_lock(REPO, owner="sync"):  # re-entrant, as sync needs
+        with leases.repository_lock(REPO, owner="sync"):  # re-entrant, as sync needs
             pass
         assert Lease.objects.get(name=name).token == lock.token
-        assert locks.repository_locked(REPO)
+        assert leases.repository_locked(REPO)
     assert Lease.objects.get(name=name).token == ""
-    assert not locks.repository_locked(REPO)
+    assert not leases.repository_locked(REPO)
 
 
 def test_only_holders_of_the_delete_permission_can_delete(viewer, deleter):
-    assert deletion.can_delete(deleter)
-    assert not deletion.can_delete(viewer)
+    assert planning.can_delete(deleter)
+    assert not planning.can_delete(viewer)
 
 
 def test_a_nested_index_goes_with_its_parent_and_each_index_goes_before_its_children(

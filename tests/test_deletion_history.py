@@ -14,9 +14,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devtools.pusher import random_layer
-from hubimages import deletion, storage
-from hubimages.formatting import human_size, short_digest
+from hubimages.deletion import execution, planning
+from hubimages.lib.formatting import human_size, short_digest
 from hubimages.models import Deletion, DeletionRecord, Repository
+from hubimages.storage import collection
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -92,8 +93,8 @@ def test_a_deletion_is_one_row_that_opens_onto_its_manifests(
     pusher.tag("team/api", "latest", index)
     sync()
     repository = Repository.objects.get(name="team/api")
-    plan = deletion.plan_deletion(repository=repository, digests=[index.digest])
-    outcome = deletion.execute_deletion(
+    plan = planning.plan_deletion(repository=repository, digests=[index.digest])
+    outcome = execution.execute_deletion(
         repository=repository,
         digests=[index.digest],
         fingerprint=plan.fingerprint,
@@ -230,7 +231,7 @@ def test_what_waits_for_the_garbage_collector_is_shown_with_the_way_to_run_it(db
 
     page = viewer_client.get("/history/").content.decode()
 
-    assert storage.waiting_for_collection() == storage.Waiting(3_000_000, 1)
+    assert collection.waiting_for_collection() == collection.Waiting(3_000_000, 1)
     assert "Deleted, waiting for garbage collection: 3.0 MB" in page
     assert '<a href="/storage/#garbage-collection">how to run it</a>' in page
     first, second = rows(page)

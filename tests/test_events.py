@@ -19,8 +19,11 @@ from django.utils import timezone
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages import events, inventory, locks, webhooks
+from hubimages.inventory import lists, status
+from hubimages.lib import leases
 from hubimages.models import Blob, Manifest, RegistryEvent, Repository, Tag
+from hubimages.sync import events
+from hubimages.web import webhooks
 from registry.client import RegistryClient
 from registry.media import OCI_MANIFEST
 
@@ -112,7 +115,7 @@ def test_without_a_configured_token_the_endpoint_is_disabled_and_says_so(
     client, settings, db, caplog, monkeypatch
 ):
     settings.REGISTRY_EVENTS_TOKEN = ""
-    monkeypatch.setattr("hubimages.webhooks._warned_disabled", False)
+    monkeypatch.setattr("hubimages.web.webhooks._warned_disabled", False)
     with caplog.at_level(logging.WARNING, logger="hubimages.events"):
         response = post(client, registry_event("pull", "team/api", digest="sha256:" + "a" * 64))
         post(client, registry_event("pull", "team/api", digest="sha256:" + "b" * 64))
@@ -252,8 +255,8 @@ def test_a_pushed_index_brings_its_images_and_a_moved_tag_follows_the_registry(
 
     row = stored("team/api", index.digest)
     assert row.kind == Manifest.Kind.INDEX and row.pushed_at == first_push
-    assert set(inventory.platforms_of(row)) == {"linux/amd64", "linux/arm64"}
-    kinds = sorted(child.kind for child, _ in inventory.children_of(row))
+    assert set(lists.platforms_of(row)) == {"linux/amd64", "linux/arm64"}
+    kinds = sorted(child.kind for child, _ in lists.children_of(row))
     assert kinds == ["attestation", "attestation", "image", "image"]
     assert not stored("team/api", amd.digest).is_top_level
     assert stored("team/api", amd.digest).pushed_at_estimated  # its own push event says when
@@ -348,14 +351,14 @@ def test_pulls_by_tag_and_by_digest_set_last_pulled_and_make_a_stale_image_activ
     settings.STALE_AFTER_MONTHS = 6
     manifest = stored("team/api", pushed.digest)
     assert manifest.last_pulled_at is None
-    assert inventory.is_stale(manifest)
+    assert status.is_stale(manifest)
     before = revision("team/api")
 
     by_tag = timezone.now() - timedelta(minutes=10)
     post(client, registry_event("pull", "team/api", digest=pushed.digest, tag="v1", at=by_tag))
     manifest.refresh_from_db()
     assert manifest.last_pulled_at == by_tag
-    assert not inventory.is_stale(manifest)
+    assert not status.is_stale(manifest)
     assert revision("team/api") == before + 1
 
     by_digest = timezone.now() - timedelta(minutes=1)
@@ -490,7 +493,7 @@ def test_a_delete_waits_while_the_repository_is_locked(
 ):
     monkeypatch.setattr(events, "LOCK_WAIT_SECONDS", 0.0)
     repository = Repository.objects.get(name="team/api")
-    lock = locks.acquire(locks.repository_lease_name(repository.name), owner="delete:test")
+    lock = leases.acquire(leases.repository_lease_name(repository.name), owner="delete:test")
     post(client, registry_event("delete", "team/api", digest=pushed.digest))
     assert stored("team/api", pushed.digest) is not None  # a deletion is at work: not now
     waiting = RegistryEvent.objects.get(action="delete")
@@ -498,7 +501,7 @@ def test_a_delete_waits_while_the_repository_is_locked(
     assert waiting.message.startswith("will retry at ")
     assert "repository team/api is busy" in waiting.message
 
-    locks.release(lock)
+    leases.release(lock)
     assert events.process_received(registry_client) == 1
     assert stored("team/api", pushed.digest) is None
     assert RegistryEvent.objects.get(action="delete").message == "manifest deleted"

@@ -147,7 +147,7 @@ def test_a_500_is_logged_with_its_traceback(viewer_client, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("the list broke")
 
-    monkeypatch.setattr("hubimages.inventory.repository_overview", broken)
+    monkeypatch.setattr("hubimages.inventory.repositories.repository_overview", broken)
     viewer_client.raise_request_exception = False
 
     with caplog.at_level(logging.ERROR):
@@ -161,7 +161,7 @@ def test_a_500_is_logged_with_its_traceback(viewer_client, monkeypatch, caplog):
 
 
 def test_json_log_lines_carry_the_traceback():
-    from hubimages.logs import JsonFormatter
+    from hubimages.lib.logs import JsonFormatter
 
     try:
         raise ValueError("boom")

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from devtools.pusher import random_layer
-from hubimages import inventory
+from hubimages.inventory import status
 from hubimages.models import IndexEntry, Manifest, Repository, Tag
 from tests.builders import digest_for, finish, manifest
 
@@ -234,7 +234,7 @@ def test_stale_is_counted_in_calendar_months(db, viewer_client, monkeypatch, set
     which would be 2026-03-04)."""
     settings.STALE_AFTER_MONTHS = 6
     now = datetime(2026, 8, 31, 12, 0, tzinfo=UTC)
-    monkeypatch.setattr(inventory, "timezone", SimpleNamespace(now=lambda: now))
+    monkeypatch.setattr(status, "timezone", SimpleNamespace(now=lambda: now))
     repo = Repository.objects.create(name="stale/check")
     old = manifest(repo, "old", pushed_at=datetime(2026, 2, 28, 11, 59, tzinfo=UTC))
     march = manifest(repo, "march", pushed_at=datetime(2026, 3, 2, tzinfo=UTC))

@@ -18,7 +18,9 @@ from django_tasks_db.models import DBTaskResult
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages import events, jobs, locks
+from hubimages.jobs import queue, runner
+from hubimages.jobs import worker as jobs_worker
+from hubimages.lib import leases
 from hubimages.models import (
     Deletion,
     DeletionRecord,
@@ -29,7 +31,8 @@ from hubimages.models import (
     Schedule,
     WorkerHeartbeat,
 )
-from hubimages.sync import sync_registry
+from hubimages.sync import events
+from hubimages.sync.service import sync_registry
 from registry.client import RegistryClient
 
 REPO = "team/api"
@@ -54,14 +57,14 @@ def test_a_job_that_fails_for_a_passing_reason_is_retried_with_back_off_then_giv
     image = pusher.push_image(REPO, tag="v1", layers=[random_layer(100, "retry")])
     sync()
     repository = Repository.objects.get(name=REPO)
-    from hubimages import deletion
+    from hubimages.deletion import planning
 
-    plan = deletion.plan_deletion(repository=repository, digests=[image.digest])
+    plan = planning.plan_deletion(repository=repository, digests=[image.digest])
     registry_server.stop()
     monkeypatch.setattr(
-        jobs, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+        runner, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
     )
-    job = jobs.start_deletion(
+    job = queue.start_deletion(
         repository=repository, digests=[image.digest], fingerprint=plan.fingerprint, user=deleter
     )
 
@@ -129,13 +132,13 @@ def claimed_by(job: Job, worker: str, *, ago: float) -> None:
 
 def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
     settings.WORKER_LEASE_SECONDS = 10
-    dead = jobs.start_sync(started_by="schedule")
-    alive = jobs.start_sync(started_by="alice", repository=REPO)
+    dead = queue.start_sync(started_by="schedule")
+    alive = queue.start_sync(started_by="alice", repository=REPO)
     claimed_by(dead, "worker-dead", ago=30)
     claimed_by(alive, "worker-alive", ago=30)
-    jobs.beat("worker-alive", timezone.now())
+    jobs_worker.beat("worker-alive", timezone.now())
 
-    recovered = jobs.recover()
+    recovered = jobs_worker.recover()
 
     assert recovered == [dead.pk]
     dead.refresh_from_db()
@@ -144,7 +147,7 @@ def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
     assert old_task.status == "FAILED" and "stopped beating" in old_task.traceback
     assert DBTaskResult.objects.get(id=dead.task_id).status == "READY"
     assert Job.objects.get(pk=alive.pk).state == "running"  # its worker is alive
-    assert jobs.recover() == []  # once only
+    assert jobs_worker.recover() == []  # once only
 
 
 def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice(
@@ -155,7 +158,7 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
     kept = pusher.push_image(REPO, tag="b", layers=[random_layer(100, "kept")])
     sync()
     repository = Repository.objects.get(name=REPO)
-    job = jobs.start_deletion(
+    job = queue.start_deletion(
         repository=repository, digests=[gone.digest, kept.digest], fingerprint="f", user=deleter
     )
     # The worker wrote both records PENDING, sent the first DELETE, and died.
@@ -175,7 +178,7 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
     claimed_by(job, "worker-dead", ago=30)
     Deletion.objects.filter(pk=operation.pk).update(started_at=job.created_at)
 
-    assert jobs.recover() == [job.pk]
+    assert jobs_worker.recover() == [job.pk]
 
     states = dict(DeletionRecord.objects.values_list("digest", "state"))
     assert states == {gone.digest: "done", kept.digest: "failed"}
@@ -201,7 +204,7 @@ def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings
     def worker() -> None:
         try:
             barrier.wait()
-            wins.append(jobs.claim_schedule("sync", now, timedelta(minutes=15)))
+            wins.append(jobs_worker.claim_schedule("sync", now, timedelta(minutes=15)))
         finally:
             connection.close()
 
@@ -212,35 +215,35 @@ def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings
         thread.join()
 
     assert sorted(wins) == [False] * 5 + [True]
-    assert jobs.schedule_due(now + timedelta(minutes=5)) == []
-    started = jobs.schedule_due(now + timedelta(minutes=16))
+    assert jobs_worker.schedule_due(now + timedelta(minutes=5)) == []
+    started = jobs_worker.schedule_due(now + timedelta(minutes=16))
     assert [job.kind for job in started] == ["sync"] and started[0].started_by == "schedule"
     assert Schedule.objects.get(name="sync").next_run_at == now + timedelta(minutes=31)
 
 
 def test_no_periodic_sync_when_the_interval_is_zero(db, settings):
     settings.SYNC_INTERVAL_MINUTES = 0
-    assert jobs.schedule_due() == []
+    assert jobs_worker.schedule_due() == []
     assert not Job.objects.exists()
 
 
 def test_two_full_syncs_never_overlap(registry_client, db, capsys, settings, registry_url):
-    held = locks.acquire("sync:all", owner="a full sync (host-b:4242)")
+    held = leases.acquire("sync:all", owner="a full sync (host-b:4242)")
 
     with pytest.raises(
-        locks.LeaseBusy, match="the registry is busy: a full sync \\(host-b:4242\\)"
+        leases.LeaseBusy, match="the registry is busy: a full sync \\(host-b:4242\\)"
     ):
         sync_registry(registry_client)
     with pytest.raises(CommandError, match="a full sync \\(host-b:4242\\) is working on it"):
         call_command("sync_registry")
-    first = jobs.start_sync(started_by="alice")
-    assert jobs.start_sync(started_by="bob") == first  # the same job, not a second one
+    first = queue.start_sync(started_by="alice")
+    assert queue.start_sync(started_by="bob") == first  # the same job, not a second one
     run_tasks()
     first.refresh_from_db()
     assert (
         first.state == "queued" and "attempt 1 of 3 failed: the registry is busy" in first.message
     )
-    locks.release(held)
+    leases.release(held)
     make_due(first)
     run_tasks()
     assert Job.objects.get(pk=first.pk).state == "succeeded"
@@ -357,7 +360,7 @@ def test_housekeeping_forgets_old_processed_events_and_finished_jobs(db, setting
     old = Job.objects.create(kind="sync", state="succeeded", finished_at=now - timedelta(days=40))
     recent = Job.objects.create(kind="sync", state="failed", finished_at=now - timedelta(days=1))
 
-    jobs.housekeeping(now)
+    jobs_worker.housekeeping(now)
 
     assert set(RegistryEvent.objects.values_list("event_id", flat=True)) == {"e1", "e2"}
     assert set(Job.objects.values_list("pk", flat=True)) == {recent.pk}
@@ -367,8 +370,8 @@ def test_housekeeping_forgets_old_processed_events_and_finished_jobs(db, setting
 def test_the_schedule_runs_each_due_retention_policy_once_as_a_job(
     pusher, sync, registry_url, settings
 ):
-    from hubimages import retention
     from hubimages.models import RetentionPolicy, RetentionRun
+    from hubimages.retention import policies
 
     settings.SYNC_INTERVAL_MINUTES = 0
     old = pusher.push_image(REPO, tag="old", layers=[random_layer(100, "sched-old")])
@@ -378,18 +381,18 @@ def test_the_schedule_runs_each_due_retention_policy_once_as_a_job(
     Manifest.objects.filter(digest=old.digest).update(
         pushed_at=now - timedelta(days=3), pushed_at_estimated=False
     )
-    policy = retention.parse_policy(
+    policy = policies.parse_policy(
         {
             "name": "nightly",
             "rules": [{"keep": "latest_pushed", "count": 1}],
             "schedule": {"every_hours": 24},
         }
     )
-    row = retention.save_policy(policy)
+    row = policies.save_policy(policy)
     RetentionPolicy.objects.filter(pk=row.pk).update(next_run_at=now - timedelta(minutes=1))
 
-    started = jobs.schedule_due(now)
-    assert jobs.schedule_due(now) == []  # claimed once
+    started = jobs_worker.schedule_due(now)
+    assert jobs_worker.schedule_due(now) == []  # claimed once
 
     assert [(job.kind, job.started_by, job.params["scheduled"]) for job in started] == [
         ("retention", "schedule", True)

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from devtools.pusher import random_layer
 from hubimages.models import Manifest
-from hubimages.templatetags.hubimages_tags import ago, middle
+from hubimages.web.templatetags import ago, middle
 
 REPO = "acme/team/api"
 LIST = f"/repositories/{REPO}/"

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from hubimages import inventory
+from hubimages.inventory import lists, status
 from hubimages.models import Manifest, Repository, Tag
 from tests.builders import digest_for, finish, manifest
 
@@ -54,17 +54,17 @@ def test_the_list_counts_come_from_the_stored_counts_without_counting_rows(
 def test_a_big_list_with_a_status_shows_an_estimated_count_that_says_so(
     repository, viewer_client, monkeypatch
 ):
-    monkeypatch.setattr(inventory, "COUNT_EXACTLY_UP_TO", 5)
-    monkeypatch.setattr(inventory, "ESTIMATE_SAMPLE", 10)
+    monkeypatch.setattr(lists, "COUNT_EXACTLY_UP_TO", 5)
+    monkeypatch.setattr(lists, "ESTIMATE_SAMPLE", 10)
 
     page = viewer_client.get(URL, {"status": "stale", "per_page": 10}).content.decode()
 
     # The ten rows of lowest digest hold some share of stale ones; 40 × that share, said so.
     sample = sorted(Manifest.objects.values_list("digest", "pushed_at"))[:10]
-    stale = sum(1 for _, pushed in sample if pushed < inventory.stale_cutoff())
+    stale = sum(1 for _, pushed in sample if pushed < status.stale_cutoff())
     assert f"about {40 * stale // 10} items" in page
     assert re.search(r"Page 1 of about \d+", page)
-    exact = inventory.count_top_level(repository, inventory.ListQuery(status="stale"))
+    exact = lists.count_top_level(repository, lists.ListQuery(status="stale"))
     assert exact.estimated
 
 
@@ -75,7 +75,7 @@ def test_a_small_list_with_a_status_is_counted_exactly(repository, viewer_client
 
 
 def test_search_reads_an_index_of_tags_on_either_database(repository):
-    tags = Tag.objects.filter(inventory._tag_matches("build-1"))
+    tags = Tag.objects.filter(lists._tag_matches("build-1"))
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SET enable_seqscan = off")  # 20 rows: a scan would be cheaper
@@ -100,11 +100,11 @@ def test_search_matches_tags_by_substring_on_postgresql_and_by_prefix_on_sqlite(
 @pytest.mark.parametrize("ids_limit", [0, 2000], ids=["broad", "narrow"])
 def test_a_broad_and_a_narrow_search_find_the_same_rows(repository, monkeypatch, ids_limit):
     # Past SEARCH_IDS_LIMIT matches the search is a test per row rather than a list of ids.
-    monkeypatch.setattr(inventory, "SEARCH_IDS_LIMIT", ids_limit)
+    monkeypatch.setattr(lists, "SEARCH_IDS_LIMIT", ids_limit)
     digest = Manifest.objects.get(tags__name="build-4").digest
 
     def found(text: str) -> set[str]:
-        rows = inventory.top_level(repository, inventory.ListQuery(search=text))
+        rows = lists.top_level(repository, lists.ListQuery(search=text))
         return set(rows.values_list("digest", flat=True))
 
     assert found("build-3") == set(
@@ -116,8 +116,8 @@ def test_a_broad_and_a_narrow_search_find_the_same_rows(repository, monkeypatch,
 def test_a_status_over_a_huge_list_is_estimated_without_counting_its_rows(
     repository, viewer_client, monkeypatch
 ):
-    monkeypatch.setattr(inventory, "ESTIMATED_FROM", 5)
-    monkeypatch.setattr(inventory, "ESTIMATE_SAMPLE", 40)  # the whole list: exact share
+    monkeypatch.setattr(lists, "ESTIMATED_FROM", 5)
+    monkeypatch.setattr(lists, "ESTIMATE_SAMPLE", 40)  # the whole list: exact share
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as queries:
@@ -136,11 +136,11 @@ def test_stale_items_newest_pull_first_are_the_stale_rows_in_that_order(reposito
         Manifest.objects.filter(digest=digest_for(f"image-{n}")).update(
             last_pulled_at=None if days is None else now - timedelta(days=days, minutes=n)
         )
-    query = inventory.ListQuery(status="stale", sort="-last_pulled")
+    query = lists.ListQuery(status="stale", sort="-last_pulled")
 
-    listed = list(inventory.top_level(repository, query).values_list("digest", flat=True))
+    listed = list(lists.top_level(repository, query).values_list("digest", flat=True))
 
-    stale = [m for m in Manifest.objects.all() if inventory.is_stale(m)]
+    stale = [m for m in Manifest.objects.all() if status.is_stale(m)]
     never = datetime.min.replace(tzinfo=UTC)
     expected = sorted(stale, key=lambda m: (m.last_pulled_at or never, m.pk), reverse=True)
     assert listed == [m.digest for m in expected]
@@ -150,15 +150,13 @@ def test_stale_items_newest_pull_first_are_the_stale_rows_in_that_order(reposito
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL enable_seqscan = off")
             cursor.execute("SET LOCAL enable_sort = off")
-        plan = inventory.top_level(repository, query).explain()
+        plan = lists.top_level(repository, query).explain()
         assert "manifest_by_pulled_or_never" in plan and "Sort" not in plan
 
 
 def estimated_as(monkeypatch, value: int) -> None:
     """Lists counted as `value`, an estimate (as a status over a huge list is)."""
-    monkeypatch.setattr(
-        inventory, "count_top_level", lambda *_, **__: inventory.ListCount(value, True)
-    )
+    monkeypatch.setattr(lists, "count_top_level", lambda *_, **__: lists.ListCount(value, True))
 
 
 def test_an_estimate_that_falls_short_still_pages_on_to_the_last_row(

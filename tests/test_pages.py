@@ -12,9 +12,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devtools.pusher import random_layer
-from hubimages import inventory, storage
-from hubimages.formatting import human_size
+from hubimages.inventory import repositories
+from hubimages.lib.formatting import human_size
 from hubimages.models import Manifest, Repository, SyncRun
+from hubimages.storage import figures as storage_figures
 from tests.builders import finish, manifest
 from tests.conftest import PASSWORD
 
@@ -180,7 +181,7 @@ def test_a_repository_s_size_counts_a_shared_layer_once_as_the_registry_stores_i
     two = pusher.push_image("team/svc", tag="2", layers=[base, random_layer(2_000, "two")])
     sync()
 
-    repository = inventory.repository_overview().get(name="team/svc")
+    repository = repositories.repository_overview().get(name="team/svc")
 
     stored = 40_000 + 1_000 + 2_000 + one.config_size + two.config_size + one.size + two.size
     assert repository.total_size == stored  # the manifests' own bytes are blobs too
@@ -226,14 +227,14 @@ def stale_and_shared(pusher, sync):
         pushed_at=datetime(2020, 1, 1, tzinfo=UTC)
     )
     sync()
-    storage.insights()  # what the worker computes after each full sync
+    storage_figures.insights()  # what the worker computes after each full sync
     return SimpleNamespace(old=old, older=older)
 
 
 def test_each_repository_shows_what_deleting_its_stale_items_frees(stale_and_shared, viewer_client):
-    from hubimages import storage
+    from hubimages.storage import figures as storage_figures
 
-    figures = {row["name"]: row for row in storage.figures()["repositories"]}
+    figures = {row["name"]: row for row in storage_figures.figures()["repositories"]}
 
     page = viewer_client.get("/").content.decode()
 
@@ -246,10 +247,10 @@ def test_each_repository_shows_what_deleting_its_stale_items_frees(stale_and_sha
     assert '<span class="muted">0 B</span>' in row_of(page, "team/new")
     assert '<th scope="col" aria-sort="none" class="col-reclaimable">' in page
     totals = page[page.index('<tr class="totals">') :]
-    everything = storage.figures()["stale_reclaimable_bytes"]
+    everything = storage_figures.figures()["stale_reclaimable_bytes"]
     assert everything == old + figures["team/older"]["stale_reclaimable_bytes"] + 60_000
     assert f'title="{everything:,} bytes, with the blobs' in totals
-    stored = storage.figures()["stored_bytes"]
+    stored = storage_figures.figures()["stored_bytes"]
     assert f'title="{stored:,} bytes, each blob once' in totals
     assert "All 3 repositories" in totals and "2 of 3 stale" in totals
 
@@ -279,7 +280,7 @@ def repository_names_in(page: str) -> list[str]:
 def test_the_repositories_page_costs_the_same_queries_however_many_repositories(
     db, viewer_client, django_assert_max_num_queries
 ):
-    from hubimages import storage
+    from hubimages.storage import figures as storage_figures
 
     now = timezone.now()
 
@@ -289,7 +290,7 @@ def test_the_repositories_page_costs_the_same_queries_however_many_repositories(
             manifest(repo, f"r{n}", size=1_000, pushed_at=now - timedelta(days=900), tags=["1"])
             finish(repo)
         SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
-        storage.insights()
+        storage_figures.insights()
 
     sorts = ("-reclaimable", "name", "-size")
     add(3)

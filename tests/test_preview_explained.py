@@ -13,9 +13,10 @@ from django.utils import timezone
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages import deletion, preview, views
-from hubimages.formatting import human_size, short_digest
+from hubimages.deletion import planning, preview
+from hubimages.lib.formatting import human_size, short_digest
 from hubimages.models import Job, Manifest, Repository
+from hubimages.web import deletion
 
 REPO = "acme/shop"
 LIST = f"/repositories/{REPO}/"
@@ -46,9 +47,9 @@ def shop(pusher, sync):
     )
 
 
-def plan_for(*manifests) -> deletion.DeletionPlan:
+def plan_for(*manifests) -> planning.DeletionPlan:
     repository = Repository.objects.get(name=REPO)
-    return deletion.plan_deletion(repository=repository, digests=[m.digest for m in manifests])
+    return planning.plan_deletion(repository=repository, digests=[m.digest for m in manifests])
 
 
 def row_of(page: str, digest: str) -> str:
@@ -132,7 +133,7 @@ def test_deleting_an_active_item_without_the_second_tick_deletes_nothing(
     run_tasks()
 
     assert refused.status_code == 422
-    assert views.ACTIVE_UNCONFIRMED in refused.content.decode()
+    assert deletion.ACTIVE_UNCONFIRMED in refused.content.decode()
     assert not Job.objects.exists()
     assert registry_client.head_manifest(REPO, shop.release.digest) is not None
 

@@ -21,15 +21,8 @@ from devtools.faultproxy import FaultProxy
 from devtools.processes import Process, environment, wait_for_http
 from devtools.pusher import ImagePusher, random_layer
 from devtools.server import LocalRegistry, free_port
-from hubimages import locks
-from hubimages.models import (
-    Deletion,
-    DeletionRecord,
-    Job,
-    Manifest,
-    RegistryEvent,
-    WorkerHeartbeat,
-)
+from hubimages.lib import leases
+from hubimages.models import Deletion, DeletionRecord, Job, Manifest, RegistryEvent, WorkerHeartbeat
 from registry.client import RegistryClient
 from tests.conftest import PASSWORD
 
@@ -339,7 +332,7 @@ def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expir
         if WorkerHeartbeat.objects.filter(pid=process.pid, worker_id=job.worker_id).exists()
     )
     runner.kill()  # SIGKILL mid-deletion: no clean-up of any kind
-    assert locks.repository_locked("team/crash")
+    assert leases.repository_locked("team/crash")
 
     def settled() -> bool:
         """the other worker recovered the deletion"""
@@ -366,7 +359,7 @@ def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expir
         return repair is not None and repair.state == "succeeded"
 
     eventually(repaired, timeout=90)
-    assert not locks.repository_locked("team/crash")
+    assert not leases.repository_locked("team/crash")
     listed_now = set(
         Manifest.objects.filter(repository__name="team/crash").values_list("digest", flat=True)
     )

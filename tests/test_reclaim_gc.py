@@ -6,7 +6,7 @@ marks nothing. Each round collects once first, so only the deletion's effect is 
 """
 
 from devtools.pusher import random_layer
-from hubimages import deletion
+from hubimages.deletion import execution, planning
 from hubimages.models import Repository
 
 APP = "team/app"
@@ -37,12 +37,12 @@ def test_reclaimable_bytes_equal_what_garbage_collection_frees(
     pusher.push_image(APP, tag="nightly", layers=[random_layer(7_000, "new")])
     sync()  # the old nightly stays known, untagged
 
-    def delete_and_collect(*digests: str) -> tuple[int, deletion.DeletionPlan, int]:
+    def delete_and_collect(*digests: str) -> tuple[int, planning.DeletionPlan, int]:
         registry_server.garbage_collect()
         before = registry_server.blob_bytes_on_disk()
         repository = Repository.objects.get(name=APP)
-        preview = deletion.plan_deletion(repository=repository, digests=list(digests))
-        outcome = deletion.execute_deletion(
+        preview = planning.plan_deletion(repository=repository, digests=list(digests))
+        outcome = execution.execute_deletion(
             repository=repository,
             digests=list(digests),
             fingerprint=preview.fingerprint,

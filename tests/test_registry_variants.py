@@ -11,10 +11,11 @@ from django.template.loader import render_to_string
 
 from devtools.pusher import random_layer
 from devtools.server import LocalRegistry
-from hubimages import jobs
-from hubimages.deletion import DELETES_DISABLED, execute_deletion, plan_deletion
+from hubimages.deletion.execution import DELETES_DISABLED, execute_deletion
+from hubimages.deletion.planning import plan_deletion
+from hubimages.jobs import runner
 from hubimages.models import Manifest, Repository, Tag
-from hubimages.sync import sync_registry
+from hubimages.sync.service import sync_registry
 from registry.client import RegistryClient
 
 pytestmark = pytest.mark.django_db
@@ -148,7 +149,7 @@ def test_a_registry_with_deletes_turned_off_is_explained_and_asked_only_once(tmp
     assert not outcome.deleted
     page = render_to_string(
         "includes/deletion_outcome.html",
-        {"deletion": jobs.deletion_outcome(outcome), "repository": repository},
+        {"deletion": runner.deletion_outcome(outcome), "repository": repository},
     )
     assert 'id="deletes-disabled"' in page
     assert "The registry does not allow deleting" in page

@@ -11,10 +11,10 @@ import pytest
 from django.utils import timezone
 
 from devtools.pusher import PushedManifest, random_layer
-from hubimages import retention
-from hubimages.formatting import short_digest
+from hubimages.lib.formatting import short_digest
 from hubimages.models import DeletionRecord, Manifest, RetentionPolicy, RetentionRun
-from hubimages.sync import read_pushed, write_pushed
+from hubimages.retention import engine, policies, runs
+from hubimages.sync.store import read_pushed, write_pushed
 
 REPO = "team/app"
 
@@ -47,20 +47,20 @@ def set_times(now, manifest, *, pushed: float, pulled: float | None = None, repo
 
 
 def policy(*rules: dict, repositories=("**",), name: str = "ci-cleanup", **fields):
-    return retention.parse_policy(
+    return policies.parse_policy(
         {"name": name, "repositories": list(repositories), "rules": list(rules), **fields}
     )
 
 
-def repo_of(dry: retention.DryRun, name: str = REPO) -> retention.RepositoryDryRun:
+def repo_of(dry: engine.DryRun, name: str = REPO) -> engine.RepositoryDryRun:
     return next(r for r in dry.repositories if r.name == name)
 
 
-def kept(dry: retention.DryRun, name: str = REPO) -> dict[str, str]:
+def kept(dry: engine.DryRun, name: str = REPO) -> dict[str, str]:
     return {item.digest: item.reason for item in repo_of(dry, name).kept}
 
 
-def selected(dry: retention.DryRun, name: str = REPO) -> set[str]:
+def selected(dry: engine.DryRun, name: str = REPO) -> set[str]:
     return set(repo_of(dry, name).selected)
 
 
@@ -68,8 +68,8 @@ def in_registry(client, *manifests, repo: str = REPO) -> set[str]:
     return {m.digest for m in manifests if client.head_manifest(repo, m.digest) is not None}
 
 
-def run(dry: retention.DryRun, client, **options) -> retention.RunResult:
-    return retention.run(
+def run(dry: engine.DryRun, client, **options) -> runs.RunResult:
+    return runs.run(
         policy=dry.policy,
         now=dry.now,
         fingerprint=dry.fingerprint,
@@ -91,7 +91,7 @@ def test_keep_always_keeps_every_item_with_a_matching_tag_and_selects_the_rest(
     sync()
     untagged = seen_untagged(pusher, registry_client, "untagged")
 
-    dry = retention.dry_run(policy({"keep": "always", "tags": ["v*"]}), now=now)
+    dry = engine.dry_run(policy({"keep": "always", "tags": ["v*"]}), now=now)
 
     assert kept(dry) == {v10.digest: "kept by rule 1: always", v11.digest: "kept by rule 1: always"}
     assert selected(dry) == {main.digest, untagged.digest}
@@ -107,7 +107,7 @@ def test_latest_pushed_keeps_the_newest_n_and_a_tie_goes_to_the_smaller_digest(p
         set_times(now, image, pushed=days)
     smaller, larger = sorted([tied_a, tied_b], key=lambda m: m.digest)
 
-    dry = retention.dry_run(policy({"keep": "latest_pushed", "count": 2}), now=now)
+    dry = engine.dry_run(policy({"keep": "latest_pushed", "count": 2}), now=now)
 
     assert kept(dry) == {
         newest.digest: "kept by rule 1: latest 2",
@@ -141,7 +141,7 @@ def test_latest_pushed_with_group_by_keeps_n_of_each_branch(pusher, sync, now):
         "group_by": "^(main|pr-[0-9]+)-",
     }
 
-    grouped = retention.dry_run(policy(rule), now=now)
+    grouped = engine.dry_run(policy(rule), now=now)
 
     assert kept(grouped) == {
         images["main-3"].digest: "kept by rule 1: latest 1 of group main",
@@ -155,7 +155,7 @@ def test_latest_pushed_with_group_by_keeps_n_of_each_branch(pusher, sync, now):
     }
 
     without_group_by = {key: value for key, value in rule.items() if key != "group_by"}
-    ungrouped = retention.dry_run(policy(without_group_by), now=now)
+    ungrouped = engine.dry_run(policy(without_group_by), now=now)
     assert kept(ungrouped) == {images["pr-12-b"].digest: "kept by rule 1: latest 1"}
 
 
@@ -165,7 +165,7 @@ def test_a_group_by_without_a_capture_group_groups_by_the_whole_match(pusher, sy
     for days, tag in enumerate(("release-2", "nightly-1", "release-1"), start=1):
         set_times(now, images[tag], pushed=days)
 
-    dry = retention.dry_run(
+    dry = engine.dry_run(
         policy({"keep": "latest_pushed", "count": 1, "group_by": "^[a-z]+"}), now=now
     )
 
@@ -185,8 +185,8 @@ def test_latest_pulled_keeps_the_most_recently_pulled_and_never_what_was_never_p
     for tag in tags:
         set_times(now, images[tag], pushed=0.5 if tag == "y-2" else 20, pulled=pulls[tag])
 
-    plain = retention.dry_run(policy({"keep": "latest_pulled", "count": 3}), now=now)
-    grouped = retention.dry_run(
+    plain = engine.dry_run(policy({"keep": "latest_pulled", "count": 3}), now=now)
+    grouped = engine.dry_run(
         policy({"keep": "latest_pulled", "count": 1, "group_by": "^([a-z])-"}), now=now
     )
 
@@ -209,13 +209,13 @@ def test_pushed_within_and_pulled_within_count_days_back_from_the_runs_now(pushe
     set_times(now, old_pull, pushed=100, pulled=3 + 1 / 86_400)
     rules = ({"keep": "pushed_within", "days": 7}, {"keep": "pulled_within", "days": 3})
 
-    dry = retention.dry_run(policy(*rules), now=now)
+    dry = engine.dry_run(policy(*rules), now=now)
 
     assert kept(dry) == {
         edge.digest: "kept by rule 1: pushed within 7 days",
         pulled.digest: "kept by rule 2: pulled within 3 days",
     }
-    later = retention.dry_run(policy(*rules), now=now + timedelta(seconds=1))
+    later = engine.dry_run(policy(*rules), now=now + timedelta(seconds=1))
     assert kept(later) == {}  # `now` decides, nothing else
 
 
@@ -226,7 +226,7 @@ def test_exclude_tags_take_an_item_out_of_a_rule_even_when_another_tag_matches(p
     candidate = push(pusher, "v2.0-rc1")
     sync()
 
-    dry = retention.dry_run(
+    dry = engine.dry_run(
         policy({"keep": "always", "tags": ["v*"], "exclude_tags": ["*-debug", "*-rc*"]}), now=now
     )
 
@@ -245,15 +245,15 @@ def test_untagged_items_are_kept_only_by_a_rule_that_says_untagged(
     set_times(now, old, pushed=5)
     set_times(now, new, pushed=1)
 
-    tags_only = retention.dry_run(policy({"keep": "always"}), now=now)
-    with_untagged = retention.dry_run(
+    tags_only = engine.dry_run(policy({"keep": "always"}), now=now)
+    with_untagged = engine.dry_run(
         policy(
             {"keep": "always"},
             {"keep": "latest_pushed", "count": 1, "tags": [], "untagged": True},
         ),
         now=now,
     )
-    grouped = retention.dry_run(
+    grouped = engine.dry_run(
         policy({"keep": "latest_pushed", "count": 1, "group_by": "^(v)", "untagged": True}),
         now=now,
     )
@@ -284,8 +284,8 @@ def test_referrer_schema_tags_never_match_a_tag_pattern(pusher, sync, now):
     keep = push(pusher, "v1")
     sync()
 
-    star = retention.dry_run(policy({"keep": "always", "tags": ["*", "sha256-*"]}), now=now)
-    untagged = retention.dry_run(policy({"keep": "always", "untagged": True}), now=now)
+    star = engine.dry_run(policy({"keep": "always", "tags": ["*", "sha256-*"]}), now=now)
+    untagged = engine.dry_run(policy({"keep": "always", "untagged": True}), now=now)
 
     assert Manifest.objects.get(digest=orphan.digest).is_top_level
     assert kept(star) == {keep.digest: "kept by rule 1: always"}
@@ -301,10 +301,10 @@ def test_latest_is_kept_only_when_a_rule_keeps_it(pusher, sync, now):
     set_times(now, release, pushed=10)
     set_times(now, newest, pushed=1)
 
-    releases_only = retention.dry_run(
+    releases_only = engine.dry_run(
         policy({"keep": "latest_pushed", "count": 1, "tags": ["v*"]}), now=now
     )
-    naming_latest = retention.dry_run(
+    naming_latest = engine.dry_run(
         policy(
             {"keep": "latest_pushed", "count": 1, "tags": ["v*"]},
             {"keep": "always", "tags": ["latest"]},
@@ -322,7 +322,7 @@ def test_keeps_are_a_union_and_each_names_every_rule_that_keeps_it(pusher, sync,
     sync()
     set_times(now, image, pushed=1, pulled=1)
 
-    dry = retention.dry_run(
+    dry = engine.dry_run(
         policy(
             {"keep": "latest_pushed", "count": 3, "group_by": "^(main)-"},
             {"keep": "pushed_within", "days": 2},
@@ -347,7 +347,7 @@ def test_repository_patterns_choose_the_repositories_a_run_covers(pusher, sync, 
     sync()
 
     def covered(*patterns: str) -> list[str]:
-        dry = retention.dry_run(
+        dry = engine.dry_run(
             policy({"keep": "always", "tags": ["v*"]}, repositories=patterns), now=now
         )
         return [r.name for r in dry.repositories]
@@ -370,7 +370,7 @@ def test_a_keep_only_tagged_policy_never_breaks_a_multi_arch_image(
     current = pusher.push_index(REPO, tag="v1", images=[amd, arm], attestations=True)
     sync()  # v1 moved: the old index is an untagged top-level item, its images are not
 
-    dry = retention.dry_run(policy({"keep": "always", "tags": ["*"]}), now=now)
+    dry = engine.dry_run(policy({"keep": "always", "tags": ["*"]}), now=now)
 
     assert selected(dry) == {old.digest}
     plan = repo_of(dry).plan
@@ -410,7 +410,7 @@ def test_signatures_and_sboms_go_with_their_subject_and_stay_with_it(pusher, syn
     set_times(now, old, pushed=3)
     set_times(now, new, pushed=1)
 
-    dry = retention.dry_run(policy({"keep": "latest_pushed", "count": 1}), now=now)
+    dry = engine.dry_run(policy({"keep": "latest_pushed", "count": 1}), now=now)
 
     assert selected(dry) == {old.digest}  # referrers are never candidates themselves
     because = {item.digest: item.because for item in repo_of(dry).plan.delete}
@@ -439,7 +439,7 @@ def test_a_run_frees_exactly_the_dry_runs_reclaimable_bytes_under_garbage_collec
     registry_server.garbage_collect()
     before = registry_server.blob_bytes_on_disk()
 
-    dry = retention.dry_run(
+    dry = engine.dry_run(
         policy({"keep": "always", "tags": ["keep-*"]}, repositories=["team/a", "team/b"]), now=now
     )
     per_repository = sum(r.plan.reclaimable_bytes for r in dry.repositories)
@@ -470,14 +470,14 @@ def test_a_plan_that_changed_between_dry_run_and_run_deletes_nothing(
     sync()
     set_times(now, older, pushed=2)
     set_times(now, newer, pushed=1)
-    dry = retention.dry_run(policy({"keep": "latest_pushed", "count": 1}), now=now)
+    dry = engine.dry_run(policy({"keep": "latest_pushed", "count": 1}), now=now)
     assert selected(dry) == {older.digest}
     newest = push(pusher, "main-3")  # the registry moves on; hubimages has not seen it yet
 
     result = run(dry, registry_client)
 
     assert result.record.outcome == RetentionRun.Outcome.CHANGED
-    assert result.record.message == retention.CHANGED_MESSAGE
+    assert result.record.message == runs.CHANGED_MESSAGE
     assert in_registry(registry_client, older, newer, newest) == {
         older.digest,
         newer.digest,
@@ -492,7 +492,7 @@ def test_a_changed_database_is_caught_before_the_registry_is_asked(pusher, sync,
     sync()
     set_times(now, older, pushed=2)
     set_times(now, newer, pushed=1)
-    dry = retention.dry_run(policy({"keep": "latest_pushed", "count": 1}), now=now)
+    dry = engine.dry_run(policy({"keep": "latest_pushed", "count": 1}), now=now)
     set_times(now, older, pushed=0.5)  # a push event said otherwise meanwhile
 
     result = run(dry, client=None)  # would fail on the first registry request
@@ -515,7 +515,7 @@ def test_the_dry_run_marks_what_it_would_delete_that_was_pulled_in_the_last_30_d
     set_times(now, stale, pushed=90, pulled=40)
     set_times(now, kept_one, pushed=90, pulled=1)
 
-    dry = retention.dry_run(policy({"keep": "always", "tags": ["v*"]}), now=now)
+    dry = engine.dry_run(policy({"keep": "always", "tags": ["v*"]}), now=now)
 
     assert repo_of(dry).in_use == {
         amd.digest: "in use: pulled 1\xa0d ago",
@@ -530,8 +530,8 @@ def test_the_run_is_recorded_and_its_deletions_carry_the_policys_name(
     sync()
     set_times(now, old, pushed=2)
     set_times(now, new, pushed=1)
-    row = retention.save_policy(policy({"keep": "latest_pushed", "count": 1}, name="nightly"))
-    dry = retention.dry_run(retention.policy_of(row), now=now)
+    row = policies.save_policy(policy({"keep": "latest_pushed", "count": 1}, name="nightly"))
+    dry = engine.dry_run(policies.policy_of(row), now=now)
 
     result = run(dry, registry_client, row=row)
 
@@ -573,12 +573,12 @@ def test_the_brake_stops_a_scheduled_run_where_it_would_delete_too_much(
         set_times(now, image, pushed=1, repo="team/calm")
     set_times(now, calm_old, pushed=9, repo="team/calm")
     rules = ({"keep": "always", "tags": ["keep-*"]}, {"keep": "latest_pushed", "count": 1})
-    row = retention.save_policy(
+    row = policies.save_policy(
         policy(*rules, repositories=["team/*"], schedule={"every_hours": 24}), now=now
     )
     RetentionPolicy.objects.filter(pk=row.pk).update(next_run_at=now - timedelta(minutes=1))
 
-    [result] = retention.run_due_policies(now, client=registry_client)
+    [result] = runs.run_due_policies(now, client=registry_client)
 
     record = result.record
     assert (record.trigger, record.started_by) == ("scheduled", "schedule")
@@ -603,7 +603,7 @@ def test_a_run_that_someone_starts_is_not_braked(pusher, sync, registry_client, 
     sync()
     for days, image in enumerate(busy, start=1):
         set_times(now, image, pushed=days, repo="team/busy")
-    dry = retention.dry_run(policy({"keep": "latest_pushed", "count": 1}), now=now)
+    dry = engine.dry_run(policy({"keep": "latest_pushed", "count": 1}), now=now)
     assert [r.name for r in dry.braked] == ["team/busy"]
 
     result = run(dry, registry_client)
@@ -619,7 +619,7 @@ def test_only_enabled_policies_whose_schedule_is_due_run_and_each_only_once(
 
     def stored(name: str, *, hours: int | None, enabled=True, due: bool = True) -> int:
         schedule = {"every_hours": hours} if hours else None
-        row = retention.save_policy(
+        row = policies.save_policy(
             policy(
                 *rules, name=name, repositories=[f"{name}/*"], schedule=schedule, enabled=enabled
             )
@@ -634,8 +634,8 @@ def test_only_enabled_policies_whose_schedule_is_due_run_and_each_only_once(
     stored("later", hours=6, due=False)
     stored("manual", hours=None)
 
-    results = retention.run_due_policies(now, client=registry_client)
-    again = retention.run_due_policies(now, client=registry_client)
+    results = runs.run_due_policies(now, client=registry_client)
+    again = runs.run_due_policies(now, client=registry_client)
 
     assert [r.record.policy_name for r in results] == ["due"]
     assert again == []
@@ -645,27 +645,27 @@ def test_only_enabled_policies_whose_schedule_is_due_run_and_each_only_once(
 
 def test_saving_a_schedule_makes_the_first_run_one_period_later(db, now):
     rules = ({"keep": "always"},)
-    row = retention.save_policy(policy(*rules, schedule={"every_hours": 12}), now=now)
+    row = policies.save_policy(policy(*rules, schedule={"every_hours": 12}), now=now)
     assert row.next_run_at == now + timedelta(hours=12)
 
-    unchanged = retention.save_policy(
+    unchanged = policies.save_policy(
         policy(*rules, schedule={"every_hours": 12}), original=row, now=now + timedelta(hours=5)
     )
     assert unchanged.next_run_at == now + timedelta(hours=12)
 
-    off = retention.save_policy(policy(*rules), original=row)
+    off = policies.save_policy(policy(*rules), original=row)
     assert off.next_run_at is None
 
 
 def test_a_stored_policy_that_no_longer_reads_fails_its_scheduled_run_and_deletes_nothing(
     registry_client, db, now
 ):
-    row = retention.save_policy(policy({"keep": "always"}, schedule={"every_hours": 1}))
+    row = policies.save_policy(policy({"keep": "always"}, schedule={"every_hours": 1}))
     RetentionPolicy.objects.filter(pk=row.pk).update(
         rules=[{"keep": "bogus"}], next_run_at=now - timedelta(minutes=5)
     )
 
-    [result] = retention.run_due_policies(now, client=registry_client)
+    [result] = runs.run_due_policies(now, client=registry_client)
 
     assert result.record.outcome == RetentionRun.Outcome.FAILED
     assert result.record.message == (

@@ -11,8 +11,9 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from devtools.pusher import random_layer
-from hubimages import formatting, retention
-from hubimages.models import DeletionRecord, Manifest, RetentionPolicy, RetentionRun
+from hubimages.deletion import planning
+from hubimages.lib import formatting
+from hubimages.models import DeletionRecord, Manifest, Repository, RetentionPolicy, RetentionRun
 
 POLICY = {
     "name": "ci-cleanup",
@@ -75,7 +76,7 @@ def test_dry_run_json_prints_spec_8s_object_with_delete_images_plans(teams, poli
     now = formatting.iso(timezone.now().replace(microsecond=0))
     assert printed["now"][:16] == now[:16] and printed["now"].endswith("Z")
     assert [r["repository"] for r in printed["repositories"]] == ["team/app", "team/web"]
-    total_ids = []
+    selections = {}
     for entry in printed["repositories"]:
         assert list(entry) == ["repository", "selected", "plan"]
         images = teams[entry["repository"]]
@@ -85,13 +86,14 @@ def test_dry_run_json_prints_spec_8s_object_with_delete_images_plans(teams, poli
             "delete_images", entry["repository"], *entry["selected"], "--dry-run", "--json"
         )
         assert entry["plan"] == json.loads(plan_out)
-        total_ids += list(
-            Manifest.objects.filter(
-                repository__name=entry["repository"],
-                digest__in=[item["digest"] for item in entry["plan"]["delete"]],
-            ).values_list("pk", flat=True)
-        )
-    assert printed["reclaimable_bytes"] == retention.deletion.reclaimable_bytes(total_ids)
+        selections[Repository.objects.get(name=entry["repository"])] = entry["selected"]
+    # The whole run's bytes: the plan of every repository's selection together, which
+    # counts the blobs that only deleted items of several repositories share.
+    together = planning.plan_deletions(selections)
+    assert printed["reclaimable_bytes"] == together.reclaimable_bytes
+    assert printed["reclaimable_bytes"] >= sum(
+        entry["plan"]["reclaimable_bytes"] for entry in printed["repositories"]
+    )
     assert not DeletionRecord.objects.exists()
 
 

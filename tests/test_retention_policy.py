@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from hubimages import retention
-from hubimages.retention import FieldError
+from hubimages.retention import policies
+from hubimages.retention.policies import FieldError
 
 SPEC_EXAMPLE = {
     "name": "ci-cleanup",
@@ -28,7 +28,7 @@ SPEC_EXAMPLE = {
 
 
 def errors_of(data) -> dict[str, str]:
-    return {error.field: error.message for error in retention.validate_policy(data)}
+    return {error.field: error.message for error in policies.validate_policy(data)}
 
 
 def with_rule(**rule) -> dict:
@@ -36,9 +36,9 @@ def with_rule(**rule) -> dict:
 
 
 def test_the_spec_example_is_valid_and_exports_with_every_default_written_out():
-    assert retention.validate_policy(SPEC_EXAMPLE) == []
+    assert policies.validate_policy(SPEC_EXAMPLE) == []
 
-    exported = retention.parse_policy(SPEC_EXAMPLE).as_json()
+    exported = policies.parse_policy(SPEC_EXAMPLE).as_json()
 
     assert exported == {
         **SPEC_EXAMPLE,
@@ -46,8 +46,8 @@ def test_the_spec_example_is_valid_and_exports_with_every_default_written_out():
         "schedule": None,
         "enabled": True,
     }
-    assert list(exported) == list(retention.POLICY_FIELDS)
-    again = retention.parse_policy_json(json.dumps(exported))
+    assert list(exported) == list(policies.POLICY_FIELDS)
+    again = policies.parse_policy_json(json.dumps(exported))
     assert again.as_json() == exported
 
 
@@ -59,7 +59,7 @@ def test_a_schedule_and_the_brake_round_trip():
         "enabled": False,
     }
 
-    policy = retention.parse_policy(data)
+    policy = policies.parse_policy(data)
 
     assert (policy.schedule_hours, policy.max_delete_fraction, policy.enabled) == (24, 0.25, False)
     assert policy.as_json() == data
@@ -209,10 +209,10 @@ def test_each_policy_field_gets_its_own_message(data, field, message):
 
 
 def test_broken_json_and_non_objects_are_refused_with_the_reason():
-    with pytest.raises(retention.InvalidPolicy) as broken:
-        retention.parse_policy_json('{"name": "p",')
+    with pytest.raises(policies.InvalidPolicy) as broken:
+        policies.parse_policy_json('{"name": "p",')
     assert str(broken.value.errors[0]).startswith("not valid JSON: Expecting")
-    assert retention.validate_policy(["p"]) == [
+    assert policies.validate_policy(["p"]) == [
         FieldError("", 'a policy is a JSON object: {"name": …, "rules": […]}')
     ]
 
@@ -232,7 +232,7 @@ def test_broken_json_and_non_objects_are_refused_with_the_reason():
     ],
 )
 def test_repository_patterns_include_and_a_leading_bang_excludes(patterns, covered):
-    policy = retention.parse_policy(
+    policy = policies.parse_policy(
         {"name": "p", "repositories": patterns, "rules": [{"keep": "always"}]}
     )
     names = {"team/app", "team/golden", "team/sub/deep", "other"}
@@ -241,7 +241,7 @@ def test_repository_patterns_include_and_a_leading_bang_excludes(patterns, cover
 
 
 def test_a_rule_describes_what_it_keeps_in_words():
-    policy = retention.parse_policy(SPEC_EXAMPLE)
+    policy = policies.parse_policy(SPEC_EXAMPLE)
 
     assert [rule.describe() for rule in policy.rules] == [
         "keep always — tags v*, latest",

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages import locks, retention, views
+from hubimages.lib import leases
 from hubimages.models import (
     DeletionRecord,
     Job,
@@ -24,6 +24,8 @@ from hubimages.models import (
     RetentionPolicy,
     RetentionRun,
 )
+from hubimages.retention import engine, policies, runs
+from hubimages.web import deletion, retention
 from tests.builders import finish, manifest
 
 REPO = "acme/shop"
@@ -69,7 +71,7 @@ def shop(pusher, sync):
 
 @pytest.fixture
 def ci(db):
-    return retention.save_policy(retention.parse_policy(POLICY))
+    return policies.save_policy(policies.parse_policy(POLICY))
 
 
 def run_form(page: str) -> dict[str, str]:
@@ -115,11 +117,11 @@ def test_the_retention_page_lists_what_each_policy_covers_its_last_run_and_next_
     for name in ("acme/shop", "acme/web", "other/tool"):
         Repository.objects.create(name=name)
     now = timezone.now()
-    ci = retention.save_policy(
-        retention.parse_policy({**POLICY, "schedule": {"every_hours": 6}}), now=now
+    ci = policies.save_policy(
+        policies.parse_policy({**POLICY, "schedule": {"every_hours": 6}}), now=now
     )
-    retention.save_policy(
-        retention.parse_policy({**POLICY, "name": "manual", "repositories": ["**"]})
+    policies.save_policy(
+        policies.parse_policy({**POLICY, "name": "manual", "repositories": ["**"]})
     )
     RetentionRun.objects.create(
         policy=ci,
@@ -160,8 +162,8 @@ def test_the_retention_page_needs_the_same_few_queries_for_many_policies_and_run
 ):
     def add(count: int) -> int:
         for _ in range(count):
-            row = retention.save_policy(
-                retention.parse_policy({**POLICY, "name": f"p{RetentionPolicy.objects.count()}"})
+            row = policies.save_policy(
+                policies.parse_policy({**POLICY, "name": f"p{RetentionPolicy.objects.count()}"})
             )
             for days in range(3):
                 RetentionRun.objects.create(
@@ -190,7 +192,7 @@ def test_the_editor_shows_per_repository_what_goes_what_stays_and_by_which_rule(
 
     # As of the page's own `now` (the fingerprint holds it: a second later is another plan).
     shown_now = datetime.fromisoformat(run_form(page)["now"])
-    dry = retention.dry_run(retention.policy_of(ci), now=shown_now)
+    dry = engine.dry_run(policies.policy_of(ci), now=shown_now)
     repo = dry.repositories[0]
     assert delete_items(page) == [item.digest for item in repo.plan.delete]
     assert set(delete_items(page)) == {shop.mains[0].digest, shop.mains[1].digest}
@@ -234,8 +236,8 @@ def test_the_editor_needs_as_many_queries_for_a_big_repository_as_for_a_small_on
     fill("big/app", 120)
 
     def queries(pattern: str) -> int:
-        retention.save_policy(
-            retention.parse_policy({**POLICY, "name": pattern[:3], "repositories": [pattern]})
+        policies.save_policy(
+            policies.parse_policy({**POLICY, "name": pattern[:3], "repositories": [pattern]})
         )
         with django_assert_max_num_queries(20) as captured:
             response = deleter_client.get(f"/retention/policies/{pattern[:3]}/")
@@ -255,7 +257,7 @@ def test_the_live_preview_answers_only_the_dry_run_to_htmx(shop, ci, deleter_cli
     assert page.lstrip().startswith('<section id="dry-run"')
     assert "<html" not in page and 'id="policy-form"' not in page
     assert "HX-Request" in response["Vary"]
-    plan = retention.dry_run(retention.parse_policy(draft)).repositories[0].plan
+    plan = engine.dry_run(policies.parse_policy(draft)).repositories[0].plan
     assert delete_items(page) == [item.digest for item in plan.delete]
     assert {shop.release.digest, shop.amd.digest} < set(delete_items(page))  # its image too
     assert "kept by rule 1: latest 1" in page
@@ -300,7 +302,7 @@ def test_an_unchanged_policy_in_the_editor_can_run_as_it_was_saved(shop, ci, del
 
     assert "not saved" not in page
     form = run_form(page)
-    saved = retention.dry_run(retention.policy_of(ci), now=datetime.fromisoformat(form["now"]))
+    saved = engine.dry_run(policies.policy_of(ci), now=datetime.fromisoformat(form["now"]))
     assert form["fingerprint"] == saved.fingerprint
 
 
@@ -348,7 +350,7 @@ def test_saving_stores_the_policy_json_and_opens_its_page(db, deleter_client):
 
     assert response.status_code == 303 and response["Location"] == EDITOR
     row = RetentionPolicy.objects.get()
-    assert retention.policy_of(row).as_json() == {
+    assert policies.policy_of(row).as_json() == {
         **POLICY,
         "rules": [
             {"keep": "always", "tags": ["v*"]},
@@ -389,7 +391,7 @@ def test_run_now_deletes_exactly_the_previewed_plan_then_shows_a_fresh_preview(
     shop, ci, deleter, deleter_client, registry_client
 ):
     page = deleter_client.get(EDITOR).content.decode()
-    dry = retention.dry_run(retention.policy_of(ci))
+    dry = engine.dry_run(policies.policy_of(ci))
 
     response = deleter_client.post(RUN, {**run_form(page), "confirm": "yes"})
 
@@ -444,7 +446,7 @@ def test_run_now_with_a_preview_the_registry_outdated_deletes_nothing(
     outcome = follow_job(deleter_client, deleter_client.post(RUN, {**form, "confirm": "yes"}))
 
     assert Job.objects.get().state == "failed"
-    assert retention.CHANGED_MESSAGE in html.unescape(outcome)
+    assert runs.CHANGED_MESSAGE in html.unescape(outcome)
     assert f'<a href="{EDITOR}">See the fresh preview of ci</a>' in outcome
     fresh = deleter_client.get(EDITOR).content.decode()
     assert run_form(fresh)["fingerprint"] != form["fingerprint"]
@@ -464,7 +466,7 @@ def test_a_plan_that_already_differs_in_the_database_starts_no_job(
     response = deleter_client.post(RUN, {**form, "confirm": "yes"})
 
     assert response.status_code == 409
-    assert views.RUN_CHANGED in response.content.decode()
+    assert retention.CHANGED in response.content.decode()
     assert not Job.objects.exists() and not RetentionRun.objects.exists()
 
 
@@ -472,7 +474,7 @@ def test_run_now_while_someone_else_holds_a_repository_deletes_nothing_and_retri
     shop, ci, deleter_client
 ):
     form = run_form(deleter_client.get(EDITOR).content.decode())
-    held = locks.acquire(locks.repository_lease_name(REPO), owner="sync")
+    held = leases.acquire(leases.repository_lease_name(REPO), owner="sync")
 
     outcome = follow_job(deleter_client, deleter_client.post(RUN, {**form, "confirm": "yes"}))
 
@@ -481,7 +483,7 @@ def test_run_now_while_someone_else_holds_a_repository_deletes_nothing_and_retri
     assert f"repository {REPO} is busy" in html.unescape(outcome)
     assert not DeletionRecord.objects.exists()
     assert RetentionRun.objects.get().outcome == "busy"
-    locks.release(held)
+    leases.release(held)
 
 
 def test_a_preview_time_that_is_not_one_gets_a_fresh_preview(shop, ci, deleter_client):
@@ -499,7 +501,7 @@ def test_run_now_needs_the_box_ticked(shop, ci, deleter_client):
     response = deleter_client.post(RUN, form)
 
     assert response.status_code == 422
-    assert views.UNCONFIRMED in response.content.decode()
+    assert deletion.UNCONFIRMED in response.content.decode()
     assert not DeletionRecord.objects.exists() and not RetentionRun.objects.exists()
 
 

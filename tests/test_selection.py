@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hubimages import deletion
+from hubimages.deletion import planning
 from hubimages.models import Repository
 from tests.builders import finish, manifest
 
@@ -83,7 +83,7 @@ def test_unticking_on_a_page_leaves_the_other_pages_selection_alone(thirty, dele
 def test_the_running_total_is_what_the_preview_of_the_same_selection_frees(thirty, deleter_client):
     bar = tick(deleter_client, thirty[:10], [thirty[2], thirty[5]]).content.decode()
     repository = Repository.objects.get(name="many")
-    plan = deletion.plan_deletion(repository=repository, digests=[thirty[2], thirty[5]])
+    plan = planning.plan_deletion(repository=repository, digests=[thirty[2], thirty[5]])
     preview = deleter_client.post(f"{LIST}-/delete/", {"digest": [thirty[2], thirty[5]]})
 
     assert bar.lstrip().startswith('<div class="selection-toolbar" id="selection-bar"')

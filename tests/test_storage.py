@@ -17,9 +17,12 @@ from django.utils import timezone
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages import deletion, jobs, storage
+from hubimages.deletion import execution, planning
+from hubimages.jobs import queue
 from hubimages.models import Deletion, Manifest, Repository, StorageFigures, StorageSample, SyncRun
-from hubimages.sync import sync_registry
+from hubimages.storage import collection
+from hubimages.storage import figures as storage_figures
+from hubimages.sync.service import sync_registry
 
 API = "team/api"
 WEB = "team/web"
@@ -85,7 +88,7 @@ def by_name(figures: dict) -> dict[str, dict]:
 
 
 def test_figures_have_the_shape_of_the_storage_api(two_teams):
-    figures = storage.figures()
+    figures = storage_figures.figures()
 
     assert list(figures) == [
         "stored_bytes",
@@ -103,7 +106,7 @@ def test_figures_have_the_shape_of_the_storage_api(two_teams):
 
 
 def test_a_repositorys_stale_figure_is_what_delete_images_dry_run_reports(two_teams):
-    figures = by_name(storage.figures())
+    figures = by_name(storage_figures.figures())
 
     for name in (API, WEB):
         digests = stale_digests(name)
@@ -111,7 +114,7 @@ def test_a_repositorys_stale_figure_is_what_delete_images_dry_run_reports(two_te
         assert figures[name]["stale_reclaimable_bytes"] == dry_run_bytes(name, digests)
     assert sorted(stale_digests(API)) == sorted([two_teams.old.digest, two_teams.release.digest])
     # The stale index takes its amd64 image; its arm64 image stays in "stable".
-    api_plan = deletion.plan_deletion(
+    api_plan = planning.plan_deletion(
         repository=Repository.objects.get(name=API), digests=stale_digests(API)
     )
     assert two_teams.amd.digest in {item.digest for item in api_plan.delete}
@@ -121,10 +124,10 @@ def test_a_repositorys_stale_figure_is_what_delete_images_dry_run_reports(two_te
 def test_the_registrys_stale_figure_counts_a_layer_only_stale_items_of_two_repositories_share(
     two_teams,
 ):
-    figures = storage.figures()
+    figures = storage_figures.figures()
     rows = by_name(figures)
 
-    together = deletion.plan_deletions(
+    together = planning.plan_deletions(
         {Repository.objects.get(name=name): stale_digests(name) for name in (API, WEB)}
     )
     assert figures["stale_reclaimable_bytes"] == together.reclaimable_bytes
@@ -135,7 +138,7 @@ def test_the_registrys_stale_figure_counts_a_layer_only_stale_items_of_two_repos
 
 
 def test_the_untagged_figure_is_the_plan_of_the_untagged_items(two_teams):
-    figures = storage.figures()
+    figures = storage_figures.figures()
     untagged = command_json("list_images", API, "--filter", "untagged", "--json")["results"]
 
     assert [row["digest"] for row in untagged] == [two_teams.first_nightly.digest]
@@ -147,7 +150,7 @@ def test_the_untagged_figure_is_the_plan_of_the_untagged_items(two_teams):
 
 
 def test_stored_bytes_are_the_registrys_blobs_each_counted_once(two_teams, registry_server):
-    figures = storage.figures()
+    figures = storage_figures.figures()
 
     assert figures["stored_bytes"] == registry_server.blob_bytes_on_disk()
     rows = by_name(figures)
@@ -160,13 +163,13 @@ def test_the_garbage_collector_frees_exactly_the_registrys_stale_figure(
 ):
     registry_server.garbage_collect()
     before = registry_server.blob_bytes_on_disk()
-    expected = storage.figures()["stale_reclaimable_bytes"]
+    expected = storage_figures.figures()["stale_reclaimable_bytes"]
 
     for name in (API, WEB):
         repository = Repository.objects.get(name=name)
         digests = stale_digests(name)
-        plan = deletion.plan_deletion(repository=repository, digests=digests)
-        outcome = deletion.execute_deletion(
+        plan = planning.plan_deletion(repository=repository, digests=digests)
+        outcome = execution.execute_deletion(
             repository=repository,
             digests=digests,
             fingerprint=plan.fingerprint,
@@ -181,7 +184,7 @@ def test_the_garbage_collector_frees_exactly_the_registrys_stale_figure(
 
 
 def test_the_largest_items_and_the_most_shared_layers(two_teams):
-    document = storage.insights()
+    document = storage_figures.insights()
 
     largest = document["largest"]
     sizes = [item["size"] for item in largest]
@@ -213,38 +216,38 @@ def test_the_largest_items_and_the_most_shared_layers(two_teams):
 
 
 def test_figures_are_computed_once_per_state_and_anew_after_a_sync(two_teams, pusher, sync):
-    storage.insights()
+    storage_figures.insights()
     with CaptureQueriesContext(connection) as queries:
-        again = storage.insights()
+        again = storage_figures.insights()
     assert len(queries) == 3  # the state's two aggregates and the cached row
 
     pusher.push_image(WEB, tag="big", layers=[random_layer(70_000, "big")])
     with CaptureQueriesContext(connection) as queries:
-        before_sync = storage.insights()
+        before_sync = storage_figures.insights()
     assert len(queries) == 3
     assert before_sync == again  # events aside, the registry is read by syncs
 
     sync(WEB)  # a repository's sync is enough
-    after = storage.insights()
+    after = storage_figures.insights()
     assert after["stored_bytes"] > again["stored_bytes"]
     assert by_name(after)[WEB]["stored_bytes"] >= by_name(again)[WEB]["stored_bytes"] + 70_000
     assert StorageFigures.objects.count() == 1
 
 
 def test_a_full_sync_job_leaves_the_figures_ready(two_teams, registry_url):
-    jobs.start_sync(started_by="schedule")
+    queue.start_sync(started_by="schedule")
     run_tasks()
 
     with CaptureQueriesContext(connection) as queries:
-        storage.insights()
+        storage_figures.insights()
     assert len(queries) == 3
 
 
 def test_a_deletion_shows_in_the_figures_at_once(two_teams, registry_client):
-    before = storage.figures()
+    before = storage_figures.figures()
     repository = Repository.objects.get(name=WEB)
-    plan = deletion.plan_deletion(repository=repository, digests=[two_teams.web_old.digest])
-    deletion.execute_deletion(
+    plan = planning.plan_deletion(repository=repository, digests=[two_teams.web_old.digest])
+    execution.execute_deletion(
         repository=repository,
         digests=[two_teams.web_old.digest],
         fingerprint=plan.fingerprint,
@@ -253,17 +256,17 @@ def test_a_deletion_shows_in_the_figures_at_once(two_teams, registry_client):
         username="test",
     )
 
-    after = storage.figures()
+    after = storage_figures.figures()
     assert by_name(after)[WEB]["stale_reclaimable_bytes"] == 0
     assert after["stored_bytes"] == before["stored_bytes"] - plan.reclaimable_bytes
 
 
 def test_a_change_of_day_or_of_the_stale_setting_computes_anew(two_teams, settings):
-    key = storage.state_key()
+    key = storage_figures.state_key()
 
     settings.STALE_AFTER_MONTHS = 120
-    assert storage.state_key() != key
-    assert storage.figures()["stale_reclaimable_bytes"] == 0
+    assert storage_figures.state_key() != key
+    assert storage_figures.figures()["stale_reclaimable_bytes"] == 0
 
 
 # -- history -------------------------------------------------------------------------------------
@@ -276,10 +279,10 @@ def test_each_successful_full_sync_adds_one_point(pusher, sync, registry_client)
     sync()
     sync(API)  # one repository's sync is no point of the registry's history
 
-    points = storage.figures()["history"]
+    points = storage_figures.figures()["history"]
     assert len(points) == 2 == StorageSample.objects.count()
     assert points[1]["stored_bytes"] - points[0]["stored_bytes"] > 20_000
-    assert points[1]["stored_bytes"] == storage.figures()["stored_bytes"]
+    assert points[1]["stored_bytes"] == storage_figures.figures()["stored_bytes"]
     assert points[0]["at"] < points[1]["at"] and points[1]["at"].endswith("Z")
 
     registry_client.base_url = "http://127.0.0.1:9"  # nothing listens there
@@ -294,7 +297,7 @@ def test_the_history_shows_at_most_120_points_of_the_last_90_days(db):
         StorageSample(at=now - timedelta(minutes=15 * n), stored_bytes=n) for n in range(1000)
     )
 
-    points = storage.history(now)
+    points = storage_figures.history(now)
 
     assert len(points) == 120
     assert points[0]["stored_bytes"] == 999 and points[-1]["stored_bytes"] == 0
@@ -305,7 +308,7 @@ def test_points_older_than_a_year_are_forgotten(db):
     StorageSample.objects.create(at=now - timedelta(days=400), stored_bytes=1)
     StorageSample.objects.create(at=now - timedelta(days=300), stored_bytes=2)
 
-    storage.record_sample(now)
+    storage_figures.record_sample(now)
 
     assert list(StorageSample.objects.values_list("stored_bytes", flat=True)) == [2, 0]
 
@@ -315,8 +318,8 @@ def test_points_older_than_a_year_are_forgotten(db):
 
 def delete(name: str, digests: list[str], client) -> Deletion:
     repository = Repository.objects.get(name=name)
-    plan = deletion.plan_deletion(repository=repository, digests=digests)
-    outcome = deletion.execute_deletion(
+    plan = planning.plan_deletion(repository=repository, digests=digests)
+    outcome = execution.execute_deletion(
         repository=repository,
         digests=digests,
         fingerprint=plan.fingerprint,
@@ -334,18 +337,18 @@ def test_what_waits_for_the_garbage_collector_is_known_until_it_runs(
     second = delete(API, [two_teams.old.digest], registry_client)
     assert first.probe_digest and second.probe_digest
 
-    waiting = storage.waiting_for_collection()
-    assert waiting == storage.Waiting(first.reclaimed_bytes + second.reclaimed_bytes, 2)
+    waiting = collection.waiting_for_collection()
+    assert waiting == collection.Waiting(first.reclaimed_bytes + second.reclaimed_bytes, 2)
     assert waiting.bytes > 0
 
     sync()  # the registry still has the blobs: nothing collected
-    assert storage.waiting_for_collection() == waiting
+    assert collection.waiting_for_collection() == waiting
 
     registry_server.garbage_collect()
     third = delete(API, [two_teams.release.digest], registry_client)
     sync()
 
-    assert storage.waiting_for_collection() == storage.Waiting(third.reclaimed_bytes, 1)
+    assert collection.waiting_for_collection() == collection.Waiting(third.reclaimed_bytes, 1)
     assert Deletion.objects.filter(collected_at__isnull=False).count() == 2
 
 
@@ -360,13 +363,13 @@ def test_deletions_from_before_the_upgrade_are_not_counted_as_waiting(db):
 
     migration.untracked_deletions_count_as_collected(apps, None)
 
-    assert storage.waiting_for_collection() == storage.Waiting(0, 0)
+    assert collection.waiting_for_collection() == collection.Waiting(0, 0)
 
 
 def test_a_sync_run_in_progress_is_no_state_to_cache_figures_for(two_teams):
-    key = storage.state_key()
+    key = storage_figures.state_key()
     run = SyncRun.objects.create(started_at=timezone.now())
-    during = storage.state_key()
+    during = storage_figures.state_key()
     SyncRun.objects.filter(pk=run.pk).update(finished_at=timezone.now(), succeeded=True)
 
-    assert len({key, during, storage.state_key()}) == 3
+    assert len({key, during, storage_figures.state_key()}) == 3

@@ -12,9 +12,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from hubimages import storage
-from hubimages.formatting import human_size
+from hubimages.lib.formatting import human_size
 from hubimages.models import Blob, Manifest, ManifestBlob, Repository, StorageSample, SyncRun
+from hubimages.storage import figures as storage_figures
 from tests.builders import digest_for, finish, manifest
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -53,7 +53,7 @@ def registry_rows(db):
 
 
 def test_the_page_shows_the_registrys_figures(registry_rows, viewer_client):
-    figures = storage.figures()
+    figures = storage_figures.figures()
     assert figures["stale_reclaimable_bytes"] == 50_000 + 3_000  # not the shared layer
     assert figures["untagged_bytes"] == 20_000
 
@@ -71,7 +71,7 @@ def test_the_page_shows_the_registrys_figures(registry_rows, viewer_client):
 def test_the_bar_chart_has_a_title_and_the_table_behind_it_the_same_figures(
     registry_rows, viewer_client
 ):
-    figures = {row["name"]: row for row in storage.figures()["repositories"]}
+    figures = {row["name"]: row for row in storage_figures.figures()["repositories"]}
 
     page = viewer_client.get("/storage/").content.decode()
 
@@ -205,7 +205,7 @@ def test_the_page_costs_the_same_queries_however_many_repositories(
             manifest(repository, f"image-{n}", size=1_000, pushed_at=now - timedelta(days=900))
             finish(repository)
         SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
-        storage.insights()  # what the sync leaves ready
+        storage_figures.insights()  # what the sync leaves ready
 
     add(3)
     with CaptureQueriesContext(connection) as few:

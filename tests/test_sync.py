@@ -17,9 +17,10 @@ from django.utils import timezone
 
 from devtools.pusher import random_layer
 from devtools.server import LocalRegistry
-from hubimages import inventory
+from hubimages.inventory import lists
 from hubimages.models import Blob, IndexEntry, Manifest, Repository, SyncRun, Tag
-from hubimages.sync import sync_registry
+from hubimages.storage.figures import after_full_sync
+from hubimages.sync.service import sync_registry
 from registry.client import RegistryClient
 
 pytestmark = pytest.mark.django_db
@@ -37,8 +38,8 @@ def tags_of(repository: str) -> dict[str, str]:
 
 def rows(repository: str, **query) -> list[dict]:
     repo = Repository.objects.get(name=repository)
-    listing = inventory.top_level(repo, inventory.ListQuery(**query))
-    return [inventory.row_as_dict(row) for row in inventory.with_details(listing)]
+    listing = lists.top_level(repo, lists.ListQuery(**query))
+    return [lists.row_as_dict(row) for row in lists.with_details(listing)]
 
 
 def counting_client(url: str, **kwargs) -> tuple[RegistryClient, Counter]:
@@ -232,7 +233,7 @@ def test_a_second_sync_fetches_no_manifest_bodies(registry_server, pusher, db):
     counts.clear()
 
     with CaptureQueriesContext(connection) as queries:
-        second = sync_registry(client, workers=4)
+        second = sync_registry(client, workers=4, after_full_sync=after_full_sync)
 
     assert second.manifests_added == second.manifests_removed == second.tags_changed == 0
     assert counts[("GET", "manifests")] == 0

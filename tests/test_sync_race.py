@@ -8,9 +8,8 @@ import pytest
 from django.utils import timezone
 
 from devtools.pusher import random_layer
-from hubimages import events
-from hubimages import sync as hubimages_sync
 from hubimages.models import Manifest, RegistryEvent, Tag
+from hubimages.sync import events, store
 
 REPO = "race/app"
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -33,7 +32,7 @@ def between_crawl_and_write(monkeypatch):
     """Run `meanwhile` once, after a sync's crawl and before its write."""
 
     def install(meanwhile) -> None:
-        original = hubimages_sync._write
+        original = store.write_snapshot
         calls = []
 
         def write(snapshot, known):
@@ -42,7 +41,7 @@ def between_crawl_and_write(monkeypatch):
                 meanwhile()
             return original(snapshot, known)
 
-        monkeypatch.setattr(hubimages_sync, "_write", write)
+        monkeypatch.setattr(store, "write_snapshot", write)
 
     return install
 

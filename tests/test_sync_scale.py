@@ -8,8 +8,8 @@ import pytest
 from django.db import DatabaseError
 
 from devtools.pusher import random_layer
-from hubimages import sync as hubimages_sync
 from hubimages.models import IndexEntry, Manifest, Tag
+from hubimages.sync import store
 from registry import spool
 
 pytestmark = pytest.mark.django_db
@@ -37,15 +37,15 @@ def push_builds(pusher, names: range) -> None:
 
 @pytest.fixture
 def spy_writes(monkeypatch):
-    """The snapshots `_write` was given, with how many of their manifests were on disk."""
+    """The snapshots `write_snapshot` was given, with how many of their manifests were on disk."""
     seen: list[tuple[int, int]] = []
-    original = hubimages_sync._write
+    original = store.write_snapshot
 
     def write(snapshot, known):
         seen.append((len(snapshot.fetched), snapshot.fetched.spilled))
         return original(snapshot, known)
 
-    monkeypatch.setattr(hubimages_sync, "_write", write)
+    monkeypatch.setattr(store, "write_snapshot", write)
     return seen
 
 
@@ -59,7 +59,7 @@ def test_a_repository_past_the_memory_budget_waits_on_disk_and_is_written_in_chu
     Tag.objects.all().delete()
 
     monkeypatch.setattr(spool, "DEFAULT_MEMORY_BYTES", 0)  # nothing stays in memory
-    monkeypatch.setattr(hubimages_sync, "CHUNK", 4)
+    monkeypatch.setattr(store, "CHUNK", 4)
     sync()
 
     assert spy_writes[-1] == (15, 15)  # 3 indexes, 6 images, 6 attestations, all on disk
@@ -71,9 +71,9 @@ def test_a_failure_in_a_later_chunk_leaves_the_repository_as_it_was(pusher, sync
     sync()
     before = state()
     push_builds(pusher, range(1, 4))
-    monkeypatch.setattr(hubimages_sync, "CHUNK", 2)
+    monkeypatch.setattr(store, "CHUNK", 2)
     calls = []
-    insert = hubimages_sync._insert_blob_links
+    insert = store._insert_blob_links
 
     def fail_on_the_third_chunk(*args):
         calls.append(1)
@@ -81,7 +81,7 @@ def test_a_failure_in_a_later_chunk_leaves_the_repository_as_it_was(pusher, sync
             raise DatabaseError(MESSAGE)
         return insert(*args)
 
-    monkeypatch.setattr(hubimages_sync, "_insert_blob_links", fail_on_the_third_chunk)
+    monkeypatch.setattr(store, "_insert_blob_links", fail_on_the_third_chunk)
 
     summary = sync(expect_errors=True)
 

@@ -19,7 +19,7 @@ from devtools.pusher import ImagePusher, random_layer
 from devtools.server import LocalRegistry
 from devtools.tokenserver import Account, TokenServer
 from hubimages.models import DeletionRecord, Manifest, Tag
-from hubimages.sync import sync_registry
+from hubimages.sync.service import sync_registry
 from registry.client import RegistryClient
 
 pytestmark = pytest.mark.django_db

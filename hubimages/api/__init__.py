@@ -7,6 +7,8 @@ ours); its settings travel in a JSON data block read by a script file, so it run
 our Content Security Policy, with no CDN, inline script or eval. It is a page, so the
 login wall sends strangers to sign in; everything else here answers JSON to a session or a
 token, and JSON errors to anyone else (`errors`).
+
+May import every feature package and `hubimages.accounts`; never `hubimages.web`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
-from hubimages import tokens
+from hubimages.accounts import tokens
 from hubimages.api.errors import ApiError
 from hubimages.models import ApiToken
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Router
 
-from hubimages import jobs
 from hubimages.api.errors import ApiError
 from hubimages.api.schemas import JobOut, error_responses
+from hubimages.jobs import queue
 from hubimages.models import Job
 
 router = Router(tags=["jobs"])
@@ -19,7 +19,7 @@ router = Router(tags=["jobs"])
 def get_job(request: HttpRequest, job_id: int) -> dict:
     """`status` is queued, running, succeeded or failed; `progress` says where a running
     job is; `outcome` what a finished one did. Users see their own jobs, admins all."""
-    job = jobs.visible_to(request.user).filter(pk=job_id).first()
+    job = queue.visible_to(request.user).filter(pk=job_id).first()
     if job is None:
         raise ApiError(404, "not_found", f"no job {job_id} that you started")
     return job_out(job)

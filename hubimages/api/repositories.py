@@ -12,7 +12,6 @@ from django.urls import register_converter, reverse
 from django.utils import timezone
 from ninja import Path, Query, Router, Status
 
-from hubimages import deletion, formatting, inventory, jobs
 from hubimages.api.auth import require_delete
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import paginate, reject_unknown_parameters
@@ -28,6 +27,10 @@ from hubimages.api.schemas import (
     RepositoryPage,
     error_responses,
 )
+from hubimages.deletion import planning
+from hubimages.inventory import details, lists, repositories
+from hubimages.jobs import queue
+from hubimages.lib import formatting
 from hubimages.models import Manifest, Repository
 from registry import media
 
@@ -63,7 +66,7 @@ register_converter(DigestConverter, "oci_digest")
 def list_repositories(request: HttpRequest, query: Query[RepositoriesQuery]) -> dict:
     """Every repository with its counts, stored bytes and last push."""
     reject_unknown_parameters(request, RepositoriesQuery)
-    rows = inventory.repository_overview(query.search.strip(), query.ordering)
+    rows = repositories.repository_overview(query.search.strip(), query.ordering)
     return paginate(request, rows, query, lambda page: [_repository_out(row) for row in page])
 
 
@@ -89,16 +92,16 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     shape of `list_images --json`."""
     reject_unknown_parameters(request, ImagesQuery)
     repository = _repository(name)
-    listing = inventory.ListQuery(
+    listing = lists.ListQuery(
         search=query.search.strip(),
         filter=query.filter,
         sort=query.ordering,
         status=query.status or "",
     )
-    rows = inventory.with_details(inventory.top_level(repository, listing))
+    rows = lists.with_details(lists.top_level(repository, listing))
     now = timezone.now()
     return paginate(
-        request, rows, query, lambda page: [inventory.row_as_dict(row, now) for row in page]
+        request, rows, query, lambda page: [lists.row_as_dict(row, now) for row in page]
     )
 
 
@@ -113,11 +116,11 @@ def image_detail(request: HttpRequest, digest: str, name: str = NAME) -> dict:
     repository = _repository(name)
     digest = _digest(digest, "digest")
     try:
-        manifest = inventory.manifest_detail(repository, digest)
+        manifest = details.manifest_detail(repository, digest)
     except Manifest.DoesNotExist:
         raise ApiError(404, "not_found", f"no manifest {digest} in {repository.name}") from None
     return {
-        **inventory.row_as_dict(manifest),
+        **lists.row_as_dict(manifest),
         "platform": manifest.platform,
         "manifest_size": manifest.size,
         "artifact_type": manifest.artifact_type,
@@ -135,7 +138,7 @@ def image_detail(request: HttpRequest, digest: str, name: str = NAME) -> dict:
             }
             for referrer in manifest.referrers.all()
         ],
-        "layers": [vars(layer) for layer in inventory.layers_of(manifest)],
+        "layers": [vars(layer) for layer in details.layers_of(manifest)],
         "labels": manifest.labels if isinstance(manifest.labels, dict) else {},
         "annotations": manifest.annotations if isinstance(manifest.annotations, dict) else {},
     }
@@ -162,7 +165,7 @@ def delete_images(
     require_delete(request)
     repository = _repository(name)
     digests = [_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
-    plan = deletion.plan_deletion(repository=repository, digests=digests)
+    plan = planning.plan_deletion(repository=repository, digests=digests)
     if payload.dry_run:
         return Status(200, plan_out(plan))
     if not payload.fingerprint:
@@ -184,7 +187,7 @@ def delete_images(
         )
     if not plan.delete:
         raise ApiError(422, "nothing_to_delete", "the plan deletes nothing")
-    job = jobs.start_deletion(
+    job = queue.start_deletion(
         repository=repository,
         digests=list(plan.selected),
         fingerprint=plan.fingerprint,
@@ -195,7 +198,7 @@ def delete_images(
     return Status(202, {"id": job.pk, "url": url})
 
 
-def plan_out(plan: deletion.DeletionPlan) -> dict:
+def plan_out(plan: planning.DeletionPlan) -> dict:
     """`delete_images --dry-run --json`, plus the fingerprint and the refused digests."""
     return {
         **plan.as_dict(),
@@ -212,7 +215,7 @@ def _repository(name: str) -> Repository:
 
 
 def _digest(text: str, field: str) -> str:
-    digest = deletion.normalize_digest(text)
+    digest = planning.normalize_digest(text)
     if not media.is_digest(digest):
         raise ApiError(
             422,

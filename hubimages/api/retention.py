@@ -16,7 +16,6 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import Query, Router, Status
 
-from hubimages import jobs, retention
 from hubimages.api.auth import require_delete
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import paginate, reject_unknown_parameters
@@ -30,7 +29,9 @@ from hubimages.api.schemas import (
     RunIn,
     error_responses,
 )
+from hubimages.jobs import queue
 from hubimages.models import RetentionPolicy as PolicyRow
+from hubimages.retention import engine, policies
 
 router = Router(tags=["retention policies"])
 
@@ -67,8 +68,8 @@ def create_policy(request: HttpRequest, response: HttpResponse) -> Status:
     require_delete(request)
     policy = _policy_in(request)
     try:
-        row = retention.save_policy(policy)
-    except retention.PolicyExists as exists:
+        row = policies.save_policy(policy)
+    except policies.PolicyExists as exists:
         raise ApiError(
             409, "policy_exists", f"{exists}: replace it with PUT {_url(policy.name)}"
         ) from None
@@ -99,8 +100,8 @@ def replace_policy(request: HttpRequest, name: str) -> dict:
     row = _row(name)
     policy = _policy_in(request)
     try:
-        row = retention.save_policy(policy, original=row)
-    except retention.PolicyExists as exists:
+        row = policies.save_policy(policy, original=row)
+    except policies.PolicyExists as exists:
         raise ApiError(409, "policy_exists", str(exists)) from None
     return policy_json(row)
 
@@ -126,7 +127,7 @@ def dry_run_policy(request: HttpRequest, name: str) -> dict:
     """What a run would delete now, per repository (each plan as `delete-images` answers
     it), and its `now` and `fingerprint`: send both to `run` to delete exactly that."""
     require_delete(request)
-    return dry_run_out(retention.dry_run(retention.policy_of(_row(name))))
+    return dry_run_out(engine.dry_run(policies.policy_of(_row(name))))
 
 
 @router.post(
@@ -139,16 +140,16 @@ def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpRe
     nothing: 409 with a fresh dry run when it would differ already."""
     require_delete(request)
     row = _row(name)
-    policy = retention.policy_of(row)
-    if retention.dry_run(policy, now=payload.now).fingerprint != payload.fingerprint:
+    policy = policies.policy_of(row)
+    if engine.dry_run(policy, now=payload.now).fingerprint != payload.fingerprint:
         raise ApiError(
             409,
             "plan_changed",
             "the registry changed since that dry run (or it was another one): nothing was "
             "deleted; check the new dry run and send its now and fingerprint",
-            dry_run=dry_run_out(retention.dry_run(policy)),
+            dry_run=dry_run_out(engine.dry_run(policy)),
         )
-    job = jobs.start_retention(
+    job = queue.start_retention(
         policy=row.name, now=payload.now, fingerprint=payload.fingerprint, user=request.user
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
@@ -157,10 +158,10 @@ def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpRe
 
 
 def policy_json(row: PolicyRow) -> dict[str, Any]:
-    return retention.policy_of(row).as_json()
+    return policies.policy_of(row).as_json()
 
 
-def dry_run_out(result: retention.DryRun) -> dict[str, Any]:
+def dry_run_out(result: engine.DryRun) -> dict[str, Any]:
     return {**result.as_dict(), "fingerprint": result.fingerprint}
 
 
@@ -175,18 +176,18 @@ def _url(name: str) -> str:
     return reverse("api:get_policy", kwargs={"name": name})
 
 
-def _policy_in(request: HttpRequest) -> retention.Policy:
-    if len(request.body) > retention.MAX_IMPORT_BYTES:
+def _policy_in(request: HttpRequest) -> policies.Policy:
+    if len(request.body) > policies.MAX_IMPORT_BYTES:
         raise ApiError(
-            400, "bad_request", f"a policy is at most {retention.MAX_IMPORT_BYTES // 1000} kB"
+            400, "bad_request", f"a policy is at most {policies.MAX_IMPORT_BYTES // 1000} kB"
         )
     try:
         data = json.loads(request.body)
     except ValueError:
         raise ApiError(400, "bad_request", "the request body is not valid JSON") from None
     try:
-        return retention.parse_policy(data)
-    except retention.InvalidPolicy as invalid:
+        return policies.parse_policy(data)
+    except policies.InvalidPolicy as invalid:
         raise ApiError(
             422,
             "invalid_policy",

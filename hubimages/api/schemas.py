@@ -11,7 +11,9 @@ from django.conf import settings
 from ninja import Field, Schema
 from pydantic import AwareDatetime, ConfigDict, StrictBool
 
-from hubimages import inventory, retention
+from hubimages.inventory import lists
+from hubimages.inventory import repositories as inventory_repositories
+from hubimages.retention import policies
 
 MAX_PAGE_SIZE = 100
 MAX_DIGESTS = 1000
@@ -76,7 +78,7 @@ class Page(Schema):
 
 class RepositoriesQuery(PageQuery):
     search: str = Field("", max_length=200, description="Part of the repository's name.")
-    ordering: Literal[tuple(inventory.REPOSITORY_SORTS)] = Field(  # type: ignore[valid-type]
+    ordering: Literal[tuple(inventory_repositories.REPOSITORY_SORTS)] = Field(  # type: ignore[valid-type]
         "name", description="`-` first for descending."
     )
 
@@ -102,14 +104,14 @@ class ImagesQuery(PageQuery):
         description="Tag substring, or digest prefix with or without `sha256:`; a match on "
         "a child shows its index.",
     )
-    filter: Literal[inventory.FILTERS] = Field(  # type: ignore[valid-type]
-        inventory.DEFAULT_FILTER, description="Which top-level items."
+    filter: Literal[lists.FILTERS] = Field(  # type: ignore[valid-type]
+        lists.DEFAULT_FILTER, description="Which top-level items."
     )
     status: Literal["active", "stale"] | None = Field(
         None, description="Stale: no pull or push for `STALE_AFTER_MONTHS`."
     )
-    ordering: Literal[inventory.SORTS] = Field(  # type: ignore[valid-type]
-        inventory.DEFAULT_SORT, description="`-` first for descending; never pulled sorts last."
+    ordering: Literal[lists.SORTS] = Field(  # type: ignore[valid-type]
+        lists.DEFAULT_SORT, description="`-` first for descending; never pulled sorts last."
     )
 
 
@@ -254,7 +256,7 @@ class JobOut(Schema):
 
 
 class RuleSchema(Strict):
-    keep: Literal[retention.KEEP_KINDS]  # type: ignore[valid-type]
+    keep: Literal[policies.KEEP_KINDS]  # type: ignore[valid-type]
     count: int | None = None
     days: int | None = None
     tags: list[str] | None = None
@@ -271,9 +273,9 @@ class RetentionPolicy(Strict):
     """SPEC §8's policy JSON, as `retention_policy export` prints it."""
 
     name: str
-    repositories: list[str] = Field(default_factory=lambda: list(retention.DEFAULT_REPOSITORIES))
+    repositories: list[str] = Field(default_factory=lambda: list(policies.DEFAULT_REPOSITORIES))
     rules: list[RuleSchema]
-    max_delete_fraction: float = retention.DEFAULT_MAX_DELETE_FRACTION
+    max_delete_fraction: float = policies.DEFAULT_MAX_DELETE_FRACTION
     schedule: ScheduleSchema | None = None
     enabled: bool = True
 

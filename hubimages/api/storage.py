@@ -6,8 +6,8 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Router
 
-from hubimages import storage
 from hubimages.api.schemas import StorageOut, error_responses
+from hubimages.storage import figures
 
 router = Router(tags=["storage"])
 
@@ -19,4 +19,4 @@ def get_storage(request: HttpRequest) -> dict:
     repositories counted once) and per repository; and stored bytes after each full sync.
     A repository's `stale_reclaimable_bytes` is what `delete-images` with all its stale
     top-level digests would report."""
-    return storage.figures()
+    return figures.figures()

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages import formatting, retention
-from hubimages.connection import registry_client
-from hubimages.formatting import human_size, short_digest
+from hubimages.lib import formatting
+from hubimages.lib.formatting import human_size, short_digest
 from hubimages.models import RetentionPolicy, RetentionRun
+from hubimages.registries.client import registry_client
+from hubimages.retention import engine, policies, runs
 
 
 class Command(BaseCommand):
@@ -43,7 +44,7 @@ class Command(BaseCommand):
         parsed = read_policy(policy)
         if repositories:
             check_covered(parsed, repositories)
-        preview = retention.dry_run(parsed, repositories=repositories)
+        preview = engine.dry_run(parsed, repositories=repositories)
         if dry_run or not as_json:
             self.write_dry_run(preview, as_json)
         if dry_run:
@@ -55,7 +56,7 @@ class Command(BaseCommand):
             self.stderr.write("Nothing deleted.")
             return
         with registry_client() as client:
-            result = retention.run(
+            result = runs.run(
                 policy=parsed,
                 now=preview.now,
                 fingerprint=preview.fingerprint,
@@ -69,7 +70,7 @@ class Command(BaseCommand):
         if result.record.outcome != RetentionRun.Outcome.DONE:
             raise CommandError(result.record.message)
 
-    def confirm(self, preview: retention.DryRun) -> bool:
+    def confirm(self, preview: engine.DryRun) -> bool:
         if not sys.stdin.isatty():
             raise CommandError(
                 "refusing to delete without confirmation: standard input is not a terminal; "
@@ -83,7 +84,7 @@ class Command(BaseCommand):
         self.stderr.flush()
         return sys.stdin.readline().strip().lower() in ("y", "yes")
 
-    def write_dry_run(self, preview: retention.DryRun, as_json: bool) -> None:
+    def write_dry_run(self, preview: engine.DryRun, as_json: bool) -> None:
         if as_json:
             self.stdout.write(json.dumps(preview.as_dict(), indent=2))
             return
@@ -142,7 +143,7 @@ class Command(BaseCommand):
         self.stdout.write(record.message)
 
 
-def read_policy(path: str) -> retention.Policy:
+def read_policy(path: str) -> policies.Policy:
     """The policy in the file (or standard input for `-`), or a CommandError naming every
     problem with its field."""
     try:
@@ -150,23 +151,23 @@ def read_policy(path: str) -> retention.Policy:
     except OSError as error:
         raise CommandError(f"cannot read {path}: {error.strerror}") from None
     try:
-        return retention.parse_policy_json(text)
-    except retention.InvalidPolicy as invalid:
+        return policies.parse_policy_json(text)
+    except policies.InvalidPolicy as invalid:
         raise CommandError(
             f"{path} is not a valid policy:\n" + "\n".join(f"  {e}" for e in invalid.errors)
         ) from None
 
 
-def stored_as(policy: retention.Policy) -> RetentionPolicy | None:
+def stored_as(policy: policies.Policy) -> RetentionPolicy | None:
     """The stored policy this file is an export of (same name, same rules): its runs from
     here show on its page too."""
     row = RetentionPolicy.objects.filter(name=policy.name).first()
-    if row is not None and retention.policy_of(row).effective_json() == policy.effective_json():
+    if row is not None and policies.policy_of(row).effective_json() == policy.effective_json():
         return row
     return None
 
 
-def check_covered(policy: retention.Policy, repositories: list[str]) -> None:
+def check_covered(policy: policies.Policy, repositories: list[str]) -> None:
     outside = [name for name in repositories if not policy.covers(name)]
     if outside:
         raise CommandError(f"policy {policy.name} does not cover {', '.join(outside)}")

@@ -4,7 +4,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages import tokens
+from hubimages.accounts import tokens
 from hubimages.models import ApiToken
 
 

@@ -19,7 +19,7 @@ from django.db import connection
 from django.utils import timezone
 from django_tasks_db.management.commands import db_worker
 
-from hubimages import jobs
+from hubimages.jobs import worker
 
 log = logging.getLogger("hubimages.worker")
 
@@ -39,7 +39,7 @@ class Housekeeper(threading.Thread):
         try:
             while not self.stopping.is_set():
                 try:
-                    jobs.maintain(self.worker_id, self.started_at)
+                    worker.maintain(self.worker_id, self.started_at)
                 except Exception:  # the database restarting: try again next round
                     log.exception("worker housekeeping failed")
                     connection.close()
@@ -51,7 +51,7 @@ class Housekeeper(threading.Thread):
         self.stopping.set()
         self.join(timeout=10)
         try:
-            jobs.stop_beating(self.worker_id)
+            worker.stop_beating(self.worker_id)
         finally:
             connection.close()
 
@@ -70,7 +70,7 @@ class Command(db_worker.Command):
 
     def handle(self, *args, worker_id: str, **options) -> None:
         housekeeper = Housekeeper(worker_id)
-        jobs.beat(worker_id, housekeeper.started_at)  # alive before the first claim
+        worker.beat(worker_id, housekeeper.started_at)  # alive before the first claim
         housekeeper.start()
         try:
             super().handle(*args, worker_id=worker_id, **options)

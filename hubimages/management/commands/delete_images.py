@@ -11,11 +11,11 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages import deletion
-from hubimages.connection import registry_client
-from hubimages.formatting import human_size
-from hubimages.locks import LeaseLost, RepositoryBusy
+from hubimages.deletion import execution, planning
+from hubimages.lib.formatting import human_size
+from hubimages.lib.leases import LeaseLost, RepositoryBusy
 from hubimages.models import Manifest, Repository
+from hubimages.registries.client import registry_client
 
 MIN_PREFIX = 12
 _HEX = re.compile(r"^[a-f0-9]+$")
@@ -43,7 +43,7 @@ class Command(BaseCommand):
         except Repository.DoesNotExist:
             raise CommandError(f"no repository {repository!r}: run sync_registry first") from None
         selected = [resolve_digest(repo, text) for text in digests]
-        plan = deletion.plan_deletion(repository=repo, digests=selected)
+        plan = planning.plan_deletion(repository=repo, digests=selected)
         if plan.refused:
             raise CommandError(
                 "cannot delete:\n"
@@ -77,7 +77,7 @@ class Command(BaseCommand):
                 f"{len(outcome.failed) + len(outcome.skipped)} manifests could not be deleted"
             )
 
-    def confirm(self, plan: deletion.DeletionPlan) -> bool:
+    def confirm(self, plan: planning.DeletionPlan) -> bool:
         if not sys.stdin.isatty():
             raise CommandError(
                 "refusing to delete without confirmation: standard input is not a terminal; "
@@ -91,10 +91,10 @@ class Command(BaseCommand):
         self.stderr.flush()
         return sys.stdin.readline().strip().lower() in ("y", "yes")
 
-    def delete(self, repo, selected, plan) -> deletion.DeletionOutcome:
+    def delete(self, repo, selected, plan) -> execution.DeletionOutcome:
         client = registry_client()
         try:
-            return deletion.execute_deletion(
+            return execution.execute_deletion(
                 repository=repo,
                 digests=selected,
                 fingerprint=plan.fingerprint,
@@ -102,12 +102,12 @@ class Command(BaseCommand):
                 client=client,
                 username=f"cli:{getpass.getuser()}",
             )
-        except (RepositoryBusy, LeaseLost, deletion.RecheckFailed) as error:
+        except (RepositoryBusy, LeaseLost, execution.RecheckFailed) as error:
             raise CommandError(str(error)) from None
         finally:
             client.close()
 
-    def show(self, plan: deletion.DeletionPlan) -> None:
+    def show(self, plan: planning.DeletionPlan) -> None:
         write = self.stdout.write
         write(f"Plan for {plan.repository}:")
         for group, items in plan.groups():
@@ -128,7 +128,7 @@ class Command(BaseCommand):
             "registry's garbage collector runs."
         )
 
-    def report(self, outcome: deletion.DeletionOutcome, as_json: bool) -> None:
+    def report(self, outcome: execution.DeletionOutcome, as_json: bool) -> None:
         if as_json:
             self.stdout.write(
                 json.dumps(

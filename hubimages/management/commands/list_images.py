@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages import inventory
+from hubimages.inventory import lists
 from hubimages.models import Repository
 
 
@@ -13,21 +13,21 @@ class Command(BaseCommand):
         parser.add_argument("repository")
         parser.add_argument("--json", action="store_true", help="print JSON (the stable shape)")
         parser.add_argument("--search", default="")
-        parser.add_argument("--filter", default=inventory.DEFAULT_FILTER, choices=inventory.FILTERS)
-        parser.add_argument("--sort", default=inventory.DEFAULT_SORT, choices=inventory.SORTS)
-        parser.add_argument("--status", default="", choices=[s for s in inventory.STATUSES if s])
+        parser.add_argument("--filter", default=lists.DEFAULT_FILTER, choices=lists.FILTERS)
+        parser.add_argument("--sort", default=lists.DEFAULT_SORT, choices=lists.SORTS)
+        parser.add_argument("--status", default="", choices=[s for s in lists.STATUSES if s])
 
     def handle(self, *args, repository, search, filter, sort, status, **options):
         try:
             repo = Repository.objects.get(name=repository)
         except Repository.DoesNotExist:
             raise CommandError(f"no repository {repository!r}: run sync_registry first") from None
-        query = inventory.ListQuery(search=search, filter=filter, sort=sort, status=status)
-        rows = list(inventory.with_details(inventory.top_level(repo, query)))
+        query = lists.ListQuery(search=search, filter=filter, sort=sort, status=status)
+        rows = list(lists.with_details(lists.top_level(repo, query)))
         listing = {
             "repository": repo.name,
             "count": len(rows),
-            "results": [inventory.row_as_dict(row) for row in rows],
+            "results": [lists.row_as_dict(row) for row in rows],
         }
         if options["json"]:
             self.stdout.write(json.dumps(listing, indent=2))

@@ -4,9 +4,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from hubimages import events
-from hubimages.connection import registry_client
 from hubimages.models import RegistryEvent
+from hubimages.registries.client import registry_client
+from hubimages.sync import events
 
 
 class Command(BaseCommand):

@@ -8,9 +8,9 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages import retention
 from hubimages.management.commands.apply_retention import read_policy
 from hubimages.models import RetentionPolicy
+from hubimages.retention import policies
 
 
 class Command(BaseCommand):
@@ -38,11 +38,11 @@ class Command(BaseCommand):
                 row = RetentionPolicy.objects.get(name=options["name"])
             except RetentionPolicy.DoesNotExist:
                 raise CommandError(f"no policy named {options['name']}") from None
-            self.stdout.write(json.dumps(retention.policy_of(row).as_json(), indent=2))
+            self.stdout.write(json.dumps(policies.policy_of(row).as_json(), indent=2))
         else:
             policy = read_policy(options["file"])
             try:
-                retention.save_policy(policy, replace=options["replace"])
-            except retention.PolicyExists as error:
+                policies.save_policy(policy, replace=options["replace"])
+            except policies.PolicyExists as error:
                 raise CommandError(f"{error}: pass --replace to replace it") from None
             self.stdout.write(f"Stored policy {policy.name}.")

@@ -2,11 +2,12 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages import events
-from hubimages.connection import registry_client
-from hubimages.formatting import plural
-from hubimages.locks import LeaseBusy
-from hubimages.sync import SyncSummary, sync_registry
+from hubimages.lib.formatting import plural
+from hubimages.lib.leases import LeaseBusy
+from hubimages.registries.client import registry_client
+from hubimages.storage.figures import after_full_sync
+from hubimages.sync import events
+from hubimages.sync.service import SyncSummary, sync_registry
 
 
 class Command(BaseCommand):
@@ -51,6 +52,7 @@ class Command(BaseCommand):
                 workers=workers,
                 progress=progress,
                 prune=prune,
+                after_full_sync=after_full_sync,
             )
             # Registry events still pending (a push whose fetch failed, a deferred delete).
             processed_events = events.process_received(client)

@@ -1,0 +1,2 @@
+"""People's own credentials: personal access tokens and the limit on failed attempts.
+Imports `hubimages.lib` and `hubimages.models`."""

@@ -1,0 +1,4 @@
+"""Preview and delete (SPEC §4): the plan (`planning`), its execution (`execution`), what
+the preview explains beside it (`preview`) and the deletion history (`history`). Imports
+`hubimages.lib`, `hubimages.models`, `hubimages.inventory`, `hubimages.sync` and the
+`registry` library."""

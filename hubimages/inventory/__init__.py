@@ -1,0 +1,3 @@
+"""Selectors: what the pages, the API and the commands read about repositories and their
+items (lists, counts, search, status, details). Reads only; imports `hubimages.lib`,
+`hubimages.models`, `hubimages.sync.rollups` and the `registry` library."""

@@ -1,0 +1,125 @@
+"""Starting jobs: a `Job` row and its task enqueued in one transaction; retries
+enqueued again with back-off. The task is named by its path (`RUN_JOB`), so this module
+needs nothing of the modules that run jobs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from hubimages.models import Job, Repository
+
+log = logging.getLogger("hubimages.jobs")
+
+Kind = Job.Kind
+State = Job.State
+RETRY_DELAYS = (15, 60, 300)  # seconds before the 2nd, 3rd… attempt
+# The task that runs a job, by its path: it imports the modules that run jobs, which use
+# this one to retry.
+RUN_JOB = "hubimages.jobs.tasks.run_job"
+
+
+class Retry(Exception):
+    """The job failed for a reason that may pass: try again later."""
+
+
+# -- starting ---------------------------------------------------------------------------------
+
+
+def start(
+    kind: str,
+    *,
+    user=None,
+    started_by: str = "",
+    repository: str = "",
+    params: dict | None = None,
+    max_attempts: int = 3,
+) -> Job:
+    """Record the job and enqueue its task, in one transaction."""
+    run_job = import_string(RUN_JOB)
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=kind,
+            user=user,
+            started_by=started_by or (user.get_username() if user else ""),
+            repository=repository,
+            params=params or {},
+            max_attempts=max_attempts,
+        )
+        result = run_job.enqueue(job.pk)
+        Job.objects.filter(pk=job.pk).update(task_id=str(result.id))
+        job.task_id = str(result.id)
+    return job
+
+
+def start_sync(*, user=None, started_by: str = "", repository: str = "") -> Job:
+    """A full sync (or one repository's), unless the same one is already queued or running:
+    then that job, so a second click follows the first."""
+    kind = Kind.SYNC_REPOSITORY if repository else Kind.SYNC
+    waiting = Job.objects.filter(
+        kind=kind, repository=repository, state__in=(State.QUEUED, State.RUNNING)
+    ).first()
+    return waiting or start(kind, user=user, started_by=started_by, repository=repository)
+
+
+def start_retention(
+    *,
+    policy: str,
+    now: datetime,
+    fingerprint: str | None,
+    user=None,
+    started_by: str = "",
+    scheduled: bool = False,
+) -> Job:
+    """A retention run of the stored policy `policy` as of `now`: exactly the dry run
+    previewed as `fingerprint`, or (scheduled, no fingerprint) previewed and executed in
+    one go with the brake."""
+    params = {
+        "policy": policy,
+        "now": now.isoformat(),
+        "fingerprint": fingerprint,
+        "scheduled": scheduled,
+    }
+    return start(Kind.RETENTION, user=user, started_by=started_by, params=params)
+
+
+def start_deletion(*, repository: Repository, digests: list[str], fingerprint: str, user) -> Job:
+    """The deletion of a previewed plan: executed by a worker, exactly that plan or nothing.
+    Not retried once it may have deleted something (see `_run_deletion`)."""
+    params = {"digests": digests, "fingerprint": fingerprint}
+    return start(Kind.DELETION, user=user, repository=repository.name, params=params)
+
+
+def visible_to(user) -> QuerySet[Job]:
+    """The jobs `user` may follow: admins everyone's, others their own."""
+    return Job.objects.all() if user.is_staff else Job.objects.filter(user=user)
+
+
+def fail_job(job: Job, message: str) -> None:
+    Job.objects.filter(pk=job.pk).update(
+        state=State.FAILED, message=message, progress="", finished_at=timezone.now()
+    )
+
+
+def retry_or_fail(job: Job, reason: str) -> None:
+    job.refresh_from_db(fields=["attempts", "max_attempts"])
+    if job.attempts >= job.max_attempts:
+        fail_job(job, f"gave up after {job.attempts} attempts: {reason}")
+        return
+    run_job = import_string(RUN_JOB)
+    delay = RETRY_DELAYS[min(max(job.attempts - 1, 0), len(RETRY_DELAYS) - 1)]
+    run_after = timezone.now() + timedelta(seconds=delay)
+    with transaction.atomic():
+        result = run_job.using(run_after=run_after).enqueue(job.pk)
+        Job.objects.filter(pk=job.pk).update(
+            state=State.QUEUED,
+            task_id=str(result.id),
+            progress="",
+            message=f"attempt {job.attempts} of {job.max_attempts} failed: {reason}; "
+            f"trying again at {run_after:%H:%M:%S} UTC",
+        )

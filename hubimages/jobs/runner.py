@@ -1,0 +1,222 @@
+"""Jobs: the long or registry-bound work that people (or the schedule) start, run by the
+workers as `django.tasks` on django-tasks-db's queue (SPEC §7).
+
+A web request only calls `start_…`, which writes a `Job` and enqueues its task in one
+transaction, and answers at once; the page then follows the job's progress. The task
+(`hubimages.jobs.tasks.run_job`) calls `run`, which runs the job's service and records its
+progress, outcome or failure. A failure that may pass (the registry unreachable, the
+repository busy) is retried with back-off, at most `max_attempts` times.
+
+django-tasks-db leaves a task whose worker died in RUNNING for ever. Every worker beats a
+`WorkerHeartbeat`; `recover`, which the workers run every few seconds, finds the tasks of
+workers that stopped beating and runs their jobs again or marks them failed. Their leases
+(repository locks) expire by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import F
+from django.utils import timezone
+
+from hubimages.deletion import execution
+from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail
+from hubimages.lib.formatting import plural
+from hubimages.lib.leases import LeaseBusy, LeaseLost
+from hubimages.models import Job, Repository, RetentionPolicy, RetentionRun
+from hubimages.registries.client import registry_client
+from hubimages.retention import policies, runs
+from hubimages.storage import figures
+from hubimages.sync import service
+from registry.errors import RegistryError
+
+log = logging.getLogger("hubimages.jobs")
+PROGRESS_EVERY = 0.5  # seconds between two progress writes
+
+
+# -- running (in a worker) ----------------------------------------------------------------------
+
+
+def run(job_id: int, *, worker_id: str = "") -> None:
+    """Run a queued job once; called by its task."""
+    now = timezone.now()
+    claimed = Job.objects.filter(pk=job_id, state=State.QUEUED).update(
+        state=State.RUNNING,
+        started_at=now,
+        finished_at=None,
+        attempts=F("attempts") + 1,
+        worker_id=worker_id[:64],
+        progress="Started",
+    )
+    if not claimed:
+        return  # finished or taken over meanwhile
+    job = Job.objects.get(pk=job_id)
+    try:
+        outcome = HANDLERS[job.kind](job, _progress_writer(job))
+    except Retry as reason:
+        retry_or_fail(job, str(reason))
+    except (LeaseBusy, RegistryError, DatabaseError) as error:
+        retryable = not isinstance(error, RegistryError) or error.retryable
+        if retryable:
+            retry_or_fail(job, str(error))
+        else:
+            fail_job(job, str(error))
+    except Exception as error:
+        log.exception("job %s (%s) failed", job.pk, job.kind)
+        fail_job(job, f"internal error: {error!r}")
+    else:
+        _finish(job, outcome)
+
+
+def _progress_writer(job: Job) -> Callable[[str], None]:
+    last = 0.0
+
+    def write(line: str) -> None:
+        nonlocal last
+        if time.monotonic() - last >= PROGRESS_EVERY:
+            last = time.monotonic()
+            Job.objects.filter(pk=job.pk).update(progress=line[:500])
+
+    return write
+
+
+def _finish(job: Job, outcome: dict) -> None:
+    failed = outcome.pop("failed_because", "")
+    Job.objects.filter(pk=job.pk).update(
+        state=State.FAILED if failed else State.SUCCEEDED,
+        outcome=outcome,
+        message=failed,
+        progress="",
+        finished_at=timezone.now(),
+    )
+
+
+def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
+    with registry_client() as client:
+        summary = service.sync_registry(
+            client,
+            catalog=settings.REGISTRY_REPOSITORIES,
+            workers=settings.SYNC_WORKERS,
+            progress=progress,
+            after_full_sync=figures.after_full_sync,
+        )
+    if summary.succeeded:
+        # The Storage page's figures for the state the sync left, computed here rather
+        # than by the first person who opens the page.
+        progress("Computing the storage figures")
+        figures.insights()
+    return _sync_outcome(summary)
+
+
+def _run_repository_sync(job: Job, progress: Callable[[str], None]) -> dict:
+    with registry_client() as client:
+        summary = service.sync_registry(
+            client, repositories=[job.repository], workers=settings.SYNC_WORKERS, progress=progress
+        )
+    return _sync_outcome(summary)
+
+
+def _sync_outcome(summary: service.SyncSummary) -> dict:
+    outcome = summary.as_dict()
+    if summary.errors:
+        count = len(summary.errors)
+        outcome["failed_because"] = f"{plural(count, 'error')}: {'; '.join(summary.errors[:3])}"
+    return outcome
+
+
+def _run_deletion(job: Job, progress: Callable[[str], None]) -> dict:
+    """Retried only while nothing can have been deleted: the registry unreachable for the
+    re-check, the repository busy. Once DELETEs went out, a failure is final and the
+    history says what went."""
+    repository = Repository.objects.filter(name=job.repository).first()
+    if repository is None:
+        return {"failed_because": f"repository {job.repository} is no longer known"}
+    try:
+        with registry_client() as client:
+            outcome = execution.execute_deletion(
+                repository=repository,
+                digests=job.params["digests"],
+                fingerprint=job.params["fingerprint"],
+                user=job.user,
+                client=client,
+                username=job.started_by,
+                progress=progress,
+            )
+    except execution.RecheckFailed as error:
+        raise Retry(f"nothing was deleted: {error}") from None
+    except LeaseLost as error:
+        return {"failed_because": f"stopped: {error}; the deletion history says what went"}
+    return deletion_outcome(outcome)
+
+
+def deletion_outcome(outcome: execution.DeletionOutcome) -> dict:
+    """A deletion's outcome as a job records it (and the API returns it)."""
+    result = {
+        "deletion_id": outcome.operation_id,
+        "stale": outcome.stale,
+        "deleted": [
+            {"digest": i.digest, "kind": i.kind, "tags": list(i.tags), "size": i.size}
+            for i in outcome.deleted
+        ],
+        "failed": [{"digest": i.digest, "reason": i.reason} for i in outcome.failed],
+        "skipped": [{"digest": i.digest, "reason": i.reason} for i in outcome.skipped],
+        "reclaimed_bytes": outcome.reclaimed_bytes,
+        "deletes_disabled": outcome.deletes_disabled,
+    }
+    if outcome.stale:
+        result["failed_because"] = execution.CHANGED_MESSAGE
+        result["plan"] = {**outcome.plan.as_dict(), "fingerprint": outcome.plan.fingerprint}
+    elif outcome.failed or outcome.skipped:
+        count = len(outcome.failed) + len(outcome.skipped)
+        result["failed_because"] = f"{plural(count, 'manifest')} not deleted"
+    return result
+
+
+def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
+    """A busy repository (nothing deleted) is retried; a plan that changed or a registry
+    that failed the re-check ends the job with the run's record saying why."""
+    row = RetentionPolicy.objects.filter(name=job.params["policy"]).first()
+    if row is None:
+        return {"failed_because": f"policy {job.params['policy']} no longer exists"}
+    now = datetime.fromisoformat(job.params["now"])
+    progress(f"Running policy {row.name} as of {now:%Y-%m-%d %H:%M:%S} UTC")
+    with registry_client() as client:
+        if job.params.get("scheduled"):
+            result = runs.run_scheduled(row, now, client=client)
+        else:
+            result = runs.run(
+                policy=policies.policy_of(row),
+                now=now,
+                fingerprint=job.params["fingerprint"],
+                client=client,
+                trigger=RetentionRun.Trigger.MANUAL,
+                started_by=job.started_by,
+                user=job.user,
+                row=row,
+            )
+    record = result.record
+    if record.outcome == RetentionRun.Outcome.BUSY:
+        raise Retry(record.message)
+    outcome = {
+        "policy": row.name,
+        "retention_run": record.pk,
+        "run_outcome": record.outcome,
+        "message": record.message,
+    }
+    if record.outcome != RetentionRun.Outcome.DONE:
+        outcome["failed_because"] = record.message
+    return outcome
+
+
+HANDLERS: dict[str, Callable[[Job, Callable[[str], None]], dict]] = {
+    Kind.SYNC: _run_full_sync,
+    Kind.SYNC_REPOSITORY: _run_repository_sync,
+    Kind.DELETION: _run_deletion,
+    Kind.RETENTION: _run_retention,
+}

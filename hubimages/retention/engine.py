@@ -1,0 +1,312 @@
+"""The dry run of a retention policy (SPEC §8): its candidates, which rule keeps what, and
+the plan of each covered repository through the deletion planner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from django.utils import timezone
+
+from hubimages.deletion import planning
+from hubimages.lib.formatting import ago, iso
+from hubimages.models import Manifest, Repository, Tag
+from hubimages.retention.policies import ALWAYS, LATEST_PULLED, PUSHED_WITHIN, TIMED, Policy, Rule
+from registry.media import referrer_tag_subject
+
+# Deleted items pulled this recently are marked "in use" in the dry run.
+IN_USE_WITHIN = timedelta(days=30)
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+
+class Candidate(NamedTuple):
+    """A top-level item; `tags` leaves out the referrer-schema tags, which never match.
+    (A named tuple: a run makes one per top-level item, tens of thousands.)"""
+
+    pk: int
+    digest: str
+    pushed_at: datetime
+    last_pulled_at: datetime | None
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeptCandidate:
+    digest: str
+    tags: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        """In words: 'kept by rule 1: always; rule 3: pulled within 30 days'."""
+        return "kept by " + "; ".join(self.reasons)
+
+
+@dataclass(frozen=True)
+class RepositoryDryRun:
+    repository: Repository
+    candidates: int
+    selected: tuple[str, ...]
+    kept: tuple[KeptCandidate, ...]
+    plan: planning.DeletionPlan
+    in_use: Mapping[str, str]  # deleted digest -> "in use: pulled 2 days ago"
+
+    @property
+    def name(self) -> str:
+        return self.repository.name
+
+    @property
+    def delete_fraction(self) -> float:
+        return len(self.selected) / self.candidates if self.candidates else 0.0
+
+    def over(self, max_delete_fraction: float) -> bool:
+        """Would delete more than that share of the top-level items: a scheduled run stops."""
+        return self.delete_fraction > max_delete_fraction
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "repository": self.name,
+            "selected": list(self.selected),
+            "plan": self.plan.as_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class DryRun:
+    policy: Policy
+    now: datetime
+    repositories: tuple[RepositoryDryRun, ...]
+    reclaimable_bytes: int
+    fingerprint: str
+
+    @property
+    def manifest_count(self) -> int:
+        return sum(r.plan.manifest_count for r in self.repositories)
+
+    @property
+    def tag_count(self) -> int:
+        return sum(r.plan.tag_count for r in self.repositories)
+
+    @property
+    def selected_count(self) -> int:
+        return sum(len(r.selected) for r in self.repositories)
+
+    @property
+    def braked(self) -> list[RepositoryDryRun]:
+        """Repositories where a scheduled run would stop (the max_delete_fraction brake)."""
+        return [r for r in self.repositories if r.over(self.policy.max_delete_fraction)]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Exactly SPEC §8's `apply_retention --dry-run --json` object."""
+        return {
+            "policy": self.policy.name,
+            "now": iso(self.now),
+            "repositories": [r.as_dict() for r in self.repositories],
+            "reclaimable_bytes": self.reclaimable_bytes,
+        }
+
+
+def start_now() -> datetime:
+    """A run's `now`, fixed once at its start; whole seconds, so it reads and round-trips
+    (a preview's form carries it to Run now) without loss."""
+    return timezone.now().replace(microsecond=0)
+
+
+def covered_repositories(
+    policy: Policy, *, only: Collection[str] | None = None
+) -> list[Repository]:
+    """The repositories the policy covers, by name; `only` narrows them further."""
+    rows = Repository.objects.order_by("name")
+    if only is not None:
+        rows = rows.filter(name__in=list(only))
+    return [row for row in rows if policy.covers(row.name)]
+
+
+def dry_run(
+    policy: Policy,
+    *,
+    now: datetime | None = None,
+    repositories: Collection[str] | None = None,
+) -> DryRun:
+    """What a run of `policy` would delete and keep, as of `now`: reads, never writes.
+
+    A fixed number of queries whatever the number of repositories and items: two read
+    every covered repository's candidates and tags, the rules run in Python, and
+    `deletion.plan_deletions` plans every repository's selection at once."""
+    now = now or start_now()
+    repos = covered_repositories(policy, only=repositories)
+    candidates = _candidates(repos)
+    evaluated = []
+    for repository in repos:
+        items = candidates.get(repository.pk, [])
+        kept = evaluate(policy, items, now=now)
+        evaluated.append((repository, items, kept))
+    plans = planning.plan_deletions(
+        {
+            repository: [c.digest for c in _oldest_first(items) if c.pk not in kept]
+            for repository, items, kept in evaluated
+        }
+    )
+    results = [
+        _repository_dry_run(repository, items, kept, plans.plans[repository.pk], now)
+        for repository, items, kept in evaluated
+    ]
+    total = plans.reclaimable_bytes
+    return DryRun(
+        policy, now, tuple(results), total, dry_run_fingerprint(policy, now, results, total)
+    )
+
+
+def _oldest_first(items: list[Candidate]) -> list[Candidate]:
+    return sorted(items, key=lambda c: (c.pushed_at, c.digest))
+
+
+def _repository_dry_run(
+    repository: Repository,
+    items: list[Candidate],
+    kept: dict[int, list[str]],
+    plan: planning.DeletionPlan,
+    now: datetime,
+) -> RepositoryDryRun:
+    newest_first = sorted(items, key=lambda c: c.digest)
+    newest_first.sort(key=lambda c: c.pushed_at, reverse=True)
+    in_use = {
+        item.digest: f"in use: pulled {ago(item.last_pulled_at, now)}"
+        for item in plan.delete
+        if item.last_pulled_at and item.last_pulled_at >= now - IN_USE_WITHIN
+    }
+    return RepositoryDryRun(
+        repository=repository,
+        candidates=len(items),
+        selected=plan.selected,
+        kept=tuple(
+            KeptCandidate(c.digest, c.tags, tuple(kept[c.pk])) for c in newest_first if c.pk in kept
+        ),
+        plan=plan,
+        in_use=in_use,
+    )
+
+
+def _candidates(repositories: list[Repository]) -> dict[int, list[Candidate]]:
+    """Top-level items of these repositories, by repository id, with their matchable tags."""
+    ids = [r.pk for r in repositories]
+    tags: dict[int, list[str]] = defaultdict(list)
+    for manifest_id, name in (
+        Tag.objects.filter(repository_id__in=ids, manifest__is_top_level=True)
+        .order_by("name")
+        .values_list("manifest_id", "name")
+    ):
+        if referrer_tag_subject(name) is None:
+            tags[manifest_id].append(name)
+    by_repository: dict[int, list[Candidate]] = defaultdict(list)
+    for pk, repository_id, digest, pushed_at, pulled_at in Manifest.objects.filter(
+        repository_id__in=ids, is_top_level=True
+    ).values_list("pk", "repository_id", "digest", "pushed_at", "last_pulled_at"):
+        by_repository[repository_id].append(
+            Candidate(pk, digest, pushed_at, pulled_at, tuple(tags.get(pk, ())))
+        )
+    return by_repository
+
+
+def evaluate(policy: Policy, items: list[Candidate], *, now: datetime) -> dict[int, list[str]]:
+    """Which candidates the rules keep (a union), each with the rules that keep it:
+    id -> ["rule 2: latest 3 of group main", …]. Whatever is not in it is selected."""
+    kept: dict[int, list[str]] = defaultdict(list)
+    for number, rule in enumerate(policy.rules, start=1):
+        for pk, why in _keeps(rule, _scope(rule, items), now):
+            kept[pk].append(f"rule {number}: {why}")
+    return dict(kept)
+
+
+def _scope(rule: Rule, items: list[Candidate]) -> list[tuple[Candidate, tuple[str, ...]]]:
+    """The rule's scope, each item with its in-scope tags (those matching `tags`)."""
+    include, exclude, _ = rule.matchers
+    untagged = rule.includes_untagged
+    scope = []
+    for item in items:
+        tags = item.tags
+        if not tags:
+            if untagged:
+                scope.append((item, ()))
+            continue
+        matching = tuple(tag for tag in tags if include.match(tag)) if include else ()
+        if matching and not (exclude and any(exclude.match(tag) for tag in tags)):
+            scope.append((item, matching))
+    return scope
+
+
+def _keeps(
+    rule: Rule, scope: list[tuple[Candidate, tuple[str, ...]]], now: datetime
+) -> Iterable[tuple[int, str]]:
+    if rule.keep == ALWAYS:
+        return ((item.pk, "always") for item, _ in scope)
+    if rule.keep in TIMED:
+        cutoff = now - timedelta(days=rule.days or 0)
+        pushed = rule.keep == PUSHED_WITHIN
+        why = f"{'pushed' if pushed else 'pulled'} within {rule.days} days"
+        return (
+            (item.pk, why)
+            for item, _ in scope
+            if (when := item.pushed_at if pushed else item.last_pulled_at) and when >= cutoff
+        )
+    return _latest(rule, scope)
+
+
+def _latest(rule: Rule, scope: list[tuple[Candidate, tuple[str, ...]]]) -> list[tuple[int, str]]:
+    """The newest `count` of each group; ties go to the smaller digest."""
+    pulled = rule.keep == LATEST_PULLED
+    groups: dict[str, list[Candidate]] = defaultdict(list)
+    regex = rule.matchers[2]
+    for item, tags in scope:
+        if pulled and item.last_pulled_at is None:
+            continue  # never pulled: not kept by "latest pulled"
+        for key in _group_keys(regex, tags):
+            groups[key].append(item)
+    kept = []
+    for key, members in groups.items():
+        members.sort(key=lambda c: c.digest)
+        members.sort(key=lambda c: c.last_pulled_at if pulled else c.pushed_at, reverse=True)
+        why = f"latest {rule.count}{' pulled' if pulled else ''}"
+        if regex is not None:
+            why += f" of group {key}" if key else " of the ungrouped items"
+        kept += [(item.pk, why) for item in members[: rule.count]]
+    return kept
+
+
+def _group_keys(regex: re.Pattern | None, tags: tuple[str, ...]) -> set[str]:
+    """Its first capture group (else the whole match) in each in-scope tag; tags it does
+    not match, untagged items, and a first group that took no part in the match all share
+    the group ""."""
+    if regex is None or not tags:
+        return {""}
+    keys = set()
+    for tag in tags:
+        match = regex.search(tag)
+        if match is None:
+            keys.add("")
+        else:
+            keys.add((match.group(1) if regex.groups else match.group(0)) or "")
+    return keys
+
+
+def dry_run_fingerprint(
+    policy: Policy, now: datetime, results: list[RepositoryDryRun], total: int
+) -> str:
+    """The whole run: the policy as written, its `now`, and each repository's selection
+    and plan fingerprint (which covers what the cascade adds and keeps, tags and bytes)."""
+    document = {
+        "policy": policy.effective_json(),
+        "now": iso(now),
+        "repositories": [[r.name, list(r.selected), r.plan.fingerprint] for r in results],
+        "bytes": total,
+    }
+    encoded = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    return hashlib.sha256(encoded).hexdigest()

@@ -1,0 +1,295 @@
+"""Storage insights (SPEC §10): what the registry stores, what deleting its stale or its
+untagged items would free, where the bytes lie, and how they changed.
+
+Every "reclaimable" figure is a plan of Preview and delete (`deletion.plan_deletions`, all
+repositories at once), so it is what the garbage collector would free: a repository's
+figure is exactly what `delete_images REPO <its stale items> --dry-run` reports, and the
+registry's counts once the blobs that only deleted items of several repositories share.
+
+Planning every stale and untagged item of a big registry takes a while, so the figures are
+kept in `StorageFigures` under the key of the state they describe (`state_key`) and
+computed again only when that changes: a sync or a deletion ends, or a day passes. A full
+sync computes them as it ends, so the pages seldom wait. Pushes and pulls that registry
+events bring between two syncs show after the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Max, Prefetch, QuerySet
+from django.utils import timezone
+
+from hubimages.deletion import planning
+from hubimages.inventory import repositories as inventory_repositories
+from hubimages.inventory import status
+from hubimages.lib.formatting import iso
+from hubimages.models import (
+    Deletion,
+    Manifest,
+    ManifestBlob,
+    Repository,
+    StorageFigures,
+    StorageSample,
+    SyncRun,
+    Tag,
+)
+from hubimages.storage.collection import note_collections
+from registry.client import RegistryClient
+
+log = logging.getLogger("hubimages.storage")
+
+# The keys of `figures()`, the shape of `GET /api/v1/storage`.
+TOTAL_KEYS = ("stored_bytes", "stale_reclaimable_bytes", "untagged_bytes")
+REPOSITORY_KEYS = ("name", *TOTAL_KEYS)
+LARGEST_ITEMS = 10
+SHARED_LAYERS = 10
+NAMES_SHOWN = 3
+HISTORY_DAYS = 90
+HISTORY_POINTS = 120  # the chart's points at most: a full sync every 15 min makes 8,640
+KEEP_SAMPLES = timedelta(days=366)
+FIGURES_ROW = 1  # StorageFigures holds one row
+
+
+def figures() -> dict:
+    """The registry's storage in the shape of `GET /api/v1/storage`: `stored_bytes`,
+    `stale_reclaimable_bytes`, `untagged_bytes`, `repositories` (by name, each with the
+    same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90 days,
+    at most 120 of them, evenly spread)."""
+    document = insights()
+    return {
+        **{key: document[key] for key in TOTAL_KEYS},
+        "repositories": [
+            {key: row[key] for key in REPOSITORY_KEYS} for row in document["repositories"]
+        ],
+        "history": document["history"],
+    }
+
+
+def insights() -> dict:
+    """Everything the Storage page shows: `figures()`, plus per repository how many stale
+    and untagged items there are, the largest items, the most shared layers, and when
+    the figures were computed. From the cache while the state is the one they describe."""
+    key = state_key()
+    kept = StorageFigures.objects.filter(pk=FIGURES_ROW, key=key).values_list("figures", flat=True)
+    document = kept.first()
+    if document is None:
+        document = compute()
+        _keep(key, document)
+    return document
+
+
+def state_key() -> str:
+    """What the figures depend on, hashed: the last finished sync and deletion, the stale
+    setting, and the day (an item turns stale with time alone). Two queries."""
+    syncs = SyncRun.objects.aggregate(last=Max("finished_at"), count=Count("pk"))
+    deletions = Deletion.objects.aggregate(last=Max("finished_at"), count=Count("pk"))
+    state = [
+        iso(syncs["last"]) if syncs["last"] else None,
+        syncs["count"],
+        iso(deletions["last"]) if deletions["last"] else None,
+        deletions["count"],
+        settings.STALE_AFTER_MONTHS,
+        timezone.now().date().isoformat(),
+    ]
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()
+
+
+def _keep(key: str, document: dict) -> None:
+    """Store the figures for every process; another one storing at the same moment
+    computed the same."""
+    try:
+        with transaction.atomic():
+            StorageFigures.objects.update_or_create(
+                pk=FIGURES_ROW,
+                defaults={"key": key, "figures": document, "computed_at": timezone.now()},
+            )
+    except IntegrityError:
+        log.info("storage figures stored by another process meanwhile")
+
+
+# -- computing ---------------------------------------------------------------------------
+
+
+def compute(now: datetime | None = None) -> dict:
+    """The figures, from scratch: two plans of the whole registry (its stale items, its
+    untagged items) and a few queries, whatever the number of repositories."""
+    now = now or timezone.now()
+    repositories = list(
+        Repository.objects.annotate(stored=inventory_repositories.repository_stored_size())
+    )
+    top_level = Manifest.objects.filter(is_top_level=True)
+    stale = _plan(repositories, top_level.filter(status.stale_q(now)))
+    untagged = _plan(repositories, top_level.filter(is_tagged=False))
+    last_sync = SyncRun.objects.aggregate(last=Max("finished_at"))["last"]
+    return {
+        "stored_bytes": inventory_repositories.stored_bytes(),
+        "stale_reclaimable_bytes": stale.plans.reclaimable_bytes,
+        "untagged_bytes": untagged.plans.reclaimable_bytes,
+        "repositories": [
+            {
+                "name": repository.name,
+                "stored_bytes": repository.stored,
+                "stale_reclaimable_bytes": stale.bytes_of(repository),
+                "untagged_bytes": untagged.bytes_of(repository),
+                "stale_items": stale.items_of(repository),
+                "untagged_items": untagged.items_of(repository),
+            }
+            for repository in sorted(repositories, key=lambda r: r.name)
+        ],
+        "stale_items": stale.items,
+        "untagged_items": untagged.items,
+        "largest": largest_items(now),
+        "shared_layers": shared_layers(),
+        "history": history(now),
+        "computed_at": iso(now),
+        "as_of": iso(last_sync) if last_sync else None,
+    }
+
+
+@dataclass(frozen=True)
+class _Planned:
+    plans: planning.PlanSet
+    selected: dict[int, int]  # repository id -> how many items were selected
+
+    @property
+    def items(self) -> int:
+        return sum(self.selected.values())
+
+    def items_of(self, repository: Repository) -> int:
+        return self.selected.get(repository.pk, 0)
+
+    def bytes_of(self, repository: Repository) -> int:
+        plan = self.plans.plans.get(repository.pk)
+        return plan.reclaimable_bytes if plan else 0
+
+
+def _plan(repositories: list[Repository], rows: QuerySet[Manifest]) -> _Planned:
+    """Plan the deletion of `rows` (top-level items), each repository's its own."""
+    selected: dict[int, list[str]] = defaultdict(list)
+    for repository_id, digest in rows.order_by("pushed_at", "digest").values_list(
+        "repository_id", "digest"
+    ):
+        selected[repository_id].append(digest)
+    if not selected:
+        return _Planned(planning.PlanSet(plans={}, reclaimable_bytes=0), {})
+    by_id = {repository.pk: repository for repository in repositories}
+    plans = planning.plan_deletions(
+        {by_id[pk]: digests for pk, digests in selected.items() if pk in by_id}
+    )
+    return _Planned(plans, {pk: len(digests) for pk, digests in selected.items()})
+
+
+def largest_items(now: datetime | None = None) -> list[dict]:
+    """The biggest top-level items of the registry (indexes count their images' distinct
+    blobs once), with the tags people pushed. Two queries."""
+    cutoff = status.stale_cutoff(now)
+    rows = (
+        Manifest.objects.filter(is_top_level=True)
+        .select_related("repository")
+        .only(
+            "digest",
+            "kind",
+            "total_size",
+            "pushed_at",
+            "last_pulled_at",
+            "repository__name",
+        )
+        .prefetch_related(
+            Prefetch(
+                "tags", queryset=inventory_repositories.pushed_tags(Tag.objects.order_by("name"))
+            )
+        )
+        .order_by("-total_size", "digest")[:LARGEST_ITEMS]
+    )
+    return [
+        {
+            "repository": row.repository.name,
+            "digest": row.digest,
+            "kind": row.kind,
+            "tags": [tag.name for tag in row.tags.all()],
+            "size": row.total_size,
+            "last_pushed": iso(row.pushed_at),
+            "stale": status.last_activity(row) < cutoff,
+        }
+        for row in rows
+    ]
+
+
+def shared_layers() -> list[dict]:
+    """The layers the most manifests use, with the repositories they are in and the bytes
+    sharing saves (each further manifest would otherwise store its own copy). A shared
+    layer is freed only when the last manifest using it goes. Two queries."""
+    rows = list(
+        ManifestBlob.objects.filter(role=ManifestBlob.Role.LAYER)
+        .values("blob_id", "blob__digest", "blob__size")
+        .annotate(
+            manifests=Count("manifest_id", distinct=True),
+            repositories=Count("manifest__repository_id", distinct=True),
+        )
+        .filter(manifests__gt=1)
+        .order_by("-manifests", "-blob__size", "blob__digest")[:SHARED_LAYERS]
+    )
+    names: dict[int, list[str]] = defaultdict(list)
+    for blob_id, name in (
+        ManifestBlob.objects.filter(
+            blob_id__in=[row["blob_id"] for row in rows], role=ManifestBlob.Role.LAYER
+        )
+        .values_list("blob_id", "manifest__repository__name")
+        .order_by("manifest__repository__name")
+        .distinct()
+    ):
+        names[blob_id].append(name)
+    return [
+        {
+            "digest": row["blob__digest"],
+            "size": row["blob__size"],
+            "manifests": row["manifests"],
+            "repositories": row["repositories"],
+            "repository_names": names[row["blob_id"]][:NAMES_SHOWN],
+            "more_repositories": max(0, row["repositories"] - NAMES_SHOWN),
+            "saved_bytes": row["blob__size"] * (row["manifests"] - 1),
+        }
+        for row in rows
+    ]
+
+
+def history(now: datetime | None = None) -> list[dict]:
+    """Stored bytes at each full sync of the last `HISTORY_DAYS`, at most `HISTORY_POINTS`
+    of them spread evenly (the first and the last always among them)."""
+    since = (now or timezone.now()) - timedelta(days=HISTORY_DAYS)
+    samples = list(
+        StorageSample.objects.filter(at__gte=since)
+        .order_by("at", "pk")
+        .values_list("at", "stored_bytes")
+    )
+    if len(samples) > HISTORY_POINTS:
+        last = len(samples) - 1
+        picks = sorted({round(i * last / (HISTORY_POINTS - 1)) for i in range(HISTORY_POINTS)})
+        samples = [samples[i] for i in picks]
+    return [{"at": iso(at), "stored_bytes": stored} for at, stored in samples]
+
+
+# -- after a full sync ---------------------------------------------------------------------
+
+
+def after_full_sync(client: RegistryClient) -> None:
+    """What a successful full sync adds: whether the garbage collector ran and one point
+    of the storage history. (The worker then computes the figures for the state it left,
+    so no page waits for them: `jobs`.)"""
+    note_collections(client)
+    record_sample()
+
+
+def record_sample(now: datetime | None = None) -> StorageSample:
+    """One point of "stored bytes over time"; points older than a year go."""
+    now = now or timezone.now()
+    StorageSample.objects.filter(at__lt=now - KEEP_SAMPLES).delete()
+    return StorageSample.objects.create(at=now, stored_bytes=inventory_repositories.stored_bytes())

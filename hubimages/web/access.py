@@ -1,0 +1,24 @@
+"""Who may do what on the pages, checked before anything else: a refusal tells nothing,
+not even what exists."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+
+from hubimages.deletion import planning
+from hubimages.models import Repository
+
+
+def repository_to_delete_from(request: HttpRequest, name: str) -> Repository:
+    """403 before anything else: who may not delete learns nothing, not even what exists."""
+    if not planning.can_delete(request.user):
+        raise PermissionDenied("deleting needs the hubimages.delete_manifest permission")
+    return get_object_or_404(Repository, name=name)
+
+
+def may_edit_policies(request: HttpRequest) -> None:
+    """A policy deletes: editing or running one needs the delete permission."""
+    if not planning.can_delete(request.user):
+        raise PermissionDenied("retention policies need the hubimages.delete_manifest permission")

@@ -1,0 +1,126 @@
+"""Preview and delete: the plan of a selection, and Delete forever (SPEC §4)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from hubimages.deletion import planning, preview
+from hubimages.jobs import queue
+from hubimages.models import Repository
+from hubimages.web.access import repository_to_delete_from
+from hubimages.web.jobs import follow_job
+from hubimages.web.list_state import MAX_SELECTED, list_url
+from hubimages.web.rendering import render_page, vary_on_htmx
+
+CHANGED = "The registry changed since your preview: nothing was deleted. Check the new preview."
+UNCONFIRMED = "Tick the box to confirm that you understand what will be deleted."
+ACTIVE_UNCONFIRMED = (
+    "Some of these items are still in use (not stale): tick the second box to delete them too."
+)
+
+
+# -- preview and delete ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviewGroup:
+    """One selected digest with what goes with it and what it leaves behind."""
+
+    digest: str
+    delete: list[planning.PlannedItem]
+    keep: list[planning.KeptItem]
+
+
+def _preview_groups(plan: planning.DeletionPlan) -> list[PreviewGroup]:
+    kept = defaultdict(list)
+    for item in plan.keep:
+        kept[item.group].append(item)
+    groups = [PreviewGroup(group, items, kept.pop(group, [])) for group, items in plan.groups()]
+    return groups + [PreviewGroup(group, [], items) for group, items in kept.items()]
+
+
+def _preview(
+    request: HttpRequest,
+    repository: Repository,
+    plan: planning.DeletionPlan,
+    *,
+    notice: str = "",
+    error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    """The preview as a page, or as the dialog htmx swaps into `#panel`."""
+    refused = {item.digest for item in plan.refused}
+    back = request.GET.get("back") or request.POST.get("back") or ""
+    guards = preview.guard_rails(plan)
+    context = {
+        "repository": repository,
+        "plan": plan,
+        "back": back,
+        "list_url": list_url(repository, back),
+        "groups": _preview_groups(plan),
+        "sharing": preview.plan_sharing(plan),
+        "guards": guards,
+        "in_use": [item for item in plan.delete if guards.get(item.digest, _NO_GUARD).pulled_at],
+        "latest": [item for item in plan.delete if guards.get(item.digest, _NO_GUARD).latest],
+        "signatures": [
+            item for item in plan.delete if guards.get(item.digest, _NO_GUARD).signature
+        ],
+        "active_count": sum(1 for guard in guards.values() if guard.active),
+        "stale_months": settings.STALE_AFTER_MONTHS,
+        # With refusals, the rest of the selection, to preview without them.
+        "deletable": [d for d in plan.selected if d not in refused] if refused else [],
+        "notice": notice,
+        "error": error,
+    }
+    return render_page(request, "delete_preview.html", "dialog", context, status=status)
+
+
+_NO_GUARD = preview.Guards()
+
+
+@require_http_methods(["GET", "POST"])
+@vary_on_htmx
+def delete_preview(request: HttpRequest, name: str) -> HttpResponse:
+    """The plan for the selection. The list sends it by POST (a page of 100 selected
+    digests would not fit in a URL), links to a small selection by GET; it changes
+    nothing either way."""
+    repository = repository_to_delete_from(request, name)
+    params = request.POST if request.method == "POST" else request.GET
+    digests = params.getlist("digest")[:MAX_SELECTED]
+    return _preview(
+        request, repository, planning.plan_deletion(repository=repository, digests=digests)
+    )
+
+
+@require_POST
+@vary_on_htmx
+def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
+    """Start the deletion of exactly the previewed plan (its fingerprint came with the
+    form) as a job, and follow it.
+
+    The cheap checks come first, against the database: a plan that already differs, or that
+    refuses part of the selection, never reaches the worker. The worker then re-reads the
+    repository from the registry under its lease and checks once more."""
+    repository = repository_to_delete_from(request, name)
+    digests = request.POST.getlist("digest")[:MAX_SELECTED]
+    plan = planning.plan_deletion(repository=repository, digests=digests)
+    if plan.refused or not plan.delete:
+        return _preview(request, repository, plan, status=422)
+    if request.POST.get("fingerprint") != plan.fingerprint:
+        return _preview(request, repository, plan, notice=CHANGED, status=409)
+    if request.POST.get("confirm") != "yes":
+        return _preview(request, repository, plan, error=UNCONFIRMED, status=422)
+    if preview.needs_active_confirmation(plan) and request.POST.get("confirm_active") != "yes":
+        return _preview(request, repository, plan, error=ACTIVE_UNCONFIRMED, status=422)
+    job = queue.start_deletion(
+        repository=repository,
+        digests=list(plan.selected),
+        fingerprint=plan.fingerprint,
+        user=request.user,
+    )
+    return follow_job(request, job, back=request.POST.get("back", ""))

@@ -1,0 +1,61 @@
+"""The deletion history and its CSV."""
+
+from __future__ import annotations
+
+import csv
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.urls import reverse
+from django.views.decorators.http import require_GET
+
+from hubimages.deletion import history
+from hubimages.storage import collection
+from hubimages.web.paging import neighbours, paginate
+from hubimages.web.rendering import encode_state, render_page, vary_on_htmx
+
+HISTORY_PER_PAGE = 50
+
+
+@require_GET
+@vary_on_htmx
+def deletion_history(request: HttpRequest) -> HttpResponse:
+    """Every deletion, newest first, one row per operation opening onto its manifests;
+    `?repository=` narrows to the repositories whose name holds that text.
+
+    Any signed-in user may read it: whoever can see the list must be able to find out
+    where an image went and who removed it, and the records hold nothing the list did
+    not already show (plus a username)."""
+    repository = request.GET.get("repository", "").strip()[:255]
+    page = paginate(history.entries(repository), HISTORY_PER_PAGE, request.GET.get("page"))
+    state = {"repository": repository or None}
+    export = reverse("deletion_history_csv")
+    context = {
+        "page": page,
+        "rows": history.rows(page.object_list),
+        **neighbours(page),
+        "repository": repository,
+        "state": state,
+        "export_url": f"{export}?{encode_state(state)}" if repository else export,
+        "waiting": collection.waiting_for_collection(),
+    }
+    return render_page(request, "deletion_history.html", "records", context)
+
+
+class _Echo:
+    """A file that hands back what is written to it, so `csv.writer` can stream."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+@require_GET
+def deletion_history_csv(request: HttpRequest) -> StreamingHttpResponse:
+    """The history as CSV, one line per deleted manifest, with the same filter."""
+    repository = request.GET.get("repository", "").strip()[:255]
+    writer = csv.writer(_Echo())
+    response = StreamingHttpResponse(
+        (writer.writerow(line) for line in history.csv_rows(repository)),
+        content_type="text/csv; charset=utf-8",
+    )
+    response["Content-Disposition"] = 'attachment; filename="deletion-history.csv"'
+    return response

@@ -1,0 +1,112 @@
+"""Jobs as people follow them: the list, one job's page, and Sync now."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from hubimages.jobs import queue
+from hubimages.lib.formatting import human_size, plural
+from hubimages.models import Job, Repository
+from hubimages.web.list_state import list_url
+from hubimages.web.paging import neighbours, paginate
+from hubimages.web.rendering import render_page, vary_on_htmx
+
+JOBS_PER_PAGE = 50
+SYNC_KINDS = (Job.Kind.SYNC, Job.Kind.SYNC_REPOSITORY)
+
+
+def follow_job(request: HttpRequest, job: Job, *, back: str = "") -> HttpResponse:
+    """Answer a request that started a job: its progress in place for htmx, else its page."""
+    url = reverse("job", args=[job.pk]) + (f"?{urlencode({'back': back})}" if back else "")
+    if request.htmx:
+        # A deletion or a retention run replaces its preview; a sync shows under its button.
+        partial = "status" if job.kind in SYNC_KINDS else "dialog"
+        return render(request, f"job.html#{partial}", _job_context(request, job, back))
+    return HttpResponseRedirect(url, status=303)
+
+
+def _job_context(request: HttpRequest, job: Job, back: str) -> dict:
+    repository = Repository.objects.filter(name=job.repository).first() if job.repository else None
+    context = {
+        "job": job,
+        "back": back,
+        "repository": repository,
+        "list_url": list_url(repository, back) if repository else reverse("repositories"),
+    }
+    context["back_url"] = context["list_url"]
+    if job.kind == Job.Kind.DELETION and job.finished:
+        context["deletion"] = _deletion_summary(job.outcome)
+        context["done_message"] = context["deletion"]["message"]
+    if job.kind == Job.Kind.RETENTION:
+        context["back_url"] = reverse("retention_policy", args=[job.params["policy"]])
+        context["done_message"] = job.outcome.get("message", "")
+    return context
+
+
+def _deletion_summary(outcome: dict) -> dict:
+    deleted = outcome.get("deleted", [])
+    tags = sum(len(item.get("tags", [])) for item in deleted)
+    reclaimed = outcome.get("reclaimed_bytes", 0)
+    return {
+        **outcome,
+        "message": deleted_message(len(deleted), tags, reclaimed),
+    }
+
+
+@require_GET
+@vary_on_htmx
+def job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """A job's progress and outcome; the page refreshes itself while it runs (htmx polls
+    its status, a plain page reloads). Its owner and admins may see it."""
+    job = get_object_or_404(queue.visible_to(request.user), pk=job_id)
+    back = request.GET.get("back", "")[:1000]
+    context = _job_context(request, job, back)
+    if request.htmx and request.GET.get("in") == "dialog":
+        if job.state == Job.State.SUCCEEDED and job.kind in (Job.Kind.DELETION, Job.Kind.RETENTION):
+            # All went: back to where the user came from, with the message.
+            messages.success(request, context["done_message"])
+            return HttpResponseClientRedirect(context["back_url"])
+        return render(request, "job.html#dialog-body", context)
+    return render_page(request, "job.html", "status", context)
+
+
+@require_GET
+@vary_on_htmx
+def job_list(request: HttpRequest) -> HttpResponse:
+    """Recent jobs, newest first: admins see everyone's (and why what failed failed),
+    others their own."""
+    page = paginate(
+        queue.visible_to(request.user).select_related("user"),
+        JOBS_PER_PAGE,
+        request.GET.get("page"),
+    )
+    context = {"page": page, **neighbours(page), "state": {}}
+    return render_page(request, "jobs.html", "jobs", context)
+
+
+@require_POST
+def sync_now(request: HttpRequest, name: str = "") -> HttpResponse:
+    """Admins: sync everything, or one repository, now (as a job the workers run)."""
+    if not request.user.is_staff:
+        raise PermissionDenied("syncing on demand is for admins")
+    if name:
+        get_object_or_404(Repository, name=name)
+    started = queue.start_sync(user=request.user, repository=name)
+    return follow_job(request, started)
+
+
+def deleted_message(manifests: int, tags: int, reclaimed: int) -> str:
+    """What was deleted and the bytes it frees, once the registry collects garbage."""
+    return (
+        f"Deleted {plural(manifests, 'manifest')} and {plural(tags, 'tag')}; "
+        f"{human_size(reclaimed)} "
+        f"({reclaimed:,} bytes) will be freed at the next garbage collection."
+    )

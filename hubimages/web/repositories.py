@@ -1,0 +1,64 @@
+"""The Repositories page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET
+
+from hubimages.inventory import repositories as inventory_repositories
+from hubimages.models import Repository, SyncRun
+from hubimages.storage import figures as storage_figures
+from hubimages.web.paging import neighbours, paginate
+from hubimages.web.rendering import render_page, sort_columns, vary_on_htmx
+
+REPOSITORIES_PER_PAGE = 50
+REPOSITORY_COLUMNS = (
+    ("name", "Name"),
+    ("size", "Size"),
+    ("reclaimable", "Reclaimable (stale)"),
+    ("last_pushed", "Last pushed"),
+)
+# Reclaimable bytes come from the storage figures (the plan engine), not from SQL.
+RECLAIMABLE_SORTS = ("reclaimable", "-reclaimable")
+
+
+@require_GET
+@vary_on_htmx
+def repositories(request: HttpRequest) -> HttpResponse:
+    search = request.GET.get("search", "").strip()[:200]
+    sort = request.GET.get("sort", "name")
+    if sort not in inventory_repositories.REPOSITORY_SORTS and sort not in RECLAIMABLE_SORTS:
+        sort = "name"
+    figures = storage_figures.insights()
+    reclaimable = {row["name"]: row["stale_reclaimable_bytes"] for row in figures["repositories"]}
+    rows = inventory_repositories.repository_overview(search, sort)
+    if sort in RECLAIMABLE_SORTS:
+        rows = _by_reclaimable(rows, reclaimable, descending=sort.startswith("-"))
+    page = paginate(rows, REPOSITORIES_PER_PAGE, request.GET.get("page"))
+    state = {"search": search or None, "sort": sort if sort != "name" else None}
+    context = {
+        "page": page,
+        **neighbours(page),
+        "search": search,
+        "sort": sort,
+        "state": state,
+        "columns": sort_columns(sort, REPOSITORY_COLUMNS, ascending_first=("name",)),
+        "never_synced": not page.paginator.count and not SyncRun.objects.exists(),
+        "reclaimable": reclaimable,
+        "figures": figures,
+        "totals": inventory_repositories.repository_totals() if page.paginator.count else None,
+    }
+    return render_page(request, "repositories.html", "table", context)
+
+
+def _by_reclaimable(
+    rows: Iterable[Repository], reclaimable: dict[str, int], *, descending: bool
+) -> list[Repository]:
+    """Repositories by their stale reclaimable bytes (then by name); those the figures do
+    not know yet (pushed since the last sync) last either way."""
+    rows = sorted(rows, key=lambda row: row.name)
+    known = [row for row in rows if row.name in reclaimable]
+    known.sort(key=lambda row: reclaimable[row.name], reverse=descending)
+    return known + [row for row in rows if row.name not in reclaimable]

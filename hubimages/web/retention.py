@@ -1,0 +1,207 @@
+"""Retention policies' pages: the list, the editor with its live dry run, Run now,
+import and export (SPEC §8)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_GET, require_POST
+
+from hubimages.deletion import planning
+from hubimages.jobs import queue
+from hubimages.models import RetentionPolicy
+from hubimages.retention import engine, policies
+from hubimages.retention.form import KEEP_CHOICES, PolicyForm
+from hubimages.web.access import may_edit_policies
+from hubimages.web.deletion import CHANGED, UNCONFIRMED
+from hubimages.web.jobs import follow_job
+from hubimages.web.rendering import render_page, vary_on_htmx
+
+# -- retention policies (SPEC §8) --------------------------------------------------------------
+
+RUNS_SHOWN = 10
+
+
+@require_GET
+def retention_policies(request: HttpRequest) -> HttpResponse:
+    """Every policy: what it covers, its last run and what that freed, its next run."""
+    context = {
+        "policies": policies.policy_overview(),
+        "can_edit": planning.can_delete(request.user),
+    }
+    return render(request, "retention.html", context)
+
+
+def _editor(
+    request: HttpRequest,
+    *,
+    row: RetentionPolicy | None,
+    form: PolicyForm,
+    notice: str = "",
+    error: str = "",
+    status: int = 200,
+    check: bool = True,
+) -> HttpResponse:
+    """The editor with the dry run of what its fields say (the whole page, or only the dry
+    run for htmx); Run now only when that is the stored policy, unchanged. `check=False`
+    for a blank new policy, which has nothing to complain about yet."""
+    draft = form.validate() if check else None
+    saved = policies.policy_of(row) if row is not None else None
+    context = {
+        "row": row,
+        "form": form,
+        "keep_choices": KEEP_CHOICES,
+        "draft": draft,
+        "preview": engine.dry_run(draft) if draft is not None else None,
+        "is_saved": saved is not None
+        and draft is not None
+        and draft.effective_json() == saved.effective_json(),
+        "policy_json": json.dumps(draft.as_json(), indent=2) if draft else "",
+        "runs": row.runs.all()[:RUNS_SHOWN] if row is not None else [],
+        "can_edit": planning.can_delete(request.user),
+        "notice": notice,
+        "error": error,
+        "checked": check,
+    }
+    return render_page(request, "retention_policy.html", "dry_run", context, status=status)
+
+
+def _stored_policy(name: str) -> RetentionPolicy:
+    return get_object_or_404(RetentionPolicy, name=name)
+
+
+@require_GET
+@vary_on_htmx
+def retention_policy(request: HttpRequest, name: str) -> HttpResponse:
+    row = _stored_policy(name)
+    return _editor(request, row=row, form=PolicyForm.from_policy(policies.policy_of(row)))
+
+
+@require_GET
+def retention_new(request: HttpRequest) -> HttpResponse:
+    may_edit_policies(request)
+    return _editor(request, row=None, form=PolicyForm.from_policy(None), check=False)
+
+
+@require_POST
+@vary_on_htmx
+def retention_preview(request: HttpRequest) -> HttpResponse:
+    """The dry run of the editor's fields as they stand, saved or not: htmx asks for it as
+    you type; the Preview button gets the whole page (and a fresh empty rule row)."""
+    may_edit_policies(request)
+    original = request.POST.get("original", "")
+    row = RetentionPolicy.objects.filter(name=original).first() if original else None
+    return _editor(request, row=row, form=PolicyForm.from_post(request.POST))
+
+
+@require_POST
+def retention_save(request: HttpRequest, name: str = "") -> HttpResponse:
+    may_edit_policies(request)
+    row = _stored_policy(name) if name else None
+    form = PolicyForm.from_post(request.POST)
+    policy = form.validate()
+    if policy is None:
+        return _editor(request, row=row, form=form, status=422)
+    try:
+        saved = policies.save_policy(policy, original=row)
+    except policies.PolicyExists as exists:
+        form.errors.setdefault("name", []).append(f"{exists}: choose another name")
+        return _editor(request, row=row, form=form, status=422)
+    messages.success(request, f"Saved policy {saved.name}.")
+    return HttpResponseRedirect(reverse("retention_policy", args=[saved.name]), status=303)
+
+
+@require_POST
+def retention_run(request: HttpRequest, name: str) -> HttpResponse:
+    """Run now: exactly the previewed dry run (its `now` and fingerprint came with the
+    form), or nothing and a fresh preview."""
+    may_edit_policies(request)
+    row = _stored_policy(name)
+    policy = policies.policy_of(row)
+    form = PolicyForm.from_policy(policy)
+    now = _aware_datetime(request.POST.get("now", ""))
+    fingerprint = request.POST.get("fingerprint", "")
+    refusal = {}
+    if now is None or engine.dry_run(policy, now=now).fingerprint != fingerprint:
+        # A junk time, or a plan that already differs in the database: no job, the fresh
+        # preview at once.
+        refusal = {"notice": CHANGED, "status": 409}
+    elif request.POST.get("confirm") != "yes":
+        refusal = {"error": UNCONFIRMED, "status": 422}
+    if refusal:
+        response = _editor(request, row=row, form=form, **refusal)
+        if request.htmx:  # the dry run shows it, not the dialog the run would have opened
+            response["HX-Retarget"] = "#dry-run"
+            response["HX-Reswap"] = "outerHTML"
+        return response
+    job = queue.start_retention(
+        policy=row.name, now=now, fingerprint=fingerprint, user=request.user
+    )
+    return follow_job(request, job)
+
+
+def _aware_datetime(text: str) -> datetime | None:
+    """The preview's `now` as the form carried it; None when it is not one."""
+    try:
+        value = parse_datetime(text.strip()[:40])
+    except ValueError:
+        return None
+    return value if value is not None and value.tzinfo is not None else None
+
+
+@require_POST
+def retention_delete(request: HttpRequest, name: str) -> HttpResponse:
+    """Delete the policy (its runs stay on record, under its name)."""
+    may_edit_policies(request)
+    row = _stored_policy(name)
+    row.delete()
+    messages.success(request, f"Deleted policy {name}; its runs stay in the records.")
+    return HttpResponseRedirect(reverse("retention_policies"), status=303)
+
+
+@require_GET
+def retention_export(request: HttpRequest, name: str) -> HttpResponse:
+    policy = policies.policy_of(_stored_policy(name))
+    response = HttpResponse(
+        json.dumps(policy.as_json(), indent=2) + "\n", content_type="application/json"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{policy.name}.json"'
+    return response
+
+
+@require_POST
+def retention_import(request: HttpRequest) -> HttpResponse:
+    """Store a policy from its JSON (pasted, or an uploaded file); a policy of the same
+    name is replaced only when asked."""
+    may_edit_policies(request)
+    upload = request.FILES.get("file")
+    text = request.POST.get("policy", "")
+    if upload is not None:
+        text = upload.read(policies.MAX_IMPORT_BYTES + 1).decode("utf-8", errors="replace")
+    problems: list[str] = []
+    if len(text) > policies.MAX_IMPORT_BYTES:
+        problems = [f"the file is larger than {policies.MAX_IMPORT_BYTES // 1000} kB"]
+    else:
+        try:
+            policy = policies.parse_policy_json(text)
+            row = policies.save_policy(policy, replace=request.POST.get("replace") == "yes")
+        except policies.InvalidPolicy as invalid:
+            problems = [str(error) for error in invalid.errors]
+        except policies.PolicyExists as exists:
+            problems = [f"{exists}: tick “Replace” to replace it"]
+    if problems:
+        context = {
+            "policies": policies.policy_overview(),
+            "can_edit": True,
+            "import_errors": problems,
+            "import_text": text,
+        }
+        return render(request, "retention.html", context, status=422)
+    messages.success(request, f"Imported policy {row.name}.")
+    return HttpResponseRedirect(reverse("retention_policy", args=[row.name]), status=303)
