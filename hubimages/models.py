@@ -8,6 +8,7 @@ than computed on every page, so the list can filter and sort from an index:
 
 from django.conf import settings
 from django.db import models
+from django.urls import reverse
 
 
 def platform_label(os: str, architecture: str, variant: str) -> str:
@@ -15,8 +16,43 @@ def platform_label(os: str, architecture: str, variant: str) -> str:
     return "/".join(part for part in (os, architecture, variant) if part)
 
 
+class Registry(models.Model):
+    """A registry hubimages serves (SPEC §11). Where it is and how to sign in come from the
+    configuration (`hubimages.registries.config`), never from here: secrets stay in the
+    environment or in files. The row is the registry's identity for everything that
+    belongs to it, and what the workers learned of it (`capabilities`)."""
+
+    name = models.SlugField(max_length=40, unique=True)
+    url = models.CharField(max_length=500, blank=True)
+    description = models.CharField(max_length=500, blank=True)
+    # Declared by the configuration now; a registry taken out of it keeps its rows (its
+    # history, its repositories as they were) but is no longer synced.
+    configured = models.BooleanField(default=True)
+    # What a cheap request of each kind found (`registries.probes`), and when.
+    capabilities = models.JSONField(default=dict, blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "registries"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def default_registry() -> int:
+    """The registry `default` (made if need be): what a row names when it names none, as
+    REGISTRY_URL alone means one registry of that name (SPEC §11). The app names its
+    registry everywhere; this is for a single registry's scripts and tests."""
+    return Registry.objects.get_or_create(name="default")[0].pk
+
+
 class Repository(models.Model):
-    name = models.CharField(max_length=255, unique=True)
+    registry = models.ForeignKey(
+        Registry, on_delete=models.CASCADE, related_name="repositories", default=default_registry
+    )
+    name = models.CharField(max_length=255)
     first_seen_at = models.DateTimeField(auto_now_add=True)
     synced_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every change so an open page can ask "anything new?" cheaply.
@@ -28,17 +64,38 @@ class Repository(models.Model):
     class Meta:
         ordering = ["name"]
         verbose_name_plural = "repositories"
+        constraints = [
+            models.UniqueConstraint(fields=["registry", "name"], name="repository_unique_name")
+        ]
+        indexes = [models.Index(fields=["name"], name="repository_by_name")]
 
     def __str__(self) -> str:
         return self.name
 
+    def get_absolute_url(self) -> str:
+        return reverse("image_management", args=[self.registry.name, self.name])
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(registry, name): what tells two repositories apart (load `registry` with it)."""
+        return (self.registry.name, self.name)
+
 
 class Blob(models.Model):
-    """Content stored once for the whole registry: layers, configs and manifest bytes."""
+    """Content stored once for the whole registry: layers, configs and manifest bytes. A
+    blob two registries hold is two blobs: each registry collects its own storage."""
 
-    digest = models.CharField(max_length=160, unique=True)
+    registry = models.ForeignKey(
+        Registry, on_delete=models.CASCADE, related_name="blobs", default=default_registry
+    )
+    digest = models.CharField(max_length=160)
     size = models.BigIntegerField()
     media_type = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["registry", "digest"], name="blob_unique_digest")
+        ]
 
     def __str__(self) -> str:
         return self.digest
@@ -194,6 +251,9 @@ class Tag(models.Model):
 
 
 class SyncRun(models.Model):
+    registry = models.ForeignKey(
+        Registry, on_delete=models.CASCADE, related_name="sync_runs", default=default_registry
+    )
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     succeeded = models.BooleanField(default=False)
@@ -202,6 +262,7 @@ class SyncRun(models.Model):
     class Meta:
         ordering = ["-started_at"]
         get_latest_by = "started_at"
+        indexes = [models.Index(fields=["registry", "-started_at"], name="syncrun_by_registry")]
 
 
 class Deletion(models.Model):
@@ -219,6 +280,8 @@ class Deletion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     username = models.CharField(max_length=150)
+    # The registry by name: the history outlives a registry taken out of the configuration.
+    registry = models.CharField(max_length=40, default="default")
     repository = models.CharField(max_length=255)
     selected = models.JSONField(default=list, blank=True)
     fingerprint = models.CharField(max_length=64)
@@ -260,6 +323,8 @@ class DeletionRecord(models.Model):
     )
     username = models.CharField(max_length=150)
     deleted_at = models.DateTimeField(auto_now_add=True)
+    # The registry by name: the history outlives a registry taken out of the configuration.
+    registry = models.CharField(max_length=40, default="default")
     repository = models.CharField(max_length=255)
     digest = models.CharField(max_length=160)
     kind = models.CharField(max_length=16)
@@ -288,7 +353,10 @@ class RegistryEvent(models.Model):
         WAITING = "waiting", "Waiting for manifest"
         FAILED = "failed", "Failed"
 
-    event_id = models.CharField(max_length=128, unique=True)
+    registry = models.ForeignKey(
+        Registry, on_delete=models.CASCADE, related_name="events", default=default_registry
+    )
+    event_id = models.CharField(max_length=128)
     action = models.CharField(max_length=16)
     repository = models.CharField(max_length=255)
     digest = models.CharField(max_length=160, blank=True)
@@ -309,8 +377,13 @@ class RegistryEvent(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["processed_at"], name="event_by_processed"),
-            models.Index(fields=["repository", "digest", "action"], name="event_by_manifest"),
+            models.Index(
+                fields=["registry", "repository", "digest", "action"], name="event_by_manifest"
+            ),
             models.Index(fields=["state", "id"], name="event_by_state"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["registry", "event_id"], name="event_unique_id")
         ]
 
 
@@ -349,6 +422,7 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     started_by = models.CharField(max_length=150, help_text="A username, or 'schedule'.")
+    registry = models.CharField(max_length=40, blank=True)
     repository = models.CharField(max_length=255, blank=True)
     params = models.JSONField(default=dict, blank=True)
     progress = models.CharField(max_length=500, blank=True)
@@ -393,6 +467,10 @@ class Schedule(models.Model):
     next_run_at = models.DateTimeField()
 
 
+def all_registries() -> list[str]:
+    return ["*"]
+
+
 class RetentionPolicy(models.Model):
     """A stored retention policy (SPEC §8), its fields those of the policy's JSON.
 
@@ -401,6 +479,8 @@ class RetentionPolicy(models.Model):
     `retention.save_policy` and `retention.run_due_policies`."""
 
     name = models.CharField(max_length=100, unique=True)
+    # Registry names the policy covers (globs, `!` excludes; SPEC §11), beside `repositories`.
+    registries = models.JSONField(default=all_registries)
     repositories = models.JSONField(default=list)
     rules = models.JSONField(default=list)
     max_delete_fraction = models.FloatField(default=0.5)
@@ -508,6 +588,9 @@ class StorageSample(models.Model):
     """The registry's stored bytes at the end of a successful full sync: the Storage page's
     "over time" chart (one point per full sync, kept a year)."""
 
+    registry = models.ForeignKey(
+        Registry, on_delete=models.CASCADE, related_name="samples", default=default_registry
+    )
     at = models.DateTimeField(db_index=True)
     stored_bytes = models.BigIntegerField()
 
@@ -519,6 +602,7 @@ class StorageFigures(models.Model):
     """The Storage page's figures as last computed, and the key of the state they describe
     (`storage.state_key`): one row, shared by every web and worker process on any host."""
 
+    registry = models.OneToOneField(Registry, on_delete=models.CASCADE, related_name="figures")
     key = models.CharField(max_length=64)
     computed_at = models.DateTimeField()
     figures = models.JSONField(default=dict)

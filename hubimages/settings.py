@@ -8,6 +8,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from hubimages.registries.config import read_registries_file
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 # A checkout keeps its SQLite file and collected static files beside manage.py; an
 # installed copy (`pip install .`) keeps them in the directory it runs from.
@@ -133,6 +135,16 @@ REGISTRY_PASSWORD = os.environ.get("REGISTRY_PASSWORD", "")
 REGISTRY_EVENTS_TOKEN = env_str("REGISTRY_EVENTS_TOKEN")
 # For registries whose catalog API is closed to us (Docker Hub, GHCR): what to sync instead.
 REGISTRY_REPOSITORIES = env_list("REGISTRY_REPOSITORIES", [])
+# Several registries, declared as code (SPEC §11): a JSON list read (secrets included,
+# from the environment or files it names) once, at start. Without it, REGISTRY_URL alone
+# is the one registry `default`.
+REGISTRIES_FILE = env_str("REGISTRIES_FILE")
+REGISTRIES = read_registries_file(REGISTRIES_FILE) if REGISTRIES_FILE else None
+if REGISTRIES is not None and REGISTRY_URL:
+    raise ImproperlyConfigured(
+        "REGISTRY_URL and REGISTRIES_FILE are both set: declare every registry in the file "
+        "(name the one REGISTRY_URL was `default`), and unset REGISTRY_URL"
+    )
 REGISTRY_TIMEOUT = env_int("REGISTRY_TIMEOUT", 30, minimum=1)
 # The whole of one request (retries, waits and a trickled body included), in seconds.
 REGISTRY_DEADLINE = env_int("REGISTRY_DEADLINE", 60, minimum=1)

@@ -31,12 +31,14 @@ from hubimages.deletion import planning
 from hubimages.inventory import details, lists, repositories
 from hubimages.jobs import queue
 from hubimages.lib import formatting
-from hubimages.models import Manifest, Repository
+from hubimages.models import Manifest, Registry, Repository
+from hubimages.registries import rows as registry_rows
 from registry import media
 
 router = Router(tags=["repositories"])
 
 NAME = Path(description="The repository's name, slashes as they are: `team/api`.")
+REGISTRY = Query("", max_length=40, description="The registry; empty: `default`, or the only one.")
 PLAN_CHANGED = (
     "the repository changed since your dry run, so the plan differs: nothing was deleted; "
     "check the new plan and send its fingerprint"
@@ -66,12 +68,14 @@ register_converter(DigestConverter, "oci_digest")
 def list_repositories(request: HttpRequest, query: Query[RepositoriesQuery]) -> dict:
     """Every repository with its counts, stored bytes and last push."""
     reject_unknown_parameters(request, RepositoriesQuery)
-    rows = repositories.repository_overview(query.search.strip(), query.ordering)
+    registry = _registry(query.registry) if query.registry else None
+    rows = repositories.repository_overview(query.search.strip(), query.ordering, registry)
     return paginate(request, rows, query, lambda page: [_repository_out(row) for row in page])
 
 
 def _repository_out(row: Repository) -> dict:
     return {
+        "registry": row.registry.name,
         "name": row.name,
         "tag_count": row.tag_count,
         "image_count": row.image_count,
@@ -91,7 +95,7 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     """The Image Management list: one item per index and per image no index holds, in the
     shape of `list_images --json`."""
     reject_unknown_parameters(request, ImagesQuery)
-    repository = _repository(name)
+    repository = _repository(name, query.registry)
     listing = lists.ListQuery(
         search=query.search.strip(),
         filter=query.filter,
@@ -100,8 +104,12 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     )
     rows = lists.with_details(lists.top_level(repository, listing))
     now = timezone.now()
+    registry = repository.registry.name
     return paginate(
-        request, rows, query, lambda page: [lists.row_as_dict(row, now) for row in page]
+        request,
+        rows,
+        query,
+        lambda page: [{"registry": registry, **lists.row_as_dict(row, now)} for row in page],
     )
 
 
@@ -110,17 +118,24 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     response={200: ImageDetailOut, **error_responses(404, 422)},
     summary="One image's details",
 )
-def image_detail(request: HttpRequest, digest: str, name: str = NAME) -> dict:
+def image_detail(
+    request: HttpRequest, digest: str, name: str = NAME, registry: str = REGISTRY
+) -> dict:
     """An index or image with its children, referrers, layers (each with the build step
-    that made it), labels and annotations."""
-    repository = _repository(name)
+    that made it), labels and annotations, and where else the same digest lives."""
+    repository = _repository(name, registry)
     digest = _digest(digest, "digest")
     try:
         manifest = details.manifest_detail(repository, digest)
     except Manifest.DoesNotExist:
         raise ApiError(404, "not_found", f"no manifest {digest} in {repository.name}") from None
     return {
+        "registry": repository.registry.name,
         **lists.row_as_dict(manifest),
+        "also_in": [
+            {"registry": other.repository.registry.name, "repository": other.repository.name}
+            for other in details.also_in(manifest)
+        ],
         "platform": manifest.platform,
         "manifest_size": manifest.size,
         "artifact_type": manifest.artifact_type,
@@ -155,7 +170,11 @@ def image_detail(request: HttpRequest, digest: str, name: str = NAME) -> dict:
     summary="Dry-run, or delete, images",
 )
 def delete_images(
-    request: HttpRequest, payload: DeleteImagesIn, response: HttpResponse, name: str = NAME
+    request: HttpRequest,
+    payload: DeleteImagesIn,
+    response: HttpResponse,
+    name: str = NAME,
+    registry: str = REGISTRY,
 ) -> Status:
     """With `dry_run` true (the default), the plan: what goes with the selection, what
     stays and why, the tags removed, the bytes the garbage collector will free, and its
@@ -163,7 +182,7 @@ def delete_images(
     plan starts as a job: 202 and the job's URL. 409 and the new plan when the registry or
     the database changed since the dry run; nothing is deleted then."""
     require_delete(request)
-    repository = _repository(name)
+    repository = _repository(name, registry)
     digests = [_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
     plan = planning.plan_deletion(repository=repository, digests=digests)
     if payload.dry_run:
@@ -207,10 +226,21 @@ def plan_out(plan: planning.DeletionPlan) -> dict:
     }
 
 
-def _repository(name: str) -> Repository:
-    repository = Repository.objects.filter(name=name).first()
+def _registry(name: str) -> Registry:
+    try:
+        return registry_rows.get(name or None)
+    except registry_rows.UnknownRegistry as error:
+        raise ApiError(404, "not_found", str(error)) from None
+
+
+def _repository(name: str, registry: str = "") -> Repository:
+    """The repository `name` of the registry `registry` (`default`, or the only one)."""
+    owner = _registry(registry)
+    repository = owner.repositories.select_related("registry").filter(name=name).first()
     if repository is None:
-        raise ApiError(404, "not_found", f"no repository {name}: is it synced?")
+        raise ApiError(
+            404, "not_found", f"no repository {name} in registry {owner.name}: is it synced?"
+        )
     return repository
 
 

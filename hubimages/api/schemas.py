@@ -78,12 +78,16 @@ class Page(Schema):
 
 class RepositoriesQuery(PageQuery):
     search: str = Field("", max_length=200, description="Part of the repository's name.")
+    registry: str = Field(
+        "", max_length=40, description="Only this registry's repositories; empty: every one."
+    )
     ordering: Literal[tuple(inventory_repositories.REPOSITORY_SORTS)] = Field(  # type: ignore[valid-type]
         "name", description="`-` first for descending."
     )
 
 
 class RepositoryOut(Schema):
+    registry: str = Field(description="The registry the repository belongs to.")
     name: str
     tag_count: int
     image_count: int = Field(description="Top-level items: indexes, and images no index holds.")
@@ -98,6 +102,11 @@ class RepositoryPage(Page):
 
 
 class ImagesQuery(PageQuery):
+    registry: str = Field(
+        "",
+        max_length=40,
+        description="A registry's name (SPEC §11); empty: `default`, or the only registry.",
+    )
     search: str = Field(
         "",
         max_length=200,
@@ -126,6 +135,7 @@ class ChildOut(Schema):
 class ImageOut(Schema):
     """One row of the Image Management list, as `list_images --json` prints it."""
 
+    registry: str = Field(description="The registry the item lives in.")
     digest: str
     kind: Literal["index", "image", "attestation", "artifact"]
     media_type: str
@@ -159,6 +169,11 @@ class ReferrerOut(Schema):
     tags: list[str]
 
 
+class PlaceOut(Schema):
+    registry: str
+    repository: str
+
+
 class ImageDetailOut(ImageOut):
     platform: str = Field(description="An image's own platform; empty for an index.")
     manifest_size: int = Field(description="The manifest's own bytes.")
@@ -171,6 +186,9 @@ class ImageDetailOut(ImageOut):
     layers: list[LayerOut]
     labels: dict[str, Any] = Field(description="The config's labels: untrusted text.")
     annotations: dict[str, Any] = Field(description="The manifest's annotations: untrusted text.")
+    also_in: list[PlaceOut] = Field(
+        description="Other repositories, of any registry, holding the same digest."
+    )
 
 
 # -- delete-images -----------------------------------------------------------------------
@@ -236,6 +254,7 @@ class JobOut(Schema):
     id: int
     kind: Literal["sync", "sync_repository", "deletion", "retention"]
     status: Literal["queued", "running", "succeeded", "failed"]
+    registry: str
     repository: str
     started_by: str
     created_at: datetime
@@ -273,6 +292,10 @@ class RetentionPolicy(Strict):
     """SPEC §8's policy JSON, as `retention_policy export` prints it."""
 
     name: str
+    registries: list[str] = Field(
+        default_factory=lambda: list(policies.DEFAULT_REGISTRIES),
+        description="Registry names (globs, `!` excludes) the policy covers.",
+    )
     repositories: list[str] = Field(default_factory=lambda: list(policies.DEFAULT_REPOSITORIES))
     rules: list[RuleSchema]
     max_delete_fraction: float = policies.DEFAULT_MAX_DELETE_FRACTION
@@ -285,6 +308,7 @@ class PolicyPage(Page):
 
 
 class RepositoryDryRunOut(Schema):
+    registry: str
     repository: str
     selected: list[str]
     plan: PlanBody
@@ -326,7 +350,16 @@ class StoragePointOut(Schema):
     stored_bytes: int
 
 
+class StorageQuery(Schema):
+    registry: str = Field(
+        "",
+        max_length=40,
+        description="A registry's name (SPEC §11); empty: `default`, or the only registry.",
+    )
+
+
 class StorageOut(Schema):
+    registry: str = Field(description="Whose figures these are: each registry stores its own.")
     stored_bytes: int = Field(description="The registry's distinct blobs, each counted once.")
     stale_reclaimable_bytes: int = Field(
         description="What deleting every stale item would free; blobs shared only by stale "

@@ -4,19 +4,29 @@ page shows it: computed by the plan engine, cached per sync."""
 from __future__ import annotations
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Query, Router
 
-from hubimages.api.schemas import StorageOut, error_responses
+from hubimages.api.errors import ApiError
+from hubimages.api.paging import reject_unknown_parameters
+from hubimages.api.schemas import StorageOut, StorageQuery, error_responses
+from hubimages.registries import rows
 from hubimages.storage import figures
 
 router = Router(tags=["storage"])
 
 
-@router.get("/storage", response={200: StorageOut, **error_responses()}, summary="Storage figures")
-def get_storage(request: HttpRequest) -> dict:
+@router.get(
+    "/storage", response={200: StorageOut, **error_responses(404, 422)}, summary="Storage figures"
+)
+def get_storage(request: HttpRequest, query: Query[StorageQuery]) -> dict:
     """Stored bytes (distinct blobs, each once), the bytes deleting every stale item would
     free, and the bytes untagged items hold — registry-wide (blobs shared between
     repositories counted once) and per repository; and stored bytes after each full sync.
     A repository's `stale_reclaimable_bytes` is what `delete-images` with all its stale
-    top-level digests would report."""
-    return figures.figures()
+    top-level digests would report. One registry's (`?registry=`): each stores its own."""
+    reject_unknown_parameters(request, StorageQuery)
+    try:
+        registry = rows.get(query.registry or None)
+    except rows.UnknownRegistry as error:
+        raise ApiError(404, "not_found", str(error)) from None
+    return figures.figures(registry)

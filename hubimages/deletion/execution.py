@@ -97,7 +97,7 @@ def execute_deletion(
     report = progress or (lambda line: None)
     with repository_lock(repository, owner=f"delete:{name}") as lease:
         report(f"Re-reading {repository.name} from the registry")
-        result = sync_repository(client, repository.name)
+        result = sync_repository(client, repository.name, registry=repository.registry)
         if result.error:
             raise RecheckFailed(
                 f"could not re-check {repository.name} against the registry: {result.error}"
@@ -106,6 +106,7 @@ def execute_deletion(
         operation = Deletion.objects.create(
             user=user,
             username=name,
+            registry=repository.registry.name,
             repository=repository.name,
             selected=list(plan.selected),
             fingerprint=fingerprint,
@@ -214,6 +215,7 @@ def _pending_record(operation: Deletion, item: PlannedItem) -> DeletionRecord:
         operation=operation,
         user_id=operation.user_id,
         username=operation.username,
+        registry=operation.registry,
         repository=operation.repository,
         digest=item.digest,
         kind=item.kind,

@@ -36,6 +36,7 @@ def start(
     *,
     user=None,
     started_by: str = "",
+    registry: str = "",
     repository: str = "",
     params: dict | None = None,
     max_attempts: int = 3,
@@ -47,6 +48,7 @@ def start(
             kind=kind,
             user=user,
             started_by=started_by or (user.get_username() if user else ""),
+            registry=registry,
             repository=repository,
             params=params or {},
             max_attempts=max_attempts,
@@ -57,14 +59,19 @@ def start(
     return job
 
 
-def start_sync(*, user=None, started_by: str = "", repository: str = "") -> Job:
-    """A full sync (or one repository's), unless the same one is already queued or running:
-    then that job, so a second click follows the first."""
+def start_sync(*, registry: str, user=None, started_by: str = "", repository: str = "") -> Job:
+    """A full sync of `registry` (or of one repository), unless the same one is already
+    queued or running: then that job, so a second click follows the first."""
     kind = Kind.SYNC_REPOSITORY if repository else Kind.SYNC
     waiting = Job.objects.filter(
-        kind=kind, repository=repository, state__in=(State.QUEUED, State.RUNNING)
+        kind=kind,
+        registry=registry,
+        repository=repository,
+        state__in=(State.QUEUED, State.RUNNING),
     ).first()
-    return waiting or start(kind, user=user, started_by=started_by, repository=repository)
+    return waiting or start(
+        kind, user=user, started_by=started_by, registry=registry, repository=repository
+    )
 
 
 def start_retention(
@@ -92,7 +99,13 @@ def start_deletion(*, repository: Repository, digests: list[str], fingerprint: s
     """The deletion of a previewed plan: executed by a worker, exactly that plan or nothing.
     Not retried once it may have deleted something (see `_run_deletion`)."""
     params = {"digests": digests, "fingerprint": fingerprint}
-    return start(Kind.DELETION, user=user, repository=repository.name, params=params)
+    return start(
+        Kind.DELETION,
+        user=user,
+        registry=repository.registry.name,
+        repository=repository.name,
+        params=params,
+    )
 
 
 def visible_to(user) -> QuerySet[Job]:

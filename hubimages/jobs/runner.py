@@ -30,7 +30,8 @@ from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail
 from hubimages.lib.formatting import plural
 from hubimages.lib.leases import LeaseBusy, LeaseLost
 from hubimages.models import Job, Repository, RetentionPolicy, RetentionRun
-from hubimages.registries.client import registry_client
+from hubimages.registries import rows
+from hubimages.registries.client import ClientsByRegistry, registry_client
 from hubimages.retention import policies, runs
 from hubimages.storage import figures
 from hubimages.sync import service
@@ -98,10 +99,13 @@ def _finish(job: Job, outcome: dict) -> None:
 
 
 def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
-    with registry_client() as client:
+    registry = rows.get(job.registry or None)
+    config = rows.configuration(registry.name)
+    with registry_client(registry) as client:
         summary = service.sync_registry(
             client,
-            catalog=settings.REGISTRY_REPOSITORIES,
+            registry=registry,
+            catalog=config.repositories if config else (),
             workers=settings.SYNC_WORKERS,
             progress=progress,
             after_full_sync=figures.after_full_sync,
@@ -110,14 +114,19 @@ def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
         # The Storage page's figures for the state the sync left, computed here rather
         # than by the first person who opens the page.
         progress("Computing the storage figures")
-        figures.insights()
+        figures.insights(registry)
     return _sync_outcome(summary)
 
 
 def _run_repository_sync(job: Job, progress: Callable[[str], None]) -> dict:
-    with registry_client() as client:
+    registry = rows.get(job.registry or None)
+    with registry_client(registry) as client:
         summary = service.sync_registry(
-            client, repositories=[job.repository], workers=settings.SYNC_WORKERS, progress=progress
+            client,
+            registry=registry,
+            repositories=[job.repository],
+            workers=settings.SYNC_WORKERS,
+            progress=progress,
         )
     return _sync_outcome(summary)
 
@@ -134,11 +143,15 @@ def _run_deletion(job: Job, progress: Callable[[str], None]) -> dict:
     """Retried only while nothing can have been deleted: the registry unreachable for the
     re-check, the repository busy. Once DELETEs went out, a failure is final and the
     history says what went."""
-    repository = Repository.objects.filter(name=job.repository).first()
+    repository = (
+        Repository.objects.select_related("registry")
+        .filter(registry__name=job.registry or rows.default_name(), name=job.repository)
+        .first()
+    )
     if repository is None:
         return {"failed_because": f"repository {job.repository} is no longer known"}
     try:
-        with registry_client() as client:
+        with registry_client(repository.registry) as client:
             outcome = execution.execute_deletion(
                 repository=repository,
                 digests=job.params["digests"],
@@ -186,15 +199,15 @@ def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
         return {"failed_because": f"policy {job.params['policy']} no longer exists"}
     now = datetime.fromisoformat(job.params["now"])
     progress(f"Running policy {row.name} as of {now:%Y-%m-%d %H:%M:%S} UTC")
-    with registry_client() as client:
+    with ClientsByRegistry() as client_for:
         if job.params.get("scheduled"):
-            result = runs.run_scheduled(row, now, client=client)
+            result = runs.run_scheduled(row, now, client_for=client_for)
         else:
             result = runs.run(
                 policy=policies.policy_of(row),
                 now=now,
                 fingerprint=job.params["fingerprint"],
-                client=client,
+                client_for=client_for,
                 trigger=RetentionRun.Trigger.MANUAL,
                 started_by=job.started_by,
                 user=job.user,

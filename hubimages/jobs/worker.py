@@ -19,6 +19,7 @@ from hubimages.deletion import execution
 from hubimages.jobs.queue import Kind, State, fail_job, retry_or_fail, start_retention, start_sync
 from hubimages.jobs.tasks import ensure_drain, events_due
 from hubimages.models import Deletion, Job, Schedule, WorkerHeartbeat
+from hubimages.registries import rows
 from hubimages.registries.client import registry_client
 from hubimages.retention import runs
 from hubimages.sync import events
@@ -104,28 +105,37 @@ def _recover_job(job: Job, worker: str) -> None:
 def _recover_deletion(job: Job, reason: str) -> None:
     """A deletion is never run twice: what went is settled from the registry, and a sync
     of the repository makes the list true again."""
+    registry = job.registry or rows.default_name()
     operations = Deletion.objects.filter(
-        repository=job.repository, state=Deletion.State.RUNNING, started_at__gte=job.created_at
+        registry=registry,
+        repository=job.repository,
+        state=Deletion.State.RUNNING,
+        started_at__gte=job.created_at,
     )
     try:
-        with registry_client() as client:
+        with registry_client(registry) as client:
             for operation in operations:
                 execution.resolve_interrupted(client, operation)
     except RegistryError as error:
         log.warning("could not settle the interrupted deletion of job %s: %s", job.pk, error)
     fail_job(job, f"{reason}; nothing more was deleted; the deletion history says what went")
-    start_sync(started_by="recovery", repository=job.repository)
+    start_sync(registry=registry, started_by="recovery", repository=job.repository)
 
 
 def schedule_due(now: datetime | None = None) -> list[Job]:
-    """Start what the schedule says is due: the periodic full sync, the retention policies
-    whose time has come. Any number of workers may call this at once; conditional UPDATEs
-    (`Schedule`, each policy's `next_run_at`) let one of them win each."""
+    """Start what the schedule says is due: each registry's periodic full sync (its own
+    interval, its own schedule entry: a slow registry never holds another's back), the
+    retention policies whose time has come. Any number of workers may call this at once;
+    conditional UPDATEs (`Schedule`, each policy's `next_run_at`) let one of them win each."""
     now = now or timezone.now()
     started = []
-    interval = settings.SYNC_INTERVAL_MINUTES
-    if interval and claim_schedule(SCHEDULE_SYNC, now, timedelta(minutes=interval)):
-        started.append(start_sync(started_by="schedule"))
+    for config in rows.configured():
+        interval = config.sync_interval_minutes
+        if interval is None:
+            interval = settings.SYNC_INTERVAL_MINUTES
+        name = f"{SCHEDULE_SYNC}:{config.name}"
+        if interval and claim_schedule(name, now, timedelta(minutes=interval)):
+            started.append(start_sync(registry=config.name, started_by="schedule"))
     for policy in runs.claim_due_policies(now):
         started.append(
             start_retention(
@@ -169,6 +179,7 @@ def housekeeping(now: datetime) -> None:
 def maintain(worker_id: str, started_at: datetime) -> None:
     """What each worker does every few seconds besides its tasks."""
     beat(worker_id, started_at)
+    rows.ensure_rows()
     recover()
     schedule_due()
     if events_due():

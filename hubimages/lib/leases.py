@@ -94,8 +94,12 @@ class HeldLease:
         return bool(renewed)
 
 
-def repository_lease_name(name: str) -> str:
-    return f"repository:{name}"
+DEFAULT_REGISTRY = "default"
+
+
+def repository_lease_name(name: str, registry: str = DEFAULT_REGISTRY) -> str:
+    """`repository:prod/team/api`: repositories of two registries are two leases."""
+    return f"repository:{registry}/{name}"
 
 
 def acquire(name: str, *, owner: str) -> HeldLease | None:
@@ -160,16 +164,30 @@ def lease(
 
 @contextmanager
 def repository_lock(
-    repository: Repository | str, *, owner: str, wait: float = 0.0
+    repository: Repository | str,
+    *,
+    owner: str,
+    wait: float = 0.0,
+    registry: str = DEFAULT_REGISTRY,
 ) -> Iterator[HeldLease]:
-    """Hold a repository's lease: see `lease`. Raises `RepositoryBusy`."""
-    name = repository if isinstance(repository, str) else repository.name
-    with lease(repository_lease_name(name), owner=owner, wait=wait, busy=RepositoryBusy) as held:
+    """Hold a repository's lease: see `lease`. Raises `RepositoryBusy`. A name alone is a
+    repository of `registry`."""
+    if isinstance(repository, Repository):
+        name, registry = repository.name, repository.registry.name
+    else:
+        name = repository
+    with lease(
+        repository_lease_name(name, registry),
+        owner=owner,
+        wait=wait,
+        busy=RepositoryBusy,
+        what=name if registry == DEFAULT_REGISTRY else f"{registry}/{name}",
+    ) as held:
         yield held
 
 
-def repository_locked(name: str) -> bool:
-    return holder(repository_lease_name(name)) is not None
+def repository_locked(name: str, registry: str = DEFAULT_REGISTRY) -> bool:
+    return holder(repository_lease_name(name, registry)) is not None
 
 
 class _Renewer:

@@ -71,8 +71,13 @@ class RepositoryDryRun:
         """Would delete more than that share of the top-level items: a scheduled run stops."""
         return self.delete_fraction > max_delete_fraction
 
+    @property
+    def registry(self) -> str:
+        return self.repository.registry.name
+
     def as_dict(self) -> dict[str, Any]:
         return {
+            "registry": self.registry,
             "repository": self.name,
             "selected": list(self.selected),
             "plan": self.plan.as_dict(),
@@ -105,7 +110,8 @@ class DryRun:
         return [r for r in self.repositories if r.over(self.policy.max_delete_fraction)]
 
     def as_dict(self) -> dict[str, Any]:
-        """Exactly SPEC §8's `apply_retention --dry-run --json` object."""
+        """SPEC §8's `apply_retention --dry-run --json` object, each repository with its
+        registry (SPEC §11)."""
         return {
             "policy": self.policy.name,
             "now": iso(self.now),
@@ -121,19 +127,23 @@ def start_now() -> datetime:
 
 
 def covered_repositories(
-    policy: Policy, *, only: Collection[str] | None = None
+    policy: Policy, *, registry: str | None = None, only: Collection[str] | None = None
 ) -> list[Repository]:
-    """The repositories the policy covers, by name; `only` narrows them further."""
-    rows = Repository.objects.order_by("name")
+    """The repositories the policy covers, by registry and name; `registry` and `only` (names
+    in that registry) narrow them further."""
+    rows = Repository.objects.select_related("registry").order_by("registry__name", "name")
+    if registry is not None:
+        rows = rows.filter(registry__name=registry)
     if only is not None:
         rows = rows.filter(name__in=list(only))
-    return [row for row in rows if policy.covers(row.name)]
+    return [row for row in rows if policy.covers(row.name, row.registry.name)]
 
 
 def dry_run(
     policy: Policy,
     *,
     now: datetime | None = None,
+    registry: str | None = None,
     repositories: Collection[str] | None = None,
 ) -> DryRun:
     """What a run of `policy` would delete and keep, as of `now`: reads, never writes.
@@ -142,7 +152,7 @@ def dry_run(
     every covered repository's candidates and tags, the rules run in Python, and
     `deletion.plan_deletions` plans every repository's selection at once."""
     now = now or start_now()
-    repos = covered_repositories(policy, only=repositories)
+    repos = covered_repositories(policy, registry=registry, only=repositories)
     candidates = _candidates(repos)
     evaluated = []
     for repository in repos:
@@ -305,7 +315,9 @@ def dry_run_fingerprint(
     document = {
         "policy": policy.effective_json(),
         "now": iso(now),
-        "repositories": [[r.name, list(r.selected), r.plan.fingerprint] for r in results],
+        "repositories": [
+            [r.registry, r.name, list(r.selected), r.plan.fingerprint] for r in results
+        ],
         "bytes": total,
     }
     encoded = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()

@@ -40,9 +40,18 @@ KEEP_KINDS = (ALWAYS, LATEST_PUSHED, LATEST_PULLED, PUSHED_WITHIN, PULLED_WITHIN
 COUNTED = (LATEST_PUSHED, LATEST_PULLED)
 TIMED = (PUSHED_WITHIN, PULLED_WITHIN)
 
-POLICY_FIELDS = ("name", "repositories", "rules", "max_delete_fraction", "schedule", "enabled")
+POLICY_FIELDS = (
+    "name",
+    "registries",
+    "repositories",
+    "rules",
+    "max_delete_fraction",
+    "schedule",
+    "enabled",
+)
 RULE_FIELDS = ("keep", "count", "days", "tags", "exclude_tags", "untagged", "group_by")
 SCHEDULE_FIELDS = ("every_hours",)
+DEFAULT_REGISTRIES = ("*",)
 DEFAULT_REPOSITORIES = ("**",)
 DEFAULT_TAGS = ("*",)
 DEFAULT_MAX_DELETE_FRACTION = 0.5
@@ -51,6 +60,7 @@ MAX_IMPORT_BYTES = 100_000
 MAX_NUMBER = 1_000_000  # counts and days beyond this are typing mistakes
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REPOSITORY_PATTERN_RE = re.compile(r"^!?[a-z0-9._/*?-]+$")
+REGISTRY_PATTERN_RE = re.compile(r"^!?[a-z0-9*?-]+$")
 
 
 # -- the policy ----------------------------------------------------------------------------
@@ -168,6 +178,7 @@ class Policy:
     name: str
     rules: tuple[Rule, ...]
     repositories: tuple[str, ...] = DEFAULT_REPOSITORIES
+    registries: tuple[str, ...] = DEFAULT_REGISTRIES
     max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
     schedule_hours: int | None = None
     enabled: bool = True
@@ -176,6 +187,7 @@ class Policy:
         """SPEC §8's shape, every field written out: what export prints and import reads."""
         return {
             "name": self.name,
+            "registries": list(self.registries),
             "repositories": list(self.repositories),
             "rules": [rule.as_json() for rule in self.rules],
             "max_delete_fraction": self.max_delete_fraction,
@@ -188,23 +200,39 @@ class Policy:
         alike, however their JSON was written (the page's form writes every field)."""
         return {**self.as_json(), "rules": [rule.effective_json() for rule in self.rules]}
 
-    def covers(self, repository: str) -> bool:
-        """Some pattern includes the name and none excludes it."""
-        including, excluding = self._globs
-        return bool(including.fullmatch(repository)) and not (
-            excluding and excluding.fullmatch(repository)
+    def covers(self, repository: str, registry: str = "default") -> bool:
+        """Some pattern of each list includes the name and none excludes it."""
+        return _matches(self._repository_globs, repository) and _matches(
+            self._registry_globs, registry
         )
 
     @cached_property
-    def _globs(self) -> tuple[re.Pattern, re.Pattern | None]:
-        def joined(patterns: list[str]) -> re.Pattern | None:
-            if not patterns:
-                return None
-            return re.compile("|".join(f"(?:{repository_glob(p).pattern})" for p in patterns))
+    def _repository_globs(self) -> tuple[re.Pattern, re.Pattern | None]:
+        return glob_union(self.repositories)
 
-        including = joined([p for p in self.repositories if not p.startswith("!")])
-        excluding = joined([p[1:] for p in self.repositories if p.startswith("!")])
-        return including or re.compile(r"(?!)"), excluding
+    @cached_property
+    def _registry_globs(self) -> tuple[re.Pattern, re.Pattern | None]:
+        return glob_union(self.registries)
+
+
+def glob_union(patterns: Iterable[str]) -> tuple[re.Pattern, re.Pattern | None]:
+    """What a list of globs (`!` excludes) includes, and what it excludes, each as one
+    regular expression."""
+
+    def joined(chosen: list[str]) -> re.Pattern | None:
+        if not chosen:
+            return None
+        return re.compile("|".join(f"(?:{repository_glob(p).pattern})" for p in chosen))
+
+    patterns = list(patterns)
+    including = joined([p for p in patterns if not p.startswith("!")])
+    excluding = joined([p[1:] for p in patterns if p.startswith("!")])
+    return including or re.compile(r"(?!)"), excluding
+
+
+def _matches(globs: tuple[re.Pattern, re.Pattern | None], name: str) -> bool:
+    including, excluding = globs
+    return bool(including.fullmatch(name)) and not (excluding and excluding.fullmatch(name))
 
 
 def repository_glob(pattern: str) -> re.Pattern:
@@ -261,8 +289,14 @@ def _parse(data: Any) -> tuple[Policy | None, list[FieldError]]:
                 "use 1 to 100 letters, digits, '.', '_' and '-', starting with a letter or digit",
             )
         )
-    repositories = _parse_repositories(data.get("repositories", list(DEFAULT_REPOSITORIES)))
+    repositories = _parse_patterns(
+        data.get("repositories", list(DEFAULT_REPOSITORIES)), "repositories", "repository"
+    )
     errors += repositories[1]
+    registries = _parse_patterns(
+        data.get("registries", list(DEFAULT_REGISTRIES)), "registries", "registry"
+    )
+    errors += registries[1]
     rules = _parse_rules(data.get("rules"))
     errors += rules[1]
     fraction = data.get("max_delete_fraction", DEFAULT_MAX_DELETE_FRACTION)
@@ -282,6 +316,7 @@ def _parse(data: Any) -> tuple[Policy | None, list[FieldError]]:
             name=name,
             rules=rules[0],
             repositories=repositories[0],
+            registries=registries[0],
             max_delete_fraction=float(fraction),
             schedule_hours=schedule[0],
             enabled=enabled,
@@ -290,23 +325,36 @@ def _parse(data: Any) -> tuple[Policy | None, list[FieldError]]:
     )
 
 
-def _parse_repositories(value: Any) -> tuple[tuple[str, ...], list[FieldError]]:
+PATTERN_RULES = {
+    "repositories": (
+        REPOSITORY_PATTERN_RE,
+        '["team/**"]',
+        "letters, digits, '.', '_', '-', '/', the wildcards *, ** and ?",
+        "**",
+    ),
+    "registries": (REGISTRY_PATTERN_RE, '["prod"]', "letters, digits, '-', * and ?", "*"),
+}
+
+
+def _parse_patterns(value: Any, field: str, what: str) -> tuple[tuple[str, ...], list[FieldError]]:
+    """A list of globs (`repositories`, `registries`), each checked against what a name of
+    that kind can hold."""
+    pattern_re, example, allowed, everything = PATTERN_RULES[field]
     if not isinstance(value, list) or not value:
-        return (), [FieldError("repositories", 'a list of patterns, such as ["team/**"]')]
+        return (), [FieldError(field, f"a list of patterns, such as {example}")]
     errors = []
     for i, pattern in enumerate(value):
-        if not isinstance(pattern, str) or not REPOSITORY_PATTERN_RE.match(pattern):
+        if not isinstance(pattern, str) or not pattern_re.match(pattern):
             errors.append(
                 FieldError(
-                    f"repositories[{i}]",
-                    f"{json.dumps(pattern)} cannot match a repository name: use lowercase "
-                    "letters, digits, '.', '_', '-', '/', the wildcards *, ** and ?, and a "
-                    "leading ! to exclude",
+                    f"{field}[{i}]",
+                    f"{json.dumps(pattern)} cannot match a {what} name: use lowercase "
+                    f"{allowed}, and a leading ! to exclude",
                 )
             )
     if not errors and all(pattern.startswith("!") for pattern in value):
         errors.append(
-            FieldError("repositories", "only exclusions cover nothing: add a pattern such as **")
+            FieldError(field, f"only exclusions cover nothing: add a pattern such as {everything}")
         )
     return tuple(value), errors
 
@@ -444,6 +492,7 @@ def policy_of(row: RetentionPolicy) -> Policy:
     return parse_policy(
         {
             "name": row.name,
+            "registries": row.registries,
             "repositories": row.repositories,
             "rules": row.rules,
             "max_delete_fraction": row.max_delete_fraction,
@@ -490,6 +539,7 @@ def save_policy(
         )
         row.name = policy.name
         row.repositories = list(policy.repositories)
+        row.registries = list(policy.registries)
         row.rules = [rule.as_json() for rule in policy.rules]
         row.max_delete_fraction = policy.max_delete_fraction
         row.schedule_hours = policy.schedule_hours
@@ -518,7 +568,7 @@ def policy_overview() -> list[PolicySummary]:
     last = RetentionRun.objects.filter(policy=OuterRef("pk")).order_by("-started_at", "-id")
     rows = list(RetentionPolicy.objects.annotate(last_run_id=Subquery(last.values("pk")[:1])))
     runs = RetentionRun.objects.in_bulk([row.last_run_id for row in rows if row.last_run_id])
-    names = list(Repository.objects.values_list("name", flat=True)) if rows else []
+    names = list(Repository.objects.values_list("registry__name", "name")) if rows else []
     summaries = []
     for row in rows:
         policy = policy_of(row)
@@ -526,7 +576,7 @@ def policy_overview() -> list[PolicySummary]:
             PolicySummary(
                 row=row,
                 policy=policy,
-                covered=sum(1 for name in names if policy.covers(name)),
+                covered=sum(1 for registry, name in names if policy.covers(name, registry)),
                 last_run=runs.get(row.last_run_id),
             )
         )

@@ -3,7 +3,7 @@ repository under their leases, and the schedule that starts them."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,7 +14,7 @@ from django.utils import timezone
 from hubimages.deletion import execution, planning
 from hubimages.lib.formatting import human_size, plural
 from hubimages.lib.leases import RepositoryBusy, repository_lock
-from hubimages.models import Repository, RetentionPolicy, RetentionRun
+from hubimages.models import Registry, Repository, RetentionPolicy, RetentionRun
 from hubimages.retention.engine import DryRun, RepositoryDryRun, dry_run, dry_run_fingerprint
 from hubimages.retention.policies import InvalidPolicy, Policy, policy_of
 from hubimages.sync.service import sync_repository
@@ -25,6 +25,10 @@ SCHEDULED_LOCK_WAIT = 30.0
 
 
 # -- runs ----------------------------------------------------------------------------------
+
+
+# A client for each registry a run touches (`registries.client.ClientsByRegistry`).
+ClientFor = Callable[[Registry], RegistryClient]
 
 
 @dataclass
@@ -45,18 +49,20 @@ def run(
     policy: Policy,
     now: datetime,
     fingerprint: str | None,
-    client: RegistryClient,
+    client_for: ClientFor,
     trigger: str,
     started_by: str,
     user=None,
     brake: bool = False,
+    registry: str | None = None,
     repositories: Collection[str] | None = None,
     row: RetentionPolicy | None = None,
     lock_wait: float = 0.0,
 ) -> RunResult:
     """Execute the dry run previewed as `fingerprint` (as of its `now`), or nothing.
 
-    Under the locks of every covered repository, each is re-read from the registry and the
+    Under the locks of every covered repository, each is re-read from its registry (through
+    `client_for(registry)`) and the
     dry run computed again; only if it is still the one previewed does anything go, each
     repository through `deletion.execute_deletion` (which checks its own plan once more).
     A scheduled run passes `fingerprint=None` (it previews and executes in one go) and
@@ -65,7 +71,7 @@ def run(
 
     A job runs it (`jobs.start_retention`): a web request only enqueues it.
     """
-    first = dry_run(policy, now=now, repositories=repositories)
+    first = dry_run(policy, now=now, registry=registry, repositories=repositories)
     record = RetentionRun(
         policy=row,
         policy_name=policy.name,
@@ -83,14 +89,14 @@ def run(
                 stack.enter_context(
                     repository_lock(repository, owner=f"retention:{policy.name}", wait=lock_wait)
                 )
-            failure = _recheck(client, covered)
+            failure = _recheck(client_for, covered)
             if failure:
                 return _finish(record, first, RetentionRun.Outcome.FAILED, failure)
-            checked = dry_run(policy, now=now, repositories=repositories)
+            checked = dry_run(policy, now=now, registry=registry, repositories=repositories)
             record.planned_bytes = checked.reclaimable_bytes
             if fingerprint is not None and checked.fingerprint != fingerprint:
                 return _finish(record, checked, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
-            return _execute(record, checked, client, user=user, brake=brake)
+            return _execute(record, checked, client_for, user=user, brake=brake)
     except RepositoryBusy as busy:
         return _finish(record, first, RetentionRun.Outcome.BUSY, f"Nothing was deleted: {busy}.")
 
@@ -100,25 +106,28 @@ CHANGED_MESSAGE = (
 )
 
 
-def _recheck(client: RegistryClient, repositories: list[Repository]) -> str:
+def _recheck(client_for: ClientFor, repositories: list[Repository]) -> str:
     for repository in repositories:
-        result = sync_repository(client, repository.name)
+        client = client_for(repository.registry)
+        result = sync_repository(client, repository.name, registry=repository.registry)
         if result.error:
             return (
-                f"Nothing was deleted: could not re-check {repository.name} against the "
-                f"registry: {result.error}"
+                f"Nothing was deleted: could not re-check {repository.name} against "
+                f"registry {repository.registry.name}: {result.error}"
             )
     return ""
 
 
 def _execute(
-    record: RetentionRun, checked: DryRun, client: RegistryClient, *, user, brake: bool
+    record: RetentionRun, checked: DryRun, client_for: ClientFor, *, user, brake: bool
 ) -> RunResult:
     notes, incomplete = [], False
     for repo in checked.repositories:
+        client = client_for(repo.repository.registry)
         note, done = _execute_repository(repo, checked.policy, client, user=user, brake=brake)
         notes.append(
             {
+                "registry": repo.registry,
                 "repository": repo.name,
                 "selected": len(repo.selected),
                 "deleted": 0,
@@ -208,6 +217,7 @@ def _finish(record: RetentionRun, shown: DryRun, outcome: str, message: str) -> 
     if not record.repositories:
         record.repositories = [
             {
+                "registry": r.registry,
                 "repository": r.name,
                 "selected": len(r.selected),
                 "deleted": 0,
@@ -238,7 +248,7 @@ def claim_due_policies(now: datetime) -> list[RetentionPolicy]:
     return claimed
 
 
-def run_scheduled(row: RetentionPolicy, now: datetime, *, client: RegistryClient) -> RunResult:
+def run_scheduled(row: RetentionPolicy, now: datetime, *, client_for: ClientFor) -> RunResult:
     """A scheduled run of a claimed policy: previewed and executed in one go, as of `now`,
     with the `max_delete_fraction` brake."""
     try:
@@ -249,7 +259,7 @@ def run_scheduled(row: RetentionPolicy, now: datetime, *, client: RegistryClient
         policy=policy,
         now=now,
         fingerprint=None,
-        client=client,
+        client_for=client_for,
         trigger=RetentionRun.Trigger.SCHEDULED,
         started_by="schedule",
         brake=True,
@@ -258,9 +268,9 @@ def run_scheduled(row: RetentionPolicy, now: datetime, *, client: RegistryClient
     )
 
 
-def run_due_policies(now: datetime, *, client: RegistryClient) -> list[RunResult]:
+def run_due_policies(now: datetime, *, client_for: ClientFor) -> list[RunResult]:
     """Claim the due policies and run each now, here (what the jobs do, in one call)."""
-    return [run_scheduled(row, now, client=client) for row in claim_due_policies(now)]
+    return [run_scheduled(row, now, client_for=client_for) for row in claim_due_policies(now)]
 
 
 def _unreadable(row: RetentionPolicy, now: datetime, invalid: InvalidPolicy) -> RunResult:

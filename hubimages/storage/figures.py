@@ -35,6 +35,7 @@ from hubimages.models import (
     Deletion,
     Manifest,
     ManifestBlob,
+    Registry,
     Repository,
     StorageFigures,
     StorageSample,
@@ -55,16 +56,16 @@ NAMES_SHOWN = 3
 HISTORY_DAYS = 90
 HISTORY_POINTS = 120  # the chart's points at most: a full sync every 15 min makes 8,640
 KEEP_SAMPLES = timedelta(days=366)
-FIGURES_ROW = 1  # StorageFigures holds one row
 
 
-def figures() -> dict:
-    """The registry's storage in the shape of `GET /api/v1/storage`: `stored_bytes`,
+def figures(registry: Registry) -> dict:
+    """The registry's storage in the shape of `GET /api/v1/storage`: `registry`, `stored_bytes`,
     `stale_reclaimable_bytes`, `untagged_bytes`, `repositories` (by name, each with the
     same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90 days,
     at most 120 of them, evenly spread)."""
-    document = insights()
+    document = insights(registry)
     return {
+        "registry": registry.name,
         **{key: document[key] for key in TOTAL_KEYS},
         "repositories": [
             {key: row[key] for key in REPOSITORY_KEYS} for row in document["repositories"]
@@ -73,24 +74,28 @@ def figures() -> dict:
     }
 
 
-def insights() -> dict:
+def insights(registry: Registry) -> dict:
     """Everything the Storage page shows: `figures()`, plus per repository how many stale
     and untagged items there are, the largest items, the most shared layers, and when
     the figures were computed. From the cache while the state is the one they describe."""
-    key = state_key()
-    kept = StorageFigures.objects.filter(pk=FIGURES_ROW, key=key).values_list("figures", flat=True)
-    document = kept.first()
+    key = state_key(registry)
+    kept = StorageFigures.objects.filter(registry=registry, key=key)
+    document = kept.values_list("figures", flat=True).first()
     if document is None:
-        document = compute()
-        _keep(key, document)
+        document = compute(registry)
+        _keep(registry, key, document)
     return document
 
 
-def state_key() -> str:
+def state_key(registry: Registry) -> str:
     """What the figures depend on, hashed: the last finished sync and deletion, the stale
     setting, and the day (an item turns stale with time alone). Two queries."""
-    syncs = SyncRun.objects.aggregate(last=Max("finished_at"), count=Count("pk"))
-    deletions = Deletion.objects.aggregate(last=Max("finished_at"), count=Count("pk"))
+    syncs = SyncRun.objects.filter(registry=registry).aggregate(
+        last=Max("finished_at"), count=Count("pk")
+    )
+    deletions = Deletion.objects.filter(registry=registry.name).aggregate(
+        last=Max("finished_at"), count=Count("pk")
+    )
     state = [
         iso(syncs["last"]) if syncs["last"] else None,
         syncs["count"],
@@ -102,13 +107,13 @@ def state_key() -> str:
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()
 
 
-def _keep(key: str, document: dict) -> None:
+def _keep(registry: Registry, key: str, document: dict) -> None:
     """Store the figures for every process; another one storing at the same moment
     computed the same."""
     try:
         with transaction.atomic():
             StorageFigures.objects.update_or_create(
-                pk=FIGURES_ROW,
+                registry=registry,
                 defaults={"key": key, "figures": document, "computed_at": timezone.now()},
             )
     except IntegrityError:
@@ -118,19 +123,20 @@ def _keep(key: str, document: dict) -> None:
 # -- computing ---------------------------------------------------------------------------
 
 
-def compute(now: datetime | None = None) -> dict:
+def compute(registry: Registry, now: datetime | None = None) -> dict:
     """The figures, from scratch: two plans of the whole registry (its stale items, its
     untagged items) and a few queries, whatever the number of repositories."""
     now = now or timezone.now()
     repositories = list(
-        Repository.objects.annotate(stored=inventory_repositories.repository_stored_size())
+        registry.repositories.annotate(stored=inventory_repositories.repository_stored_size())
     )
-    top_level = Manifest.objects.filter(is_top_level=True)
+    top_level = Manifest.objects.filter(repository__registry=registry, is_top_level=True)
     stale = _plan(repositories, top_level.filter(status.stale_q(now)))
     untagged = _plan(repositories, top_level.filter(is_tagged=False))
-    last_sync = SyncRun.objects.aggregate(last=Max("finished_at"))["last"]
+    last_sync = SyncRun.objects.filter(registry=registry).aggregate(last=Max("finished_at"))
     return {
-        "stored_bytes": inventory_repositories.stored_bytes(),
+        "registry": registry.name,
+        "stored_bytes": inventory_repositories.stored_bytes(registry),
         "stale_reclaimable_bytes": stale.plans.reclaimable_bytes,
         "untagged_bytes": untagged.plans.reclaimable_bytes,
         "repositories": [
@@ -146,11 +152,11 @@ def compute(now: datetime | None = None) -> dict:
         ],
         "stale_items": stale.items,
         "untagged_items": untagged.items,
-        "largest": largest_items(now),
-        "shared_layers": shared_layers(),
-        "history": history(now),
+        "largest": largest_items(registry, now),
+        "shared_layers": shared_layers(registry),
+        "history": history(registry, now),
         "computed_at": iso(now),
-        "as_of": iso(last_sync) if last_sync else None,
+        "as_of": iso(last_sync["last"]) if last_sync["last"] else None,
     }
 
 
@@ -187,12 +193,12 @@ def _plan(repositories: list[Repository], rows: QuerySet[Manifest]) -> _Planned:
     return _Planned(plans, {pk: len(digests) for pk, digests in selected.items()})
 
 
-def largest_items(now: datetime | None = None) -> list[dict]:
+def largest_items(registry: Registry, now: datetime | None = None) -> list[dict]:
     """The biggest top-level items of the registry (indexes count their images' distinct
     blobs once), with the tags people pushed. Two queries."""
     cutoff = status.stale_cutoff(now)
     rows = (
-        Manifest.objects.filter(is_top_level=True)
+        Manifest.objects.filter(repository__registry=registry, is_top_level=True)
         .select_related("repository")
         .only(
             "digest",
@@ -223,12 +229,12 @@ def largest_items(now: datetime | None = None) -> list[dict]:
     ]
 
 
-def shared_layers() -> list[dict]:
+def shared_layers(registry: Registry) -> list[dict]:
     """The layers the most manifests use, with the repositories they are in and the bytes
     sharing saves (each further manifest would otherwise store its own copy). A shared
     layer is freed only when the last manifest using it goes. Two queries."""
     rows = list(
-        ManifestBlob.objects.filter(role=ManifestBlob.Role.LAYER)
+        ManifestBlob.objects.filter(blob__registry=registry, role=ManifestBlob.Role.LAYER)
         .values("blob_id", "blob__digest", "blob__size")
         .annotate(
             manifests=Count("manifest_id", distinct=True),
@@ -261,12 +267,12 @@ def shared_layers() -> list[dict]:
     ]
 
 
-def history(now: datetime | None = None) -> list[dict]:
+def history(registry: Registry, now: datetime | None = None) -> list[dict]:
     """Stored bytes at each full sync of the last `HISTORY_DAYS`, at most `HISTORY_POINTS`
     of them spread evenly (the first and the last always among them)."""
     since = (now or timezone.now()) - timedelta(days=HISTORY_DAYS)
     samples = list(
-        StorageSample.objects.filter(at__gte=since)
+        StorageSample.objects.filter(registry=registry, at__gte=since)
         .order_by("at", "pk")
         .values_list("at", "stored_bytes")
     )
@@ -280,16 +286,18 @@ def history(now: datetime | None = None) -> list[dict]:
 # -- after a full sync ---------------------------------------------------------------------
 
 
-def after_full_sync(client: RegistryClient) -> None:
-    """What a successful full sync adds: whether the garbage collector ran and one point
-    of the storage history. (The worker then computes the figures for the state it left,
-    so no page waits for them: `jobs`.)"""
-    note_collections(client)
-    record_sample()
+def after_full_sync(client: RegistryClient, registry: Registry) -> None:
+    """What a successful full sync of `registry` adds: whether its garbage collector ran
+    and one point of its storage history. (The worker then computes the figures for the
+    state it left, so no page waits for them: `jobs`.)"""
+    note_collections(client, registry)
+    record_sample(registry)
 
 
-def record_sample(now: datetime | None = None) -> StorageSample:
+def record_sample(registry: Registry, now: datetime | None = None) -> StorageSample:
     """One point of "stored bytes over time"; points older than a year go."""
     now = now or timezone.now()
-    StorageSample.objects.filter(at__lt=now - KEEP_SAMPLES).delete()
-    return StorageSample.objects.create(at=now, stored_bytes=inventory_repositories.stored_bytes())
+    StorageSample.objects.filter(registry=registry, at__lt=now - KEEP_SAMPLES).delete()
+    return StorageSample.objects.create(
+        registry=registry, at=now, stored_bytes=inventory_repositories.stored_bytes(registry)
+    )

@@ -24,7 +24,8 @@ from django.utils import timezone
 
 from hubimages.lib.formatting import plural
 from hubimages.lib.leases import LeaseBusy, lease
-from hubimages.models import Repository, SyncRun
+from hubimages.models import Registry, SyncRun
+from hubimages.registries import rows
 from hubimages.sync import store
 from hubimages.sync.store import Known, RepositoryResult
 from registry import crawl, media
@@ -79,9 +80,6 @@ class SyncSummary:
 Progress = Callable[[str], None]
 
 
-FULL_SYNC_LEASE = "sync:all"
-
-
 def sync_registry(
     client: RegistryClient,
     *,
@@ -90,29 +88,39 @@ def sync_registry(
     workers: int = 8,
     progress: Progress | None = None,
     prune: bool = False,
-    after_full_sync: Callable[[RegistryClient], None] | None = None,
+    after_full_sync: Callable[[RegistryClient, Registry], None] | None = None,
+    registry: Registry | None = None,
 ) -> SyncSummary:
     """Bring the database in line with the registry; see SPEC §5.
 
     `repositories` syncs just those. `catalog` stands in for the registry's catalog, for
     registries that do not offer one to us (Docker Hub, GHCR): the database then holds those
     repositories and no others, as it would with the catalog. `prune` lets a full sync
-    remove more repositories than `too_many_to_remove` allows. A full sync holds the
-    `sync:all` lease, so two never overlap on any number of hosts (raises `LeaseBusy`);
+    remove more repositories than `too_many_to_remove` allows. `registry` is the one
+    `client` reads (default: the default registry). A full sync holds the registry's
+    `sync:<name>` lease, so two never overlap on any number of hosts, while other
+    registries sync on their own (raises `LeaseBusy`);
     `after_full_sync` runs under that lease when a full sync succeeded (the app passes
     `storage.figures.after_full_sync`: a layer above this one)."""
+    registry = registry or rows.get()
     if repositories:
-        return _sync(client, list(dict.fromkeys(repositories)), None, workers, progress, prune)
+        names = list(dict.fromkeys(repositories))
+        return _sync(client, registry, names, None, workers, progress, prune)
     owner = f"a full sync ({socket.gethostname()}:{os.getpid()})"
-    with lease(FULL_SYNC_LEASE, owner=owner, what="the registry"):
-        summary = _sync(client, None, catalog, workers, progress, prune)
+    with lease(full_sync_lease(registry.name), owner=owner, what=f"registry {registry.name}"):
+        summary = _sync(client, registry, None, catalog, workers, progress, prune)
         if summary.succeeded and after_full_sync is not None:
-            after_full_sync(client)
+            after_full_sync(client, registry)
         return summary
+
+
+def full_sync_lease(registry: str) -> str:
+    return f"sync:{registry}"
 
 
 def _sync(
     client: RegistryClient,
+    registry: Registry,
     names: list[str] | None,
     catalog: Iterable[str] | None,
     workers: int,
@@ -120,16 +128,15 @@ def _sync(
     prune: bool,
 ) -> SyncSummary:
     started = time.monotonic()
-    run = SyncRun.objects.create(started_at=timezone.now())
+    run = SyncRun.objects.create(registry=registry, started_at=timezone.now())
     summary = SyncSummary()
     report = progress or (lambda message: None)
     try:
         if names is not None:
-            _sync_all(
-                client, _valid_names(names, "named", summary), workers, report, summary, gone=None
-            )
+            valid = _valid_names(names, "named", summary)
+            _sync_all(client, registry, valid, workers, report, summary, gone=None)
         else:
-            _sync_everything(client, catalog, workers, report, summary, prune)
+            _sync_everything(client, registry, catalog, workers, report, summary, prune)
         if summary.manifests_removed or summary.repositories_removed:
             store.remove_unused_blobs()
     except RegistryError as error:
@@ -149,6 +156,7 @@ def _sync(
 
 def _sync_everything(
     client: RegistryClient,
+    registry: Registry,
     catalog: Iterable[str] | None,
     workers: int,
     report: Progress,
@@ -165,19 +173,20 @@ def _sync_everything(
         except RegistryError:
             summary.catalog_failed = True
             raise
-    holding = _repositories_holding_manifests()
-    unlisted = sorted(set(Repository.objects.values_list("name", flat=True)) - set(listed))
+    holding = _repositories_holding_manifests(registry)
+    known = registry.repositories.values_list("name", flat=True)
+    unlisted = sorted(set(known) - set(listed))
     gone: dict[str, tuple[Snapshot | crawl.CrawlFailure, Known]] = {}
     if catalog:
         # The configured list is the operator's word, not the registry's: no need to look.
         for name in unlisted:
             gone[name] = (crawl.CrawlFailure(name, NotFound("not configured")), NOTHING_KNOWN)
         report(f"{plural(len(listed), 'repository')} configured")
-        _sync_all(client, listed, workers, report, summary, gone=gone)
+        _sync_all(client, registry, listed, workers, report, summary, gone=gone)
     else:
         more = f"; {len(unlisted)} more in the database, looked up too" if unlisted else ""
         report(f"{plural(len(listed), 'repository')} in the catalog{more}")
-        _sync_all(client, listed + unlisted, workers, report, summary, gone=gone)
+        _sync_all(client, registry, listed + unlisted, workers, report, summary, gone=gone)
         found = [name for name in unlisted if name not in gone]
         for name in unlisted:
             if name in gone:  # not even in the catalog: the whole repository goes
@@ -190,11 +199,12 @@ def _sync_everything(
                 f"the catalog does not list {plural(len(found), 'repository')} the registry "
                 f"still has, kept: {crawl.named(found)}"
             )
-    _remove_gone(gone, holding, prune, summary)
+    _remove_gone(registry, gone, holding, prune, summary)
 
 
 def _sync_all(
     client: RegistryClient,
+    registry: Registry,
     names: list[str],
     workers: int,
     report: Progress,
@@ -202,7 +212,7 @@ def _sync_all(
     *,
     gone: dict | None,
 ) -> None:
-    for result in _sync_repositories(client, names, workers, report, gone):
+    for result in _sync_repositories(client, registry, names, workers, report, gone):
         summary.repositories += 1
         summary.manifests_added += result.added
         summary.tags_changed += result.tags_changed
@@ -223,6 +233,7 @@ def too_many_to_remove(count: int, holding: int) -> bool:
 
 
 def _remove_gone(
+    registry: Registry,
     gone: dict[str, tuple[Snapshot | crawl.CrawlFailure, Known]],
     holding: set[str],
     prune: bool,
@@ -243,13 +254,13 @@ def _remove_gone(
         gone = {name: read for name, read in gone.items() if name not in holding}
     for name, (read, known) in sorted(gone.items()):
         if isinstance(read, Snapshot):
-            result = _write_or_fail(read, known)
+            result = _write_or_fail(registry, read, known)
             read.close()
             summary.manifests_removed += result.removed
             if result.error:
                 summary.errors.append(f"{name}: {result.error}")
         else:
-            summary.manifests_removed += store.write_missing(name).removed
+            summary.manifests_removed += store.write_missing(registry, name).removed
             summary.repositories_removed += 1
 
 
@@ -263,10 +274,9 @@ def _valid_names(names: list[str], source: str, summary: SyncSummary) -> list[st
     return [name for name in names if media.is_repository_name(name)]
 
 
-def _repositories_holding_manifests() -> set[str]:
-    return set(
-        Repository.objects.filter(manifests__isnull=False).values_list("name", flat=True).distinct()
-    )
+def _repositories_holding_manifests(registry: Registry) -> set[str]:
+    holding = registry.repositories.filter(manifests__isnull=False)
+    return set(holding.values_list("name", flat=True).distinct())
 
 
 def _read_catalog(client: RegistryClient) -> list[str]:
@@ -279,14 +289,18 @@ def _read_catalog(client: RegistryClient) -> list[str]:
         raise
 
 
-def sync_repository(client: RegistryClient, name: str, *, workers: int = 8) -> RepositoryResult:
+def sync_repository(
+    client: RegistryClient, name: str, *, workers: int = 8, registry: Registry | None = None
+) -> RepositoryResult:
     """Sync one repository (used before a delete, to check the plan still holds)."""
-    [result] = _sync_repositories(client, [name], workers, lambda message: None)
+    registry = registry or rows.get()
+    [result] = _sync_repositories(client, registry, [name], workers, lambda message: None)
     return result
 
 
 def _sync_repositories(
     client: RegistryClient,
+    registry: Registry,
     names: list[str],
     workers: int,
     report: Progress,
@@ -299,7 +313,7 @@ def _sync_repositories(
     unchanged: list[str] = []
 
     def known(name: str) -> Known:
-        known_by_name[name] = store.known_state(name)
+        known_by_name[name] = store.known_state(registry, name)
         return known_by_name[name]
 
     snapshots = crawl.crawl_repositories(
@@ -320,14 +334,14 @@ def _sync_repositories(
             unchanged.append(read.name)
             read.close()
         else:
-            result = _write_read(read, known_before)
+            result = _write_read(registry, read, known_before)
             if isinstance(read, Snapshot):
                 if not result.error:
                     configs.update(read.config_digests)
                 read.close()
         report(_progress_line(done, len(names), result))
         yield result
-    store.mark_synced(unchanged)
+    store.mark_synced(registry, unchanged)
 
 
 def _is_gone(read: Snapshot | crawl.CrawlFailure, known: Known) -> bool:
@@ -338,17 +352,19 @@ def _is_gone(read: Snapshot | crawl.CrawlFailure, known: Known) -> bool:
     return bool(stored) and not read.tags and not read.fetched and not (read.present & stored)
 
 
-def _write_read(read: Snapshot | crawl.CrawlFailure, known: Known) -> RepositoryResult:
+def _write_read(
+    registry: Registry, read: Snapshot | crawl.CrawlFailure, known: Known
+) -> RepositoryResult:
     if isinstance(read, crawl.CrawlFailure):
         if read.missing:
-            return store.write_missing(read.name)
+            return store.write_missing(registry, read.name)
         return RepositoryResult(name=read.name, error=str(read.error))
-    return _write_or_fail(read, known)
+    return _write_or_fail(registry, read, known)
 
 
-def _write_or_fail(snapshot: Snapshot, known: Known) -> RepositoryResult:
+def _write_or_fail(registry: Registry, snapshot: Snapshot, known: Known) -> RepositoryResult:
     try:
-        return store.write_snapshot(snapshot, known)
+        return store.write_snapshot(registry, snapshot, known)
     except LeaseBusy as error:
         return RepositoryResult(name=snapshot.name, error=str(error))
     except Exception as error:  # a bug must not stop the other repositories

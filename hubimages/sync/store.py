@@ -14,7 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from hubimages.lib.leases import repository_lock
-from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Registry, Repository, Tag
 from hubimages.sync import activity, rollups
 from registry import crawl, media
 from registry.client import FetchedManifest, RegistryClient
@@ -53,22 +53,32 @@ def remove_unused_blobs() -> None:
 Known = KnownRepository
 
 
-def known_state(name: str) -> Known:
-    tags = dict(Tag.objects.filter(repository__name=name).values_list("name", "manifest__digest"))
-    return Known(known_manifests(name), tags)
+def known_state(registry: Registry, name: str) -> Known:
+    tags = dict(
+        Tag.objects.filter(repository__registry=registry, repository__name=name).values_list(
+            "name", "manifest__digest"
+        )
+    )
+    return Known(known_manifests(registry, name), tags)
 
 
-def mark_synced(names: list[str]) -> None:
+def mark_synced(registry: Registry, names: list[str]) -> None:
     """One statement per thousand unchanged repositories, rather than a write each."""
     now = timezone.now()
     for start in range(0, len(names), CHUNK):
-        Repository.objects.filter(name__in=names[start : start + CHUNK]).update(synced_at=now)
+        Repository.objects.filter(registry=registry, name__in=names[start : start + CHUNK]).update(
+            synced_at=now
+        )
 
 
-def known_manifests(name: str, digests: Collection[str] | None = None) -> dict[str, KnownManifest]:
+def known_manifests(
+    registry: Registry, name: str, digests: Collection[str] | None = None
+) -> dict[str, KnownManifest]:
     """The repository's stored manifests (or just `digests` of them) with their children."""
-    manifests = Manifest.objects.filter(repository__name=name)
-    entries = IndexEntry.objects.filter(index__repository__name=name)
+    manifests = Manifest.objects.filter(repository__registry=registry, repository__name=name)
+    entries = IndexEntry.objects.filter(
+        index__repository__registry=registry, index__repository__name=name
+    )
     if digests is not None:
         manifests = manifests.filter(digest__in=list(digests))
         entries = entries.filter(index__digest__in=list(digests))
@@ -94,13 +104,13 @@ def stored_configs(digests: Collection[str] | None = None) -> set[str]:
 # -- writing (the calling thread, one transaction per repository) ------------------------
 
 
-def write_missing(name: str) -> RepositoryResult:
-    removed = Manifest.objects.filter(repository__name=name).count()
-    Repository.objects.filter(name=name).delete()
+def write_missing(registry: Registry, name: str) -> RepositoryResult:
+    removed = Manifest.objects.filter(repository__registry=registry, repository__name=name).count()
+    Repository.objects.filter(registry=registry, name=name).delete()
     return RepositoryResult(name=name, removed=removed, warnings=["not in the registry"])
 
 
-def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
+def write_snapshot(registry: Registry, snapshot: Snapshot, known: Known) -> RepositoryResult:
     """Write a crawl's snapshot under the repository's lease, trusting the database as it
     is now rather than as it was when the crawl started: a push event may have stored some
     manifests or moved some tags meanwhile, and its word is newer than the crawl's.
@@ -110,7 +120,7 @@ def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
     repository's previous data."""
     result = RepositoryResult(name=snapshot.name, warnings=snapshot.warnings)
     now = timezone.now()
-    repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+    repository, _ = Repository.objects.get_or_create(registry=registry, name=snapshot.name)
     with (
         repository_lock(repository, owner="sync", wait=LOCK_WAIT_SECONDS),
         transaction.atomic(),
@@ -162,7 +172,7 @@ def _insert_manifests(
             for m in manifests
         ]
         Manifest.objects.bulk_create(rows)
-        _insert_blob_links(manifests, _manifest_ids(repository, chunk))
+        _insert_blob_links(repository.registry_id, manifests, _manifest_ids(repository, chunk))
         activity.apply_recorded_pushes(repository, chunk)
         activity.apply_earlier_pulls(repository, chunk)
     for chunk in _chunks(digests):
@@ -291,7 +301,9 @@ def _history_of(config: media.ImageConfig | dict | None) -> list:
     ]
 
 
-def _insert_blob_links(fetched: Iterable[FetchedManifest], ids: dict[str, int]) -> None:
+def _insert_blob_links(
+    registry_id: int, fetched: Iterable[FetchedManifest], ids: dict[str, int]
+) -> None:
     blobs: dict[str, tuple[int, str]] = {}
     links: list[tuple[str, str, str, int]] = []
     for manifest in fetched:
@@ -305,11 +317,14 @@ def _insert_blob_links(fetched: Iterable[FetchedManifest], ids: dict[str, int]) 
             blobs[layer.digest] = (layer.size, layer.media_type)
             links.append((manifest.digest, layer.digest, ManifestBlob.Role.LAYER, position))
     Blob.objects.bulk_create(
-        [Blob(digest=d, size=s, media_type=t[:255]) for d, (s, t) in blobs.items()],
+        [
+            Blob(registry_id=registry_id, digest=d, size=s, media_type=t[:255])
+            for d, (s, t) in blobs.items()
+        ],
         ignore_conflicts=True,
         batch_size=500,
     )
-    blob_ids = _blob_ids(list(blobs))
+    blob_ids = _blob_ids(registry_id, list(blobs))
     ManifestBlob.objects.bulk_create(
         [
             ManifestBlob(manifest_id=ids[m], blob_id=blob_ids[b], role=role, position=position)
@@ -319,11 +334,15 @@ def _insert_blob_links(fetched: Iterable[FetchedManifest], ids: dict[str, int]) 
     )
 
 
-def _blob_ids(digests: list[str]) -> dict[str, int]:
+def _blob_ids(registry_id: int, digests: list[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
     for start in range(0, len(digests), 500):
         chunk = digests[start : start + 500]
-        ids.update(Blob.objects.filter(digest__in=chunk).values_list("digest", "pk"))
+        ids.update(
+            Blob.objects.filter(registry_id=registry_id, digest__in=chunk).values_list(
+                "digest", "pk"
+            )
+        )
     return ids
 
 
@@ -413,7 +432,11 @@ def _classify(
 
 
 def read_pushed(
-    client: RegistryClient, pool: ThreadPoolExecutor, name: str, pushed: dict[str, set[str]]
+    client: RegistryClient,
+    pool: ThreadPoolExecutor,
+    registry: Registry,
+    name: str,
+    pushed: dict[str, set[str]],
 ) -> Snapshot:
     """`registry.crawl.read_pushed`, answering from the database what it holds."""
     return crawl.read_pushed(
@@ -421,17 +444,17 @@ def read_pushed(
         pool,
         name,
         pushed,
-        known=lambda digests: known_manifests(name, digests),
+        known=lambda digests: known_manifests(registry, name, digests),
         known_configs=stored_configs,
     )
 
 
-def write_pushed(snapshot: Snapshot) -> Repository:
+def write_pushed(registry: Registry, snapshot: Snapshot) -> Repository:
     """Store what `read_pushed` read and point its tags, in one transaction under the
     repository's lease, leaving the repository's other manifests and tags alone
     (repairing them is sync's job). Raises `RepositoryBusy` like `write_snapshot`."""
     now = timezone.now()
-    repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+    repository, _ = Repository.objects.get_or_create(registry=registry, name=snapshot.name)
     with (
         repository_lock(repository, owner="events", wait=LOCK_WAIT_SECONDS),
         transaction.atomic(),
