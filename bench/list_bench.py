@@ -261,7 +261,7 @@ def main() -> int:
             )
             big, small = time_pages(
                 client,
-                [("/repositories/bench/big/", params), ("/repositories/bench/small/", baseline)],
+                [("/r/default/bench/big/", params), ("/r/default/bench/small/", baseline)],
                 args.repeat,
             )
             label = " ".join(f"{key}={value}" for key, value in case.items())

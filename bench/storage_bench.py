@@ -58,7 +58,7 @@ def run(workdir: str, args: argparse.Namespace) -> int:
         assert response.status_code == 200
 
     def list_page() -> None:
-        page("/repositories/bench/r000/")  # 25 rows, the default page size
+        page("/r/default/bench/r000/")  # 25 rows, the default page size
 
     def compute() -> dict:
         return storage_figures.compute()

@@ -27,7 +27,7 @@ class Registry(models.Model):
     description = models.CharField(max_length=500, blank=True)
     # Declared by the configuration now; a registry taken out of it keeps its rows (its
     # history, its repositories as they were) but is no longer synced.
-    configured = models.BooleanField(default=True)
+    configured = models.BooleanField(default=False)
     # What a cheap request of each kind found (`registries.probes`), and when.
     capabilities = models.JSONField(default=dict, blank=True)
     probed_at = models.DateTimeField(null=True, blank=True)

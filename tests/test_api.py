@@ -61,6 +61,7 @@ def test_repositories_are_listed_with_their_figures(stock, client, reader):
     proj = next(item for item in body["results"] if item["name"] == REPO)
     overview = inventory_repositories.repository_overview().get(name=REPO)
     assert proj == {
+        "registry": "default",
         "name": REPO,
         "tag_count": overview.tag_count,
         "image_count": 6,  # old, orphan, rebuilt, index, edge, main
@@ -767,6 +768,7 @@ def test_the_storage_figures_are_the_storage_page_s_and_a_stale_figure_is_a_dry_
 
     assert figures == storage_figures.figures()
     assert set(figures) == {
+        "registry",
         "stored_bytes",
         "stale_reclaimable_bytes",
         "untagged_bytes",

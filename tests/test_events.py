@@ -115,7 +115,7 @@ def test_without_a_configured_token_the_endpoint_is_disabled_and_says_so(
     client, settings, db, caplog, monkeypatch
 ):
     settings.REGISTRY_EVENTS_TOKEN = ""
-    monkeypatch.setattr("hubimages.web.webhooks._warned_disabled", False)
+    monkeypatch.setattr("hubimages.web.webhooks._warned_disabled", set())
     with caplog.at_level(logging.WARNING, logger="hubimages.events"):
         response = post(client, registry_event("pull", "team/api", digest="sha256:" + "a" * 64))
         post(client, registry_event("pull", "team/api", digest="sha256:" + "b" * 64))
@@ -295,7 +295,7 @@ def test_a_push_that_fails_stays_pending_until_process_events_or_sync_registry(
 ):
     # No retries with backoff inside one drain: the next drain is the retry.
     monkeypatch.setattr(
-        events, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+        events, "registry_client", lambda *_: RegistryClient(registry_url, max_retries=0)
     )
     first = pusher.push_image("team/api", tag="v1", layers=[random_layer(100, "first")])
     second = pusher.push_image("team/api", tag="v2", layers=[random_layer(100, "second")])

@@ -62,7 +62,7 @@ def test_a_job_that_fails_for_a_passing_reason_is_retried_with_back_off_then_giv
     plan = planning.plan_deletion(repository=repository, digests=[image.digest])
     registry_server.stop()
     monkeypatch.setattr(
-        runner, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+        runner, "registry_client", lambda *_: RegistryClient(registry_url, max_retries=0)
     )
     job = queue.start_deletion(
         repository=repository, digests=[image.digest], fingerprint=plan.fingerprint, user=deleter
@@ -197,6 +197,7 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
 
 def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings):
     settings.SYNC_INTERVAL_MINUTES = 15
+    settings.REGISTRY_URL = "https://registry.example.com"
     now = timezone.now()
     wins = []
     barrier = threading.Barrier(6)
@@ -204,7 +205,7 @@ def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings
     def worker() -> None:
         try:
             barrier.wait()
-            wins.append(jobs_worker.claim_schedule("sync", now, timedelta(minutes=15)))
+            wins.append(jobs_worker.claim_schedule("sync:default", now, timedelta(minutes=15)))
         finally:
             connection.close()
 
@@ -218,7 +219,7 @@ def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings
     assert jobs_worker.schedule_due(now + timedelta(minutes=5)) == []
     started = jobs_worker.schedule_due(now + timedelta(minutes=16))
     assert [job.kind for job in started] == ["sync"] and started[0].started_by == "schedule"
-    assert Schedule.objects.get(name="sync").next_run_at == now + timedelta(minutes=31)
+    assert Schedule.objects.get(name="sync:default").next_run_at == now + timedelta(minutes=31)
 
 
 def test_no_periodic_sync_when_the_interval_is_zero(db, settings):
@@ -228,10 +229,10 @@ def test_no_periodic_sync_when_the_interval_is_zero(db, settings):
 
 
 def test_two_full_syncs_never_overlap(registry_client, db, capsys, settings, registry_url):
-    held = leases.acquire("sync:all", owner="a full sync (host-b:4242)")
+    held = leases.acquire("sync:default", owner="a full sync (host-b:4242)")
 
     with pytest.raises(
-        leases.LeaseBusy, match="the registry is busy: a full sync \\(host-b:4242\\)"
+        leases.LeaseBusy, match="registry default is busy: a full sync \\(host-b:4242\\)"
     ):
         sync_registry(registry_client)
     with pytest.raises(CommandError, match="a full sync \\(host-b:4242\\) is working on it"):
@@ -241,7 +242,8 @@ def test_two_full_syncs_never_overlap(registry_client, db, capsys, settings, reg
     run_tasks()
     first.refresh_from_db()
     assert (
-        first.state == "queued" and "attempt 1 of 3 failed: the registry is busy" in first.message
+        first.state == "queued"
+        and "attempt 1 of 3 failed: registry default is busy" in first.message
     )
     leases.release(held)
     make_due(first)
@@ -272,7 +274,7 @@ def test_sync_now_is_for_admins_by_post_and_shows_progress_then_a_summary(
     assert "hx-trigger" not in done and "Succeeded" in done
     assert "2 repositories synced" in done and "2 manifests added" in done
 
-    plain = admin_client.post(f"/repositories/{REPO}/-/sync/")
+    plain = admin_client.post(f"/r/default/{REPO}/-/sync/")
     assert plain.status_code == 303 and plain["Location"].startswith("/jobs/")
     assert Job.objects.latest("pk").repository == REPO
 

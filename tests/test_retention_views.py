@@ -36,6 +36,7 @@ PREVIEW = "/retention/preview"
 HTMX = {"HX-Request": "true"}
 POLICY = {
     "name": "ci",
+    "registries": ["*"],
     "repositories": ["acme/*"],
     "rules": [
         {"keep": "always", "tags": ["v*"]},

@@ -19,6 +19,7 @@ from devtools.pusher import random_layer
 from devtools.worker import run_tasks
 from hubimages.deletion import execution, planning
 from hubimages.jobs import queue
+from hubimages.registries import rows
 from hubimages.models import Deletion, Manifest, Repository, StorageFigures, StorageSample, SyncRun
 from hubimages.storage import collection
 from hubimages.storage import figures as storage_figures
@@ -91,6 +92,7 @@ def test_figures_have_the_shape_of_the_storage_api(two_teams):
     figures = storage_figures.figures()
 
     assert list(figures) == [
+        "registry",
         "stored_bytes",
         "stale_reclaimable_bytes",
         "untagged_bytes",
@@ -216,14 +218,15 @@ def test_the_largest_items_and_the_most_shared_layers(two_teams):
 
 
 def test_figures_are_computed_once_per_state_and_anew_after_a_sync(two_teams, pusher, sync):
-    storage_figures.insights()
+    registry = rows.get()
+    storage_figures.insights(registry)
     with CaptureQueriesContext(connection) as queries:
-        again = storage_figures.insights()
+        again = storage_figures.insights(registry)
     assert len(queries) == 3  # the state's two aggregates and the cached row
 
     pusher.push_image(WEB, tag="big", layers=[random_layer(70_000, "big")])
     with CaptureQueriesContext(connection) as queries:
-        before_sync = storage_figures.insights()
+        before_sync = storage_figures.insights(registry)
     assert len(queries) == 3
     assert before_sync == again  # events aside, the registry is read by syncs
 
@@ -238,8 +241,9 @@ def test_a_full_sync_job_leaves_the_figures_ready(two_teams, registry_url):
     queue.start_sync(started_by="schedule")
     run_tasks()
 
+    registry = rows.get()
     with CaptureQueriesContext(connection) as queries:
-        storage_figures.insights()
+        storage_figures.insights(registry)
     assert len(queries) == 3
 
 
@@ -311,6 +315,7 @@ def test_points_older_than_a_year_are_forgotten(db):
     storage_figures.record_sample(now)
 
     assert list(StorageSample.objects.values_list("stored_bytes", flat=True)) == [2, 0]
+    assert {sample.registry.name for sample in StorageSample.objects.all()} == {"default"}
 
 
 # -- garbage collection ---------------------------------------------------------------------------

@@ -91,8 +91,8 @@ def test_the_bar_chart_has_a_title_and_the_table_behind_it_the_same_figures(
     row = table[table.index(">team/big<") : table.index("</tr>", table.index(">team/big<"))]
     assert f'title="{big["stored_bytes"]:,} bytes">{human_size(big["stored_bytes"])}</td>' in row
     assert '50.0 kB</a> <span class="muted">· 1 item</span>' in row
-    assert 'href="/repositories/team/big/?status=stale"' in row
-    assert 'href="/repositories/team/big/?filter=untagged"' in row
+    assert 'href="/r/default/team/big/?status=stale"' in row
+    assert 'href="/r/default/team/big/?filter=untagged"' in row
     assert "All 3 repositories" in table
 
 
@@ -146,7 +146,7 @@ def test_the_largest_items_and_the_most_shared_layers(registry_rows, viewer_clie
     page = viewer_client.get("/storage/").content.decode()
 
     largest = page[page.index('id="largest-title"') : page.index('id="shared-title"')]
-    rows = re.findall(r'<a href="/repositories/([^"]+)/-/images/(sha256:[0-9a-f]+)/"', largest)
+    rows = re.findall(r'<a href="/r/default/([^"]+)/-/images/(sha256:[0-9a-f]+)/"', largest)
     assert rows[:3] == [
         ("team/big", digest_for("big-active")),
         ("team/big", digest_for("big-stale")),
@@ -159,7 +159,7 @@ def test_the_largest_items_and_the_most_shared_layers(registry_rows, viewer_clie
     layer = digest_for("mid-active:layer")
     assert f'data-copy="{layer}"' in shared
     assert "2 manifests in 2 repositories" in shared
-    assert '>small</a>, <a class="name" href="/repositories/team/mid/">team/mid</a>' in shared
+    assert '>small</a>, <a class="name" href="/r/default/team/mid/">team/mid</a>' in shared
 
 
 def test_the_history_chart_has_a_title_and_a_table(registry_rows, viewer_client):

@@ -109,7 +109,7 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
         request,
         rows,
         query,
-        lambda page: [{"registry": registry, **lists.row_as_dict(row, now)} for row in page],
+        lambda page: [lists.row_as_dict(row, now, registry=registry) for row in page],
     )
 
 
@@ -130,8 +130,7 @@ def image_detail(
     except Manifest.DoesNotExist:
         raise ApiError(404, "not_found", f"no manifest {digest} in {repository.name}") from None
     return {
-        "registry": repository.registry.name,
-        **lists.row_as_dict(manifest),
+        **lists.row_as_dict(manifest, registry=repository.registry.name),
         "also_in": [
             {"registry": other.repository.registry.name, "repository": other.repository.name}
             for other in details.also_in(manifest)

@@ -286,9 +286,11 @@ def children_of(manifest: Manifest) -> list[tuple[Manifest, str]]:
     return children
 
 
-def row_as_dict(row: Manifest, now: datetime | None = None) -> dict:
-    """A list row in the stable JSON shape scripts rely on (`list_images --json`)."""
+def row_as_dict(row: Manifest, now: datetime | None = None, *, registry: str) -> dict:
+    """A list row in the stable JSON shape scripts rely on (`list_images --json`), naming
+    its registry (SPEC §11)."""
     return {
+        "registry": registry,
         "digest": row.digest,
         "kind": row.kind,
         "media_type": row.media_type,

@@ -59,7 +59,7 @@ def start(
     return job
 
 
-def start_sync(*, registry: str, user=None, started_by: str = "", repository: str = "") -> Job:
+def start_sync(*, registry: str = "", user=None, started_by: str = "", repository: str = "") -> Job:
     """A full sync of `registry` (or of one repository), unless the same one is already
     queued or running: then that job, so a second click follows the first."""
     kind = Kind.SYNC_REPOSITORY if repository else Kind.SYNC

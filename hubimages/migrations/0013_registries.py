@@ -40,7 +40,7 @@ class Migration(migrations.Migration):
                 ('name', models.SlugField(max_length=40, unique=True)),
                 ('url', models.CharField(blank=True, max_length=500)),
                 ('description', models.CharField(blank=True, max_length=500)),
-                ('configured', models.BooleanField(default=True)),
+                ('configured', models.BooleanField(default=False)),
                 ('capabilities', models.JSONField(blank=True, default=dict)),
                 ('probed_at', models.DateTimeField(blank=True, null=True)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
@@ -123,32 +123,63 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='blob',
             name='registry',
-            field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='blobs', to='hubimages.registry'),
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='blobs', to='hubimages.registry'),
         ),
         migrations.AlterField(
             model_name='registryevent',
             name='registry',
-            field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='events', to='hubimages.registry'),
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='hubimages.registry'),
         ),
         migrations.AlterField(
             model_name='repository',
             name='registry',
-            field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='repositories', to='hubimages.registry'),
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='repositories', to='hubimages.registry'),
         ),
         migrations.AlterField(
             model_name='storagesample',
             name='registry',
-            field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='samples', to='hubimages.registry'),
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='samples', to='hubimages.registry'),
         ),
         migrations.AlterField(
             model_name='syncrun',
             name='registry',
-            field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='sync_runs', to='hubimages.registry'),
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='sync_runs', to='hubimages.registry'),
         ),
         migrations.AlterField(
             model_name='storagefigures',
             name='registry',
             field=models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='figures', to='hubimages.registry'),
+        ),
+        # The default (`default_registry`, which makes the row) is Python's only: the
+        # database never calls it, so neither does this migration.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='blob',
+                    name='registry',
+                    field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='blobs', to='hubimages.registry'),
+                ),
+                migrations.AlterField(
+                    model_name='registryevent',
+                    name='registry',
+                    field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='events', to='hubimages.registry'),
+                ),
+                migrations.AlterField(
+                    model_name='repository',
+                    name='registry',
+                    field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='repositories', to='hubimages.registry'),
+                ),
+                migrations.AlterField(
+                    model_name='storagesample',
+                    name='registry',
+                    field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='samples', to='hubimages.registry'),
+                ),
+                migrations.AlterField(
+                    model_name='syncrun',
+                    name='registry',
+                    field=models.ForeignKey(default=hubimages.models.default_registry, on_delete=django.db.models.deletion.CASCADE, related_name='sync_runs', to='hubimages.registry'),
+                ),
+            ],
         ),
         migrations.AddIndex(
             model_name='registryevent',

@@ -19,7 +19,7 @@ def registry_client(registry: Registry | RegistryConfig | str | None = None) -> 
     else:
         name = registry.name if isinstance(registry, Registry) else (registry or default_name())
         config = configuration(name)
-        if config is None:
+        if config is None or not config.url:
             if name == "default":
                 raise ImproperlyConfigured(
                     "REGISTRY_URL is not set: point it at your registry, e.g. "

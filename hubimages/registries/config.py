@@ -185,10 +185,12 @@ def _secret(item: dict, kind: str, where: str) -> str:
 
 def from_environment(settings: Any) -> list[RegistryConfig]:
     """The registries the settings declare: `REGISTRIES` (read from `REGISTRIES_FILE` at
-    start), or the one registry `default` of `REGISTRY_URL` and its companions, or none."""
+    start), or the one registry `default` of `REGISTRY_URL` and its companions (its events
+    token alone declares it too: notifications are recorded, and what needs the registry
+    waits for its URL), or none."""
     if settings.REGISTRIES is not None:
         return list(settings.REGISTRIES)
-    if not settings.REGISTRY_URL:
+    if not settings.REGISTRY_URL and not settings.REGISTRY_EVENTS_TOKEN:
         return []
     return [
         RegistryConfig(

@@ -11,6 +11,7 @@ from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
 from hubimages.models import Deletion, ManifestBlob, Registry
+from hubimages.registries import rows
 from registry.client import RegistryClient
 from registry.errors import RegistryError
 
@@ -54,6 +55,7 @@ def note_collections(
     before those whose probe is still there: a binary search finds the last one gone in a
     few HEAD requests, and it and every deletion that finished before it were collected.
     A probe that a manifest uses again (pushed anew) proves nothing and is not asked."""
+    registry = registry or rows.get()
     reused = ManifestBlob.objects.filter(
         blob__registry=registry, blob__digest=OuterRef("probe_digest")
     )

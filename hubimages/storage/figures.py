@@ -42,6 +42,7 @@ from hubimages.models import (
     SyncRun,
     Tag,
 )
+from hubimages.registries import rows as registry_rows
 from hubimages.storage.collection import note_collections
 from registry.client import RegistryClient
 
@@ -58,11 +59,12 @@ HISTORY_POINTS = 120  # the chart's points at most: a full sync every 15 min mak
 KEEP_SAMPLES = timedelta(days=366)
 
 
-def figures(registry: Registry) -> dict:
+def figures(registry: Registry | None = None) -> dict:
     """The registry's storage in the shape of `GET /api/v1/storage`: `registry`, `stored_bytes`,
     `stale_reclaimable_bytes`, `untagged_bytes`, `repositories` (by name, each with the
     same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90 days,
     at most 120 of them, evenly spread)."""
+    registry = registry or registry_rows.get()
     document = insights(registry)
     return {
         "registry": registry.name,
@@ -74,22 +76,24 @@ def figures(registry: Registry) -> dict:
     }
 
 
-def insights(registry: Registry) -> dict:
+def insights(registry: Registry | None = None) -> dict:
     """Everything the Storage page shows: `figures()`, plus per repository how many stale
     and untagged items there are, the largest items, the most shared layers, and when
     the figures were computed. From the cache while the state is the one they describe."""
+    registry = registry or registry_rows.get()
     key = state_key(registry)
     kept = StorageFigures.objects.filter(registry=registry, key=key)
     document = kept.values_list("figures", flat=True).first()
     if document is None:
-        document = compute(registry)
+        document = compute(registry=registry)
         _keep(registry, key, document)
     return document
 
 
-def state_key(registry: Registry) -> str:
+def state_key(registry: Registry | None = None) -> str:
     """What the figures depend on, hashed: the last finished sync and deletion, the stale
     setting, and the day (an item turns stale with time alone). Two queries."""
+    registry = registry or registry_rows.get()
     syncs = SyncRun.objects.filter(registry=registry).aggregate(
         last=Max("finished_at"), count=Count("pk")
     )
@@ -123,9 +127,10 @@ def _keep(registry: Registry, key: str, document: dict) -> None:
 # -- computing ---------------------------------------------------------------------------
 
 
-def compute(registry: Registry, now: datetime | None = None) -> dict:
+def compute(now: datetime | None = None, *, registry: Registry | None = None) -> dict:
     """The figures, from scratch: two plans of the whole registry (its stale items, its
     untagged items) and a few queries, whatever the number of repositories."""
+    registry = registry or registry_rows.get()
     now = now or timezone.now()
     repositories = list(
         registry.repositories.annotate(stored=inventory_repositories.repository_stored_size())
@@ -152,9 +157,9 @@ def compute(registry: Registry, now: datetime | None = None) -> dict:
         ],
         "stale_items": stale.items,
         "untagged_items": untagged.items,
-        "largest": largest_items(registry, now),
+        "largest": largest_items(now, registry=registry),
         "shared_layers": shared_layers(registry),
-        "history": history(registry, now),
+        "history": history(now, registry=registry),
         "computed_at": iso(now),
         "as_of": iso(last_sync["last"]) if last_sync["last"] else None,
     }
@@ -193,9 +198,10 @@ def _plan(repositories: list[Repository], rows: QuerySet[Manifest]) -> _Planned:
     return _Planned(plans, {pk: len(digests) for pk, digests in selected.items()})
 
 
-def largest_items(registry: Registry, now: datetime | None = None) -> list[dict]:
+def largest_items(now: datetime | None = None, *, registry: Registry | None = None) -> list[dict]:
     """The biggest top-level items of the registry (indexes count their images' distinct
     blobs once), with the tags people pushed. Two queries."""
+    registry = registry or registry_rows.get()
     cutoff = status.stale_cutoff(now)
     rows = (
         Manifest.objects.filter(repository__registry=registry, is_top_level=True)
@@ -229,10 +235,11 @@ def largest_items(registry: Registry, now: datetime | None = None) -> list[dict]
     ]
 
 
-def shared_layers(registry: Registry) -> list[dict]:
+def shared_layers(registry: Registry | None = None) -> list[dict]:
     """The layers the most manifests use, with the repositories they are in and the bytes
     sharing saves (each further manifest would otherwise store its own copy). A shared
     layer is freed only when the last manifest using it goes. Two queries."""
+    registry = registry or registry_rows.get()
     rows = list(
         ManifestBlob.objects.filter(blob__registry=registry, role=ManifestBlob.Role.LAYER)
         .values("blob_id", "blob__digest", "blob__size")
@@ -267,9 +274,10 @@ def shared_layers(registry: Registry) -> list[dict]:
     ]
 
 
-def history(registry: Registry, now: datetime | None = None) -> list[dict]:
+def history(now: datetime | None = None, *, registry: Registry | None = None) -> list[dict]:
     """Stored bytes at each full sync of the last `HISTORY_DAYS`, at most `HISTORY_POINTS`
     of them spread evenly (the first and the last always among them)."""
+    registry = registry or registry_rows.get()
     since = (now or timezone.now()) - timedelta(days=HISTORY_DAYS)
     samples = list(
         StorageSample.objects.filter(registry=registry, at__gte=since)
@@ -286,16 +294,20 @@ def history(registry: Registry, now: datetime | None = None) -> list[dict]:
 # -- after a full sync ---------------------------------------------------------------------
 
 
-def after_full_sync(client: RegistryClient, registry: Registry) -> None:
+def after_full_sync(client: RegistryClient, registry: Registry | None = None) -> None:
     """What a successful full sync of `registry` adds: whether its garbage collector ran
     and one point of its storage history. (The worker then computes the figures for the
     state it left, so no page waits for them: `jobs`.)"""
-    note_collections(client, registry)
-    record_sample(registry)
+    registry = registry or registry_rows.get()
+    note_collections(client, registry=registry)
+    record_sample(registry=registry)
 
 
-def record_sample(registry: Registry, now: datetime | None = None) -> StorageSample:
+def record_sample(
+    now: datetime | None = None, *, registry: Registry | None = None
+) -> StorageSample:
     """One point of "stored bytes over time"; points older than a year go."""
+    registry = registry or registry_rows.get()
     now = now or timezone.now()
     StorageSample.objects.filter(registry=registry, at__lt=now - KEEP_SAMPLES).delete()
     return StorageSample.objects.create(

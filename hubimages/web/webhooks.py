@@ -9,6 +9,7 @@ events do is in `events`.
 import hmac
 import logging
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -36,16 +37,16 @@ _warned_disabled: set[str] = set()
 @require_POST
 def registry_events(request: HttpRequest, registry: str = DEFAULT) -> JsonResponse:
     config = rows.configuration(registry)
-    if config is None:
+    if config is None and (registry != DEFAULT or settings.REGISTRIES is not None):
         return _error(404, f"no registry named {registry} is configured")
-    token = config.events_token
+    token = config.events_token if config else ""
     if not token:
         _warn_disabled(registry)
-        return _error(
-            503,
-            f"notifications from registry {registry} are disabled: it has no events token "
-            "(REGISTRY_EVENTS_TOKEN, or events_token_env / events_token_file in REGISTRIES_FILE)",
-        )
+        if settings.REGISTRIES is None:
+            reason = "REGISTRY_EVENTS_TOKEN is not set"
+        else:
+            reason = f"registry {registry} has no events_token_env or events_token_file"
+        return _error(503, f"registry notifications are disabled: {reason}")
     if not _bearer_matches(request.headers.get("Authorization", ""), token):
         response = _error(
             401, f"a valid Authorization: Bearer <events token of registry {registry}> is required"
@@ -97,7 +98,10 @@ def _read_body(request: HttpRequest) -> bytes | None:
 def _warn_disabled(registry: str) -> None:
     if registry not in _warned_disabled:
         _warned_disabled.add(registry)
-        log.warning("registry %s has no events token: its notifications are refused", registry)
+        if registry == DEFAULT:
+            log.warning("REGISTRY_EVENTS_TOKEN is not set: registry notifications are disabled")
+        else:
+            log.warning("registry %s has no events token: its notifications are refused", registry)
 
 
 def _error(status: int, message: str) -> JsonResponse:
