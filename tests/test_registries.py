@@ -499,3 +499,17 @@ def test_commands_take_a_registry(two, db):
         call_command("list_images", REPO)
     with pytest.raises(CommandError, match="no registry named nope"):
         call_command("list_images", REPO, "--registry", "nope")
+
+
+def test_a_full_sync_job_keeps_the_registrys_capabilities_current(two, db):
+    from devtools.worker import run_tasks
+    from hubimages.jobs import queue
+
+    job = queue.start_sync(registry="staging", started_by="schedule")
+    run_tasks()
+
+    job.refresh_from_db()
+    staging = rows.get("staging")
+    assert job.state == "succeeded", job.message
+    assert staging.capabilities["delete"] is True and staging.probed_at is not None
+    assert rows.get("prod").probed_at is None  # its own job, its own probe

@@ -30,7 +30,7 @@ from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail
 from hubimages.lib.formatting import plural
 from hubimages.lib.leases import LeaseBusy, LeaseLost
 from hubimages.models import Job, Repository, RetentionPolicy, RetentionRun
-from hubimages.registries import rows
+from hubimages.registries import probes, rows
 from hubimages.registries.client import ClientsByRegistry, registry_client
 from hubimages.retention import policies, runs
 from hubimages.storage import figures
@@ -110,6 +110,13 @@ def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
             progress=progress,
             after_full_sync=figures.after_full_sync,
         )
+        # What the registry can do, asked anew after each of its full syncs (a handful of
+        # cheap requests) for the Registries page.
+        progress("Probing what the registry can do")
+        try:
+            probes.probe(registry, client)
+        except RegistryError as error:
+            log.warning("could not probe registry %s: %s", registry.name, error)
     if summary.succeeded:
         # The Storage page's figures for the state the sync left, computed here rather
         # than by the first person who opens the page.
