@@ -253,7 +253,7 @@ def test_the_running_total_equals_a_preview_of_the_same_selection_across_searche
     expect(page.get_by_role("button", name="Preview and delete")).to_be_disabled()
 
 
-def test_the_preview_asks_twice_before_deleting_what_is_in_use(web, signed_in_page):
+def test_the_preview_asks_twice_before_deleting_what_is_active(web, signed_in_page):
     page = signed_in_page()
     page.set_viewport_size(LAPTOP)
     page.goto(LIST)
@@ -262,7 +262,9 @@ def test_the_preview_asks_twice_before_deleting_what_is_in_use(web, signed_in_pa
     dialog = page.locator("dialog.panel")
 
     release = dialog.locator(f'tr.delete-item[data-digest="{web.release.digest}"]')
-    expect(release.locator(".badge-in-use")).to_have_text(re.compile(r"in use: pulled 3\smin ago"))
+    expect(release.locator(".badge-recent")).to_have_text(
+        re.compile(r"recently pulled: 3\smin ago")
+    )
     expect(release.locator(".badge-guard")).to_have_text("tag latest")
     signature = dialog.locator(f'tr.delete-item[data-digest="{web.signature.digest}"]')
     expect(signature.locator(".badge-guard")).to_have_text("signature")

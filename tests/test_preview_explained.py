@@ -1,5 +1,5 @@
 """The delete preview explains its figure (issue 13): what each item frees on its own, what
-the rest of it is shared with, and the guard rails (in use, `latest`, signatures, active
+the rest of it is shared with, and the guard rails (recently pulled, `latest`, signatures, active
 items needing a second tick, refused by the server too), against a real registry."""
 
 from __future__ import annotations
@@ -98,15 +98,17 @@ def test_bytes_only_the_deleted_items_share_are_counted_once_and_said_so(
     assert f'title="{plan.reclaimable_bytes:,} bytes" data-bytes="{plan.reclaimable_bytes}"' in page
 
 
-def test_the_preview_flags_what_is_in_use_tagged_latest_or_a_signature(shop, deleter_client):
+def test_the_preview_flags_what_was_recently_pulled_tagged_latest_or_a_signature(
+    shop, deleter_client
+):
     page = deleter_client.post(PREVIEW, {"digest": shop.release.digest}).content.decode()
 
     release, signature = row_of(page, shop.release.digest), row_of(page, shop.signature.digest)
-    assert '<span class="badge badge-in-use guard">in use: pulled 3\xa0min ago</span>' in release
+    assert '<span class="badge badge-recent guard">recently pulled: 3\xa0min ago</span>' in release
     assert '<span class="badge badge-guard guard">tag latest</span>' in release
     assert '<span class="badge badge-guard guard">signature</span>' in signature
     guard_rails = re.search(r'<section class="guard-rails".*?</section>', page, re.S)[0]
-    assert "1 item in use: pulled in the last 30 days" in guard_rails
+    assert "1 item recently pulled: in the last 30 days" in guard_rails
     assert 'The tag <span class="tag">latest</span> goes' in guard_rails
     assert "1 signature will go" in guard_rails
     assert "2 items are not stale" in guard_rails

@@ -503,7 +503,7 @@ def test_a_changed_database_is_caught_before_the_registry_is_asked(pusher, sync,
     assert Manifest.objects.filter(repository__name=REPO).count() == 2
 
 
-def test_the_dry_run_marks_what_it_would_delete_that_was_pulled_in_the_last_30_days(
+def test_the_dry_run_marks_what_it_would_delete_that_was_pulled_in_the_last_30_days_recently_pulled(
     pusher, sync, now
 ):
     amd = pusher.push_image(REPO, layers=[random_layer(1_000, "amd")])
@@ -519,9 +519,9 @@ def test_the_dry_run_marks_what_it_would_delete_that_was_pulled_in_the_last_30_d
 
     dry = engine.dry_run(policy({"keep": "always", "tags": ["v*"]}), now=now)
 
-    assert repo_of(dry).in_use == {
-        amd.digest: "in use: pulled 1\xa0d ago",
-        recent.digest: "in use: pulled 2\xa0d ago",
+    assert repo_of(dry).recently_pulled == {
+        amd.digest: "recently pulled: 1\xa0d ago",
+        recent.digest: "recently pulled: 2\xa0d ago",
     }
 
 

@@ -209,7 +209,10 @@ def test_the_editor_shows_per_repository_what_goes_what_stays_and_by_which_rule(
     )
     assert "2 of 4 items go" in page
     assert "The tag <code>latest</code> goes: no rule keeps it." in page
-    assert '<span class="badge badge-warn in-use">in use: pulled 2\xa0d 1\xa0h ago</span>' in page
+    assert (
+        '<span class="badge badge-warn recently-pulled">recently pulled: 2\xa0d 1\xa0h ago</span>'
+        in page
+    )
     assert f'<input type="hidden" name="fingerprint" value="{dry.fingerprint}">' in page
     assert "As of <time" in page
     assert "A scheduled run would stop" not in page  # 2 of 4 is not more than half

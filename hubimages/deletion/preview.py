@@ -22,8 +22,9 @@ from hubimages.inventory import status
 from hubimages.lib.formatting import short_digest
 from hubimages.models import Manifest, ManifestBlob
 
-# Pulled this recently, an item is "in use": the same window the retention dry run uses.
-IN_USE_DAYS = 30
+# Pulled this recently, an item is "recently pulled": the same window the retention dry run
+# uses. (Not "in use": that means a live in-use report says it runs, SPEC §13.)
+RECENTLY_PULLED_DAYS = 30
 NAMES_SHOWN = 3
 
 
@@ -148,7 +149,7 @@ def _item_sharing(
 class Guards:
     """Why an item deserves a second look before it goes."""
 
-    pulled_at: datetime | None = None  # pulled within IN_USE_DAYS: in use
+    pulled_at: datetime | None = None  # pulled within RECENTLY_PULLED_DAYS
     latest: bool = False  # tagged `latest`: what `docker pull` without a tag gets
     signature: bool = False  # a signature: images verified against it stop verifying
     active: bool = False  # pushed or pulled within STALE_AFTER_MONTHS: not stale
@@ -161,14 +162,14 @@ class Guards:
 def guard_rails(plan: planning.DeletionPlan, now: datetime | None = None) -> dict[str, Guards]:
     """The guard rails of each planned item, by digest (items without any are left out)."""
     now = now or timezone.now()
-    in_use_since = now - timedelta(days=IN_USE_DAYS)
+    recent_since = now - timedelta(days=RECENTLY_PULLED_DAYS)
     cutoff = status.stale_cutoff(now)
     guards = {}
     for item in plan.delete:
         pulled = item.last_pulled_at
         activity = max(filter(None, (item.pushed_at, pulled)), default=None)
         found = Guards(
-            pulled_at=pulled if pulled and pulled >= in_use_since else None,
+            pulled_at=pulled if pulled and pulled >= recent_since else None,
             latest="latest" in item.tags,
             signature=is_signature(item),
             active=item.kind != Manifest.Kind.ATTESTATION

@@ -20,8 +20,8 @@ from hubimages.models import Manifest, Repository, Tag
 from hubimages.retention.policies import ALWAYS, LATEST_PULLED, PUSHED_WITHIN, TIMED, Policy, Rule
 from registry.media import referrer_tag_subject
 
-# Deleted items pulled this recently are marked "in use" in the dry run.
-IN_USE_WITHIN = timedelta(days=30)
+# Deleted items pulled this recently are marked "recently pulled" in the dry run.
+RECENTLY_PULLED_WITHIN = timedelta(days=30)
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -57,7 +57,7 @@ class RepositoryDryRun:
     selected: tuple[str, ...]
     kept: tuple[KeptCandidate, ...]
     plan: planning.DeletionPlan
-    in_use: Mapping[str, str]  # deleted digest -> "in use: pulled 2 days ago"
+    recently_pulled: Mapping[str, str]  # deleted digest -> "recently pulled: 2 days ago"
 
     @property
     def name(self) -> str:
@@ -188,10 +188,10 @@ def _repository_dry_run(
 ) -> RepositoryDryRun:
     newest_first = sorted(items, key=lambda c: c.digest)
     newest_first.sort(key=lambda c: c.pushed_at, reverse=True)
-    in_use = {
-        item.digest: f"in use: pulled {ago(item.last_pulled_at, now)}"
+    recently_pulled = {
+        item.digest: f"recently pulled: {ago(item.last_pulled_at, now)}"
         for item in plan.delete
-        if item.last_pulled_at and item.last_pulled_at >= now - IN_USE_WITHIN
+        if item.last_pulled_at and item.last_pulled_at >= now - RECENTLY_PULLED_WITHIN
     }
     return RepositoryDryRun(
         repository=repository,
@@ -201,7 +201,7 @@ def _repository_dry_run(
             KeptCandidate(c.digest, c.tags, tuple(kept[c.pk])) for c in newest_first if c.pk in kept
         ),
         plan=plan,
-        in_use=in_use,
+        recently_pulled=recently_pulled,
     )
 
 

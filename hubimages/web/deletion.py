@@ -20,7 +20,7 @@ from hubimages.web.rendering import render_page, vary_on_htmx
 CHANGED = "The registry changed since your preview: nothing was deleted. Check the new preview."
 UNCONFIRMED = "Tick the box to confirm that you understand what will be deleted."
 ACTIVE_UNCONFIRMED = (
-    "Some of these items are still in use (not stale): tick the second box to delete them too."
+    "Some of these items are active (not stale): tick the second box to delete them too."
 )
 
 
@@ -65,7 +65,9 @@ def _preview(
         "groups": _preview_groups(plan),
         "sharing": preview.plan_sharing(plan),
         "guards": guards,
-        "in_use": [item for item in plan.delete if guards.get(item.digest, _NO_GUARD).pulled_at],
+        "recently_pulled": [
+            item for item in plan.delete if guards.get(item.digest, _NO_GUARD).pulled_at
+        ],
         "latest": [item for item in plan.delete if guards.get(item.digest, _NO_GUARD).latest],
         "signatures": [
             item for item in plan.delete if guards.get(item.digest, _NO_GUARD).signature

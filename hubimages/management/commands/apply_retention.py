@@ -104,11 +104,12 @@ class Command(BaseCommand):
             write(f"\n{repo.name}: {len(repo.selected)} of {repo.candidates} top-level items go")
             for item in repo.plan.delete:
                 tags = f"  tags: {', '.join(item.tags)}" if item.tags else ""
-                in_use = f"  ({repo.in_use[item.digest]})" if item.digest in repo.in_use else ""
+                recent = repo.recently_pulled.get(item.digest)
+                recent = f"  ({recent})" if recent else ""
                 because = "no rule keeps it" if item.because == "selected" else item.because
                 write(
                     f"  delete  {short_digest(item.digest)}  {item.kind:<11} "
-                    f"{human_size(item.size):>9}  {because}{tags}{in_use}"
+                    f"{human_size(item.size):>9}  {because}{tags}{recent}"
                 )
             for kept in repo.kept:
                 tags = ", ".join(kept.tags) or "untagged"
