@@ -290,6 +290,9 @@ class Deletion(models.Model):
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     reclaimed_bytes = models.BigIntegerField(default=0)
+    # What it deleted although a live in-use report named it (SPEC §13), on the explicit
+    # override of `username`: [{"digest", "in_use": [{"source", "where"}]}].
+    in_use_override = models.JSONField(default=list, blank=True)
     # The registry frees `reclaimed_bytes` when its garbage collector runs. One blob the
     # deletion freed (its largest layer or config) is asked for after each full sync: once
     # the registry no longer has it, the collector has run (`storage.note_collections`).
@@ -518,6 +521,8 @@ class RetentionRun(models.Model):
         CHANGED = "changed", "Plan changed: nothing deleted"
         BUSY = "busy", "Busy: nothing deleted"
         FAILED = "failed", "Failed: nothing deleted"
+        # A required in-use source's report is out of date (SPEC §13).
+        BLOCKED = "blocked", "Blocked: nothing deleted"
 
     policy = models.ForeignKey(
         RetentionPolicy, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
@@ -549,6 +554,8 @@ class ApiToken(models.Model):
     class Scope(models.TextChoices):
         READ = "read", "Read"
         READ_DELETE = "read+delete", "Read and delete"
+        # Sends in-use reports (SPEC §13), and does nothing else: not even read.
+        REPORT = "report", "Report what runs"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
@@ -606,3 +613,47 @@ class StorageFigures(models.Model):
     key = models.CharField(max_length=64)
     computed_at = models.DateTimeField()
     figures = models.JSONField(default=dict)
+
+
+class InUseSource(models.Model):
+    """Something that reports what runs (SPEC §13): a cluster, a CI system. Each report
+    replaces its references whole (`inuse.reports.replace`). The report is live while
+    `received_at` (the database's clock) plus `ttl_seconds` is ahead of the database's
+    clock; a `required` source whose report is no longer live stops retention runs on the
+    registries its references name."""
+
+    name = models.CharField(max_length=100, unique=True)
+    required = models.BooleanField(default=False)
+    ttl_seconds = models.PositiveIntegerField()
+    received_at = models.DateTimeField()
+    reported_by = models.CharField(max_length=150, blank=True)
+    # The references kept (the report's images on registries hubimages serves), those on
+    # other registries, and the tags that named nothing hubimages knows (up to 100).
+    size = models.PositiveIntegerField(default=0)
+    ignored = models.PositiveIntegerField(default=0)
+    unresolved = models.JSONField(default=list, blank=True)
+    # The names of the registries its references name: those it stops retention on when
+    # it is required and out of date.
+    registries = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class InUseReference(models.Model):
+    """One image a source's report says runs, `where` (untrusted text). Matched by
+    (registry, digest): a runtime reports whichever repository name it pulled a digest
+    under first, so the digest, not the name, says what runs."""
+
+    source = models.ForeignKey(InUseSource, on_delete=models.CASCADE, related_name="references")
+    registry = models.ForeignKey(Registry, on_delete=models.CASCADE, related_name="+")
+    repository = models.CharField(max_length=255)
+    digest = models.CharField(max_length=160)
+    tag = models.CharField(max_length=128, blank=True)
+    where = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["registry", "digest"], name="inuse_by_digest")]

@@ -70,11 +70,21 @@ MAY_IMPORT = {
     "registries": {"lib"},
     "accounts": {"lib"},
     "sync": {"lib", "registries"},
-    "inventory": {"lib", "sync.rollups"},
-    "deletion": {"lib", "registries", "inventory", "sync"},
-    "retention": {"lib", "registries", "inventory", "sync", "deletion"},
-    "storage": {"lib", "registries", "inventory", "sync", "deletion"},
-    "jobs": {"lib", "registries", "inventory", "sync", "deletion", "retention", "storage"},
+    "inuse": {"lib", "registries"},
+    "inventory": {"lib", "sync.rollups", "inuse"},
+    "deletion": {"lib", "registries", "inventory", "sync", "inuse"},
+    "retention": {"lib", "registries", "inventory", "sync", "inuse", "deletion"},
+    "storage": {"lib", "registries", "inventory", "sync", "inuse", "deletion"},
+    "jobs": {
+        "lib",
+        "registries",
+        "inventory",
+        "sync",
+        "inuse",
+        "deletion",
+        "retention",
+        "storage",
+    },
 }
 
 

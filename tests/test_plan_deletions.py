@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hubimages.deletion import planning
+from hubimages.lib import queries
 from hubimages.models import Manifest, Repository
 from tests.builders import finish, manifest
 
@@ -37,7 +38,7 @@ def build(name: str, images: int) -> tuple[Repository, list[str]]:
 
 @pytest.mark.parametrize("many", [0, 10_000])
 def test_plans_made_together_are_each_repositorys_own(db, monkeypatch, many):
-    monkeypatch.setattr(planning, "MANY", many)  # ids as one parameter, or as an IN list
+    monkeypatch.setattr(queries, "MANY", many)  # ids as one parameter, or as an IN list
     a, a_digests = build("team/a", 80)
     b, b_digests = build("team/b", 5)
     c = Repository.objects.create(name="team/c")

@@ -24,7 +24,14 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
 
 class BearerToken(HttpBearer):
-    """A personal access token, created on the API tokens page or by `create_api_token`."""
+    """A personal access token, created on the API tokens page or by `create_api_token`.
+    A `report` token is refused here: it only sends in-use reports (`ReportToken`)."""
+
+    scopes: tuple[str, ...] = (ApiToken.Scope.READ, ApiToken.Scope.READ_DELETE)
+    refusal = (
+        "this token's scope is report: it only sends in-use reports "
+        "(PUT /api/v1/in-use/{source}); reading needs a read token"
+    )
 
     def __call__(self, request: HttpRequest) -> ApiToken | None:
         header = request.headers.get("Authorization")
@@ -45,8 +52,18 @@ class BearerToken(HttpBearer):
             raise ApiError(429, "too_many_failures", str(locked)) from None
         except tokens.InvalidToken as invalid:
             raise ApiError(401, "invalid_token", str(invalid)) from None
+        if row.scope not in self.scopes:
+            raise ApiError(403, "insufficient_scope", self.refusal)
         request.user = row.user
         return row
+
+
+class ReportToken(BearerToken):
+    """A token of scope `report`, the only one that sends in-use reports (SPEC §13); it
+    may do nothing else, and no other token may report."""
+
+    scopes = (ApiToken.Scope.REPORT,)
+    refusal = "sending in-use reports needs a token of scope report"
 
 
 class SessionCookie(APIKeyCookie):

@@ -83,12 +83,12 @@ def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
 
 
 def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    fields = [_field_problem(error) for error in exc.errors]
+    fields = [field_problem(error) for error in exc.errors]
     message = "; ".join(f"{f['field']}: {f['message']}" for f in fields) or "invalid request"
     return error_response(422, "invalid_request", message, fields=fields)
 
 
-def _field_problem(error: dict) -> dict:
+def field_problem(error: dict) -> dict:
     """`("query", "status")` → `status`; `("body", "payload", "digests", 0)` →
     `digests[0]`: where the client put the value, not where ninja keeps it."""
     location = list(error.get("loc", ()))

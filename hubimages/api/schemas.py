@@ -368,3 +368,52 @@ class StorageOut(Schema):
     untagged_bytes: int = Field(description="What deleting every untagged item would free.")
     repositories: list[RepositoryStorageOut]
     history: list[StoragePointOut] = Field(description="Stored bytes after each full sync.")
+
+
+# -- in use ------------------------------------------------------------------------------
+
+
+class InUseImageIn(Strict):
+    reference: str = Field(
+        max_length=1000,
+        description="`host[:port]/repository@sha256:…`, or `…:tag` (resolved when received); "
+        "`nginx` reads as Docker reads it, `docker.io/library/nginx:latest`.",
+    )
+    where: str = Field(
+        "", max_length=1000, description="Where it runs, e.g. `prod/default/pod/api-7d9f`."
+    )
+
+
+class InUseReportIn(Strict):
+    """SPEC §13's report: it replaces the source's last one whole."""
+
+    images: list[InUseImageIn] = Field(max_length=100_000)
+    ttl_seconds: int = Field(
+        ge=60, le=90 * 24 * 3600, description="The report holds this long after it arrives."
+    )
+    required: StrictBool = Field(
+        False,
+        description="While this source's report is out of date, retention deletes nothing "
+        "on the registries it names.",
+    )
+
+
+class UnresolvedOut(Schema):
+    reference: str
+    where: str
+    reason: str
+
+
+class InUseReportOut(Schema):
+    source: str
+    received_at: Timestamp = Field(json_schema_extra={"format": "date-time"})
+    expires_at: Timestamp = Field(json_schema_extra={"format": "date-time"})
+    ttl_seconds: int
+    required: bool
+    references: int = Field(description="The references kept: those on registries served here.")
+    unresolved: list[UnresolvedOut] = Field(
+        description="Tags no repository here has (up to 100): not kept."
+    )
+    other_registries: dict[str, int] = Field(
+        description="References to registries hubimages does not serve, by host: not kept."
+    )

@@ -26,11 +26,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import connection
 from django.db.models import Exists, OuterRef
-from django.db.models.expressions import RawSQL
 
 from hubimages.lib.formatting import short_digest
+from hubimages.lib.queries import as_parameter
 from hubimages.models import (
     IndexEntry,
     Manifest,
@@ -42,7 +41,6 @@ from hubimages.models import (
 from registry.media import referrer_tag_subject
 
 SELECTED = "selected"
-MANY = 64  # more ids than this go to the database as one parameter (`as_parameter`)
 
 
 @dataclass(frozen=True)
@@ -210,21 +208,6 @@ def _found(selected: dict[int, tuple[str, ...]]) -> dict[tuple[int, str], int]:
         for repo, digest, pk in rows.values_list("repository_id", "digest", "pk")
         if (repo, digest) in wanted
     }
-
-
-def as_parameter(values: Collection) -> Collection | RawSQL:
-    """Many ids or digests for an `__in` lookup, as one query parameter.
-
-    Django prepares an IN list value by value, a few microseconds each: for a retention
-    run's thousands of manifests that was most of the plan's time. A JSON array (SQLite)
-    or an array (PostgreSQL) is one parameter, unpacked by the database."""
-    values = list(values)
-    if len(values) <= MANY:
-        return values
-    if connection.vendor == "postgresql":
-        kind = "bigint" if isinstance(values[0], int) else "text"
-        return RawSQL(f"SELECT unnest(%s::{kind}[])", (values,))
-    return RawSQL("SELECT value FROM json_each(%s)", (json.dumps(values),))
 
 
 def _cascade(seeds: dict[int, str]) -> _Closure:

@@ -1,0 +1,268 @@
+"""Which items the live in-use reports name (SPEC §13), for the pages, the API, the
+planner and retention.
+
+An item is in use when a live report names its digest, its index's digest or one of its
+children's digests, on its registry. A report is live while it is younger than its time to
+live, by the database's clock (every host agrees on it).
+
+Cheap by construction: the live sources are a handful of rows read once; references are
+found through their (registry, digest) index, for the digests asked about only, and each
+digest brings back how many places name it per source and the first few of them, never
+all (a base image may run in ten thousand pods). With no live report at all, one query.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Count, F, Window
+from django.db.models.functions import Now, RowNumber
+
+from hubimages.lib.formatting import ago, plural
+from hubimages.lib.queries import as_parameter
+from hubimages.models import IndexEntry, InUseReference, InUseSource, Manifest
+
+PLACES_SHOWN = 5  # per source and item: pages, reasons and JSON show these, and a count
+PLACE_CHARACTERS = 80  # a place in a reason, clipped in the middle
+
+
+@dataclass(frozen=True)
+class SourceUse:
+    """Where one source runs an item: `count` places, the first of them in `places`."""
+
+    source: str
+    count: int
+    places: tuple[str, ...]
+
+    @property
+    def more(self) -> int:
+        return max(0, self.count - len(self.places))
+
+
+@dataclass(frozen=True)
+class InUse:
+    """What the live reports say of one item, source by source."""
+
+    sources: tuple[SourceUse, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.sources)
+
+    def reason(self) -> str:
+        """`in use by prod: prod/default/pod/api-7d9f and 2 more places; by ci: ci/job-4`."""
+        parts = []
+        for use in self.sources:
+            places = ", ".join(_clip(place) for place in use.places[:1]) or "(no place given)"
+            if use.count > 1:
+                places += f" and {plural(use.count - 1, 'more place')}"
+            parts.append(f"{use.source}: {places}")
+        return "in use by " + "; by ".join(parts)
+
+    def as_list(self) -> list[dict[str, str]]:
+        """`[{"source", "where"}]`: the places shown, as the JSON outputs carry them."""
+        return [
+            {"source": use.source, "where": where} for use in self.sources for where in use.places
+        ]
+
+
+NOT_IN_USE = InUse(())
+
+
+def _clip(text: str) -> str:
+    if len(text) <= PLACE_CHARACTERS:
+        return text
+    tail = PLACE_CHARACTERS // 3
+    return text[: PLACE_CHARACTERS - 1 - tail] + "…" + text[-tail:]
+
+
+# -- the live sources ---------------------------------------------------------------------------
+
+
+def _is_live(received_at: datetime, ttl_seconds: int, now: datetime) -> bool:
+    return received_at + timedelta(seconds=ttl_seconds) > now
+
+
+def live_sources() -> dict[int, str]:
+    """Source id -> name, for the sources whose last report is live now."""
+    rows = InUseSource.objects.annotate(now=Now()).values_list(
+        "pk", "name", "received_at", "ttl_seconds", "now"
+    )
+    return {pk: name for pk, name, received, ttl, now in rows if _is_live(received, ttl, now)}
+
+
+# -- references by digest -----------------------------------------------------------------------
+
+Key = tuple[int, str]  # (registry id, digest)
+
+
+def _uses(keys: Collection[Key], live: dict[int, str]) -> dict[Key, dict[str, SourceUse]]:
+    """For each (registry, digest) a live report names: source name -> its places."""
+    if not keys or not live:
+        return {}
+    partition = [F("registry_id"), F("digest"), F("source_id")]
+    rows = (
+        InUseReference.objects.filter(
+            source_id__in=list(live),
+            registry_id__in={registry for registry, _ in keys},
+            digest__in=as_parameter({digest for _, digest in keys}),
+        )
+        .annotate(
+            number=Window(RowNumber(), partition_by=partition, order_by=[F("where"), F("pk")]),
+            total=Window(Count("pk"), partition_by=partition),
+        )
+        .filter(number__lte=PLACES_SHOWN)
+        .values_list("registry_id", "digest", "source_id", "where", "total")
+    )
+    found: dict[Key, dict[str, SourceUse]] = defaultdict(dict)
+    wanted = set(keys)
+    for registry, digest, source_id, where, total in rows:
+        if (registry, digest) not in wanted:
+            continue
+        name = live[source_id]
+        use = found[registry, digest].get(name)
+        places = (use.places if use else ()) + (where,)
+        found[registry, digest][name] = SourceUse(name, total, places)
+    return found
+
+
+def _combined(keys: Iterable[Key], uses: dict[Key, dict[str, SourceUse]]) -> InUse:
+    """One item's uses from those of its related digests (its own, its index's, its
+    children's): counts add up, the first places by name are shown."""
+    by_source: dict[str, tuple[int, set[str]]] = {}
+    for key in keys:
+        for name, use in uses.get(key, {}).items():
+            count, places = by_source.get(name, (0, set()))
+            by_source[name] = (count + use.count, places | set(use.places))
+    return InUse(
+        tuple(
+            SourceUse(name, count, tuple(sorted(places)[:PLACES_SHOWN]))
+            for name, (count, places) in sorted(by_source.items())
+        )
+    )
+
+
+# -- pages: rows with their prefetched children -------------------------------------------------
+
+
+def annotate(registry_id: int, manifests: Iterable[Manifest]) -> None:
+    """Set `in_use` on each manifest and on the children of its prefetched index entries
+    (as `lists.with_details` and `details.manifest_detail` load them), counting its parents
+    too when `parent_entries` are prefetched: two queries, one when nothing is live."""
+    manifests = list(manifests)
+    live = live_sources()
+    related: dict[int, set[str]] = {}
+    children: list[tuple[Manifest, Manifest]] = []
+    for manifest in manifests:
+        digests = {manifest.digest}
+        for entry in manifest.entries.all():
+            digests.add(entry.child.digest)
+            children.append((manifest, entry.child))
+        prefetched = getattr(manifest, "_prefetched_objects_cache", {})
+        for entry in prefetched.get("parent_entries", ()):
+            digests.add(entry.index.digest)
+        related[id(manifest)] = digests
+    everything = {(registry_id, d) for digests in related.values() for d in digests}
+    uses = _uses(everything, live)
+    for manifest in manifests:
+        manifest.in_use = _combined(((registry_id, d) for d in related[id(manifest)]), uses)
+    for index, child in children:
+        child.in_use = _combined(((registry_id, d) for d in (child.digest, index.digest)), uses)
+
+
+# -- the planner and retention: by manifest id --------------------------------------------------
+
+
+def of_manifests(ids: Collection[int]) -> dict[int, InUse]:
+    """Manifest id -> what the live reports say of it, for the ids in use (in any
+    repository and registry); {} after one query when no report is live."""
+    live = live_sources()
+    if not live or not ids:
+        return {}
+    ids = list(ids)
+    own = {
+        pk: (registry, digest)
+        for pk, registry, digest in Manifest.objects.filter(pk__in=as_parameter(ids)).values_list(
+            "pk", "repository__registry_id", "digest"
+        )
+    }
+    related: dict[int, set[Key]] = {pk: {key} for pk, key in own.items()}
+    for index_id, digest in IndexEntry.objects.filter(index_id__in=as_parameter(ids)).values_list(
+        "index_id", "child__digest"
+    ):
+        related[index_id].add((own[index_id][0], digest))
+    for child_id, digest in IndexEntry.objects.filter(child_id__in=as_parameter(ids)).values_list(
+        "child_id", "index__digest"
+    ):
+        related[child_id].add((own[child_id][0], digest))
+    uses = _uses(set().union(*related.values()), live)
+    found = {pk: _combined(keys, uses) for pk, keys in related.items()}
+    return {pk: in_use for pk, in_use in found.items() if in_use}
+
+
+# -- required sources ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """A required source whose last report is out of date, and the registries it covers."""
+
+    source: str
+    received_at: datetime
+    ttl_seconds: int
+    registries: tuple[str, ...]
+    now: datetime
+
+    def message(self) -> str:
+        return (
+            f"the required in-use source {self.source} last reported "
+            f"{ago(self.received_at, self.now)}, longer ago than its time to live "
+            f"({_duration(self.ttl_seconds)}): what it runs now is unknown, so nothing is "
+            f"deleted on {'registry' if len(self.registries) == 1 else 'registries'} "
+            f"{', '.join(self.registries)} until it reports again"
+        )
+
+
+def blocking(registries: Collection[str] | None = None) -> list[Blocking]:
+    """The required sources out of date that cover one of `registries` (names; None: any)."""
+    found = []
+    for name, received, ttl, covered, now in (
+        InUseSource.objects.filter(required=True)
+        .annotate(now=Now())
+        .values_list("name", "received_at", "ttl_seconds", "registries", "now")
+    ):
+        if _is_live(received, ttl, now):
+            continue
+        covered = tuple(r for r in covered if registries is None or r in registries)
+        if covered:
+            found.append(Blocking(name, received, ttl, covered, now))
+    return found
+
+
+def _duration(seconds: int) -> str:
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds % size == 0:
+            return plural(seconds // size, unit)
+    return plural(seconds, "second")
+
+
+# -- the In use page ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    source: InUseSource
+    live: bool
+    expires_at: datetime
+    now: datetime
+
+
+def sources() -> list[SourceRow]:
+    """Every source with whether its report is live, by the database's clock."""
+    rows = []
+    for source in InUseSource.objects.annotate(now=Now()).order_by("name"):
+        expires = source.received_at + timedelta(seconds=source.ttl_seconds)
+        rows.append(SourceRow(source, expires > source.now, expires, source.now))
+    return rows
