@@ -8,6 +8,7 @@ from hubimages.web import (
     health,
     history,
     images,
+    in_use,
     jobs,
     registries,
     repositories,
@@ -45,6 +46,7 @@ urlpatterns = [
     # addresses (bookmarks, links in tickets) lead to the same page of `default`.
     re_path(r"^repositories/(?P<rest>.+)$", registries.legacy_repository_url),
     path("storage/", storage.storage_insights, name="storage"),
+    path("in-use/", in_use.in_use_sources, name="in_use"),
     path("history/", history.deletion_history, name="deletion_history"),
     path("history/export.csv", history.deletion_history_csv, name="deletion_history_csv"),
     path("jobs/", jobs.job_list, name="jobs"),

@@ -305,11 +305,27 @@ def test_a_dry_run_answers_the_command_lines_plan_with_its_fingerprint(stock, cl
     assert response.status_code == 200
     body = response.json()
     plan = planning.plan_deletion(repository=Repository.objects.get(name=REPO), digests=selection)
-    assert body == {
+    flags = {"in_use", "active", "latest", "signed", "signature"}
+    assert {
+        **body,
+        "delete": [{k: v for k, v in i.items() if k not in flags} for i in body["delete"]],
+        "keep": [{k: v for k, v in i.items() if k != "in_use"} for i in body["keep"]],
+    } == {
         **delete_images_dry_run_json(*selection),
         "fingerprint": plan.fingerprint,
         "refused": [],
     }
+    # Beside each item, the guard rails the UI shows (SPEC §13): nothing here is in use.
+    items = {item["digest"]: item for item in body["delete"]}
+    assert {k: items[stock.index.digest][k] for k in flags} == {
+        "in_use": [],
+        "active": True,
+        "latest": True,
+        "signed": False,
+        "signature": False,
+    }
+    assert items[stock.old.digest]["active"] is False and not items[stock.old.digest]["latest"]
+    assert all(item["in_use"] == [] for item in body["keep"])
     assert {item["digest"] for item in body["delete"]} == {
         stock.index.digest,
         stock.amd.digest,
@@ -319,6 +335,25 @@ def test_a_dry_run_answers_the_command_lines_plan_with_its_fingerprint(stock, cl
     }
     assert body["tags_removed"] == ["1.0", "latest"] and body["reclaimable_bytes"] > 6_000
     assert not Job.objects.exists()
+
+
+def test_the_dry_run_flags_a_signed_image_and_its_signature(stock, client, deleter):
+    body = post_json(
+        client, DELETE, {"digests": [stock.edge.digest]}, headers=bearer(deleter)
+    ).json()
+
+    items = {item["digest"]: item for item in body["delete"]}
+    assert (items[stock.edge.digest]["signed"], items[stock.edge.digest]["signature"]) == (
+        True,
+        False,
+    )
+    assert (
+        items[stock.signature.digest]["signed"],
+        items[stock.signature.digest]["signature"],
+    ) == (
+        False,
+        True,
+    )
 
 
 def test_a_dry_run_is_the_default_and_names_what_cannot_be_deleted(stock, client, deleter):

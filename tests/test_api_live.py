@@ -106,7 +106,11 @@ def test_the_openapi_document_validates_and_every_endpoint_answers_as_documented
     document = web.get(f"{live_server.url}{API}/openapi.json", timeout=30).json()
     validate_spec(document)
     assert document["openapi"].startswith("3.1")
-    assert set(document["components"]["securitySchemes"]) == {"BearerToken", "SessionCookie"}
+    assert set(document["components"]["securitySchemes"]) == {
+        "BearerToken",
+        "SessionCookie",
+        "ReportToken",
+    }
 
     api = Documented(document, live_server.url)
     repositories, images = f"{API}/repositories", f"{API}/repositories/{{name}}/images"
@@ -156,6 +160,17 @@ def test_the_openapi_document_validates_and_every_endpoint_answers_as_documented
     good_run = {"now": dry_run["now"], "fingerprint": dry_run["fingerprint"]}
     api.call(web, "POST", f"{policy}/run", path=named, json=good_run, expect=202)
     api.call(web, "DELETE", policy, path=named, expect=204)
+
+    in_use = f"{API}/in-use/{{source}}"
+    reporter = session(admin, ApiToken.Scope.REPORT)
+    # A Docker Hub reference: no registry here has that host, so it is counted, not kept.
+    report = {"images": [{"reference": f"{REPO}:1.0", "where": "ci/x"}], "ttl_seconds": 600}
+    answer = api.call(reporter, "PUT", in_use, path={"source": "ci"}, json=report, expect=200)
+    assert answer.json()["other_registries"] == {"docker.io": 1}
+    api.call(web, "PUT", in_use, path={"source": "ci"}, json=report, expect=403)
+    api.call(reporter, "PUT", in_use, path={"source": "ci"}, json={"images": []}, expect=422)
+    api.call(reporter, "PUT", in_use, path={"source": "ci"}, data="{", expect=400)
+    api.call(reporter, "GET", repositories, expect=403)
 
     figures = api.call(reader, "GET", f"{API}/storage", expect=200).json()
     assert figures == storage_figures.figures()
@@ -297,7 +312,7 @@ def test_the_docs_page_works_under_the_content_security_policy(stock, signed_in_
     assert page.locator("body").get_attribute("data-api-csrf") == "true"  # for Try it out
     operations = page.locator(".opblock")
     expect(operations.first).to_be_visible()
-    assert operations.count() == 13  # every operation of the document
+    assert operations.count() == 14  # every operation of the document
     # Try it out, with the session: the list of repositories comes back.
     listing = page.locator("#operations-repositories-hubimages_api_repositories_list_repositories")
     listing.locator(".opblock-summary").click()

@@ -7,6 +7,7 @@ reports. Against a real registry, synced."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import timedelta
 from io import StringIO
@@ -415,3 +416,41 @@ def test_references_read_as_docker_reads_them():
     assert references.parse("[::1]:5000/team/api:1").host == "[::1]:5000"
     with pytest.raises(references.ConfigDigest):
         references.parse(f"docker://{digest}")
+
+
+# -- the In use page ---------------------------------------------------------------------------
+
+
+def test_the_in_use_page_lists_each_source_with_its_age_size_state_and_whether_required(
+    stock, viewer_client
+):
+    image = {"reference": f"{stock.host}/{REPO}@{stock.image.digest}", "where": "a"}
+    reports.replace(source="prod", images=[image], ttl_seconds=600, required=True)
+    reports.replace(
+        source="ci",
+        images=[image, {"reference": "quay.io/x/y:1", "where": "b"}],
+        ttl_seconds=600,
+    )
+    InUseSource.objects.filter(name="prod").update(
+        received_at=F("received_at") - timedelta(hours=3)
+    )
+
+    page = viewer_client.get("/in-use/").content.decode()
+
+    assert '<a href="/in-use/" aria-current="page">In use</a>' in page
+    ci = re.search(r'<tr class="in-use-source" data-source="ci">.*?</tr>', page, re.S)[0]
+    prod = re.search(r'<tr class="in-use-source" data-source="prod">.*?</tr>', page, re.S)[0]
+    assert '<span class="badge badge-active live">Live</span>' in ci
+    assert "+1 on other registries" in ci and "just now" in ci
+    assert '<span class="badge badge-warn expired">Expired</span>' in prod
+    assert "protects nothing" in prod and "3\xa0h ago" in prod
+    assert '<span class="badge badge-guard">Required</span>' in prod
+    assert "Required" not in ci
+    assert "The required in-use source prod last reported 3\xa0h ago" in page
+    assert viewer_client.post("/in-use/").status_code == 405
+
+
+def test_the_in_use_page_says_what_to_do_before_any_report(viewer_client, db):
+    page = viewer_client.get("/in-use/").content.decode()
+
+    assert "No reports yet" in page and "report" in page

@@ -27,7 +27,7 @@ from hubimages.api.schemas import (
     RepositoryPage,
     error_responses,
 )
-from hubimages.deletion import planning
+from hubimages.deletion import planning, preview
 from hubimages.inventory import details, lists, repositories
 from hubimages.jobs import queue
 from hubimages.lib import formatting
@@ -104,12 +104,8 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     )
     rows = lists.with_details(lists.top_level(repository, listing))
     now = timezone.now()
-    registry = repository.registry.name
     return paginate(
-        request,
-        rows,
-        query,
-        lambda page: [lists.row_as_dict(row, now, registry=registry) for row in page],
+        request, rows, query, lambda page: lists.rows_as_dicts(page, repository.registry, now)
     )
 
 
@@ -130,7 +126,7 @@ def image_detail(
     except Manifest.DoesNotExist:
         raise ApiError(404, "not_found", f"no manifest {digest} in {repository.name}") from None
     return {
-        **lists.row_as_dict(manifest, registry=repository.registry.name),
+        **lists.rows_as_dicts([manifest], repository.registry)[0],
         "also_in": [
             {"registry": other.repository.registry.name, "repository": other.repository.name}
             for other in details.also_in(manifest)
@@ -183,7 +179,9 @@ def delete_images(
     require_delete(request)
     repository = _repository(name, registry)
     digests = [_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
-    plan = planning.plan_deletion(repository=repository, digests=digests)
+    plan = planning.plan_deletion(
+        repository=repository, digests=digests, allow_in_use=payload.allow_in_use
+    )
     if payload.dry_run:
         return Status(200, plan_out(plan))
     if not payload.fingerprint:
@@ -205,11 +203,20 @@ def delete_images(
         )
     if not plan.delete:
         raise ApiError(422, "nothing_to_delete", "the plan deletes nothing")
+    if not payload.allow_active and preview.needs_active_confirmation(plan):
+        raise ApiError(
+            422,
+            "confirmation_required",
+            "the plan deletes items that are not stale (see each item's `active`): send "
+            "allow_active true to delete them too, as the UI asks a second tick for them",
+            plan=plan_out(plan),
+        )
     job = queue.start_deletion(
         repository=repository,
         digests=list(plan.selected),
         fingerprint=plan.fingerprint,
         user=request.user,
+        allow_in_use=payload.allow_in_use,
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
     response["Location"] = url
@@ -217,9 +224,19 @@ def delete_images(
 
 
 def plan_out(plan: planning.DeletionPlan) -> dict:
-    """`delete_images --dry-run --json`, plus the fingerprint and the refused digests."""
+    """`delete_images --dry-run --json`, plus the fingerprint and the refused digests, and
+    each item's guard rails: where it runs (`in_use`), `active`, `latest`, `signed`,
+    `signature`; each kept item's `in_use`."""
+    document = plan.as_dict()
+    flags = preview.flags(plan)
+    in_use = {item.digest: item.in_use for item in plan.keep}
     return {
-        **plan.as_dict(),
+        **document,
+        "delete": [{**item, **flags[item["digest"]]} for item in document["delete"]],
+        "keep": [
+            {**item, "in_use": in_use[item["digest"]].as_list() if in_use[item["digest"]] else []}
+            for item in document["keep"]
+        ],
         "fingerprint": plan.fingerprint,
         "refused": [{"digest": item.digest, "reason": item.reason} for item in plan.refused],
     }

@@ -52,9 +52,10 @@ class ErrorOut(Schema):
 
 
 def error_responses(*statuses: int) -> dict[int, type[ErrorOut]]:
-    """The error answers an endpoint documents; 401 and 429 go with every endpoint, since
-    every endpoint takes tokens."""
-    return {status: ErrorOut for status in sorted({401, 429, *statuses})}
+    """The error answers an endpoint documents; 401, 403 and 429 go with every endpoint,
+    since every endpoint takes tokens, and a token of another scope is refused (a report
+    token only reports)."""
+    return {status: ErrorOut for status in sorted({401, 403, 429, *statuses})}
 
 
 # -- paging ------------------------------------------------------------------------------
@@ -132,6 +133,11 @@ class ChildOut(Schema):
     tags: list[str]
 
 
+class InUseOut(Schema):
+    source: str = Field(description="The in-use source whose live report names it.")
+    where: str = Field(description="Where it runs, as the report says: untrusted text.")
+
+
 class ImageOut(Schema):
     """One row of the Image Management list, as `list_images --json` prints it."""
 
@@ -146,6 +152,10 @@ class ImageOut(Schema):
     last_pushed_estimated: bool
     last_pulled: Timestamp | None = _timestamp("null when no pull was seen.")
     stale: bool
+    in_use: list[InUseOut] = Field(
+        description="Where live in-use reports say it runs (its digest, its index's or a "
+        "child's): the first places of each source; empty when none does."
+    )
     children: list[ChildOut] = Field(description="An index's images, then referrers.")
 
 
@@ -204,6 +214,16 @@ class DeleteImagesIn(Strict):
     fingerprint: str | None = Field(
         None, max_length=64, description="With dry_run false: the dry run's fingerprint."
     )
+    allow_in_use: StrictBool = Field(
+        False,
+        description="Delete items a live in-use report names (SPEC §13) instead of keeping "
+        "them: the dry run and the deletion must both say so. Recorded in the history.",
+    )
+    allow_active: StrictBool = Field(
+        False,
+        description="Deleting items that are not stale needs this, as the UI asks a second "
+        "tick for them (the dry run marks each `active`).",
+    )
 
 
 class PlannedOut(Schema):
@@ -217,6 +237,20 @@ class PlannedOut(Schema):
 class KeptOut(Schema):
     digest: str
     reason: str
+
+
+class FlaggedOut(PlannedOut):
+    """A planned item with the guard rails the UI shows beside it."""
+
+    in_use: list[InUseOut] = Field(description="Where live in-use reports say it runs.")
+    active: bool = Field(description="Not stale: deleting it needs `allow_active`.")
+    latest: bool = Field(description="Tagged `latest`: a pull without a tag gets it.")
+    signed: bool = Field(description="A signature of it goes with it.")
+    signature: bool = Field(description="It is a signature: what it verified stops verifying.")
+
+
+class KeptFlaggedOut(KeptOut):
+    in_use: list[InUseOut] = Field(description="Kept because live reports say it runs.")
 
 
 class RefusedOut(Schema):
@@ -234,6 +268,8 @@ class PlanBody(Schema):
 
 
 class PlanOut(PlanBody):
+    delete: list[FlaggedOut]  # type: ignore[assignment]
+    keep: list[KeptFlaggedOut]  # type: ignore[assignment]
     fingerprint: str = Field(description="Send it back with dry_run false to delete this plan.")
     refused: list[RefusedOut] = Field(description="Selected digests that cannot be deleted.")
 

@@ -80,6 +80,7 @@ def execute_deletion(
     client: RegistryClient,
     username: str | None = None,
     progress: Callable[[str], None] | None = None,
+    allow_in_use: bool = False,
 ) -> DeletionOutcome:
     """Delete exactly the plan previewed as `fingerprint`, or nothing if it changed.
 
@@ -89,6 +90,8 @@ def execute_deletion(
     manifest's record is written PENDING before its DELETE is sent and DONE or FAILED
     after, so a worker killed mid-way leaves an exact history (`resolve_interrupted`).
     `username` overrides the recorded name (the command line records `cli:<os user>`).
+    `allow_in_use`: the person ticked "delete even though in use" (SPEC §13); what the plan
+    deletes although a live report names it is recorded on the operation, under their name.
     Raises `locks.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
     `locks.LeaseLost` if the lease is taken over mid-way (what went is recorded).
     """
@@ -102,7 +105,7 @@ def execute_deletion(
             raise RecheckFailed(
                 f"could not re-check {repository.name} against the registry: {result.error}"
             )
-        plan = plan_deletion(repository=repository, digests=digests)
+        plan = plan_deletion(repository=repository, digests=digests, allow_in_use=allow_in_use)
         operation = Deletion.objects.create(
             user=user,
             username=name,
@@ -110,6 +113,11 @@ def execute_deletion(
             repository=repository.name,
             selected=list(plan.selected),
             fingerprint=fingerprint,
+            in_use_override=[
+                {"digest": item.digest, "in_use": item.in_use.as_list()}
+                for item in plan.delete
+                if item.in_use
+            ],
         )
         if plan.fingerprint != fingerprint:
             _close(operation, Deletion.State.STALE, CHANGED_MESSAGE)

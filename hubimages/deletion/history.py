@@ -41,6 +41,7 @@ CSV_HEADER = (
     "message",
     "deleted_at",
     "garbage_collected_at",
+    "in_use_override",
 )
 
 
@@ -85,10 +86,18 @@ class HistoryRow:
     selected: list[Selected] = field(default_factory=list)
     records: list[DeletionRecord] = field(default_factory=list)
     records_more: int = 0
+    # Digest -> the places live in-use reports named when `username` chose to delete it
+    # even though in use (SPEC §13).
+    in_use_override: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
     def manifests(self) -> int:
         return self.deleted + self.failed + self.pending
+
+    @property
+    def in_use_sources(self) -> list[str]:
+        """The sources whose live reports named what was deleted on the override."""
+        return sorted({u["source"] for uses in self.in_use_override.values() for u in uses})
 
     @property
     def selected_shown(self) -> list[Selected]:
@@ -184,6 +193,11 @@ def _operation_row(operation: Deletion, records: list[DeletionRecord]) -> Histor
         selected=selected,
         records=records,
         records_more=max(0, manifests - len(records)),
+        in_use_override={
+            item["digest"]: item["in_use"]
+            for item in operation.in_use_override
+            if isinstance(item, dict) and "digest" in item
+        },
     )
 
 
@@ -245,8 +259,9 @@ def _csv_lines(row: HistoryRow) -> Iterator[list]:
     ]
     collected = _time(row.collected_at)
     if not row.records:
-        yield _inert(operation + ["", "", "", "", "", "", row.message, "", collected])
+        yield _inert(operation + ["", "", "", "", "", "", row.message, "", collected, ""])
     for record in row.records:
+        uses = row.in_use_override.get(record.digest, [])
         yield _inert(
             operation
             + [
@@ -259,6 +274,7 @@ def _csv_lines(row: HistoryRow) -> Iterator[list]:
                 record.message,
                 _time(record.deleted_at),
                 collected,
+                "; ".join(f"{use['source']}: {use['where']}" for use in uses),
             ]
         )
 

@@ -10,6 +10,13 @@ too, unless an index that stays lists it or it has a tag of its own (a referrer-
 naming its own subject is not "its own"). What is kept waits in case its blocking index
 joins later; the loop ends when a round adds nothing.
 
+Nothing a live in-use report names is deleted (SPEC §13): a selected item that is in use
+(its digest, its index's or one of its children's in a live report, `inuse.matching`) is
+kept with the reason "in use by SOURCE: PLACE", and so is any manifest the cascade reaches
+that is; an index whose image is in use stays, and keeps its images with it. Only
+`allow_in_use` (a person's explicit second tick) deletes them, and the plan then marks
+each such item, so its fingerprint changes if what is in use does.
+
 Reclaimable bytes follow distribution's garbage collector (SPEC §6): it marks, for every
 manifest revision left in any repository, the manifest's own blob, its config and layers,
 and for an index its children's manifest blobs; a `subject` marks nothing. We never leave
@@ -28,6 +35,8 @@ from datetime import datetime
 
 from django.db.models import Exists, OuterRef
 
+from hubimages.inuse import matching
+from hubimages.inuse.matching import InUse
 from hubimages.lib.formatting import short_digest
 from hubimages.lib.queries import as_parameter
 from hubimages.models import (
@@ -58,16 +67,31 @@ class PlannedItem:
     last_pulled_at: datetime | None = None
     pushed_at: datetime | None = None
     artifact_type: str = ""
+    # What live in-use reports say of it: only with `allow_in_use`, else it would be kept.
+    in_use: InUse | None = None
 
 
 @dataclass(frozen=True)
 class KeptItem:
-    """A manifest the cascade reached but keeps, and why."""
+    """A manifest the cascade reached but keeps, or a selected one in use, and why: `why`
+    (a tag, an index that stays), `in_use` (what the live reports say)."""
 
     digest: str
     kind: str
-    reason: str
+    why: str
     group: str
+    in_use: InUse | None = None
+
+    @property
+    def reason(self) -> str:
+        """In words: "in use by prod: prod/shop/pod/api-7d9f; has its own tag v1"."""
+        return "; ".join(filter(None, (self.in_use.reason() if self.in_use else "", self.why)))
+
+    @property
+    def steady_reason(self) -> str:
+        """The reason without the places, which change with every pod restart: what the
+        fingerprint takes, so a new report naming other places changes no plan."""
+        return "; ".join(filter(None, ("in use" if self.in_use else "", self.why)))
 
 
 @dataclass(frozen=True)
@@ -150,6 +174,29 @@ class _Closure:
     kept: dict[int, tuple[str, int]]  # id -> (reason, seed id)
 
 
+class _InUse:
+    """What the live in-use reports say of the manifests a plan reaches, asked once each:
+    the live sources read once per plan, nothing more when none is live."""
+
+    def __init__(self, allow: bool) -> None:
+        self.allow = allow
+        self.live = matching.live_sources()
+        self.found: dict[int, InUse] = {}
+        self.asked: set[int] = set()
+
+    def of(self, ids: Iterable[int]) -> dict[int, InUse]:
+        ids = list(ids)
+        new = [pk for pk in ids if pk not in self.asked]
+        if new and self.live:
+            self.found.update(matching.of_manifests(new, live=self.live))
+        self.asked.update(new)
+        return {pk: self.found[pk] for pk in ids if pk in self.found}
+
+    def kept(self, ids: Iterable[int]) -> set[int]:
+        """The ids that stay because they are in use (none when allowed to delete them)."""
+        return set() if self.allow else set(self.of(ids))
+
+
 @dataclass(frozen=True)
 class PlanSet:
     """The plans of several repositories, made together by `plan_deletions`."""
@@ -158,12 +205,17 @@ class PlanSet:
     reclaimable_bytes: int  # what deleting every plan frees, all together
 
 
-def plan_deletion(*, repository: Repository, digests: Iterable[str]) -> DeletionPlan:
-    """What deleting `digests` from `repository` takes with it, keeps, refuses and frees."""
-    return plan_deletions({repository: digests}).plans[repository.pk]
+def plan_deletion(
+    *, repository: Repository, digests: Iterable[str], allow_in_use: bool = False
+) -> DeletionPlan:
+    """What deleting `digests` from `repository` takes with it, keeps, refuses and frees;
+    in-use items stay unless `allow_in_use`."""
+    return plan_deletions({repository: digests}, allow_in_use=allow_in_use).plans[repository.pk]
 
 
-def plan_deletions(selections: Mapping[Repository, Iterable[str]]) -> PlanSet:
+def plan_deletions(
+    selections: Mapping[Repository, Iterable[str]], *, allow_in_use: bool = False
+) -> PlanSet:
     """`plan_deletion` for each repository, in a fixed number of queries however many
     repositories and digests there are (a retention run plans every repository it covers).
 
@@ -182,8 +234,11 @@ def plan_deletions(selections: Mapping[Repository, Iterable[str]]) -> PlanSet:
     }
     seeds = {found[pk, d]: d for pk, ds in selected.items() for d in ds if (pk, d) in found}
     owner = {found[key]: key[0] for key in found}
+    group_of = dict(seeds)  # every found selection's digest, the in-use ones included
+    in_use = _InUse(allow_in_use)
+    running = {pk: seeds.pop(pk) for pk in in_use.kept(seeds)}
     while True:
-        closure = _cascade(seeds)
+        closure = _cascade(seeds, in_use)
         blocked = _staying_parents(seeds, closure.members)
         if not blocked:
             break
@@ -192,7 +247,9 @@ def plan_deletions(selections: Mapping[Repository, Iterable[str]]) -> PlanSet:
                 f"used by index {short_digest(indexes[0])}, which stays — "
                 "delete the index instead or remove it from the index first"
             )
-    return _assemble(repositories, selected, seeds, closure, refused)
+    for pk in running:
+        closure.kept[pk] = ("", pk)
+    return _assemble(repositories, selected, group_of, closure, refused, in_use)
 
 
 def _found(selected: dict[int, tuple[str, ...]]) -> dict[tuple[int, str], int]:
@@ -210,7 +267,7 @@ def _found(selected: dict[int, tuple[str, ...]]) -> dict[tuple[int, str], int]:
     }
 
 
-def _cascade(seeds: dict[int, str]) -> _Closure:
+def _cascade(seeds: dict[int, str], in_use: _InUse) -> _Closure:
     members: dict[int, tuple[str, int, int]] = {pk: (SELECTED, pk, 0) for pk in seeds}
     rank = {pk: position for position, pk in enumerate(seeds)}
     pending: dict[int, tuple[str, int]] = {}
@@ -225,7 +282,10 @@ def _cascade(seeds: dict[int, str]) -> _Closure:
             pending.setdefault(pk, how)
         own_tags.update(_own_tags([pk for pk in reached if pk not in own_tags]))
         staying = _staying_parents(pending, members)
-        addable = [pk for pk in pending if pk not in staying and not own_tags.get(pk)]
+        running = in_use.kept(pending)
+        addable = [
+            pk for pk in pending if pk not in staying and not own_tags.get(pk) and pk not in running
+        ]
         for pk in addable:
             because, seed = pending.pop(pk)
             members[pk] = (because, seed, round_)
@@ -317,8 +377,10 @@ def _assemble(
     seeds: dict[int, str],
     closure: _Closure,
     refused: dict[int, dict[str, str]],
+    in_use: _InUse,
 ) -> PlanSet:
     members = closure.members
+    uses = in_use.of([*members, *closure.kept])
     tags: dict[int, list[str]] = defaultdict(list)
     for manifest_id, name in (
         Tag.objects.filter(manifest_id__in=as_parameter(members))
@@ -370,6 +432,7 @@ def _assemble(
             pulled,
             pushed,
             artifact_type,
+            uses.get(pk),
         )
         delete[repo].append((order[repo][group], round_, digest, item))
     keep: dict[int, list] = defaultdict(list)
@@ -378,7 +441,8 @@ def _assemble(
     ).values_list("pk", "repository_id", "digest", "kind"):
         reason, seed = closure.kept[pk]
         group = seeds[seed]
-        keep[repo].append((order[repo][group], digest, KeptItem(digest, kind, reason, group)))
+        kept = KeptItem(digest, kind, reason, group, uses.get(pk))
+        keep[repo].append((order[repo][group], digest, kept))
     by_repository, total = _reclaimable_by_repository(repository_of)
     plans = {
         pk: _plan(
@@ -456,8 +520,11 @@ def _items_document(
     """What a plan deletes (kinds, tags, sizes), keeps and refuses, and why: the part of its
     fingerprint that is not bytes."""
     return {
-        "delete": sorted([i.digest, i.kind, sorted(i.tags), i.size] for i in delete),
-        "keep": sorted([i.digest, i.reason] for i in keep),
+        "delete": sorted(
+            [i.digest, i.kind, sorted(i.tags), i.size] + (["in use"] if i.in_use else [])
+            for i in delete
+        ),
+        "keep": sorted([i.digest, i.steady_reason] for i in keep),
         "refused": sorted([i.digest, i.reason] for i in refused),
     }
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from hubimages.deletion import planning
 from hubimages.inventory import status
 from hubimages.lib.formatting import short_digest
-from hubimages.models import Manifest, ManifestBlob
+from hubimages.models import Manifest, ManifestBlob, Tag
 
 # Pulled this recently, an item is "recently pulled": the same window the retention dry run
 # uses. (Not "in use": that means a live in-use report says it runs, SPEC §13.)
@@ -192,3 +192,37 @@ def is_signature(item: planning.PlannedItem) -> bool:
 def needs_active_confirmation(plan: planning.DeletionPlan, now: datetime | None = None) -> bool:
     """Deleting an item that is not stale takes a second, explicit tick."""
     return any(guard.active for guard in guard_rails(plan, now).values())
+
+
+def flags(plan: planning.DeletionPlan, now: datetime | None = None) -> dict[str, dict]:
+    """Each planned item's guard rails as the API's dry run carries them, by digest: where
+    live reports say it runs (`in_use`), whether it is `active` (not stale), tagged
+    `latest`, `signed` (a signature of it goes with it) or itself a `signature`."""
+    guards = guard_rails(plan, now)
+    signed = _signed({item.manifest_id for item in plan.delete})
+    found = {}
+    for item in plan.delete:
+        guard = guards.get(item.digest, Guards())
+        found[item.digest] = {
+            "in_use": item.in_use.as_list() if item.in_use else [],
+            "active": guard.active,
+            "latest": guard.latest,
+            "signed": item.manifest_id in signed,
+            "signature": guard.signature,
+        }
+    return found
+
+
+def _signed(manifest_ids: set[int]) -> set[int]:
+    """The manifests among these that a signature refers to (cosign's `.sig`, or a
+    signature artifact type): two queries."""
+    if not manifest_ids:
+        return set()
+    ids = planning.as_parameter(manifest_ids)
+    by_tag = Tag.objects.filter(manifest__subject_id__in=ids, name__endswith=".sig")
+    by_type = Manifest.objects.filter(
+        subject_id__in=ids, kind=Manifest.Kind.ARTIFACT, artifact_type__icontains="signature"
+    )
+    return set(by_tag.values_list("manifest__subject_id", flat=True)) | set(
+        by_type.values_list("subject_id", flat=True)
+    )

@@ -175,10 +175,11 @@ def annotate(registry_id: int, manifests: Iterable[Manifest]) -> None:
 # -- the planner and retention: by manifest id --------------------------------------------------
 
 
-def of_manifests(ids: Collection[int]) -> dict[int, InUse]:
+def of_manifests(ids: Collection[int], *, live: dict[int, str] | None = None) -> dict[int, InUse]:
     """Manifest id -> what the live reports say of it, for the ids in use (in any
-    repository and registry); {} after one query when no report is live."""
-    live = live_sources()
+    repository and registry); {} after one query when no report is live (none at all
+    with `live`, the live sources already read)."""
+    live = live_sources() if live is None else live
     if not live or not ids:
         return {}
     ids = list(ids)
@@ -189,14 +190,17 @@ def of_manifests(ids: Collection[int]) -> dict[int, InUse]:
         )
     }
     related: dict[int, set[Key]] = {pk: {key} for pk, key in own.items()}
-    for index_id, digest in IndexEntry.objects.filter(index_id__in=as_parameter(ids)).values_list(
-        "index_id", "child__digest"
-    ):
-        related[index_id].add((own[index_id][0], digest))
-    for child_id, digest in IndexEntry.objects.filter(child_id__in=as_parameter(ids)).values_list(
-        "child_id", "index__digest"
-    ):
-        related[child_id].add((own[child_id][0], digest))
+    relatives = [
+        *IndexEntry.objects.filter(index_id__in=as_parameter(ids)).values_list(
+            "index_id", "child__digest"
+        ),
+        *IndexEntry.objects.filter(child_id__in=as_parameter(ids)).values_list(
+            "child_id", "index__digest"
+        ),
+    ]
+    for pk, digest in relatives:
+        if pk in own:  # (not a manifest deleted between the two reads)
+            related[pk].add((own[pk][0], digest))
     uses = _uses(set().union(*related.values()), live)
     found = {pk: _combined(keys, uses) for pk, keys in related.items()}
     return {pk: in_use for pk, in_use in found.items() if in_use}
@@ -216,12 +220,12 @@ class Blocking:
     now: datetime
 
     def message(self) -> str:
+        """`the required in-use source prod last reported 3 h ago, longer ago than its
+        time to live (1 hour): what it runs now is unknown`."""
         return (
             f"the required in-use source {self.source} last reported "
             f"{ago(self.received_at, self.now)}, longer ago than its time to live "
-            f"({_duration(self.ttl_seconds)}): what it runs now is unknown, so nothing is "
-            f"deleted on {'registry' if len(self.registries) == 1 else 'registries'} "
-            f"{', '.join(self.registries)} until it reports again"
+            f"({_duration(self.ttl_seconds)}): what it runs now is unknown"
         )
 
 

@@ -10,9 +10,10 @@ from django.db.models import DateTimeField, Exists, F, OuterRef, Prefetch, Q, Qu
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Lower
 
+from hubimages.inuse import matching
 from hubimages.inventory.status import is_stale, stale_cutoff, stale_q
 from hubimages.lib.formatting import iso
-from hubimages.models import IndexEntry, Manifest, Repository, Tag
+from hubimages.models import IndexEntry, Manifest, Registry, Repository, Tag
 
 FILTERS = ("all", "tagged", "untagged", "index", "image")
 # Status is its own axis (the API's `status`, the list's Stale filter): "" means any.
@@ -286,9 +287,21 @@ def children_of(manifest: Manifest) -> list[tuple[Manifest, str]]:
     return children
 
 
+def rows_as_dicts(rows, registry: Registry, now: datetime | None = None) -> list[dict]:
+    """`row_as_dict` of each row (loaded `with_details`), what the live in-use reports say
+    of them read in one go."""
+    rows = list(rows)
+    matching.annotate(registry.pk, rows)
+    return [row_as_dict(row, now, registry=registry.name) for row in rows]
+
+
 def row_as_dict(row: Manifest, now: datetime | None = None, *, registry: str) -> dict:
     """A list row in the stable JSON shape scripts rely on (`list_images --json`), naming
-    its registry (SPEC §11)."""
+    its registry (SPEC §11), and where live in-use reports say it runs (SPEC §13): its own
+    digest, its index's or one of its children's (`in_use`, the first places of each
+    source)."""
+    if not hasattr(row, "in_use"):
+        matching.annotate(row.repository.registry_id, [row])
     return {
         "registry": registry,
         "digest": row.digest,
@@ -301,6 +314,7 @@ def row_as_dict(row: Manifest, now: datetime | None = None, *, registry: str) ->
         "last_pushed_estimated": row.pushed_at_estimated,
         "last_pulled": iso(row.last_pulled_at),
         "stale": is_stale(row, now),
+        "in_use": row.in_use.as_list(),
         "children": [
             {
                 "digest": child.digest,

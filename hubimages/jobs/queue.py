@@ -95,10 +95,18 @@ def start_retention(
     return start(Kind.RETENTION, user=user, started_by=started_by, params=params)
 
 
-def start_deletion(*, repository: Repository, digests: list[str], fingerprint: str, user) -> Job:
+def start_deletion(
+    *,
+    repository: Repository,
+    digests: list[str],
+    fingerprint: str,
+    user,
+    allow_in_use: bool = False,
+) -> Job:
     """The deletion of a previewed plan: executed by a worker, exactly that plan or nothing.
-    Not retried once it may have deleted something (see `_run_deletion`)."""
-    params = {"digests": digests, "fingerprint": fingerprint}
+    Not retried once it may have deleted something (see `_run_deletion`). `allow_in_use`:
+    the plan was previewed with in-use items deleted, on the user's explicit override."""
+    params = {"digests": digests, "fingerprint": fingerprint, "allow_in_use": allow_in_use}
     return start(
         Kind.DELETION,
         user=user,

@@ -167,6 +167,7 @@ def _run_deletion(job: Job, progress: Callable[[str], None]) -> dict:
                 client=client,
                 username=job.started_by,
                 progress=progress,
+                allow_in_use=bool(job.params.get("allow_in_use")),
             )
     except execution.RecheckFailed as error:
         raise Retry(f"nothing was deleted: {error}") from None

@@ -1,5 +1,9 @@
 """The dry run of a retention policy (SPEC §8): its candidates, which rule keeps what, and
-the plan of each covered repository through the deletion planner."""
+the plan of each covered repository through the deletion planner.
+
+A candidate a live in-use report names (SPEC §13) is never selected, as if an `always` rule
+kept it, and the dry run says so; and while a required in-use source is out of date, the
+dry run says that a run would delete nothing on the registries it covers (`blocked`)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from typing import Any, NamedTuple
 from django.utils import timezone
 
 from hubimages.deletion import planning
+from hubimages.inuse import matching
+from hubimages.inuse.matching import Blocking, InUse
 from hubimages.lib.formatting import ago, iso
 from hubimages.models import Manifest, Repository, Tag
 from hubimages.retention.policies import ALWAYS, LATEST_PULLED, PUSHED_WITHIN, TIMED, Policy, Rule
@@ -43,11 +49,14 @@ class KeptCandidate:
     digest: str
     tags: tuple[str, ...]
     reasons: tuple[str, ...]
+    in_use: InUse | None = None
 
     @property
     def reason(self) -> str:
-        """In words: 'kept by rule 1: always; rule 3: pulled within 30 days'."""
-        return "kept by " + "; ".join(self.reasons)
+        """In words: 'kept by rule 1: always; rule 3: pulled within 30 days', after what
+        the live in-use reports say: 'in use by prod: prod/shop/pod/api-7d9f'."""
+        rules = "kept by " + "; ".join(self.reasons) if self.reasons else ""
+        return "; ".join(filter(None, (self.in_use.reason() if self.in_use else "", rules)))
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,23 @@ class DryRun:
     repositories: tuple[RepositoryDryRun, ...]
     reclaimable_bytes: int
     fingerprint: str
+    # Required in-use sources out of date on the covered registries: a run deletes nothing.
+    blocked: tuple[Blocking, ...] = ()
+
+    @property
+    def blocked_message(self) -> str:
+        """Why a run would delete nothing now, or "": `the required in-use source prod
+        last reported …. Retention deletes nothing on registry default until it reports
+        again.`"""
+        if not self.blocked:
+            return ""
+        registries = sorted({name for source in self.blocked for name in source.registries})
+        which = "registry" if len(registries) == 1 else "registries"
+        return (
+            "; ".join(source.message() for source in self.blocked)
+            + f". Retention deletes nothing on {which} {', '.join(registries)} until it "
+            "reports again."
+        )
 
     @property
     def manifest_count(self) -> int:
@@ -154,10 +180,14 @@ def dry_run(
     now = now or start_now()
     repos = covered_repositories(policy, registry=registry, only=repositories)
     candidates = _candidates(repos)
+    running = matching.of_manifests([c.pk for items in candidates.values() for c in items])
     evaluated = []
     for repository in repos:
         items = candidates.get(repository.pk, [])
         kept = evaluate(policy, items, now=now)
+        for item in items:
+            if item.pk in running:
+                kept.setdefault(item.pk, [])
         evaluated.append((repository, items, kept))
     plans = planning.plan_deletions(
         {
@@ -166,12 +196,18 @@ def dry_run(
         }
     )
     results = [
-        _repository_dry_run(repository, items, kept, plans.plans[repository.pk], now)
+        _repository_dry_run(repository, items, kept, plans.plans[repository.pk], now, running)
         for repository, items, kept in evaluated
     ]
     total = plans.reclaimable_bytes
+    blocked = matching.blocking({repository.registry.name for repository in repos})
     return DryRun(
-        policy, now, tuple(results), total, dry_run_fingerprint(policy, now, results, total)
+        policy,
+        now,
+        tuple(results),
+        total,
+        dry_run_fingerprint(policy, now, results, total),
+        tuple(blocked),
     )
 
 
@@ -185,6 +221,7 @@ def _repository_dry_run(
     kept: dict[int, list[str]],
     plan: planning.DeletionPlan,
     now: datetime,
+    running: Mapping[int, InUse],
 ) -> RepositoryDryRun:
     newest_first = sorted(items, key=lambda c: c.digest)
     newest_first.sort(key=lambda c: c.pushed_at, reverse=True)
@@ -198,7 +235,9 @@ def _repository_dry_run(
         candidates=len(items),
         selected=plan.selected,
         kept=tuple(
-            KeptCandidate(c.digest, c.tags, tuple(kept[c.pk])) for c in newest_first if c.pk in kept
+            KeptCandidate(c.digest, c.tags, tuple(kept[c.pk]), running.get(c.pk))
+            for c in newest_first
+            if c.pk in kept
         ),
         plan=plan,
         recently_pulled=recently_pulled,

@@ -69,6 +69,9 @@ def run(
     `brake=True`: it deletes nothing in a repository where it would delete more than
     `max_delete_fraction` of the top-level items, and says so in the record.
 
+    While a required in-use source is out of date on a covered registry (SPEC §13), the run
+    deletes nothing at all and its record says why; this is checked again under the locks.
+
     A job runs it (`jobs.start_retention`): a web request only enqueues it.
     """
     first = dry_run(policy, now=now, registry=registry, repositories=repositories)
@@ -80,6 +83,8 @@ def run(
         started_at=now,
         planned_bytes=first.reclaimable_bytes,
     )
+    if first.blocked:
+        return _finish(record, first, RetentionRun.Outcome.BLOCKED, _blocked(first))
     if fingerprint is not None and first.fingerprint != fingerprint:
         return _finish(record, first, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
     covered = [r.repository for r in first.repositories]
@@ -94,11 +99,18 @@ def run(
                 return _finish(record, first, RetentionRun.Outcome.FAILED, failure)
             checked = dry_run(policy, now=now, registry=registry, repositories=repositories)
             record.planned_bytes = checked.reclaimable_bytes
+            if checked.blocked:
+                outcome = RetentionRun.Outcome.BLOCKED
+                return _finish(record, checked, outcome, _blocked(checked))
             if fingerprint is not None and checked.fingerprint != fingerprint:
                 return _finish(record, checked, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
             return _execute(record, checked, client_for, user=user, brake=brake)
     except RepositoryBusy as busy:
         return _finish(record, first, RetentionRun.Outcome.BUSY, f"Nothing was deleted: {busy}.")
+
+
+def _blocked(dry: DryRun) -> str:
+    return f"Nothing was deleted: {dry.blocked_message}"
 
 
 CHANGED_MESSAGE = (

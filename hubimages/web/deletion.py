@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from hubimages.deletion import planning, preview
+from hubimages.inuse import matching
 from hubimages.jobs import queue
 from hubimages.models import Repository
 from hubimages.web.access import repository_to_delete_from
@@ -21,6 +22,10 @@ CHANGED = "The registry changed since your preview: nothing was deleted. Check t
 UNCONFIRMED = "Tick the box to confirm that you understand what will be deleted."
 ACTIVE_UNCONFIRMED = (
     "Some of these items are active (not stale): tick the second box to delete them too."
+)
+IN_USE_UNCONFIRMED = (
+    "Some of these items are in use: tick the box that says you delete them even though "
+    "in use, or preview without them."
 )
 
 
@@ -52,11 +57,13 @@ def _preview(
     notice: str = "",
     error: str = "",
     status: int = 200,
+    allow_in_use: bool = False,
 ) -> HttpResponse:
     """The preview as a page, or as the dialog htmx swaps into `#panel`."""
     refused = {item.digest for item in plan.refused}
     back = request.GET.get("back") or request.POST.get("back") or ""
     guards = preview.guard_rails(plan)
+    in_use_deleted = [item for item in plan.delete if item.in_use]
     context = {
         "repository": repository,
         "plan": plan,
@@ -73,6 +80,12 @@ def _preview(
             item for item in plan.delete if guards.get(item.digest, _NO_GUARD).signature
         ],
         "active_count": sum(1 for guard in guards.values() if guard.active),
+        # SPEC §13: kept because a live report says they run, unless the override is on.
+        "allow_in_use": allow_in_use,
+        "in_use_kept": [item for item in plan.keep if item.in_use],
+        "in_use_deleted": in_use_deleted,
+        "in_use_sources": sorted({u.source for i in in_use_deleted for u in i.in_use.sources}),
+        "blocking": matching.blocking([repository.registry.name]),
         "stale_months": settings.STALE_AFTER_MONTHS,
         # With refusals, the rest of the selection, to preview without them.
         "deletable": [d for d in plan.selected if d not in refused] if refused else [],
@@ -94,9 +107,9 @@ def delete_preview(request: HttpRequest, registry: str, name: str) -> HttpRespon
     repository = repository_to_delete_from(request, registry, name)
     params = request.POST if request.method == "POST" else request.GET
     digests = params.getlist("digest")[:MAX_SELECTED]
-    return _preview(
-        request, repository, planning.plan_deletion(repository=repository, digests=digests)
-    )
+    allow = params.get("allow_in_use") == "yes"
+    plan = planning.plan_deletion(repository=repository, digests=digests, allow_in_use=allow)
+    return _preview(request, repository, plan, allow_in_use=allow)
 
 
 @require_POST
@@ -110,19 +123,27 @@ def delete_execute(request: HttpRequest, registry: str, name: str) -> HttpRespon
     repository from the registry under its lease and checks once more."""
     repository = repository_to_delete_from(request, registry, name)
     digests = request.POST.getlist("digest")[:MAX_SELECTED]
-    plan = planning.plan_deletion(repository=repository, digests=digests)
+    allow = request.POST.get("allow_in_use") == "yes"
+    plan = planning.plan_deletion(repository=repository, digests=digests, allow_in_use=allow)
+
+    def again(**why: object) -> HttpResponse:
+        return _preview(request, repository, plan, allow_in_use=allow, **why)
+
     if plan.refused or not plan.delete:
-        return _preview(request, repository, plan, status=422)
+        return again(status=422)
     if request.POST.get("fingerprint") != plan.fingerprint:
-        return _preview(request, repository, plan, notice=CHANGED, status=409)
+        return again(notice=CHANGED, status=409)
     if request.POST.get("confirm") != "yes":
-        return _preview(request, repository, plan, error=UNCONFIRMED, status=422)
+        return again(error=UNCONFIRMED, status=422)
     if preview.needs_active_confirmation(plan) and request.POST.get("confirm_active") != "yes":
-        return _preview(request, repository, plan, error=ACTIVE_UNCONFIRMED, status=422)
+        return again(error=ACTIVE_UNCONFIRMED, status=422)
+    if any(item.in_use for item in plan.delete) and request.POST.get("confirm_in_use") != "yes":
+        return again(error=IN_USE_UNCONFIRMED, status=422)
     job = queue.start_deletion(
         repository=repository,
         digests=list(plan.selected),
         fingerprint=plan.fingerprint,
         user=request.user,
+        allow_in_use=allow,
     )
     return follow_job(request, job, back=request.POST.get("back", ""))

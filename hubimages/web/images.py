@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from hubimages.deletion import planning
+from hubimages.inuse import matching
 from hubimages.inventory import details, lists
 from hubimages.models import Manifest, Repository
 from hubimages.registries import rows as registry_rows
@@ -70,6 +71,7 @@ def image_management(request: HttpRequest, registry: str, name: str) -> HttpResp
     rows = lists.with_details(lists.top_level(repository, query, found=found))
     paginator = ListPaginator(rows, per_page, repository, query, found)
     page = paginator.get_page(request.GET.get("page"))
+    matching.annotate(repository.registry_id, page.object_list)
     view = list_state(query, per_page)
     state = {**view, "page": page.number if page.number != 1 else None}
     here = url_with(request.path, encode_state(state))
@@ -185,6 +187,7 @@ def image_detail(request: HttpRequest, registry: str, name: str, digest: str) ->
         manifest = details.manifest_detail(repository, digest)
     except Manifest.DoesNotExist:
         raise Http404("no such manifest in this repository") from None
+    matching.annotate(repository.registry_id, [manifest])
     context = {
         "repository": repository,
         "manifest": manifest,

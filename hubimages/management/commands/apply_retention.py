@@ -125,6 +125,8 @@ class Command(BaseCommand):
                 f"  {repo.plan.manifest_count} manifests and {repo.plan.tag_count} tags; "
                 f"reclaims {human_size(repo.plan.reclaimable_bytes)}"
             )
+        if preview.blocked:
+            write(f"\nA run would delete nothing now: {preview.blocked_message}")
         write(
             f"\nIn total: {preview.manifest_count} manifests and {preview.tag_count} tags; "
             f"reclaims {human_size(preview.reclaimable_bytes)} ({preview.reclaimable_bytes} "

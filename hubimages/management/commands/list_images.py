@@ -33,7 +33,7 @@ class Command(BaseCommand):
             "registry": registry.name,
             "repository": repo.name,
             "count": len(rows),
-            "results": [lists.row_as_dict(row, registry=registry.name) for row in rows],
+            "results": lists.rows_as_dicts(rows, registry),
         }
         if options["json"]:
             self.stdout.write(json.dumps(listing, indent=2))
