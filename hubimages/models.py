@@ -656,4 +656,7 @@ class InUseReference(models.Model):
     where = models.CharField(max_length=300, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["registry", "digest"], name="inuse_by_digest")]
+        # Every page counts the places that name its digests, from this index alone.
+        indexes = [
+            models.Index(fields=["registry", "digest", "source", "where"], name="inuse_by_digest")
+        ]

@@ -154,7 +154,7 @@ class ImageOut(Schema):
     stale: bool
     in_use: list[InUseOut] = Field(
         description="Where live in-use reports say it runs (its digest, its index's or a "
-        "child's): the first places of each source; empty when none does."
+        "child's): each source once, with the first of its places; empty when none does."
     )
     children: list[ChildOut] = Field(description="An index's images, then referrers.")
 

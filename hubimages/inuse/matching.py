@@ -6,9 +6,10 @@ children's digests, on its registry. A report is live while it is younger than i
 live, by the database's clock (every host agrees on it).
 
 Cheap by construction: the live sources are a handful of rows read once; references are
-found through their (registry, digest) index, for the digests asked about only, and each
-digest brings back how many places name it per source and the first few of them, never
-all (a base image may run in ten thousand pods). With no live report at all, one query.
+counted through their (registry, digest, source, place) index, for the digests asked about
+only, and each digest brings back how many places name it per source and the first of
+them, never all (a base image may run in ten thousand pods): one grouped query read from
+the index alone. With no live report at all, one query.
 """
 
 from __future__ import annotations
@@ -18,28 +19,27 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count, F, Window
-from django.db.models.functions import Now, RowNumber
+from django.db.models import Count, Min
+from django.db.models.functions import Now
 
 from hubimages.lib.formatting import ago, plural
 from hubimages.lib.queries import as_parameter
 from hubimages.models import IndexEntry, InUseReference, InUseSource, Manifest
 
-PLACES_SHOWN = 5  # per source and item: pages, reasons and JSON show these, and a count
 PLACE_CHARACTERS = 80  # a place in a reason, clipped in the middle
 
 
 @dataclass(frozen=True)
 class SourceUse:
-    """Where one source runs an item: `count` places, the first of them in `places`."""
+    """Where one source runs an item: `count` places, the first of them (by name) `place`."""
 
     source: str
     count: int
-    places: tuple[str, ...]
+    place: str
 
     @property
     def more(self) -> int:
-        return max(0, self.count - len(self.places))
+        return max(0, self.count - 1)
 
 
 @dataclass(frozen=True)
@@ -55,17 +55,16 @@ class InUse:
         """`in use by prod: prod/default/pod/api-7d9f and 2 more places; by ci: ci/job-4`."""
         parts = []
         for use in self.sources:
-            places = ", ".join(_clip(place) for place in use.places[:1]) or "(no place given)"
-            if use.count > 1:
-                places += f" and {plural(use.count - 1, 'more place')}"
+            places = _clip(use.place) or "(no place given)"
+            if use.more:
+                places += f" and {plural(use.more, 'more place')}"
             parts.append(f"{use.source}: {places}")
         return "in use by " + "; by ".join(parts)
 
     def as_list(self) -> list[dict[str, str]]:
-        """`[{"source", "where"}]`: the places shown, as the JSON outputs carry them."""
-        return [
-            {"source": use.source, "where": where} for use in self.sources for where in use.places
-        ]
+        """`[{"source", "where"}]`, a source and its first place each, as the JSON outputs
+        carry them."""
+        return [{"source": use.source, "where": use.place} for use in self.sources]
 
 
 NOT_IN_USE = InUse(())
@@ -102,46 +101,38 @@ def _uses(keys: Collection[Key], live: dict[int, str]) -> dict[Key, dict[str, So
     """For each (registry, digest) a live report names: source name -> its places."""
     if not keys or not live:
         return {}
-    partition = [F("registry_id"), F("digest"), F("source_id")]
     rows = (
         InUseReference.objects.filter(
             source_id__in=list(live),
             registry_id__in={registry for registry, _ in keys},
             digest__in=as_parameter({digest for _, digest in keys}),
         )
-        .annotate(
-            number=Window(RowNumber(), partition_by=partition, order_by=[F("where"), F("pk")]),
-            total=Window(Count("pk"), partition_by=partition),
-        )
-        .filter(number__lte=PLACES_SHOWN)
-        .values_list("registry_id", "digest", "source_id", "where", "total")
+        .values("registry_id", "digest", "source_id")
+        .annotate(count=Count("pk"), first=Min("where"))
+        .order_by()
+        .values_list("registry_id", "digest", "source_id", "count", "first")
     )
     found: dict[Key, dict[str, SourceUse]] = defaultdict(dict)
     wanted = set(keys)
-    for registry, digest, source_id, where, total in rows:
-        if (registry, digest) not in wanted:
-            continue
-        name = live[source_id]
-        use = found[registry, digest].get(name)
-        places = (use.places if use else ()) + (where,)
-        found[registry, digest][name] = SourceUse(name, total, places)
+    for registry, digest, source_id, count, first in rows:
+        if (registry, digest) in wanted:
+            found[registry, digest][live[source_id]] = SourceUse(live[source_id], count, first)
     return found
 
 
 def _combined(keys: Iterable[Key], uses: dict[Key, dict[str, SourceUse]]) -> InUse:
     """One item's uses from those of its related digests (its own, its index's, its
-    children's): counts add up, the first places by name are shown."""
-    by_source: dict[str, tuple[int, set[str]]] = {}
+    children's): counts add up, the first place by name is shown."""
+    by_source: dict[str, SourceUse] = {}
     for key in keys:
         for name, use in uses.get(key, {}).items():
-            count, places = by_source.get(name, (0, set()))
-            by_source[name] = (count + use.count, places | set(use.places))
-    return InUse(
-        tuple(
-            SourceUse(name, count, tuple(sorted(places)[:PLACES_SHOWN]))
-            for name, (count, places) in sorted(by_source.items())
-        )
-    )
+            known = by_source.get(name)
+            if known is None:
+                by_source[name] = use
+            else:
+                first = min(known.place, use.place)
+                by_source[name] = SourceUse(name, known.count + use.count, first)
+    return InUse(tuple(by_source[name] for name in sorted(by_source)))
 
 
 # -- pages: rows with their prefetched children -------------------------------------------------

@@ -298,8 +298,8 @@ def rows_as_dicts(rows, registry: Registry, now: datetime | None = None) -> list
 def row_as_dict(row: Manifest, now: datetime | None = None, *, registry: str) -> dict:
     """A list row in the stable JSON shape scripts rely on (`list_images --json`), naming
     its registry (SPEC §11), and where live in-use reports say it runs (SPEC §13): its own
-    digest, its index's or one of its children's (`in_use`, the first places of each
-    source)."""
+    digest, its index's or one of its children's (`in_use`, each source once with
+    the first of its places)."""
     if not hasattr(row, "in_use"):
         matching.annotate(row.repository.registry_id, [row])
     return {

@@ -56,7 +56,7 @@ class Migration(migrations.Migration):
                 ('source', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='references', to='hubimages.inusesource')),
             ],
             options={
-                'indexes': [models.Index(fields=['registry', 'digest'], name='inuse_by_digest')],
+                'indexes': [models.Index(fields=['registry', 'digest', 'source', 'where'], name='inuse_by_digest')],
             },
         ),
     ]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from django import template
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timeuntil
 
 from hubimages.inventory import lists, status
@@ -89,6 +89,32 @@ def clipped(value: object, length: int = 200) -> dict:
         "clipped": len(text) > length,
         "capped": len(text) > LONG_TEXT_LIMIT,
     }
+
+
+@register.simple_tag
+def in_use_badges(in_use: object) -> str:
+    """What live in-use reports say of an item (`inuse.matching.InUse`): a badge a source,
+    "In use: prod ×3", opening onto its first place; report text, so escaped and clipped.
+    Written here rather than by an included template: a page may show dozens."""
+    if not in_use:
+        return ""
+    return format_html_join(
+        "",
+        '<details class="in-use"><summary class="badge badge-in-use" title="A live in-use '
+        'report says it runs">In use: <bdi>{}</bdi> ×{}</summary><ul class="plain '
+        'in-use-places">{}{}</ul></details>',
+        (
+            (
+                middle(use.source),
+                use.count,
+                format_html("<li><bdi>{}</bdi></li>", middle(use.place, 80))
+                if use.place
+                else format_html('<li class="muted">no place given</li>'),
+                format_html('<li class="muted">and {} more</li>', use.more) if use.more else "",
+            )
+            for use in in_use.sources
+        ),
+    )
 
 
 @register.filter
