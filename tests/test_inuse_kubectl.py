@@ -251,3 +251,54 @@ runpy.run_module("hubimages.inuse", run_name="__main__")
     assert {"reference": f"{HOST}/team/db@{DB}", "where": "prod/shop/statefulset/db"} in (
         report["images"]
     )
+
+
+# -- the manifests ---------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "deploy" / "kubernetes" / "inuse-reporter.yaml"
+
+
+def test_the_reporters_role_only_reads_what_the_command_lists_and_the_readme_shows_it():
+    import yaml
+
+    text = MANIFEST.read_text()
+    documents = {doc["kind"]: doc for doc in yaml.safe_load_all(text)}
+    assert set(documents) == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Secret",
+        "CronJob",
+    }
+    rules = documents["ClusterRole"]["rules"]
+    assert {verb for rule in rules for verb in rule["verbs"]} == {"get", "list"}
+    resources = {resource for rule in rules for resource in rule["resources"]}
+    assert resources == {
+        "pods",
+        "deployments",
+        "replicasets",
+        "statefulsets",
+        "daemonsets",
+        "cronjobs",
+        "jobs",
+    }
+    pod = documents["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == documents["ServiceAccount"]["metadata"]["name"]
+    listing = " ".join(pod["initContainers"][0]["command"][-1].split())
+    assert listing == (
+        "kubectl get pods,deployments,replicasets,statefulsets,daemonsets,cronjobs,jobs "
+        "-A -o json > /report/cluster.json"
+    )
+    assert pod["containers"][0]["command"][-1] == (
+        "python -m hubimages.inuse kubectl < /report/cluster.json"
+    )
+    env = {item["name"] for item in pod["containers"][0]["env"]}
+    assert env == {
+        "HUBIMAGES_URL",
+        "HUBIMAGES_SOURCE",
+        "HUBIMAGES_TTL_SECONDS",
+        "HUBIMAGES_REQUIRED",
+        "HUBIMAGES_TOKEN",
+    }
+    assert f"```yaml\n{text}```" in (ROOT / "README.md").read_text()
