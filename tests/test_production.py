@@ -174,7 +174,7 @@ def test_pushes_from_eight_clients_are_listed_without_a_sync(deployment, django_
 
     eventually(listed({image.digest for image in images}), what="all 40 pushes stored")
     assert not RegistryEvent.objects.filter(state="received").exists()
-    page = deployment.signed_in("viewer").get(f"{deployment.url}/repositories/team/app3/")
+    page = deployment.signed_in("viewer").get(f"{deployment.url}/r/default/team/app3/")
     assert page.status_code == 200
     assert page.text.count('name="digest"') == 5
     assert "Content-Security-Policy" in page.headers
@@ -252,13 +252,13 @@ def test_a_deletion_started_in_the_web_ui_while_a_sync_runs_ends_correctly(
     eventually(listed({doomed.digest, kept.digest}), what="the shop listed")
     web = deployment.signed_in("admin")
     preview = web.post(
-        f"{deployment.url}/repositories/team/shop/-/delete/", data={"digest": doomed.digest}
+        f"{deployment.url}/r/default/team/shop/-/delete/", data={"digest": doomed.digest}
     )
     fingerprint = re.search(r'name="fingerprint" value="([0-9a-f]+)"', preview.text).group(1)
 
     sync = web.post(f"{deployment.url}/sync/", allow_redirects=False)
     delete = web.post(
-        f"{deployment.url}/repositories/team/shop/-/delete/confirm",
+        f"{deployment.url}/r/default/team/shop/-/delete/confirm",
         # Freshly pushed, the image is active: both boxes ticked.
         data={
             "digest": doomed.digest,
@@ -305,7 +305,7 @@ def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expir
     deployment.proxy.delay(r"/manifests/sha256:", seconds=1.5, method="DELETE")
     web = deployment.signed_in("admin")
     digests = [image.digest for image in images]
-    crash = f"{deployment.url}/repositories/team/crash/-/delete/"
+    crash = f"{deployment.url}/r/default/team/crash/-/delete/"
     preview = web.post(crash, data={"digest": digests})
     fingerprint = re.search(r'name="fingerprint" value="([0-9a-f]+)"', preview.text).group(1)
     started = web.post(
