@@ -46,6 +46,7 @@ CONFIG_MAX_BYTES = 4 * 1024 * 1024
 MAX_NAMED_WARNINGS = 5  # invalid tags named one by one; past that, counted
 # Repositories read at once: enough to keep every worker busy while the caller writes one.
 REPOSITORIES_IN_FLIGHT = 8
+NAME_UNKNOWN = "NAME_UNKNOWN"
 
 
 @dataclass
@@ -120,7 +121,9 @@ KnownLookup = Callable[[Collection[str]], Mapping[str, KnownManifest]]
 
 @dataclass(frozen=True)
 class CrawlFailure:
-    """A repository that could not be read; `missing` when the registry has no such name."""
+    """A repository that could not be read; `missing` when the registry has no such name
+    (its tag list answered 404 NAME_UNKNOWN, and a HEAD finds none of the manifests the
+    caller held): one round of answers, for the caller to confirm before removing."""
 
     name: str
     error: RegistryError
@@ -273,8 +276,6 @@ class _RepositoryRead:
         try:
             if self.failure is None:
                 request(*args)
-        except NotFound as error:
-            self._fail(CrawlFailure(self.name, error, missing=True))
         except RegistryError as error:
             self._fail(CrawlFailure(self.name, error))
         except Exception as error:  # a bug must not stop the other repositories
@@ -317,15 +318,19 @@ class _RepositoryRead:
     # -- the requests and what each answer sends next ----------------------------------
 
     def _list_tags(self) -> None:
-        """Raises NotFound for a repository the registry lacks. A 404 tag list alone does
-        not say so when the caller holds manifests of it: distribution answers it for a
+        """Only this answer can say the repository is missing: its tag list answering 404
+        NAME_UNKNOWN (any other 404 is a failure of the read, not a verdict). Even that
+        does not say so when the caller holds manifests of it: distribution answers it for a
         repository holding only untagged manifests (pushed by digest), which stay while a
         HEAD by digest finds them (SPEC §5)."""
         try:
             listed = self.client.list_tags(self.name)
-        except NotFound:
-            if not self.known.manifests:
+        except NotFound as error:
+            if not names_unknown_repository(error):
                 raise
+            if not self.known.manifests:
+                self._fail(CrawlFailure(self.name, error, missing=True))
+                return
             listed = []
             with self.lock:
                 self.unknown_name = True
@@ -423,6 +428,12 @@ class _RepositoryRead:
         if self.client.head_manifest(self.name, digest) is not None:
             with self.lock:
                 self.snapshot.present.add(digest)
+
+
+def names_unknown_repository(error: RegistryError) -> bool:
+    """The registry's own word that it has no repository of that name: 404 NAME_UNKNOWN.
+    A 404 on anything else (a manifest, a blob) concerns that one thing only."""
+    return isinstance(error, NotFound) and error.code == NAME_UNKNOWN
 
 
 def _valid_tags(tags: list[str], snapshot: Snapshot) -> list[str]:

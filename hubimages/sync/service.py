@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from django.utils import timezone
 
 from hubimages.lib.formatting import plural
-from hubimages.lib.leases import LeaseBusy, lease
+from hubimages.lib.leases import LeaseBusy, lease, repository_lock
 from hubimages.models import Repository, SyncRun
 from hubimages.sync import store
 from hubimages.sync.store import Known, RepositoryResult
@@ -190,7 +190,7 @@ def _sync_everything(
                 f"the catalog does not list {plural(len(found), 'repository')} the registry "
                 f"still has, kept: {crawl.named(found)}"
             )
-    _remove_gone(gone, holding, prune, summary)
+    _remove_gone(client, gone, holding, prune, summary, confirm=not catalog)
 
 
 def _sync_all(
@@ -223,14 +223,19 @@ def too_many_to_remove(count: int, holding: int) -> bool:
 
 
 def _remove_gone(
+    client: RegistryClient,
     gone: dict[str, tuple[Snapshot | crawl.CrawlFailure, Known]],
     holding: set[str],
     prune: bool,
     summary: SyncSummary,
+    *,
+    confirm: bool,
 ) -> None:
     """Remove what a full sync found gone, unless it is too much to take on its word.
 
-    Repositories that hold no manifest cost nothing and always go."""
+    Repositories that hold no manifest cost nothing and always go. With `confirm`, the
+    registry is asked again before a repository goes (`remove_missing`); without, the
+    operator's configured list is the word (a repository it no longer names)."""
     costly = sorted(name for name in gone if name in holding)
     if not prune and too_many_to_remove(len(costly), len(holding)):
         summary.held_back = costly
@@ -249,8 +254,15 @@ def _remove_gone(
             if result.error:
                 summary.errors.append(f"{name}: {result.error}")
         else:
-            summary.manifests_removed += store.write_missing(name).removed
-            summary.repositories_removed += 1
+            result = (
+                remove_missing(client, name, unlisted=True) if confirm else _write_missing(name)
+            )
+            summary.manifests_removed += result.removed
+            summary.repositories_removed += int(result.gone)
+            if not result.gone:
+                summary.warnings += [f"{name}: {w}" for w in result.warnings]
+            if result.error:
+                summary.errors.append(f"{name}: {result.error}")
 
 
 def _valid_names(names: list[str], source: str, summary: SyncSummary) -> list[str]:
@@ -320,7 +332,7 @@ def _sync_repositories(
             unchanged.append(read.name)
             read.close()
         else:
-            result = _write_read(read, known_before)
+            result = _write_read(client, read, known_before)
             if isinstance(read, Snapshot):
                 if not result.error:
                     configs.update(read.config_digests)
@@ -338,12 +350,64 @@ def _is_gone(read: Snapshot | crawl.CrawlFailure, known: Known) -> bool:
     return bool(stored) and not read.tags and not read.fetched and not (read.present & stored)
 
 
-def _write_read(read: Snapshot | crawl.CrawlFailure, known: Known) -> RepositoryResult:
+def _write_read(
+    client: RegistryClient, read: Snapshot | crawl.CrawlFailure, known: Known
+) -> RepositoryResult:
     if isinstance(read, crawl.CrawlFailure):
         if read.missing:
-            return store.write_missing(read.name)
+            return remove_missing(client, read.name)
         return RepositoryResult(name=read.name, error=str(read.error))
     return _write_or_fail(read, known)
+
+
+def remove_missing(
+    client: RegistryClient, name: str, *, unlisted: bool = False
+) -> RepositoryResult:
+    """Remove a repository a crawl found missing, once the registry says so again.
+
+    One round of answers is not enough (a proxy's blip, a storage backend's hiccup): under
+    the repository's lease, its tag list must answer 404 NAME_UNKNOWN again (or, for a
+    repository the catalog does not list either, `unlisted`, list no tag) and a HEAD find
+    none of the manifests stored now; then its rows go in one transaction. `gone` on the
+    result says whether it went."""
+    try:
+        with repository_lock(name, owner="sync", wait=store.LOCK_WAIT_SECONDS):
+            if not _confirmed_missing(client, name, unlisted=unlisted):
+                return RepositoryResult(
+                    name=name,
+                    warnings=[
+                        "the registry answered once that it has no such repository; asked "
+                        "again, it has: kept"
+                    ],
+                )
+            result = store.write_missing(name)
+    except LeaseBusy as error:
+        return RepositoryResult(name=name, error=str(error))
+    except RegistryError as error:
+        return RepositoryResult(name=name, error=f"could not confirm it is gone: {error}")
+    result.gone = True
+    return result
+
+
+def _confirmed_missing(client: RegistryClient, name: str, *, unlisted: bool) -> bool:
+    try:
+        listed = client.list_tags(name)
+    except NotFound as error:
+        if not crawl.names_unknown_repository(error):
+            raise
+    else:
+        if listed or not unlisted:
+            return False
+    return all(client.head_manifest(name, digest) is None for digest in store.stored_digests(name))
+
+
+def _write_missing(name: str) -> RepositoryResult:
+    try:
+        result = store.write_missing(name)
+    except LeaseBusy as error:
+        return RepositoryResult(name=name, error=str(error))
+    result.gone = True
+    return result
 
 
 def _write_or_fail(snapshot: Snapshot, known: Known) -> RepositoryResult:

@@ -95,9 +95,25 @@ def stored_configs(digests: Collection[str] | None = None) -> set[str]:
 
 
 def write_missing(name: str) -> RepositoryResult:
-    removed = Manifest.objects.filter(repository__name=name).count()
-    Repository.objects.filter(name=name).delete()
+    """Remove a repository the registry no longer has, with every row of it: under its
+    lease (a deletion or an event may be writing it) and in one transaction. The caller
+    has confirmed it is gone (`hubimages.sync.service`): this cannot be undone, the
+    untagged manifests it held cannot be listed again."""
+    with (
+        repository_lock(name, owner="sync", wait=LOCK_WAIT_SECONDS),
+        transaction.atomic(),
+    ):
+        removed = Manifest.objects.filter(repository__name=name).count()
+        Repository.objects.filter(name=name).delete()
     return RepositoryResult(name=name, removed=removed, warnings=["not in the registry"])
+
+
+def stored_digests(name: str) -> list[str]:
+    return list(
+        Manifest.objects.filter(repository__name=name)
+        .order_by("digest")
+        .values_list("digest", flat=True)
+    )
 
 
 def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
