@@ -64,6 +64,8 @@ class KnownRepository:
 
     manifests: dict[str, KnownManifest] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    # Manifests an earlier read found missing once: the next read settles them.
+    unconfirmed: set[str] = field(default_factory=set)
 
 
 NOTHING_KNOWN = KnownRepository()
@@ -142,6 +144,7 @@ def is_unchanged(snapshot: Snapshot, known: KnownRepository) -> bool:
         not snapshot.fetched
         and snapshot.tags == known.tags
         and snapshot.present.issuperset(known.manifests)
+        and not known.unconfirmed
     )
 
 

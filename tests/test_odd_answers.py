@@ -9,6 +9,7 @@ and a 404 to one chosen request (a blip, or a tag deleted between two requests).
 from __future__ import annotations
 
 import contextvars
+from datetime import UTC, datetime
 
 import pytest
 
@@ -158,3 +159,39 @@ def test_a_missing_repository_is_not_removed_while_another_process_holds_it(
     summary = sync_registry(through_proxy, repositories=[REPO])
     assert summary.errors == []
     assert not Repository.objects.filter(name=REPO).exists()
+
+
+# -- item 12: one HEAD answering 404 never drops a known untagged image ---------------------------
+
+PULLED = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def test_one_404_on_a_known_untagged_manifest_marks_it_and_only_a_later_sync_removes_it(
+    pusher, sync, fault_proxy, through_proxy
+):
+    old, new = push_with_untagged(pusher, sync)
+    Manifest.objects.filter(digest=old.digest).update(last_pulled_at=PULLED)
+    fault_proxy.not_found(rf"^/v2/{REPO}/manifests/{old.digest}$", method="HEAD")
+
+    blip = sync_registry(through_proxy)
+
+    assert blip.errors == []
+    kept = Manifest.objects.get(repository__name=REPO, digest=old.digest)
+    assert kept.last_pulled_at == PULLED
+    assert kept.unconfirmed_since is not None
+    assert any(old.digest in w and "404" in w for w in blip.warnings)
+    assert blip.manifests_removed == 0
+
+    found = sync_registry(through_proxy)  # the registry still has it: the mark goes
+
+    assert found.errors == []
+    assert Manifest.objects.get(digest=old.digest).unconfirmed_since is None
+    assert digests() == {old.digest, new.digest}
+
+    pusher.delete_manifest(REPO, old.digest)  # now it is really gone
+    first = sync_registry(through_proxy)
+    assert digests() == {old.digest, new.digest}
+    assert first.manifests_removed == 0
+    second = sync_registry(through_proxy)
+    assert digests() == {new.digest}
+    assert second.manifests_removed == 1

@@ -13,8 +13,18 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from hubimages.lib.formatting import plural
 from hubimages.lib.leases import repository_lock
-from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+from hubimages.models import (
+    Blob,
+    DeletionRecord,
+    IndexEntry,
+    Manifest,
+    ManifestBlob,
+    RegistryEvent,
+    Repository,
+    Tag,
+)
 from hubimages.sync import activity, rollups
 from registry import crawl, media
 from registry.client import FetchedManifest, RegistryClient
@@ -55,7 +65,12 @@ Known = KnownRepository
 
 def known_state(name: str) -> Known:
     tags = dict(Tag.objects.filter(repository__name=name).values_list("name", "manifest__digest"))
-    return Known(known_manifests(name), tags)
+    unconfirmed = set(
+        Manifest.objects.filter(repository__name=name, unconfirmed_since__isnull=False).values_list(
+            "digest", flat=True
+        )
+    )
+    return Known(known_manifests(name), tags, unconfirmed)
 
 
 def mark_synced(names: list[str]) -> None:
@@ -135,7 +150,13 @@ def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
             Manifest.objects.filter(repository=repository).values_list("digest", flat=True)
         )
         tags = _tags_to_write(repository, snapshot.tags, known.tags)
-        gone = (set(known.manifests) - snapshot.present) & stored
+        gone = _settle_unconfirmed(
+            repository,
+            (set(known.manifests) - snapshot.present) & stored,
+            snapshot.present,
+            now,
+            result,
+        )
         for chunk in _chunks(sorted(gone)):
             Manifest.objects.filter(repository=repository, digest__in=chunk).delete()
         new = [digest for digest in snapshot.fetched if digest not in stored]
@@ -153,6 +174,56 @@ def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
             synced_at=now, revision=F("revision") + int(changed)
         )
     return result
+
+
+def _settle_unconfirmed(
+    repository: Repository,
+    absent: set[str],
+    present: set[str],
+    now: datetime,
+    result: RepositoryResult,
+) -> set[str]:
+    """Of the stored manifests this read did not find (a HEAD by digest answered 404),
+    return those whose absence is confirmed: an earlier sync found them missing too, or a
+    deletion recorded deleting them, or the registry sent a delete event for them. They
+    go. The others are marked unconfirmed and kept: one answer (a blip, a proxy) must not
+    drop an untagged image the registry API can never list again, nor its pull history.
+    Marks on manifests found again are cleared."""
+    marked = set(
+        Manifest.objects.filter(repository=repository, unconfirmed_since__isnull=False).values_list(
+            "digest", flat=True
+        )
+    )
+    for chunk in _chunks(sorted(absent - marked)):
+        marked.update(
+            DeletionRecord.objects.filter(
+                repository=repository.name, digest__in=chunk, state=DeletionRecord.State.DONE
+            ).values_list("digest", flat=True)
+        )
+        marked.update(
+            RegistryEvent.objects.filter(
+                repository=repository.name, digest__in=chunk, action="delete"
+            ).values_list("digest", flat=True)
+        )
+    found_again = sorted(marked & present)
+    for chunk in _chunks(found_again):
+        Manifest.objects.filter(repository=repository, digest__in=chunk).update(
+            unconfirmed_since=None
+        )
+    first_time = sorted(absent - marked)
+    for chunk in _chunks(first_time):
+        Manifest.objects.filter(repository=repository, digest__in=chunk).update(
+            unconfirmed_since=now
+        )
+    if first_time:
+        named = ", ".join(first_time[: crawl.MAX_NAMED_WARNINGS])
+        more = len(first_time) - crawl.MAX_NAMED_WARNINGS
+        result.warnings.append(
+            f"{plural(len(first_time), 'manifest')} answered 404 to a HEAD by digest, kept "
+            f"as unconfirmed until the next sync asks again: {named}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    return absent & marked
 
 
 def _chunks(items: list) -> Iterable[list]:
@@ -461,6 +532,11 @@ def write_pushed(snapshot: Snapshot) -> Repository:
         new = [digest for digest in snapshot.fetched if digest not in stored]
         if new:
             _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
+        Manifest.objects.filter(
+            repository=repository,
+            digest__in=list(snapshot.present),
+            unconfirmed_since__isnull=False,
+        ).update(unconfirmed_since=None)
         current = dict(
             Tag.objects.filter(repository=repository, name__in=list(snapshot.tags)).values_list(
                 "name", "manifest__digest"
