@@ -12,14 +12,17 @@ import contextvars
 from datetime import UTC, datetime
 
 import pytest
+from django.utils import timezone
 
 from devtools.faultproxy import FaultProxy
 from devtools.pusher import ImagePusher, PushedManifest, random_layer
 from hubimages.lib.leases import repository_lock
-from hubimages.models import Manifest, Repository, Tag
-from hubimages.sync import store
+from hubimages.models import IndexEntry, Manifest, RegistryEvent, Repository, Tag
+from hubimages.sync import events, store
 from hubimages.sync.service import sync_registry, sync_repository
+from registry import media
 from registry.client import RegistryClient
+from registry.notifications import Event
 
 pytestmark = pytest.mark.django_db
 
@@ -195,3 +198,88 @@ def test_one_404_on_a_known_untagged_manifest_marks_it_and_only_a_later_sync_rem
     second = sync_registry(through_proxy)
     assert digests() == {new.digest}
     assert second.manifests_removed == 1
+
+
+# -- item 16: an index is stored whole or not at all --------------------------------------------
+
+
+def test_an_index_whose_child_answered_404_is_stored_whole_by_a_later_sync_never_in_part(
+    pusher, sync, fault_proxy, through_proxy
+):
+    amd64 = pusher.push_image(REPO, layers=[random_layer(64, "amd64")])
+    arm64 = pusher.push_image(REPO, layers=[random_layer(64, "arm64")], architecture="arm64")
+    index = pusher.push_index(REPO, tag="v1", images=[amd64, arm64])
+    fault_proxy.not_found(rf"^/v2/{REPO}/manifests/{arm64.digest}$", method="GET")
+
+    blip = sync_registry(through_proxy)
+
+    assert blip.errors == []
+    # Neither the index nor its child that came through: the child alone would list as an
+    # untagged image, which a retention rule for untagged images would delete.
+    assert digests() == set()
+    assert tags() == {}
+    assert any(index.digest in w and "next sync" in w for w in blip.warnings)
+
+    again = sync_registry(through_proxy)
+
+    assert again.errors == []
+    assert digests() == {index.digest, amd64.digest, arm64.digest}
+    entries = IndexEntry.objects.filter(index__digest=index.digest)
+    assert sorted(entries.values_list("child__digest", flat=True)) == sorted(
+        [amd64.digest, arm64.digest]
+    )
+    assert tags() == {"v1": index.digest}
+    assert Manifest.objects.get(digest=amd64.digest).is_top_level is False
+
+
+def test_a_tag_moved_to_an_incomplete_index_keeps_its_previous_target_until_it_is_whole(
+    pusher, sync, fault_proxy, through_proxy
+):
+    before = pusher.push_image(REPO, tag="v1", layers=[random_layer(64, "before")])
+    sync()
+    amd64 = pusher.push_image(REPO, layers=[random_layer(64, "amd64")])
+    arm64 = pusher.push_image(REPO, layers=[random_layer(64, "arm64")], architecture="arm64")
+    index = pusher.push_index(REPO, tag="v1", images=[amd64, arm64])
+    fault_proxy.not_found(rf"^/v2/{REPO}/manifests/{arm64.digest}$", method="GET")
+
+    sync_registry(through_proxy)
+
+    assert digests() == {before.digest}
+    assert tags() == {"v1": before.digest}
+    sync_registry(through_proxy)
+    assert tags() == {"v1": index.digest}
+    assert IndexEntry.objects.filter(index__digest=index.digest).count() == 2
+
+
+def test_a_pushed_index_whose_child_answered_404_waits_for_a_retry_instead_of_being_stored_in_part(
+    pusher, fault_proxy, through_proxy
+):
+    amd64 = pusher.push_image(REPO, layers=[random_layer(64, "amd64")])
+    arm64 = pusher.push_image(REPO, layers=[random_layer(64, "arm64")], architecture="arm64")
+    index = pusher.push_index(REPO, tag="v1", images=[amd64, arm64])
+    push = Event(
+        id="push-index",
+        action="push",
+        occurred_at=timezone.now(),
+        repository=REPO,
+        digest=index.digest,
+        tag="v1",
+        media_type=media.OCI_INDEX,
+        method="PUT",
+        user_agent="docker/27.3.1",
+    )
+    events.record([push])
+    fault_proxy.not_found(rf"^/v2/{REPO}/manifests/{arm64.digest}$", method="GET")
+
+    events.process_received(through_proxy)
+
+    assert digests() == set()
+    row = RegistryEvent.objects.get(event_id="push-index")
+    assert row.state == RegistryEvent.State.RECEIVED
+    assert "could not be read" in row.message
+
+    events.process_received(through_proxy)  # the retry
+
+    assert digests() == {index.digest, amd64.digest, arm64.digest}
+    assert IndexEntry.objects.filter(index__digest=index.digest).count() == 2
+    assert tags() == {"v1": index.digest}

@@ -526,14 +526,22 @@ def _store_pushes(
         pulled = activity.apply_earlier_pulls(repository, [row.digest for row in stored])
         if updated or pulled:
             _bump({repository.name})
+        done = 0
         for row in rows:
             if row.pk in undone:
                 _finish(row, Applied(State.IGNORED, "deleted after this push"))
+            elif row.digest in snapshot.withheld:
+                # An index stored whole or not at all: read it again later.
+                incomplete = RegistryError(
+                    "not stored yet: a manifest it lists could not be read", retryable=True
+                )
+                done += _failed(row, incomplete, Drained()) - 1
             elif row.digest not in snapshot.present:
                 _finish(row, Applied(State.IGNORED, "the registry no longer has this manifest"))
             else:
                 _finish(row, Applied(State.APPLIED, "push stored"))
-    return done_before + len(rows)
+            done += 1
+    return done_before + done
 
 
 def prune(older_than: datetime) -> int:

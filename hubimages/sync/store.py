@@ -159,7 +159,7 @@ def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
         )
         for chunk in _chunks(sorted(gone)):
             Manifest.objects.filter(repository=repository, digest__in=chunk).delete()
-        new = [digest for digest in snapshot.fetched if digest not in stored]
+        new = [d for d in snapshot.fetched if d not in stored and d in snapshot.present]
         del stored
         result.removed = len(gone)
         result.added = len(new)
@@ -529,7 +529,7 @@ def write_pushed(snapshot: Snapshot) -> Repository:
                 repository=repository, digest__in=list(snapshot.fetched)
             ).values_list("digest", flat=True)
         )
-        new = [digest for digest in snapshot.fetched if digest not in stored]
+        new = [d for d in snapshot.fetched if d not in stored and d in snapshot.present]
         if new:
             _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
         Manifest.objects.filter(
