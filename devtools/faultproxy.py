@@ -173,9 +173,11 @@ class FaultProxy:
         headers: dict[str, str] | None = None,
         method: str | None = None,
         times: int | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Fault:
         """Answer without asking the registry: `json_body` (e.g. ``{"repositories": None}``)
-        or `body`, with `status` and `headers` (``{"Retry-After": "3600"}``)."""
+        or `body`, with `status` and `headers` (``{"Retry-After": "3600"}``); `meanwhile`
+        runs before the answer goes (as for `FaultProxy.meanwhile`)."""
         if json_body is not None:
             body = json.dumps(json_body).encode()
         content_type = "application/json" if json_body is not None else "text/plain"
@@ -184,7 +186,7 @@ class FaultProxy:
         def respond(upstream: Upstream | None, path: str, fault: Fault) -> Upstream:
             return Upstream(status, list(answer), body)
 
-        return self._add(pattern, method, times, respond=respond, forward=False)
+        return self._add(pattern, method, times, respond=respond, forward=False, action=meanwhile)
 
     def endless_pages(
         self,

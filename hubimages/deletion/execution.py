@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, Max, OuterRef
 from django.utils import timezone
 
 from hubimages.deletion.planning import DeletionPlan, PlannedItem, plan_deletion
@@ -22,6 +22,7 @@ from hubimages.models import (
     IndexEntry,
     Manifest,
     ManifestBlob,
+    RegistryEvent,
     Repository,
 )
 from hubimages.sync import rollups
@@ -97,6 +98,7 @@ def execute_deletion(
     report = progress or (lambda line: None)
     with repository_lock(repository, owner=f"delete:{name}") as lease:
         report(f"Re-reading {repository.name} from the registry")
+        watch = ConcurrentPushes(client, repository.name)
         result = sync_repository(client, repository.name)
         if result.error:
             raise RecheckFailed(
@@ -118,7 +120,9 @@ def execute_deletion(
         skipped: list[NotDeleted] = []
         reclaimed = 0
         try:
-            _delete_in_order(plan, client, lease, operation, deleted, failed, skipped, report)
+            _delete_in_order(
+                plan, client, lease, operation, deleted, failed, skipped, report, watch
+            )
         finally:
             reclaimed = _record(repository, operation, deleted)
             state = Deletion.State.DONE if not (failed or skipped) else Deletion.State.PARTIAL
@@ -154,6 +158,7 @@ def _delete_in_order(
     failed: list[NotDeleted],
     skipped: list[NotDeleted],
     report: Callable[[str], None],
+    watch: ConcurrentPushes,
 ) -> None:
     parents = _parents_within(plan)
     not_done: dict[int, str] = {}  # manifest id -> digest, failed or skipped
@@ -170,6 +175,10 @@ def _delete_in_order(
             continue
         if disabled:
             skipped.append(NotDeleted(item.digest, DELETES_DISABLED))
+            not_done[item.manifest_id] = item.digest
+            continue
+        if reason := watch.keeps(item):
+            skipped.append(NotDeleted(item.digest, reason))
             not_done[item.manifest_id] = item.digest
             continue
         lease.check()  # never send a DELETE without holding the repository
@@ -191,7 +200,10 @@ def _delete_in_order(
 def _delete_manifest(client: RegistryClient, repository: str, item: PlannedItem) -> None:
     """DELETE by digest (a 404 means gone already). A registry that refuses to delete a
     manifest its tags still name (4xx but 404/405) gets its tags deleted first, the
-    order the OCI distribution spec's own conformance tests follow, then one more try."""
+    order the OCI distribution spec's own conformance tests follow, then one more try.
+
+    A tag is deleted by name, so each is HEADed right before: one that points elsewhere
+    now (pushed again since the plan) is someone's newer image and is left alone."""
     try:
         client.delete_manifest(repository, item.digest)
     except RegistryError as error:
@@ -203,10 +215,40 @@ def _delete_manifest(client: RegistryClient, repository: str, item: PlannedItem)
             raise
         try:
             for tag in item.tags:
-                client.delete_tag(repository, tag)
+                head = client.head_manifest(repository, tag)
+                if head is not None and head.digest == item.digest:
+                    client.delete_tag(repository, tag)
         except UnsupportedOperation:
             raise error from None
         client.delete_manifest(repository, item.digest)
+
+
+class ConcurrentPushes:
+    """What other clients push while a deletion runs. The OCI API cannot delete "this
+    manifest unless someone just tagged it", so the race cannot be closed, only narrowed:
+    right before each DELETE, the push events recorded since the deletion's re-check are
+    read (the registry's notifications), and a manifest pushed again meanwhile is kept.
+
+    "Since" is by event id, not by time: the mark is taken before the re-check, so events
+    the re-check already saw are read again (harmless), and no host's clock is involved."""
+
+    def __init__(self, client: RegistryClient, repository: str) -> None:
+        self.client = client
+        self.repository = repository
+        self.mark = RegistryEvent.objects.aggregate(last=Max("pk"))["last"] or 0
+
+    def pushes(self):
+        return RegistryEvent.objects.filter(
+            pk__gt=self.mark, repository=self.repository, action="push"
+        )
+
+    def keeps(self, item: PlannedItem) -> str:
+        """Why `item` must not be deleted now, or "" to go ahead."""
+        again = sorted(self.pushes().filter(digest=item.digest).values_list("tag", flat=True))
+        if again:
+            how = f" as {', '.join(t for t in again if t)}" if any(again) else ""
+            return f"kept: pushed again{how} during the deletion"
+        return ""
 
 
 def _pending_record(operation: Deletion, item: PlannedItem) -> DeletionRecord:
