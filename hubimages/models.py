@@ -133,6 +133,9 @@ class Manifest(models.Model):
     last_pulled_at = models.DateTimeField(null=True, blank=True)
     is_top_level = models.BooleanField(default=True)
     is_tagged = models.BooleanField(default=False)
+    # A sync's HEAD by digest answered 404 then: kept (a blip must not drop an untagged
+    # image the registry API cannot list again) until a later sync asks again.
+    unconfirmed_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -129,6 +129,9 @@ def test_it_lists_several_tags_on_one_digest_and_untagged_images(pusher, sync):
     assert rows("web", filter="tagged")[0]["digest"] == rebuilt.digest
 
     pusher.delete_manifest("web", image.digest)
+    summary = sync()  # one 404 marks it unconfirmed; a later sync's removes it
+    assert summary.manifests_removed == 0
+    assert Manifest.objects.get(digest=image.digest).unconfirmed_since is not None
     summary = sync()
     assert summary.manifests_removed == 1
     assert not Manifest.objects.filter(digest=image.digest).exists()

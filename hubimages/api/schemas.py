@@ -266,7 +266,9 @@ class JobOut(Schema):
     message: str = Field(description="Why it failed, or why it will be tried again.")
     outcome: dict[str, Any] = Field(
         description="Once finished. A deletion: `deleted` (digest, kind, tags, size), "
-        "`failed` and `skipped` (digest, reason), `reclaimed_bytes`; with `stale` true the "
+        "`failed` and `skipped` (digest, reason), `reclaimed_bytes`, `warnings` (what other "
+        "clients' pushes during the deletion did: tags that went with a deleted manifest, "
+        "an index left listing a deleted one); with `stale` true the "
         "plan changed, nothing was deleted and `plan` is the new one."
     )
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, Max, OuterRef
 from django.utils import timezone
 
 from hubimages.deletion.planning import DeletionPlan, PlannedItem, plan_deletion
@@ -22,12 +22,13 @@ from hubimages.models import (
     IndexEntry,
     Manifest,
     ManifestBlob,
+    RegistryEvent,
     Repository,
 )
 from hubimages.sync import rollups
 from hubimages.sync.service import sync_repository
 from registry.client import RegistryClient
-from registry.errors import RegistryError, UnsupportedOperation
+from registry.errors import NotFound, RegistryError, UnsupportedOperation
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class DeletionOutcome:
     skipped: tuple[NotDeleted, ...] = ()
     reclaimed_bytes: int = 0
     operation_id: int | None = None
+    # What other clients' pushes during the deletion did (`ConcurrentPushes`).
+    warnings: tuple[str, ...] = ()
 
     @property
     def deletes_disabled(self) -> bool:
@@ -97,11 +100,13 @@ def execute_deletion(
     report = progress or (lambda line: None)
     with repository_lock(repository, owner=f"delete:{name}") as lease:
         report(f"Re-reading {repository.name} from the registry")
+        watch = ConcurrentPushes(client, repository)
         result = sync_repository(client, repository.name, registry=repository.registry)
         if result.error:
             raise RecheckFailed(
                 f"could not re-check {repository.name} against the registry: {result.error}"
             )
+        watch.rechecked(repository)
         plan = plan_deletion(repository=repository, digests=digests)
         operation = Deletion.objects.create(
             user=user,
@@ -119,13 +124,16 @@ def execute_deletion(
         skipped: list[NotDeleted] = []
         reclaimed = 0
         try:
-            _delete_in_order(plan, client, lease, operation, deleted, failed, skipped, report)
+            _delete_in_order(
+                plan, client, lease, operation, deleted, failed, skipped, report, watch
+            )
+            watch.finish(operation, deleted)
         finally:
             reclaimed = _record(repository, operation, deleted)
             state = Deletion.State.DONE if not (failed or skipped) else Deletion.State.PARTIAL
             if len(deleted) + len(failed) + len(skipped) < len(plan.delete):
                 state = Deletion.State.FAILED  # interrupted: the lease was lost
-            _close(operation, state, "", reclaimed)
+            _close(operation, state, "; ".join(watch.warnings), reclaimed)
     return DeletionOutcome(
         plan=plan,
         stale=False,
@@ -134,6 +142,7 @@ def execute_deletion(
         skipped=tuple(skipped),
         reclaimed_bytes=reclaimed,
         operation_id=operation.pk,
+        warnings=tuple(watch.warnings),
     )
 
 
@@ -155,6 +164,7 @@ def _delete_in_order(
     failed: list[NotDeleted],
     skipped: list[NotDeleted],
     report: Callable[[str], None],
+    watch: ConcurrentPushes,
 ) -> None:
     parents = _parents_within(plan)
     not_done: dict[int, str] = {}  # manifest id -> digest, failed or skipped
@@ -171,6 +181,10 @@ def _delete_in_order(
             continue
         if disabled:
             skipped.append(NotDeleted(item.digest, DELETES_DISABLED))
+            not_done[item.manifest_id] = item.digest
+            continue
+        if reason := watch.keeps(item):
+            skipped.append(NotDeleted(item.digest, reason))
             not_done[item.manifest_id] = item.digest
             continue
         lease.check()  # never send a DELETE without holding the repository
@@ -192,7 +206,10 @@ def _delete_in_order(
 def _delete_manifest(client: RegistryClient, repository: str, item: PlannedItem) -> None:
     """DELETE by digest (a 404 means gone already). A registry that refuses to delete a
     manifest its tags still name (4xx but 404/405) gets its tags deleted first, the
-    order the OCI distribution spec's own conformance tests follow, then one more try."""
+    order the OCI distribution spec's own conformance tests follow, then one more try.
+
+    A tag is deleted by name, so each is HEADed right before: one that points elsewhere
+    now (pushed again since the plan) is someone's newer image and is left alone."""
     try:
         client.delete_manifest(repository, item.digest)
     except RegistryError as error:
@@ -204,10 +221,143 @@ def _delete_manifest(client: RegistryClient, repository: str, item: PlannedItem)
             raise
         try:
             for tag in item.tags:
-                client.delete_tag(repository, tag)
+                head = client.head_manifest(repository, tag)
+                if head is not None and head.digest == item.digest:
+                    client.delete_tag(repository, tag)
         except UnsupportedOperation:
             raise error from None
         client.delete_manifest(repository, item.digest)
+
+
+class ConcurrentPushes:
+    """What other clients push while a deletion runs. The OCI API cannot delete "this
+    manifest unless someone just tagged it", so the race cannot be closed, only narrowed
+    and reported. Right before each DELETE (`keeps`): the push events recorded since the
+    deletion's re-check are read (the registry's notifications), and the tag list is read
+    again, each tag new since the re-check HEADed; a manifest pushed again, tagged, or
+    listed by an index pushed meanwhile is kept. After the DELETEs (`finish`): tags pushed
+    onto a manifest while its DELETE was under way went with it, and are added to its
+    record; an index pushed meanwhile that lists a deleted manifest is reported (its child is
+    gone from the registry; restoring it is what a Trash would do, from the manifests'
+    kept bytes: `dangling` holds the pairs).
+
+    "Since" is by event id, not by time: the mark is taken before the re-check, so events
+    the re-check already saw are read again (harmless), and no host's clock is involved."""
+
+    def __init__(self, client: RegistryClient, repository: Repository) -> None:
+        self.client = client
+        self.repository = repository.name
+        self.registry_id = repository.registry_id
+        self.mark = RegistryEvent.objects.aggregate(last=Max("pk"))["last"] or 0
+        self.known_tags: set[str] = set()
+        self.listed: set[str] = set()
+        self.children: dict[str, list[str]] = {}  # digest -> children (content-addressed)
+        self.warnings: list[str] = []
+        self.dangling: list[tuple[str, str]] = []  # (index, deleted child)
+
+    def rechecked(self, repository: Repository) -> None:
+        """The tags the re-check found: others are new since."""
+        self.known_tags = set(repository.tags.values_list("name", flat=True))
+
+    def pushes(self):
+        return RegistryEvent.objects.filter(
+            pk__gt=self.mark,
+            registry_id=self.registry_id,
+            repository=self.repository,
+            action="push",
+        )
+
+    def keeps(self, item: PlannedItem) -> str:
+        """Why `item` must not be deleted now, or "" to go ahead."""
+        again = sorted(self.pushes().filter(digest=item.digest).values_list("tag", flat=True))
+        if again:
+            how = f" as {', '.join(t for t in again if t)}" if any(again) else ""
+            return f"kept: pushed again{how} during the deletion"
+        try:
+            self._list_tags()
+            for digest, tag in self._pushed_since():
+                if digest == item.digest:
+                    return f"kept: tagged {tag} during the deletion"
+                if item.digest in self._children(digest):
+                    return f"kept: listed by index {digest}{_as(tag)}, pushed during the deletion"
+        except RegistryError as error:
+            return f"kept: could not check the registry for pushes during the deletion: {error}"
+        return ""
+
+    def finish(self, operation: Deletion, deleted: list[PlannedItem]) -> list[str]:
+        """What the other clients' pushes did to this deletion, for people."""
+        gone = {item.digest: item for item in deleted}
+        try:
+            self._list_tags()
+            self._tags_pushed_onto(operation, gone)
+            self._indexes_listing(gone)
+        except RegistryError as error:
+            self.warnings.append(f"could not check for pushes during the deletion: {error}")
+        return self.warnings
+
+    def _tags_pushed_onto(self, operation: Deletion, gone: dict[str, PlannedItem]) -> None:
+        """A tag pushed onto a manifest while its DELETE was under way went with it: the
+        push events say so (a tag list read before the DELETE cannot have seen it)."""
+        records = {
+            record.digest: record for record in operation.records.filter(digest__in=list(gone))
+        }
+        went: dict[str, set[str]] = defaultdict(set)
+        for digest, tag in self.pushes().order_by("pk").values_list("digest", "tag"):
+            if tag and digest in gone and tag not in gone[digest].tags:
+                went[digest].add(tag)
+        for digest, tags in went.items():
+            self.warnings.append(
+                f"tag {', '.join(sorted(tags))}, pushed during the deletion, went with {digest}"
+            )
+            if record := records.get(digest):
+                DeletionRecord.objects.filter(pk=record.pk).update(
+                    tags=sorted({*record.tags, *tags})
+                )
+
+    def _indexes_listing(self, gone: dict[str, PlannedItem]) -> None:
+        """An index pushed meanwhile (by a new tag, or by an event) listing a deleted child."""
+        for digest, tag in [*self._pushed_since(), *self._pushed_by_digest()]:
+            if digest in gone:
+                continue
+            for child in self._children(digest):
+                if child not in gone or (digest, child) in self.dangling:
+                    continue
+                if self.client.head_manifest(self.repository, child) is not None:
+                    continue  # pushed again since
+                self.dangling.append((digest, child))
+                self.warnings.append(
+                    f"index {digest}{_as(tag)}, pushed during the deletion, lists {child}, "
+                    "which this deletion deleted: the index now points at a missing manifest "
+                    "(push that manifest again, or delete the index)"
+                )
+
+    def _list_tags(self) -> None:
+        self.listed = set(self.client.list_tags(self.repository))
+
+    def _pushed_since(self) -> list[tuple[str, str]]:
+        """(digest, tag) of each tag new since the re-check (a HEAD each)."""
+        found = []
+        for tag in sorted(self.listed - self.known_tags):
+            head = self.client.head_manifest(self.repository, tag)
+            if head is not None:
+                found.append((head.digest, tag))
+        return found
+
+    def _pushed_by_digest(self) -> list[tuple[str, str]]:
+        return [(digest, "") for digest in self.pushes().values_list("digest", flat=True)]
+
+    def _children(self, digest: str) -> list[str]:
+        if digest not in self.children:
+            try:
+                fetched = self.client.get_manifest(self.repository, digest)
+            except NotFound:
+                return []
+            self.children[digest] = [child.digest for child in fetched.parsed.manifests]
+        return self.children[digest]
+
+
+def _as(tag: str) -> str:
+    return f" (tag {tag})" if tag else ""
 
 
 def _pending_record(operation: Deletion, item: PlannedItem) -> DeletionRecord:

@@ -188,6 +188,7 @@ def deletion_outcome(outcome: execution.DeletionOutcome) -> dict:
         "skipped": [{"digest": i.digest, "reason": i.reason} for i in outcome.skipped],
         "reclaimed_bytes": outcome.reclaimed_bytes,
         "deletes_disabled": outcome.deletes_disabled,
+        "warnings": list(outcome.warnings),
     }
     if outcome.stale:
         result["failed_because"] = execution.CHANGED_MESSAGE

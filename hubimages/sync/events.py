@@ -40,6 +40,7 @@ from hubimages.models import (
     Repository,
     Tag,
 )
+from hubimages.registries import rows
 from hubimages.registries.client import registry_client
 from hubimages.sync import activity, rollups, store
 from registry import media
@@ -83,12 +84,13 @@ class Recorded:
 # -- recording -------------------------------------------------------------------------------
 
 
-def record(events: list[Event], registry: Registry) -> Recorded:
-    """Record the envelope's new events (sent by `registry`) and apply pulls and deletes,
-    in one transaction.
+def record(events: list[Event], registry: Registry | None = None) -> Recorded:
+    """Record the envelope's new events (sent by `registry`, the default one if None) and
+    apply pulls and deletes, in one transaction.
 
     Pulls that never count (hubimages's own, scanners') are answered without touching the
     database: a sync's HEADs and the workers' reads come back as a stream of them."""
+    registry = registry or rows.get()
     result = Recorded()
     kept = []
     for event in events:
@@ -577,14 +579,22 @@ def _store_pushes(
         pulled = activity.apply_earlier_pulls(repository, [row.digest for row in stored])
         if updated or pulled:
             _bump(registry, {repository.name})
+        done = 0
         for row in rows:
             if row.pk in undone:
                 _finish(row, Applied(State.IGNORED, "deleted after this push"))
+            elif row.digest in snapshot.withheld:
+                # An index stored whole or not at all: read it again later.
+                incomplete = RegistryError(
+                    "not stored yet: a manifest it lists could not be read", retryable=True
+                )
+                done += _failed(row, incomplete, Drained()) - 1
             elif row.digest not in snapshot.present:
                 _finish(row, Applied(State.IGNORED, "the registry no longer has this manifest"))
             else:
                 _finish(row, Applied(State.APPLIED, "push stored"))
-    return done_before + len(rows)
+            done += 1
+    return done_before + done
 
 
 def prune(older_than: datetime) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from django.utils import timezone
 
 from hubimages.lib.formatting import plural
-from hubimages.lib.leases import LeaseBusy, lease
+from hubimages.lib.leases import LeaseBusy, lease, repository_lock
 from hubimages.models import Registry, SyncRun
 from hubimages.registries import rows
 from hubimages.sync import store
@@ -199,7 +199,7 @@ def _sync_everything(
                 f"the catalog does not list {plural(len(found), 'repository')} the registry "
                 f"still has, kept: {crawl.named(found)}"
             )
-    _remove_gone(registry, gone, holding, prune, summary)
+    _remove_gone(client, registry, gone, holding, prune, summary, confirm=not catalog)
 
 
 def _sync_all(
@@ -233,15 +233,20 @@ def too_many_to_remove(count: int, holding: int) -> bool:
 
 
 def _remove_gone(
+    client: RegistryClient,
     registry: Registry,
     gone: dict[str, tuple[Snapshot | crawl.CrawlFailure, Known]],
     holding: set[str],
     prune: bool,
     summary: SyncSummary,
+    *,
+    confirm: bool,
 ) -> None:
     """Remove what a full sync found gone, unless it is too much to take on its word.
 
-    Repositories that hold no manifest cost nothing and always go."""
+    Repositories that hold no manifest cost nothing and always go. With `confirm`, the
+    registry is asked again before a repository goes (`remove_missing`); without, the
+    operator's configured list is the word (a repository it no longer names)."""
     costly = sorted(name for name in gone if name in holding)
     if not prune and too_many_to_remove(len(costly), len(holding)):
         summary.held_back = costly
@@ -260,8 +265,17 @@ def _remove_gone(
             if result.error:
                 summary.errors.append(f"{name}: {result.error}")
         else:
-            summary.manifests_removed += store.write_missing(registry, name).removed
-            summary.repositories_removed += 1
+            result = (
+                remove_missing(client, registry, name, unlisted=True)
+                if confirm
+                else _write_missing(registry, name)
+            )
+            summary.manifests_removed += result.removed
+            summary.repositories_removed += int(result.gone)
+            if not result.gone:
+                summary.warnings += [f"{name}: {w}" for w in result.warnings]
+            if result.error:
+                summary.errors.append(f"{name}: {result.error}")
 
 
 def _valid_names(names: list[str], source: str, summary: SyncSummary) -> list[str]:
@@ -334,7 +348,7 @@ def _sync_repositories(
             unchanged.append(read.name)
             read.close()
         else:
-            result = _write_read(registry, read, known_before)
+            result = _write_read(client, registry, read, known_before)
             if isinstance(read, Snapshot):
                 if not result.error:
                     configs.update(read.config_digests)
@@ -353,13 +367,71 @@ def _is_gone(read: Snapshot | crawl.CrawlFailure, known: Known) -> bool:
 
 
 def _write_read(
-    registry: Registry, read: Snapshot | crawl.CrawlFailure, known: Known
+    client: RegistryClient,
+    registry: Registry,
+    read: Snapshot | crawl.CrawlFailure,
+    known: Known,
 ) -> RepositoryResult:
     if isinstance(read, crawl.CrawlFailure):
         if read.missing:
-            return store.write_missing(registry, read.name)
+            return remove_missing(client, registry, read.name)
         return RepositoryResult(name=read.name, error=str(read.error))
     return _write_or_fail(registry, read, known)
+
+
+def remove_missing(
+    client: RegistryClient, registry: Registry, name: str, *, unlisted: bool = False
+) -> RepositoryResult:
+    """Remove a repository a crawl found missing, once the registry says so again.
+
+    One round of answers is not enough (a proxy's blip, a storage backend's hiccup): under
+    the repository's lease, its tag list must answer 404 NAME_UNKNOWN again (or, for a
+    repository the catalog does not list either, `unlisted`, list no tag) and a HEAD find
+    none of the manifests stored now; then its rows go in one transaction. `gone` on the
+    result says whether it went."""
+    try:
+        with repository_lock(
+            name, owner="sync", wait=store.LOCK_WAIT_SECONDS, registry=registry.name
+        ):
+            if not _confirmed_missing(client, registry, name, unlisted=unlisted):
+                return RepositoryResult(
+                    name=name,
+                    warnings=[
+                        "the registry answered once that it has no such repository; asked "
+                        "again, it has: kept"
+                    ],
+                )
+            result = store.write_missing(registry, name)
+    except LeaseBusy as error:
+        return RepositoryResult(name=name, error=str(error))
+    except RegistryError as error:
+        return RepositoryResult(name=name, error=f"could not confirm it is gone: {error}")
+    result.gone = True
+    return result
+
+
+def _confirmed_missing(
+    client: RegistryClient, registry: Registry, name: str, *, unlisted: bool
+) -> bool:
+    try:
+        listed = client.list_tags(name)
+    except NotFound as error:
+        if not crawl.names_unknown_repository(error):
+            raise
+    else:
+        if listed or not unlisted:
+            return False
+    stored = store.stored_digests(registry, name)
+    return all(client.head_manifest(name, digest) is None for digest in stored)
+
+
+def _write_missing(registry: Registry, name: str) -> RepositoryResult:
+    try:
+        result = store.write_missing(registry, name)
+    except LeaseBusy as error:
+        return RepositoryResult(name=name, error=str(error))
+    result.gone = True
+    return result
 
 
 def _write_or_fail(registry: Registry, snapshot: Snapshot, known: Known) -> RepositoryResult:
