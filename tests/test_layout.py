@@ -75,6 +75,7 @@ MAY_IMPORT = {
     "retention": {"lib", "registries", "inventory", "sync", "deletion"},
     "storage": {"lib", "registries", "inventory", "sync", "deletion"},
     "jobs": {"lib", "registries", "inventory", "sync", "deletion", "retention", "storage"},
+    "teams": {"lib"},
 }
 
 

@@ -29,6 +29,8 @@ from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from hubimages.lib.globs import PATTERN_RE as REPOSITORY_PATTERN_RE
+from hubimages.lib.globs import covering
 from hubimages.models import Repository, RetentionPolicy, RetentionRun
 
 ALWAYS = "always"
@@ -50,7 +52,6 @@ MAX_SCHEDULE_HOURS = 24 * 366
 MAX_IMPORT_BYTES = 100_000
 MAX_NUMBER = 1_000_000  # counts and days beyond this are typing mistakes
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-REPOSITORY_PATTERN_RE = re.compile(r"^!?[a-z0-9._/*?-]+$")
 
 
 # -- the policy ----------------------------------------------------------------------------
@@ -190,35 +191,11 @@ class Policy:
 
     def covers(self, repository: str) -> bool:
         """Some pattern includes the name and none excludes it."""
-        including, excluding = self._globs
-        return bool(including.fullmatch(repository)) and not (
-            excluding and excluding.fullmatch(repository)
-        )
+        return bool(self._covering.match(repository))
 
     @cached_property
-    def _globs(self) -> tuple[re.Pattern, re.Pattern | None]:
-        def joined(patterns: list[str]) -> re.Pattern | None:
-            if not patterns:
-                return None
-            return re.compile("|".join(f"(?:{repository_glob(p).pattern})" for p in patterns))
-
-        including = joined([p for p in self.repositories if not p.startswith("!")])
-        excluding = joined([p[1:] for p in self.repositories if p.startswith("!")])
-        return including or re.compile(r"(?!)"), excluding
-
-
-def repository_glob(pattern: str) -> re.Pattern:
-    """`*` any characters but `/`, `**` any characters, `?` one character but `/`."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        char = pattern[i]
-        out.append("[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char))
-        i += 1
-    return re.compile("".join(out))
+    def _covering(self) -> re.Pattern:
+        return covering(self.repositories)
 
 
 def validate_policy(data: Any) -> list[FieldError]:
