@@ -604,6 +604,9 @@ class AuditQuerySet(models.QuerySet):
     def update(self, **kwargs):
         raise AuditIsAppendOnly("audit entries are never changed")
 
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise AuditIsAppendOnly("audit entries are never changed")
+
     def delete(self):
         raise AuditIsAppendOnly("audit entries are never deleted")
 

@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from hubimages.api import api
 from hubimages.api import errors as api_errors
 from hubimages.web import (
+    audit,
     deletion,
     health,
     history,
@@ -38,6 +39,9 @@ urlpatterns = [
     path("storage/", storage.storage_insights, name="storage"),
     path("history/", history.deletion_history, name="deletion_history"),
     path("history/export.csv", history.deletion_history_csv, name="deletion_history_csv"),
+    path("audit/", audit.audit_log, name="audit"),
+    path("audit/export.csv", audit.audit_csv, name="audit_csv"),
+    path("audit/export.json", audit.audit_json, name="audit_json"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:job_id>/", jobs.job, name="job"),
     path("retention/", retention.retention_policies, name="retention_policies"),

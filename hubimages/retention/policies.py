@@ -29,6 +29,8 @@ from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from hubimages.lib import audit
+from hubimages.lib.audit import Action, Actor
 from hubimages.lib.globs import PATTERN_RE as REPOSITORY_PATTERN_RE
 from hubimages.lib.globs import covering
 from hubimages.models import Repository, RetentionPolicy, RetentionRun
@@ -440,14 +442,17 @@ def save_policy(
     original: RetentionPolicy | None = None,
     replace: bool = False,
     now: datetime | None = None,
+    by: Actor | None = None,
 ) -> RetentionPolicy:
     """Create or update the stored policy; `original` is the row being edited (it may be
     renamed). A changed schedule starts counting again from now, so a policy never runs
-    on its schedule sooner than its period after a person set it up.
+    on its schedule sooner than its period after a person set it up. The audit log
+    records it, `by` whom (unnamed when None), in the same transaction.
 
     Raises PolicyExists when the name belongs to another policy and `replace` is false."""
     now = now or timezone.now()
     with transaction.atomic():
+        was = original.name if original is not None else None
         clash = RetentionPolicy.objects.filter(name=policy.name)
         if original is not None:
             clash = clash.exclude(pk=original.pk)
@@ -475,8 +480,29 @@ def save_policy(
             row.next_run_at = None
         elif rescheduled or row.next_run_at is None:
             row.next_run_at = now + timedelta(hours=policy.schedule_hours)
+        created = row.pk is None
         row.save()
+        audit.record(
+            Action.POLICY_CREATED if created else Action.POLICY_CHANGED,
+            by=by or Actor(name=""),
+            target=row.name,
+            policy=policy.as_json(),
+            **({"renamed_from": was} if was and was != row.name else {}),
+        )
     return row
+
+
+def delete_policy(row: RetentionPolicy, *, by: Actor | None = None) -> None:
+    """Delete the stored policy (its runs stay on record, under its name), audited."""
+    with transaction.atomic():
+        audit.record(
+            Action.POLICY_DELETED,
+            by=by or Actor(name=""),
+            target=row.name,
+            repositories=row.repositories,
+            rules=row.rules,
+        )
+        row.delete()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages.lib import formatting
+from hubimages.lib import audit, formatting
+from hubimages.lib.audit import Action, Actor
 from hubimages.lib.formatting import human_size, short_digest
 from hubimages.models import RetentionPolicy, RetentionRun
 from hubimages.registries.client import registry_client
@@ -55,6 +56,14 @@ class Command(BaseCommand):
         if not yes and not self.confirm(preview):
             self.stderr.write("Nothing deleted.")
             return
+        audit.record(
+            Action.POLICY_RUN,
+            by=Actor.command_line(),
+            target=parsed.name,
+            now=preview.now.isoformat(),
+            fingerprint=preview.fingerprint,
+            repositories=repositories or [],
+        )
         with registry_client() as client:
             result = runs.run(
                 policy=parsed,
