@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
+from hubimages.accounts import oidc
 from hubimages.api import api
 from hubimages.api import errors as api_errors
 from hubimages.web import (
@@ -12,6 +13,7 @@ from hubimages.web import (
     jobs,
     repositories,
     retention,
+    signin,
     storage,
     tokens,
     webhooks,
@@ -71,6 +73,14 @@ urlpatterns = [
     re_path(r"^api/", api_errors.not_found),
     path("registry/events", webhooks.registry_events, name="registry_events"),
     path("healthz", health.healthz, name="healthz"),
+    # Before Django's own: the same login view, with the identity provider's button.
+    path("accounts/login/", signin.login_page, name="login"),
+    path("accounts/oidc/<str:provider_id>/login/", oidc.login, name="openid_connect_login"),
+    path(
+        "accounts/oidc/<str:provider_id>/login/callback/",
+        oidc.callback,
+        name="openid_connect_callback",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
