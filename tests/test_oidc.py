@@ -237,3 +237,15 @@ def test_a_user_disabled_in_hubimages_cannot_sign_in_through_the_provider(
     response = sign_in(client, alice)
     assert response.status_code == 403 and "disabled" in response.content.decode()
     assert signed_in_as(client) is None
+
+
+def test_a_provider_user_is_never_matched_to_a_local_account_by_email(
+    client, oidc, django_user_model
+):
+    local = django_user_model.objects.create_user("alice", password=PASSWORD, email="a@x.test")
+    oidc.user("alice", password=PASSWORD, groups=["platform"], email="a@x.test")
+    sign_in(client, "alice")
+    name = signed_in_as(client)
+    assert name is not None and name != "alice"
+    assert not local.identity_groups.exists()
+    assert django_user_model.objects.get(username=name).identity_groups.count() == 1
