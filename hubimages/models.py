@@ -8,6 +8,7 @@ than computed on every page, so the list can filter and sort from an index:
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 from django.urls import reverse
 
 
@@ -609,3 +610,139 @@ class StorageFigures(models.Model):
     key = models.CharField(max_length=64)
     computed_at = models.DateTimeField()
     figures = models.JSONField(default=dict)
+
+
+# -- teams, sign-in and audit (SPEC §14) -----------------------------------------------------
+
+
+class Team(models.Model):
+    """People who share rights: its members, the identity provider's groups bound to it,
+    and its grants (`hubimages.teams`)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="teams", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class GroupBinding(models.Model):
+    """Whoever the identity provider says is in `group` belongs to the team: bound by name,
+    so a group is bound before any of its members has signed in."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="bindings")
+    group = models.CharField(max_length=255, db_index=True)
+
+    class Meta:
+        ordering = ["group"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "group"], name="one_binding_per_group")
+        ]
+
+
+class Grant(models.Model):
+    """A role on the repositories a glob names (SPEC §8's globs), in one registry. A
+    pattern starting with `!` excludes, from the team's grants of the same role and
+    registry, what it names."""
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer", "Viewer"
+        DELETER = "deleter", "Deleter"
+        POLICY_ADMIN = "policy_admin", "Policy admin"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="grants")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    pattern = models.CharField(max_length=255)
+    # The registry's name; a plain string until registries are objects of their own.
+    registry = models.CharField(max_length=63, default="default")
+
+    class Meta:
+        ordering = ["registry", "role", "pattern"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "role", "pattern", "registry"], name="one_grant_per_pattern"
+            )
+        ]
+
+
+class UserGroup(models.Model):
+    """A group the identity provider named for the user at their last sign-in (replaced
+    whole at each one)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity_groups"
+    )
+    name = models.CharField(max_length=255, db_index=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["user", "name"], name="one_row_per_group")]
+
+
+class AuditIsAppendOnly(Exception):
+    """Something tried to change or remove an audit entry."""
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AuditIsAppendOnly("audit entries are never changed")
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise AuditIsAppendOnly("audit entries are never changed")
+
+    def delete(self):
+        raise AuditIsAppendOnly("audit entries are never deleted")
+
+
+class AuditEntry(models.Model):
+    """Who did what, when, from where (SPEC §14): written once, never changed or deleted
+    by the app (its queryset and instances refuse). Names are copied, not referenced, so
+    an entry outlives the user, team or policy it names; the time is the database's."""
+
+    class Action(models.TextChoices):
+        SIGN_IN = "sign_in", "Signed in"
+        SIGN_IN_FAILED = "sign_in_failed", "Failed to sign in"
+        TOKEN_CREATED = "token_created", "Created an API token"
+        TOKEN_REVOKED = "token_revoked", "Revoked an API token"
+        DELETION_STARTED = "deletion_started", "Started a deletion"
+        POLICY_CREATED = "policy_created", "Created a retention policy"
+        POLICY_CHANGED = "policy_changed", "Changed a retention policy"
+        POLICY_RUN = "policy_run", "Ran a retention policy"
+        POLICY_DELETED = "policy_deleted", "Deleted a retention policy"
+        TEAM_CREATED = "team_created", "Created a team"
+        TEAM_DELETED = "team_deleted", "Deleted a team"
+        MEMBER_ADDED = "member_added", "Added a team member"
+        MEMBER_REMOVED = "member_removed", "Removed a team member"
+        GROUP_BOUND = "group_bound", "Bound a group to a team"
+        GROUP_UNBOUND = "group_unbound", "Unbound a group from a team"
+        GRANT_ADDED = "grant_added", "Granted a role"
+        GRANT_REVOKED = "grant_revoked", "Revoked a grant"
+
+    at = models.DateTimeField(db_default=Now(), db_index=True)
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=255, blank=True, db_index=True)
+    address = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
+    target = models.CharField(max_length=255, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.actor or 'someone'} {self.get_action_display().lower()} {self.target}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AuditIsAppendOnly("audit entries are never changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AuditIsAppendOnly("audit entries are never deleted")

@@ -30,6 +30,7 @@ from hubimages.api.schemas import (
     error_responses,
 )
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.models import RetentionPolicy as PolicyRow
 from hubimages.retention import engine, policies
 
@@ -68,7 +69,7 @@ def create_policy(request: HttpRequest, response: HttpResponse) -> Status:
     require_delete(request)
     policy = _policy_in(request)
     try:
-        row = policies.save_policy(policy)
+        row = policies.save_policy(policy, by=Actor.of(request))
     except policies.PolicyExists as exists:
         raise ApiError(
             409, "policy_exists", f"{exists}: replace it with PUT {_url(policy.name)}"
@@ -100,7 +101,7 @@ def replace_policy(request: HttpRequest, name: str) -> dict:
     row = _row(name)
     policy = _policy_in(request)
     try:
-        row = policies.save_policy(policy, original=row)
+        row = policies.save_policy(policy, original=row, by=Actor.of(request))
     except policies.PolicyExists as exists:
         raise ApiError(409, "policy_exists", str(exists)) from None
     return policy_json(row)
@@ -114,7 +115,7 @@ def replace_policy(request: HttpRequest, name: str) -> dict:
 def delete_policy(request: HttpRequest, name: str) -> Status:
     """Its past runs stay on record, under its name."""
     require_delete(request)
-    _row(name).delete()
+    policies.delete_policy(_row(name), by=Actor.of(request))
     return Status(204, None)
 
 
@@ -150,7 +151,11 @@ def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpRe
             dry_run=dry_run_out(engine.dry_run(policy)),
         )
     job = queue.start_retention(
-        policy=row.name, now=payload.now, fingerprint=payload.fingerprint, user=request.user
+        policy=row.name,
+        now=payload.now,
+        fingerprint=payload.fingerprint,
+        user=request.user,
+        by=Actor.of(request),
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
     response["Location"] = url

@@ -12,6 +12,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from hubimages.lib import audit
+from hubimages.lib.audit import Action, Actor
 from hubimages.models import Job, Repository
 
 log = logging.getLogger("hubimages.jobs")
@@ -40,8 +42,10 @@ def start(
     repository: str = "",
     params: dict | None = None,
     max_attempts: int = 3,
+    audited: tuple[str, Actor, str] | None = None,
 ) -> Job:
-    """Record the job and enqueue its task, in one transaction."""
+    """Record the job and enqueue its task, in one transaction; with `audited` (action,
+    actor, target), its audit entry too, naming the job and its parameters."""
     run_job = import_string(RUN_JOB)
     with transaction.atomic():
         job = Job.objects.create(
@@ -56,6 +60,9 @@ def start(
         result = run_job.enqueue(job.pk)
         Job.objects.filter(pk=job.pk).update(task_id=str(result.id))
         job.task_id = str(result.id)
+        if audited is not None:
+            action, by, target = audited
+            audit.record(action, by=by, target=target, job=job.pk, **job.params)
     return job
 
 
@@ -82,22 +89,38 @@ def start_retention(
     user=None,
     started_by: str = "",
     scheduled: bool = False,
+    by: Actor | None = None,
 ) -> Job:
     """A retention run of the stored policy `policy` as of `now`: exactly the dry run
     previewed as `fingerprint`, or (scheduled, no fingerprint) previewed and executed in
-    one go with the brake."""
+    one go with the brake. Audited as run `by` whom (else the user, or who started it)."""
     params = {
         "policy": policy,
         "now": now.isoformat(),
         "fingerprint": fingerprint,
         "scheduled": scheduled,
     }
-    return start(Kind.RETENTION, user=user, started_by=started_by, params=params)
+    by = by or _actor(user, started_by)
+    return start(
+        Kind.RETENTION,
+        user=user,
+        started_by=started_by,
+        params=params,
+        audited=(Action.POLICY_RUN, by, policy),
+    )
 
 
-def start_deletion(*, repository: Repository, digests: list[str], fingerprint: str, user) -> Job:
+def start_deletion(
+    *,
+    repository: Repository,
+    digests: list[str],
+    fingerprint: str,
+    user,
+    by: Actor | None = None,
+) -> Job:
     """The deletion of a previewed plan: executed by a worker, exactly that plan or nothing.
-    Not retried once it may have deleted something (see `_run_deletion`)."""
+    Not retried once it may have deleted something (see `_run_deletion`). Audited as
+    started `by` whom (else the user)."""
     params = {"digests": digests, "fingerprint": fingerprint}
     return start(
         Kind.DELETION,
@@ -105,7 +128,18 @@ def start_deletion(*, repository: Repository, digests: list[str], fingerprint: s
         registry=repository.registry.name,
         repository=repository.name,
         params=params,
+        audited=(Action.DELETION_STARTED, by or _actor(user, ""), _target(repository)),
     )
+
+
+def _actor(user, started_by: str) -> Actor:
+    return Actor.of_user(user) if user is not None else Actor(name=started_by)
+
+
+def _target(repository: Repository) -> str:
+    """A repository as the audit log names it: `prod/team/api`, `team/api` in `default`."""
+    registry = repository.registry.name
+    return repository.name if registry == "default" else f"{registry}/{repository.name}"
 
 
 def visible_to(user) -> QuerySet[Job]:

@@ -29,6 +29,10 @@ from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from hubimages.lib import audit
+from hubimages.lib.audit import Action, Actor
+from hubimages.lib.globs import PATTERN_RE as REPOSITORY_PATTERN_RE
+from hubimages.lib.globs import covering
 from hubimages.models import Repository, RetentionPolicy, RetentionRun
 
 ALWAYS = "always"
@@ -59,7 +63,6 @@ MAX_SCHEDULE_HOURS = 24 * 366
 MAX_IMPORT_BYTES = 100_000
 MAX_NUMBER = 1_000_000  # counts and days beyond this are typing mistakes
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-REPOSITORY_PATTERN_RE = re.compile(r"^!?[a-z0-9._/*?-]+$")
 REGISTRY_PATTERN_RE = re.compile(r"^!?[a-z0-9*?-]+$")
 
 
@@ -202,51 +205,17 @@ class Policy:
 
     def covers(self, repository: str, registry: str = "default") -> bool:
         """Some pattern of each list includes the name and none excludes it."""
-        return _matches(self._repository_globs, repository) and _matches(
-            self._registry_globs, registry
+        return bool(self._repository_covering.match(repository)) and bool(
+            self._registry_covering.match(registry)
         )
 
     @cached_property
-    def _repository_globs(self) -> tuple[re.Pattern, re.Pattern | None]:
-        return glob_union(self.repositories)
+    def _repository_covering(self) -> re.Pattern:
+        return covering(self.repositories)
 
     @cached_property
-    def _registry_globs(self) -> tuple[re.Pattern, re.Pattern | None]:
-        return glob_union(self.registries)
-
-
-def glob_union(patterns: Iterable[str]) -> tuple[re.Pattern, re.Pattern | None]:
-    """What a list of globs (`!` excludes) includes, and what it excludes, each as one
-    regular expression."""
-
-    def joined(chosen: list[str]) -> re.Pattern | None:
-        if not chosen:
-            return None
-        return re.compile("|".join(f"(?:{repository_glob(p).pattern})" for p in chosen))
-
-    patterns = list(patterns)
-    including = joined([p for p in patterns if not p.startswith("!")])
-    excluding = joined([p[1:] for p in patterns if p.startswith("!")])
-    return including or re.compile(r"(?!)"), excluding
-
-
-def _matches(globs: tuple[re.Pattern, re.Pattern | None], name: str) -> bool:
-    including, excluding = globs
-    return bool(including.fullmatch(name)) and not (excluding and excluding.fullmatch(name))
-
-
-def repository_glob(pattern: str) -> re.Pattern:
-    """`*` any characters but `/`, `**` any characters, `?` one character but `/`."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        char = pattern[i]
-        out.append("[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char))
-        i += 1
-    return re.compile("".join(out))
+    def _registry_covering(self) -> re.Pattern:
+        return covering(self.registries)
 
 
 def validate_policy(data: Any) -> list[FieldError]:
@@ -512,14 +481,17 @@ def save_policy(
     original: RetentionPolicy | None = None,
     replace: bool = False,
     now: datetime | None = None,
+    by: Actor | None = None,
 ) -> RetentionPolicy:
     """Create or update the stored policy; `original` is the row being edited (it may be
     renamed). A changed schedule starts counting again from now, so a policy never runs
-    on its schedule sooner than its period after a person set it up.
+    on its schedule sooner than its period after a person set it up. The audit log
+    records it, `by` whom (unnamed when None), in the same transaction.
 
     Raises PolicyExists when the name belongs to another policy and `replace` is false."""
     now = now or timezone.now()
     with transaction.atomic():
+        was = original.name if original is not None else None
         clash = RetentionPolicy.objects.filter(name=policy.name)
         if original is not None:
             clash = clash.exclude(pk=original.pk)
@@ -548,8 +520,29 @@ def save_policy(
             row.next_run_at = None
         elif rescheduled or row.next_run_at is None:
             row.next_run_at = now + timedelta(hours=policy.schedule_hours)
+        created = row.pk is None
         row.save()
+        audit.record(
+            Action.POLICY_CREATED if created else Action.POLICY_CHANGED,
+            by=by or Actor(name=""),
+            target=row.name,
+            policy=policy.as_json(),
+            **({"renamed_from": was} if was and was != row.name else {}),
+        )
     return row
+
+
+def delete_policy(row: RetentionPolicy, *, by: Actor | None = None) -> None:
+    """Delete the stored policy (its runs stay on record, under its name), audited."""
+    with transaction.atomic():
+        audit.record(
+            Action.POLICY_DELETED,
+            by=by or Actor(name=""),
+            target=row.name,
+            repositories=row.repositories,
+            rules=row.rules,
+        )
+        row.delete()
 
 
 @dataclass(frozen=True)

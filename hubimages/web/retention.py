@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from hubimages.deletion import planning
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.models import RetentionPolicy
 from hubimages.retention import engine, policies
 from hubimages.retention.form import KEEP_CHOICES, PolicyForm
@@ -109,7 +110,7 @@ def retention_save(request: HttpRequest, name: str = "") -> HttpResponse:
     if policy is None:
         return _editor(request, row=row, form=form, status=422)
     try:
-        saved = policies.save_policy(policy, original=row)
+        saved = policies.save_policy(policy, original=row, by=Actor.of(request))
     except policies.PolicyExists as exists:
         form.errors.setdefault("name", []).append(f"{exists}: choose another name")
         return _editor(request, row=row, form=form, status=422)
@@ -141,7 +142,7 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
             response["HX-Reswap"] = "outerHTML"
         return response
     job = queue.start_retention(
-        policy=row.name, now=now, fingerprint=fingerprint, user=request.user
+        policy=row.name, now=now, fingerprint=fingerprint, user=request.user, by=Actor.of(request)
     )
     return follow_job(request, job)
 
@@ -160,7 +161,7 @@ def retention_delete(request: HttpRequest, name: str) -> HttpResponse:
     """Delete the policy (its runs stay on record, under its name)."""
     may_edit_policies(request)
     row = _stored_policy(name)
-    row.delete()
+    policies.delete_policy(row, by=Actor.of(request))
     messages.success(request, f"Deleted policy {name}; its runs stay in the records.")
     return HttpResponseRedirect(reverse("retention_policies"), status=303)
 
@@ -190,7 +191,9 @@ def retention_import(request: HttpRequest) -> HttpResponse:
     else:
         try:
             policy = policies.parse_policy_json(text)
-            row = policies.save_policy(policy, replace=request.POST.get("replace") == "yes")
+            row = policies.save_policy(
+                policy, replace=request.POST.get("replace") == "yes", by=Actor.of(request)
+            )
         except policies.InvalidPolicy as invalid:
             problems = [str(error) for error in invalid.errors]
         except policies.PolicyExists as exists:
