@@ -158,7 +158,7 @@ def test_starting_a_deletion_on_the_page_and_through_the_api_is_recorded(
         "confirm": "yes",
         "confirm_active": "yes",
     }
-    deleter_client.post("/repositories/acme/shop/-/delete/confirm", form, REMOTE_ADDR="192.0.2.1")
+    deleter_client.post("/r/default/acme/shop/-/delete/confirm", form, REMOTE_ADDR="192.0.2.1")
     api = post_json(
         client,
         "/api/v1/repositories/acme/shop/delete-images",
