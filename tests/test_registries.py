@@ -460,9 +460,9 @@ def test_search_spans_every_registry_and_details_say_where_else_a_digest_lives(
 
 
 def test_old_repository_addresses_lead_to_the_default_registrys_pages(db, admin_client):
-    response = admin_client.get("/r/default/team/api/", {"search": "v1"})
+    response = admin_client.get("/repositories/team/api/", {"search": "v1"})
     assert (response.status_code, response["Location"]) == (308, "/r/default/team/api/?search=v1")
-    posted = admin_client.post("/r/default/team/api/-/delete/", {"digest": "sha256:x"})
+    posted = admin_client.post("/repositories/team/api/-/delete/", {"digest": "sha256:x"})
     assert (posted.status_code, posted["Location"]) == (308, "/r/default/team/api/-/delete/")
 
 
