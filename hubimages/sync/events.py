@@ -130,6 +130,7 @@ def _record(events: list[Event], registry: Registry) -> Recorded:
             if event.id in seen:
                 result.duplicates += 1
                 continue
+            seen.add(event.id)  # an envelope may hold the same event twice: it counts once
             applied = apply_on_receipt(event, registry)
             if applied.changed:
                 changed.add(event.repository)
