@@ -316,11 +316,12 @@ class RegistryEvent(models.Model):
 
 class Lease(models.Model):
     """A named lock that expires unless its holder renews it: a repository's (sync and
-    delete take it), the full sync's. A holder that dies leaves nothing that needs a person:
-    its lease runs out and anyone may take it over. See `hubimages.locks`."""
+    delete take it), the full sync's, a running record's. A row exists while someone holds
+    the name; its id is the lease's generation, the fencing token a holder checks before
+    each DELETE. A holder that dies leaves nothing that needs a person: its lease runs out
+    and anyone may take it over. See `hubimages.lib.leases`."""
 
     name = models.CharField(max_length=300, unique=True)
-    token = models.CharField(max_length=32, blank=True)
     owner = models.CharField(max_length=200, blank=True)
     acquired_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from hubimages.deletion.planning import DeletionPlan, PlannedItem, plan_deletion
 from hubimages.lib.formatting import plural, short_digest
-from hubimages.lib.leases import HeldLease, repository_lock
+from hubimages.lib.leases import HeldLease, LeaseLost, repository_lock
 from hubimages.models import (
     Blob,
     Deletion,
@@ -68,6 +68,15 @@ class RecheckFailed(Exception):
     """The repository could not be re-read from the registry: nothing was deleted."""
 
 
+class DeletionStopped(LeaseLost):
+    """The repository's lease was taken over mid-way: no further DELETE was sent, and the
+    operation's records say what went."""
+
+    def __init__(self, message: str, operation_id: int) -> None:
+        super().__init__(message)
+        self.operation_id = operation_id
+
+
 # -- execution -----------------------------------------------------------------------------
 
 
@@ -89,8 +98,10 @@ def execute_deletion(
     manifest's record is written PENDING before its DELETE is sent and DONE or FAILED
     after, so a worker killed mid-way leaves an exact history (`resolve_interrupted`).
     `username` overrides the recorded name (the command line records `cli:<os user>`).
-    Raises `locks.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
-    `locks.LeaseLost` if the lease is taken over mid-way (what went is recorded).
+    Raises `leases.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
+    `DeletionStopped` (a `leases.LeaseLost`) if the lease is taken over mid-way: the check
+    right before each DELETE asks the database whether this holder's generation of the lease
+    is still the current one, so nothing more is sent once another process took it over.
     """
     digests = list(digests)
     name = username or (user.get_username() if user is not None else "")
@@ -119,6 +130,8 @@ def execute_deletion(
         reclaimed = 0
         try:
             _delete_in_order(plan, client, lease, operation, deleted, failed, skipped, report)
+        except LeaseLost as lost:
+            raise DeletionStopped(str(lost), operation.pk) from None
         finally:
             reclaimed = _record(repository, operation, deleted)
             state = Deletion.State.DONE if not (failed or skipped) else Deletion.State.PARTIAL
@@ -172,7 +185,7 @@ def _delete_in_order(
             skipped.append(NotDeleted(item.digest, DELETES_DISABLED))
             not_done[item.manifest_id] = item.digest
             continue
-        lease.check()  # never send a DELETE without holding the repository
+        lease.check()  # fencing: no DELETE unless this generation still holds the repository
         report(f"Deleting {number} of {len(ordered)}: {short_digest(item.digest)}")
         record = _pending_record(operation, item)
         try:

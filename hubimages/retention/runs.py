@@ -14,7 +14,7 @@ from django.utils import timezone
 from hubimages.deletion import execution, planning
 from hubimages.lib.formatting import human_size, plural
 from hubimages.lib.leases import RepositoryBusy, repository_lock
-from hubimages.models import Repository, RetentionPolicy, RetentionRun
+from hubimages.models import DeletionRecord, Repository, RetentionPolicy, RetentionRun
 from hubimages.retention.engine import DryRun, RepositoryDryRun, dry_run, dry_run_fingerprint
 from hubimages.retention.policies import InvalidPolicy, Policy, policy_of
 from hubimages.sync.service import sync_repository
@@ -114,26 +114,50 @@ def _recheck(client: RegistryClient, repositories: list[Repository]) -> str:
 def _execute(
     record: RetentionRun, checked: DryRun, client: RegistryClient, *, user, brake: bool
 ) -> RunResult:
-    notes, incomplete = [], False
+    """Each repository in turn. A repository whose lease was taken over mid-way (its host
+    stalled past the lease) stops the whole run: the others' leases are as old."""
+    notes, incomplete, stopped = [], False, ""
     for repo in checked.repositories:
-        note, done = _execute_repository(repo, checked.policy, client, user=user, brake=brake)
-        notes.append(
-            {
-                "repository": repo.name,
-                "selected": len(repo.selected),
-                "deleted": 0,
-                "tags": 0,
-                "reclaimed_bytes": 0,
-                **note,
-            }
-        )
+        if stopped:
+            notes.append(_note(repo, note=f"not reached: the run stopped ({stopped})"))
+            continue
+        try:
+            note, done = _execute_repository(repo, checked.policy, client, user=user, brake=brake)
+        except execution.DeletionStopped as lost:
+            stopped = str(lost)
+            note, done = {**deleted_by(lost.operation_id), "note": f"stopped: {lost}"}, False
+        notes.append(_note(repo, **note))
         incomplete = incomplete or not done
     record.repositories = notes
     record.manifests_deleted = sum(n["deleted"] for n in notes)
     record.tags_deleted = sum(n["tags"] for n in notes)
     record.reclaimed_bytes = sum(n["reclaimed_bytes"] for n in notes)
     outcome = RetentionRun.Outcome.INCOMPLETE if incomplete else RetentionRun.Outcome.DONE
-    return _finish(record, checked, outcome, _summary(record, incomplete))
+    message = _summary(record, incomplete) + (f" Stopped: {stopped}." if stopped else "")
+    return _finish(record, checked, outcome, message)
+
+
+def _note(repo: RepositoryDryRun, **note: Any) -> dict[str, Any]:
+    return {
+        "repository": repo.name,
+        "selected": len(repo.selected),
+        "deleted": 0,
+        "tags": 0,
+        "reclaimed_bytes": 0,
+        **note,
+    }
+
+
+def deleted_by(operation_id: int) -> dict[str, int]:
+    """What a deletion operation deleted, as its records say (each written before its
+    DELETE and settled after, so they are the truth even for an operation cut short)."""
+    done = DeletionRecord.objects.filter(operation_id=operation_id, state=DeletionRecord.State.DONE)
+    rows = list(done.values_list("tags", "reclaimed_bytes"))
+    return {
+        "deleted": len(rows),
+        "tags": sum(len(tags) for tags, _ in rows),
+        "reclaimed_bytes": sum(reclaimed for _, reclaimed in rows),
+    }
 
 
 def _execute_repository(
