@@ -8,6 +8,7 @@ than computed on every page, so the list can filter and sort from an index:
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 
 
 def platform_label(os: str, architecture: str, variant: str) -> str:
@@ -222,6 +223,11 @@ class Deletion(models.Model):
     repository = models.CharField(max_length=255)
     selected = models.JSONField(default=list, blank=True)
     fingerprint = models.CharField(max_length=64)
+    # The retention run this deletion is one repository of: settling an interrupted run
+    # reads what went from its deletions' records.
+    retention_run = models.ForeignKey(
+        "RetentionRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="deletions"
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
     message = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
@@ -240,6 +246,10 @@ class Deletion(models.Model):
         indexes = [
             models.Index(fields=["repository", "-started_at"], name="operation_by_repository"),
             models.Index(fields=["collected_at", "finished_at"], name="operation_by_collection"),
+            # The workers look for interrupted deletions every few seconds.
+            models.Index(
+                fields=["repository"], condition=Q(state="running"), name="operation_running"
+            ),
         ]
 
 
@@ -426,7 +436,8 @@ class RetentionRun(models.Model):
     """One run of a policy, manual or scheduled: what it deleted and freed, and per
     repository what happened (`repositories`: a list of {"repository", "selected",
     "deleted", "tags", "reclaimed_bytes", "note"}). Its deletions are in DeletionRecord
-    under the username `policy:<name>`."""
+    under the username `policy:<name>`. Written as the run starts ("running") and settled
+    as it ends, or by the workers if its process stopped (`retention.runs`)."""
 
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Run now"
@@ -434,6 +445,7 @@ class RetentionRun(models.Model):
         COMMAND = "command", "Command line"
 
     class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
         DONE = "done", "Done"
         INCOMPLETE = "incomplete", "Incomplete"
         CHANGED = "changed", "Plan changed: nothing deleted"
@@ -458,7 +470,11 @@ class RetentionRun(models.Model):
 
     class Meta:
         ordering = ["-started_at", "-id"]
-        indexes = [models.Index(fields=["policy", "-started_at"], name="run_by_policy")]
+        indexes = [
+            models.Index(fields=["policy", "-started_at"], name="run_by_policy"),
+            # The workers look for interrupted runs every few seconds.
+            models.Index(fields=["id"], condition=Q(outcome="running"), name="run_running"),
+        ]
 
 
 class ApiToken(models.Model):

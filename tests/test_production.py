@@ -10,15 +10,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import requests
-from django.db import connection
 from django_tasks_db.models import DBTaskResult
 
 from devtools.faultproxy import FaultProxy
-from devtools.processes import Process, environment, wait_for_http
+from devtools.processes import Process, database_url, environment, wait_for_http
 from devtools.pusher import ImagePusher, random_layer
 from devtools.server import LocalRegistry, free_port
 from hubimages.lib import leases
@@ -29,17 +27,6 @@ from tests.conftest import PASSWORD
 TOKEN = "production-shape-events-token"
 SECRET = "production-shape-secret-key-" + "x" * 30
 LEASE_SECONDS = "6"
-
-
-def database_url() -> str:
-    """The test database, as the other processes reach it."""
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{Path(settings['NAME']).resolve()}"
-    credentials = quote(settings["USER"]) + (
-        f":{quote(settings['PASSWORD'])}" if settings["PASSWORD"] else ""
-    )
-    return f"postgres://{credentials}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
 
 
 def eventually(check: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:

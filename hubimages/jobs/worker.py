@@ -16,6 +16,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from hubimages.deletion import execution
+from hubimages.jobs import recovery
 from hubimages.jobs.queue import Kind, State, fail_job, retry_or_fail, start_retention, start_sync
 from hubimages.jobs.tasks import ensure_drain, events_due
 from hubimages.models import Deletion, Job, Schedule, WorkerHeartbeat
@@ -89,6 +90,7 @@ def recover(now: datetime | None = None) -> list[int]:
             _recover_job(job, worker)
             recovered.append(job.pk)
     WorkerHeartbeat.objects.filter(beat_at__lt=now - timedelta(days=1)).delete()
+    recovery.settle_interrupted()
     return recovered
 
 
@@ -104,13 +106,10 @@ def _recover_job(job: Job, worker: str) -> None:
 def _recover_deletion(job: Job, reason: str) -> None:
     """A deletion is never run twice: what went is settled from the registry, and a sync
     of the repository makes the list true again."""
-    operations = Deletion.objects.filter(
-        repository=job.repository, state=Deletion.State.RUNNING, started_at__gte=job.created_at
-    )
+    operations = Deletion.objects.filter(repository=job.repository, state=Deletion.State.RUNNING)
     try:
         with registry_client() as client:
-            for operation in operations:
-                execution.resolve_interrupted(client, operation)
+            execution.settle_interrupted(client, list(operations))
     except RegistryError as error:
         log.warning("could not settle the interrupted deletion of job %s: %s", job.pk, error)
     fail_job(job, f"{reason}; nothing more was deleted; the deletion history says what went")

@@ -3,18 +3,20 @@ repository under their leases, and the schedule that starts them."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from hubimages.deletion import execution, planning
+from hubimages.lib import leases
 from hubimages.lib.formatting import human_size, plural
 from hubimages.lib.leases import RepositoryBusy, repository_lock
-from hubimages.models import DeletionRecord, Repository, RetentionPolicy, RetentionRun
+from hubimages.models import Deletion, DeletionRecord, Repository, RetentionPolicy, RetentionRun
 from hubimages.retention.engine import DryRun, RepositoryDryRun, dry_run, dry_run_fingerprint
 from hubimages.retention.policies import InvalidPolicy, Policy, policy_of
 from hubimages.sync.service import sync_repository
@@ -63,36 +65,61 @@ def run(
     `brake=True`: it deletes nothing in a repository where it would delete more than
     `max_delete_fraction` of the top-level items, and says so in the record.
 
+    The run is recorded as it starts (outcome "running"), held by its own lease
+    (`leases.run_lease_name`) until it ends: a run whose process stopped mid-way is settled
+    by the workers (`settle_interrupted`), its record then saying what went.
+
     A job runs it (`jobs.start_retention`): a web request only enqueues it.
     """
     first = dry_run(policy, now=now, repositories=repositories)
-    record = RetentionRun(
-        policy=row,
-        policy_name=policy.name,
-        trigger=trigger,
-        started_by=started_by,
-        started_at=now,
-        planned_bytes=first.reclaimable_bytes,
+    record, taken = _start(
+        RetentionRun(
+            policy=row,
+            policy_name=policy.name,
+            trigger=trigger,
+            started_by=started_by,
+            started_at=now,
+            planned_bytes=first.reclaimable_bytes,
+        )
     )
-    if fingerprint is not None and first.fingerprint != fingerprint:
-        return _finish(record, first, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
-    covered = [r.repository for r in first.repositories]
-    try:
-        with ExitStack() as stack:
-            for repository in covered:
-                stack.enter_context(
-                    repository_lock(repository, owner=f"retention:{policy.name}", wait=lock_wait)
-                )
-            failure = _recheck(client, covered)
-            if failure:
-                return _finish(record, first, RetentionRun.Outcome.FAILED, failure)
-            checked = dry_run(policy, now=now, repositories=repositories)
-            record.planned_bytes = checked.reclaimable_bytes
-            if fingerprint is not None and checked.fingerprint != fingerprint:
-                return _finish(record, checked, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
-            return _execute(record, checked, client, user=user, brake=brake)
-    except RepositoryBusy as busy:
-        return _finish(record, first, RetentionRun.Outcome.BUSY, f"Nothing was deleted: {busy}.")
+    with leases.holding(taken):
+        if fingerprint is not None and first.fingerprint != fingerprint:
+            return _finish(record, first, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
+        covered = [r.repository for r in first.repositories]
+        try:
+            with ExitStack() as stack:
+                for repository in covered:
+                    stack.enter_context(
+                        repository_lock(
+                            repository, owner=f"retention:{policy.name}", wait=lock_wait
+                        )
+                    )
+                failure = _recheck(client, covered)
+                if failure:
+                    return _finish(record, first, RetentionRun.Outcome.FAILED, failure)
+                checked = dry_run(policy, now=now, repositories=repositories)
+                record.planned_bytes = checked.reclaimable_bytes
+                if fingerprint is not None and checked.fingerprint != fingerprint:
+                    return _finish(record, checked, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
+                return _execute(record, checked, client, user=user, brake=brake)
+        except RepositoryBusy as busy:
+            return _finish(
+                record, first, RetentionRun.Outcome.BUSY, f"Nothing was deleted: {busy}."
+            )
+
+
+def _start(record: RetentionRun) -> tuple[RetentionRun, leases.HeldLease]:
+    """Write the run and take its lease in one transaction: no worker ever sees the run
+    without its lease (and settles it while it runs)."""
+    with transaction.atomic():
+        record.outcome = RetentionRun.Outcome.RUNNING
+        record.save()
+        taken = leases.acquire(
+            leases.run_lease_name("retention", record.pk), owner=f"retention:{record.policy_name}"
+        )
+    if taken is None:
+        raise RuntimeError(f"the lease of the new retention run {record.pk} is taken")
+    return record, taken
 
 
 CHANGED_MESSAGE = (
@@ -122,7 +149,9 @@ def _execute(
             notes.append(_note(repo, note=f"not reached: the run stopped ({stopped})"))
             continue
         try:
-            note, done = _execute_repository(repo, checked.policy, client, user=user, brake=brake)
+            note, done = _execute_repository(
+                repo, checked.policy, client, user=user, brake=brake, record=record
+            )
         except execution.DeletionStopped as lost:
             stopped = str(lost)
             note, done = {**deleted_by(lost.operation_id), "note": f"stopped: {lost}"}, False
@@ -161,7 +190,13 @@ def deleted_by(operation_id: int) -> dict[str, int]:
 
 
 def _execute_repository(
-    repo: RepositoryDryRun, policy: Policy, client: RegistryClient, *, user, brake: bool
+    repo: RepositoryDryRun,
+    policy: Policy,
+    client: RegistryClient,
+    *,
+    user,
+    brake: bool,
+    record: RetentionRun,
 ) -> tuple[dict[str, Any], bool]:
     """Delete one repository's part of a checked dry run: (its note, whether it went as
     planned).
@@ -191,6 +226,7 @@ def _execute_repository(
             user=user,
             client=client,
             username=f"policy:{policy.name}",
+            retention_run=record,
         )
     except execution.RecheckFailed as failure:
         return {"note": f"nothing deleted here: {failure}"}, False
@@ -243,6 +279,63 @@ def _finish(record: RetentionRun, shown: DryRun, outcome: str, message: str) -> 
         ]
     record.save()
     return RunResult(record=record, dry_run=shown)
+
+
+def settle_interrupted(client: RegistryClient, records: Iterable[RetentionRun]) -> list[int]:
+    """Settle the runs a process left running when it stopped (SIGKILL, a lost host): a run
+    holds its own lease from its start to its end, so one still running whose lease is
+    free was interrupted. Its deletions are settled first, from the registry
+    (`execution.settle_interrupted`); then its record says what went, repository by
+    repository, from their records. A run whose deletions cannot be settled yet (their
+    repository busy, the registry down) waits for the next call. Returns the ids settled."""
+    settled = []
+    for record in records:
+        taken = leases.acquire(leases.run_lease_name("retention", record.pk), owner="recovery")
+        if taken is None:
+            continue  # its process is alive
+        with leases.holding(taken):
+            running = record.deletions.filter(state=Deletion.State.RUNNING)
+            execution.settle_interrupted(client, list(running))
+            if not running.exists() and _settle(record):
+                settled.append(record.pk)
+    return settled
+
+
+def _settle(record: RetentionRun) -> bool:
+    notes = [
+        {
+            "repository": operation.repository,
+            "selected": len(operation.selected),
+            **deleted_by(operation.pk),
+            "note": operation.message or operation.get_state_display(),
+        }
+        for operation in record.deletions.order_by("pk")
+    ]
+    deleted = sum(n["deleted"] for n in notes)
+    tags = sum(n["tags"] for n in notes)
+    reclaimed = sum(n["reclaimed_bytes"] for n in notes)
+    if deleted:
+        outcome = RetentionRun.Outcome.INCOMPLETE
+        message = (
+            f"Interrupted: the process running it stopped. It had deleted "
+            f"{plural(deleted, 'manifest')} and {plural(tags, 'tag')}; "
+            f"{human_size(reclaimed)} ({reclaimed:,} bytes) will be freed at the next garbage "
+            "collection. Nothing more was deleted."
+        )
+    else:
+        outcome = RetentionRun.Outcome.FAILED
+        message = "Interrupted: the process running it stopped before deleting anything."
+    return bool(
+        RetentionRun.objects.filter(pk=record.pk, outcome=RetentionRun.Outcome.RUNNING).update(
+            outcome=outcome,
+            message=message,
+            finished_at=timezone.now(),
+            manifests_deleted=deleted,
+            tags_deleted=tags,
+            reclaimed_bytes=reclaimed,
+            repositories=notes,
+        )
+    )
 
 
 def claim_due_policies(now: datetime) -> list[RetentionPolicy]:
