@@ -228,6 +228,11 @@ class Deletion(models.Model):
     retention_run = models.ForeignKey(
         "RetentionRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="deletions"
     )
+    # The deletion job that ran it: a job is never run again once one of its DELETEs may
+    # have gone out, and its recovery reads what went from here.
+    job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="deletions"
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
     message = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
@@ -467,6 +472,9 @@ class RetentionRun(models.Model):
     reclaimed_bytes = models.BigIntegerField(default=0)
     planned_bytes = models.BigIntegerField(default=0, help_text="The dry run's total.")
     repositories = models.JSONField(default=list, blank=True)
+    job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="retention_runs"
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]

@@ -163,7 +163,11 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
     )
     # The worker wrote both records PENDING, sent the first DELETE, and died.
     operation = Deletion.objects.create(
-        username="deleter", repository=REPO, selected=[gone.digest, kept.digest], fingerprint="f"
+        username="deleter",
+        repository=REPO,
+        selected=[gone.digest, kept.digest],
+        fingerprint="f",
+        job=job,
     )
     for image in (gone, kept):
         DeletionRecord.objects.create(
@@ -176,7 +180,6 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
         )
     pusher.delete_manifest(REPO, gone.digest)
     claimed_by(job, "worker-dead", ago=30)
-    Deletion.objects.filter(pk=operation.pk).update(started_at=job.created_at)
 
     assert jobs_worker.recover() == [job.pk]
 

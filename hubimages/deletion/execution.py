@@ -28,6 +28,7 @@ from hubimages.models import (
     Deletion,
     DeletionRecord,
     IndexEntry,
+    Job,
     Manifest,
     ManifestBlob,
     Repository,
@@ -101,6 +102,7 @@ def execute_deletion(
     username: str | None = None,
     progress: Callable[[str], None] | None = None,
     retention_run: RetentionRun | None = None,
+    job: Job | None = None,
 ) -> DeletionOutcome:
     """Delete exactly the plan previewed as `fingerprint`, or nothing if it changed.
 
@@ -110,7 +112,7 @@ def execute_deletion(
     manifest's record is written PENDING before its DELETE is sent and DONE or FAILED
     after, so a worker killed mid-way leaves an exact history (`resolve_interrupted`).
     `username` overrides the recorded name (the command line records `cli:<os user>`);
-    `retention_run` is the run this deletion is part of.
+    `retention_run` is the run this deletion is part of, `job` the deletion job running it.
     Raises `leases.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
     `DeletionStopped` (a `leases.LeaseLost`) if the lease is taken over mid-way: the check
     right before each DELETE asks the database whether this holder's generation of the lease
@@ -134,6 +136,7 @@ def execute_deletion(
             selected=list(plan.selected),
             fingerprint=fingerprint,
             retention_run=retention_run,
+            job=job,
         )
         if plan.fingerprint != fingerprint:
             _close(operation, Deletion.State.STALE, CHANGED_MESSAGE)

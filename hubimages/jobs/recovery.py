@@ -6,14 +6,22 @@ repository's, a retention run by its own), so "running, and its lease is free" m
 "interrupted", whichever process or host ran it: a worker, `delete_images` or
 `apply_retention` on someone's terminal. Settling asks the registry what went, holding
 that lease (which fences out a holder that was only stalled), and writes it down. The
-workers call `settle_interrupted` every few seconds (`jobs.worker.recover`)."""
+workers call `settle_interrupted` every few seconds (`jobs.worker.recover`).
+
+A job that deletes (a deletion, a retention run) and stopped is closed from those records
+once they are settled: never run again once a DELETE may have gone out (`close_job`)."""
 
 from __future__ import annotations
 
 import logging
 
+from django.db.models import Q
+from django.utils import timezone
+
 from hubimages.deletion import execution
-from hubimages.models import Deletion, RetentionRun
+from hubimages.jobs.queue import retry_or_fail
+from hubimages.lib.formatting import plural
+from hubimages.models import Deletion, DeletionRecord, Job, RetentionRun
 from hubimages.registries.client import registry_client
 from hubimages.retention import runs
 from registry.errors import RegistryError
@@ -36,3 +44,91 @@ def settle_interrupted() -> list[int]:
     except RegistryError as error:  # e.g. no registry configured: try again later
         log.warning("could not settle interrupted deletions yet: %s", error)
         return []
+
+
+# -- jobs that delete ---------------------------------------------------------------------------
+
+DELETING = (Job.Kind.DELETION, Job.Kind.RETENTION)
+
+
+def records_settled(job: Job) -> bool:
+    """Whether nothing the job recorded is still running (its deletions, its runs)."""
+    return not (
+        Deletion.objects.filter(
+            Q(job=job) | Q(retention_run__job=job), state=Deletion.State.RUNNING
+        ).exists()
+        or RetentionRun.objects.filter(job=job, outcome=RetentionRun.Outcome.RUNNING).exists()
+    )
+
+
+def may_have_deleted(job: Job) -> bool:
+    """Whether one of the job's DELETEs may have gone out: a record is written before each."""
+    return DeletionRecord.objects.filter(
+        Q(operation__job=job) | Q(operation__retention_run__job=job)
+    ).exists()
+
+
+def close_job(job: Job, reason: str) -> list[str]:
+    """Close a deletion or retention job that stopped before it could (`reason`), once its
+    records are settled (`records_settled`): run again if nothing can have been deleted,
+    else failed, never run again, its outcome and message saying exactly what went from
+    the records. Call it in the transaction that marks its task ended. Returns the
+    repositories to sync again (what the database says of them may lag the registry)."""
+    if not may_have_deleted(job):
+        retry_or_fail(job, f"{reason}; nothing had been deleted")
+        return []
+    if job.kind == Job.Kind.RETENTION:
+        outcome, message, touched = _retention_account(job)
+    else:
+        outcome, message, touched = _deletion_account(job)
+    Job.objects.filter(pk=job.pk).update(
+        state=Job.State.FAILED,
+        outcome=outcome,
+        message=f"{reason}: {message}",
+        progress="",
+        finished_at=timezone.now(),
+    )
+    return touched
+
+
+def _deletion_account(job: Job) -> tuple[dict, str, list[str]]:
+    operation = Deletion.objects.filter(job=job).order_by("pk").last()
+    records = list(operation.records.order_by("pk"))
+    deleted = [r for r in records if r.state == DeletionRecord.State.DONE]
+    outcome = {
+        "deletion_id": operation.pk,
+        "stale": False,
+        "deleted": [
+            {"digest": r.digest, "kind": r.kind, "tags": r.tags, "size": r.size} for r in deleted
+        ],
+        "failed": [
+            {"digest": r.digest, "reason": r.message or "not deleted"}
+            for r in records
+            if r.state == DeletionRecord.State.FAILED
+        ],
+        "skipped": [],
+        "reclaimed_bytes": operation.reclaimed_bytes,
+        "deletes_disabled": False,
+    }
+    message = (
+        f"{plural(len(deleted), 'manifest')} had been deleted; nothing more was deleted, and "
+        "the deletion is not run again: the deletion history says what went"
+    )
+    return outcome, message, [operation.repository]
+
+
+def _retention_account(job: Job) -> tuple[dict, str, list[str]]:
+    run = RetentionRun.objects.filter(job=job).order_by("pk").last()
+    outcome = {
+        "policy": job.params.get("policy", run.policy_name),
+        "retention_run": run.pk,
+        "run_outcome": run.outcome,
+        "message": run.message,
+    }
+    message = (
+        f"the run had deleted {plural(run.manifests_deleted, 'manifest')} and "
+        f"{plural(run.tags_deleted, 'tag')}; nothing more was deleted, and the run is not "
+        "started again: its record says what went"
+    )
+    touched = sorted({note["repository"] for note in run.repositories if note.get("deleted")})
+    return outcome, message, touched

@@ -147,6 +147,7 @@ def _run_deletion(job: Job, progress: Callable[[str], None]) -> dict:
                 client=client,
                 username=job.started_by,
                 progress=progress,
+                job=job,
             )
     except execution.RecheckFailed as error:
         raise Retry(f"nothing was deleted: {error}") from None
@@ -188,7 +189,7 @@ def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
     progress(f"Running policy {row.name} as of {now:%Y-%m-%d %H:%M:%S} UTC")
     with registry_client() as client:
         if job.params.get("scheduled"):
-            result = runs.run_scheduled(row, now, client=client)
+            result = runs.run_scheduled(row, now, client=client, job=job)
         else:
             result = runs.run(
                 policy=policies.policy_of(row),
@@ -199,6 +200,7 @@ def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
                 started_by=job.started_by,
                 user=job.user,
                 row=row,
+                job=job,
             )
     record = result.record
     if record.outcome == RetentionRun.Outcome.BUSY:

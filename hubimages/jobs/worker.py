@@ -15,15 +15,12 @@ from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from hubimages.deletion import execution
 from hubimages.jobs import recovery
-from hubimages.jobs.queue import Kind, State, fail_job, retry_or_fail, start_retention, start_sync
+from hubimages.jobs.queue import State, retry_or_fail, start_retention, start_sync
 from hubimages.jobs.tasks import ensure_drain, events_due
-from hubimages.models import Deletion, Job, Schedule, WorkerHeartbeat
-from hubimages.registries.client import registry_client
+from hubimages.models import Job, Schedule, WorkerHeartbeat
 from hubimages.retention import runs
 from hubimages.sync import events
-from registry.errors import RegistryError
 
 log = logging.getLogger("hubimages.jobs")
 KEEP_FINISHED = timedelta(days=30)
@@ -64,9 +61,12 @@ def dead_workers(now: datetime | None = None) -> set[str]:
 
 def recover(now: datetime | None = None) -> list[int]:
     """Tasks whose worker died mid-run (SIGKILL, a lost host): mark them failed in the
-    queue, and run their jobs again, or fail them when they may not run twice. Returns the
-    recovered jobs' ids."""
+    queue and, in the same transaction, run their jobs again, or close them when they may
+    not run twice (`recovery.close_job`). First, what stopped processes left running is
+    settled (`recovery.settle_interrupted`): a job that deletes waits for its records to
+    be settled before it is closed. Returns the recovered jobs' ids."""
     now = now or timezone.now()
+    recovery.settle_interrupted()
     cutoff = now - timedelta(seconds=settings.WORKER_LEASE_SECONDS)
     alive = set(
         WorkerHeartbeat.objects.filter(beat_at__gte=cutoff).values_list("worker_id", flat=True)
@@ -77,43 +77,37 @@ def recover(now: datetime | None = None) -> list[int]:
         worker = task.worker_ids[-1] if task.worker_ids else ""
         if worker in alive:
             continue
+        job = Job.objects.filter(task_id=str(task.id)).first()
+        if _recover(task, job, worker, now):
+            recovered.append(job.pk)
+    WorkerHeartbeat.objects.filter(beat_at__lt=now - timedelta(days=1)).delete()
+    return recovered
+
+
+def _recover(task: DBTaskResult, job: Job | None, worker: str, now: datetime) -> bool:
+    """Whether `job` was recovered (False: nothing to recover, another worker did, or its
+    records are not settled yet and the next round tries again)."""
+    if job is not None and job.kind in recovery.DELETING and not recovery.records_settled(job):
+        return False
+    reason = f"worker {worker or '?'} stopped during attempt {job.attempts or 1}" if job else ""
+    resync: list[str] = []
+    with transaction.atomic():
         marked = DBTaskResult.objects.filter(id=task.id, status=TaskResultStatus.RUNNING).update(
             status=TaskResultStatus.FAILED,
             finished_at=now,
             exception_class_path="hubimages.jobs.queue.WorkerLost",
             traceback=f"worker {worker or '?'} stopped beating while running this task",
         )
-        if not marked:
-            continue  # another worker recovered it first
-        job = Job.objects.filter(task_id=str(task.id)).first()
-        if job is not None and not job.finished:
-            _recover_job(job, worker)
-            recovered.append(job.pk)
-    WorkerHeartbeat.objects.filter(beat_at__lt=now - timedelta(days=1)).delete()
-    recovery.settle_interrupted()
-    return recovered
-
-
-def _recover_job(job: Job, worker: str) -> None:
-    reason = f"worker {worker or '?'} stopped during attempt {job.attempts or 1}"
-    if job.kind == Kind.DELETION:
-        _recover_deletion(job, reason)
-        return
-    Job.objects.filter(pk=job.pk).update(state=State.RUNNING)
-    retry_or_fail(job, reason)
-
-
-def _recover_deletion(job: Job, reason: str) -> None:
-    """A deletion is never run twice: what went is settled from the registry, and a sync
-    of the repository makes the list true again."""
-    operations = Deletion.objects.filter(repository=job.repository, state=Deletion.State.RUNNING)
-    try:
-        with registry_client() as client:
-            execution.settle_interrupted(client, list(operations))
-    except RegistryError as error:
-        log.warning("could not settle the interrupted deletion of job %s: %s", job.pk, error)
-    fail_job(job, f"{reason}; nothing more was deleted; the deletion history says what went")
-    start_sync(started_by="recovery", repository=job.repository)
+        if not marked or job is None or job.finished:
+            return False  # another worker recovered it first, or nothing to recover
+        if job.kind in recovery.DELETING:
+            resync = recovery.close_job(job, reason)
+        else:
+            Job.objects.filter(pk=job.pk).update(state=State.RUNNING)
+            retry_or_fail(job, reason)
+    for repository in resync:
+        start_sync(started_by="recovery", repository=repository)
+    return True
 
 
 def schedule_due(now: datetime | None = None) -> list[Job]:

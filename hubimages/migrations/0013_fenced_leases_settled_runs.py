@@ -23,8 +23,18 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='deletion',
+            name='job',
+            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='deletions', to='hubimages.job'),
+        ),
+        migrations.AddField(
+            model_name='deletion',
             name='retention_run',
             field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='deletions', to='hubimages.retentionrun'),
+        ),
+        migrations.AddField(
+            model_name='retentionrun',
+            name='job',
+            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='retention_runs', to='hubimages.job'),
         ),
         migrations.AlterField(
             model_name='retentionrun',

@@ -16,7 +16,14 @@ from hubimages.deletion import execution, planning
 from hubimages.lib import leases
 from hubimages.lib.formatting import human_size, plural
 from hubimages.lib.leases import RepositoryBusy, repository_lock
-from hubimages.models import Deletion, DeletionRecord, Repository, RetentionPolicy, RetentionRun
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    Job,
+    Repository,
+    RetentionPolicy,
+    RetentionRun,
+)
 from hubimages.retention.engine import DryRun, RepositoryDryRun, dry_run, dry_run_fingerprint
 from hubimages.retention.policies import InvalidPolicy, Policy, policy_of
 from hubimages.sync.service import sync_repository
@@ -55,6 +62,7 @@ def run(
     repositories: Collection[str] | None = None,
     row: RetentionPolicy | None = None,
     lock_wait: float = 0.0,
+    job: Job | None = None,
 ) -> RunResult:
     """Execute the dry run previewed as `fingerprint` (as of its `now`), or nothing.
 
@@ -80,6 +88,7 @@ def run(
             started_by=started_by,
             started_at=now,
             planned_bytes=first.reclaimable_bytes,
+            job=job,
         )
     )
     with leases.holding(taken):
@@ -355,7 +364,9 @@ def claim_due_policies(now: datetime) -> list[RetentionPolicy]:
     return claimed
 
 
-def run_scheduled(row: RetentionPolicy, now: datetime, *, client: RegistryClient) -> RunResult:
+def run_scheduled(
+    row: RetentionPolicy, now: datetime, *, client: RegistryClient, job: Job | None = None
+) -> RunResult:
     """A scheduled run of a claimed policy: previewed and executed in one go, as of `now`,
     with the `max_delete_fraction` brake."""
     try:
@@ -372,6 +383,7 @@ def run_scheduled(row: RetentionPolicy, now: datetime, *, client: RegistryClient
         brake=True,
         row=row,
         lock_wait=SCHEDULED_LOCK_WAIT,
+        job=job,
     )
 
 
