@@ -10,11 +10,15 @@ import time
 from collections.abc import Callable
 
 import pytest
+from django.db import DatabaseError
 
 from devtools.processes import database_url, environment, manage
 from devtools.pusher import random_layer
+from devtools.worker import run_tasks
+from hubimages.deletion import execution, planning
+from hubimages.jobs import queue
 from hubimages.jobs import worker as jobs_worker
-from hubimages.models import Deletion, DeletionRecord, Manifest, RetentionRun
+from hubimages.models import Deletion, DeletionRecord, Job, Manifest, Repository, RetentionRun
 from hubimages.sync.service import sync_registry
 from registry.client import RegistryClient
 
@@ -108,3 +112,55 @@ def test_a_retention_run_killed_mid_way_is_recorded_and_settled_from_the_registr
     assert "pending" not in records.values()
     stored = set(Manifest.objects.filter(repository__name=REPO).values_list("digest", flat=True))
     assert stored == set(digests) - gone
+
+
+def test_a_deletion_job_whose_database_fails_after_a_delete_went_out_is_settled_not_retried(
+    pusher, sync, registry_client, registry_server, deleter, monkeypatch
+):
+    digests = [
+        pusher.push_image(REPO, tag=f"v{n}", layers=[random_layer(200, f"dberr-{n}")]).digest
+        for n in range(3)
+    ]
+    sync()
+    repository = Repository.objects.get(name=REPO)
+    plan = planning.plan_deletion(repository=repository, digests=digests)
+    job = queue.start_deletion(
+        repository=repository, digests=digests, fingerprint=plan.fingerprint, user=deleter
+    )
+    # The database goes away for a moment right after the second DELETE went out: the
+    # second record cannot be settled, nor the operation closed.
+    settle, close = execution._settle, execution._close
+    calls = {"settle": 0, "close": 0}
+
+    def failing_settle(*args, **kwargs):
+        calls["settle"] += 1
+        if calls["settle"] == 2:
+            raise DatabaseError("server closed the connection unexpectedly")
+        return settle(*args, **kwargs)
+
+    def failing_close(*args, **kwargs):
+        calls["close"] += 1
+        if calls["close"] == 1:
+            raise DatabaseError("server closed the connection unexpectedly")
+        return close(*args, **kwargs)
+
+    monkeypatch.setattr(execution, "_settle", failing_settle)
+    monkeypatch.setattr(execution, "_close", failing_close)
+
+    run_tasks()
+
+    job.refresh_from_db()
+    assert (job.state, job.attempts) == ("failed", 1)  # not queued for another attempt
+    assert "2 manifests had been deleted; nothing more was deleted" in job.message
+    assert len(job.outcome["deleted"]) == 2
+    operation = Deletion.objects.get()
+    assert operation.state == "failed" and operation.job_id == job.pk
+    gone = set(digests) - in_registry(registry_server.url, digests)
+    assert len(gone) == 2
+    records = dict(DeletionRecord.objects.values_list("digest", "state"))
+    assert records == {digest: "done" for digest in gone}
+    stored = set(Manifest.objects.filter(repository__name=REPO).values_list("digest", flat=True))
+    assert stored == set(digests) - gone
+    repair = Job.objects.get(kind="sync_repository")  # run by the same batch of tasks
+    assert (repair.repository, repair.started_by, repair.state) == (REPO, "recovery", "succeeded")
+    assert repair.outcome["manifests_removed"] == 0  # the database was already true

@@ -21,12 +21,13 @@ from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from hubimages.deletion import execution
-from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail
+from hubimages.jobs import recovery
+from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail, start_sync
 from hubimages.lib.formatting import plural
 from hubimages.lib.leases import LeaseBusy, LeaseLost
 from hubimages.models import Job, Repository, RetentionPolicy, RetentionRun
@@ -59,19 +60,38 @@ def run(job_id: int, *, worker_id: str = "") -> None:
     job = Job.objects.get(pk=job_id)
     try:
         outcome = HANDLERS[job.kind](job, _progress_writer(job))
-    except Retry as reason:
+    except Retry as reason:  # raised only while nothing can have been deleted
         retry_or_fail(job, str(reason))
-    except (LeaseBusy, RegistryError, DatabaseError) as error:
-        retryable = not isinstance(error, RegistryError) or error.retryable
-        if retryable:
-            retry_or_fail(job, str(error))
-        else:
-            fail_job(job, str(error))
     except Exception as error:
-        log.exception("job %s (%s) failed", job.pk, job.kind)
-        fail_job(job, f"internal error: {error!r}")
+        if job.kind in recovery.DELETING and recovery.may_have_deleted(job):
+            log.exception("job %s (%s) stopped after its DELETEs began", job.pk, job.kind)
+            _close_after_deletes(job, f"stopped by an error after its DELETEs began: {error}")
+        elif isinstance(error, (LeaseBusy, DatabaseError)) or (
+            isinstance(error, RegistryError) and error.retryable
+        ):
+            retry_or_fail(job, str(error))
+        elif isinstance(error, RegistryError):
+            fail_job(job, str(error))
+        else:
+            log.exception("job %s (%s) failed", job.pk, job.kind)
+            fail_job(job, f"internal error: {error!r}")
     else:
         _finish(job, outcome)
+
+
+def _close_after_deletes(job: Job, reason: str) -> None:
+    """Never retried once a DELETE may have gone out: what it recorded is settled from the
+    registry and the job closed saying what went (`recovery.close_job`). If that cannot be
+    done now (the database still away, the repository busy), the job stays running and
+    the workers' sweep closes it (`worker.recover`)."""
+    recovery.settle_interrupted()
+    if not recovery.records_settled(job):
+        Job.objects.filter(pk=job.pk).update(message=f"{reason}; settling what went")
+        return
+    with transaction.atomic():
+        resync = recovery.close_job(job, reason)
+    for repository in resync:
+        start_sync(started_by="recovery", repository=repository)
 
 
 def _progress_writer(job: Job) -> Callable[[str], None]:
@@ -132,8 +152,8 @@ def _sync_outcome(summary: service.SyncSummary) -> dict:
 
 def _run_deletion(job: Job, progress: Callable[[str], None]) -> dict:
     """Retried only while nothing can have been deleted: the registry unreachable for the
-    re-check, the repository busy. Once DELETEs went out, a failure is final and the
-    history says what went."""
+    re-check, the repository busy. Once a DELETE may have gone out, a failure (an error of
+    the database included) is final, and the history says what went (`run`)."""
     repository = Repository.objects.filter(name=job.repository).first()
     if repository is None:
         return {"failed_because": f"repository {job.repository} is no longer known"}
