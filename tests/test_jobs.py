@@ -195,6 +195,64 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
     assert Manifest.objects.filter(digest=kept.digest).exists()
 
 
+def ended_without_closing(job: Job, status: str = "FAILED") -> None:
+    """As if the job's task had ended (an exception after the job was claimed and before it
+    was closed: a second SIGTERM, a bug, the database gone) leaving the job running."""
+    DBTaskResult.objects.filter(id=job.task_id).update(
+        status=status,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        worker_ids=["worker-a"],
+        exception_class_path="builtins.SystemExit" if status == "FAILED" else "",
+    )
+    Job.objects.filter(pk=job.pk).update(state="running", attempts=1, worker_id="worker-a")
+    jobs_worker.beat("worker-a", timezone.now())  # its worker is alive and well
+
+
+def test_a_sync_whose_task_ended_without_closing_it_is_lined_up_and_blocks_no_later_sync(db):
+    stuck = queue.start_sync(started_by="alice")
+    ended_without_closing(stuck)
+
+    assert queue.start_sync(started_by="bob") != stuck  # a click never follows a dead job
+    assert jobs_worker.recover() == [stuck.pk]
+
+    stuck.refresh_from_db()
+    assert stuck.state == "queued" and "its task ended (failed" in stuck.message
+    assert DBTaskResult.objects.get(id=stuck.task_id).status == "READY"
+    assert jobs_worker.recover() == []  # lined up: nothing more to do
+
+
+def test_a_job_whose_task_is_gone_from_the_queue_runs_again_a_bounded_number_of_times(db):
+    lost = queue.start_sync(started_by="alice", repository=REPO)
+    for _ in range(3):
+        DBTaskResult.objects.filter(id=lost.task_id).delete()  # e.g. pruned by someone
+        assert jobs_worker.recover() == [lost.pk]
+        lost.refresh_from_db()
+    assert lost.state == "failed" and lost.attempts == 3
+    assert "gave up after 3 attempts: its task is gone from the queue" in lost.message
+
+
+def test_every_unfinished_job_is_lined_up_with_its_task(pusher, sync, deleter, settings):
+    settings.WORKER_LEASE_SECONDS = 10
+    image = pusher.push_image(REPO, tag="a", layers=[random_layer(100, "lined-up")])
+    sync()
+    repository = Repository.objects.get(name=REPO)
+    waiting = queue.start_sync(started_by="alice")
+    running = queue.start_sync(started_by="bob", repository=REPO)
+    claimed_by(running, "worker-alive", ago=30)
+    jobs_worker.beat("worker-alive", timezone.now())
+    done = queue.start_deletion(
+        repository=repository, digests=[image.digest], fingerprint="f", user=deleter
+    )
+    ended_without_closing(done, status="SUCCESSFUL")  # nothing had been deleted
+
+    assert jobs_worker.recover() == [done.pk]
+
+    states = {job.pk: job.state for job in Job.objects.all()}
+    assert states == {waiting.pk: "queued", running.pk: "running", done.pk: "queued"}
+    assert "nothing had been deleted" in Job.objects.get(pk=done.pk).message
+
+
 # -- the schedule -------------------------------------------------------------------------------
 
 

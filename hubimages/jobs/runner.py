@@ -8,9 +8,10 @@ progress, outcome or failure. A failure that may pass (the registry unreachable,
 repository busy) is retried with back-off, at most `max_attempts` times.
 
 django-tasks-db leaves a task whose worker died in RUNNING for ever. Every worker beats a
-`WorkerHeartbeat`; `recover`, which the workers run every few seconds, finds the tasks of
-workers that stopped beating and runs their jobs again or marks them failed. Their leases
-(repository locks) expire by themselves.
+`WorkerHeartbeat`; `worker.recover`, which the workers run every few seconds, lines every
+unfinished job up with its task (lost with its worker, ended without closing the job, gone
+from the queue) and runs it again or closes it. Their leases (repository locks) expire by
+themselves.
 """
 
 from __future__ import annotations

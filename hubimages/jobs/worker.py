@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -60,54 +60,104 @@ def dead_workers(now: datetime | None = None) -> set[str]:
 
 
 def recover(now: datetime | None = None) -> list[int]:
-    """Tasks whose worker died mid-run (SIGKILL, a lost host): mark them failed in the
-    queue and, in the same transaction, run their jobs again, or close them when they may
-    not run twice (`recovery.close_job`). First, what stopped processes left running is
-    settled (`recovery.settle_interrupted`): a job that deletes waits for its records to
-    be settled before it is closed. Returns the recovered jobs' ids."""
+    """Line every unfinished job up with its task in django-tasks-db's queue, which keeps
+    the state of record of what runs: a job is left queued or running only while its task
+    waits, or runs in a live worker. A job whose task is lost (its worker stopped beating:
+    SIGKILL, a lost host), ended without closing it (an exception between claiming and
+    closing it, a second SIGTERM) or is gone from the queue runs again, or is closed when
+    it may not run twice (`recovery.close_job`); the task is marked failed in the same
+    transaction. First, what stopped processes left running is settled
+    (`recovery.settle_interrupted`): a job that deletes waits until its records are.
+    Returns the recovered jobs' ids."""
     now = now or timezone.now()
     recovery.settle_interrupted()
     cutoff = now - timedelta(seconds=settings.WORKER_LEASE_SECONDS)
     alive = set(
         WorkerHeartbeat.objects.filter(beat_at__gte=cutoff).values_list("worker_id", flat=True)
     )
+    unfinished = list(Job.objects.filter(state__in=(State.QUEUED, State.RUNNING)))
+    tasks = {
+        str(task.id): task
+        for task in DBTaskResult.objects.filter(
+            id__in=[job.task_id for job in unfinished if job.task_id]
+        ).only("id", "status", "worker_ids", "exception_class_path")
+    }
     recovered = []
-    running = DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING, started_at__lt=cutoff)
-    for task in running.only("id", "worker_ids", "started_at"):
-        worker = task.worker_ids[-1] if task.worker_ids else ""
-        if worker in alive:
-            continue
-        job = Job.objects.filter(task_id=str(task.id)).first()
-        if _recover(task, job, worker, now):
+    for job in unfinished:
+        task = tasks.get(job.task_id)
+        reason = _lost(job, task, alive)
+        if reason and _recover(job, task, reason, now):
             recovered.append(job.pk)
+    _fail_orphaned_tasks(alive, now)
     WorkerHeartbeat.objects.filter(beat_at__lt=now - timedelta(days=1)).delete()
     return recovered
 
 
-def _recover(task: DBTaskResult, job: Job | None, worker: str, now: datetime) -> bool:
-    """Whether `job` was recovered (False: nothing to recover, another worker did, or its
-    records are not settled yet and the next round tries again)."""
-    if job is not None and job.kind in recovery.DELETING and not recovery.records_settled(job):
+def _lost(job: Job, task: DBTaskResult | None, alive: set[str]) -> str:
+    """Why `job` will never be closed by its task ("" while the task waits or runs)."""
+    if task is None:
+        return "its task is gone from the queue"
+    worker = task.worker_ids[-1] if task.worker_ids else ""
+    if task.status == TaskResultStatus.RUNNING:
+        if worker in alive:
+            return ""
+        return f"worker {worker or '?'} stopped during attempt {job.attempts or 1}"
+    if task.status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
+        error = task.exception_class_path.rpartition(".")[2]
+        return (
+            f"its task ended ({task.status.lower()}{f': {error}' if error else ''}) during "
+            f"attempt {job.attempts or 1} without closing it"
+        )
+    return ""
+
+
+def _recover(job: Job, task: DBTaskResult | None, reason: str, now: datetime) -> bool:
+    """Whether `job` was recovered (False: another worker did, or it deletes and its
+    records are not settled yet: the next round tries again)."""
+    if job.kind in recovery.DELETING and not recovery.records_settled(job):
         return False
-    reason = f"worker {worker or '?'} stopped during attempt {job.attempts or 1}" if job else ""
     resync: list[str] = []
     with transaction.atomic():
-        marked = DBTaskResult.objects.filter(id=task.id, status=TaskResultStatus.RUNNING).update(
-            status=TaskResultStatus.FAILED,
-            finished_at=now,
-            exception_class_path="hubimages.jobs.queue.WorkerLost",
-            traceback=f"worker {worker or '?'} stopped beating while running this task",
+        # Claim the job as it was read (a conditional UPDATE: one worker wins); a job
+        # never claimed by its task counts this as an attempt, so retries stay bounded.
+        claimed = Job.objects.filter(pk=job.pk, task_id=job.task_id, state=job.state).update(
+            state=State.RUNNING,
+            attempts=F("attempts") + (1 if job.state == State.QUEUED else 0),
         )
-        if not marked or job is None or job.finished:
-            return False  # another worker recovered it first, or nothing to recover
+        if not claimed:
+            return False
+        if task is not None:
+            _fail_task(task, now)
         if job.kind in recovery.DELETING:
             resync = recovery.close_job(job, reason)
         else:
-            Job.objects.filter(pk=job.pk).update(state=State.RUNNING)
             retry_or_fail(job, reason)
     for repository in resync:
         start_sync(started_by="recovery", repository=repository)
     return True
+
+
+def _fail_task(task: DBTaskResult, now: datetime) -> None:
+    """A task left running by a worker that stopped beating: failed (a task that ended is
+    left as it ended)."""
+    worker = task.worker_ids[-1] if task.worker_ids else "?"
+    DBTaskResult.objects.filter(id=task.id, status=TaskResultStatus.RUNNING).update(
+        status=TaskResultStatus.FAILED,
+        finished_at=now,
+        exception_class_path="hubimages.jobs.queue.WorkerLost",
+        traceback=f"worker {worker} stopped beating while running this task",
+    )
+
+
+def _fail_orphaned_tasks(alive: set[str], now: datetime) -> None:
+    """Tasks without a job (drains of registry events) whose worker stopped: failed, so
+    nothing shows as running without a live worker. (Their events' claims expire.)"""
+    for task in DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).only(
+        "id", "worker_ids"
+    ):
+        worker = task.worker_ids[-1] if task.worker_ids else ""
+        if worker not in alive and not Job.objects.filter(task_id=str(task.id)).exists():
+            _fail_task(task, now)
 
 
 def schedule_due(now: datetime | None = None) -> list[Job]:
