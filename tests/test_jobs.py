@@ -130,6 +130,19 @@ def claimed_by(job: Job, worker: str, *, ago: float) -> None:
     )
 
 
+def test_a_worker_whose_clock_runs_behind_is_not_taken_for_dead(db, settings, monkeypatch):
+    settings.WORKER_LEASE_SECONDS = 10
+    job = queue.start_sync(started_by="alice")
+    claimed_by(job, "worker-behind", ago=30)
+    behind = timezone.now() - timedelta(hours=1)
+    with monkeypatch.context() as clock:
+        clock.setattr(timezone, "now", lambda: behind)
+        jobs_worker.beat("worker-behind", behind)
+
+    assert jobs_worker.recover() == []
+    assert Job.objects.get(pk=job.pk).state == "running"
+
+
 def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
     settings.WORKER_LEASE_SECONDS = 10
     dead = queue.start_sync(started_by="schedule")

@@ -8,17 +8,30 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from uuid import UUID
 
 import pytest
 from django.db import DatabaseError
+from django.db.models import F
+from django.db.models.functions import Now
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 
-from devtools.processes import database_url, environment, manage
+from devtools.processes import Process, database_url, environment, manage
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
 from hubimages.deletion import execution, planning
 from hubimages.jobs import queue
 from hubimages.jobs import worker as jobs_worker
-from hubimages.models import Deletion, DeletionRecord, Job, Manifest, Repository, RetentionRun
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    Job,
+    Manifest,
+    Repository,
+    RetentionRun,
+    WorkerHeartbeat,
+)
 from hubimages.sync.service import sync_registry
 from registry.client import RegistryClient
 
@@ -164,3 +177,77 @@ def test_a_deletion_job_whose_database_fails_after_a_delete_went_out_is_settled_
     repair = Job.objects.get(kind="sync_repository")  # run by the same batch of tasks
     assert (repair.repository, repair.started_by, repair.state) == (REPO, "recovery", "succeeded")
     assert repair.outcome["manifests_removed"] == 0  # the database was already true
+
+
+def test_a_worker_whose_maintenance_waits_on_a_slow_registry_is_not_taken_for_dead(
+    pusher, registry_url, fault_proxy, command_env, deleter, tmp_path
+):
+    """Two real workers, each running a sync that the registry keeps waiting; meanwhile one
+    of them settles a dead worker's deletion through a registry that answers each HEAD
+    after 4 s, more than a worker's lease (3 s). Its heartbeat must go on: otherwise the
+    other worker takes it for dead and runs its sync a second time."""
+    gone = [
+        pusher.push_image("team/gone", tag=f"v{n}", layers=[random_layer(100, f"gone-{n}")])
+        for n in range(3)
+    ]
+    for name in ("team/slow1", "team/slow2"):
+        pusher.push_image(name, tag="v1", layers=[random_layer(100, name)])
+    with RegistryClient(registry_url) as client:
+        assert sync_registry(client, workers=2).errors == []
+    syncs = [queue.start_sync(started_by="t", repository=f"team/slow{n}") for n in (1, 2)]
+    # A deletion whose worker died after writing its records (its DELETEs never went).
+    dead_job = queue.start_deletion(
+        repository=Repository.objects.get(name="team/gone"),
+        digests=[image.digest for image in gone],
+        fingerprint="f",
+        user=deleter,
+    )
+    operation = Deletion.objects.create(
+        username="deleter", repository="team/gone", fingerprint="f", job=dead_job
+    )
+    for image in gone:
+        DeletionRecord.objects.create(
+            operation=operation,
+            username="deleter",
+            repository="team/gone",
+            digest=image.digest,
+            kind="image",
+            state="pending",
+        )
+    DBTaskResult.objects.filter(id=dead_job.task_id).update(
+        status="RUNNING", started_at=timezone.now(), worker_ids=["worker-dead"]
+    )
+    Job.objects.filter(pk=dead_job.pk).update(state="running", attempts=1)
+    fault_proxy.delay(r"^/v2/team/slow\d/tags/list", seconds=12, method="GET")
+    fault_proxy.delay(r"^/v2/team/gone/manifests/", seconds=4, method="HEAD")
+    env = {**command_env, "WORKER_LEASE_SECONDS": "3", "LOCK_LEASE_SECONDS": "3"}
+    env["SYNC_INTERVAL_MINUTES"] = "0"
+    workers = [Process("worker", env, tmp_path / f"worker-{n}.log") for n in range(2)]
+    oldest_beat = 0.0
+    try:
+
+        def all_closed() -> bool:
+            """every job closed"""
+            nonlocal oldest_beat
+            ages = WorkerHeartbeat.objects.filter(pid__in=[w.pid for w in workers]).annotate(
+                age=Now() - F("beat_at")
+            )
+            oldest_beat = max([oldest_beat, *(row.age.total_seconds() for row in ages)])
+            for process in workers:
+                assert process.popen.poll() is None, process.tail()
+            return not Job.objects.filter(state__in=("queued", "running")).exists()
+
+        eventually(all_closed, timeout=120)
+    finally:
+        for process in workers:
+            process.stop()
+
+    assert oldest_beat < 3  # never taken for dead
+    for job in syncs:
+        job.refresh_from_db()
+        assert (job.state, job.attempts) == ("succeeded", 1), job.message
+    lost = DBTaskResult.objects.filter(exception_class_path__endswith="WorkerLost")
+    assert list(lost.values_list("id", flat=True)) == [UUID(dead_job.task_id)]
+    dead_job.refresh_from_db()
+    assert dead_job.state == "failed" and "worker worker-dead stopped" in dead_job.message
+    assert set(DeletionRecord.objects.values_list("state", flat=True)) == {"failed"}

@@ -1,5 +1,6 @@
-"""What every worker does besides its tasks: beat its heartbeat, recover the tasks of
-workers that died, start what the schedule says is due, keep the tables bounded."""
+"""What every worker does besides its tasks: beat its heartbeat (a thread of its own),
+and, in another thread, recover the tasks of workers that died, start what the schedule
+says is due, keep the tables bounded. Heartbeats are on the database's clock."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -33,13 +35,16 @@ HOUSEKEEPING_EVERY = timedelta(hours=1)
 
 
 def beat(worker_id: str, started_at: datetime) -> None:
-    """This worker is alive (called every few seconds by its heartbeat thread)."""
-    now = timezone.now()
+    """This worker is alive: called every few seconds by its heartbeat thread, which does
+    nothing else, so no slow work (recovery asking the registry, the schedule) can make a
+    live worker look dead. On the database's clock, as every other worker reads it."""
+    if WorkerHeartbeat.objects.filter(worker_id=worker_id).update(beat_at=Now()):
+        return
     WorkerHeartbeat.objects.update_or_create(
         worker_id=worker_id,
-        defaults={"beat_at": now},
+        defaults={"beat_at": Now()},
         create_defaults={
-            "beat_at": now,
+            "beat_at": Now(),
             "host": socket.gethostname()[:255],
             "pid": os.getpid(),
             "started_at": started_at,
@@ -52,10 +57,11 @@ def stop_beating(worker_id: str) -> None:
     WorkerHeartbeat.objects.filter(worker_id=worker_id).delete()
 
 
-def dead_workers(now: datetime | None = None) -> set[str]:
-    cutoff = (now or timezone.now()) - timedelta(seconds=settings.WORKER_LEASE_SECONDS)
+def live_workers() -> set[str]:
+    """The workers that beat within `WORKER_LEASE_SECONDS`, on the database's clock."""
+    cutoff = Now() - timedelta(seconds=settings.WORKER_LEASE_SECONDS)
     return set(
-        WorkerHeartbeat.objects.filter(beat_at__lt=cutoff).values_list("worker_id", flat=True)
+        WorkerHeartbeat.objects.filter(beat_at__gte=cutoff).values_list("worker_id", flat=True)
     )
 
 
@@ -71,10 +77,7 @@ def recover(now: datetime | None = None) -> list[int]:
     Returns the recovered jobs' ids."""
     now = now or timezone.now()
     recovery.settle_interrupted()
-    cutoff = now - timedelta(seconds=settings.WORKER_LEASE_SECONDS)
-    alive = set(
-        WorkerHeartbeat.objects.filter(beat_at__gte=cutoff).values_list("worker_id", flat=True)
-    )
+    alive = live_workers()
     unfinished = list(Job.objects.filter(state__in=(State.QUEUED, State.RUNNING)))
     tasks = {
         str(task.id): task
@@ -89,7 +92,7 @@ def recover(now: datetime | None = None) -> list[int]:
         if reason and _recover(job, task, reason, now):
             recovered.append(job.pk)
     _fail_orphaned_tasks(alive, now)
-    WorkerHeartbeat.objects.filter(beat_at__lt=now - timedelta(days=1)).delete()
+    WorkerHeartbeat.objects.filter(beat_at__lt=Now() - timedelta(days=1)).delete()
     return recovered
 
 
@@ -209,9 +212,8 @@ def housekeeping(now: datetime) -> None:
     log.info("housekeeping: forgot %s processed registry events", pruned)
 
 
-def maintain(worker_id: str, started_at: datetime) -> None:
-    """What each worker does every few seconds besides its tasks."""
-    beat(worker_id, started_at)
+def maintain() -> None:
+    """What each worker does every few seconds besides its tasks and its heartbeat."""
     recover()
     schedule_due()
     if events_due():
