@@ -195,6 +195,9 @@ class Tag(models.Model):
 
 
 class SyncRun(models.Model):
+    """One sync, closed with its summary as it ends, or by the workers if its process
+    stopped first (`sync.service.settle_interrupted_syncs`)."""
+
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     succeeded = models.BooleanField(default=False)
@@ -203,6 +206,10 @@ class SyncRun(models.Model):
     class Meta:
         ordering = ["-started_at"]
         get_latest_by = "started_at"
+        indexes = [
+            # The workers look for interrupted syncs every few seconds.
+            models.Index(fields=["id"], condition=Q(finished_at=None), name="syncrun_running")
+        ]
 
 
 class Deletion(models.Model):

@@ -30,6 +30,7 @@ from hubimages.models import (
     Manifest,
     Repository,
     RetentionRun,
+    SyncRun,
     WorkerHeartbeat,
 )
 from hubimages.sync.service import sync_registry
@@ -251,3 +252,38 @@ def test_a_worker_whose_maintenance_waits_on_a_slow_registry_is_not_taken_for_de
     dead_job.refresh_from_db()
     assert dead_job.state == "failed" and "worker worker-dead stopped" in dead_job.message
     assert set(DeletionRecord.objects.values_list("state", flat=True)) == {"failed"}
+
+
+def test_a_full_sync_killed_mid_way_is_settled_as_interrupted(
+    pusher, fault_proxy, command_env, tmp_path
+):
+    for n in range(3):
+        pusher.push_image(f"team/s{n}", tag="v1", layers=[random_layer(100, f"s{n}")])
+    fault_proxy.delay(r"/tags/list", seconds=30, method="GET")
+
+    command = manage("sync_registry", env=command_env, log=tmp_path / "sync.log")
+    try:
+
+        def started() -> bool:
+            """the sync recorded its run and is reading the tags"""
+            assert command.poll() is None, (tmp_path / "sync.log").read_text()
+            return SyncRun.objects.exists() and any(
+                "/tags/list" in p for _, p in fault_proxy.requests
+            )
+
+        eventually(started)
+    finally:
+        command.kill()  # SIGKILL mid-sync
+        command.wait()
+    assert SyncRun.objects.get().finished_at is None
+
+    def settled() -> bool:
+        """the workers' recovery closed the run"""
+        jobs_worker.recover()
+        return SyncRun.objects.get().finished_at is not None
+
+    eventually(settled, timeout=30)
+    run = SyncRun.objects.get()
+    assert not run.succeeded
+    assert run.summary["errors"] == ["interrupted: the process running it stopped before it ended"]
+    assert jobs_worker.recover() == [] and SyncRun.objects.get().summary == run.summary

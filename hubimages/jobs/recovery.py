@@ -1,5 +1,5 @@
 """Settling what a process left half-done when it stopped (SIGKILL, a lost host, a
-database that went away): the deletions and retention runs it recorded as running.
+database that went away): the deletions, retention runs and syncs it recorded as running.
 
 Each such record is held by a lease while its process works on it (a deletion by its
 repository's, a retention run by its own), so "running, and its lease is free" means
@@ -24,15 +24,17 @@ from hubimages.lib.formatting import plural
 from hubimages.models import Deletion, DeletionRecord, Job, RetentionRun
 from hubimages.registries.client import registry_client
 from hubimages.retention import runs
+from hubimages.sync import service
 from registry.errors import RegistryError
 
 log = logging.getLogger("hubimages.jobs")
 
 
 def settle_interrupted() -> list[int]:
-    """Settle every interrupted deletion and retention run that can be settled now; the
-    others (their leases still held, the registry not answering) wait for the next call.
+    """Settle every interrupted sync, deletion and retention run that can be settled now;
+    the others (their leases still held, the registry not answering) wait for the next call.
     Returns the ids of the retention runs settled."""
+    service.settle_interrupted_syncs()
     deletions = list(Deletion.objects.filter(state=Deletion.State.RUNNING))
     retention_runs = list(RetentionRun.objects.filter(outcome=RetentionRun.Outcome.RUNNING))
     if not deletions and not retention_runs:

@@ -24,8 +24,8 @@ yields the very lease its caller holds, so the check before a DELETE is the oute
 
 Take them outside any transaction: inside one, the INSERT would only be seen by others at
 commit time (PostgreSQL would make them wait on the row instead of answering "busy"). The
-one exception is `acquire` of a name nobody can know yet (a run's own lease, taken in the
-transaction that writes the run: see `run_lease_name`).
+one exception is `acquire_new`, for a name nobody can know yet (a run's own lease, taken in
+the transaction that writes the run: see `run_lease_name`).
 """
 
 from __future__ import annotations
@@ -127,6 +127,15 @@ def acquire(name: str, *, owner: str) -> HeldLease | None:
     except IntegrityError:  # someone holds it, or took it just now
         return None
     return HeldLease(name, row.pk)
+
+
+def acquire_new(name: str, *, owner: str) -> HeldLease:
+    """Take the lease of a name nobody can know yet (a run's own, in the transaction that
+    writes the run: see `run_lease_name`)."""
+    taken = acquire(name, owner=owner)
+    if taken is None:
+        raise RuntimeError(f"the new lease {name} is taken")
+    return taken
 
 
 def release(held: HeldLease) -> None:

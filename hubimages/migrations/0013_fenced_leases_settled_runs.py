@@ -49,4 +49,8 @@ class Migration(migrations.Migration):
             model_name='retentionrun',
             index=models.Index(condition=models.Q(('outcome', 'running')), fields=['id'], name='run_running'),
         ),
+        migrations.AddIndex(
+            model_name='syncrun',
+            index=models.Index(condition=models.Q(('finished_at', None)), fields=['id'], name='syncrun_running'),
+        ),
     ]

@@ -123,11 +123,9 @@ def _start(record: RetentionRun) -> tuple[RetentionRun, leases.HeldLease]:
     with transaction.atomic():
         record.outcome = RetentionRun.Outcome.RUNNING
         record.save()
-        taken = leases.acquire(
+        taken = leases.acquire_new(
             leases.run_lease_name("retention", record.pk), owner=f"retention:{record.policy_name}"
         )
-    if taken is None:
-        raise RuntimeError(f"the lease of the new retention run {record.pk} is taken")
     return record, taken
 
 
