@@ -398,6 +398,16 @@ def test_two_workers_draining_at_once_store_each_push_once(pusher, registry_url,
     assert {m.digest for m in Manifest.objects.all()} == {image.digest for image in images}
 
 
+def test_a_workers_claim_on_events_lapses_on_the_databases_clock(pusher, registry_url, db):
+    push_events(pusher, 3)
+    assert len(events.claim(batch=10)) == 3
+    # Another worker, on a host whose clock runs an hour ahead, must not take them over.
+    ahead = timezone.now() + timedelta(hours=1)
+    with pytest.MonkeyPatch.context() as clock:
+        clock.setattr(timezone, "now", lambda: ahead)
+        assert events.claim(batch=10) == []
+
+
 def test_with_the_registry_down_pending_pushes_wait_together_and_a_sync_ends_quickly(
     pusher, registry_server, registry_url, db, capsys
 ):
