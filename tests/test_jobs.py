@@ -8,17 +8,18 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from unittest.mock import Mock
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages.jobs import queue, runner
+from hubimages.jobs import queue, recovery, runner
 from hubimages.jobs import worker as jobs_worker
 from hubimages.lib import leases
 from hubimages.models import (
@@ -164,7 +165,7 @@ def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
 
 
 def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice(
-    pusher, sync, deleter, settings, registry_client
+    pusher, sync, deleter, settings, registry_client, monkeypatch
 ):
     settings.WORKER_LEASE_SECONDS = 10
     gone = pusher.push_image(REPO, tag="a", layers=[random_layer(100, "gone")])
@@ -193,6 +194,15 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
         )
     pusher.delete_manifest(REPO, gone.digest)
     claimed_by(job, "worker-dead", ago=30)
+    # The job is closed and its repair sync started together, or neither.
+    with monkeypatch.context() as database_away:
+        database_away.setattr(
+            recovery, "start_sync", Mock(side_effect=DatabaseError("connection lost"))
+        )
+        with pytest.raises(DatabaseError):
+            jobs_worker.recover()
+    assert Job.objects.get(pk=job.pk).state == "running"
+    assert DBTaskResult.objects.get(id=job.task_id).status == "RUNNING"
 
     assert jobs_worker.recover() == [job.pk]
 

@@ -185,11 +185,11 @@ def test_a_worker_whose_maintenance_waits_on_a_slow_registry_is_not_taken_for_de
 ):
     """Two real workers, each running a sync that the registry keeps waiting; meanwhile one
     of them settles a dead worker's deletion through a registry that answers each HEAD
-    after 4 s, more than a worker's lease (3 s). Its heartbeat must go on: otherwise the
+    after 6 s, more than a worker's lease (5 s). Its heartbeat must go on: otherwise the
     other worker takes it for dead and runs its sync a second time."""
     gone = [
         pusher.push_image("team/gone", tag=f"v{n}", layers=[random_layer(100, f"gone-{n}")])
-        for n in range(3)
+        for n in range(2)
     ]
     for name in ("team/slow1", "team/slow2"):
         pusher.push_image(name, tag="v1", layers=[random_layer(100, name)])
@@ -219,9 +219,9 @@ def test_a_worker_whose_maintenance_waits_on_a_slow_registry_is_not_taken_for_de
         status="RUNNING", started_at=timezone.now(), worker_ids=["worker-dead"]
     )
     Job.objects.filter(pk=dead_job.pk).update(state="running", attempts=1)
-    fault_proxy.delay(r"^/v2/team/slow\d/tags/list", seconds=12, method="GET")
-    fault_proxy.delay(r"^/v2/team/gone/manifests/", seconds=4, method="HEAD")
-    env = {**command_env, "WORKER_LEASE_SECONDS": "3", "LOCK_LEASE_SECONDS": "3"}
+    fault_proxy.delay(r"^/v2/team/slow\d/tags/list", seconds=16, method="GET")
+    fault_proxy.delay(r"^/v2/team/gone/manifests/", seconds=6, method="HEAD")
+    env = {**command_env, "WORKER_LEASE_SECONDS": "5", "LOCK_LEASE_SECONDS": "5"}
     env["SYNC_INTERVAL_MINUTES"] = "0"
     workers = [Process("worker", env, tmp_path / f"worker-{n}.log") for n in range(2)]
     oldest_beat = 0.0
@@ -243,7 +243,7 @@ def test_a_worker_whose_maintenance_waits_on_a_slow_registry_is_not_taken_for_de
         for process in workers:
             process.stop()
 
-    assert oldest_beat < 3  # never taken for dead
+    assert oldest_beat < 5  # never taken for dead
     for job in syncs:
         job.refresh_from_db()
         assert (job.state, job.attempts) == ("succeeded", 1), job.message

@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from hubimages.deletion import execution
-from hubimages.jobs.queue import retry_or_fail
+from hubimages.jobs.queue import retry_or_fail, start_sync
 from hubimages.lib.formatting import plural
 from hubimages.models import Deletion, DeletionRecord, Job, RetentionRun
 from hubimages.registries.client import registry_client
@@ -70,15 +70,16 @@ def may_have_deleted(job: Job) -> bool:
     ).exists()
 
 
-def close_job(job: Job, reason: str) -> list[str]:
+def close_job(job: Job, reason: str) -> None:
     """Close a deletion or retention job that stopped before it could (`reason`), once its
     records are settled (`records_settled`): run again if nothing can have been deleted,
     else failed, never run again, its outcome and message saying exactly what went from
-    the records. Call it in the transaction that marks its task ended. Returns the
-    repositories to sync again (what the database says of them may lag the registry)."""
+    the records, and a sync of each repository it deleted in started (what the database
+    says of them may lag the registry). Call it in the transaction that marks its task
+    ended: the job is closed and its syncs started together, or neither."""
     if not may_have_deleted(job):
         retry_or_fail(job, f"{reason}; nothing had been deleted")
-        return []
+        return
     if job.kind == Job.Kind.RETENTION:
         outcome, message, touched = _retention_account(job)
     else:
@@ -90,7 +91,8 @@ def close_job(job: Job, reason: str) -> list[str]:
         progress="",
         finished_at=timezone.now(),
     )
-    return touched
+    for repository in touched:
+        start_sync(started_by="recovery", repository=repository)
 
 
 def _deletion_account(job: Job) -> tuple[dict, str, list[str]]:

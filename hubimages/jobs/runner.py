@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from hubimages.deletion import execution
 from hubimages.jobs import recovery
-from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail, start_sync
+from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail
 from hubimages.lib.formatting import plural
 from hubimages.lib.leases import LeaseBusy, LeaseLost
 from hubimages.models import Job, Repository, RetentionPolicy, RetentionRun
@@ -90,9 +90,7 @@ def _close_after_deletes(job: Job, reason: str) -> None:
         Job.objects.filter(pk=job.pk).update(message=f"{reason}; settling what went")
         return
     with transaction.atomic():
-        resync = recovery.close_job(job, reason)
-    for repository in resync:
-        start_sync(started_by="recovery", repository=repository)
+        recovery.close_job(job, reason)
 
 
 def _progress_writer(job: Job) -> Callable[[str], None]:

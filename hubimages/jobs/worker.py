@@ -119,7 +119,6 @@ def _recover(job: Job, task: DBTaskResult | None, reason: str, now: datetime) ->
     records are not settled yet: the next round tries again)."""
     if job.kind in recovery.DELETING and not recovery.records_settled(job):
         return False
-    resync: list[str] = []
     with transaction.atomic():
         # Claim the job as it was read (a conditional UPDATE: one worker wins); a job
         # never claimed by its task counts this as an attempt, so retries stay bounded.
@@ -132,11 +131,9 @@ def _recover(job: Job, task: DBTaskResult | None, reason: str, now: datetime) ->
         if task is not None:
             _fail_task(task, now)
         if job.kind in recovery.DELETING:
-            resync = recovery.close_job(job, reason)
+            recovery.close_job(job, reason)
         else:
             retry_or_fail(job, reason)
-    for repository in resync:
-        start_sync(started_by="recovery", repository=repository)
     return True
 
 
