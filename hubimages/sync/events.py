@@ -28,6 +28,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from hubimages.lib.leases import LeaseBusy, repository_lock, repository_locked
@@ -304,7 +305,7 @@ def due_events(
     with `now_or_later`: a person at the command line does not wait for the back-off)."""
     now = now or timezone.now()
     events = RegistryEvent.objects.filter(state=State.RECEIVED).filter(
-        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=Now())  # a lease: the database's clock
     )
     if registry is not None:
         events = events.filter(registry=registry)
@@ -328,7 +329,7 @@ def claim(
             .values_list("pk", flat=True)[:batch]
         )
         RegistryEvent.objects.filter(pk__in=ids).update(
-            claimed_until=now + timedelta(seconds=settings.WORKER_LEASE_SECONDS)
+            claimed_until=Now() + timedelta(seconds=settings.WORKER_LEASE_SECONDS)
         )
     return list(RegistryEvent.objects.filter(pk__in=ids).select_related("registry").order_by("pk"))
 
