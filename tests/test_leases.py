@@ -118,7 +118,7 @@ def test_a_retention_run_whose_repository_lease_is_taken_over_mid_run_sends_no_f
             policy=policy,
             now=dry.now,
             fingerprint=dry.fingerprint,
-            client=client,
+            client_for=lambda registry: client,
             trigger=RetentionRun.Trigger.MANUAL,
             started_by="tester",
         )
@@ -132,7 +132,7 @@ def test_a_retention_run_whose_repository_lease_is_taken_over_mid_run_sends_no_f
     assert len(still_there) == 4
     record = result.record
     assert (record.outcome, record.manifests_deleted) == ("incomplete", 1)
-    assert "lost the lease on repository:team/fenced" in record.message
+    assert "lost the lease on repository:default/team/fenced" in record.message
     assert record.repositories[0]["deleted"] == 1
     operation = Deletion.objects.get()
     assert operation.state == "failed"
