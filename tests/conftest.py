@@ -198,3 +198,19 @@ def signed_in_page(browser, live_server, django_user_model):
     yield open_page
     for context in contexts:
         context.close()
+
+
+# -- hubimages's own processes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def live(tmp_path, transactional_db):
+    """gunicorn and `db_worker` processes on the test database, started on demand
+    (`tests.live.Live`; a test sets `live.env` first, e.g. REGISTRY_URL)."""
+    from tests.live import Live
+
+    processes = Live(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()

@@ -176,6 +176,13 @@ class PolicyForm:
             self._place(error, rule_rows)
         return None
 
+    def add_errors(self, errors: list[policies.FieldError]) -> None:
+        """Errors found after `validate` (a pattern too slow in the dry run), each on its
+        field."""
+        rule_rows = [row for row in self.rows if row.is_rule]
+        for error in errors:
+            self._place(error, rule_rows)
+
     def _place(self, error: policies.FieldError, rule_rows: list[RuleRow]) -> None:
         match = _PATH.match(error.field)
         if match and int(match.group(1)) < len(rule_rows):

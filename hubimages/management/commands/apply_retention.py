@@ -42,9 +42,12 @@ class Command(BaseCommand):
     def handle(self, *args, policy, repositories, dry_run, yes, **options):
         as_json = options["json"]
         parsed = read_policy(policy)
-        if repositories:
-            check_covered(parsed, repositories)
-        preview = engine.dry_run(parsed, repositories=repositories)
+        try:
+            if repositories:
+                check_covered(parsed, repositories)
+            preview = engine.dry_run(parsed, repositories=repositories)
+        except policies.PatternTooSlow as slow:
+            raise CommandError(f"nothing was decided: {slow}") from None
         if dry_run or not as_json:
             self.write_dry_run(preview, as_json)
         if dry_run:
