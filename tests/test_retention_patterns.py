@@ -46,7 +46,7 @@ def store_as_before(group_by: str) -> RetentionPolicy:
 
 
 @pytest.fixture
-def repository():
+def repository(db):
     """Items tagged with long runs of `a`, and an ordinary one."""
     repository = Repository.objects.create(name=REPO)
     now = timezone.now()

@@ -106,11 +106,6 @@ def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
             progress=progress,
             after_full_sync=figures.after_full_sync,
         )
-    if summary.succeeded:
-        # The Storage page's figures for the state the sync left, computed here rather
-        # than by the first person who opens the page.
-        progress("Computing the storage figures")
-        figures.insights()
     return _sync_outcome(summary)
 
 

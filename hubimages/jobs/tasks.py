@@ -7,6 +7,7 @@ from django.tasks import TaskContext, TaskResultStatus, task
 from django_tasks_db.models import DBTaskResult
 
 from hubimages.jobs import runner
+from hubimages.storage import figures
 from hubimages.sync import events
 
 # How long one drain task keeps claiming events before it hands over to a fresh task.
@@ -22,6 +23,7 @@ def _worker_id(context: TaskContext) -> str:
 def run_job(context: TaskContext, job_id: int) -> None:
     """A sync, a deletion or a retention run someone (or the schedule) started."""
     runner.run(job_id, worker_id=_worker_id(context))
+    ensure_figures()  # a sync, a deletion or a run changes what the Storage page shows
 
 
 @task()
@@ -46,6 +48,23 @@ def ensure_drain(run_after: datetime | None = None) -> None:
         )
     if not waiting.exists():
         (drain_events.using(run_after=run_after) if run_after else drain_events).enqueue()
+
+
+@task()
+def refresh_storage_figures() -> bool:
+    """Compute the Storage page's figures if the registry's state moved on since they
+    were (one computation at a time across all workers: `storage.figures.refresh`)."""
+    return figures.refresh(owner="storage-figures task")
+
+
+def ensure_figures() -> None:
+    """Enqueue a computation of the storage figures when they are out of date, unless one
+    is already waiting. Pages never compute them (SPEC §7): they show their age."""
+    if figures.computing() or not figures.outdated():
+        return  # (the one computing checks the state again when it is done)
+    waiting = DBTaskResult.objects.ready().filter(task_path=refresh_storage_figures.module_path)
+    if not waiting.exists():
+        refresh_storage_figures.enqueue()
 
 
 def events_due() -> bool:

@@ -17,7 +17,7 @@ from django_tasks_db.models import DBTaskResult
 
 from hubimages.deletion import execution
 from hubimages.jobs.queue import Kind, State, fail_job, retry_or_fail, start_retention, start_sync
-from hubimages.jobs.tasks import ensure_drain, events_due
+from hubimages.jobs.tasks import ensure_drain, ensure_figures, events_due
 from hubimages.models import Deletion, Job, Schedule, WorkerHeartbeat
 from hubimages.registries.client import registry_client
 from hubimages.retention import runs
@@ -173,3 +173,4 @@ def maintain(worker_id: str, started_at: datetime) -> None:
     schedule_due()
     if events_due():
         ensure_drain()
+    ensure_figures()  # after a day, a changed stale setting, a deletion from the command line

@@ -6,11 +6,13 @@ repositories at once), so it is what the garbage collector would free: a reposit
 figure is exactly what `delete_images REPO <its stale items> --dry-run` reports, and the
 registry's counts once the blobs that only deleted items of several repositories share.
 
-Planning every stale and untagged item of a big registry takes a while, so the figures are
-kept in `StorageFigures` under the key of the state they describe (`state_key`) and
-computed again only when that changes: a sync or a deletion ends, or a day passes. A full
-sync computes them as it ends, so the pages seldom wait. Pushes and pulls that registry
-events bring between two syncs show after the next one.
+Planning every stale and untagged item of a big registry takes seconds, so no web request
+ever does it (SPEC §7): the workers keep the figures in `StorageFigures`, under the key of
+the state they describe (`state_key`), and compute them again (`refresh`, one computation
+at a time on any number of hosts) when that state changes: a sync or a deletion ends, the
+stale setting changes, or a day passes. Pages and the API only read them (`kept`), with
+their age and whether new ones are on the way. Pushes and pulls that registry events bring
+between two syncs show after the next one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from hubimages.deletion import planning
 from hubimages.inventory import repositories as inventory_repositories
 from hubimages.inventory import status
 from hubimages.lib.formatting import iso
+from hubimages.lib.leases import LeaseBusy, holder, lease
 from hubimages.models import (
     Deletion,
     Manifest,
@@ -56,14 +59,21 @@ HISTORY_DAYS = 90
 HISTORY_POINTS = 120  # the chart's points at most: a full sync every 15 min makes 8,640
 KEEP_SAMPLES = timedelta(days=366)
 FIGURES_ROW = 1  # StorageFigures holds one row
+FIGURES_LEASE = "storage-figures"  # held by the one process computing them
+REFRESH_ROUNDS = 3  # computed again at most this often when the state moved meanwhile
 
 
 def figures() -> dict:
-    """The registry's storage in the shape of `GET /api/v1/storage`: `stored_bytes`,
+    """The registry's storage computed now, in the shape of `GET /api/v1/storage`: for
+    scripts and the command line. Pages and the API read what the workers keep (`kept`)."""
+    return figures_of(compute())
+
+
+def figures_of(document: dict) -> dict:
+    """A kept document in the shape of `GET /api/v1/storage`: `stored_bytes`,
     `stale_reclaimable_bytes`, `untagged_bytes`, `repositories` (by name, each with the
     same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90 days,
     at most 120 of them, evenly spread)."""
-    document = insights()
     return {
         **{key: document[key] for key in TOTAL_KEYS},
         "repositories": [
@@ -73,17 +83,71 @@ def figures() -> dict:
     }
 
 
-def insights() -> dict:
-    """Everything the Storage page shows: `figures()`, plus per repository how many stale
-    and untagged items there are, the largest items, the most shared layers, and when
-    the figures were computed. From the cache while the state is the one they describe."""
-    key = state_key()
-    kept = StorageFigures.objects.filter(pk=FIGURES_ROW, key=key).values_list("figures", flat=True)
-    document = kept.first()
-    if document is None:
-        document = compute()
-        _keep(key, document)
-    return document
+# What pages show before the workers first computed the figures (no figure is 0: none is
+# shown; the page says they are on the way).
+NOT_COMPUTED: dict = {
+    "repositories": [],
+    "history": [],
+    "largest": [],
+    "shared_layers": [],
+}
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The figures as the workers last computed them, for a page to show with their age:
+    `document` (None before the first computation), `computed_at`, whether they describe
+    the state as it is now (`current`), and whether a worker is computing new ones."""
+
+    document: dict | None
+    computed_at: datetime | None
+    current: bool
+    computing: bool
+
+
+def kept() -> Kept:
+    """What pages and the API show: a read of the kept row, whatever its age. Never
+    computes. Four queries."""
+    row = StorageFigures.objects.filter(pk=FIGURES_ROW).first()
+    if row is None:
+        return Kept(None, None, False, computing())
+    return Kept(row.figures, row.computed_at, row.key == state_key(), computing())
+
+
+def computing() -> bool:
+    """Whether a worker is computing the figures now."""
+    return holder(FIGURES_LEASE) is not None
+
+
+def outdated() -> bool:
+    """Whether the kept figures describe another state than the current one (or none).
+    Three queries: the workers ask after each job and every few seconds."""
+    return _stored_key() != state_key()
+
+
+def _stored_key() -> str | None:
+    return StorageFigures.objects.filter(pk=FIGURES_ROW).values_list("key", flat=True).first()
+
+
+def refresh(*, owner: str = "worker") -> bool:
+    """Compute and keep the figures unless they are current; what the workers run.
+
+    Single-flight: the computation holds the lease FIGURES_LEASE, so on any number of
+    workers and hosts one computes at a time, and a worker that finds it held returns at
+    once (the holder computes again if the state moved while it worked). Returns whether
+    it computed."""
+    try:
+        with lease(FIGURES_LEASE, owner=owner):
+            computed = False
+            for _ in range(REFRESH_ROUNDS):
+                key = state_key()
+                if _stored_key() == key:
+                    break
+                _keep(key, compute())
+                computed = True
+            return computed
+    except LeaseBusy:
+        return False
 
 
 def state_key() -> str:

@@ -31,7 +31,8 @@ def repositories(request: HttpRequest) -> HttpResponse:
     sort = request.GET.get("sort", "name")
     if sort not in inventory_repositories.REPOSITORY_SORTS and sort not in RECLAIMABLE_SORTS:
         sort = "name"
-    figures = storage_figures.insights()
+    kept = storage_figures.kept()  # computed by the workers, never here
+    figures = kept.document or storage_figures.NOT_COMPUTED
     reclaimable = {row["name"]: row["stale_reclaimable_bytes"] for row in figures["repositories"]}
     rows = inventory_repositories.repository_overview(search, sort)
     if sort in RECLAIMABLE_SORTS:
@@ -48,6 +49,7 @@ def repositories(request: HttpRequest) -> HttpResponse:
         "never_synced": not page.paginator.count and not SyncRun.objects.exists(),
         "reclaimable": reclaimable,
         "figures": figures,
+        "kept": kept,
         "totals": inventory_repositories.repository_totals() if page.paginator.count else None,
     }
     return render_page(request, "repositories.html", "table", context)

@@ -36,7 +36,8 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     """The Storage page: the registry's storage, what cleaning up would free, where the
     bytes are and how they changed (SPEC §10). The bar chart draws the rows of the table's
     page, in the table's order."""
-    figures = storage_figures.insights()
+    kept = storage_figures.kept()
+    figures = kept.document or storage_figures.NOT_COMPUTED
     sort = request.GET.get("sort", STORAGE_DEFAULT_SORT)
     if sort not in STORAGE_SORTS:
         sort = STORAGE_DEFAULT_SORT
@@ -48,6 +49,7 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     ]
     context = {
         "figures": figures,
+        "kept": kept,
         "page": page,
         **neighbours(page),
         "sort": sort,
@@ -58,7 +60,6 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
         "history_points": points,
         "waiting": collection.waiting_for_collection(),
         "stale_months": settings.STALE_AFTER_MONTHS,
-        "as_of": datetime.fromisoformat(figures["as_of"]) if figures["as_of"] else None,
     }
     return render_page(request, "storage.html", "by-repository", context)
 
