@@ -307,9 +307,9 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
         for manifest_id, share in shares.items():
             operation.records.filter(digest=digests[manifest_id]).update(reclaimed_bytes=share)
         Deletion.objects.filter(pk=operation.pk).update(probe_digest=probe)
-        Manifest.objects.filter(pk__in=ids).delete()
-        Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
-        rollups.refresh(repository)
+        with rollups.changing(repository.pk, ids):  # the deleted items' neighbourhood only
+            Manifest.objects.filter(pk__in=ids).delete()
+            Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
         Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return sum(shares.values())
 

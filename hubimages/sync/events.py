@@ -111,7 +111,6 @@ def _record(events: list[Event]) -> Recorded:
             )
         )
         changed: set[str] = set()
-        refresh: set[str] = set()
         rows = []
         now = timezone.now()
         corrected = [_plausible_time(event, now) for event in events]
@@ -122,14 +121,10 @@ def _record(events: list[Event]) -> Recorded:
             applied = apply_on_receipt(event)
             if applied.changed:
                 changed.add(event.repository)
-                if event.action == "delete":
-                    refresh.add(event.repository)
             rows.append(_row(event, applied, now, correction))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
         RegistryEvent.objects.bulk_create(rows)
-        for repository in Repository.objects.filter(name__in=refresh):
-            rollups.refresh(repository)
         _bump(changed)
     return result
 
@@ -242,15 +237,19 @@ def apply_delete(event: Event) -> Applied:
         blob_ids = list(
             ManifestBlob.objects.filter(manifest=manifest).values_list("blob_id", flat=True)
         )
-        manifest.delete()
-        Blob.objects.filter(pk__in=blob_ids, manifest_links__isnull=True).delete()
+        # Only this manifest's neighbourhood is computed again: a notification costs the
+        # same in a repository of a million manifests as in one of a thousand.
+        with rollups.changing(manifest.repository_id, [manifest.pk]):
+            manifest.delete()
+            Blob.objects.filter(pk__in=blob_ids, manifest_links__isnull=True).delete()
         return Applied(State.APPLIED, "manifest deleted", changed=True)
     tag = Tag.objects.filter(repository__name=event.repository, name=event.tag).first()
     if tag is None:
         return Applied(State.IGNORED, "delete: tag not stored")
     if Manifest.objects.filter(pk=tag.manifest_id).filter(pushed_later).exists():
         return Applied(State.IGNORED, "tag pushed again after this delete")
-    tag.delete()
+    with rollups.changing(tag.repository_id, [tag.manifest_id]):
+        tag.delete()
     return Applied(State.APPLIED, "tag deleted", changed=True)
 
 
@@ -490,7 +489,6 @@ def _process_deferred(row: RegistryEvent) -> None:
     ):
         applied = apply_on_receipt(_event_of(row), defer_if_locked=False)
         if applied.changed:
-            rollups.refresh(repository)
             _bump({repository.name})
         _finish(row, applied)
 
