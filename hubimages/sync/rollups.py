@@ -26,9 +26,10 @@ def refresh(repository: Repository) -> None:
 
     A handful of UPDATE statements, each over every manifest of the repository: what a
     sync calls after writing what it read. Changes to a few manifests use `changing`."""
-    _lock(repository.pk)
-    _recompute(Manifest.objects.filter(repository=repository), repository)
-    Repository.objects.filter(pk=repository.pk).update(list_counts=list_counts(repository))
+    with transaction.atomic():
+        _lock(repository.pk)
+        _recompute(Manifest.objects.filter(repository=repository), repository.pk)
+        Repository.objects.filter(pk=repository.pk).update(list_counts=list_counts(repository))
 
 
 class Change:
