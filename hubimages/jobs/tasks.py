@@ -1,6 +1,7 @@
 """The tasks the workers run (`python manage.py db_worker`): thin wrappers over services,
 so each service runs the same from a task, a command or a test."""
 
+import logging
 from datetime import datetime
 
 from django.tasks import TaskContext, TaskResultStatus, task
@@ -10,6 +11,7 @@ from hubimages.jobs import runner
 from hubimages.storage import figures
 from hubimages.sync import events
 
+log = logging.getLogger("hubimages.jobs")
 # How long one drain task keeps claiming events before it hands over to a fresh task.
 DRAIN_SECONDS = 30.0
 
@@ -23,7 +25,10 @@ def _worker_id(context: TaskContext) -> str:
 def run_job(context: TaskContext, job_id: int) -> None:
     """A sync, a deletion or a retention run someone (or the schedule) started."""
     runner.run(job_id, worker_id=_worker_id(context))
-    ensure_figures()  # a sync, a deletion or a run changes what the Storage page shows
+    try:  # a sync, a deletion or a run changes what the Storage page shows
+        ensure_figures()
+    except Exception:  # the job is done either way; the workers' loop asks again
+        log.exception("could not enqueue the storage figures after job %s", job_id)
 
 
 @task()
