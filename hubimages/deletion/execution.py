@@ -16,7 +16,6 @@ from hubimages.deletion.planning import DeletionPlan, PlannedItem, plan_deletion
 from hubimages.lib.formatting import plural, short_digest
 from hubimages.lib.leases import HeldLease, repository_lock
 from hubimages.models import (
-    Blob,
     Deletion,
     DeletionRecord,
     IndexEntry,
@@ -309,7 +308,7 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
         Deletion.objects.filter(pk=operation.pk).update(probe_digest=probe)
         with rollups.changing(repository.pk, ids):  # the deleted items' neighbourhood only
             Manifest.objects.filter(pk__in=ids).delete()
-            Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
+            rollups.unused_blobs(set(blob_ids)).delete()
         Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return sum(shares.values())
 

@@ -31,7 +31,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from hubimages.lib.leases import LeaseBusy, repository_lock, repository_locked
-from hubimages.models import Blob, Manifest, ManifestBlob, RegistryEvent, Repository, Tag
+from hubimages.models import Manifest, ManifestBlob, RegistryEvent, Repository, Tag
 from hubimages.registries.client import registry_client
 from hubimages.sync import activity, rollups, store
 from registry import media
@@ -241,7 +241,7 @@ def apply_delete(event: Event) -> Applied:
         # same in a repository of a million manifests as in one of a thousand.
         with rollups.changing(manifest.repository_id, [manifest.pk]):
             manifest.delete()
-            Blob.objects.filter(pk__in=blob_ids, manifest_links__isnull=True).delete()
+            rollups.unused_blobs(blob_ids).delete()
         return Applied(State.APPLIED, "manifest deleted", changed=True)
     tag = Tag.objects.filter(repository__name=event.repository, name=event.tag).first()
     if tag is None:
