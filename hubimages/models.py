@@ -1,7 +1,7 @@
 """What hubimages knows of the registry (SPEC §1), plus its own records.
 
 Manifests are per repository (the same digest may live in several); blobs are global, as
-the registry stores them. A few columns are kept up to date by `rollups.refresh` rather
+the registry stores them. A few columns are kept up to date by `sync.rollups` rather
 than computed on every page, so the list can filter and sort from an index:
 `is_top_level`, `is_tagged`, and an index's `total_size`.
 """
@@ -59,7 +59,7 @@ class Repository(models.Model):
     synced_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every change so an open page can ask "anything new?" cheaply.
     revision = models.PositiveBigIntegerField(default=0)
-    # Top-level items per list filter ("all", "tagged", …), kept by `rollups.refresh`: a
+    # Top-level items per list filter ("all", "tagged", …), kept by `sync.rollups`: a
     # list of a million manifests shows its count without counting them.
     list_counts = models.JSONField(default=dict, blank=True)
 
@@ -180,6 +180,13 @@ class Manifest(models.Model):
             ),
             models.Index(fields=["config_digest"], name="manifest_by_config"),
             models.Index(fields=["digest"], name="manifest_by_digest"),
+            # A manifest's referrers waiting for it (`rollups.changing`): few rows have a
+            # subject, so only they are indexed.
+            models.Index(
+                fields=["repository", "subject_digest"],
+                name="manifest_by_subject_digest",
+                condition=~models.Q(subject_digest=""),
+            ),
         ]
 
     def __str__(self) -> str:

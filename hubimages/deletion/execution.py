@@ -24,7 +24,6 @@ from hubimages.lib.leases import (
     repository_lock,
 )
 from hubimages.models import (
-    Blob,
     Deletion,
     DeletionRecord,
     IndexEntry,
@@ -555,9 +554,9 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
         for manifest_id, share in shares.items():
             operation.records.filter(digest=digests[manifest_id]).update(reclaimed_bytes=share)
         Deletion.objects.filter(pk=operation.pk).update(probe_digest=probe)
-        Manifest.objects.filter(pk__in=ids).delete()
-        Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
-        rollups.refresh(repository)
+        with rollups.changing(repository.pk, ids):  # the deleted items' neighbourhood only
+            Manifest.objects.filter(pk__in=ids).delete()
+            rollups.unused_blobs(set(blob_ids)).delete()
         Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return sum(shares.values())
 

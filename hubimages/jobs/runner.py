@@ -136,11 +136,6 @@ def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
             probes.probe(registry, client)
         except RegistryError as error:
             log.warning("could not probe registry %s: %s", registry.name, error)
-    if summary.succeeded:
-        # The Storage page's figures for the state the sync left, computed here rather
-        # than by the first person who opens the page.
-        progress("Computing the storage figures")
-        figures.insights(registry)
     return _sync_outcome(summary)
 
 

@@ -19,7 +19,7 @@ from django_tasks_db.models import DBTaskResult
 
 from hubimages.jobs import recovery
 from hubimages.jobs.queue import State, retry_or_fail, start_retention, start_sync
-from hubimages.jobs.tasks import ensure_drain, events_due
+from hubimages.jobs.tasks import ensure_drain, ensure_figures, events_due
 from hubimages.models import Job, Schedule, WorkerHeartbeat
 from hubimages.registries import rows
 from hubimages.retention import runs
@@ -222,3 +222,4 @@ def maintain() -> None:
     schedule_due()
     if events_due():
         ensure_drain()
+    ensure_figures()  # after a day, a changed stale setting, a deletion from the command line

@@ -26,7 +26,7 @@ from hubimages.models import (
     RetentionRun,
 )
 from hubimages.retention.engine import DryRun, RepositoryDryRun, dry_run, dry_run_fingerprint
-from hubimages.retention.policies import InvalidPolicy, Policy, policy_of
+from hubimages.retention.policies import InvalidPolicy, PatternTooSlow, Policy, policy_of
 from hubimages.sync.service import sync_repository
 from registry.client import RegistryClient
 
@@ -84,9 +84,13 @@ def run(
     (`leases.run_lease_name`) until it ends: a run whose process stopped mid-way is settled
     by the workers (`settle_interrupted`), its record then saying what went.
 
-    A job runs it (`jobs.start_retention`): a web request only enqueues it.
+    A job runs it (`jobs.start_retention`): a web request only enqueues it. A pattern of
+    the policy too slow to match (`PatternTooSlow`) deletes nothing and says which.
     """
-    first = dry_run(policy, now=now, registry=registry, repositories=repositories)
+    try:
+        first = dry_run(policy, now=now, registry=registry, repositories=repositories)
+    except PatternTooSlow as slow:
+        return _not_run(row, policy.name, now, trigger, started_by, f"Nothing was deleted: {slow}")
     record, taken = _start(
         RetentionRun(
             policy=row,
@@ -113,7 +117,11 @@ def run(
                 failure = _recheck(client_for, covered)
                 if failure:
                     return _finish(record, first, RetentionRun.Outcome.FAILED, failure)
-                checked = dry_run(policy, now=now, registry=registry, repositories=repositories)
+                try:
+                    checked = dry_run(policy, now=now, registry=registry, repositories=repositories)
+                except PatternTooSlow as slow:
+                    message = f"Nothing was deleted: {slow}"
+                    return _finish(record, first, RetentionRun.Outcome.FAILED, message)
                 record.planned_bytes = checked.reclaimable_bytes
                 if fingerprint is not None and checked.fingerprint != fingerprint:
                     return _finish(record, checked, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
@@ -403,21 +411,25 @@ def run_due_policies(now: datetime, *, client_for: ClientFor) -> list[RunResult]
 
 
 def _unreadable(row: RetentionPolicy, now: datetime, invalid: InvalidPolicy) -> RunResult:
+    message = f"Nothing was deleted: the stored policy is not valid: {invalid}"
+    return _not_run(row, row.name, now, RetentionRun.Trigger.SCHEDULED, "schedule", message)
+
+
+def _not_run(
+    row: RetentionPolicy | None, name: str, now: datetime, trigger: str, started_by: str, why: str
+) -> RunResult:
+    """A run that failed before it had a dry run: its record says why."""
     record = RetentionRun.objects.create(
         policy=row,
-        policy_name=row.name,
-        trigger=RetentionRun.Trigger.SCHEDULED,
-        started_by="schedule",
+        policy_name=name,
+        trigger=trigger,
+        started_by=started_by,
         started_at=now,
         finished_at=timezone.now(),
         outcome=RetentionRun.Outcome.FAILED,
-        message=f"Nothing was deleted: the stored policy is not valid: {invalid}",
+        message=why,
     )
     empty = DryRun(
-        Policy(name=row.name, rules=()),
-        now,
-        (),
-        0,
-        dry_run_fingerprint(Policy(row.name, ()), now, [], 0),
+        Policy(name=name, rules=()), now, (), 0, dry_run_fingerprint(Policy(name, ()), now, [], 0)
     )
     return RunResult(record=record, dry_run=empty)

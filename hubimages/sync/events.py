@@ -32,15 +32,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from hubimages.lib.leases import LeaseBusy, repository_lock, repository_locked
-from hubimages.models import (
-    Blob,
-    Manifest,
-    ManifestBlob,
-    Registry,
-    RegistryEvent,
-    Repository,
-    Tag,
-)
+from hubimages.models import Manifest, ManifestBlob, Registry, RegistryEvent, Repository, Tag
 from hubimages.registries import rows
 from hubimages.registries.client import registry_client
 from hubimages.sync import activity, rollups, store
@@ -123,7 +115,6 @@ def _record(events: list[Event], registry: Registry) -> Recorded:
             ).values_list("event_id", flat=True)
         )
         changed: set[str] = set()
-        refresh: set[str] = set()
         rows = []
         now = timezone.now()
         corrected = [_plausible_time(event, now) for event in events]
@@ -135,14 +126,10 @@ def _record(events: list[Event], registry: Registry) -> Recorded:
             applied = apply_on_receipt(event, registry)
             if applied.changed:
                 changed.add(event.repository)
-                if event.action == "delete":
-                    refresh.add(event.repository)
             rows.append(_row(registry, event, applied, now, correction))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
         RegistryEvent.objects.bulk_create(rows)
-        for repository in registry.repositories.filter(name__in=refresh):
-            rollups.refresh(repository)
         _bump(registry, changed)
     return result
 
@@ -260,8 +247,11 @@ def apply_delete(event: Event, registry: Registry) -> Applied:
         blob_ids = list(
             ManifestBlob.objects.filter(manifest=manifest).values_list("blob_id", flat=True)
         )
-        manifest.delete()
-        Blob.objects.filter(pk__in=blob_ids, manifest_links__isnull=True).delete()
+        # Only this manifest's neighbourhood is computed again: a notification costs the
+        # same in a repository of a million manifests as in one of a thousand.
+        with rollups.changing(manifest.repository_id, [manifest.pk]):
+            manifest.delete()
+            rollups.unused_blobs(blob_ids).delete()
         return Applied(State.APPLIED, "manifest deleted", changed=True)
     tag = Tag.objects.filter(
         repository__registry=registry, repository__name=event.repository, name=event.tag
@@ -270,7 +260,8 @@ def apply_delete(event: Event, registry: Registry) -> Applied:
         return Applied(State.IGNORED, "delete: tag not stored")
     if Manifest.objects.filter(pk=tag.manifest_id).filter(pushed_later).exists():
         return Applied(State.IGNORED, "tag pushed again after this delete")
-    tag.delete()
+    with rollups.changing(tag.repository_id, [tag.manifest_id]):
+        tag.delete()
     return Applied(State.APPLIED, "tag deleted", changed=True)
 
 
@@ -538,7 +529,6 @@ def _process_deferred(row: RegistryEvent) -> None:
     ):
         applied = apply_on_receipt(_event_of(row), repository.registry, defer_if_locked=False)
         if applied.changed:
-            rollups.refresh(repository)
             _bump(repository.registry, {repository.name})
         _finish(row, applied)
 

@@ -54,12 +54,18 @@ def _editor(
     for a blank new policy, which has nothing to complain about yet."""
     draft = form.validate() if check else None
     saved = policies.policy_of(row) if row is not None else None
+    preview = None
+    if draft is not None:
+        try:
+            preview = engine.dry_run(draft)
+        except policies.PatternTooSlow as slow:  # shown on its field, as any other problem
+            form.add_errors(slow.errors)
     context = {
         "row": row,
         "form": form,
         "keep_choices": KEEP_CHOICES,
         "draft": draft,
-        "preview": engine.dry_run(draft) if draft is not None else None,
+        "preview": preview,
         "is_saved": saved is not None
         and draft is not None
         and draft.effective_json() == saved.effective_json(),
@@ -129,7 +135,7 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
     now = _aware_datetime(request.POST.get("now", ""))
     fingerprint = request.POST.get("fingerprint", "")
     refusal = {}
-    if now is None or engine.dry_run(policy, now=now).fingerprint != fingerprint:
+    if now is None or _fingerprint(policy, now) != fingerprint:
         # A junk time, or a plan that already differs in the database: no job, the fresh
         # preview at once.
         refusal = {"notice": CHANGED, "status": 409}
@@ -145,6 +151,15 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
         policy=row.name, now=now, fingerprint=fingerprint, user=request.user, by=Actor.of(request)
     )
     return follow_job(request, job)
+
+
+def _fingerprint(policy: policies.Policy, now: datetime) -> str:
+    """The dry run's fingerprint; "" when its patterns are too slow (the editor then
+    shows why)."""
+    try:
+        return engine.dry_run(policy, now=now).fingerprint
+    except policies.PatternTooSlow:
+        return ""
 
 
 def _aware_datetime(text: str) -> datetime | None:
