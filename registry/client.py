@@ -289,7 +289,11 @@ class RegistryClient:
         length = response.headers.get("Content-Length", "")
         if not digest or not length.isdigit():
             # Some registries leave these out of HEAD answers: ask for the content instead.
-            fetched = self.get_manifest(repository, reference)
+            # A 404 there (the tag was deleted between the two) answers this HEAD alike.
+            try:
+                fetched = self.get_manifest(repository, reference)
+            except NotFound:
+                return None
             return ManifestHead(fetched.digest, fetched.media_type, fetched.size)
         if not is_digest(digest):
             raise InvalidResponse(

@@ -31,6 +31,7 @@ from hubimages.deletion import planning, preview
 from hubimages.inventory import details, lists, repositories
 from hubimages.jobs import queue
 from hubimages.lib import formatting
+from hubimages.lib.audit import Actor
 from hubimages.models import Manifest, Registry, Repository
 from hubimages.registries import rows as registry_rows
 from registry import media
@@ -217,6 +218,7 @@ def delete_images(
         fingerprint=plan.fingerprint,
         user=request.user,
         allow_in_use=payload.allow_in_use,
+        by=Actor.of(request),
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
     response["Location"] = url

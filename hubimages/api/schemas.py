@@ -302,7 +302,9 @@ class JobOut(Schema):
     message: str = Field(description="Why it failed, or why it will be tried again.")
     outcome: dict[str, Any] = Field(
         description="Once finished. A deletion: `deleted` (digest, kind, tags, size), "
-        "`failed` and `skipped` (digest, reason), `reclaimed_bytes`; with `stale` true the "
+        "`failed` and `skipped` (digest, reason), `reclaimed_bytes`, `warnings` (what other "
+        "clients' pushes during the deletion did: tags that went with a deleted manifest, "
+        "an index left listing a deleted one); with `stale` true the "
         "plan changed, nothing was deleted and `plan` is the new one."
     )
 
@@ -404,6 +406,12 @@ class StorageOut(Schema):
     untagged_bytes: int = Field(description="What deleting every untagged item would free.")
     repositories: list[RepositoryStorageOut]
     history: list[StoragePointOut] = Field(description="Stored bytes after each full sync.")
+    computed_at: str = Field(description="When the workers computed these (ISO 8601, UTC).")
+    current: bool = Field(
+        description="Whether they describe the registry as hubimages knows it now; false "
+        "after a sync or a deletion, until the workers compute new ones."
+    )
+    computing: bool = Field(description="Whether a worker is computing new figures now.")
 
 
 # -- in use ------------------------------------------------------------------------------

@@ -20,10 +20,20 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from django.db import transaction
 from django.utils import timezone
 
 from hubimages.lib.formatting import plural
-from hubimages.lib.leases import LeaseBusy, lease
+from hubimages.lib.leases import (
+    LeaseBusy,
+    acquire,
+    acquire_new,
+    holding,
+    lease,
+    release,
+    repository_lock,
+    run_lease_name,
+)
 from hubimages.models import Registry, SyncRun
 from hubimages.registries import rows
 from hubimages.sync import store
@@ -128,30 +138,59 @@ def _sync(
     prune: bool,
 ) -> SyncSummary:
     started = time.monotonic()
-    run = SyncRun.objects.create(registry=registry, started_at=timezone.now())
+    with transaction.atomic():  # no worker ever sees the run without its lease
+        run = SyncRun.objects.create(registry=registry, started_at=timezone.now())
+        taken = acquire_new(run_lease_name("sync", run.pk), owner=f"sync run {run.pk}")
     summary = SyncSummary()
     report = progress or (lambda message: None)
-    try:
-        if names is not None:
-            valid = _valid_names(names, "named", summary)
-            _sync_all(client, registry, valid, workers, report, summary, gone=None)
-        else:
-            _sync_everything(client, registry, catalog, workers, report, summary, prune)
-        if summary.manifests_removed or summary.repositories_removed:
-            store.remove_unused_blobs()
-    except RegistryError as error:
-        summary.errors.append(str(error))
-    except BaseException as error:
-        summary.errors.append(f"interrupted: {error!r}")
-        raise
-    finally:
-        # Whatever happened (a bug, a lost database), the run is closed with what it did.
-        summary.duration = time.monotonic() - started
-        run.finished_at = timezone.now()
-        run.succeeded = summary.succeeded
-        run.summary = summary.as_dict()
-        run.save()
+    with holding(taken):
+        try:
+            if names is not None:
+                valid = _valid_names(names, "named", summary)
+                _sync_all(client, registry, valid, workers, report, summary, gone=None)
+            else:
+                _sync_everything(client, registry, catalog, workers, report, summary, prune)
+            if summary.manifests_removed or summary.repositories_removed:
+                store.remove_unused_blobs()
+        except RegistryError as error:
+            summary.errors.append(str(error))
+        except BaseException as error:
+            summary.errors.append(f"interrupted: {error!r}")
+            raise
+        finally:
+            # Whatever happened (a bug, a lost database), the run is closed with what it did.
+            summary.duration = time.monotonic() - started
+            run.finished_at = timezone.now()
+            run.succeeded = summary.succeeded
+            run.summary = summary.as_dict()
+            run.save()
     return summary
+
+
+INTERRUPTED = "interrupted: the process running it stopped before it ended"
+
+
+def settle_interrupted_syncs() -> list[int]:
+    """Close the runs of syncs whose process stopped (SIGKILL, a lost host) before it could:
+    a sync holds its run's lease (`leases.run_lease_name`) until it has closed its run, so
+    an unfinished run whose lease is free was interrupted. What it wrote is in the
+    database, one repository per transaction; the next sync reads everything again.
+    Returns the ids of the runs closed."""
+    settled = []
+    for pk in SyncRun.objects.filter(finished_at__isnull=True).values_list("pk", flat=True):
+        taken = acquire(run_lease_name("sync", pk), owner="recovery")
+        if taken is None:
+            continue  # its process is alive
+        try:
+            if SyncRun.objects.filter(pk=pk, finished_at__isnull=True).update(
+                finished_at=timezone.now(),
+                succeeded=False,
+                summary=SyncSummary(errors=[INTERRUPTED]).as_dict(),
+            ):
+                settled.append(pk)
+        finally:
+            release(taken)
+    return settled
 
 
 def _sync_everything(
@@ -199,7 +238,7 @@ def _sync_everything(
                 f"the catalog does not list {plural(len(found), 'repository')} the registry "
                 f"still has, kept: {crawl.named(found)}"
             )
-    _remove_gone(registry, gone, holding, prune, summary)
+    _remove_gone(client, registry, gone, holding, prune, summary, confirm=not catalog)
 
 
 def _sync_all(
@@ -233,15 +272,20 @@ def too_many_to_remove(count: int, holding: int) -> bool:
 
 
 def _remove_gone(
+    client: RegistryClient,
     registry: Registry,
     gone: dict[str, tuple[Snapshot | crawl.CrawlFailure, Known]],
     holding: set[str],
     prune: bool,
     summary: SyncSummary,
+    *,
+    confirm: bool,
 ) -> None:
     """Remove what a full sync found gone, unless it is too much to take on its word.
 
-    Repositories that hold no manifest cost nothing and always go."""
+    Repositories that hold no manifest cost nothing and always go. With `confirm`, the
+    registry is asked again before a repository goes (`remove_missing`); without, the
+    operator's configured list is the word (a repository it no longer names)."""
     costly = sorted(name for name in gone if name in holding)
     if not prune and too_many_to_remove(len(costly), len(holding)):
         summary.held_back = costly
@@ -260,8 +304,17 @@ def _remove_gone(
             if result.error:
                 summary.errors.append(f"{name}: {result.error}")
         else:
-            summary.manifests_removed += store.write_missing(registry, name).removed
-            summary.repositories_removed += 1
+            result = (
+                remove_missing(client, registry, name, unlisted=True)
+                if confirm
+                else _write_missing(registry, name)
+            )
+            summary.manifests_removed += result.removed
+            summary.repositories_removed += int(result.gone)
+            if not result.gone:
+                summary.warnings += [f"{name}: {w}" for w in result.warnings]
+            if result.error:
+                summary.errors.append(f"{name}: {result.error}")
 
 
 def _valid_names(names: list[str], source: str, summary: SyncSummary) -> list[str]:
@@ -334,7 +387,7 @@ def _sync_repositories(
             unchanged.append(read.name)
             read.close()
         else:
-            result = _write_read(registry, read, known_before)
+            result = _write_read(client, registry, read, known_before)
             if isinstance(read, Snapshot):
                 if not result.error:
                     configs.update(read.config_digests)
@@ -353,13 +406,71 @@ def _is_gone(read: Snapshot | crawl.CrawlFailure, known: Known) -> bool:
 
 
 def _write_read(
-    registry: Registry, read: Snapshot | crawl.CrawlFailure, known: Known
+    client: RegistryClient,
+    registry: Registry,
+    read: Snapshot | crawl.CrawlFailure,
+    known: Known,
 ) -> RepositoryResult:
     if isinstance(read, crawl.CrawlFailure):
         if read.missing:
-            return store.write_missing(registry, read.name)
+            return remove_missing(client, registry, read.name)
         return RepositoryResult(name=read.name, error=str(read.error))
     return _write_or_fail(registry, read, known)
+
+
+def remove_missing(
+    client: RegistryClient, registry: Registry, name: str, *, unlisted: bool = False
+) -> RepositoryResult:
+    """Remove a repository a crawl found missing, once the registry says so again.
+
+    One round of answers is not enough (a proxy's blip, a storage backend's hiccup): under
+    the repository's lease, its tag list must answer 404 NAME_UNKNOWN again (or, for a
+    repository the catalog does not list either, `unlisted`, list no tag) and a HEAD find
+    none of the manifests stored now; then its rows go in one transaction. `gone` on the
+    result says whether it went."""
+    try:
+        with repository_lock(
+            name, owner="sync", wait=store.LOCK_WAIT_SECONDS, registry=registry.name
+        ):
+            if not _confirmed_missing(client, registry, name, unlisted=unlisted):
+                return RepositoryResult(
+                    name=name,
+                    warnings=[
+                        "the registry answered once that it has no such repository; asked "
+                        "again, it has: kept"
+                    ],
+                )
+            result = store.write_missing(registry, name)
+    except LeaseBusy as error:
+        return RepositoryResult(name=name, error=str(error))
+    except RegistryError as error:
+        return RepositoryResult(name=name, error=f"could not confirm it is gone: {error}")
+    result.gone = True
+    return result
+
+
+def _confirmed_missing(
+    client: RegistryClient, registry: Registry, name: str, *, unlisted: bool
+) -> bool:
+    try:
+        listed = client.list_tags(name)
+    except NotFound as error:
+        if not crawl.names_unknown_repository(error):
+            raise
+    else:
+        if listed or not unlisted:
+            return False
+    stored = store.stored_digests(registry, name)
+    return all(client.head_manifest(name, digest) is None for digest in stored)
+
+
+def _write_missing(registry: Registry, name: str) -> RepositoryResult:
+    try:
+        result = store.write_missing(registry, name)
+    except LeaseBusy as error:
+        return RepositoryResult(name=name, error=str(error))
+    result.gone = True
+    return result
 
 
 def _write_or_fail(registry: Registry, snapshot: Snapshot, known: Known) -> RepositoryResult:

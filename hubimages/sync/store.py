@@ -13,8 +13,19 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from hubimages.lib.formatting import plural
 from hubimages.lib.leases import repository_lock
-from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Registry, Repository, Tag
+from hubimages.models import (
+    Blob,
+    DeletionRecord,
+    IndexEntry,
+    Manifest,
+    ManifestBlob,
+    Registry,
+    RegistryEvent,
+    Repository,
+    Tag,
+)
 from hubimages.sync import activity, rollups
 from registry import crawl, media
 from registry.client import FetchedManifest, RegistryClient
@@ -59,7 +70,12 @@ def known_state(registry: Registry, name: str) -> Known:
             "name", "manifest__digest"
         )
     )
-    return Known(known_manifests(registry, name), tags)
+    unconfirmed = set(
+        Manifest.objects.filter(
+            repository__registry=registry, repository__name=name, unconfirmed_since__isnull=False
+        ).values_list("digest", flat=True)
+    )
+    return Known(known_manifests(registry, name), tags, unconfirmed)
 
 
 def mark_synced(registry: Registry, names: list[str]) -> None:
@@ -105,9 +121,27 @@ def stored_configs(digests: Collection[str] | None = None) -> set[str]:
 
 
 def write_missing(registry: Registry, name: str) -> RepositoryResult:
-    removed = Manifest.objects.filter(repository__registry=registry, repository__name=name).count()
-    Repository.objects.filter(registry=registry, name=name).delete()
+    """Remove a repository the registry no longer has, with every row of it: under its
+    lease (a deletion or an event may be writing it) and in one transaction. The caller
+    has confirmed it is gone (`hubimages.sync.service`): this cannot be undone, the
+    untagged manifests it held cannot be listed again."""
+    with (
+        repository_lock(name, owner="sync", wait=LOCK_WAIT_SECONDS, registry=registry.name),
+        transaction.atomic(),
+    ):
+        removed = Manifest.objects.filter(
+            repository__registry=registry, repository__name=name
+        ).count()
+        Repository.objects.filter(registry=registry, name=name).delete()
     return RepositoryResult(name=name, removed=removed, warnings=["not in the registry"])
+
+
+def stored_digests(registry: Registry, name: str) -> list[str]:
+    return list(
+        Manifest.objects.filter(repository__registry=registry, repository__name=name)
+        .order_by("digest")
+        .values_list("digest", flat=True)
+    )
 
 
 def write_snapshot(registry: Registry, snapshot: Snapshot, known: Known) -> RepositoryResult:
@@ -129,10 +163,16 @@ def write_snapshot(registry: Registry, snapshot: Snapshot, known: Known) -> Repo
             Manifest.objects.filter(repository=repository).values_list("digest", flat=True)
         )
         tags = _tags_to_write(repository, snapshot.tags, known.tags)
-        gone = (set(known.manifests) - snapshot.present) & stored
+        gone = _settle_unconfirmed(
+            repository,
+            (set(known.manifests) - snapshot.present) & stored,
+            snapshot.present,
+            now,
+            result,
+        )
         for chunk in _chunks(sorted(gone)):
             Manifest.objects.filter(repository=repository, digest__in=chunk).delete()
-        new = [digest for digest in snapshot.fetched if digest not in stored]
+        new = [d for d in snapshot.fetched if d not in stored and d in snapshot.present]
         del stored
         result.removed = len(gone)
         result.added = len(new)
@@ -147,6 +187,62 @@ def write_snapshot(registry: Registry, snapshot: Snapshot, known: Known) -> Repo
             synced_at=now, revision=F("revision") + int(changed)
         )
     return result
+
+
+def _settle_unconfirmed(
+    repository: Repository,
+    absent: set[str],
+    present: set[str],
+    now: datetime,
+    result: RepositoryResult,
+) -> set[str]:
+    """Of the stored manifests this read did not find (a HEAD by digest answered 404),
+    return those whose absence is confirmed: an earlier sync found them missing too, or a
+    deletion recorded deleting them, or the registry sent a delete event for them. They
+    go. The others are marked unconfirmed and kept: one answer (a blip, a proxy) must not
+    drop an untagged image the registry API can never list again, nor its pull history.
+    Marks on manifests found again are cleared."""
+    marked = set(
+        Manifest.objects.filter(repository=repository, unconfirmed_since__isnull=False).values_list(
+            "digest", flat=True
+        )
+    )
+    for chunk in _chunks(sorted(absent - marked)):
+        marked.update(
+            DeletionRecord.objects.filter(
+                registry=repository.registry.name,
+                repository=repository.name,
+                digest__in=chunk,
+                state=DeletionRecord.State.DONE,
+            ).values_list("digest", flat=True)
+        )
+        marked.update(
+            RegistryEvent.objects.filter(
+                registry_id=repository.registry_id,
+                repository=repository.name,
+                digest__in=chunk,
+                action="delete",
+            ).values_list("digest", flat=True)
+        )
+    found_again = sorted(marked & present)
+    for chunk in _chunks(found_again):
+        Manifest.objects.filter(repository=repository, digest__in=chunk).update(
+            unconfirmed_since=None
+        )
+    first_time = sorted(absent - marked)
+    for chunk in _chunks(first_time):
+        Manifest.objects.filter(repository=repository, digest__in=chunk).update(
+            unconfirmed_since=now
+        )
+    if first_time:
+        named = ", ".join(first_time[: crawl.MAX_NAMED_WARNINGS])
+        more = len(first_time) - crawl.MAX_NAMED_WARNINGS
+        result.warnings.append(
+            f"{plural(len(first_time), 'manifest')} answered 404 to a HEAD by digest, kept "
+            f"as unconfirmed until the next sync asks again: {named}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    return absent & marked
 
 
 def _chunks(items: list) -> Iterable[list]:
@@ -465,19 +561,36 @@ def write_pushed(registry: Registry, snapshot: Snapshot) -> Repository:
                 repository=repository, digest__in=list(snapshot.fetched)
             ).values_list("digest", flat=True)
         )
-        new = [digest for digest in snapshot.fetched if digest not in stored]
-        if new:
-            _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
+        new = [d for d in snapshot.fetched if d not in stored and d in snapshot.present]
+        Manifest.objects.filter(
+            repository=repository,
+            digest__in=list(snapshot.present),
+            unconfirmed_since__isnull=False,
+        ).update(unconfirmed_since=None)
         current = dict(
             Tag.objects.filter(repository=repository, name__in=list(snapshot.tags)).values_list(
                 "name", "manifest__digest"
             )
         )
         moved = {tag: d for tag, d in snapshot.tags.items() if current.get(tag) != d}
-        tags_changed = _write_tags(repository, moved)
-        changed = bool(new or tags_changed)
+        # The rollups of what this push touches only, not of the whole repository.
+        with rollups.changing(repository.pk, digests=_touched(snapshot, current)) as change:
+            if new:
+                _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
+                change.inserted(_manifest_ids(repository, new).values())
+            tags_changed = _write_tags(repository, moved)
+            changed = bool(new or tags_changed)
+            if changed:
+                _classify(repository, snapshot.fetched, new, snapshot.tags)
         if changed:
-            _classify(repository, snapshot.fetched, new, snapshot.tags)
-            rollups.refresh(repository)
             Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return repository
+
+
+def _touched(snapshot: Snapshot, current_tags: dict[str, str]) -> set[str]:
+    """The digests a push may change the derived columns of: what it read, the children
+    its indexes name, and where its tags pointed and will point."""
+    digests = set(snapshot.fetched)
+    digests |= {c.digest for m in snapshot.fetched.values() for c in m.parsed.manifests}
+    digests |= {d for d in (*snapshot.tags.values(), *current_tags.values()) if d}
+    return digests

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from hubimages.deletion import planning, preview
 from hubimages.inuse import matching
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.models import Repository
 from hubimages.web.access import repository_to_delete_from
 from hubimages.web.jobs import follow_job
@@ -145,5 +146,6 @@ def delete_execute(request: HttpRequest, registry: str, name: str) -> HttpRespon
         fingerprint=plan.fingerprint,
         user=request.user,
         allow_in_use=allow,
+        by=Actor.of(request),
     )
     return follow_job(request, job, back=request.POST.get("back", ""))

@@ -160,6 +160,8 @@ class Command(BaseCommand):
             self.stderr.write(f"FAILED   {item.digest}: {item.reason}")
         for item in outcome.skipped:
             self.stderr.write(f"skipped  {item.digest}: {item.reason}")
+        for warning in outcome.warnings:
+            self.stderr.write(f"warning: {warning}")
         self.stdout.write(
             f"Deleted {len(outcome.deleted)} manifests; the registry's garbage collector will "
             f"free {human_size(outcome.reclaimed_bytes)} ({outcome.reclaimed_bytes} bytes)."
