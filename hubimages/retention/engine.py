@@ -100,6 +100,23 @@ class RepositoryDryRun:
         }
 
 
+def blocked_message(blocked: Iterable[Blocking]) -> str:
+    """`the required in-use source prod last reported …: what it runs now is unknown.
+    Retention deletes nothing on registry default until it reports again.`, or "" for
+    no source."""
+    blocked = list(blocked)
+    if not blocked:
+        return ""
+    registries = sorted({name for source in blocked for name in source.registries})
+    which = "registry" if len(registries) == 1 else "registries"
+    again = "it reports" if len(blocked) == 1 else "they report"
+    return (
+        "; ".join(source.message() for source in blocked)
+        + f". Retention deletes nothing on {which} {', '.join(registries)} until {again} "
+        "again."
+    )
+
+
 @dataclass(frozen=True)
 class DryRun:
     policy: Policy
@@ -107,23 +124,27 @@ class DryRun:
     repositories: tuple[RepositoryDryRun, ...]
     reclaimable_bytes: int
     fingerprint: str
-    # Required in-use sources out of date on the covered registries: a run deletes nothing.
+    # Required in-use sources out of date on covered registries: a run deletes nothing there.
     blocked: tuple[Blocking, ...] = ()
 
     @property
-    def blocked_message(self) -> str:
-        """Why a run would delete nothing now, or "": `the required in-use source prod
-        last reported …. Retention deletes nothing on registry default until it reports
-        again.`"""
-        if not self.blocked:
-            return ""
-        registries = sorted({name for source in self.blocked for name in source.registries})
-        which = "registry" if len(registries) == 1 else "registries"
-        return (
-            "; ".join(source.message() for source in self.blocked)
-            + f". Retention deletes nothing on {which} {', '.join(registries)} until it "
-            "reports again."
+    def blocked_registries(self) -> tuple[str, ...]:
+        """The covered registries a run deletes nothing on now (SPEC §13), by name."""
+        return tuple(sorted({name for source in self.blocked for name in source.registries}))
+
+    @property
+    def blocks_everything(self) -> bool:
+        """Whether every covered repository is on such a registry: a run deletes nothing."""
+        return bool(self.blocked) and all(
+            r.registry in self.blocked_registries for r in self.repositories
         )
+
+    @property
+    def blocked_message(self) -> str:
+        """Why a run would delete nothing now on some registries, or "": `the required
+        in-use source prod last reported …. Retention deletes nothing on registry default
+        until it reports again.`"""
+        return blocked_message(self.blocked)
 
     @property
     def manifest_count(self) -> int:

@@ -11,8 +11,10 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.text import capfirst
 
 from hubimages.deletion import execution, planning
+from hubimages.inuse.matching import Blocking
 from hubimages.lib import leases
 from hubimages.lib.formatting import human_size, plural
 from hubimages.lib.leases import RepositoryBusy, repository_lock
@@ -25,7 +27,13 @@ from hubimages.models import (
     RetentionPolicy,
     RetentionRun,
 )
-from hubimages.retention.engine import DryRun, RepositoryDryRun, dry_run, dry_run_fingerprint
+from hubimages.retention.engine import (
+    DryRun,
+    RepositoryDryRun,
+    blocked_message,
+    dry_run,
+    dry_run_fingerprint,
+)
 from hubimages.retention.policies import InvalidPolicy, PatternTooSlow, Policy, policy_of
 from hubimages.sync.service import sync_repository
 from registry.client import RegistryClient
@@ -85,7 +93,9 @@ def run(
     by the workers (`settle_interrupted`), its record then saying what went.
 
     While a required in-use source is out of date on a covered registry (SPEC §13), the run
-    deletes nothing at all and its record says why; this is checked again under the locks.
+    deletes nothing on that registry (its repositories are neither locked nor re-read) and
+    its record says why: outcome "blocked" when that is every covered registry. This is
+    checked again under the locks.
 
     A job runs it (`jobs.start_retention`): a web request only enqueues it. A pattern of
     the policy too slow to match (`PatternTooSlow`) deletes nothing and says which.
@@ -106,11 +116,13 @@ def run(
         )
     )
     with leases.holding(taken):
-        if first.blocked:
+        if first.blocks_everything:
             return _finish(record, first, RetentionRun.Outcome.BLOCKED, _blocked(first))
         if fingerprint is not None and first.fingerprint != fingerprint:
             return _finish(record, first, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
-        covered = [r.repository for r in first.repositories]
+        covered = [
+            r.repository for r in first.repositories if r.registry not in first.blocked_registries
+        ]
         try:
             with ExitStack() as stack:
                 for repository in covered:
@@ -128,12 +140,22 @@ def run(
                     message = f"Nothing was deleted: {slow}"
                     return _finish(record, first, RetentionRun.Outcome.FAILED, message)
                 record.planned_bytes = checked.reclaimable_bytes
-                if checked.blocked:
+                if checked.blocks_everything:
                     outcome = RetentionRun.Outcome.BLOCKED
                     return _finish(record, checked, outcome, _blocked(checked))
                 if fingerprint is not None and checked.fingerprint != fingerprint:
                     return _finish(record, checked, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
-                return _execute(record, checked, client_for, user=user, brake=brake)
+                # Blocked by either: a source that reported again meanwhile does not open
+                # a registry this run did not lock and re-read.
+                blocked = {b.source: b for b in (*first.blocked, *checked.blocked)}
+                return _execute(
+                    record,
+                    checked,
+                    client_for,
+                    user=user,
+                    brake=brake,
+                    blocked=tuple(blocked.values()),
+                )
         except RepositoryBusy as busy:
             return _finish(
                 record, first, RetentionRun.Outcome.BUSY, f"Nothing was deleted: {busy}."
@@ -174,14 +196,28 @@ def _recheck(client_for: ClientFor, repositories: list[Repository]) -> str:
 
 
 def _execute(
-    record: RetentionRun, checked: DryRun, client_for: ClientFor, *, user, brake: bool
+    record: RetentionRun,
+    checked: DryRun,
+    client_for: ClientFor,
+    *,
+    user,
+    brake: bool,
+    blocked: tuple[Blocking, ...] = (),
 ) -> RunResult:
-    """Each repository in turn. A repository whose lease was taken over mid-way (its host
-    stalled past the lease) stops the whole run: the others' leases are as old."""
+    """Each repository in turn, but those on the registries of `blocked` (required in-use
+    sources out of date), which are noted and left alone. A repository whose lease was
+    taken over mid-way (its host stalled past the lease) stops the whole run: the others'
+    leases are as old."""
     notes, incomplete, stopped = [], False, ""
     for repo in checked.repositories:
         if stopped:
             notes.append(_note(repo, note=f"not reached: the run stopped ({stopped})"))
+            continue
+        sources = [b.source for b in blocked if repo.registry in b.registries]
+        if sources:
+            why = f"the required in-use source {' and '.join(sources)} is out of date"
+            notes.append(_note(repo, note=f"nothing deleted here: {why}"))
+            incomplete = incomplete or bool(repo.plan.delete)
             continue
         client = client_for(repo.repository.registry)
         try:
@@ -199,6 +235,8 @@ def _execute(
     record.reclaimed_bytes = sum(n["reclaimed_bytes"] for n in notes)
     outcome = RetentionRun.Outcome.INCOMPLETE if incomplete else RetentionRun.Outcome.DONE
     message = _summary(record, incomplete) + (f" Stopped: {stopped}." if stopped else "")
+    if blocked:
+        message += f" {capfirst(blocked_message(blocked))}"
     return _finish(record, checked, outcome, message)
 
 

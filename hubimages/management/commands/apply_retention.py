@@ -139,7 +139,10 @@ class Command(BaseCommand):
                 f"reclaims {human_size(repo.plan.reclaimable_bytes)}"
             )
         if preview.blocked:
-            write(f"\nA run would delete nothing now: {preview.blocked_message}")
+            where = (
+                "" if preview.blocks_everything else f" on {', '.join(preview.blocked_registries)}"
+            )
+            write(f"\nA run would delete nothing{where} now: {preview.blocked_message}")
         write(
             f"\nIn total: {preview.manifest_count} manifests and {preview.tag_count} tags; "
             f"reclaims {human_size(preview.reclaimable_bytes)} ({preview.reclaimable_bytes} "
