@@ -26,6 +26,7 @@ from hubimages.deletion import execution, planning, preview
 from hubimages.inuse import reports
 from hubimages.jobs import worker as jobs_worker
 from hubimages.models import (
+    AuditEntry,
     Deletion,
     InUseSource,
     Job,
@@ -178,6 +179,7 @@ def test_the_preview_keeps_an_index_whose_image_runs_and_says_why(
         app.arm.digest,
     }
     assert Deletion.objects.get().in_use_override == []
+    assert not AuditEntry.objects.filter(action="in_use_override").exists()
 
 
 def test_an_image_that_runs_is_kept_when_selected_alone_and_the_index_too(app):
@@ -212,9 +214,23 @@ def test_an_override_deletes_it_and_the_history_says_who_chose_to(
     assert "even though in use" in refused.content.decode()
     assert not Job.objects.exists()
 
-    started = deleter_client.post(EXECUTE, {**fields, "confirm": "yes", "confirm_in_use": "yes"})
+    started = deleter_client.post(
+        EXECUTE,
+        {**fields, "confirm": "yes", "confirm_in_use": "yes"},
+        REMOTE_ADDR="192.0.2.7",
+    )
     assert started.status_code in (200, 303)
-    assert Job.objects.get().params["allow_in_use"] is True
+    job = Job.objects.get()
+    assert job.params["allow_in_use"] is True
+    # The audit log records the choice with the job, in its transaction: who, from where,
+    # what runs and where.
+    entry = AuditEntry.objects.get(action="in_use_override")
+    assert (entry.actor, entry.address, entry.target) == ("deleter", "192.0.2.7", REPO)
+    assert entry.details["job"] == job.pk
+    assert {item["digest"]: item["in_use"] for item in entry.details["items"]} == {
+        app.release.digest: [{"source": "prod", "where": PLACE}],
+        app.arm.digest: [{"source": "prod", "where": PLACE}],
+    }
     run_tasks()
 
     assert in_registry(registry_client, app.release, app.amd, app.arm) == set()
@@ -335,6 +351,12 @@ def test_the_apis_dry_run_flags_what_runs_and_deleting_it_needs_allow_in_use(
         headers=token,
     )
     assert response.status_code == 202, response.content
+    entry = AuditEntry.objects.get(action="in_use_override")
+    assert (entry.actor, entry.target) == ("deleter", REPO)
+    assert {item["digest"] for item in entry.details["items"]} == {
+        app.release.digest,
+        app.arm.digest,
+    }
     run_tasks()
     assert in_registry(registry_client, app.release, app.arm) == set()
     assert Deletion.objects.get().in_use_override[0]["in_use"][0]["source"] == "prod"

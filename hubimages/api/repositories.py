@@ -218,6 +218,7 @@ def delete_images(
         fingerprint=plan.fingerprint,
         user=request.user,
         allow_in_use=payload.allow_in_use,
+        in_use=plan.in_use_deleted(),
         by=Actor.of(request),
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})

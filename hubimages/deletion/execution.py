@@ -143,11 +143,7 @@ def execute_deletion(
             repository=repository.name,
             selected=list(plan.selected),
             fingerprint=fingerprint,
-            in_use_override=[
-                {"digest": item.digest, "in_use": item.in_use.as_list()}
-                for item in plan.delete
-                if item.in_use
-            ],
+            in_use_override=plan.in_use_deleted(),
             retention_run=retention_run,
             job=job,
         )

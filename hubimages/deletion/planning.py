@@ -121,6 +121,16 @@ class DeletionPlan:
     def tag_count(self) -> int:
         return len(self.tags_removed)
 
+    def in_use_deleted(self) -> list[dict]:
+        """What it deletes although a live report names it (only with `allow_in_use`):
+        `[{"digest", "in_use": [{"source", "where"}]}]`, as the history and the audit log
+        record the override."""
+        return [
+            {"digest": item.digest, "in_use": item.in_use.as_list()}
+            for item in self.delete
+            if item.in_use
+        ]
+
     def same_items_as(self, other: DeletionPlan) -> bool:
         """Deletes, keeps and refuses the same manifests, tags and reasons as `other`,
         whatever the bytes: a retention run's earlier repositories may free some of this

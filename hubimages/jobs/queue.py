@@ -122,21 +122,30 @@ def start_deletion(
     fingerprint: str,
     user,
     allow_in_use: bool = False,
+    in_use: list[dict] | None = None,
     by: Actor | None = None,
 ) -> Job:
     """The deletion of a previewed plan: executed by a worker, exactly that plan or nothing.
     Not retried once it may have deleted something (see `_run_deletion`). `allow_in_use`:
-    the plan was previewed with in-use items deleted, on the user's explicit override.
-    Audited as started `by` whom (else the user)."""
+    the plan was previewed with in-use items deleted, on the user's explicit override;
+    `in_use` those items (`DeletionPlan.in_use_deleted`). Audited as started `by` whom
+    (else the user), and the override with what it deletes and where that runs, in the
+    job's transaction."""
     params = {"digests": digests, "fingerprint": fingerprint, "allow_in_use": allow_in_use}
-    return start(
-        Kind.DELETION,
-        user=user,
-        registry=repository.registry.name,
-        repository=repository.name,
-        params=params,
-        audited=(Action.DELETION_STARTED, by or _actor(user, ""), _target(repository)),
-    )
+    actor = by or _actor(user, "")
+    target = _target(repository)
+    with transaction.atomic():
+        job = start(
+            Kind.DELETION,
+            user=user,
+            registry=repository.registry.name,
+            repository=repository.name,
+            params=params,
+            audited=(Action.DELETION_STARTED, actor, target),
+        )
+        if allow_in_use and in_use:
+            audit.record(Action.IN_USE_OVERRIDE, by=actor, target=target, job=job.pk, items=in_use)
+    return job
 
 
 def _actor(user, started_by: str) -> Actor:

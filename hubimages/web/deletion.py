@@ -146,6 +146,7 @@ def delete_execute(request: HttpRequest, registry: str, name: str) -> HttpRespon
         fingerprint=plan.fingerprint,
         user=request.user,
         allow_in_use=allow,
+        in_use=plan.in_use_deleted(),
         by=Actor.of(request),
     )
     return follow_job(request, job, back=request.POST.get("back", ""))
