@@ -264,13 +264,8 @@ def test_the_reporters_role_only_reads_what_the_command_lists_and_the_readme_sho
 
     text = MANIFEST.read_text()
     documents = {doc["kind"]: doc for doc in yaml.safe_load_all(text)}
-    assert set(documents) == {
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Secret",
-        "CronJob",
-    }
+    # No Secret: the token is made apart, like the Secret `hubimages` (secret.example.yaml).
+    assert set(documents) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "CronJob"}
     rules = documents["ClusterRole"]["rules"]
     assert {verb for rule in rules for verb in rule["verbs"]} == {"get", "list"}
     resources = {resource for rule in rules for resource in rule["resources"]}
@@ -284,7 +279,27 @@ def test_the_reporters_role_only_reads_what_the_command_lists_and_the_readme_sho
         "jobs",
     }
     pod = documents["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == documents["ServiceAccount"]["metadata"]["name"]
+    account = documents["ServiceAccount"]["metadata"]["name"]
+    assert pod["serviceAccountName"] == account
+    [subject] = documents["ClusterRoleBinding"]["subjects"]
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount", account)
+    assert (
+        documents["ClusterRoleBinding"]["roleRef"]["name"]
+        == (documents["ClusterRole"]["metadata"]["name"])
+    )
+    # Like every other pod of deploy/kubernetes: not root, read-only, nothing extra.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in (*pod["initContainers"], *pod["containers"]):
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+    # The hubimages image by kustomization.yaml's name for it, which lists the reporter.
+    assert pod["containers"][0]["image"] == "hubimages"
+    kustomization = yaml.safe_load((MANIFEST.parent / "kustomization.yaml").read_text())
+    assert MANIFEST.name in kustomization["resources"]
+    assert [image["name"] for image in kustomization["images"]] == ["hubimages"]
     listing = " ".join(pod["initContainers"][0]["command"][-1].split())
     assert listing == (
         "kubectl get pods,deployments,replicasets,statefulsets,daemonsets,cronjobs,jobs "
