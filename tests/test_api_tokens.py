@@ -209,10 +209,22 @@ def test_failed_token_attempts_lock_the_address_out_like_sign_ins(viewer, client
     # Another address is not concerned.
     other = client.get(REPOSITORIES, headers=auth(good), REMOTE_ADDR="127.0.0.2")
     assert other.status_code == 200
-    # After the cool-off the address may try again, and a success clears its count.
+    # After the cool-off the address may try again.
     ApiTokenFailure.objects.update(locked_until=timezone.now() - timedelta(seconds=1))
     assert client.get(REPOSITORIES, headers=auth(good)).status_code == 200
-    assert not ApiTokenFailure.objects.exists()
+
+
+def test_a_valid_token_does_not_reset_the_failure_count_of_its_address(viewer, client, settings):
+    """A guesser holding one valid token of its own must not clear its count with it."""
+    settings.AXES_FAILURE_LIMIT = 3
+    good = tokens.issue(user=viewer, name="ci", scope=ApiToken.Scope.READ).token
+
+    for guess in ("hubi_guess0", "hubi_guess1"):
+        assert_error(client.get(REPOSITORIES, headers=auth(guess)), 401, "invalid_token")
+    assert client.get(REPOSITORIES, headers=auth(good)).status_code == 200
+    assert_error(client.get(REPOSITORIES, headers=auth("hubi_guess2")), 401, "invalid_token")
+
+    assert_error(client.get(REPOSITORIES, headers=auth("hubi_guess3")), 429, "too_many_failures")
 
 
 def test_failures_older_than_the_cool_off_are_forgotten(viewer, client, settings):

@@ -128,8 +128,8 @@ def authenticate(token: str, *, address: str, now: datetime | None = None) -> Ap
     if row.last_used_at is None or row.last_used_at <= now - LAST_USED_PRECISION:
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
         row.last_used_at = now
-    if failures:  # a success clears the address's count, as axes does for sign-ins
-        ApiTokenFailure.objects.filter(address=address).delete()
+    # A success leaves the count alone: a guesser holding one valid token of its own would
+    # otherwise clear its count between guesses.
     return row
 
 
