@@ -491,11 +491,12 @@ class ApiToken(models.Model):
 
 
 class ApiTokenFailure(models.Model):
-    """Failed token attempts from one client address, so guessing is rate-limited like
-    sign-ins (`hubimages.tokens`): after `LOGIN_FAILURE_LIMIT` failures within
-    `LOGIN_COOLOFF_MINUTES`, the address is refused until `locked_until`."""
+    """Unknown tokens counted under one key, so guessing is rate-limited like sign-ins
+    (`hubimages.accounts.tokens`): `address:<client address>` or `prefix:<the token's first
+    characters>`. After `LOGIN_FAILURE_LIMIT` failures within `LOGIN_COOLOFF_MINUTES`,
+    unknown tokens under that key are refused until `locked_until`."""
 
-    address = models.CharField(max_length=64, unique=True)
+    key = models.CharField(max_length=80, unique=True)
     failures = models.PositiveIntegerField(default=0)
     first_failed_at = models.DateTimeField()
     locked_until = models.DateTimeField(null=True, blank=True)

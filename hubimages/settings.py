@@ -1,5 +1,6 @@
 """Settings, read from the environment through strict helpers: a junk value is an error."""
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -51,6 +52,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_networks(name: str) -> list[str]:
+    """Comma-separated IP addresses or CIDR ranges, each checked (`10.0.0.0/8,192.0.2.7`)."""
+    networks = []
+    for item in env_list(name, []):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} must list IP addresses or CIDR ranges, such as 10.0.0.0/8, not {item!r}"
+            ) from None
+    return networks
 
 
 def env_url(name: str) -> str:
@@ -126,6 +140,9 @@ if not SECRET_KEY:
     SECRET_KEY = secrets.token_urlsafe(50)  # development only: sessions end at restart
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# The proxies in front of the web processes: only a request from one of them says, in
+# X-Forwarded-For, which client it carries (`hubimages.accounts.addresses`).
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
 
 REGISTRY_URL = env_url("REGISTRY_URL")
 REGISTRY_USERNAME = env_str("REGISTRY_USERNAME")
@@ -197,6 +214,8 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15, minim
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_RESET_ON_SUCCESS = True
+# The client behind TRUSTED_PROXIES, read as the API's token limit reads it.
+AXES_CLIENT_IP_CALLABLE = "hubimages.accounts.addresses.client_address"
 AXES_VERBOSE = False
 
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
