@@ -215,6 +215,23 @@ def test_bad_parameters_are_refused_with_the_parameter_named(stock, client, read
     assert field in body["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("url", "query", "field"),
+    [
+        (IMAGES, "status=stale&status=active", "status"),
+        (IMAGES, "filter=image&search=a&filter=index", "filter"),
+        (f"{API}/repositories", "ordering=name&ordering=-size&page=1", "ordering"),
+        (f"{API}/retention-policies", "page=1&page=2", "page"),
+    ],
+)
+def test_a_parameter_given_twice_is_refused_with_its_name(client, reader, url, query, field):
+    """Which of two values wins is a guess a cleanup script must never depend on."""
+    body = assert_error(client.get(f"{url}?{query}", headers=reader), 422, "invalid_request")
+
+    assert body["error"]["fields"] == [{"field": field, "message": "given more than once"}]
+    assert f"{field} is given more than once" in body["error"]["message"]
+
+
 def test_a_repository_named_like_an_endpoint_part_is_still_addressed(stock, client, reader):
     response = client.get(f"{API}/repositories/{IMAGES_REPO}/images", headers=reader)
 
