@@ -220,7 +220,13 @@ def test_a_push_stores_the_manifest_with_an_exact_last_pushed(
     response = post(client, push)
 
     assert response.status_code == 200
-    assert response.json() == {"recorded": 1, "duplicates": 0, "pending": 1, "ignored": 0}
+    assert response.json() == {
+        "recorded": 1,
+        "duplicates": 0,
+        "pending": 1,
+        "ignored": 0,
+        "not_stored": 0,
+    }
     manifest = stored("team/api", image.digest)
     assert manifest.pushed_at == pushed_at
     assert manifest.pushed_at_estimated is False
@@ -237,7 +243,13 @@ def test_a_push_stores_the_manifest_with_an_exact_last_pushed(
     # The same envelope again changes nothing.
     before = revision("team/api")
     again = post(client, push)
-    assert again.json() == {"recorded": 0, "duplicates": 1, "pending": 0, "ignored": 0}
+    assert again.json() == {
+        "recorded": 0,
+        "duplicates": 1,
+        "pending": 0,
+        "ignored": 0,
+        "not_stored": 0,
+    }
     assert RegistryEvent.objects.count() == 1
     assert revision("team/api") == before
 
@@ -389,9 +401,46 @@ def test_pulls_by_tag_and_by_digest_set_last_pulled_and_make_a_stale_image_activ
 def test_scanner_and_hubimages_pulls_are_neither_counted_nor_stored(client, pushed, user_agent):
     event = registry_event("pull", "team/api", digest=pushed.digest, user_agent=user_agent)
     response = post(client, event)
-    assert response.json() == {"recorded": 0, "duplicates": 0, "pending": 0, "ignored": 1}
+    assert response.json() == {
+        "recorded": 0,
+        "duplicates": 0,
+        "pending": 0,
+        "ignored": 0,
+        "not_stored": 1,
+    }
     assert stored("team/api", pushed.digest).last_pulled_at is None
     assert not RegistryEvent.objects.filter(action="pull").exists()
+
+
+def test_the_answer_counts_every_event_once_and_ignored_is_what_was_stored_as_ignored(
+    client, events_on
+):
+    """The registry (and whoever reads its logs) sees the envelope accounted for: recorded
+    (of which pending and ignored), duplicates, and pulls not stored at all."""
+    digest = "sha256:" + "c" * 64
+    layer = "sha256:" + "d" * 64
+    envelope = [
+        registry_event("mount", "team/api", digest=layer, media_type="application/octet-stream"),
+        registry_event("pull", "team/api", digest=layer, media_type="application/x-tar"),
+        registry_event("pull", "Not A Name", digest=digest),
+        registry_event("pull", "team/api", digest=digest),
+        registry_event("pull", "team/api", digest=digest, user_agent="Trivy/0.56.2"),
+    ]
+    post(client, envelope[0])
+
+    answer = post(client, *envelope).json()
+
+    ids = [event["id"] for event in envelope]
+    stored_ignored = RegistryEvent.objects.filter(event_id__in=ids[1:], state="ignored").count()
+    assert stored_ignored == 2
+    assert answer == {
+        "recorded": 3,
+        "duplicates": 1,
+        "pending": 0,
+        "ignored": stored_ignored,
+        "not_stored": 1,
+    }
+    assert answer["recorded"] + answer["duplicates"] + answer["not_stored"] == len(envelope)
 
 
 def test_pull_ignore_user_agents_is_a_setting(client, pushed, settings):

@@ -66,9 +66,13 @@ class Applied:
 
 @dataclass
 class Recorded:
+    """What became of an envelope's events: each is new, a duplicate, or not stored; of
+    the new ones, `pending` wait for a worker and `ignored` were stored as ignored."""
+
     new: int = 0
     duplicates: int = 0
     pending: int = 0
+    ignored: int = 0
     not_stored: int = 0
 
 
@@ -127,6 +131,7 @@ def _record(events: list[Event]) -> Recorded:
             rows.append(_row(event, applied, now, correction))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
+            result.ignored += applied.state == State.IGNORED
         RegistryEvent.objects.bulk_create(rows)
         for repository in Repository.objects.filter(name__in=refresh):
             rollups.refresh(repository)
