@@ -315,7 +315,15 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"},
         "json": {"()": "hubimages.lib.logs.JsonFormatter"},
     },
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    # A token a client put in a URL (runserver's request lines) is redacted from every line.
+    "filters": {"redact": {"()": "hubimages.lib.logs.RedactSecrets"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["redact"],
+        }
+    },
     "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"level": "INFO"},

@@ -1,0 +1,95 @@
+"""The web process as the Procfile starts it (gunicorn): what it writes to its access log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from devtools.processes import Process, environment, wait_for_http
+from devtools.server import free_port
+from hubimages.accounts import tokens
+from hubimages.models import ApiToken
+from tests.test_production import database_url
+
+SECRET = "web-process-secret-key-" + "x" * 30
+
+
+@dataclass
+class Web:
+    url: str
+    process: Process
+
+    def log(self) -> str:
+        """Everything the process wrote, once it has stopped (so nothing is left buffered)."""
+        self.process.stop()
+        return self.process.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def web(tmp_path: Path, transactional_db) -> Iterator[Web]:
+    port = free_port()
+    env = environment(
+        DATABASE_URL=database_url(),
+        SECRET_KEY=SECRET,
+        DEBUG="false",
+        STATIC_ROOT=str(tmp_path / "static"),
+        SYNC_INTERVAL_MINUTES="0",
+        PORT=str(port),
+        WEB_CONCURRENCY="1",
+    )
+    process = Process("web", env, tmp_path / "web.log")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process)
+        yield Web(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.stop()
+
+
+def test_a_token_in_the_query_string_never_reaches_the_access_log(web, viewer):
+    """The API refuses `?token=` (tokens go in the Authorization header), but the request
+    line was already on its way to the log: the secret must not be in it."""
+    secret = tokens.issue(user=viewer, name="ci", scope=ApiToken.Scope.READ).token
+    api = f"{web.url}/api/v1"
+
+    refused = requests.get(f"{api}/repositories", params={"token": secret}, timeout=10)
+    requests.get(f"{api}/repositories", params={"search": "x", "access_token": secret}, timeout=10)
+    requests.get(f"{web.url}/healthz", params={"password": secret}, timeout=10)
+    requests.get(f"{api}/{secret}", timeout=10)
+    listed = requests.get(
+        f"{api}/repositories",
+        params={"search": "team"},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=10,
+    )
+
+    assert refused.status_code == 401 and listed.status_code == 200
+    log = web.log()
+    assert secret not in log
+    assert secret[: tokens.SHOWN_CHARACTERS + 1] not in log  # not a character past the prefix
+    assert '"GET /api/v1/repositories?token=[redacted] HTTP/1.1" 401' in log
+    assert "search=x&access_token=[redacted]" in log
+    assert '"GET /healthz?password=[redacted] HTTP/1.1" 200' in log
+    assert '"GET /api/v1/repositories?search=team HTTP/1.1" 200' in log  # the rest stays
+
+
+def test_the_django_processes_log_lines_are_redacted_too():
+    """runserver logs its request lines through Django's logging (`django.server`)."""
+    secret = "hubi_" + "s3cret" * 7
+    record = logging.getLogger("django.server").makeRecord(
+        "django.server",
+        logging.INFO,
+        __file__,
+        1,
+        '"%s" %s %s',
+        (f"GET /?token={secret} HTTP/1.1", 401, 9),
+        None,
+    )
+    handlers = [h for h in logging.getLogger().handlers if h.filters]
+
+    assert handlers and all(handler.filter(record) for handler in handlers)
+    assert record.getMessage() == '"GET /?token=[redacted] HTTP/1.1" 401 9'
