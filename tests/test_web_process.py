@@ -1,7 +1,9 @@
-"""The web process as the Procfile starts it (gunicorn): what it writes to its access log."""
+"""The web process as the Procfile starts it (gunicorn): what it writes to its access log,
+and the answers gunicorn gives by itself, before Django sees the request."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,3 +95,30 @@ def test_the_django_processes_log_lines_are_redacted_too():
 
     assert handlers and all(handler.filter(record) for handler in handlers)
     assert record.getMessage() == '"GET /?token=[redacted] HTTP/1.1" 401 9'
+
+
+def test_gunicorn_answers_json_to_a_request_line_or_headers_too_large(web):
+    """gunicorn refuses these before any application code runs, so they cannot know the
+    path: they answer the API's JSON error shape whatever the path."""
+    long_uri = requests.get(f"{web.url}/api/v1/repositories?search={'a' * 5000}", timeout=10)
+    long_header = requests.get(
+        f"{web.url}/api/v1/repositories", headers={"X-Padding": "a" * 9000}, timeout=10
+    )
+    many_headers = requests.get(
+        f"{web.url}/api/v1/repositories",
+        headers={f"X-Header-{n}": "x" for n in range(120)},
+        timeout=10,
+    )
+
+    for response, status, code in [
+        (long_uri, 414, "uri_too_long"),
+        (long_header, 431, "headers_too_large"),
+        (many_headers, 431, "headers_too_large"),
+    ]:
+        assert response.status_code == status
+        assert response.headers["Content-Type"] == "application/json"
+        body = json.loads(response.content)
+        assert body["error"]["code"] == code and body["error"]["message"], body
+        assert b"<html" not in response.content.lower()
+    # The process lives on and serves the next request.
+    assert requests.get(f"{web.url}/healthz", timeout=10).status_code == 200
