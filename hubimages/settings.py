@@ -177,6 +177,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: runserver leaves static files to WhiteNoise, as gunicorn does.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
@@ -262,11 +264,13 @@ STATIC_URL = "static/"
 # hubimages package, where the app directories loaders find them.
 STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]
 STATIC_ROOT = Path(env_str("STATIC_ROOT") or PROJECT_DIR / ".static")
-# WhiteNoise serves what collectstatic wrote: compressed, with hashed names cached forever.
+# WhiteNoise serves what collectstatic wrote: compressed, with hashed names cached forever;
+# before collectstatic, the source's files as they are (`hubimages.staticfiles`).
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "hubimages.staticfiles.StaticFilesStorage"},
 }
+WHITENOISE_USE_FINDERS = True
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
