@@ -11,7 +11,16 @@ from django.core.management import call_command
 
 from devtools.worker import run_tasks
 from hubimages.models import ApiToken, Job, RetentionPolicy, RetentionRun
-from tests.api_helpers import API, REPO, assert_error, bearer, post_json, push_stock, put_json
+from tests.api_helpers import (
+    API,
+    REPO,
+    assert_error,
+    bearer,
+    documented,
+    post_json,
+    push_stock,
+    put_json,
+)
 
 POLICIES = f"{API}/retention-policies"
 POLICY = {
@@ -117,6 +126,56 @@ def test_an_invalid_policy_is_refused_with_each_problem_named(client, admin_toke
     assert_error(not_json, 400, "bad_request")
     too_big = post_json(client, POLICIES, {**POLICY, "pad": "x" * 100_000}, headers=admin_token)
     assert_error(too_big, 400, "bad_request")
+
+
+ALWAYS = {"keep": "always"}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"name": "x", "rules": []},
+        {"name": "bad name", "rules": [ALWAYS]},
+        {"name": "x", "repositories": [], "rules": [ALWAYS]},
+        {"name": "x", "repositories": ["!org/golden"], "rules": [ALWAYS]},
+        {"name": "x", "repositories": ["Org/*"], "rules": [ALWAYS]},
+        {"name": "x", "rules": [{"keep": "latest_pushed"}]},
+        {"name": "x", "rules": [{"keep": "latest_pushed", "count": 0}]},
+        {"name": "x", "rules": [{"keep": "pulled_within", "days": 1_000_001}]},
+        {"name": "x", "rules": [{"keep": "always", "count": 3}]},
+        {"name": "x", "rules": [{"keep": "pushed_within", "days": 3, "group_by": "^v"}]},
+        {"name": "x", "rules": [{"keep": "latest_pushed", "count": 3, "group_by": ""}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": []}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": [], "untagged": False}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": [""]}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": None}]},
+        {"name": "x", "rules": [{"keep": "always", "untagged": None}]},
+        {"name": "x", "rules": [{"keep": "latest_pushed", "count": 3, "group_by": None}]},
+        {"name": "x", "rules": [ALWAYS], "max_delete_fraction": 0},
+        {"name": "x", "rules": [ALWAYS], "max_delete_fraction": 1.5},
+        {"name": "x", "rules": [ALWAYS], "schedule": {"every_hours": 0}},
+        {"name": "x", "rules": [ALWAYS], "enabled": "yes"},
+    ],
+)
+def test_a_policy_the_api_refuses_is_one_its_document_forbids(client, admin_token, policy):
+    """A script (or a client generated from the OpenAPI document) learns every rule of a
+    policy from the document, not from a 422."""
+    assert_error(post_json(client, POLICIES, policy, headers=admin_token), 422, "invalid_policy")
+
+    assert not documented(client, admin_token, "RetentionPolicy").is_valid(policy)
+
+
+def test_the_policies_the_api_accepts_are_ones_its_document_allows(client, admin_token):
+    schema = documented(client, admin_token, "RetentionPolicy")
+    for policy in [
+        POLICY,
+        {"name": "x", "rules": [{"keep": "always", "tags": [], "untagged": True}]},
+        {"name": "y", "rules": [{"keep": "latest_pulled", "count": 1, "group_by": "^(v[0-9]+)"}]},
+        {"name": "z", "rules": [ALWAYS], "schedule": {"every_hours": 24}, "enabled": False},
+    ]:
+        response = post_json(client, POLICIES, policy, headers=admin_token)
+        assert response.status_code == 201, response.json()
+        assert schema.is_valid(policy) and schema.is_valid(response.json())
 
 
 def test_a_second_policy_of_the_same_name_is_a_conflict(stored, client, admin_token):

@@ -5,7 +5,7 @@ against. Output shapes mirror the command line's JSON (`list_images --json`,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from ninja import Field, Schema
@@ -255,29 +255,82 @@ class JobOut(Schema):
 # -- retention policies ------------------------------------------------------------------
 
 
-class RuleSchema(Strict):
-    keep: Literal[policies.KEEP_KINDS]  # type: ignore[valid-type]
-    count: int | None = None
-    days: int | None = None
-    tags: list[str] | None = None
-    exclude_tags: list[str] | None = None
-    untagged: bool | None = None
-    group_by: str | None = None
+TagPattern = Annotated[str, Field(min_length=1)]
+Number = Annotated[int, Field(ge=1, le=policies.MAX_NUMBER)]
+
+
+class _RuleScope(Strict):
+    """Which top-level items a rule looks at: tagged ones by their tags, and untagged ones
+    when asked. A rule whose scope is empty (`"tags": []` without `"untagged": true`)
+    keeps nothing, and is refused."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"tags": {"minItems": 1}}},
+                {"required": ["untagged"], "properties": {"untagged": {"const": True}}},
+            ]
+        }
+    )
+
+    tags: list[TagPattern] = Field(
+        default_factory=lambda: list(policies.DEFAULT_TAGS),
+        description="Shell-style patterns, each matching a whole tag.",
+    )
+    exclude_tags: list[TagPattern] = Field(default_factory=list)
+    untagged: StrictBool = Field(False, description="Untagged items are in scope too.")
+
+
+class AlwaysRule(_RuleScope):
+    keep: Literal["always"]
+
+
+class CountedRule(_RuleScope):
+    keep: Literal["latest_pushed", "latest_pulled"]
+    count: Number
+    group_by: str = Field(
+        None,
+        min_length=1,
+        description="A regular expression: `count` is per group, the group being its first "
+        "capture group (or the whole match).",
+        json_schema_extra={"format": "regex"},
+    )
+
+
+class TimedRule(_RuleScope):
+    keep: Literal["pushed_within", "pulled_within"]
+    days: Number
+
+
+RuleSchema = Annotated[AlwaysRule | CountedRule | TimedRule, Field(discriminator="keep")]
 
 
 class ScheduleSchema(Strict):
-    every_hours: int
+    every_hours: int = Field(ge=1, le=policies.MAX_SCHEDULE_HOURS)
 
 
 class RetentionPolicy(Strict):
     """SPEC §8's policy JSON, as `retention_policy export` prints it."""
 
-    name: str
-    repositories: list[str] = Field(default_factory=lambda: list(policies.DEFAULT_REPOSITORIES))
-    rules: list[RuleSchema]
-    max_delete_fraction: float = policies.DEFAULT_MAX_DELETE_FRACTION
+    model_config = ConfigDict(json_schema_extra=lambda schema: _some_pattern_includes(schema))
+
+    name: str = Field(pattern=policies.NAME_RE.pattern)
+    repositories: list[Annotated[str, Field(pattern=policies.REPOSITORY_PATTERN_RE.pattern)]] = (
+        Field(
+            default_factory=lambda: list(policies.DEFAULT_REPOSITORIES),
+            min_length=1,
+            description="Globs on repository names (`*`, `**`, `?`); a leading `!` excludes.",
+        )
+    )
+    rules: list[RuleSchema] = Field(min_length=1, description="Kept when any rule keeps it.")
+    max_delete_fraction: float = Field(policies.DEFAULT_MAX_DELETE_FRACTION, gt=0, le=1)
     schedule: ScheduleSchema | None = None
-    enabled: bool = True
+    enabled: StrictBool = True
+
+
+def _some_pattern_includes(schema: dict) -> None:
+    """Exclusions alone cover nothing: some repository pattern must include."""
+    schema["properties"]["repositories"]["contains"] = {"pattern": "^[^!]"}
 
 
 class PolicyPage(Page):

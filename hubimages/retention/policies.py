@@ -376,12 +376,13 @@ def _parse_rule(raw: Any, at: str) -> tuple[Rule | None, list[FieldError]]:
         errors += _check_number(raw, "days", keep in TIMED, at, "pushed_within and pulled_within")
     tags = _pattern_list(raw, "tags", at, errors)
     exclude = _pattern_list(raw, "exclude_tags", at, errors)
+    # A field given is checked, null included: "untagged": null is no boolean.
     untagged = raw.get("untagged")
-    if untagged is not None and not isinstance(untagged, bool):
+    if "untagged" in raw and not isinstance(untagged, bool):
         errors.append(FieldError(f"{at}.untagged", "true or false"))
         untagged = None
     group_by = raw.get("group_by")
-    if group_by is not None:
+    if "group_by" in raw:
         errors += _check_group_by(group_by, keep, at)
     if tags == () and not untagged and not any(e.field == f"{at}.tags" for e in errors):
         errors.append(FieldError(at, 'this rule keeps nothing: give tags, or "untagged": true'))
