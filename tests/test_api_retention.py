@@ -178,6 +178,30 @@ def test_the_policies_the_api_accepts_are_ones_its_document_allows(client, admin
         assert schema.is_valid(policy) and schema.is_valid(response.json())
 
 
+def test_a_whole_number_written_with_a_decimal_point_is_that_number(client, admin_token):
+    """JSON does not tell 2.0 from 2, and the document's integer type accepts both."""
+    policy = {
+        "name": "decimal",
+        "rules": [{"keep": "latest_pushed", "count": 2.0}, {"keep": "pulled_within", "days": 30.0}],
+        "schedule": {"every_hours": 24.0},
+    }
+    assert documented(client, admin_token, "RetentionPolicy").is_valid(policy)
+
+    response = post_json(client, POLICIES, policy, headers=admin_token)
+
+    assert response.status_code == 201, response.json()
+    answer = response.json()
+    assert answer["rules"] == [
+        {"keep": "latest_pushed", "count": 2},
+        {"keep": "pulled_within", "days": 30},
+    ]
+    assert answer["schedule"] == {"every_hours": 24}
+    assert isinstance(RetentionPolicy.objects.get().rules[0]["count"], int)
+    half = {**policy, "name": "half", "schedule": {"every_hours": 1.5}}
+    half = post_json(client, POLICIES, half, headers=admin_token)
+    assert_error(half, 422, "invalid_policy")
+
+
 def test_a_second_policy_of_the_same_name_is_a_conflict(stored, client, admin_token):
     again = post_json(client, POLICIES, {**POLICY, "enabled": False}, headers=admin_token)
 

@@ -322,14 +322,18 @@ def _parse_schedule(value: Any) -> tuple[int | None, list[FieldError]]:
         for key in value
         if key not in SCHEDULE_FIELDS
     ]
-    hours = value.get("every_hours")
-    if not _is_int(hours) or not 1 <= hours <= MAX_SCHEDULE_HOURS:
+    hours = _whole(value.get("every_hours"))
+    if hours is None or not 1 <= hours <= MAX_SCHEDULE_HOURS:
         errors.append(FieldError("schedule.every_hours", message))
     return (hours if not errors else None), errors
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _whole(value: Any) -> int | None:
+    """The whole number `value` is, or None. JSON does not tell 2.0 from 2 (JSON Schema's
+    integer type accepts both), so neither may we; true and false are not numbers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _parse_rules(value: Any) -> tuple[tuple[Rule, ...], list[FieldError]]:
@@ -391,8 +395,8 @@ def _parse_rule(raw: Any, at: str) -> tuple[Rule | None, list[FieldError]]:
     return (
         Rule(
             keep=keep,
-            count=raw.get("count"),
-            days=raw.get("days"),
+            count=_whole(raw.get("count")),
+            days=_whole(raw.get("days")),
             tags=tags,
             exclude_tags=exclude,
             untagged=untagged,
@@ -410,7 +414,8 @@ def _check_number(raw: dict, key: str, wanted: bool, at: str, kinds: str) -> lis
         return []
     if value is None:
         return [FieldError(f"{at}.{key}", f"required with keep {raw.get('keep')}: a number ≥ 1")]
-    if not _is_int(value) or not 1 <= value <= MAX_NUMBER:
+    number = _whole(value)
+    if number is None or not 1 <= number <= MAX_NUMBER:
         return [FieldError(f"{at}.{key}", f"a whole number from 1 to {MAX_NUMBER:,}")]
     return []
 
