@@ -71,8 +71,10 @@ def put_json(client, url: str, body: object, **kwargs):
 
 
 def documented(client, headers: dict[str, str], component: str):
-    """A validator for `component` of the API's own OpenAPI document, as the API serves it."""
-    from jsonschema import Draft202012Validator
+    """A validator for `component` of the API's own OpenAPI document, as the API serves it.
+    jsonschema-rs reads `pattern` as ECMA-262 does, as the document means it (Python's
+    `re` would let `$` match before a final newline)."""
+    from jsonschema_rs import Draft202012Validator
 
     document = client.get(f"{API}/openapi.json", headers=headers).json()
     root = {"$ref": f"#/components/schemas/{component}", "components": document["components"]}

@@ -23,7 +23,16 @@ from hubimages.inventory import repositories as inventory_repositories
 from hubimages.lib import formatting
 from hubimages.models import ApiToken, Job, Manifest, Repository
 from tests import builders
-from tests.api_helpers import API, IMAGES_REPO, REPO, assert_error, bearer, post_json, push_stock
+from tests.api_helpers import (
+    API,
+    IMAGES_REPO,
+    REPO,
+    assert_error,
+    bearer,
+    documented,
+    post_json,
+    push_stock,
+)
 
 IMAGES = f"{API}/repositories/{REPO}/images"
 DELETE = f"{API}/repositories/{REPO}/delete-images"
@@ -460,6 +469,50 @@ def test_a_bad_delete_request_is_refused_and_deletes_nothing(
 
     assert_error(post_json(client, DELETE, body, headers=bearer(deleter)), status, code)
     assert not Job.objects.exists()
+
+
+HEX = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "",
+        "sha256:abc",
+        "SHA256:" + HEX.upper(),
+        "sha256:" + HEX.upper(),
+        " sha256:" + HEX,
+        "sha256:" + HEX + "\n",
+        "sha512:" + HEX,
+        "md5:" + HEX,
+    ],
+)
+def test_a_selected_digest_the_api_refuses_is_one_its_document_forbids(client, deleter, digest):
+    Repository.objects.create(name=REPO)
+    token = bearer(deleter)
+
+    refused = post_json(client, DELETE, {"digests": [digest]}, headers=token)
+
+    body = assert_error(refused, 422, "invalid_request")
+    assert body["error"]["fields"][0]["field"] == "digests[0]"
+    assert not documented(client, token, "DeleteImagesIn").is_valid({"digests": [digest]})
+
+
+def test_an_image_path_with_a_digest_the_document_forbids_is_refused(stock, client, reader):
+    upper = "sha256:" + stock.edge.hex.upper()
+
+    assert_error(client.get(f"{IMAGES}/{upper}", headers=reader), 422, "invalid_request")
+    assert client.get(f"{IMAGES}/{stock.edge.digest}", headers=reader).status_code == 200
+
+
+def test_the_selected_digests_the_api_accepts_are_ones_its_document_allows(client, deleter):
+    Repository.objects.create(name=REPO)
+    token = bearer(deleter)
+    schema = documented(client, token, "DeleteImagesIn")
+    for digest in ["sha256:" + HEX, HEX, "sha512:" + HEX * 2]:
+        selection = {"digests": [digest]}
+        assert post_json(client, DELETE, selection, headers=token).status_code == 200
+        assert schema.is_valid(selection)
 
 
 def test_running_a_plan_that_refuses_part_of_the_selection_is_refused(stock, client, deleter):

@@ -16,6 +16,7 @@ from hubimages.api.auth import require_delete
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import paginate, reject_unknown_parameters
 from hubimages.api.schemas import (
+    DIGEST_PATTERN,
     DeleteImagesIn,
     ImageDetailOut,
     ImagePage,
@@ -37,6 +38,7 @@ from registry import media
 router = Router(tags=["repositories"])
 
 NAME = Path(description="The repository's name, slashes as they are: `team/api`.")
+DIGEST = Path(pattern=DIGEST_PATTERN, description="`sha256:<64 hex digits>`.")
 PLAN_CHANGED = (
     "the repository changed since your dry run, so the plan differs: nothing was deleted; "
     "check the new plan and send its fingerprint"
@@ -110,7 +112,7 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     response={200: ImageDetailOut, **error_responses(404, 422)},
     summary="One image's details",
 )
-def image_detail(request: HttpRequest, digest: str, name: str = NAME) -> dict:
+def image_detail(request: HttpRequest, digest: str = DIGEST, name: str = NAME) -> dict:
     """An index or image with its children, referrers, layers (each with the build step
     that made it), labels and annotations."""
     repository = _repository(name)

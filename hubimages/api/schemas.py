@@ -17,6 +17,10 @@ from hubimages.retention import policies
 
 MAX_PAGE_SIZE = 100
 MAX_DIGESTS = 1000
+# A digest as the registry writes it; a selection may leave out `sha256:`. Checked before
+# any view runs, so the document and the API refuse the same strings.
+DIGEST_PATTERN = r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$"
+SELECTED_DIGEST_PATTERN = r"^(?:(?:sha256:)?[0-9a-f]{64}|sha512:[0-9a-f]{128})$"
 Timestamp = str  # ISO 8601 in UTC with a "Z", as the command line prints it
 
 
@@ -177,7 +181,7 @@ class ImageDetailOut(ImageOut):
 
 
 class DeleteImagesIn(Strict):
-    digests: list[str] = Field(
+    digests: list[Annotated[str, Field(pattern=SELECTED_DIGEST_PATTERN)]] = Field(
         min_length=1,
         max_length=MAX_DIGESTS,
         description="Top-level items to delete, `sha256:<hex>` (the prefix is optional).",
