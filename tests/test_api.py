@@ -515,6 +515,25 @@ def test_the_selected_digests_the_api_accepts_are_ones_its_document_allows(clien
         assert schema.is_valid(selection)
 
 
+def test_the_document_says_that_deleting_needs_the_fingerprint(client, deleter):
+    Repository.objects.create(name=REPO)
+    token = bearer(deleter)
+    schema = documented(client, token, "DeleteImagesIn")
+    selection = ["sha256:" + HEX]
+
+    for body in [
+        {"digests": selection, "dry_run": False},
+        {"digests": selection, "dry_run": False, "fingerprint": None},
+        {"digests": selection, "dry_run": False, "fingerprint": ""},
+    ]:
+        refused = post_json(client, DELETE, body, headers=token)
+        assert_error(refused, 422, "fingerprint_required")
+        assert not schema.is_valid(body)
+    assert schema.is_valid({"digests": selection})
+    assert schema.is_valid({"digests": selection, "dry_run": True, "fingerprint": None})
+    assert schema.is_valid({"digests": selection, "dry_run": False, "fingerprint": "f" * 64})
+
+
 def test_running_a_plan_that_refuses_part_of_the_selection_is_refused(stock, client, deleter):
     token = bearer(deleter)
     selection = {"digests": [stock.amd.digest, stock.old.digest]}

@@ -181,6 +181,19 @@ class ImageDetailOut(ImageOut):
 
 
 class DeleteImagesIn(Strict):
+    # Deleting (dry_run false) needs the dry run's fingerprint.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"dry_run": {"const": True}}},
+                {
+                    "required": ["fingerprint"],
+                    "properties": {"fingerprint": {"type": "string", "minLength": 1}},
+                },
+            ]
+        }
+    )
+
     digests: list[Annotated[str, Field(pattern=SELECTED_DIGEST_PATTERN)]] = Field(
         min_length=1,
         max_length=MAX_DIGESTS,
