@@ -763,6 +763,20 @@ def test_djangos_own_error_pages_answer_json_under_api_and_html_elsewhere(db):
     assert api_errors.handler500(factory.get("/x"))["Content-Type"].startswith("text/html")
 
 
+def test_every_operation_documents_the_400_django_may_answer_before_any_view(client, viewer):
+    """A Host the settings do not allow, too many fields, a body over the limit: Django
+    refuses these for any URL, before the view, with a JSON 400 under /api/."""
+    reader = bearer(viewer, ApiToken.Scope.READ)
+
+    refused = client.get(f"{API}/storage", headers={**reader, "Host": "elsewhere.example"})
+
+    assert_error(refused, 400, "bad_request")
+    document = client.get(f"{API}/openapi.json", headers=reader).json()
+    operations = [op for path in document["paths"].values() for op in path.values()]
+    assert len(operations) == 13
+    assert [op["operationId"] for op in operations if "400" not in op["responses"]] == []
+
+
 def test_an_oversized_body_is_a_json_400(stock, client, deleter, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
 

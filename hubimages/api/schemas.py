@@ -56,9 +56,10 @@ class ErrorOut(Schema):
 
 
 def error_responses(*statuses: int) -> dict[int, type[ErrorOut]]:
-    """The error answers an endpoint documents; 401 and 429 go with every endpoint, since
-    every endpoint takes tokens."""
-    return {status: ErrorOut for status in sorted({401, 429, *statuses})}
+    """The error answers an endpoint documents. Every endpoint documents 400, since Django
+    refuses a malformed request (a Host not allowed, too many fields, a body over the
+    limit) before any view, and 401 and 429, since every endpoint takes tokens."""
+    return {status: ErrorOut for status in sorted({400, 401, 429, *statuses})}
 
 
 # -- paging ------------------------------------------------------------------------------
