@@ -4,13 +4,15 @@ replace, delete, dry-run and run in the policy JSON, each refusal in the error s
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 
 from devtools.worker import run_tasks
-from hubimages.models import ApiToken, Job, RetentionPolicy, RetentionRun
+from hubimages.models import ApiToken, Job, Repository, RetentionPolicy, RetentionRun
+from tests import builders
 from tests.api_helpers import (
     API,
     REPO,
@@ -200,6 +202,25 @@ def test_a_whole_number_written_with_a_decimal_point_is_that_number(client, admi
     half = {**policy, "name": "half", "schedule": {"every_hours": 1.5}}
     half = post_json(client, POLICIES, half, headers=admin_token)
     assert_error(half, 422, "invalid_policy")
+
+
+def test_a_window_reaching_past_the_first_datetime_keeps_every_dated_item(client, admin_token):
+    """days may be 1,000,000 (2,700 years): its start is before datetimes begin, and so is
+    that of any window before a `now` sent back by hand; neither is a 500."""
+    repository = Repository.objects.create(name="team/api")
+    builders.manifest(repository, "old", pushed_at=datetime(2015, 1, 1, tzinfo=UTC), tags=["v1"])
+    builders.finish(repository)
+    forever = {"name": "forever", "rules": [{"keep": "pushed_within", "days": 1_000_000}]}
+    post_json(client, POLICIES, forever, headers=admin_token)
+
+    dry_run = post_json(client, f"{POLICIES}/forever/dry-run", {}, headers=admin_token)
+
+    assert dry_run.status_code == 200, dry_run.content[:300]
+    assert dry_run.json()["repositories"][0]["selected"] == []
+    for now in ["0001-01-01T00:00:01Z", "9999-12-31T23:59:59Z"]:
+        sent = {"now": now, "fingerprint": "f" * 64}
+        run = post_json(client, f"{POLICIES}/forever/run", sent, headers=admin_token)
+        assert_error(run, 409, "plan_changed")
 
 
 def test_a_second_policy_of_the_same_name_is_a_conflict(stored, client, admin_token):
