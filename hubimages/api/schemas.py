@@ -273,7 +273,9 @@ class JobOut(Schema):
 # -- retention policies ------------------------------------------------------------------
 
 
-TagPattern = Annotated[str, Field(min_length=1)]
+# No control characters: they never match a tag (`policies.CONTROL_RE`).
+PRINTABLE = r"^[^\u0000-\u001f\u007f]+$"
+TagPattern = Annotated[str, Field(min_length=1, pattern=PRINTABLE)]
 Number = Annotated[int, Field(ge=1, le=policies.MAX_NUMBER)]
 
 
@@ -309,6 +311,7 @@ class CountedRule(_RuleScope):
     group_by: str = Field(
         None,
         min_length=1,
+        pattern=PRINTABLE,
         description="A regular expression: `count` is per group, the group being its first "
         "capture group (or the whole match).",
         json_schema_extra={"format": "regex"},

@@ -50,6 +50,8 @@ MAX_SCHEDULE_HOURS = 24 * 366
 MAX_IMPORT_BYTES = 100_000
 MAX_NUMBER = 1_000_000  # counts and days beyond this are typing mistakes
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Control characters never match a tag, and PostgreSQL's jsonb cannot even store U+0000.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 REPOSITORY_PATTERN_RE = re.compile(r"^!?[a-z0-9._/*?-]+$")
 
 
@@ -427,6 +429,9 @@ def _pattern_list(raw: dict, key: str, at: str, errors: list[FieldError]) -> tup
     if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
         errors.append(FieldError(f"{at}.{key}", 'a list of tag patterns, such as ["v*"]'))
         return None
+    if any(CONTROL_RE.search(pattern) for pattern in value):
+        errors.append(FieldError(f"{at}.{key}", "control characters never match a tag"))
+        return None
     return tuple(value)
 
 
@@ -435,6 +440,8 @@ def _check_group_by(value: Any, keep: Any, at: str) -> list[FieldError]:
         return [FieldError(f"{at}.group_by", "group_by goes with latest_pushed and latest_pulled")]
     if not isinstance(value, str) or not value:
         return [FieldError(f"{at}.group_by", "a regular expression, such as ^(main|pr-[0-9]+)-")]
+    if CONTROL_RE.search(value):
+        return [FieldError(f"{at}.group_by", "control characters never match a tag")]
     try:
         re.compile(value)
     except re.error as error:
