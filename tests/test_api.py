@@ -241,6 +241,37 @@ def test_a_parameter_given_twice_is_refused_with_its_name(client, reader, url, q
     assert f"{field} is given more than once" in body["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        (f"{API}/repositories?search=a%00b", "search"),
+        (f"{IMAGES}?search=%0A", "search"),
+        (f"{API}/repositories/team/a%00b/images", "name"),
+        (f"{API}/repositories/Team/API/images", "name"),
+        (f"{API}/repositories/a%00b/images/sha256:{'0' * 64}", "name"),
+        (f"{API}/repositories/a%00b/delete-images", "name"),
+        (f"{API}/retention-policies/a%00b", "name"),
+        (f"{API}/retention-policies/a%00b/dry-run", "name"),
+    ],
+)
+def test_a_name_or_search_no_registry_could_hold_is_refused_naming_it(client, deleter, url, field):
+    """Control characters reach no database (PostgreSQL refuses U+0000 in a query: a
+    500), and a name the registry's grammar forbids names nothing."""
+    token = bearer(deleter)
+    if url.endswith(("delete-images", "dry-run")):
+        response = post_json(client, url, {"digests": ["0" * 64]}, headers=token)
+    else:
+        response = client.get(url, headers=token)
+
+    body = assert_error(response, 422, "invalid_request")
+
+    assert [problem["field"] for problem in body["error"]["fields"]] == [field]
+    document = client.get(f"{API}/openapi.json", headers=token).json()
+    for path, operations in document["paths"].items():
+        if "{name}" in path:  # every operation that takes a name documents its 422
+            assert all("422" in operation["responses"] for operation in operations.values())
+
+
 def test_a_repository_named_like_an_endpoint_part_is_still_addressed(stock, client, reader):
     response = client.get(f"{API}/repositories/{IMAGES_REPO}/images", headers=reader)
 

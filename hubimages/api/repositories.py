@@ -37,7 +37,11 @@ from registry import media
 
 router = Router(tags=["repositories"])
 
-NAME = Path(description="The repository's name, slashes as they are: `team/api`.")
+NAME = Path(
+    pattern=media.REPOSITORY_NAME_PATTERN,
+    max_length=media.MAX_NAME_LENGTH,
+    description="The repository's name, slashes as they are: `team/api`.",
+)
 DIGEST = Path(pattern=DIGEST_PATTERN, description="`sha256:<64 hex digits>`.")
 PLAN_CHANGED = (
     "the repository changed since your dry run, so the plan differs: nothing was deleted; "

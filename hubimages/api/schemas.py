@@ -62,6 +62,11 @@ def error_responses(*statuses: int) -> dict[int, type[ErrorOut]]:
     return {status: ErrorOut for status in sorted({400, 401, 429, *statuses})}
 
 
+# Text a client types (a search): anything but control characters, which match nothing
+# and which PostgreSQL refuses in a query (U+0000).
+SEARCH_PATTERN = r"^[^\u0000-\u001f\u007f]*$"
+
+
 # -- paging ------------------------------------------------------------------------------
 
 
@@ -82,7 +87,9 @@ class Page(Schema):
 
 
 class RepositoriesQuery(PageQuery):
-    search: str = Field("", max_length=200, description="Part of the repository's name.")
+    search: str = Field(
+        "", max_length=200, pattern=SEARCH_PATTERN, description="Part of the repository's name."
+    )
     ordering: Literal[tuple(inventory_repositories.REPOSITORY_SORTS)] = Field(  # type: ignore[valid-type]
         "name", description="`-` first for descending."
     )
@@ -106,6 +113,7 @@ class ImagesQuery(PageQuery):
     search: str = Field(
         "",
         max_length=200,
+        pattern=SEARCH_PATTERN,
         description="Tag substring, or digest prefix with or without `sha256:`; a match on "
         "a child shows its index.",
     )
