@@ -62,19 +62,28 @@ def analyze() -> None:
         cursor.execute("ANALYZE")
 
 
-def fill(name: str, manifests: int, seed: int) -> None:
+def fill(name: str, manifests: int, seed: int, registry: str = "default") -> None:
     """A repository of `manifests` manifests: three quarters in releases (index + 2
     images + 2 attestations, a tag each), the rest standalone images (every fifth
     tagged); half the images pulled. Written in chunks, so a million fits in memory."""
-    from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+    from hubimages.models import (
+        Blob,
+        IndexEntry,
+        Manifest,
+        ManifestBlob,
+        Registry,
+        Repository,
+        Tag,
+    )
     from hubimages.sync import rollups
 
     rng = random.Random(seed)
-    repository = Repository.objects.create(name=name)
+    owner, _ = Registry.objects.get_or_create(name=registry)
+    repository = Repository.objects.create(registry=owner, name=name)
     now = datetime(2026, 6, 1, tzinfo=UTC)
     releases = manifests * 3 // 4 // RELEASE
     standalone = manifests - releases * RELEASE
-    base = Blob.objects.create(digest=f"sha256:{name}-base", size=30_000_000)
+    base = Blob.objects.create(registry=owner, digest=f"sha256:{name}-base", size=30_000_000)
 
     def row(key: str, kind: str, **fields) -> Manifest:
         pushed = now - timedelta(minutes=rng.randrange(0, 2 * 365 * 24 * 60))
@@ -140,7 +149,9 @@ def fill(name: str, manifests: int, seed: int) -> None:
         digests = [f"sha256:{name}-{key}" for key in keys]
         Blob.objects.bulk_create(
             [
-                Blob(digest=f"{digest}-{part}", size=rng.randrange(1000, 50_000_000))
+                Blob(
+                    registry=owner, digest=f"{digest}-{part}", size=rng.randrange(1000, 50_000_000)
+                )
                 for digest in digests
                 for part in ("config", "layer")
             ],
@@ -148,7 +159,8 @@ def fill(name: str, manifests: int, seed: int) -> None:
         )
         blob_ids = dict(
             Blob.objects.filter(
-                digest__in=[f"{d}-{part}" for d in digests for part in ("config", "layer")]
+                registry=owner,
+                digest__in=[f"{d}-{part}" for d in digests for part in ("config", "layer")],
             ).values_list("digest", "pk")
         )
         links = []
@@ -224,6 +236,13 @@ def main() -> int:
         help="rows per page; the small repository must fill a page for every filter "
         "(its 100 manifests hold 15 indexes), so both render the same number of rows",
     )
+    parser.add_argument(
+        "--registries",
+        type=int,
+        default=5,
+        help="registries in the database (SPEC §11): the big repository in the last, a small "
+        "one in each; the small repository measured is the first registry's",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hubimages-list-bench-") as directory:
@@ -235,11 +254,13 @@ def main() -> int:
         from hubimages.models import Manifest
 
         started = time.perf_counter()
-        fill("bench/big", args.manifests, seed=1)
-        fill("bench/small", args.small, seed=2)
+        registries = [f"r{n}" for n in range(1, max(args.registries, 1) + 1)]
+        fill("bench/big", args.manifests, seed=1, registry=registries[-1])
+        for n, registry in enumerate(registries):
+            fill("bench/small", args.small, seed=2 + n, registry=registry)
         analyze()
         print(
-            f"filled {Manifest.objects.count():,} manifests in "
+            f"filled {Manifest.objects.count():,} manifests in {len(registries)} registries in "
             f"{time.perf_counter() - started:.1f} s ({vendor})",
             flush=True,
         )
@@ -261,7 +282,10 @@ def main() -> int:
             )
             big, small = time_pages(
                 client,
-                [("/repositories/bench/big/", params), ("/repositories/bench/small/", baseline)],
+                [
+                    (f"/r/{registries[-1]}/bench/big/", params),
+                    (f"/r/{registries[0]}/bench/small/", baseline),
+                ],
                 args.repeat,
             )
             label = " ".join(f"{key}={value}" for key, value in case.items())
@@ -273,7 +297,8 @@ def main() -> int:
         median = statistics.median(ratio for ratio, _ in ratios)
         verdict = "meets" if worst <= TARGET else "misses"
         print(
-            f"list bench ({vendor}): {args.manifests:,} vs {args.small:,} manifests, "
+            f"list bench ({vendor}, {len(registries)} registries): "
+            f"{args.manifests:,} vs {args.small:,} manifests, "
             f"{len(ratios)} cases (filter × sort, stale × sort, a search): median ratio "
             f"{median:.2f}, worst {worst:.2f} ({worst_case}); {verdict} target ≤ {TARGET}; "
             f"a broad search ({BROAD!r}, a tenth of the tags): {broad[0][0]:.2f}"

@@ -131,7 +131,7 @@ def measure(repeat: int) -> dict[str, float]:
 
     def page() -> None:
         rows = list(lists.with_details(lists.top_level(repository))[:25])
-        [lists.row_as_dict(row) for row in rows]
+        [lists.row_as_dict(row, registry="default") for row in rows]
 
     page()  # warm the caches once, for every measurement alike
     plan = planning.plan_deletion(repository=repository, digests=many)

@@ -189,7 +189,7 @@ def run(workdir: str, args: argparse.Namespace) -> int:
     repository = Repository.objects.get(name="bench/r000")
     client = Client()
     client.force_login(get_user_model().objects.create_superuser("bench", password="x"))
-    url = f"/repositories/{repository.name}/"
+    url = f"/r/default/{repository.name}/"
 
     def rendered_page() -> None:
         response = client.get(url)  # 25 rows, the default page size
@@ -197,7 +197,7 @@ def run(workdir: str, args: argparse.Namespace) -> int:
 
     def page_queries() -> None:
         rows = list(lists.with_details(lists.top_level(repository))[:25])
-        [lists.row_as_dict(row) for row in rows]
+        [lists.row_as_dict(row, registry="default") for row in rows]
 
     def dry_run() -> engine.DryRun:
         return engine.dry_run(policy, now=NOW)

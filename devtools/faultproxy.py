@@ -15,7 +15,10 @@ The last fault added wins when several match. Faults: `answer` (any canned statu
 and headers: empty or ``null`` catalogs, 429 with ``Retry-After``, 503 always or once, a
 failing page), `endless_pages`, `looping_pages`, `truncate`, `trickle`, `corrupt` (the
 content no longer matches its digest), `oversize` (with or without Content-Length) and
-`delay` (a slow answer).
+`delay` (a slow answer), `no_digest_header` (HEAD answers without `Docker-Content-Digest`,
+as some registries and proxies send them), `not_found` (404 to one chosen request) and
+`meanwhile` (something else happens while one request is held, e.g. a push during a slow
+DELETE).
 Registries other than distribution 2.8, documented behaviour the proxy adds on top of it:
 `paged_tags` (Harbor, GHCR, 3.x) and `referrers` (the OCI referrers API).
 """
@@ -27,6 +30,7 @@ import http.client
 import json
 import re
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +88,8 @@ class Fault:
     forward: bool = True
     # Seconds to hold the request before it goes upstream (a slow registry).
     delay: float = 0.0
+    # Runs (in the proxy's thread) while the request is held, before it goes upstream.
+    action: Callable[[], None] | None = None
     hits: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -93,6 +99,15 @@ class Fault:
         if self.times is not None and self.hits >= self.times:
             return False
         return self.pattern.search(path) is not None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (a worker killed mid-request) is no error of the proxy's."""
+        if not isinstance(sys.exc_info()[1], _CLIENT_GONE):
+            super().handle_error(request, client_address)
 
 
 class FaultProxy:
@@ -116,8 +131,7 @@ class FaultProxy:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> FaultProxy:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
+        server = _Server(("127.0.0.1", 0), _Handler)
         server.proxy = self  # type: ignore[attr-defined]
         self._server = server
         self._thread = threading.Thread(
@@ -168,9 +182,11 @@ class FaultProxy:
         headers: dict[str, str] | None = None,
         method: str | None = None,
         times: int | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Fault:
         """Answer without asking the registry: `json_body` (e.g. ``{"repositories": None}``)
-        or `body`, with `status` and `headers` (``{"Retry-After": "3600"}``)."""
+        or `body`, with `status` and `headers` (``{"Retry-After": "3600"}``); `meanwhile`
+        runs before the answer goes (as for `FaultProxy.meanwhile`)."""
         if json_body is not None:
             body = json.dumps(json_body).encode()
         content_type = "application/json" if json_body is not None else "text/plain"
@@ -179,7 +195,7 @@ class FaultProxy:
         def respond(upstream: Upstream | None, path: str, fault: Fault) -> Upstream:
             return Upstream(status, list(answer), body)
 
-        return self._add(pattern, method, times, respond=respond, forward=False)
+        return self._add(pattern, method, times, respond=respond, forward=False, action=meanwhile)
 
     def endless_pages(
         self,
@@ -334,10 +350,50 @@ class FaultProxy:
 
         return self._add(pattern, method, None, send=send)
 
-    def delay(self, pattern: str, *, seconds: float, method: str | None = None) -> Fault:
+    def delay(
+        self, pattern: str, *, seconds: float, method: str | None = None, times: int | None = None
+    ) -> Fault:
         """Hold each matching request `seconds` before forwarding it: a registry slow to
         answer (a DELETE on a busy storage backend, say)."""
-        return self._add(pattern, method, None, delay=seconds)
+        return self._add(pattern, method, times, delay=seconds)
+
+    def meanwhile(
+        self,
+        pattern: str,
+        action: Callable[[], None],
+        *,
+        method: str | None = None,
+        times: int | None = 1,
+    ) -> Fault:
+        """Hold the matching request while `action()` runs, then forward it: what a slow
+        answer lets other clients do in between (push, tag, delete), without a clock. An
+        exception in `action` is kept in `fault.options["error"]` and the request still goes
+        upstream."""
+        return self._add(pattern, method, times, action=action)
+
+    def no_digest_header(self, pattern: str, *, method: str | None = "HEAD") -> Fault:
+        """Leave `Docker-Content-Digest` out of the answers (some registries and proxies do
+        for HEAD): the client has to GET the content to learn its digest."""
+
+        def respond(upstream: Upstream | None, path: str, fault: Fault) -> Upstream:
+            assert upstream is not None
+            upstream.set_header("Docker-Content-Digest", None)
+            return upstream
+
+        return self._add(pattern, method, None, respond=respond)
+
+    def not_found(
+        self,
+        pattern: str,
+        *,
+        method: str | None = "GET",
+        times: int | None = 1,
+        code: str = "MANIFEST_UNKNOWN",
+    ) -> Fault:
+        """Answer 404 with the OCI error `code` to the first `times` matching requests, as a
+        registry does for what it lacks (or a blip of a proxy or a storage backend does)."""
+        error = {"errors": [{"code": code, "message": f"{code.lower()} (faultproxy)"}]}
+        return self.answer(pattern, status=404, json_body=error, method=method, times=times)
 
     def _add(self, pattern: str, method: str | None, times: int | None, **parts: Any) -> Fault:
         fault = Fault(re.compile(pattern), method, times, **parts)
@@ -410,6 +466,11 @@ class _Handler(BaseHTTPRequestHandler):
             upstream = None
             if fault is not None and fault.delay:
                 proxy.stopping.wait(fault.delay)
+            if fault is not None and fault.action is not None:
+                try:
+                    fault.action()
+                except Exception as error:  # the test reads it; the request still goes on
+                    fault.options["error"] = error
             if fault is None or fault.forward:
                 path = fault.rewrite(self.path, fault) if fault and fault.rewrite else self.path
                 upstream = self._forward(proxy, path, request_body)

@@ -223,6 +223,16 @@ class RegistryClient:
         pages = self._paged(url, _pull_scope(repository), "tags", f"the tags of {repository}")
         return list(pages)
 
+    def first_tags_page(self, repository: str, page_size: int) -> tuple[list[str], bool]:
+        """The first page of `repository`'s tags asked `page_size` at a time, and whether
+        the registry announced a next page (`Link`): how a registry pages is seen here
+        (distribution 2.8 ignores `n` and answers every tag at once)."""
+        _check_name(repository)
+        _check_page_size(page_size)
+        url = f"{self.base_url}/v2/{repository}/tags/list?{urlencode({'n': page_size})}"
+        response, body = self._call("GET", url, scope=_pull_scope(repository))
+        return _string_list(body, "tags", url), self._next_page(response) is not None
+
     def _paged(self, url: str, scope: str, key: str, what: str) -> Iterator[str]:
         """The new strings of `key` on each page of a `Link` chain, each once.
 
@@ -279,7 +289,11 @@ class RegistryClient:
         length = response.headers.get("Content-Length", "")
         if not digest or not length.isdigit():
             # Some registries leave these out of HEAD answers: ask for the content instead.
-            fetched = self.get_manifest(repository, reference)
+            # A 404 there (the tag was deleted between the two) answers this HEAD alike.
+            try:
+                fetched = self.get_manifest(repository, reference)
+            except NotFound:
+                return None
             return ManifestHead(fetched.digest, fetched.media_type, fetched.size)
         if not is_digest(digest):
             raise InvalidResponse(

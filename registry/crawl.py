@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ CONFIG_MAX_BYTES = 4 * 1024 * 1024
 MAX_NAMED_WARNINGS = 5  # invalid tags named one by one; past that, counted
 # Repositories read at once: enough to keep every worker busy while the caller writes one.
 REPOSITORIES_IN_FLIGHT = 8
+NAME_UNKNOWN = "NAME_UNKNOWN"
 
 
 @dataclass
@@ -63,6 +64,8 @@ class KnownRepository:
 
     manifests: dict[str, KnownManifest] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    # Manifests an earlier read found missing once: the next read settles them.
+    unconfirmed: set[str] = field(default_factory=set)
 
 
 NOTHING_KNOWN = KnownRepository()
@@ -103,11 +106,24 @@ class Snapshot:
     warnings: list[str] = field(default_factory=list)
     # The image configs the fetched manifests name (read now or held by the caller).
     config_digests: set[str] = field(default_factory=set)
+    # Fetched manifests not to store now (`withhold_incomplete`): absent from `present`.
+    withheld: set[str] = field(default_factory=set)
+    _config_of: dict[str, str] = field(default_factory=dict)
 
     def add_manifest(self, manifest: FetchedManifest) -> None:
         self.fetched.add(manifest.digest, manifest.media_type, manifest.body)
+        self._config_of[manifest.digest] = config_digest(manifest)
         self.config_digests.add(config_digest(manifest))
         self.config_digests.discard("")
+
+    def withhold(self, digests: set[str], warnings: list[str]) -> None:
+        """Leave `digests` (fetched) out of what is stored, saying why in `warnings`."""
+        self.withheld |= digests
+        self.present -= digests
+        self.warnings += warnings
+        self.config_digests = {
+            self._config_of[digest] for digest in self.fetched if digest in self.present
+        } - {""}
 
     def close(self) -> None:
         self.fetched.close()
@@ -120,7 +136,9 @@ KnownLookup = Callable[[Collection[str]], Mapping[str, KnownManifest]]
 
 @dataclass(frozen=True)
 class CrawlFailure:
-    """A repository that could not be read; `missing` when the registry has no such name."""
+    """A repository that could not be read; `missing` when the registry has no such name
+    (its tag list answered 404 NAME_UNKNOWN, and a HEAD finds none of the manifests the
+    caller held): one round of answers, for the caller to confirm before removing."""
 
     name: str
     error: RegistryError
@@ -139,6 +157,7 @@ def is_unchanged(snapshot: Snapshot, known: KnownRepository) -> bool:
         not snapshot.fetched
         and snapshot.tags == known.tags
         and snapshot.present.issuperset(known.manifests)
+        and not known.unconfirmed
     )
 
 
@@ -256,6 +275,10 @@ class _RepositoryRead:
         self.configs_asked: set[str] = set()
         self.heads_sent = False
         self.unknown_name = False
+        # The fetched indexes' children, and what led to each manifest fetched now (the
+        # indexes listing it, the subject whose referrers named it): `withhold_incomplete`.
+        self.children: dict[str, list[str]] = {}
+        self.parents: dict[str, set[str]] = defaultdict(set)
         self.failure: CrawlFailure | None = None
 
     def start(self) -> None:
@@ -273,8 +296,6 @@ class _RepositoryRead:
         try:
             if self.failure is None:
                 request(*args)
-        except NotFound as error:
-            self._fail(CrawlFailure(self.name, error, missing=True))
         except RegistryError as error:
             self._fail(CrawlFailure(self.name, error))
         except Exception as error:  # a bug must not stop the other repositories
@@ -301,8 +322,14 @@ class _RepositoryRead:
             self.finish(self.failure)
             return
         snapshot = self.snapshot
+        withhold_incomplete(snapshot, self.children, self.parents, set(snapshot.tags.values()))
         for tag, digest in list(snapshot.tags.items()):
-            if digest not in snapshot.present:
+            if digest in snapshot.present:
+                continue
+            previous = self.known.tags.get(tag)
+            if digest in snapshot.withheld and previous in snapshot.present:
+                snapshot.tags[tag] = previous  # until its new target can be stored whole
+            else:
                 del snapshot.tags[tag]
         if self.unknown_name and not snapshot.present:
             snapshot.close()
@@ -317,15 +344,19 @@ class _RepositoryRead:
     # -- the requests and what each answer sends next ----------------------------------
 
     def _list_tags(self) -> None:
-        """Raises NotFound for a repository the registry lacks. A 404 tag list alone does
-        not say so when the caller holds manifests of it: distribution answers it for a
+        """Only this answer can say the repository is missing: its tag list answering 404
+        NAME_UNKNOWN (any other 404 is a failure of the read, not a verdict). Even that
+        does not say so when the caller holds manifests of it: distribution answers it for a
         repository holding only untagged manifests (pushed by digest), which stay while a
         HEAD by digest finds them (SPEC §5)."""
         try:
             listed = self.client.list_tags(self.name)
-        except NotFound:
-            if not self.known.manifests:
+        except NotFound as error:
+            if not names_unknown_repository(error):
                 raise
+            if not self.known.manifests:
+                self._fail(CrawlFailure(self.name, error, missing=True))
+                return
             listed = []
             with self.lock:
                 self.unknown_name = True
@@ -392,7 +423,10 @@ class _RepositoryRead:
         snapshot = self.snapshot
         snapshot.present.add(fetched.digest)
         snapshot.add_manifest(fetched)
+        if fetched.parsed.manifests:
+            self.children[fetched.digest] = [child.digest for child in fetched.parsed.manifests]
         for child in fetched.parsed.manifests:
+            self.parents[child.digest].add(fetched.digest)
             self._reach(child.digest)
         if self.client.may_have_referrers_api and not fetched.parsed.is_artifact:
             self._send(self._referrers, fetched.digest)
@@ -406,6 +440,7 @@ class _RepositoryRead:
         referrers = self.client.list_referrers(self.name, digest)
         with self.lock:
             for referrer in referrers or []:
+                self.parents[referrer.digest].add(digest)
                 self._reach(referrer.digest)
 
     def _get_config(self, digest: str) -> None:
@@ -423,6 +458,55 @@ class _RepositoryRead:
         if self.client.head_manifest(self.name, digest) is not None:
             with self.lock:
                 self.snapshot.present.add(digest)
+
+
+def withhold_incomplete(
+    snapshot: Snapshot,
+    children: Mapping[str, list[str]],
+    parents: Mapping[str, set[str]],
+    roots: set[str],
+) -> None:
+    """An index is stored whole or not at all: stored without a child (one 404, a blip),
+    no later read would fetch that child again (they walk stored entries), and deleting
+    the index would leave the child behind, untracked. So an index fetched now whose
+    child the registry did not give is withheld, with every index above it and every
+    manifest fetched now that only it led to (stored alone, a child would list as an
+    untagged image, which a retention rule for untagged images deletes). Withheld
+    manifests are not stored, so the next read fetches them again.
+
+    `children`: the fetched indexes' children; `parents`: for each manifest, the fetched
+    manifests that led to it; `roots`: those reached on their own (by a tag, by a push)."""
+    withheld: set[str] = set()
+    lacking: dict[str, str] = {}
+    grew = any(any(c not in snapshot.present for c in kids) for kids in children.values())
+    while grew:
+        grew = False
+        for index, kids in children.items():
+            missing = [c for c in kids if c not in snapshot.present or c in withheld]
+            if missing and index not in withheld and index in snapshot.fetched:
+                withheld.add(index)
+                lacking[index] = missing[0]
+                grew = True
+        for digest in snapshot.fetched:
+            via = parents.get(digest)
+            if digest not in withheld and digest not in roots and via and via <= withheld:
+                withheld.add(digest)
+                grew = True
+    if withheld:
+        snapshot.withhold(
+            withheld,
+            [
+                f"index {index} not stored: its manifest {child} could not be read; the next "
+                "sync reads the index again"
+                for index, child in sorted(lacking.items())
+            ],
+        )
+
+
+def names_unknown_repository(error: RegistryError) -> bool:
+    """The registry's own word that it has no repository of that name: 404 NAME_UNKNOWN.
+    A 404 on anything else (a manifest, a blob) concerns that one thing only."""
+    return isinstance(error, NotFound) and error.code == NAME_UNKNOWN
 
 
 def _valid_tags(tags: list[str], snapshot: Snapshot) -> list[str]:
@@ -526,6 +610,19 @@ def read_pushed(
     for (tag, digest), head in zip(unconfirmed, heads, strict=True):
         if head is not None and head.digest == digest:
             snapshot.tags[tag] = digest
+    children = {
+        digest: [child.digest for child in manifest.parsed.manifests]
+        for digest, manifest in snapshot.fetched.items()
+        if manifest.parsed.manifests
+    }
+    parents: dict[str, set[str]] = defaultdict(set)
+    for digest, kids in children.items():
+        for child in kids:
+            parents[child].add(digest)
+    withhold_incomplete(snapshot, children, parents, set(pushed) | set(snapshot.tags.values()))
+    for tag, digest in list(snapshot.tags.items()):
+        if digest in snapshot.withheld:
+            del snapshot.tags[tag]
     read_configs(client, pool, snapshot, known_configs(snapshot.config_digests))
     return snapshot
 

@@ -27,6 +27,7 @@ from tests.api_helpers import (
 POLICIES = f"{API}/retention-policies"
 POLICY = {
     "name": "ci-cleanup",
+    "registries": ["*"],
     "repositories": ["org/**", "!org/golden"],
     "rules": [
         {"keep": "always", "tags": ["latest", "edge", "main", "2.*"]},
@@ -76,6 +77,7 @@ def test_a_minimal_policy_gets_the_defaults_and_keeps_its_rules_as_written(clien
 
     assert response.json() == {
         "name": "short",
+        "registries": ["*"],
         "repositories": ["**"],
         "rules": [{"keep": "latest_pushed", "count": 3}],
         "max_delete_fraction": 0.5,

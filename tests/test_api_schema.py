@@ -1,9 +1,10 @@
 """The API against its own OpenAPI document (SPEC §9), by schemathesis: for every operation
 `/api/v1/openapi.json` lists, generated requests — valid ones and ones the document
 forbids — sent in-process to the WSGI application with a read+delete token, once with
-generated path parameters and once naming things that exist. No answer is a 500, and
-every answer is one the document describes (status, content type, body, headers), valid
-requests are accepted and invalid ones refused.
+generated path parameters and once naming things that exist (in a second registry, for
+operations that take `?registry=`). No answer is a 500, and every answer is one the
+document describes (status, content type, body, headers), valid requests are accepted
+and invalid ones refused.
 
 The example count is kept small so the whole runs in about a minute; set
 `HUBIMAGES_SCHEMA_EXAMPLES` to search longer."""
@@ -26,13 +27,16 @@ from schemathesis.core import NOT_SET
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from hubimages.jobs import queue
-from hubimages.models import Manifest, Repository, RetentionPolicy
+from hubimages.models import Manifest, Registry, Repository, RetentionPolicy
+from hubimages.registries import rows as registry_rows
 from hubimages.retention import policies
+from hubimages.storage import figures
 from tests import builders
 from tests.api_helpers import bearer
 
 EXAMPLES = int(os.environ.get("HUBIMAGES_SCHEMA_EXAMPLES", "10"))
 REPOSITORY = "team/api"
+OTHER_REGISTRY = "staging"
 POLICY = {"name": "keep-two", "rules": [{"keep": "latest_pushed", "count": 2}]}
 
 
@@ -57,10 +61,20 @@ def application(db):
 
 @pytest.fixture
 def existing(deleter) -> dict[str, object]:
-    """Something behind the path parameters: a repository with an index, its image and a
-    tagged image, a job, and a retention policy (put back before each request, since
-    requests delete and rename it)."""
-    repository = Repository.objects.create(name=REPOSITORY)
+    """Something behind the path parameters: in the default registry and in a second one,
+    a repository with an index, its image and a tagged image, and their storage figures
+    (computed, as the workers do); a job, and a retention policy (put back before each
+    request, since requests delete and rename it)."""
+    registries = [registry_rows.get(), Registry.objects.create(name=OTHER_REGISTRY)]
+    for registry in registries:
+        index = stock(Repository.objects.create(registry=registry, name=REPOSITORY))
+    figures.refresh()
+    job = queue.start_sync(user=deleter, started_by=deleter.username, repository=REPOSITORY)
+    return {"name": REPOSITORY, "digest": index.digest, "job_id": job.pk}
+
+
+def stock(repository: Repository) -> Manifest:
+    """An index with one image, and a tagged image; the index."""
     when = datetime(2024, 5, 1, tzinfo=UTC)
     child = builders.manifest(repository, "amd", pushed_at=when)
     index = builders.manifest(
@@ -68,8 +82,7 @@ def existing(deleter) -> dict[str, object]:
     )
     builders.manifest(repository, "edge", pushed_at=when, tags=["edge"])
     builders.finish(repository)
-    job = queue.start_sync(user=deleter, started_by=deleter.username, repository=REPOSITORY)
-    return {"name": REPOSITORY, "digest": index.digest, "job_id": job.pk}
+    return index
 
 
 def restore_policy() -> None:
@@ -77,13 +90,14 @@ def restore_policy() -> None:
         policies.save_policy(policies.parse_policy(POLICY))
 
 
-def known_parameters(path: str, existing: dict[str, object]) -> dict[str, object] | None:
-    """Path parameters naming what exists, for a path that has any."""
-    names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
-    if not names:
-        return None
-    known = {**existing, "name": POLICY["name"]} if "retention" in path else existing
-    return {name: known[name] for name in names}
+def rounds(operation, existing: dict[str, object]) -> list[tuple[dict | None, dict | None]]:
+    """(path parameters, query parameters) fixed in each round of an operation: none, then,
+    where it takes any, path parameters naming what exists and the second registry."""
+    names = [part[1:-1] for part in operation.path.split("/") if part.startswith("{")]
+    known = {**existing, "name": POLICY["name"]} if "retention" in operation.path else existing
+    path = {name: known[name] for name in names} or None
+    query = {"registry": OTHER_REGISTRY} if operation.get_parameter("registry", "query") else None
+    return [(None, None), (path, query)] if path or query else [(None, None)]
 
 
 class Document:
@@ -150,20 +164,23 @@ def test_every_answer_is_documented_and_none_is_a_500(application, token, existi
     document = Document(schema.raw_schema)
     failures: list[str] = []
     answered: dict[str, set[int]] = defaultdict(set)
+    in_other_registry: dict[str, set[int]] = defaultdict(set)
     for result in schema.get_all_operations():
         operation = result.ok()
-        known = known_parameters(operation.path, existing)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            for path_parameters in [None, known] if known else [None]:
+            for path, query in rounds(operation, existing):
                 strategy = operation.as_strategy(
-                    generation_mode=mode, path_parameters=path_parameters
+                    generation_mode=mode, path_parameters=path, query=query
                 )
-
+                statuses: set[int] = set()
                 try:
-                    examples(strategy, document, answered[operation.label])
+                    examples(strategy, document, statuses)
                 except (Exception, BaseExceptionGroup) as failure:  # reported together below
-                    where = "existing" if path_parameters else "generated"
+                    where = "existing" if path or query else "generated"
                     failures.append(f"{operation.label} ({mode.value}, {where}):\n{failure}")
+                answered[operation.label] |= statuses
+                if query:
+                    in_other_registry[operation.label] |= statuses
     assert not failures, "\n\n".join(failures)
     # The requests reached the views, not only the authentication wall: each operation
     # succeeded at least once, but for running a policy, which needs a dry run's
@@ -171,3 +188,8 @@ def test_every_answer_is_documented_and_none_is_a_500(application, token, existi
     failed = {label for label, statuses in answered.items() if min(statuses) >= 300}
     assert failed <= {"POST /api/v1/retention-policies/{name}/run"}, dict(answered)
     assert len(answered) == 13 and 409 in answered["POST /api/v1/retention-policies/{name}/run"]
+    # and so did each operation that takes `?registry=`, naming the second registry.
+    assert len(in_other_registry) == 5, dict(in_other_registry)
+    assert all(min(statuses) < 300 for statuses in in_other_registry.values()), dict(
+        in_other_registry
+    )

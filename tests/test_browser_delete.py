@@ -18,7 +18,7 @@ from hubimages.models import DeletionRecord, Repository
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 REPO = "acme/store"
-LIST = f"/repositories/{REPO}/"
+LIST = f"/r/default/{REPO}/"
 ROWS = '#rows input[name="digest"]'
 
 

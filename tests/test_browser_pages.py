@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 REPO = "acme/web"
-LIST = f"/repositories/{REPO}/"
+LIST = f"/r/default/{REPO}/"
 ROWS = '#rows input[name="digest"]'
 
 

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 REPO = "acme/web"
-LIST = f"/repositories/{REPO}/"
+LIST = f"/r/default/{REPO}/"
 ROWS = '#rows input[type="checkbox"][name="digest"]'
 LAPTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client, RequestFactory
 
-from hubimages.accounts.addresses import client_address
+from hubimages.lib.addresses import client_address
 from tests.conftest import PASSWORD
 from tests.test_hardening import manage
 

@@ -25,7 +25,7 @@ from hubimages.web import images
 from registry.client import RegistryClient
 
 REPO = "acme/shop"
-LIST = f"/repositories/{REPO}/"
+LIST = f"/r/default/{REPO}/"
 PREVIEW = f"{LIST}-/delete/"
 EXECUTE = f"{LIST}-/delete/confirm"
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -374,7 +374,7 @@ def test_a_busy_repository_or_an_unreachable_registry_deletes_nothing_and_is_ret
     leases.release(held)
     registry_server.stop()
     monkeypatch.setattr(
-        runner, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+        runner, "registry_client", lambda *_: RegistryClient(registry_url, max_retries=0)
     )
     unreachable = follow_job(deleter_client, deleter_client.post(EXECUTE, confirmed(page)))
 

@@ -108,7 +108,7 @@ def test_a_deletion_is_one_row_that_opens_onto_its_manifests(
     (row,) = rows(page)
     main = row[: row.index('<tr class="children-row">')]
     assert "<td>deleter</td>" in main
-    assert '<a class="name" href="/repositories/team/api/">team/api</a>' in main
+    assert '<a class="name" href="/r/default/team/api/">team/api</a>' in main
     assert f'<span class="tag" title="2.0, latest">2.0</span> <code title="{index.digest}">' in main
     assert re.findall(r'<td class="col-count">(\d+)</td>', main) == ["3", "2"]  # manifests, tags
     reclaimed = outcome.reclaimed_bytes
@@ -175,7 +175,7 @@ def test_the_repository_filter_matches_part_of_a_name_in_any_case(db, viewer_cli
     def repositories(search: str) -> list[str]:
         page = viewer_client.get("/history/", {"repository": search}, **HTMX).content.decode()
         assert page.lstrip().startswith('<section id="records"')
-        return re.findall(r'<td><a class="name" href="/repositories/[^"]+">([^<]+)</a>', page)
+        return re.findall(r'<td><a class="name" href="/r/default/[^"]+">([^<]+)</a>', page)
 
     assert repositories("team/") == ["team/web", "team/api", "team/old"]
     assert repositories("APP") == ["other/app"]

@@ -26,6 +26,7 @@ from hubimages.sync import events
 from hubimages.web import webhooks
 from registry.client import RegistryClient
 from registry.media import OCI_MANIFEST
+from registry.notifications import parse_envelope
 
 TOKEN = "events-secret-9f2c"
 V1 = "application/vnd.docker.distribution.events.v1+json"
@@ -115,7 +116,7 @@ def test_without_a_configured_token_the_endpoint_is_disabled_and_says_so(
     client, settings, db, caplog, monkeypatch
 ):
     settings.REGISTRY_EVENTS_TOKEN = ""
-    monkeypatch.setattr("hubimages.web.webhooks._warned_disabled", False)
+    monkeypatch.setattr("hubimages.web.webhooks._warned_disabled", set())
     with caplog.at_level(logging.WARNING, logger="hubimages.events"):
         response = post(client, registry_event("pull", "team/api", digest="sha256:" + "a" * 64))
         post(client, registry_event("pull", "team/api", digest="sha256:" + "b" * 64))
@@ -307,7 +308,7 @@ def test_a_push_that_fails_stays_pending_until_process_events_or_sync_registry(
 ):
     # No retries with backoff inside one drain: the next drain is the retry.
     monkeypatch.setattr(
-        events, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+        events, "registry_client", lambda *_: RegistryClient(registry_url, max_retries=0)
     )
     first = pusher.push_image("team/api", tag="v1", layers=[random_layer(100, "first")])
     second = pusher.push_image("team/api", tag="v2", layers=[random_layer(100, "second")])
@@ -554,3 +555,18 @@ def test_a_delete_waits_while_the_repository_is_locked(
     assert events.process_received(registry_client) == 1
     assert stored("team/api", pushed.digest) is None
     assert RegistryEvent.objects.get(action="delete").message == "manifest deleted"
+
+
+def test_an_envelope_holding_the_same_event_twice_records_it_once(client, events_on):
+    """Found by the stateful test: the second copy made the envelope's transaction fail
+    on the unique event id (twice, with the retry), and nothing was recorded."""
+    [event] = parse_envelope(
+        json.dumps(
+            {"events": [registry_event("pull", "team/api", digest="sha256:" + "c" * 64)]}
+        ).encode()
+    )
+
+    recorded = events.record([event, event])
+
+    assert (recorded.new, recorded.duplicates) == (1, 1)
+    assert RegistryEvent.objects.count() == 1

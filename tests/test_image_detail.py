@@ -12,7 +12,7 @@ REPO = "acme/api"
 
 
 def detail_url(digest: str, repository: str = REPO) -> str:
-    return reverse("image_detail", args=[repository, digest])
+    return reverse("image_detail", args=["default", repository, digest])
 
 
 def test_an_image_page_shows_its_facts_and_layers_with_the_steps_that_built_them(

@@ -17,7 +17,7 @@ from hubimages.models import IndexEntry, Manifest, Repository, Tag
 from tests.builders import digest_for, finish, manifest
 
 REPO = "acme/team/api"
-LIST_URL = f"/repositories/{REPO}/"
+LIST_URL = f"/r/default/{REPO}/"
 
 
 def row_digests(response) -> list[str]:
@@ -155,7 +155,7 @@ def sortable(db):
         "d": manifest(repo, "d", size=500, pushed_at=t(2025, 12, 1)),
     }
     finish(repo)
-    return SimpleNamespace(url="/repositories/sort/me/", rows=rows)
+    return SimpleNamespace(url="/r/default/sort/me/", rows=rows)
 
 
 @pytest.mark.parametrize(
@@ -246,7 +246,7 @@ def test_stale_is_counted_in_calendar_months(db, viewer_client, monkeypatch, set
     )
     finish(repo)
 
-    page = viewer_client.get("/repositories/stale/check/").content.decode()
+    page = viewer_client.get("/r/default/stale/check/").content.decode()
 
     badges = dict(re.findall(r'value="(sha256:[0-9a-f]{64})".*?badge-(stale|active)', page, re.S))
     assert badges == {old.digest: "stale", march.digest: "active", pulled.digest: "active"}
@@ -265,14 +265,14 @@ def thirty(db):
 
 
 def test_pages_split_the_list_and_keep_the_query_in_their_links(thirty, viewer_client):
-    response = viewer_client.get("/repositories/many/", {"per_page": 10, "page": 2})
+    response = viewer_client.get("/r/default/many/", {"per_page": 10, "page": 2})
 
     page = response.content.decode()
     assert row_digests(response) == thirty[10:20]
     assert "30 items, showing 11–20" in page
     assert "Page 2 of 3" in page
-    assert 'href="/repositories/many/?per_page=10&amp;page=3"' in page
-    assert 'href="/repositories/many/?per_page=10"' in page  # back to page 1
+    assert 'href="/r/default/many/?per_page=10&amp;page=3"' in page
+    assert 'href="/r/default/many/?per_page=10"' in page  # back to page 1
     assert '<option value="10" selected>' in page
 
 
@@ -290,10 +290,10 @@ def test_pages_split_the_list_and_keep_the_query_in_their_links(thirty, viewer_c
 def test_a_bad_page_number_redirects_to_a_valid_page_with_the_url_corrected(
     thirty, viewer_client, page, where, expected
 ):
-    response = viewer_client.get("/repositories/many/", {"per_page": 10, "page": page})
+    response = viewer_client.get("/r/default/many/", {"per_page": 10, "page": page})
 
     assert response.status_code == 302
-    assert response["Location"] == f"/repositories/many/{where}"
+    assert response["Location"] == f"/r/default/many/{where}"
     assert row_digests(viewer_client.get(response["Location"])) == thirty[expected]
 
 
@@ -301,12 +301,12 @@ def test_with_htmx_a_page_past_the_end_shows_the_last_and_corrects_the_address(
     thirty, viewer_client
 ):
     response = viewer_client.get(
-        "/repositories/many/", {"per_page": 10, "page": 7}, headers={"HX-Request": "true"}
+        "/r/default/many/", {"per_page": 10, "page": 7}, headers={"HX-Request": "true"}
     )
 
     assert response.status_code == 200
     assert row_digests(response) == thirty[20:30]
-    assert response["HX-Replace-Url"] == "/repositories/many/?per_page=10&page=3"
+    assert response["HX-Replace-Url"] == "/r/default/many/?per_page=10&page=3"
 
 
 def test_the_pages_are_numbered_with_the_far_ones_elided(db, viewer_client):
@@ -316,10 +316,10 @@ def test_the_pages_are_numbered_with_the_far_ones_elided(db, viewer_client):
         manifest(repo, f"l{i}", pushed_at=start - timedelta(hours=i))
     finish(repo)
 
-    page = viewer_client.get("/repositories/long/", {"per_page": 10, "page": 10}).content.decode()
+    page = viewer_client.get("/r/default/long/", {"per_page": 10, "page": 10}).content.decode()
 
     numbers = re.search(r'<ol class="page-numbers">.*?</ol>', page, re.S)[0]
-    links = re.findall(r'href="/repositories/long/\?per_page=10(?:&amp;page=(\d+))?"', numbers)
+    links = re.findall(r'href="/r/default/long/\?per_page=10(?:&amp;page=(\d+))?"', numbers)
     assert links == ["", "8", "9", "11", "12", "20"]  # page 1 is the bare URL
     assert (
         '<span aria-current="page"><span class="visually-hidden">Page </span>10</span>' in numbers
@@ -330,17 +330,17 @@ def test_the_pages_are_numbered_with_the_far_ones_elided(db, viewer_client):
 def test_empty_and_default_values_are_dropped_from_the_url(thirty, viewer_client):
     """What the form sends without JavaScript, defaults and all, lands on the short URL."""
     response = viewer_client.get(
-        "/repositories/many/",
+        "/r/default/many/",
         {"search": "", "filter": "all", "status": "", "per_page": 25, "sort": "-last_pushed"},
     )
-    narrowed = viewer_client.get("/repositories/many/", {"search": " m1 ", "status": "active"})
+    narrowed = viewer_client.get("/r/default/many/", {"search": " m1 ", "status": "active"})
 
-    assert (response.status_code, response["Location"]) == (302, "/repositories/many/")
-    assert narrowed["Location"] == "/repositories/many/?search=m1&status=active"
+    assert (response.status_code, response["Location"]) == (302, "/r/default/many/")
+    assert narrowed["Location"] == "/r/default/many/?search=m1&status=active"
 
 
 def test_an_unknown_page_size_falls_back_to_the_default(thirty, viewer_client):
-    response = viewer_client.get("/repositories/many/", {"per_page": 7}, follow=True)
+    response = viewer_client.get("/r/default/many/", {"per_page": 7}, follow=True)
 
     assert len(row_digests(response)) == 25
 
@@ -384,7 +384,7 @@ def test_the_list_needs_the_same_few_queries_whatever_the_page_size(
 
     for name in ("big", "small"):
         with django_assert_max_num_queries(13):
-            response = deleter_client.get(f"/repositories/{name}/", {"per_page": per_page})
+            response = deleter_client.get(f"/r/default/{name}/", {"per_page": per_page})
         assert response.status_code == 200
         assert "2 images, 1 referrer" in response.content.decode()
     assert len(row_digests(response)) == 10
@@ -444,7 +444,7 @@ def test_the_list_requires_signing_in(client, sortable):
 
 
 def test_an_unknown_repository_is_not_found(db, viewer_client):
-    assert viewer_client.get("/repositories/no/such/").status_code == 404
+    assert viewer_client.get("/r/default/no/such/").status_code == 404
 
 
 def test_only_users_who_may_delete_see_the_preview_button(sortable, viewer_client, deleter_client):
@@ -464,5 +464,5 @@ def test_the_detail_link_of_each_row_is_real(sortable, viewer_client):
     row = sortable.rows["a"]
     page = viewer_client.get(sortable.url).content.decode()
 
-    url = reverse("image_detail", args=["sort/me", row.digest])
+    url = reverse("image_detail", args=["default", "sort/me", row.digest])
     assert f'href="{url}" hx-get="{url}" hx-target="#panel"' in page

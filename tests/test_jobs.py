@@ -8,17 +8,18 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from unittest.mock import Mock
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages.jobs import queue, runner
+from hubimages.jobs import queue, recovery, runner
 from hubimages.jobs import worker as jobs_worker
 from hubimages.lib import leases
 from hubimages.models import (
@@ -62,7 +63,7 @@ def test_a_job_that_fails_for_a_passing_reason_is_retried_with_back_off_then_giv
     plan = planning.plan_deletion(repository=repository, digests=[image.digest])
     registry_server.stop()
     monkeypatch.setattr(
-        runner, "registry_client", lambda: RegistryClient(registry_url, max_retries=0)
+        runner, "registry_client", lambda *_: RegistryClient(registry_url, max_retries=0)
     )
     job = queue.start_deletion(
         repository=repository, digests=[image.digest], fingerprint=plan.fingerprint, user=deleter
@@ -130,6 +131,19 @@ def claimed_by(job: Job, worker: str, *, ago: float) -> None:
     )
 
 
+def test_a_worker_whose_clock_runs_behind_is_not_taken_for_dead(db, settings, monkeypatch):
+    settings.WORKER_LEASE_SECONDS = 10
+    job = queue.start_sync(started_by="alice")
+    claimed_by(job, "worker-behind", ago=30)
+    behind = timezone.now() - timedelta(hours=1)
+    with monkeypatch.context() as clock:
+        clock.setattr(timezone, "now", lambda: behind)
+        jobs_worker.beat("worker-behind", behind)
+
+    assert jobs_worker.recover() == []
+    assert Job.objects.get(pk=job.pk).state == "running"
+
+
 def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
     settings.WORKER_LEASE_SECONDS = 10
     dead = queue.start_sync(started_by="schedule")
@@ -151,7 +165,7 @@ def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
 
 
 def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice(
-    pusher, sync, deleter, settings, registry_client
+    pusher, sync, deleter, settings, registry_client, monkeypatch
 ):
     settings.WORKER_LEASE_SECONDS = 10
     gone = pusher.push_image(REPO, tag="a", layers=[random_layer(100, "gone")])
@@ -163,7 +177,11 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
     )
     # The worker wrote both records PENDING, sent the first DELETE, and died.
     operation = Deletion.objects.create(
-        username="deleter", repository=REPO, selected=[gone.digest, kept.digest], fingerprint="f"
+        username="deleter",
+        repository=REPO,
+        selected=[gone.digest, kept.digest],
+        fingerprint="f",
+        job=job,
     )
     for image in (gone, kept):
         DeletionRecord.objects.create(
@@ -176,7 +194,15 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
         )
     pusher.delete_manifest(REPO, gone.digest)
     claimed_by(job, "worker-dead", ago=30)
-    Deletion.objects.filter(pk=operation.pk).update(started_at=job.created_at)
+    # The job is closed and its repair sync started together, or neither.
+    with monkeypatch.context() as database_away:
+        database_away.setattr(
+            recovery, "start_sync", Mock(side_effect=DatabaseError("connection lost"))
+        )
+        with pytest.raises(DatabaseError):
+            jobs_worker.recover()
+    assert Job.objects.get(pk=job.pk).state == "running"
+    assert DBTaskResult.objects.get(id=job.task_id).status == "RUNNING"
 
     assert jobs_worker.recover() == [job.pk]
 
@@ -192,11 +218,70 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
     assert Manifest.objects.filter(digest=kept.digest).exists()
 
 
+def ended_without_closing(job: Job, status: str = "FAILED") -> None:
+    """As if the job's task had ended (an exception after the job was claimed and before it
+    was closed: a second SIGTERM, a bug, the database gone) leaving the job running."""
+    DBTaskResult.objects.filter(id=job.task_id).update(
+        status=status,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        worker_ids=["worker-a"],
+        exception_class_path="builtins.SystemExit" if status == "FAILED" else "",
+    )
+    Job.objects.filter(pk=job.pk).update(state="running", attempts=1, worker_id="worker-a")
+    jobs_worker.beat("worker-a", timezone.now())  # its worker is alive and well
+
+
+def test_a_sync_whose_task_ended_without_closing_it_is_lined_up_and_blocks_no_later_sync(db):
+    stuck = queue.start_sync(started_by="alice")
+    ended_without_closing(stuck)
+
+    assert queue.start_sync(started_by="bob") != stuck  # a click never follows a dead job
+    assert jobs_worker.recover() == [stuck.pk]
+
+    stuck.refresh_from_db()
+    assert stuck.state == "queued" and "its task ended (failed" in stuck.message
+    assert DBTaskResult.objects.get(id=stuck.task_id).status == "READY"
+    assert jobs_worker.recover() == []  # lined up: nothing more to do
+
+
+def test_a_job_whose_task_is_gone_from_the_queue_runs_again_a_bounded_number_of_times(db):
+    lost = queue.start_sync(started_by="alice", repository=REPO)
+    for _ in range(3):
+        DBTaskResult.objects.filter(id=lost.task_id).delete()  # e.g. pruned by someone
+        assert jobs_worker.recover() == [lost.pk]
+        lost.refresh_from_db()
+    assert lost.state == "failed" and lost.attempts == 3
+    assert "gave up after 3 attempts: its task is gone from the queue" in lost.message
+
+
+def test_every_unfinished_job_is_lined_up_with_its_task(pusher, sync, deleter, settings):
+    settings.WORKER_LEASE_SECONDS = 10
+    image = pusher.push_image(REPO, tag="a", layers=[random_layer(100, "lined-up")])
+    sync()
+    repository = Repository.objects.get(name=REPO)
+    waiting = queue.start_sync(started_by="alice")
+    running = queue.start_sync(started_by="bob", repository=REPO)
+    claimed_by(running, "worker-alive", ago=30)
+    jobs_worker.beat("worker-alive", timezone.now())
+    done = queue.start_deletion(
+        repository=repository, digests=[image.digest], fingerprint="f", user=deleter
+    )
+    ended_without_closing(done, status="SUCCESSFUL")  # nothing had been deleted
+
+    assert jobs_worker.recover() == [done.pk]
+
+    states = {job.pk: job.state for job in Job.objects.all()}
+    assert states == {waiting.pk: "queued", running.pk: "running", done.pk: "queued"}
+    assert "nothing had been deleted" in Job.objects.get(pk=done.pk).message
+
+
 # -- the schedule -------------------------------------------------------------------------------
 
 
 def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings):
     settings.SYNC_INTERVAL_MINUTES = 15
+    settings.REGISTRY_URL = "https://registry.example.com"
     now = timezone.now()
     wins = []
     barrier = threading.Barrier(6)
@@ -204,7 +289,7 @@ def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings
     def worker() -> None:
         try:
             barrier.wait()
-            wins.append(jobs_worker.claim_schedule("sync", now, timedelta(minutes=15)))
+            wins.append(jobs_worker.claim_schedule("sync:default", now, timedelta(minutes=15)))
         finally:
             connection.close()
 
@@ -218,7 +303,7 @@ def test_of_many_workers_one_starts_the_periodic_sync(transactional_db, settings
     assert jobs_worker.schedule_due(now + timedelta(minutes=5)) == []
     started = jobs_worker.schedule_due(now + timedelta(minutes=16))
     assert [job.kind for job in started] == ["sync"] and started[0].started_by == "schedule"
-    assert Schedule.objects.get(name="sync").next_run_at == now + timedelta(minutes=31)
+    assert Schedule.objects.get(name="sync:default").next_run_at == now + timedelta(minutes=31)
 
 
 def test_no_periodic_sync_when_the_interval_is_zero(db, settings):
@@ -228,10 +313,10 @@ def test_no_periodic_sync_when_the_interval_is_zero(db, settings):
 
 
 def test_two_full_syncs_never_overlap(registry_client, db, capsys, settings, registry_url):
-    held = leases.acquire("sync:all", owner="a full sync (host-b:4242)")
+    held = leases.acquire("sync:default", owner="a full sync (host-b:4242)")
 
     with pytest.raises(
-        leases.LeaseBusy, match="the registry is busy: a full sync \\(host-b:4242\\)"
+        leases.LeaseBusy, match="registry default is busy: a full sync \\(host-b:4242\\)"
     ):
         sync_registry(registry_client)
     with pytest.raises(CommandError, match="a full sync \\(host-b:4242\\) is working on it"):
@@ -241,7 +326,8 @@ def test_two_full_syncs_never_overlap(registry_client, db, capsys, settings, reg
     run_tasks()
     first.refresh_from_db()
     assert (
-        first.state == "queued" and "attempt 1 of 3 failed: the registry is busy" in first.message
+        first.state == "queued"
+        and "attempt 1 of 3 failed: registry default is busy" in first.message
     )
     leases.release(held)
     make_due(first)
@@ -272,7 +358,7 @@ def test_sync_now_is_for_admins_by_post_and_shows_progress_then_a_summary(
     assert "hx-trigger" not in done and "Succeeded" in done
     assert "2 repositories synced" in done and "2 manifests added" in done
 
-    plain = admin_client.post(f"/repositories/{REPO}/-/sync/")
+    plain = admin_client.post(f"/r/default/{REPO}/-/sync/")
     assert plain.status_code == 303 and plain["Location"].startswith("/jobs/")
     assert Job.objects.latest("pk").repository == REPO
 
@@ -322,6 +408,16 @@ def test_two_workers_draining_at_once_store_each_push_once(pusher, registry_url,
     }
     assert Manifest.objects.filter(repository__name=REPO).count() == 40
     assert {m.digest for m in Manifest.objects.all()} == {image.digest for image in images}
+
+
+def test_a_workers_claim_on_events_lapses_on_the_databases_clock(pusher, registry_url, db):
+    push_events(pusher, 3)
+    assert len(events.claim(batch=10)) == 3
+    # Another worker, on a host whose clock runs an hour ahead, must not take them over.
+    ahead = timezone.now() + timedelta(hours=1)
+    with pytest.MonkeyPatch.context() as clock:
+        clock.setattr(timezone, "now", lambda: ahead)
+        assert events.claim(batch=10) == []
 
 
 def test_with_the_registry_down_pending_pushes_wait_together_and_a_sync_ends_quickly(

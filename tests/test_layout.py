@@ -68,13 +68,14 @@ HUBIMAGES_DIR = PROJECT_DIR / "hubimages"
 MAY_IMPORT = {
     "lib": set(),
     "registries": {"lib"},
-    "accounts": {"lib"},
+    "accounts": {"lib", "teams"},
     "sync": {"lib", "registries"},
     "inventory": {"lib", "sync.rollups"},
     "deletion": {"lib", "registries", "inventory", "sync"},
     "retention": {"lib", "registries", "inventory", "sync", "deletion"},
     "storage": {"lib", "registries", "inventory", "sync", "deletion"},
     "jobs": {"lib", "registries", "inventory", "sync", "deletion", "retention", "storage"},
+    "teams": {"lib"},
 }
 
 

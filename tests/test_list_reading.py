@@ -18,7 +18,7 @@ from hubimages.models import Manifest
 from hubimages.web.templatetags import ago, middle
 
 REPO = "acme/team/api"
-LIST = f"/repositories/{REPO}/"
+LIST = f"/r/default/{REPO}/"
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_image_details_offer_the_pull_command_the_shared_layers_and_delete(
     pushed, deleter_client, viewer_client, settings
 ):
     settings.REGISTRY_URL = "https://registry.example.com:5000"
-    url = reverse("image_detail", args=[REPO, pushed.old.digest])
+    url = reverse("image_detail", args=["default", REPO, pushed.old.digest])
 
     page = deleter_client.get(url).content.decode()
 
@@ -130,7 +130,7 @@ def test_image_details_offer_the_pull_command_the_shared_layers_and_delete(
     assert "only this one" in next(row for row in rows if own[:19] in row)
     assert "1 of 2 layers is shared with other manifests" in page
     # Delete opens the preview of this item.
-    preview = reverse("delete_preview", args=[REPO])
+    preview = reverse("delete_preview", args=["default", REPO])
     assert (
         f'<form class="details-actions" method="post" action="{preview}" hx-post="{preview}"'
         in (page)
@@ -143,6 +143,6 @@ def test_the_details_of_an_old_image_show_their_build_time_in_two_units(pushed, 
     built = datetime.now(UTC) - timedelta(days=800)
     Manifest.objects.filter(digest=pushed.old.digest).update(created_at=built)
 
-    page = viewer_client.get(reverse("image_detail", args=[REPO, pushed.old.digest]))
+    page = viewer_client.get(reverse("image_detail", args=["default", REPO, pushed.old.digest]))
 
     assert "2\xa0y 2\xa0mo ago" in page.content.decode()

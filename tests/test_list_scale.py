@@ -17,7 +17,7 @@ from tests.builders import digest_for, finish, manifest
 pytestmark = pytest.mark.django_db
 
 REPO = "big/app"
-URL = f"/repositories/{REPO}/"
+URL = f"/r/default/{REPO}/"
 
 
 @pytest.fixture

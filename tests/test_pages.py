@@ -61,7 +61,7 @@ def test_each_repository_shows_its_tags_images_size_last_push_and_stale_share(
     assert "just now" in api and "none" in api
     web = page[page.index(">team/web<") :]
     assert "1 of 1 stale" in web
-    assert 'href="/repositories/team/api/"' in page
+    assert 'href="/r/default/team/api/"' in page
 
 
 @pytest.mark.parametrize(
@@ -142,7 +142,7 @@ def test_the_header_shows_the_registry_and_the_last_sync(three, viewer_client, s
 
 
 def test_every_page_requires_signing_in(client, three):
-    for url in ("/", "/repositories/api/"):
+    for url in ("/", "/r/default/api/"):
         response = client.get(url)
         assert response.status_code == 302
         assert response["Location"].startswith("/accounts/login/?next=")
@@ -227,7 +227,7 @@ def stale_and_shared(pusher, sync):
         pushed_at=datetime(2020, 1, 1, tzinfo=UTC)
     )
     sync()
-    storage_figures.insights()  # what the worker computes after each full sync
+    storage_figures.refresh()  # what the workers compute after each full sync
     return SimpleNamespace(old=old, older=older)
 
 
@@ -241,7 +241,7 @@ def test_each_repository_shows_what_deleting_its_stale_items_frees(stale_and_sha
     old = figures["team/old"]["stale_reclaimable_bytes"]
     assert old == stale_and_shared.old.size + stale_and_shared.old.config_size + 9_000
     assert (
-        f'<a href="/repositories/team/old/?status=stale" title="{old:,} bytes: what deleting '
+        f'<a href="/r/default/team/old/?status=stale" title="{old:,} bytes: what deleting '
         f'its stale items frees">{human_size(old)}</a>'
     ) in row_of(page, "team/old")
     assert '<span class="muted">0 B</span>' in row_of(page, "team/new")
@@ -290,7 +290,7 @@ def test_the_repositories_page_costs_the_same_queries_however_many_repositories(
             manifest(repo, f"r{n}", size=1_000, pushed_at=now - timedelta(days=900), tags=["1"])
             finish(repo)
         SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
-        storage_figures.insights()
+        storage_figures.refresh()
 
     sorts = ("-reclaimable", "name", "-size")
     add(3)

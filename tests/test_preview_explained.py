@@ -19,7 +19,7 @@ from hubimages.models import Job, Manifest, Repository
 from hubimages.web import deletion
 
 REPO = "acme/shop"
-LIST = f"/repositories/{REPO}/"
+LIST = f"/r/default/{REPO}/"
 PREVIEW = f"{LIST}-/delete/"
 EXECUTE = f"{LIST}-/delete/confirm"
 OLD = timedelta(days=400)

@@ -86,13 +86,13 @@ class IsolationChecker(HTMLParser):
 
 
 def rendered_pages(client, hostile: Hostile) -> dict[str, str]:
-    detail = reverse("image_detail", args=[LONG_NAME, hostile.image.digest])
-    preview = reverse("delete_preview", args=[LONG_NAME])
+    detail = reverse("image_detail", args=["default", LONG_NAME, hostile.image.digest])
+    preview = reverse("delete_preview", args=["default", LONG_NAME])
     urls = {
         "repositories": reverse("repositories"),
-        "image management": reverse("image_management", args=[LONG_NAME]),
+        "image management": reverse("image_management", args=["default", LONG_NAME]),
         "image details": detail,
-        "index details": reverse("image_detail", args=[LONG_NAME, hostile.index.digest]),
+        "index details": reverse("image_detail", args=["default", LONG_NAME, hostile.index.digest]),
         "delete preview": f"{preview}?digest={hostile.index.digest}",
         "deletion history": reverse("deletion_history"),
         "deletion history search": reverse("deletion_history") + f"?repository={BIDI}x",
@@ -150,10 +150,10 @@ def test_long_names_and_hostile_text_never_widen_a_page_beyond_the_window(
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     urls = [
         reverse("repositories"),
-        reverse("image_management", args=[LONG_NAME]),
-        reverse("image_detail", args=[LONG_NAME, hostile.image.digest]),
-        reverse("image_detail", args=[LONG_NAME, hostile.index.digest]),
-        reverse("delete_preview", args=[LONG_NAME]) + f"?digest={hostile.index.digest}",
+        reverse("image_management", args=["default", LONG_NAME]),
+        reverse("image_detail", args=["default", LONG_NAME, hostile.image.digest]),
+        reverse("image_detail", args=["default", LONG_NAME, hostile.index.digest]),
+        reverse("delete_preview", args=["default", LONG_NAME]) + f"?digest={hostile.index.digest}",
         reverse("deletion_history"),
     ]
     widths = {}
@@ -166,7 +166,7 @@ def test_long_names_and_hostile_text_never_widen_a_page_beyond_the_window(
     assert too_wide == {}
     assert dialogs == []
     # The right-to-left override stays inside its <bdi>: the text after it reads in order.
-    page.goto(reverse("image_detail", args=[LONG_NAME, hostile.image.digest]))
+    page.goto(reverse("image_detail", args=["default", LONG_NAME, hostile.image.digest]))
     isolated = page.evaluate(
         """() => [...document.querySelectorAll('.key-values dd')]
               .filter(dd => dd.textContent.includes('\\u202e'))

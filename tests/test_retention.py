@@ -13,6 +13,7 @@ from django.utils import timezone
 from devtools.pusher import PushedManifest, random_layer
 from hubimages.lib.formatting import short_digest
 from hubimages.models import DeletionRecord, Manifest, RetentionPolicy, RetentionRun
+from hubimages.registries import rows
 from hubimages.retention import engine, policies, runs
 from hubimages.sync.store import read_pushed, write_pushed
 
@@ -33,7 +34,8 @@ def seen_untagged(pusher, client, seed: str, *, repo: str = REPO) -> PushedManif
     list untagged manifests)."""
     image = push(pusher, None, seed, repo=repo)
     with ThreadPoolExecutor(2) as pool:
-        write_pushed(read_pushed(client, pool, repo, {image.digest: set()}))
+        registry = rows.get()
+        write_pushed(registry, read_pushed(client, pool, registry, repo, {image.digest: set()}))
     return image
 
 
@@ -73,7 +75,7 @@ def run(dry: engine.DryRun, client, **options) -> runs.RunResult:
         policy=dry.policy,
         now=dry.now,
         fingerprint=dry.fingerprint,
-        client=client,
+        client_for=lambda registry: client,
         trigger=RetentionRun.Trigger.MANUAL,
         started_by="tester",
         **options,
@@ -545,6 +547,7 @@ def test_the_run_is_recorded_and_its_deletions_carry_the_policys_name(
     assert record.outcome == RetentionRun.Outcome.DONE
     assert record.repositories == [
         {
+            "registry": "default",
             "repository": REPO,
             "selected": 1,
             "deleted": 1,
@@ -578,7 +581,7 @@ def test_the_brake_stops_a_scheduled_run_where_it_would_delete_too_much(
     )
     RetentionPolicy.objects.filter(pk=row.pk).update(next_run_at=now - timedelta(minutes=1))
 
-    [result] = runs.run_due_policies(now, client=registry_client)
+    [result] = runs.run_due_policies(now, client_for=lambda registry: registry_client)
 
     record = result.record
     assert (record.trigger, record.started_by) == ("scheduled", "schedule")
@@ -634,8 +637,8 @@ def test_only_enabled_policies_whose_schedule_is_due_run_and_each_only_once(
     stored("later", hours=6, due=False)
     stored("manual", hours=None)
 
-    results = runs.run_due_policies(now, client=registry_client)
-    again = runs.run_due_policies(now, client=registry_client)
+    results = runs.run_due_policies(now, client_for=lambda registry: registry_client)
+    again = runs.run_due_policies(now, client_for=lambda registry: registry_client)
 
     assert [r.record.policy_name for r in results] == ["due"]
     assert again == []
@@ -665,7 +668,7 @@ def test_a_stored_policy_that_no_longer_reads_fails_its_scheduled_run_and_delete
         rules=[{"keep": "bogus"}], next_run_at=now - timedelta(minutes=5)
     )
 
-    [result] = runs.run_due_policies(now, client=registry_client)
+    [result] = runs.run_due_policies(now, client_for=lambda registry: registry_client)
 
     assert result.record.outcome == RetentionRun.Outcome.FAILED
     assert result.record.message == (

@@ -17,6 +17,7 @@ from hubimages.models import DeletionRecord, Manifest, Repository, RetentionPoli
 
 POLICY = {
     "name": "ci-cleanup",
+    "registries": ["*"],
     "repositories": ["team/**", "!team/golden"],
     "rules": [
         {"keep": "always", "tags": ["v*"]},
@@ -78,7 +79,7 @@ def test_dry_run_json_prints_spec_8s_object_with_delete_images_plans(teams, poli
     assert [r["repository"] for r in printed["repositories"]] == ["team/app", "team/web"]
     selections = {}
     for entry in printed["repositories"]:
-        assert list(entry) == ["repository", "selected", "plan"]
+        assert list(entry) == ["registry", "repository", "selected", "plan"]
         images = teams[entry["repository"]]
         assert entry["selected"] == [images["index"].digest, images["main-1"].digest]
         # `plan` is exactly what delete_images --dry-run --json prints for those digests.

@@ -42,6 +42,7 @@ def test_the_spec_example_is_valid_and_exports_with_every_default_written_out():
 
     assert exported == {
         **SPEC_EXAMPLE,
+        "registries": ["*"],
         "max_delete_fraction": 0.5,
         "schedule": None,
         "enabled": True,
@@ -54,6 +55,7 @@ def test_the_spec_example_is_valid_and_exports_with_every_default_written_out():
 def test_a_schedule_and_the_brake_round_trip():
     data = {
         **SPEC_EXAMPLE,
+        "registries": ["*"],
         "max_delete_fraction": 0.25,
         "schedule": {"every_hours": 24},
         "enabled": False,
@@ -114,7 +116,7 @@ def test_unknown_fields_are_named_where_they_are():
     }
 
     assert errors_of(data) == {
-        "repository": "unknown field; a policy has name, repositories, rules, "
+        "repository": "unknown field; a policy has name, registries, repositories, rules, "
         "max_delete_fraction, schedule, enabled",
         "rules[0].tag": "unknown field; a rule has keep, count, days, tags, exclude_tags, "
         "untagged, group_by",

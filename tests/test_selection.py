@@ -13,7 +13,7 @@ from hubimages.deletion import planning
 from hubimages.models import Repository
 from tests.builders import finish, manifest
 
-LIST = "/repositories/many/"
+LIST = "/r/default/many/"
 SELECTION = f"{LIST}-/selection/"
 HTMX = {"HX-Request": "true"}
 

@@ -39,7 +39,7 @@ def tags_of(repository: str) -> dict[str, str]:
 def rows(repository: str, **query) -> list[dict]:
     repo = Repository.objects.get(name=repository)
     listing = lists.top_level(repo, lists.ListQuery(**query))
-    return [lists.row_as_dict(row) for row in lists.with_details(listing)]
+    return [lists.row_as_dict(row, registry="default") for row in lists.with_details(listing)]
 
 
 def counting_client(url: str, **kwargs) -> tuple[RegistryClient, Counter]:
@@ -129,6 +129,9 @@ def test_it_lists_several_tags_on_one_digest_and_untagged_images(pusher, sync):
     assert rows("web", filter="tagged")[0]["digest"] == rebuilt.digest
 
     pusher.delete_manifest("web", image.digest)
+    summary = sync()  # one 404 marks it unconfirmed; a later sync's removes it
+    assert summary.manifests_removed == 0
+    assert Manifest.objects.get(digest=image.digest).unconfirmed_since is not None
     summary = sync()
     assert summary.manifests_removed == 1
     assert not Manifest.objects.filter(digest=image.digest).exists()
@@ -250,7 +253,8 @@ def test_a_second_sync_fetches_no_manifest_bodies(registry_server, pusher, db):
         "hubimages_repository",
         "hubimages_storagesample",
     }
-    assert all("sync:all" in sql for sql in writes if "hubimages_lease" in sql)
+    leases_taken = [sql for sql in writes if sql.startswith("INSERT INTO") and "_lease" in sql]
+    assert leases_taken and not any("repository:" in sql for sql in leases_taken)
     assert sum("hubimages_repository" in sql for sql in writes) == 1
     # A new tag costs one GET by tag for the new manifest, its config, and the HEADs.
     pusher.push_image("inc", tag="extra", layers=[random_layer(64, "extra")])
@@ -371,9 +375,10 @@ def test_list_images_prints_the_stable_json_shape(pusher, sync, capsys):
 
     listing = json.loads(capsys.readouterr().out)
     assert listing["repository"] == "json/app" and listing["count"] == 1
+    assert listing["registry"] == "default"
     row = listing["results"][0]
     assert set(row) == {
-        "digest", "kind", "media_type", "tags", "platforms", "size", "last_pushed",
+        "registry", "digest", "kind", "media_type", "tags", "platforms", "size", "last_pushed",
         "last_pushed_estimated", "last_pulled", "stale", "children",
     }  # fmt: skip
     assert row["digest"] == index.digest and row["last_pulled"] is None

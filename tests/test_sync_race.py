@@ -35,11 +35,11 @@ def between_crawl_and_write(monkeypatch):
         original = store.write_snapshot
         calls = []
 
-        def write(snapshot, known):
+        def write(registry, snapshot, known):
             if not calls:
                 calls.append(snapshot.name)
                 meanwhile()
-            return original(snapshot, known)
+            return original(registry, snapshot, known)
 
         monkeypatch.setattr(store, "write_snapshot", write)
 

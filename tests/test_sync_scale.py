@@ -41,9 +41,9 @@ def spy_writes(monkeypatch):
     seen: list[tuple[int, int]] = []
     original = store.write_snapshot
 
-    def write(snapshot, known):
+    def write(registry, snapshot, known):
         seen.append((len(snapshot.fetched), snapshot.fetched.spilled))
-        return original(snapshot, known)
+        return original(registry, snapshot, known)
 
     monkeypatch.setattr(store, "write_snapshot", write)
     return seen

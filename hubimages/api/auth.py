@@ -16,8 +16,8 @@ from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
 from hubimages.accounts import tokens
-from hubimages.accounts.addresses import client_address
 from hubimages.api.errors import ApiError
+from hubimages.lib.addresses import client_address
 from hubimages.models import ApiToken
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")

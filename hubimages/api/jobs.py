@@ -30,6 +30,7 @@ def job_out(job: Job) -> dict:
         "id": job.pk,
         "kind": job.kind,
         "status": job.state,
+        "registry": job.registry,
         "repository": job.repository,
         "started_by": job.started_by,
         "created_at": job.created_at,

@@ -1,5 +1,5 @@
-"""`{"count", "next", "previous", "results"}` pages, and the parameter check every list
-endpoint shares."""
+"""`{"count", "next", "previous", "results"}` pages, and the parameter check every endpoint
+that takes query parameters shares."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
 from django.http import HttpRequest
+from ninja import Schema
 
 from hubimages.api.errors import ApiError
 from hubimages.api.schemas import PageQuery
 
 
-def reject_unknown_parameters(request: HttpRequest, query: type[PageQuery]) -> None:
+def reject_unknown_parameters(request: HttpRequest, query: type[Schema]) -> None:
     """422 for a parameter the endpoint does not take, or one given twice: `?stauts=stale`
     silently listing every image is how a cleanup script deletes what it meant to keep,
     and which of `status=stale&status=active` wins is a guess it must not depend on."""

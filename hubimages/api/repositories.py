@@ -24,6 +24,7 @@ from hubimages.api.schemas import (
     JobStartedOut,
     PlanChangedOut,
     PlanOut,
+    RegistryQuery,
     RepositoriesQuery,
     RepositoryPage,
     error_responses,
@@ -32,7 +33,9 @@ from hubimages.deletion import planning
 from hubimages.inventory import details, lists, repositories
 from hubimages.jobs import queue
 from hubimages.lib import formatting
-from hubimages.models import Manifest, Repository
+from hubimages.lib.audit import Actor
+from hubimages.models import Manifest, Registry, Repository
+from hubimages.registries import rows as registry_rows
 from registry import media
 
 router = Router(tags=["repositories"])
@@ -72,12 +75,14 @@ register_converter(DigestConverter, "oci_digest")
 def list_repositories(request: HttpRequest, query: Query[RepositoriesQuery]) -> dict:
     """Every repository with its counts, stored bytes and last push."""
     reject_unknown_parameters(request, RepositoriesQuery)
-    rows = repositories.repository_overview(query.search.strip(), query.ordering)
+    registry = _registry(query.registry) if query.registry else None
+    rows = repositories.repository_overview(query.search.strip(), query.ordering, registry)
     return paginate(request, rows, query, lambda page: [_repository_out(row) for row in page])
 
 
 def _repository_out(row: Repository) -> dict:
     return {
+        "registry": row.registry.name,
         "name": row.name,
         "tag_count": row.tag_count,
         "image_count": row.image_count,
@@ -97,7 +102,7 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     """The Image Management list: one item per index and per image no index holds, in the
     shape of `list_images --json`."""
     reject_unknown_parameters(request, ImagesQuery)
-    repository = _repository(name)
+    repository = _repository(name, query.registry)
     listing = lists.ListQuery(
         search=query.search.strip(),
         filter=query.filter,
@@ -106,8 +111,12 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     )
     rows = lists.with_details(lists.top_level(repository, listing))
     now = timezone.now()
+    registry = repository.registry.name
     return paginate(
-        request, rows, query, lambda page: [lists.row_as_dict(row, now) for row in page]
+        request,
+        rows,
+        query,
+        lambda page: [lists.row_as_dict(row, now, registry=registry) for row in page],
     )
 
 
@@ -116,17 +125,24 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     response={200: ImageDetailOut, **error_responses(404, 422)},
     summary="One image's details",
 )
-def image_detail(request: HttpRequest, digest: str = DIGEST, name: str = NAME) -> dict:
+def image_detail(
+    request: HttpRequest, query: Query[RegistryQuery], digest: str = DIGEST, name: str = NAME
+) -> dict:
     """An index or image with its children, referrers, layers (each with the build step
-    that made it), labels and annotations."""
-    repository = _repository(name)
+    that made it), labels and annotations, and where else the same digest lives."""
+    reject_unknown_parameters(request, RegistryQuery)
+    repository = _repository(name, query.registry)
     digest = _digest(digest, "digest")
     try:
         manifest = details.manifest_detail(repository, digest)
     except Manifest.DoesNotExist:
         raise ApiError(404, "not_found", f"no manifest {digest} in {repository.name}") from None
     return {
-        **lists.row_as_dict(manifest),
+        **lists.row_as_dict(manifest, registry=repository.registry.name),
+        "also_in": [
+            {"registry": other.repository.registry.name, "repository": other.repository.name}
+            for other in details.also_in(manifest)
+        ],
         "platform": manifest.platform,
         "manifest_size": manifest.size,
         "artifact_type": manifest.artifact_type,
@@ -161,7 +177,11 @@ def image_detail(request: HttpRequest, digest: str = DIGEST, name: str = NAME) -
     summary="Dry-run, or delete, images",
 )
 def delete_images(
-    request: HttpRequest, payload: DeleteImagesIn, response: HttpResponse, name: str = NAME
+    request: HttpRequest,
+    payload: DeleteImagesIn,
+    query: Query[RegistryQuery],
+    response: HttpResponse,
+    name: str = NAME,
 ) -> Status:
     """With `dry_run` true (the default), the plan: what goes with the selection, what
     stays and why, the tags removed, the bytes the garbage collector will free, and its
@@ -169,7 +189,8 @@ def delete_images(
     plan starts as a job: 202 and the job's URL. 409 and the new plan when the registry or
     the database changed since the dry run; nothing is deleted then."""
     require_delete(request)
-    repository = _repository(name)
+    reject_unknown_parameters(request, RegistryQuery)
+    repository = _repository(name, query.registry)
     digests = [_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
     plan = planning.plan_deletion(repository=repository, digests=digests)
     if payload.dry_run:
@@ -198,6 +219,7 @@ def delete_images(
         digests=list(plan.selected),
         fingerprint=plan.fingerprint,
         user=request.user,
+        by=Actor.of(request),
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
     response["Location"] = url
@@ -213,10 +235,21 @@ def plan_out(plan: planning.DeletionPlan) -> dict:
     }
 
 
-def _repository(name: str) -> Repository:
-    repository = Repository.objects.filter(name=name).first()
+def _registry(name: str) -> Registry:
+    try:
+        return registry_rows.get(name or None)
+    except registry_rows.UnknownRegistry as error:
+        raise ApiError(404, "not_found", str(error)) from None
+
+
+def _repository(name: str, registry: str = "") -> Repository:
+    """The repository `name` of the registry `registry` (`default`, or the only one)."""
+    owner = _registry(registry)
+    repository = owner.repositories.select_related("registry").filter(name=name).first()
     if repository is None:
-        raise ApiError(404, "not_found", f"no repository {name}: is it synced?")
+        raise ApiError(
+            404, "not_found", f"no repository {name} in registry {owner.name}: is it synced?"
+        )
     return repository
 
 

@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, ConfigDict, StrictBool
 
 from hubimages.inventory import lists
 from hubimages.inventory import repositories as inventory_repositories
+from hubimages.registries import config as registry_config
 from hubimages.retention import policies
 
 MAX_PAGE_SIZE = 100
@@ -21,6 +22,10 @@ MAX_DIGESTS = 1000
 # any view runs, so the document and the API refuse the same strings.
 DIGEST_PATTERN = r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$"
 SELECTED_DIGEST_PATTERN = r"^(?:(?:sha256:)?[0-9a-f]{64}|sha512:[0-9a-f]{128})$"
+# A registry's name as REGISTRIES_FILE spells it, or empty for the default one: anything
+# else names no registry, and a 422 says so before a query runs (PostgreSQL refuses U+0000).
+REGISTRY_PATTERN = rf"^(?:{registry_config.NAME_RE.pattern[1:-1]})?$"
+REGISTRY_MAX_LENGTH = 40
 Timestamp = str  # ISO 8601 in UTC with a "Z", as the command line prints it
 
 
@@ -90,12 +95,19 @@ class RepositoriesQuery(PageQuery):
     search: str = Field(
         "", max_length=200, pattern=SEARCH_PATTERN, description="Part of the repository's name."
     )
+    registry: str = Field(
+        "",
+        max_length=REGISTRY_MAX_LENGTH,
+        pattern=REGISTRY_PATTERN,
+        description="Only this registry's repositories; empty: every one.",
+    )
     ordering: Literal[tuple(inventory_repositories.REPOSITORY_SORTS)] = Field(  # type: ignore[valid-type]
         "name", description="`-` first for descending."
     )
 
 
 class RepositoryOut(Schema):
+    registry: str = Field(description="The registry the repository belongs to.")
     name: str
     tag_count: int
     image_count: int = Field(description="Top-level items: indexes, and images no index holds.")
@@ -110,6 +122,12 @@ class RepositoryPage(Page):
 
 
 class ImagesQuery(PageQuery):
+    registry: str = Field(
+        "",
+        max_length=REGISTRY_MAX_LENGTH,
+        pattern=REGISTRY_PATTERN,
+        description="A registry's name (SPEC §11); empty: `default`, or the only registry.",
+    )
     search: str = Field(
         "",
         max_length=200,
@@ -139,6 +157,7 @@ class ChildOut(Schema):
 class ImageOut(Schema):
     """One row of the Image Management list, as `list_images --json` prints it."""
 
+    registry: str = Field(description="The registry the item lives in.")
     digest: str
     kind: Literal["index", "image", "attestation", "artifact"]
     media_type: str
@@ -172,6 +191,11 @@ class ReferrerOut(Schema):
     tags: list[str]
 
 
+class PlaceOut(Schema):
+    registry: str
+    repository: str
+
+
 class ImageDetailOut(ImageOut):
     platform: str = Field(description="An image's own platform; empty for an index.")
     manifest_size: int = Field(description="The manifest's own bytes.")
@@ -184,6 +208,9 @@ class ImageDetailOut(ImageOut):
     layers: list[LayerOut]
     labels: dict[str, Any] = Field(description="The config's labels: untrusted text.")
     annotations: dict[str, Any] = Field(description="The manifest's annotations: untrusted text.")
+    also_in: list[PlaceOut] = Field(
+        description="Other repositories, of any registry, holding the same digest."
+    )
 
 
 # -- delete-images -----------------------------------------------------------------------
@@ -262,6 +289,7 @@ class JobOut(Schema):
     id: int
     kind: Literal["sync", "sync_repository", "deletion", "retention"]
     status: Literal["queued", "running", "succeeded", "failed"]
+    registry: str
     repository: str
     started_by: str
     created_at: datetime
@@ -273,7 +301,9 @@ class JobOut(Schema):
     message: str = Field(description="Why it failed, or why it will be tried again.")
     outcome: dict[str, Any] = Field(
         description="Once finished. A deletion: `deleted` (digest, kind, tags, size), "
-        "`failed` and `skipped` (digest, reason), `reclaimed_bytes`; with `stale` true the "
+        "`failed` and `skipped` (digest, reason), `reclaimed_bytes`, `warnings` (what other "
+        "clients' pushes during the deletion did: tags that went with a deleted manifest, "
+        "an index left listing a deleted one); with `stale` true the "
         "plan changed, nothing was deleted and `plan` is the new one."
     )
 
@@ -344,6 +374,11 @@ class RetentionPolicy(Strict):
     model_config = ConfigDict(json_schema_extra=lambda schema: _some_pattern_includes(schema))
 
     name: str = Field(pattern=policies.NAME_RE.pattern)
+    registries: list[Annotated[str, Field(pattern=policies.REGISTRY_PATTERN_RE.pattern)]] = Field(
+        default_factory=lambda: list(policies.DEFAULT_REGISTRIES),
+        min_length=1,
+        description="Globs on registry names (`*`, `?`); a leading `!` excludes.",
+    )
     repositories: list[Annotated[str, Field(pattern=policies.REPOSITORY_PATTERN_RE.pattern)]] = (
         Field(
             default_factory=lambda: list(policies.DEFAULT_REPOSITORIES),
@@ -358,8 +393,10 @@ class RetentionPolicy(Strict):
 
 
 def _some_pattern_includes(schema: dict) -> None:
-    """Exclusions alone cover nothing: some repository pattern must include."""
-    schema["properties"]["repositories"]["contains"] = {"pattern": "^[^!]"}
+    """Exclusions alone cover nothing: some registry and some repository pattern must
+    include."""
+    for field in ("registries", "repositories"):
+        schema["properties"][field]["contains"] = {"pattern": "^[^!]"}
 
 
 class PolicyPage(Page):
@@ -367,6 +404,7 @@ class PolicyPage(Page):
 
 
 class RepositoryDryRunOut(Schema):
+    registry: str
     repository: str
     selected: list[str]
     plan: PlanBody
@@ -408,7 +446,21 @@ class StoragePointOut(Schema):
     stored_bytes: int
 
 
+class RegistryQuery(Schema):
+    """The one parameter of an endpoint about one registry's things; checked as the lists'
+    are (`paging.reject_unknown_parameters`): `?registry=prod&registry=staging`, or a
+    misspelt `registry`, must not fall back to some registry and delete there."""
+
+    registry: str = Field(
+        "",
+        max_length=REGISTRY_MAX_LENGTH,
+        pattern=REGISTRY_PATTERN,
+        description="A registry's name (SPEC §11); empty: `default`, or the only registry.",
+    )
+
+
 class StorageOut(Schema):
+    registry: str = Field(description="Whose figures these are: each registry stores its own.")
     stored_bytes: int = Field(description="The registry's distinct blobs, each counted once.")
     stale_reclaimable_bytes: int = Field(
         description="What deleting every stale item would free; blobs shared only by stale "
@@ -417,3 +469,9 @@ class StorageOut(Schema):
     untagged_bytes: int = Field(description="What deleting every untagged item would free.")
     repositories: list[RepositoryStorageOut]
     history: list[StoragePointOut] = Field(description="Stored bytes after each full sync.")
+    computed_at: str = Field(description="When the workers computed these (ISO 8601, UTC).")
+    current: bool = Field(
+        description="Whether they describe the registry as hubimages knows it now; false "
+        "after a sync or a deletion, until the workers compute new ones."
+    )
+    computing: bool = Field(description="Whether a worker is computing new figures now.")

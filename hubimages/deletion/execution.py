@@ -4,30 +4,42 @@ children, each manifest recorded PENDING before its DELETE and settled after."""
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, Max, OuterRef
 from django.utils import timezone
 
 from hubimages.deletion.planning import DeletionPlan, PlannedItem, plan_deletion
 from hubimages.lib.formatting import plural, short_digest
-from hubimages.lib.leases import HeldLease, repository_lock
+from hubimages.lib.leases import (
+    HeldLease,
+    LeaseLost,
+    acquire,
+    holding,
+    repository_lease_name,
+    repository_lock,
+)
 from hubimages.models import (
-    Blob,
     Deletion,
     DeletionRecord,
     IndexEntry,
+    Job,
     Manifest,
     ManifestBlob,
+    RegistryEvent,
     Repository,
+    RetentionRun,
 )
 from hubimages.sync import rollups
 from hubimages.sync.service import sync_repository
 from registry.client import RegistryClient
-from registry.errors import RegistryError, UnsupportedOperation
+from registry.errors import NotFound, RegistryError, UnsupportedOperation
+
+log = logging.getLogger("hubimages.deletion")
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class DeletionOutcome:
     skipped: tuple[NotDeleted, ...] = ()
     reclaimed_bytes: int = 0
     operation_id: int | None = None
+    # What other clients' pushes during the deletion did (`ConcurrentPushes`).
+    warnings: tuple[str, ...] = ()
 
     @property
     def deletes_disabled(self) -> bool:
@@ -68,6 +82,15 @@ class RecheckFailed(Exception):
     """The repository could not be re-read from the registry: nothing was deleted."""
 
 
+class DeletionStopped(LeaseLost):
+    """The repository's lease was taken over mid-way: no further DELETE was sent, and the
+    operation's records say what went."""
+
+    def __init__(self, message: str, operation_id: int) -> None:
+        super().__init__(message)
+        self.operation_id = operation_id
+
+
 # -- execution -----------------------------------------------------------------------------
 
 
@@ -80,6 +103,8 @@ def execute_deletion(
     client: RegistryClient,
     username: str | None = None,
     progress: Callable[[str], None] | None = None,
+    retention_run: RetentionRun | None = None,
+    job: Job | None = None,
 ) -> DeletionOutcome:
     """Delete exactly the plan previewed as `fingerprint`, or nothing if it changed.
 
@@ -88,27 +113,35 @@ def execute_deletion(
     before their referrers) so a failure never leaves an index pointing at nothing. Each
     manifest's record is written PENDING before its DELETE is sent and DONE or FAILED
     after, so a worker killed mid-way leaves an exact history (`resolve_interrupted`).
-    `username` overrides the recorded name (the command line records `cli:<os user>`).
-    Raises `locks.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
-    `locks.LeaseLost` if the lease is taken over mid-way (what went is recorded).
+    `username` overrides the recorded name (the command line records `cli:<os user>`);
+    `retention_run` is the run this deletion is part of, `job` the deletion job running it.
+    Raises `leases.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
+    `DeletionStopped` (a `leases.LeaseLost`) if the lease is taken over mid-way: the check
+    right before each DELETE asks the database whether this holder's generation of the lease
+    is still the current one, so nothing more is sent once another process took it over.
     """
     digests = list(digests)
     name = username or (user.get_username() if user is not None else "")
     report = progress or (lambda line: None)
     with repository_lock(repository, owner=f"delete:{name}") as lease:
         report(f"Re-reading {repository.name} from the registry")
-        result = sync_repository(client, repository.name)
+        watch = ConcurrentPushes(client, repository)
+        result = sync_repository(client, repository.name, registry=repository.registry)
         if result.error:
             raise RecheckFailed(
                 f"could not re-check {repository.name} against the registry: {result.error}"
             )
+        watch.rechecked(repository)
         plan = plan_deletion(repository=repository, digests=digests)
         operation = Deletion.objects.create(
             user=user,
             username=name,
+            registry=repository.registry.name,
             repository=repository.name,
             selected=list(plan.selected),
             fingerprint=fingerprint,
+            retention_run=retention_run,
+            job=job,
         )
         if plan.fingerprint != fingerprint:
             _close(operation, Deletion.State.STALE, CHANGED_MESSAGE)
@@ -118,13 +151,18 @@ def execute_deletion(
         skipped: list[NotDeleted] = []
         reclaimed = 0
         try:
-            _delete_in_order(plan, client, lease, operation, deleted, failed, skipped, report)
+            _delete_in_order(
+                plan, client, lease, operation, deleted, failed, skipped, report, watch
+            )
+            watch.finish(operation, deleted)
+        except LeaseLost as lost:
+            raise DeletionStopped(str(lost), operation.pk) from None
         finally:
             reclaimed = _record(repository, operation, deleted)
             state = Deletion.State.DONE if not (failed or skipped) else Deletion.State.PARTIAL
             if len(deleted) + len(failed) + len(skipped) < len(plan.delete):
                 state = Deletion.State.FAILED  # interrupted: the lease was lost
-            _close(operation, state, "", reclaimed)
+            _close(operation, state, "; ".join(watch.warnings), reclaimed)
     return DeletionOutcome(
         plan=plan,
         stale=False,
@@ -133,6 +171,7 @@ def execute_deletion(
         skipped=tuple(skipped),
         reclaimed_bytes=reclaimed,
         operation_id=operation.pk,
+        warnings=tuple(watch.warnings),
     )
 
 
@@ -154,6 +193,7 @@ def _delete_in_order(
     failed: list[NotDeleted],
     skipped: list[NotDeleted],
     report: Callable[[str], None],
+    watch: ConcurrentPushes,
 ) -> None:
     parents = _parents_within(plan)
     not_done: dict[int, str] = {}  # manifest id -> digest, failed or skipped
@@ -172,7 +212,11 @@ def _delete_in_order(
             skipped.append(NotDeleted(item.digest, DELETES_DISABLED))
             not_done[item.manifest_id] = item.digest
             continue
-        lease.check()  # never send a DELETE without holding the repository
+        if reason := watch.keeps(item):
+            skipped.append(NotDeleted(item.digest, reason))
+            not_done[item.manifest_id] = item.digest
+            continue
+        lease.check()  # fencing: no DELETE unless this generation still holds the repository
         report(f"Deleting {number} of {len(ordered)}: {short_digest(item.digest)}")
         record = _pending_record(operation, item)
         try:
@@ -191,7 +235,10 @@ def _delete_in_order(
 def _delete_manifest(client: RegistryClient, repository: str, item: PlannedItem) -> None:
     """DELETE by digest (a 404 means gone already). A registry that refuses to delete a
     manifest its tags still name (4xx but 404/405) gets its tags deleted first, the
-    order the OCI distribution spec's own conformance tests follow, then one more try."""
+    order the OCI distribution spec's own conformance tests follow, then one more try.
+
+    A tag is deleted by name, so each is HEADed right before: one that points elsewhere
+    now (pushed again since the plan) is someone's newer image and is left alone."""
     try:
         client.delete_manifest(repository, item.digest)
     except RegistryError as error:
@@ -203,10 +250,143 @@ def _delete_manifest(client: RegistryClient, repository: str, item: PlannedItem)
             raise
         try:
             for tag in item.tags:
-                client.delete_tag(repository, tag)
+                head = client.head_manifest(repository, tag)
+                if head is not None and head.digest == item.digest:
+                    client.delete_tag(repository, tag)
         except UnsupportedOperation:
             raise error from None
         client.delete_manifest(repository, item.digest)
+
+
+class ConcurrentPushes:
+    """What other clients push while a deletion runs. The OCI API cannot delete "this
+    manifest unless someone just tagged it", so the race cannot be closed, only narrowed
+    and reported. Right before each DELETE (`keeps`): the push events recorded since the
+    deletion's re-check are read (the registry's notifications), and the tag list is read
+    again, each tag new since the re-check HEADed; a manifest pushed again, tagged, or
+    listed by an index pushed meanwhile is kept. After the DELETEs (`finish`): tags pushed
+    onto a manifest while its DELETE was under way went with it, and are added to its
+    record; an index pushed meanwhile that lists a deleted manifest is reported (its child is
+    gone from the registry; restoring it is what a Trash would do, from the manifests'
+    kept bytes: `dangling` holds the pairs).
+
+    "Since" is by event id, not by time: the mark is taken before the re-check, so events
+    the re-check already saw are read again (harmless), and no host's clock is involved."""
+
+    def __init__(self, client: RegistryClient, repository: Repository) -> None:
+        self.client = client
+        self.repository = repository.name
+        self.registry_id = repository.registry_id
+        self.mark = RegistryEvent.objects.aggregate(last=Max("pk"))["last"] or 0
+        self.known_tags: set[str] = set()
+        self.listed: set[str] = set()
+        self.children: dict[str, list[str]] = {}  # digest -> children (content-addressed)
+        self.warnings: list[str] = []
+        self.dangling: list[tuple[str, str]] = []  # (index, deleted child)
+
+    def rechecked(self, repository: Repository) -> None:
+        """The tags the re-check found: others are new since."""
+        self.known_tags = set(repository.tags.values_list("name", flat=True))
+
+    def pushes(self):
+        return RegistryEvent.objects.filter(
+            pk__gt=self.mark,
+            registry_id=self.registry_id,
+            repository=self.repository,
+            action="push",
+        )
+
+    def keeps(self, item: PlannedItem) -> str:
+        """Why `item` must not be deleted now, or "" to go ahead."""
+        again = sorted(self.pushes().filter(digest=item.digest).values_list("tag", flat=True))
+        if again:
+            how = f" as {', '.join(t for t in again if t)}" if any(again) else ""
+            return f"kept: pushed again{how} during the deletion"
+        try:
+            self._list_tags()
+            for digest, tag in self._pushed_since():
+                if digest == item.digest:
+                    return f"kept: tagged {tag} during the deletion"
+                if item.digest in self._children(digest):
+                    return f"kept: listed by index {digest}{_as(tag)}, pushed during the deletion"
+        except RegistryError as error:
+            return f"kept: could not check the registry for pushes during the deletion: {error}"
+        return ""
+
+    def finish(self, operation: Deletion, deleted: list[PlannedItem]) -> list[str]:
+        """What the other clients' pushes did to this deletion, for people."""
+        gone = {item.digest: item for item in deleted}
+        try:
+            self._list_tags()
+            self._tags_pushed_onto(operation, gone)
+            self._indexes_listing(gone)
+        except RegistryError as error:
+            self.warnings.append(f"could not check for pushes during the deletion: {error}")
+        return self.warnings
+
+    def _tags_pushed_onto(self, operation: Deletion, gone: dict[str, PlannedItem]) -> None:
+        """A tag pushed onto a manifest while its DELETE was under way went with it: the
+        push events say so (a tag list read before the DELETE cannot have seen it)."""
+        records = {
+            record.digest: record for record in operation.records.filter(digest__in=list(gone))
+        }
+        went: dict[str, set[str]] = defaultdict(set)
+        for digest, tag in self.pushes().order_by("pk").values_list("digest", "tag"):
+            if tag and digest in gone and tag not in gone[digest].tags:
+                went[digest].add(tag)
+        for digest, tags in went.items():
+            self.warnings.append(
+                f"tag {', '.join(sorted(tags))}, pushed during the deletion, went with {digest}"
+            )
+            if record := records.get(digest):
+                DeletionRecord.objects.filter(pk=record.pk).update(
+                    tags=sorted({*record.tags, *tags})
+                )
+
+    def _indexes_listing(self, gone: dict[str, PlannedItem]) -> None:
+        """An index pushed meanwhile (by a new tag, or by an event) listing a deleted child."""
+        for digest, tag in [*self._pushed_since(), *self._pushed_by_digest()]:
+            if digest in gone:
+                continue
+            for child in self._children(digest):
+                if child not in gone or (digest, child) in self.dangling:
+                    continue
+                if self.client.head_manifest(self.repository, child) is not None:
+                    continue  # pushed again since
+                self.dangling.append((digest, child))
+                self.warnings.append(
+                    f"index {digest}{_as(tag)}, pushed during the deletion, lists {child}, "
+                    "which this deletion deleted: the index now points at a missing manifest "
+                    "(push that manifest again, or delete the index)"
+                )
+
+    def _list_tags(self) -> None:
+        self.listed = set(self.client.list_tags(self.repository))
+
+    def _pushed_since(self) -> list[tuple[str, str]]:
+        """(digest, tag) of each tag new since the re-check (a HEAD each)."""
+        found = []
+        for tag in sorted(self.listed - self.known_tags):
+            head = self.client.head_manifest(self.repository, tag)
+            if head is not None:
+                found.append((head.digest, tag))
+        return found
+
+    def _pushed_by_digest(self) -> list[tuple[str, str]]:
+        return [(digest, "") for digest in self.pushes().values_list("digest", flat=True)]
+
+    def _children(self, digest: str) -> list[str]:
+        if digest not in self.children:
+            try:
+                fetched = self.client.get_manifest(self.repository, digest)
+            except NotFound:
+                return []
+            self.children[digest] = [child.digest for child in fetched.parsed.manifests]
+        return self.children[digest]
+
+
+def _as(tag: str) -> str:
+    return f" (tag {tag})" if tag else ""
 
 
 def _pending_record(operation: Deletion, item: PlannedItem) -> DeletionRecord:
@@ -214,6 +394,7 @@ def _pending_record(operation: Deletion, item: PlannedItem) -> DeletionRecord:
         operation=operation,
         user_id=operation.user_id,
         username=operation.username,
+        registry=operation.registry,
         repository=operation.repository,
         digest=item.digest,
         kind=item.kind,
@@ -227,10 +408,41 @@ def _settle(record: DeletionRecord, state: str, message: str = "") -> None:
     DeletionRecord.objects.filter(pk=record.pk).update(state=state, message=message[:512])
 
 
+def settle_interrupted(
+    client_for: Callable[[str], RegistryClient], operations: Iterable[Deletion]
+) -> list[int]:
+    """Settle the deletions a process left running when it stopped (SIGKILL, a lost host,
+    a database that went away before it could close them). A deletion holds its
+    repository's lease from its start to its end, so one still running whose repository's
+    lease is free was interrupted. Each repository's are settled holding that lease:
+    nobody deletes there meanwhile, and a holder that was only stalled is fenced out (its
+    next check fails). A repository whose lease is held, or whose registry does not answer,
+    waits for the next call. `client_for(registry)` reads each deletion's registry.
+    Returns the ids of the deletions settled."""
+    settled = []
+    for registry, repository in sorted({(o.registry, o.repository) for o in operations}):
+        taken = acquire(repository_lease_name(repository, registry), owner="recovery")
+        if taken is None:
+            continue  # held: a live deletion, or a sync; the next call tries again
+        with holding(taken):
+            for operation in Deletion.objects.filter(
+                registry=registry, repository=repository, state=Deletion.State.RUNNING
+            ):
+                try:
+                    resolve_interrupted(client_for(registry), operation)
+                except RegistryError as error:
+                    log.warning("could not settle deletion %s yet: %s", operation.pk, error)
+                    break
+                settled.append(operation.pk)
+    return settled
+
+
 def resolve_interrupted(client: RegistryClient, operation: Deletion) -> int:
-    """After a worker died mid-deletion: a PENDING record's DELETE may or may not have
-    reached the registry, so ask it (a HEAD by digest) and record what is true. Returns how
-    many were resolved."""
+    """A deletion whose process stopped mid-way: a PENDING record's DELETE may or may not
+    have reached the registry, so ask it (a HEAD by digest) and record what is true. The
+    manifests that went leave the database as a finished deletion's would, their freed
+    bytes credited to them. Call it holding the repository's lease (`settle_interrupted`).
+    Returns how many records were resolved."""
     resolved = 0
     for record in operation.records.filter(state=DeletionRecord.State.PENDING):
         present = client.head_manifest(operation.repository, record.digest) is not None
@@ -240,15 +452,50 @@ def resolve_interrupted(client: RegistryClient, operation: Deletion) -> int:
             "interrupted before the registry deleted it" if present else "",
         )
         resolved += 1
-    done = operation.records.filter(state=DeletionRecord.State.DONE).count()
+    done = list(
+        operation.records.filter(state=DeletionRecord.State.DONE)
+        .order_by("pk")
+        .values_list("digest", flat=True)
+    )
+    repository = Repository.objects.filter(
+        registry__name=operation.registry, name=operation.repository
+    ).first()
+    if repository is not None and done:
+        _record(repository, operation, _still_stored(repository, done))
+    reclaimed = sum(operation.records.values_list("reclaimed_bytes", flat=True))
     _close(
         operation,
         Deletion.State.FAILED,
-        f"interrupted: the worker stopped; {plural(done, 'manifest')} "
-        f"{'was' if done == 1 else 'were'} "
-        "deleted before it did (see the records)",
+        f"interrupted: the process running it stopped; {plural(len(done), 'manifest')} "
+        f"{'was' if len(done) == 1 else 'were'} deleted before it did (see the records)",
+        reclaimed,
     )
     return resolved
+
+
+def _still_stored(repository: Repository, digests: list[str]) -> list[PlannedItem]:
+    """The deleted manifests the database still holds (the process stopped before it
+    recorded them), in deletion order, as `_record` takes them."""
+    rows = {
+        digest: (pk, kind, size)
+        for pk, digest, kind, size in Manifest.objects.filter(
+            repository=repository, digest__in=digests
+        ).values_list("pk", "digest", "kind", "size")
+    }
+    return [
+        PlannedItem(
+            manifest_id=rows[d][0],
+            digest=d,
+            kind=rows[d][1],
+            platform="",
+            tags=(),
+            size=rows[d][2],
+            because="",
+            group="",
+        )
+        for d in digests
+        if d in rows
+    ]
 
 
 def _parents_within(plan: DeletionPlan) -> dict[int, list[tuple[int, str]]]:
@@ -307,9 +554,9 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
         for manifest_id, share in shares.items():
             operation.records.filter(digest=digests[manifest_id]).update(reclaimed_bytes=share)
         Deletion.objects.filter(pk=operation.pk).update(probe_digest=probe)
-        Manifest.objects.filter(pk__in=ids).delete()
-        Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
-        rollups.refresh(repository)
+        with rollups.changing(repository.pk, ids):  # the deleted items' neighbourhood only
+            Manifest.objects.filter(pk__in=ids).delete()
+            rollups.unused_blobs(set(blob_ids)).delete()
         Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return sum(shares.values())
 

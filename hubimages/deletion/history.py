@@ -28,6 +28,7 @@ CSV_HEADER = (
     "operation",
     "started_at",
     "who",
+    "registry",
     "repository",
     "operation_state",
     "selected",
@@ -69,6 +70,7 @@ class HistoryRow:
     pk: int
     at: datetime
     username: str
+    registry: str
     repository: str
     state: str
     state_label: str
@@ -97,11 +99,14 @@ class HistoryRow:
         return max(0, len(self.selected) - SELECTION_SHOWN)
 
 
-def entries(repository: str = "") -> Sequence:
+def entries(repository: str = "", registry: str = "") -> Sequence:
     """(source, pk, time) of every operation and every record without one, newest first;
-    `repository` matches repository names by substring."""
+    `repository` matches repository names by substring, `registry` names one registry."""
     operations = Deletion.objects.all()
     legacy = DeletionRecord.objects.filter(operation__isnull=True)
+    if registry:
+        operations = operations.filter(registry=registry)
+        legacy = legacy.filter(registry=registry)
     if repository:
         operations = operations.filter(repository__icontains=repository)
         legacy = legacy.filter(repository__icontains=repository)
@@ -164,6 +169,7 @@ def _operation_row(operation: Deletion, records: list[DeletionRecord]) -> Histor
         pk=operation.pk,
         at=operation.started_at,
         username=operation.username,
+        registry=operation.registry,
         repository=operation.repository,
         state=operation.state,
         state_label=operation.get_state_display(),
@@ -196,6 +202,7 @@ def _record_row(record: DeletionRecord) -> HistoryRow:
         pk=record.pk,
         at=record.deleted_at,
         username=record.username,
+        registry=record.registry,
         repository=record.repository,
         state=record.state,
         state_label=record.get_state_display(),
@@ -215,12 +222,12 @@ def _record_row(record: DeletionRecord) -> HistoryRow:
 # -- CSV -------------------------------------------------------------------------------------
 
 
-def csv_rows(repository: str = "") -> Iterator[list]:
+def csv_rows(repository: str = "", registry: str = "") -> Iterator[list]:
     """The history as CSV rows, one per manifest (an operation that deleted nothing has
     one row without a manifest), newest operation first. What to export is read once, so
     a deletion made meanwhile shifts nothing; the details are read in chunks."""
     yield list(CSV_HEADER)
-    everything = list(entries(repository))
+    everything = list(entries(repository, registry))
     for start in range(0, len(everything), CSV_CHUNK):
         for row in rows(everything[start : start + CSV_CHUNK], every_record=True):
             yield from _csv_lines(row)
@@ -231,6 +238,7 @@ def _csv_lines(row: HistoryRow) -> Iterator[list]:
         row.pk if row.source == OPERATION else "",
         _time(row.at),
         row.username,
+        row.registry,
         row.repository,
         row.state if row.source == OPERATION else "",
         " ".join(s.digest for s in row.selected) if row.source == OPERATION else "",

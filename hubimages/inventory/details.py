@@ -90,3 +90,16 @@ def layer_users(manifest: Manifest) -> dict[str, int]:
 def _created_by(entry: dict) -> str | None:
     value = entry.get("created_by")
     return value if isinstance(value, str) and value else None
+
+
+def also_in(manifest: Manifest) -> list[Manifest]:
+    """The same digest in other repositories, of any registry: where else this content
+    lives (a copy, a mirror, a promotion from staging). One query, through the digest
+    index."""
+    return list(
+        Manifest.objects.filter(digest=manifest.digest)
+        .exclude(pk=manifest.pk)
+        .select_related("repository__registry")
+        .only("digest", "kind", "repository__name", "repository__registry__name")
+        .order_by("repository__registry__name", "repository__name")[:50]
+    )

@@ -168,7 +168,7 @@ def count_top_level(
 ) -> ListCount:
     """How many rows `top_level(repository, query)` holds, without counting a million.
 
-    A filter alone is answered by the counts `rollups.refresh` stores. With a status or a
+    A filter alone is answered by the counts `sync.rollups` keeps. With a status or a
     search, the count is first estimated from a sample of the filter's rows taken in
     digest order (digests are random, so the sample is not skewed towards old or new
     pushes); an estimate past ESTIMATED_FROM is shown rounded, and says so. Below it (or
@@ -286,9 +286,11 @@ def children_of(manifest: Manifest) -> list[tuple[Manifest, str]]:
     return children
 
 
-def row_as_dict(row: Manifest, now: datetime | None = None) -> dict:
-    """A list row in the stable JSON shape scripts rely on (`list_images --json`)."""
+def row_as_dict(row: Manifest, now: datetime | None = None, *, registry: str) -> dict:
+    """A list row in the stable JSON shape scripts rely on (`list_images --json`), naming
+    its registry (SPEC §11)."""
     return {
+        "registry": registry,
         "digest": row.digest,
         "kind": row.kind,
         "media_type": row.media_type,

@@ -8,15 +8,21 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subqu
 from django.db.models.functions import Coalesce
 
 from hubimages.inventory.status import stale_q
-from hubimages.models import Blob, Manifest, ManifestBlob, Repository, Tag
+from hubimages.models import Blob, Manifest, ManifestBlob, Registry, Repository, Tag
 from hubimages.sync import rollups
 from registry import media
 
 
-def repository_overview(search: str = "", sort: str = "name") -> QuerySet[Repository]:
-    """Repositories with their counts, size, last push and stale share: one query."""
+def repository_overview(
+    search: str = "", sort: str = "name", registry: Registry | None = None
+) -> QuerySet[Repository]:
+    """Repositories (of `registry`, or of every registry) with their counts, size, last
+    push and stale share: one query."""
     top = Manifest.objects.filter(repository=OuterRef("pk"), is_top_level=True)
-    rows = Repository.objects.annotate(
+    rows = Repository.objects.select_related("registry")
+    if registry is not None:
+        rows = rows.filter(registry=registry)
+    rows = rows.annotate(
         tag_count=_count(pushed_tags(Tag.objects.filter(repository=OuterRef("pk")))),
         image_count=_count(top),
         stale_count=_count(top.filter(stale_q())),
@@ -54,25 +60,34 @@ class Totals:
     stored_bytes: int
 
 
-def repository_totals() -> Totals:
-    """Counts over all repositories, and their storage with every blob counted once, however
-    many repositories share it (so less than the sum of the rows). Four queries."""
-    items = Manifest.objects.filter(is_top_level=True).aggregate(
+def repository_totals(registry: Registry | None = None) -> Totals:
+    """Counts over all repositories (of `registry`, or of every registry), and their
+    storage with every blob counted once per registry, however many repositories share it
+    (so less than the sum of the rows). Four queries."""
+    manifests, repositories, tags = Manifest.objects, Repository.objects, Tag.objects
+    if registry is not None:
+        manifests = manifests.filter(repository__registry=registry)
+        repositories = repositories.filter(registry=registry)
+        tags = tags.filter(repository__registry=registry)
+    items = manifests.filter(is_top_level=True).aggregate(
         images=Count("pk"), stale=Count("pk", filter=stale_q())
     )
     return Totals(
-        repositories=Repository.objects.count(),
-        tags=pushed_tags(Tag.objects.all()).count(),
+        repositories=repositories.count(),
+        tags=pushed_tags(tags.all()).count(),
         images=items["images"],
         stale=items["stale"],
-        stored_bytes=stored_bytes(),
+        stored_bytes=stored_bytes(registry),
     )
 
 
-def stored_bytes() -> int:
-    """What the registry stores for the manifests hubimages knows: every blob they use
-    (layers, configs, the manifests' own bytes), once. One query."""
+def stored_bytes(registry: Registry | None = None) -> int:
+    """What the registry (or every registry) stores for the manifests hubimages knows:
+    every blob they use (layers, configs, the manifests' own bytes), once per registry.
+    One query."""
     linked = Blob.objects.filter(Exists(ManifestBlob.objects.filter(blob=OuterRef("pk"))))
+    if registry is not None:
+        linked = linked.filter(registry=registry)
     return linked.aggregate(total=Sum("size"))["total"] or 0
 
 
@@ -87,8 +102,8 @@ def _aggregate(rows: QuerySet, aggregate) -> Subquery:
 
 
 REPOSITORY_SORTS = {
-    "name": ["name"],
-    "-name": ["-name"],
+    "name": ["name", "registry__name"],
+    "-name": ["-name", "-registry__name"],
     "last_pushed": [F("last_pushed").asc(nulls_last=True), "name"],
     "-last_pushed": [F("last_pushed").desc(nulls_last=True), "name"],
     "size": ["total_size", "name"],

@@ -10,7 +10,8 @@ from datetime import datetime
 from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
-from hubimages.models import Deletion, ManifestBlob
+from hubimages.models import Deletion, ManifestBlob, Registry
+from hubimages.registries import rows
 from registry.client import RegistryClient
 from registry.errors import RegistryError
 
@@ -29,19 +30,23 @@ class Waiting:
     deletions: int
 
 
-def waiting_for_collection() -> Waiting:
-    """Bytes that finished deletions freed and the registry still stores. One query."""
-    totals = _uncollected().aggregate(bytes=Sum("reclaimed_bytes"), deletions=Count("pk"))
+def waiting_for_collection(registry: Registry | None = None) -> Waiting:
+    """Bytes that finished deletions freed and the registry (or every registry) still
+    stores. One query."""
+    totals = _uncollected(registry).aggregate(bytes=Sum("reclaimed_bytes"), deletions=Count("pk"))
     return Waiting(totals["bytes"] or 0, totals["deletions"])
 
 
-def _uncollected() -> QuerySet[Deletion]:
-    return Deletion.objects.filter(
+def _uncollected(registry: Registry | None) -> QuerySet[Deletion]:
+    deletions = Deletion.objects.filter(
         collected_at__isnull=True, finished_at__isnull=False, reclaimed_bytes__gt=0
     )
+    return deletions.filter(registry=registry.name) if registry is not None else deletions
 
 
-def note_collections(client: RegistryClient, now: datetime | None = None) -> int:
+def note_collections(
+    client: RegistryClient, registry: Registry, now: datetime | None = None
+) -> int:
     """Find out whether the garbage collector ran since the deletions still waiting for it,
     and mark those it freed. Returns how many.
 
@@ -50,9 +55,12 @@ def note_collections(client: RegistryClient, now: datetime | None = None) -> int
     before those whose probe is still there: a binary search finds the last one gone in a
     few HEAD requests, and it and every deletion that finished before it were collected.
     A probe that a manifest uses again (pushed anew) proves nothing and is not asked."""
-    reused = ManifestBlob.objects.filter(blob__digest=OuterRef("probe_digest"))
+    registry = registry or rows.get()
+    reused = ManifestBlob.objects.filter(
+        blob__registry=registry, blob__digest=OuterRef("probe_digest")
+    )
     witnesses = list(
-        _uncollected()
+        _uncollected(registry)
         .exclude(probe_digest="")
         .filter(~Exists(reused))
         .order_by("finished_at", "pk")
@@ -74,7 +82,7 @@ def note_collections(client: RegistryClient, now: datetime | None = None) -> int
         return 0
     collected_before = witnesses[low - 1][2]
     return (
-        _uncollected()
+        _uncollected(registry)
         .filter(finished_at__lte=collected_before)
         .update(collected_at=now or timezone.now())
     )

@@ -6,11 +6,15 @@ repositories at once), so it is what the garbage collector would free: a reposit
 figure is exactly what `delete_images REPO <its stale items> --dry-run` reports, and the
 registry's counts once the blobs that only deleted items of several repositories share.
 
-Planning every stale and untagged item of a big registry takes a while, so the figures are
-kept in `StorageFigures` under the key of the state they describe (`state_key`) and
-computed again only when that changes: a sync or a deletion ends, or a day passes. A full
-sync computes them as it ends, so the pages seldom wait. Pushes and pulls that registry
-events bring between two syncs show after the next one.
+Each registry has its own figures (it stores and collects its own blobs, SPEC §11).
+Planning every stale and untagged item of a big registry takes seconds, so no web request
+ever does it (SPEC §7): the workers keep each registry's figures in `StorageFigures`,
+under the key of the state they describe (`state_key`), and compute them again
+(`refresh`, one computation a registry at a time on any number of hosts) when that state
+changes: a sync or a deletion ends, the
+stale setting changes, or a day passes. Pages and the API only read them (`kept`), with
+their age and whether new ones are on the way. Pushes and pulls that registry events bring
+between two syncs show after the next one.
 """
 
 from __future__ import annotations
@@ -31,16 +35,19 @@ from hubimages.deletion import planning
 from hubimages.inventory import repositories as inventory_repositories
 from hubimages.inventory import status
 from hubimages.lib.formatting import iso
+from hubimages.lib.leases import LeaseBusy, holder, lease
 from hubimages.models import (
     Deletion,
     Manifest,
     ManifestBlob,
+    Registry,
     Repository,
     StorageFigures,
     StorageSample,
     SyncRun,
     Tag,
 )
+from hubimages.registries import rows as registry_rows
 from hubimages.storage.collection import note_collections
 from registry.client import RegistryClient
 
@@ -55,16 +62,29 @@ NAMES_SHOWN = 3
 HISTORY_DAYS = 90
 HISTORY_POINTS = 120  # the chart's points at most: a full sync every 15 min makes 8,640
 KEEP_SAMPLES = timedelta(days=366)
-FIGURES_ROW = 1  # StorageFigures holds one row
 
 
-def figures() -> dict:
-    """The registry's storage in the shape of `GET /api/v1/storage`: `stored_bytes`,
+REFRESH_ROUNDS = 3  # computed again at most this often when the state moved meanwhile
+
+
+def figures_lease(registry: Registry) -> str:
+    """Held by the one process computing `registry`'s figures."""
+    return f"storage-figures:{registry.name}"
+
+
+def figures(registry: Registry | None = None) -> dict:
+    """The registry's storage computed now, in the shape of `GET /api/v1/storage`: for
+    scripts and the command line. Pages and the API read what the workers keep (`kept`)."""
+    return figures_of(compute(registry=registry or registry_rows.get()))
+
+
+def figures_of(document: dict) -> dict:
+    """A kept document in the shape of `GET /api/v1/storage`: `registry`, `stored_bytes`,
     `stale_reclaimable_bytes`, `untagged_bytes`, `repositories` (by name, each with the
     same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90 days,
     at most 120 of them, evenly spread)."""
-    document = insights()
     return {
+        "registry": document["registry"],
         **{key: document[key] for key in TOTAL_KEYS},
         "repositories": [
             {key: row[key] for key in REPOSITORY_KEYS} for row in document["repositories"]
@@ -73,24 +93,121 @@ def figures() -> dict:
     }
 
 
-def insights() -> dict:
-    """Everything the Storage page shows: `figures()`, plus per repository how many stale
-    and untagged items there are, the largest items, the most shared layers, and when
-    the figures were computed. From the cache while the state is the one they describe."""
-    key = state_key()
-    kept = StorageFigures.objects.filter(pk=FIGURES_ROW, key=key).values_list("figures", flat=True)
-    document = kept.first()
-    if document is None:
-        document = compute()
-        _keep(key, document)
-    return document
+# What pages show before the workers first computed the figures (no figure is 0: none is
+# shown; the page says they are on the way).
+NOT_COMPUTED: dict = {
+    "repositories": [],
+    "history": [],
+    "largest": [],
+    "shared_layers": [],
+}
 
 
-def state_key() -> str:
+@dataclass(frozen=True)
+class Kept:
+    """The figures as the workers last computed them, for a page to show with their age:
+    `document` (None before the first computation), `computed_at`, whether they describe
+    the state as it is now (`current`), and whether a worker is computing new ones."""
+
+    document: dict | None
+    computed_at: datetime | None
+    current: bool
+    computing: bool
+
+
+def kept(registry: Registry | None = None) -> Kept:
+    """What pages and the API show: a read of the registry's kept row, whatever its age.
+    Never computes. Four queries."""
+    registry = registry or registry_rows.get()
+    row = StorageFigures.objects.filter(registry=registry).first()
+    if row is None:
+        return Kept(None, None, False, computing(registry))
+    return Kept(row.figures, row.computed_at, row.key == state_key(registry), computing(registry))
+
+
+@dataclass(frozen=True)
+class KeptTogether:
+    """Several registries' kept figures, for the Repositories page: each registry's
+    document (those computed), the oldest age, whether all are current, whether any is
+    being computed. `document` is a document when every registry has one."""
+
+    documents: dict[str, dict]
+    computed_at: datetime | None
+    current: bool
+    computing: bool
+    document: dict | None
+
+    @property
+    def stale_reclaimable_bytes(self) -> int:
+        return sum(d["stale_reclaimable_bytes"] for d in self.documents.values())
+
+
+def kept_together(registries: list[Registry]) -> KeptTogether:
+    """`kept` of each registry, read together (a few queries each)."""
+    each = {registry.name: kept(registry) for registry in registries}
+    documents = {name: k.document for name, k in each.items() if k.document is not None}
+    ages = [k.computed_at for k in each.values() if k.computed_at is not None]
+    complete = bool(each) and len(documents) == len(each)
+    return KeptTogether(
+        documents=documents,
+        computed_at=min(ages) if ages else None,
+        current=all(k.current for k in each.values()),
+        computing=any(k.computing for k in each.values()),
+        document=next(iter(documents.values())) if complete else None,
+    )
+
+
+def computing(registry: Registry) -> bool:
+    """Whether a worker is computing the registry's figures now."""
+    return holder(figures_lease(registry)) is not None
+
+
+def outdated(registry: Registry | None = None) -> bool:
+    """Whether the kept figures of `registry` (of any registry, with None) describe
+    another state than the current one (or none). The workers ask after each job and every
+    few seconds."""
+    registries = [registry] if registry is not None else registry_rows.known()
+    return any(_stored_key(each) != state_key(each) for each in registries)
+
+
+def _stored_key(registry: Registry) -> str | None:
+    return StorageFigures.objects.filter(registry=registry).values_list("key", flat=True).first()
+
+
+def refresh(registry: Registry | None = None, *, owner: str = "worker") -> bool:
+    """Compute and keep the figures of `registry` (of every registry, with None) unless
+    they are current; what the workers run.
+
+    Single-flight: a registry's computation holds its lease (`figures_lease`), so on any
+    number of workers and hosts one computes a registry's figures at a time, and a worker
+    that finds it held moves on (the holder computes again if the state moved while it
+    worked). Returns whether it computed any."""
+    registries = [registry] if registry is not None else registry_rows.known()
+    computed = False
+    for each in registries:
+        try:
+            with lease(figures_lease(each), owner=owner):
+                for _ in range(REFRESH_ROUNDS):
+                    key = state_key(each)
+                    if _stored_key(each) == key:
+                        break
+                    _keep(each, key, compute(registry=each))
+                    computed = True
+        except LeaseBusy:
+            continue
+    return computed
+
+
+def state_key(registry: Registry | None = None) -> str:
     """What the figures depend on, hashed: the last finished sync and deletion, the stale
     setting, and the day (an item turns stale with time alone). Two queries."""
-    syncs = SyncRun.objects.aggregate(last=Max("finished_at"), count=Count("pk"))
-    deletions = Deletion.objects.aggregate(last=Max("finished_at"), count=Count("pk"))
+    registry = registry or registry_rows.get()
+    syncs = SyncRun.objects.filter(registry=registry).aggregate(
+        last=Max("finished_at"), count=Count("pk")
+    )
+    deletions = Deletion.objects.filter(registry=registry.name).aggregate(
+        last=Max("finished_at"), count=Count("pk")
+    )
     state = [
         iso(syncs["last"]) if syncs["last"] else None,
         syncs["count"],
@@ -102,13 +219,13 @@ def state_key() -> str:
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()
 
 
-def _keep(key: str, document: dict) -> None:
+def _keep(registry: Registry, key: str, document: dict) -> None:
     """Store the figures for every process; another one storing at the same moment
     computed the same."""
     try:
         with transaction.atomic():
             StorageFigures.objects.update_or_create(
-                pk=FIGURES_ROW,
+                registry=registry,
                 defaults={"key": key, "figures": document, "computed_at": timezone.now()},
             )
     except IntegrityError:
@@ -118,19 +235,21 @@ def _keep(key: str, document: dict) -> None:
 # -- computing ---------------------------------------------------------------------------
 
 
-def compute(now: datetime | None = None) -> dict:
+def compute(now: datetime | None = None, *, registry: Registry | None = None) -> dict:
     """The figures, from scratch: two plans of the whole registry (its stale items, its
     untagged items) and a few queries, whatever the number of repositories."""
+    registry = registry or registry_rows.get()
     now = now or timezone.now()
     repositories = list(
-        Repository.objects.annotate(stored=inventory_repositories.repository_stored_size())
+        registry.repositories.annotate(stored=inventory_repositories.repository_stored_size())
     )
-    top_level = Manifest.objects.filter(is_top_level=True)
+    top_level = Manifest.objects.filter(repository__registry=registry, is_top_level=True)
     stale = _plan(repositories, top_level.filter(status.stale_q(now)))
     untagged = _plan(repositories, top_level.filter(is_tagged=False))
-    last_sync = SyncRun.objects.aggregate(last=Max("finished_at"))["last"]
+    last_sync = SyncRun.objects.filter(registry=registry).aggregate(last=Max("finished_at"))
     return {
-        "stored_bytes": inventory_repositories.stored_bytes(),
+        "registry": registry.name,
+        "stored_bytes": inventory_repositories.stored_bytes(registry),
         "stale_reclaimable_bytes": stale.plans.reclaimable_bytes,
         "untagged_bytes": untagged.plans.reclaimable_bytes,
         "repositories": [
@@ -146,11 +265,11 @@ def compute(now: datetime | None = None) -> dict:
         ],
         "stale_items": stale.items,
         "untagged_items": untagged.items,
-        "largest": largest_items(now),
-        "shared_layers": shared_layers(),
-        "history": history(now),
+        "largest": largest_items(now, registry=registry),
+        "shared_layers": shared_layers(registry),
+        "history": history(now, registry=registry),
         "computed_at": iso(now),
-        "as_of": iso(last_sync) if last_sync else None,
+        "as_of": iso(last_sync["last"]) if last_sync["last"] else None,
     }
 
 
@@ -187,12 +306,13 @@ def _plan(repositories: list[Repository], rows: QuerySet[Manifest]) -> _Planned:
     return _Planned(plans, {pk: len(digests) for pk, digests in selected.items()})
 
 
-def largest_items(now: datetime | None = None) -> list[dict]:
+def largest_items(now: datetime | None = None, *, registry: Registry | None = None) -> list[dict]:
     """The biggest top-level items of the registry (indexes count their images' distinct
     blobs once), with the tags people pushed. Two queries."""
+    registry = registry or registry_rows.get()
     cutoff = status.stale_cutoff(now)
     rows = (
-        Manifest.objects.filter(is_top_level=True)
+        Manifest.objects.filter(repository__registry=registry, is_top_level=True)
         .select_related("repository")
         .only(
             "digest",
@@ -223,12 +343,13 @@ def largest_items(now: datetime | None = None) -> list[dict]:
     ]
 
 
-def shared_layers() -> list[dict]:
+def shared_layers(registry: Registry | None = None) -> list[dict]:
     """The layers the most manifests use, with the repositories they are in and the bytes
     sharing saves (each further manifest would otherwise store its own copy). A shared
     layer is freed only when the last manifest using it goes. Two queries."""
+    registry = registry or registry_rows.get()
     rows = list(
-        ManifestBlob.objects.filter(role=ManifestBlob.Role.LAYER)
+        ManifestBlob.objects.filter(blob__registry=registry, role=ManifestBlob.Role.LAYER)
         .values("blob_id", "blob__digest", "blob__size")
         .annotate(
             manifests=Count("manifest_id", distinct=True),
@@ -261,12 +382,13 @@ def shared_layers() -> list[dict]:
     ]
 
 
-def history(now: datetime | None = None) -> list[dict]:
+def history(now: datetime | None = None, *, registry: Registry | None = None) -> list[dict]:
     """Stored bytes at each full sync of the last `HISTORY_DAYS`, at most `HISTORY_POINTS`
     of them spread evenly (the first and the last always among them)."""
+    registry = registry or registry_rows.get()
     since = (now or timezone.now()) - timedelta(days=HISTORY_DAYS)
     samples = list(
-        StorageSample.objects.filter(at__gte=since)
+        StorageSample.objects.filter(registry=registry, at__gte=since)
         .order_by("at", "pk")
         .values_list("at", "stored_bytes")
     )
@@ -280,16 +402,22 @@ def history(now: datetime | None = None) -> list[dict]:
 # -- after a full sync ---------------------------------------------------------------------
 
 
-def after_full_sync(client: RegistryClient) -> None:
-    """What a successful full sync adds: whether the garbage collector ran and one point
-    of the storage history. (The worker then computes the figures for the state it left,
-    so no page waits for them: `jobs`.)"""
-    note_collections(client)
-    record_sample()
+def after_full_sync(client: RegistryClient, registry: Registry | None = None) -> None:
+    """What a successful full sync of `registry` adds: whether its garbage collector ran
+    and one point of its storage history. (The worker then computes the figures for the
+    state it left, so no page waits for them: `jobs`.)"""
+    registry = registry or registry_rows.get()
+    note_collections(client, registry=registry)
+    record_sample(registry=registry)
 
 
-def record_sample(now: datetime | None = None) -> StorageSample:
+def record_sample(
+    now: datetime | None = None, *, registry: Registry | None = None
+) -> StorageSample:
     """One point of "stored bytes over time"; points older than a year go."""
+    registry = registry or registry_rows.get()
     now = now or timezone.now()
-    StorageSample.objects.filter(at__lt=now - KEEP_SAMPLES).delete()
-    return StorageSample.objects.create(at=now, stored_bytes=inventory_repositories.stored_bytes())
+    StorageSample.objects.filter(registry=registry, at__lt=now - KEEP_SAMPLES).delete()
+    return StorageSample.objects.create(
+        registry=registry, at=now, stored_bytes=inventory_repositories.stored_bytes(registry)
+    )

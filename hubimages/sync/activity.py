@@ -17,7 +17,11 @@ def apply_earlier_pulls(repository: Repository, digests: list[str]) -> int:
         return 0
     count = 0
     waiting = RegistryEvent.objects.filter(
-        action="pull", repository=repository.name, digest__in=digests, state=State.WAITING
+        registry_id=repository.registry_id,
+        action="pull",
+        repository=repository.name,
+        digest__in=digests,
+        state=State.WAITING,
     )
     for digest, latest in _latest(waiting):
         count += (
@@ -35,7 +39,10 @@ def apply_recorded_pushes(repository: Repository, digests: list[str]) -> int:
         return 0
     count = 0
     pushes = RegistryEvent.objects.filter(
-        action="push", repository=repository.name, digest__in=digests
+        registry_id=repository.registry_id,
+        action="push",
+        repository=repository.name,
+        digest__in=digests,
     )
     for digest, latest in _latest(pushes):
         count += Manifest.objects.filter(

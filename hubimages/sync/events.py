@@ -28,10 +28,12 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from hubimages.lib.leases import LeaseBusy, repository_lock, repository_locked
-from hubimages.models import Blob, Manifest, ManifestBlob, RegistryEvent, Repository, Tag
+from hubimages.models import Manifest, ManifestBlob, Registry, RegistryEvent, Repository, Tag
+from hubimages.registries import rows
 from hubimages.registries.client import registry_client
 from hubimages.sync import activity, rollups, store
 from registry import media
@@ -79,11 +81,13 @@ class Recorded:
 # -- recording -------------------------------------------------------------------------------
 
 
-def record(events: list[Event]) -> Recorded:
-    """Record the envelope's new events and apply pulls and deletes, in one transaction.
+def record(events: list[Event], registry: Registry | None = None) -> Recorded:
+    """Record the envelope's new events (sent by `registry`, the default one if None) and
+    apply pulls and deletes, in one transaction.
 
     Pulls that never count (hubimages's own, scanners') are answered without touching the
     database: a sync's HEADs and the workers' reads come back as a stream of them."""
+    registry = registry or rows.get()
     result = Recorded()
     kept = []
     for event in events:
@@ -95,7 +99,7 @@ def record(events: list[Event]) -> Recorded:
         return result
     for attempt in range(2):
         try:
-            recorded = _record(kept)
+            recorded = _record(kept, registry)
             recorded.not_stored += result.not_stored
             return recorded
         except IntegrityError:
@@ -106,16 +110,15 @@ def record(events: list[Event]) -> Recorded:
     raise AssertionError("unreachable")
 
 
-def _record(events: list[Event]) -> Recorded:
+def _record(events: list[Event], registry: Registry) -> Recorded:
     result = Recorded()
     with transaction.atomic():
         seen = set(
-            RegistryEvent.objects.filter(event_id__in=[e.id for e in events]).values_list(
-                "event_id", flat=True
-            )
+            RegistryEvent.objects.filter(
+                registry=registry, event_id__in=[e.id for e in events]
+            ).values_list("event_id", flat=True)
         )
         changed: set[str] = set()
-        refresh: set[str] = set()
         rows = []
         now = timezone.now()
         corrected = [_plausible_time(event, now) for event in events]
@@ -123,19 +126,16 @@ def _record(events: list[Event]) -> Recorded:
             if event.id in seen:
                 result.duplicates += 1
                 continue
-            applied = apply_on_receipt(event)
+            seen.add(event.id)  # an envelope may hold the same event twice: it counts once
+            applied = apply_on_receipt(event, registry)
             if applied.changed:
                 changed.add(event.repository)
-                if event.action == "delete":
-                    refresh.add(event.repository)
-            rows.append(_row(event, applied, now, correction))
+            rows.append(_row(registry, event, applied, now, correction))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
             result.ignored += applied.state == State.IGNORED
         RegistryEvent.objects.bulk_create(rows)
-        for repository in Repository.objects.filter(name__in=refresh):
-            rollups.refresh(repository)
-        _bump(changed)
+        _bump(registry, changed)
     return result
 
 
@@ -151,9 +151,12 @@ def _plausible_time(event: Event, now: datetime) -> tuple[Event, str]:
     return replace(event, occurred_at=now), f"its time {sent} is {why}: taken as received"
 
 
-def _row(event: Event, applied: Applied, now: datetime, correction: str = "") -> RegistryEvent:
+def _row(
+    registry: Registry, event: Event, applied: Applied, now: datetime, correction: str = ""
+) -> RegistryEvent:
     message = f"{applied.message}; {correction}" if correction else applied.message
     return RegistryEvent(
+        registry=registry,
         event_id=event.id,
         action=event.action[:16],
         repository=event.repository,
@@ -171,7 +174,7 @@ def _row(event: Event, applied: Applied, now: datetime, correction: str = "") ->
 # -- applying ------------------------------------------------------------------------------
 
 
-def apply_on_receipt(event: Event, *, defer_if_locked: bool = True) -> Applied:
+def apply_on_receipt(event: Event, registry: Registry, *, defer_if_locked: bool = True) -> Applied:
     """Apply what is cheap and local now; pushes (and deletes under a lock) stay RECEIVED.
 
     An event naming a repository or tag the registry API cannot address was forged or
@@ -185,12 +188,12 @@ def apply_on_receipt(event: Event, *, defer_if_locked: bool = True) -> Applied:
             return Applied(State.IGNORED, "push without a digest")
         return Applied(State.RECEIVED, "")
     if event.action == "pull" and event.is_manifest:
-        return apply_pull(event)
+        return apply_pull(event, registry)
     if event.action == "delete":
-        if defer_if_locked and repository_locked(event.repository):
+        if defer_if_locked and repository_locked(event.repository, registry.name):
             # hubimages's own deletion (or a sync) is at work: apply it after, under the lock.
             return Applied(State.RECEIVED, "")
-        return apply_delete(event)
+        return apply_delete(event, registry)
     if event.action == "mount":
         return Applied(State.IGNORED, "mount")
     if event.action in ACTIONS:
@@ -213,13 +216,15 @@ def ignored_user_agent(user_agent: str) -> str | None:
     return None
 
 
-def apply_pull(event: Event) -> Applied:
+def apply_pull(event: Event, registry: Registry) -> Applied:
     if event.method and event.method not in PULL_METHODS:
         return Applied(State.IGNORED, f"{event.method} is not a pull")
     reason = ignored_user_agent(event.user_agent)
     if reason:
         return Applied(State.IGNORED, reason)
-    manifests = Manifest.objects.filter(repository__name=event.repository)
+    manifests = Manifest.objects.filter(
+        repository__registry=registry, repository__name=event.repository
+    )
     if event.digest:
         manifests = manifests.filter(digest=event.digest)
     else:  # 2.8 always names the digest; be lenient with registries that only give the tag
@@ -234,11 +239,11 @@ def apply_pull(event: Event) -> Applied:
     return Applied(State.WAITING, "pull counted: manifest not stored yet")
 
 
-def apply_delete(event: Event) -> Applied:
+def apply_delete(event: Event, registry: Registry) -> Applied:
     pushed_later = Q(pushed_at_estimated=False, pushed_at__gt=event.occurred_at)
     if event.digest:
         manifest = Manifest.objects.filter(
-            repository__name=event.repository, digest=event.digest
+            repository__registry=registry, repository__name=event.repository, digest=event.digest
         ).first()
         if manifest is None:
             return Applied(State.IGNORED, "delete: manifest not stored")
@@ -247,21 +252,27 @@ def apply_delete(event: Event) -> Applied:
         blob_ids = list(
             ManifestBlob.objects.filter(manifest=manifest).values_list("blob_id", flat=True)
         )
-        manifest.delete()
-        Blob.objects.filter(pk__in=blob_ids, manifest_links__isnull=True).delete()
+        # Only this manifest's neighbourhood is computed again: a notification costs the
+        # same in a repository of a million manifests as in one of a thousand.
+        with rollups.changing(manifest.repository_id, [manifest.pk]):
+            manifest.delete()
+            rollups.unused_blobs(blob_ids).delete()
         return Applied(State.APPLIED, "manifest deleted", changed=True)
-    tag = Tag.objects.filter(repository__name=event.repository, name=event.tag).first()
+    tag = Tag.objects.filter(
+        repository__registry=registry, repository__name=event.repository, name=event.tag
+    ).first()
     if tag is None:
         return Applied(State.IGNORED, "delete: tag not stored")
     if Manifest.objects.filter(pk=tag.manifest_id).filter(pushed_later).exists():
         return Applied(State.IGNORED, "tag pushed again after this delete")
-    tag.delete()
+    with rollups.changing(tag.repository_id, [tag.manifest_id]):
+        tag.delete()
     return Applied(State.APPLIED, "tag deleted", changed=True)
 
 
-def _bump(repositories: set[str]) -> None:
+def _bump(registry: Registry, repositories: set[str]) -> None:
     if repositories:
-        Repository.objects.filter(name__in=repositories).update(revision=F("revision") + 1)
+        registry.repositories.filter(name__in=repositories).update(revision=F("revision") + 1)
 
 
 # -- what waits for the worker ------------------------------------------------------------
@@ -283,52 +294,79 @@ class Drained:
     retry_at: datetime | None = None
 
 
-def due_events(now: datetime | None = None, *, now_or_later: bool = False):
+def due_events(
+    now: datetime | None = None, *, now_or_later: bool = False, registry: Registry | None = None
+):
     """RECEIVED events that nobody works on and whose next attempt is due (or all of them
     with `now_or_later`: a person at the command line does not wait for the back-off)."""
     now = now or timezone.now()
     events = RegistryEvent.objects.filter(state=State.RECEIVED).filter(
-        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=Now())  # a lease: the database's clock
     )
+    if registry is not None:
+        events = events.filter(registry=registry)
     if now_or_later:
         return events
     return events.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
 
 
-def claim(batch: int = CLAIM_BATCH, *, now_or_later: bool = False) -> list[RegistryEvent]:
-    """Claim up to `batch` due events for this worker: rows other workers are claiming are
-    skipped, and a claim lapses after the lease, should this worker die."""
+def claim(
+    batch: int = CLAIM_BATCH, *, now_or_later: bool = False, registry: Registry | None = None
+) -> list[RegistryEvent]:
+    """Claim up to `batch` due events (of `registry`, or of any) for this worker: rows other
+    workers are claiming are skipped, and a claim lapses after the lease, should this
+    worker die."""
     now = timezone.now()
     with transaction.atomic():
         ids = list(
-            due_events(now, now_or_later=now_or_later)
+            due_events(now, now_or_later=now_or_later, registry=registry)
             .select_for_update(skip_locked=True)
             .order_by("pk")
             .values_list("pk", flat=True)[:batch]
         )
         RegistryEvent.objects.filter(pk__in=ids).update(
-            claimed_until=now + timedelta(seconds=settings.WORKER_LEASE_SECONDS)
+            claimed_until=Now() + timedelta(seconds=settings.WORKER_LEASE_SECONDS)
         )
-    return list(RegistryEvent.objects.filter(pk__in=ids).order_by("pk"))
+    return list(RegistryEvent.objects.filter(pk__in=ids).select_related("registry").order_by("pk"))
 
 
 def drain(
-    client: RegistryClient | None = None, *, batch: int = CLAIM_BATCH, now_or_later: bool = False
+    client: RegistryClient | None = None,
+    *,
+    registry: Registry | None = None,
+    batch: int = CLAIM_BATCH,
+    now_or_later: bool = False,
 ) -> Drained:
-    """Claim due events and process them: deferred deletes one by one, pushes grouped by
-    repository (one read of the registry, one write to the database per repository).
+    """Claim due events and process them, each registry's with its own client: deferred
+    deletes one by one, pushes grouped by repository (one read of the registry, one write
+    to the database per repository). `client`, if given, reads `registry`.
 
     An event that fails for a reason that may pass is tried again later with back-off, at
-    most MAX_ATTEMPTS times. When the registry is down, the drain stops at once and every
-    claimed event waits for the same retry time, rather than each failing on its own."""
-    rows = claim(batch, now_or_later=now_or_later)
-    if not rows:
-        return Drained()
+    most MAX_ATTEMPTS times. When a registry is down, its events stop at once and wait for
+    the same retry time, rather than each failing on its own; other registries' go on."""
+    rows = claim(batch, now_or_later=now_or_later, registry=registry)
     result = Drained()
+    by_registry: dict[int, list[RegistryEvent]] = defaultdict(list)
+    for row in rows:
+        by_registry[row.registry_id].append(row)
+    try:
+        for group in by_registry.values():
+            _drain_registry(group[0].registry, group, client, result)
+    finally:
+        RegistryEvent.objects.filter(pk__in=[row.pk for row in rows]).update(claimed_until=None)
+    return result
+
+
+def _drain_registry(
+    registry: Registry,
+    rows: list[RegistryEvent],
+    client: RegistryClient | None,
+    result: Drained,
+) -> None:
     own_client = client is None
     try:
         if client is None:
-            client = registry_client()
+            client = registry_client(registry)
         pushes: dict[str, list[RegistryEvent]] = defaultdict(list)
         for row in rows:
             if row.action == "push":
@@ -337,20 +375,19 @@ def drain(
                 result.processed += _process_one(row, _process_deferred)
         with ThreadPoolExecutor(READ_CONCURRENCY, thread_name_prefix="events") as pool:
             for name, group in pushes.items():
-                result.processed += _store_group(client, pool, name, group, result)
+                result.processed += _store_group(client, pool, registry, name, group, result)
     except (RegistryUnavailable, ImproperlyConfigured) as error:
-        result.registry_down = str(error)
+        result.registry_down = f"{registry.name}: {error}"
         unfinished = RegistryEvent.objects.filter(
             pk__in=[row.pk for row in rows], state=State.RECEIVED
         )
         result.retried += len(unfinished)
-        result.retry_at = _retry_later(list(unfinished), error)
-        log.warning("registry events wait until %s: %s", result.retry_at, error)
+        retry_at = _retry_later(list(unfinished), error)
+        result.retry_at = min(filter(None, (result.retry_at, retry_at)))
+        log.warning("registry %s: events wait until %s: %s", registry.name, retry_at, error)
     finally:
-        RegistryEvent.objects.filter(pk__in=[row.pk for row in rows]).update(claimed_until=None)
         if own_client and client is not None:
             client.close()
-    return result
 
 
 def drain_for(
@@ -370,15 +407,16 @@ def drain_for(
     return total
 
 
-def process_received(client: RegistryClient | None = None) -> int:
-    """Try every RECEIVED event once now, back-off or not (the command line's way);
-    returns how many were done."""
-    return drain(client, batch=MAX_BATCH, now_or_later=True).processed
+def process_received(client: RegistryClient | None = None, registry: Registry | None = None) -> int:
+    """Try every RECEIVED event (of `registry`, which `client` reads, or of every registry)
+    once now, back-off or not (the command line's way); returns how many were done."""
+    return drain(client, registry=registry, batch=MAX_BATCH, now_or_later=True).processed
 
 
 def _store_group(
     client: RegistryClient,
     pool: ThreadPoolExecutor,
+    registry: Registry,
     name: str,
     rows: list[RegistryEvent],
     result: Drained,
@@ -386,12 +424,12 @@ def _store_group(
     """Store one repository's pushes together; if that fails for a reason that will not
     pass, try them one by one so each event gets its own outcome."""
     try:
-        return _store_pushes(client, pool, name, rows)
+        return _store_pushes(client, pool, registry, name, rows)
     except RegistryUnavailable:
         raise
     except (RegistryError, DatabaseError, LeaseBusy) as error:
         if len(rows) > 1 and not _retryable(error):
-            return sum(_store_group(client, pool, name, [row], result) for row in rows)
+            return sum(_store_group(client, pool, registry, name, [row], result) for row in rows)
         return sum(_failed(row, error, result) for row in rows)
     except Exception as error:  # a bug must not stop the other events
         log.exception("registry events of %s failed", name)
@@ -467,6 +505,7 @@ def _event_of(row: RegistryEvent) -> Event:
 def _deleted_later(rows: list[RegistryEvent]) -> set[int]:
     """The pushes among `rows` that a delete of the same digest, recorded later, undid."""
     deletes = RegistryEvent.objects.filter(
+        registry_id=rows[0].registry_id,
         action="delete",
         repository__in={row.repository for row in rows},
         digest__in={row.digest for row in rows},
@@ -485,7 +524,7 @@ def _deleted_later(rows: list[RegistryEvent]) -> set[int]:
 
 def _process_deferred(row: RegistryEvent) -> None:
     """An event left RECEIVED at receipt because the repository was locked."""
-    repository = Repository.objects.filter(name=row.repository).first()
+    repository = Repository.objects.filter(registry_id=row.registry_id, name=row.repository).first()
     if repository is None:
         _finish(row, Applied(State.IGNORED, "repository not stored"))
         return
@@ -493,15 +532,18 @@ def _process_deferred(row: RegistryEvent) -> None:
         repository_lock(repository, owner="events", wait=LOCK_WAIT_SECONDS),
         transaction.atomic(),
     ):
-        applied = apply_on_receipt(_event_of(row), defer_if_locked=False)
+        applied = apply_on_receipt(_event_of(row), repository.registry, defer_if_locked=False)
         if applied.changed:
-            rollups.refresh(repository)
-            _bump({repository.name})
+            _bump(repository.registry, {repository.name})
         _finish(row, applied)
 
 
 def _store_pushes(
-    client: RegistryClient, pool: ThreadPoolExecutor, name: str, rows: list[RegistryEvent]
+    client: RegistryClient,
+    pool: ThreadPoolExecutor,
+    registry: Registry,
+    name: str,
+    rows: list[RegistryEvent],
 ) -> int:
     """Store one repository's pushed manifests as sync would, then their exact push times
     (SPEC §2); returns how many events are done."""
@@ -516,11 +558,14 @@ def _store_pushes(
     pushed: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         pushed[row.digest].update([row.tag] if row.tag else [])
-    snapshot = store.read_pushed(client, pool, name, pushed)
-    with repository_lock(name, owner="events", wait=LOCK_WAIT_SECONDS), transaction.atomic():
+    snapshot = store.read_pushed(client, pool, registry, name, pushed)
+    with (
+        repository_lock(name, owner="events", wait=LOCK_WAIT_SECONDS, registry=registry.name),
+        transaction.atomic(),
+    ):
         undone = _deleted_later(rows)  # deletes recorded while we were reading
         stored = [row for row in rows if row.pk not in undone and row.digest in snapshot.present]
-        repository = store.write_pushed(snapshot)
+        repository = store.write_pushed(registry, snapshot)
         updated = 0
         for row in stored:
             updated += (
@@ -530,15 +575,23 @@ def _store_pushes(
             )
         pulled = activity.apply_earlier_pulls(repository, [row.digest for row in stored])
         if updated or pulled:
-            _bump({repository.name})
+            _bump(registry, {repository.name})
+        done = 0
         for row in rows:
             if row.pk in undone:
                 _finish(row, Applied(State.IGNORED, "deleted after this push"))
+            elif row.digest in snapshot.withheld:
+                # An index stored whole or not at all: read it again later.
+                incomplete = RegistryError(
+                    "not stored yet: a manifest it lists could not be read", retryable=True
+                )
+                done += _failed(row, incomplete, Drained()) - 1
             elif row.digest not in snapshot.present:
                 _finish(row, Applied(State.IGNORED, "the registry no longer has this manifest"))
             else:
                 _finish(row, Applied(State.APPLIED, "push stored"))
-    return done_before + len(rows)
+            done += 1
+    return done_before + done
 
 
 def prune(older_than: datetime) -> int:

@@ -13,8 +13,19 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from hubimages.lib.formatting import plural
 from hubimages.lib.leases import repository_lock
-from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+from hubimages.models import (
+    Blob,
+    DeletionRecord,
+    IndexEntry,
+    Manifest,
+    ManifestBlob,
+    Registry,
+    RegistryEvent,
+    Repository,
+    Tag,
+)
 from hubimages.sync import activity, rollups
 from registry import crawl, media
 from registry.client import FetchedManifest, RegistryClient
@@ -53,22 +64,37 @@ def remove_unused_blobs() -> None:
 Known = KnownRepository
 
 
-def known_state(name: str) -> Known:
-    tags = dict(Tag.objects.filter(repository__name=name).values_list("name", "manifest__digest"))
-    return Known(known_manifests(name), tags)
+def known_state(registry: Registry, name: str) -> Known:
+    tags = dict(
+        Tag.objects.filter(repository__registry=registry, repository__name=name).values_list(
+            "name", "manifest__digest"
+        )
+    )
+    unconfirmed = set(
+        Manifest.objects.filter(
+            repository__registry=registry, repository__name=name, unconfirmed_since__isnull=False
+        ).values_list("digest", flat=True)
+    )
+    return Known(known_manifests(registry, name), tags, unconfirmed)
 
 
-def mark_synced(names: list[str]) -> None:
+def mark_synced(registry: Registry, names: list[str]) -> None:
     """One statement per thousand unchanged repositories, rather than a write each."""
     now = timezone.now()
     for start in range(0, len(names), CHUNK):
-        Repository.objects.filter(name__in=names[start : start + CHUNK]).update(synced_at=now)
+        Repository.objects.filter(registry=registry, name__in=names[start : start + CHUNK]).update(
+            synced_at=now
+        )
 
 
-def known_manifests(name: str, digests: Collection[str] | None = None) -> dict[str, KnownManifest]:
+def known_manifests(
+    registry: Registry, name: str, digests: Collection[str] | None = None
+) -> dict[str, KnownManifest]:
     """The repository's stored manifests (or just `digests` of them) with their children."""
-    manifests = Manifest.objects.filter(repository__name=name)
-    entries = IndexEntry.objects.filter(index__repository__name=name)
+    manifests = Manifest.objects.filter(repository__registry=registry, repository__name=name)
+    entries = IndexEntry.objects.filter(
+        index__repository__registry=registry, index__repository__name=name
+    )
     if digests is not None:
         manifests = manifests.filter(digest__in=list(digests))
         entries = entries.filter(index__digest__in=list(digests))
@@ -94,13 +120,31 @@ def stored_configs(digests: Collection[str] | None = None) -> set[str]:
 # -- writing (the calling thread, one transaction per repository) ------------------------
 
 
-def write_missing(name: str) -> RepositoryResult:
-    removed = Manifest.objects.filter(repository__name=name).count()
-    Repository.objects.filter(name=name).delete()
+def write_missing(registry: Registry, name: str) -> RepositoryResult:
+    """Remove a repository the registry no longer has, with every row of it: under its
+    lease (a deletion or an event may be writing it) and in one transaction. The caller
+    has confirmed it is gone (`hubimages.sync.service`): this cannot be undone, the
+    untagged manifests it held cannot be listed again."""
+    with (
+        repository_lock(name, owner="sync", wait=LOCK_WAIT_SECONDS, registry=registry.name),
+        transaction.atomic(),
+    ):
+        removed = Manifest.objects.filter(
+            repository__registry=registry, repository__name=name
+        ).count()
+        Repository.objects.filter(registry=registry, name=name).delete()
     return RepositoryResult(name=name, removed=removed, warnings=["not in the registry"])
 
 
-def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
+def stored_digests(registry: Registry, name: str) -> list[str]:
+    return list(
+        Manifest.objects.filter(repository__registry=registry, repository__name=name)
+        .order_by("digest")
+        .values_list("digest", flat=True)
+    )
+
+
+def write_snapshot(registry: Registry, snapshot: Snapshot, known: Known) -> RepositoryResult:
     """Write a crawl's snapshot under the repository's lease, trusting the database as it
     is now rather than as it was when the crawl started: a push event may have stored some
     manifests or moved some tags meanwhile, and its word is newer than the crawl's.
@@ -110,7 +154,7 @@ def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
     repository's previous data."""
     result = RepositoryResult(name=snapshot.name, warnings=snapshot.warnings)
     now = timezone.now()
-    repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+    repository, _ = Repository.objects.get_or_create(registry=registry, name=snapshot.name)
     with (
         repository_lock(repository, owner="sync", wait=LOCK_WAIT_SECONDS),
         transaction.atomic(),
@@ -119,10 +163,16 @@ def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
             Manifest.objects.filter(repository=repository).values_list("digest", flat=True)
         )
         tags = _tags_to_write(repository, snapshot.tags, known.tags)
-        gone = (set(known.manifests) - snapshot.present) & stored
+        gone = _settle_unconfirmed(
+            repository,
+            (set(known.manifests) - snapshot.present) & stored,
+            snapshot.present,
+            now,
+            result,
+        )
         for chunk in _chunks(sorted(gone)):
             Manifest.objects.filter(repository=repository, digest__in=chunk).delete()
-        new = [digest for digest in snapshot.fetched if digest not in stored]
+        new = [d for d in snapshot.fetched if d not in stored and d in snapshot.present]
         del stored
         result.removed = len(gone)
         result.added = len(new)
@@ -137,6 +187,62 @@ def write_snapshot(snapshot: Snapshot, known: Known) -> RepositoryResult:
             synced_at=now, revision=F("revision") + int(changed)
         )
     return result
+
+
+def _settle_unconfirmed(
+    repository: Repository,
+    absent: set[str],
+    present: set[str],
+    now: datetime,
+    result: RepositoryResult,
+) -> set[str]:
+    """Of the stored manifests this read did not find (a HEAD by digest answered 404),
+    return those whose absence is confirmed: an earlier sync found them missing too, or a
+    deletion recorded deleting them, or the registry sent a delete event for them. They
+    go. The others are marked unconfirmed and kept: one answer (a blip, a proxy) must not
+    drop an untagged image the registry API can never list again, nor its pull history.
+    Marks on manifests found again are cleared."""
+    marked = set(
+        Manifest.objects.filter(repository=repository, unconfirmed_since__isnull=False).values_list(
+            "digest", flat=True
+        )
+    )
+    for chunk in _chunks(sorted(absent - marked)):
+        marked.update(
+            DeletionRecord.objects.filter(
+                registry=repository.registry.name,
+                repository=repository.name,
+                digest__in=chunk,
+                state=DeletionRecord.State.DONE,
+            ).values_list("digest", flat=True)
+        )
+        marked.update(
+            RegistryEvent.objects.filter(
+                registry_id=repository.registry_id,
+                repository=repository.name,
+                digest__in=chunk,
+                action="delete",
+            ).values_list("digest", flat=True)
+        )
+    found_again = sorted(marked & present)
+    for chunk in _chunks(found_again):
+        Manifest.objects.filter(repository=repository, digest__in=chunk).update(
+            unconfirmed_since=None
+        )
+    first_time = sorted(absent - marked)
+    for chunk in _chunks(first_time):
+        Manifest.objects.filter(repository=repository, digest__in=chunk).update(
+            unconfirmed_since=now
+        )
+    if first_time:
+        named = ", ".join(first_time[: crawl.MAX_NAMED_WARNINGS])
+        more = len(first_time) - crawl.MAX_NAMED_WARNINGS
+        result.warnings.append(
+            f"{plural(len(first_time), 'manifest')} answered 404 to a HEAD by digest, kept "
+            f"as unconfirmed until the next sync asks again: {named}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    return absent & marked
 
 
 def _chunks(items: list) -> Iterable[list]:
@@ -162,7 +268,7 @@ def _insert_manifests(
             for m in manifests
         ]
         Manifest.objects.bulk_create(rows)
-        _insert_blob_links(manifests, _manifest_ids(repository, chunk))
+        _insert_blob_links(repository.registry_id, manifests, _manifest_ids(repository, chunk))
         activity.apply_recorded_pushes(repository, chunk)
         activity.apply_earlier_pulls(repository, chunk)
     for chunk in _chunks(digests):
@@ -291,7 +397,9 @@ def _history_of(config: media.ImageConfig | dict | None) -> list:
     ]
 
 
-def _insert_blob_links(fetched: Iterable[FetchedManifest], ids: dict[str, int]) -> None:
+def _insert_blob_links(
+    registry_id: int, fetched: Iterable[FetchedManifest], ids: dict[str, int]
+) -> None:
     blobs: dict[str, tuple[int, str]] = {}
     links: list[tuple[str, str, str, int]] = []
     for manifest in fetched:
@@ -305,11 +413,14 @@ def _insert_blob_links(fetched: Iterable[FetchedManifest], ids: dict[str, int]) 
             blobs[layer.digest] = (layer.size, layer.media_type)
             links.append((manifest.digest, layer.digest, ManifestBlob.Role.LAYER, position))
     Blob.objects.bulk_create(
-        [Blob(digest=d, size=s, media_type=t[:255]) for d, (s, t) in blobs.items()],
+        [
+            Blob(registry_id=registry_id, digest=d, size=s, media_type=t[:255])
+            for d, (s, t) in blobs.items()
+        ],
         ignore_conflicts=True,
         batch_size=500,
     )
-    blob_ids = _blob_ids(list(blobs))
+    blob_ids = _blob_ids(registry_id, list(blobs))
     ManifestBlob.objects.bulk_create(
         [
             ManifestBlob(manifest_id=ids[m], blob_id=blob_ids[b], role=role, position=position)
@@ -319,11 +430,15 @@ def _insert_blob_links(fetched: Iterable[FetchedManifest], ids: dict[str, int]) 
     )
 
 
-def _blob_ids(digests: list[str]) -> dict[str, int]:
+def _blob_ids(registry_id: int, digests: list[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
     for start in range(0, len(digests), 500):
         chunk = digests[start : start + 500]
-        ids.update(Blob.objects.filter(digest__in=chunk).values_list("digest", "pk"))
+        ids.update(
+            Blob.objects.filter(registry_id=registry_id, digest__in=chunk).values_list(
+                "digest", "pk"
+            )
+        )
     return ids
 
 
@@ -413,7 +528,11 @@ def _classify(
 
 
 def read_pushed(
-    client: RegistryClient, pool: ThreadPoolExecutor, name: str, pushed: dict[str, set[str]]
+    client: RegistryClient,
+    pool: ThreadPoolExecutor,
+    registry: Registry,
+    name: str,
+    pushed: dict[str, set[str]],
 ) -> Snapshot:
     """`registry.crawl.read_pushed`, answering from the database what it holds."""
     return crawl.read_pushed(
@@ -421,17 +540,17 @@ def read_pushed(
         pool,
         name,
         pushed,
-        known=lambda digests: known_manifests(name, digests),
+        known=lambda digests: known_manifests(registry, name, digests),
         known_configs=stored_configs,
     )
 
 
-def write_pushed(snapshot: Snapshot) -> Repository:
+def write_pushed(registry: Registry, snapshot: Snapshot) -> Repository:
     """Store what `read_pushed` read and point its tags, in one transaction under the
     repository's lease, leaving the repository's other manifests and tags alone
     (repairing them is sync's job). Raises `RepositoryBusy` like `write_snapshot`."""
     now = timezone.now()
-    repository, _ = Repository.objects.get_or_create(name=snapshot.name)
+    repository, _ = Repository.objects.get_or_create(registry=registry, name=snapshot.name)
     with (
         repository_lock(repository, owner="events", wait=LOCK_WAIT_SECONDS),
         transaction.atomic(),
@@ -442,19 +561,36 @@ def write_pushed(snapshot: Snapshot) -> Repository:
                 repository=repository, digest__in=list(snapshot.fetched)
             ).values_list("digest", flat=True)
         )
-        new = [digest for digest in snapshot.fetched if digest not in stored]
-        if new:
-            _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
+        new = [d for d in snapshot.fetched if d not in stored and d in snapshot.present]
+        Manifest.objects.filter(
+            repository=repository,
+            digest__in=list(snapshot.present),
+            unconfirmed_since__isnull=False,
+        ).update(unconfirmed_since=None)
         current = dict(
             Tag.objects.filter(repository=repository, name__in=list(snapshot.tags)).values_list(
                 "name", "manifest__digest"
             )
         )
         moved = {tag: d for tag, d in snapshot.tags.items() if current.get(tag) != d}
-        tags_changed = _write_tags(repository, moved)
-        changed = bool(new or tags_changed)
+        # The rollups of what this push touches only, not of the whole repository.
+        with rollups.changing(repository.pk, digests=_touched(snapshot, current)) as change:
+            if new:
+                _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
+                change.inserted(_manifest_ids(repository, new).values())
+            tags_changed = _write_tags(repository, moved)
+            changed = bool(new or tags_changed)
+            if changed:
+                _classify(repository, snapshot.fetched, new, snapshot.tags)
         if changed:
-            _classify(repository, snapshot.fetched, new, snapshot.tags)
-            rollups.refresh(repository)
             Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return repository
+
+
+def _touched(snapshot: Snapshot, current_tags: dict[str, str]) -> set[str]:
+    """The digests a push may change the derived columns of: what it read, the children
+    its indexes name, and where its tags pointed and will point."""
+    digests = set(snapshot.fetched)
+    digests |= {c.digest for m in snapshot.fetched.values() for c in m.parsed.manifests}
+    digests |= {d for d in (*snapshot.tags.values(), *current_tags.values()) if d}
+    return digests

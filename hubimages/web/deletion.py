@@ -11,6 +11,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from hubimages.deletion import planning, preview
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.models import Repository
 from hubimages.web.access import repository_to_delete_from
 from hubimages.web.jobs import follow_job
@@ -85,11 +86,11 @@ _NO_GUARD = preview.Guards()
 
 @require_http_methods(["GET", "POST"])
 @vary_on_htmx
-def delete_preview(request: HttpRequest, name: str) -> HttpResponse:
+def delete_preview(request: HttpRequest, registry: str, name: str) -> HttpResponse:
     """The plan for the selection. The list sends it by POST (a page of 100 selected
     digests would not fit in a URL), links to a small selection by GET; it changes
     nothing either way."""
-    repository = repository_to_delete_from(request, name)
+    repository = repository_to_delete_from(request, registry, name)
     params = request.POST if request.method == "POST" else request.GET
     digests = params.getlist("digest")[:MAX_SELECTED]
     return _preview(
@@ -99,14 +100,14 @@ def delete_preview(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_POST
 @vary_on_htmx
-def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
+def delete_execute(request: HttpRequest, registry: str, name: str) -> HttpResponse:
     """Start the deletion of exactly the previewed plan (its fingerprint came with the
     form) as a job, and follow it.
 
     The cheap checks come first, against the database: a plan that already differs, or that
     refuses part of the selection, never reaches the worker. The worker then re-reads the
     repository from the registry under its lease and checks once more."""
-    repository = repository_to_delete_from(request, name)
+    repository = repository_to_delete_from(request, registry, name)
     digests = request.POST.getlist("digest")[:MAX_SELECTED]
     plan = planning.plan_deletion(repository=repository, digests=digests)
     if plan.refused or not plan.delete:
@@ -122,5 +123,6 @@ def delete_execute(request: HttpRequest, name: str) -> HttpResponse:
         digests=list(plan.selected),
         fingerprint=plan.fingerprint,
         user=request.user,
+        by=Actor.of(request),
     )
     return follow_job(request, job, back=request.POST.get("back", ""))

@@ -26,8 +26,11 @@ def deletion_history(request: HttpRequest) -> HttpResponse:
     where an image went and who removed it, and the records hold nothing the list did
     not already show (plus a username)."""
     repository = request.GET.get("repository", "").strip()[:255]
-    page = paginate(history.entries(repository), HISTORY_PER_PAGE, request.GET.get("page"))
-    state = {"repository": repository or None}
+    registry = request.GET.get("registry", "").strip()[:40]
+    page = paginate(
+        history.entries(repository, registry), HISTORY_PER_PAGE, request.GET.get("page")
+    )
+    state = {"registry": registry or None, "repository": repository or None}
     export = reverse("deletion_history_csv")
     context = {
         "page": page,
@@ -35,7 +38,8 @@ def deletion_history(request: HttpRequest) -> HttpResponse:
         **neighbours(page),
         "repository": repository,
         "state": state,
-        "export_url": f"{export}?{encode_state(state)}" if repository else export,
+        "registry": registry,
+        "export_url": f"{export}?{encode_state(state)}" if repository or registry else export,
         "waiting": collection.waiting_for_collection(),
     }
     return render_page(request, "deletion_history.html", "records", context)
@@ -52,9 +56,10 @@ class _Echo:
 def deletion_history_csv(request: HttpRequest) -> StreamingHttpResponse:
     """The history as CSV, one line per deleted manifest, with the same filter."""
     repository = request.GET.get("repository", "").strip()[:255]
+    registry = request.GET.get("registry", "").strip()[:40]
     writer = csv.writer(_Echo())
     response = StreamingHttpResponse(
-        (writer.writerow(line) for line in history.csv_rows(repository)),
+        (writer.writerow(line) for line in history.csv_rows(repository, registry)),
         content_type="text/csv; charset=utf-8",
     )
     response["Content-Disposition"] = 'attachment; filename="deletion-history.csv"'

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from hubimages.deletion import planning
 from hubimages.inventory import details, lists
 from hubimages.models import Manifest, Repository
-from hubimages.web.access import repository_to_delete_from
+from hubimages.registries import rows as registry_rows
+from hubimages.web.access import repository_or_404, repository_to_delete_from
 from hubimages.web.list_state import MAX_SELECTED, list_state, list_url
 from hubimages.web.paging import ListPaginator, neighbours, page_size_from
 from hubimages.web.rendering import (
@@ -55,11 +56,11 @@ def _same_query(params: QueryDict, encoded: str) -> bool:
 
 @require_GET
 @vary_on_htmx
-def image_management(request: HttpRequest, name: str) -> HttpResponse:
+def image_management(request: HttpRequest, registry: str, name: str) -> HttpResponse:
     """The list. Its URL is the truth: a URL that says the same view another way (an empty
     search, a default, junk, a page past the end) is redirected to the one way, so what
     people bookmark and share is short and always shows what it says."""
-    repository = get_object_or_404(Repository, name=name)
+    repository = repository_or_404(registry, name)
     if wants_partial(request) and request.GET.get("since") == str(repository.revision):
         # The list's poll: nothing changed since it was drawn, so htmx swaps nothing.
         return HttpResponse(status=204)
@@ -92,7 +93,7 @@ def image_management(request: HttpRequest, name: str) -> HttpResponse:
         **_selection_context(request, repository, {row.digest for row in page}),
         "matching": page.paginator.count,
         "stale_months": settings.STALE_AFTER_MONTHS,
-        "sync_url": reverse("sync_repository", args=[repository.name]),
+        "sync_url": reverse("sync_repository", args=[registry, repository.name]),
     }
     response = render_page(request, "image_management.html", "rows", context)
     if request.htmx and str(page.number) != request.GET.get("page", "1"):
@@ -142,11 +143,11 @@ def _selection_context(request: HttpRequest, repository: Repository, on_page: se
 
 
 @require_POST
-def selection(request: HttpRequest, name: str) -> HttpResponse:
+def selection(request: HttpRequest, registry: str, name: str) -> HttpResponse:
     """Change the selection: `page` makes the digests `shown` on a page what was ticked
     there (the others stay selected), `all` selects every row matching the list's query,
     `clear` empties it. htmx gets the selection bar back; without JavaScript, the list."""
-    repository = repository_to_delete_from(request, name)
+    repository = repository_to_delete_from(request, registry, name)
     key = _selection_key(repository)
     current = request.session.get(key, [])
     action = request.POST.get("action", "page")
@@ -176,10 +177,10 @@ def selection(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_GET
 @vary_on_htmx
-def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
+def image_detail(request: HttpRequest, registry: str, name: str, digest: str) -> HttpResponse:
     if not media.is_digest(digest):
         raise Http404("not a digest")
-    repository = get_object_or_404(Repository, name=name)
+    repository = repository_or_404(registry, name)
     try:
         manifest = details.manifest_detail(repository, digest)
     except Manifest.DoesNotExist:
@@ -187,7 +188,8 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     context = {
         "repository": repository,
         "manifest": manifest,
-        "pull_command": f"docker pull {_pull_reference(repository.name, manifest.digest)}",
+        "pull_command": f"docker pull {_pull_reference(repository, manifest.digest)}",
+        "also_in": details.also_in(manifest),
         "layers": details.layers_of(manifest),
         "layer_users": details.layer_users(manifest),
         "children": [(entry.child, entry.child_platform) for entry in manifest.entries.all()],
@@ -201,10 +203,11 @@ def image_detail(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     return render_page(request, "image_detail.html", "panel", context)
 
 
-def _pull_reference(repository: str, digest: str) -> str:
+def _pull_reference(repository: Repository, digest: str) -> str:
     """`host:port/name@digest` as docker pulls it: the registry's address without scheme."""
-    host = (settings.REGISTRY_URL or "").split("://", 1)[-1].rstrip("/")
-    return f"{host}/{repository}@{digest}" if host else f"{repository}@{digest}"
+    config = registry_rows.configuration(repository.registry.name)
+    host = config.host if config else repository.registry.url.split("://", 1)[-1].rstrip("/")
+    return f"{host}/{repository.name}@{digest}" if host else f"{repository.name}@{digest}"
 
 
 @dataclass(frozen=True)

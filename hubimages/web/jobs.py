@@ -14,7 +14,9 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from hubimages.jobs import queue
 from hubimages.lib.formatting import human_size, plural
-from hubimages.models import Job, Repository
+from hubimages.models import Job, Registry, Repository
+from hubimages.registries import rows
+from hubimages.web.access import repository_or_404
 from hubimages.web.list_state import list_url
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, vary_on_htmx
@@ -34,7 +36,13 @@ def follow_job(request: HttpRequest, job: Job, *, back: str = "") -> HttpRespons
 
 
 def _job_context(request: HttpRequest, job: Job, back: str) -> dict:
-    repository = Repository.objects.filter(name=job.repository).first() if job.repository else None
+    repository = None
+    if job.repository:
+        repository = (
+            Repository.objects.select_related("registry")
+            .filter(registry__name=job.registry or "default", name=job.repository)
+            .first()
+        )
     context = {
         "job": job,
         "back": back,
@@ -93,14 +101,31 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-def sync_now(request: HttpRequest, name: str = "") -> HttpResponse:
-    """Admins: sync everything, or one repository, now (as a job the workers run)."""
+def sync_now(request: HttpRequest, registry: str = "", name: str = "") -> HttpResponse:
+    """Admins: sync every registry, one registry or one repository now (as jobs the workers
+    run, one a registry). Several jobs are followed on the Jobs page."""
     if not request.user.is_staff:
         raise PermissionDenied("syncing on demand is for admins")
     if name:
-        get_object_or_404(Repository, name=name)
-    started = queue.start_sync(user=request.user, repository=name)
-    return follow_job(request, started)
+        repository_or_404(registry, name)
+        names = [registry]
+    elif registry:
+        names = [get_object_or_404(Registry, name=registry, configured=True).name]
+    else:
+        rows.ensure_rows()
+        names = list(Registry.objects.filter(configured=True).values_list("name", flat=True))
+    started = [
+        queue.start_sync(registry=each, user=request.user, repository=name) for each in names
+    ]
+    if not started:
+        messages.error(request, "No registry is configured: set REGISTRY_URL or REGISTRIES_FILE.")
+        return HttpResponseRedirect(reverse("repositories"), status=303)
+    if len(started) == 1:
+        return follow_job(request, started[0])
+    messages.success(request, f"Started a sync of each of {len(started)} registries.")
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("jobs"))
+    return HttpResponseRedirect(reverse("jobs"), status=303)
 
 
 def deleted_message(manifests: int, tags: int, reclaimed: int) -> str:

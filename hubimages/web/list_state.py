@@ -36,5 +36,5 @@ def list_url(repository: Repository, back: str = "") -> str:
     state = list_state(lists.ListQuery.from_params(params), page_size_from(params.get("per_page")))
     page = params.get("page", "")
     encoded = encode_state({**state, "page": page if page.isdigit() and page != "1" else None})
-    url = reverse("image_management", args=[repository.name])
+    url = reverse("image_management", args=[repository.registry.name, repository.name])
     return f"{url}?{encoded}" if encoded else url

@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET
 
 from hubimages.inventory import repositories as inventory_repositories
 from hubimages.models import Repository, SyncRun
+from hubimages.registries import rows as registry_rows
 from hubimages.storage import figures as storage_figures
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, sort_columns, vary_on_htmx
@@ -31,13 +32,23 @@ def repositories(request: HttpRequest) -> HttpResponse:
     sort = request.GET.get("sort", "name")
     if sort not in inventory_repositories.REPOSITORY_SORTS and sort not in RECLAIMABLE_SORTS:
         sort = "name"
-    figures = storage_figures.insights()
-    reclaimable = {row["name"]: row["stale_reclaimable_bytes"] for row in figures["repositories"]}
-    rows = inventory_repositories.repository_overview(search, sort)
+    registries = registry_rows.known()
+    chosen = next((r for r in registries if r.name == request.GET.get("registry")), None)
+    # Computed by the workers, never here: each registry's kept figures, read.
+    kept = storage_figures.kept_together([chosen] if chosen else registries)
+    reclaimable = {}
+    for registry_name, document in kept.documents.items():
+        for row in document["repositories"]:
+            reclaimable[(registry_name, row["name"])] = row["stale_reclaimable_bytes"]
+    rows = inventory_repositories.repository_overview(search, sort, chosen)
     if sort in RECLAIMABLE_SORTS:
         rows = _by_reclaimable(rows, reclaimable, descending=sort.startswith("-"))
     page = paginate(rows, REPOSITORIES_PER_PAGE, request.GET.get("page"))
-    state = {"search": search or None, "sort": sort if sort != "name" else None}
+    state = {
+        "search": search or None,
+        "registry": chosen.name if chosen else None,
+        "sort": sort if sort != "name" else None,
+    }
     context = {
         "page": page,
         **neighbours(page),
@@ -47,18 +58,23 @@ def repositories(request: HttpRequest) -> HttpResponse:
         "columns": sort_columns(sort, REPOSITORY_COLUMNS, ascending_first=("name",)),
         "never_synced": not page.paginator.count and not SyncRun.objects.exists(),
         "reclaimable": reclaimable,
-        "figures": figures,
-        "totals": inventory_repositories.repository_totals() if page.paginator.count else None,
+        "total_reclaimable": kept.stale_reclaimable_bytes,
+        "kept": kept,
+        "registries": registries,
+        "registry": chosen,
+        "totals": (
+            inventory_repositories.repository_totals(chosen) if page.paginator.count else None
+        ),
     }
     return render_page(request, "repositories.html", "table", context)
 
 
 def _by_reclaimable(
-    rows: Iterable[Repository], reclaimable: dict[str, int], *, descending: bool
+    rows: Iterable[Repository], reclaimable: dict[tuple[str, str], int], *, descending: bool
 ) -> list[Repository]:
     """Repositories by their stale reclaimable bytes (then by name); those the figures do
     not know yet (pushed since the last sync) last either way."""
-    rows = sorted(rows, key=lambda row: row.name)
-    known = [row for row in rows if row.name in reclaimable]
-    known.sort(key=lambda row: reclaimable[row.name], reverse=descending)
-    return known + [row for row in rows if row.name not in reclaimable]
+    rows = sorted(rows, key=lambda row: (row.name, row.registry.name))
+    known = [row for row in rows if row.key in reclaimable]
+    known.sort(key=lambda row: reclaimable[row.key], reverse=descending)
+    return known + [row for row in rows if row.key not in reclaimable]

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
+from hubimages.registries import rows as registry_rows
 from hubimages.storage import collection
 from hubimages.storage import figures as storage_figures
 from hubimages.web import charts
@@ -36,7 +37,13 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     """The Storage page: the registry's storage, what cleaning up would free, where the
     bytes are and how they changed (SPEC §10). The bar chart draws the rows of the table's
     page, in the table's order."""
-    figures = storage_figures.insights()
+    registries = registry_rows.known()
+    try:
+        registry = registry_rows.get(request.GET.get("registry") or None)
+    except registry_rows.UnknownRegistry:
+        registry = registries[0] if registries else registry_rows.get()
+    kept = storage_figures.kept(registry)  # computed by the workers, never here
+    figures = kept.document or storage_figures.NOT_COMPUTED
     sort = request.GET.get("sort", STORAGE_DEFAULT_SORT)
     if sort not in STORAGE_SORTS:
         sort = STORAGE_DEFAULT_SORT
@@ -48,17 +55,22 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     ]
     context = {
         "figures": figures,
+        "kept": kept,
         "page": page,
         **neighbours(page),
         "sort": sort,
-        "state": {"sort": sort if sort != STORAGE_DEFAULT_SORT else None},
+        "state": {
+            "registry": registry.name if len(registries) > 1 else None,
+            "sort": sort if sort != STORAGE_DEFAULT_SORT else None,
+        },
+        "registry": registry,
+        "registries": registries,
         "columns": sort_columns(sort, STORAGE_COLUMNS, ascending_first=("name",)),
         "chart": charts.repository_bars(page.object_list),
         "history_chart": charts.line_chart(points),
         "history_points": points,
-        "waiting": collection.waiting_for_collection(),
+        "waiting": collection.waiting_for_collection(registry),
         "stale_months": settings.STALE_AFTER_MONTHS,
-        "as_of": datetime.fromisoformat(figures["as_of"]) if figures["as_of"] else None,
     }
     return render_page(request, "storage.html", "by-repository", context)
 

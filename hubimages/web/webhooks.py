@@ -1,7 +1,9 @@
-"""The registry's notification endpoint: authenticate, check, record, answer fast.
+"""Each registry's notification endpoint: authenticate, check, record, answer fast.
 
-The registry is not a signed-in user and sends no CSRF token: the bearer secret
-`REGISTRY_EVENTS_TOKEN` is what authenticates it. What the events do is in `events`.
+The registry is not a signed-in user and sends no CSRF token: its own bearer secret (its
+`events_token` in REGISTRIES_FILE, or `REGISTRY_EVENTS_TOKEN` for `default`) is what
+authenticates it, so one registry's token opens no other registry's endpoint. What the
+events do is in `events`.
 """
 
 import hmac
@@ -14,6 +16,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from hubimages.jobs import tasks
+from hubimages.registries import rows
+from hubimages.registries.config import DEFAULT
 from hubimages.sync import events
 from registry.notifications import EnvelopeError, parse_envelope
 
@@ -25,19 +29,28 @@ ACCEPTED_CONTENT_TYPES = (
     "application/vnd.docker.distribution.events.v2+json",
     "application/json",
 )
-_warned_disabled = False
+_warned_disabled: set[str] = set()
 
 
 @csrf_exempt
 @login_not_required
 @require_POST
-def registry_events(request: HttpRequest) -> JsonResponse:
-    token = settings.REGISTRY_EVENTS_TOKEN
+def registry_events(request: HttpRequest, registry: str = DEFAULT) -> JsonResponse:
+    config = rows.configuration(registry)
+    if config is None and (registry != DEFAULT or settings.REGISTRIES is not None):
+        return _error(404, f"no registry named {registry} is configured")
+    token = config.events_token if config else ""
     if not token:
-        _warn_disabled()
-        return _error(503, "registry notifications are disabled: REGISTRY_EVENTS_TOKEN is not set")
+        _warn_disabled(registry)
+        if settings.REGISTRIES is None:
+            reason = "REGISTRY_EVENTS_TOKEN is not set"
+        else:
+            reason = f"registry {registry} has no events_token_env or events_token_file"
+        return _error(503, f"registry notifications are disabled: {reason}")
     if not _bearer_matches(request.headers.get("Authorization", ""), token):
-        response = _error(401, "a valid Authorization: Bearer <REGISTRY_EVENTS_TOKEN> is required")
+        response = _error(
+            401, f"a valid Authorization: Bearer <events token of registry {registry}> is required"
+        )
         response["WWW-Authenticate"] = 'Bearer realm="hubimages registry events"'
         return response
     content_type = request.content_type.strip().lower()
@@ -50,7 +63,7 @@ def registry_events(request: HttpRequest) -> JsonResponse:
         parsed = parse_envelope(body)
     except EnvelopeError as error:
         return _error(400, str(error))
-    recorded = events.record(parsed)
+    recorded = events.record(parsed, rows.get(registry))
     if recorded.pending:
         tasks.ensure_drain()
     return JsonResponse(
@@ -83,11 +96,13 @@ def _read_body(request: HttpRequest) -> bytes | None:
     return None if len(body) > MAX_BODY_BYTES else body
 
 
-def _warn_disabled() -> None:
-    global _warned_disabled
-    if not _warned_disabled:
-        _warned_disabled = True
-        log.warning("REGISTRY_EVENTS_TOKEN is not set: registry notifications are disabled")
+def _warn_disabled(registry: str) -> None:
+    if registry not in _warned_disabled:
+        _warned_disabled.add(registry)
+        if registry == DEFAULT:
+            log.warning("REGISTRY_EVENTS_TOKEN is not set: registry notifications are disabled")
+        else:
+            log.warning("registry %s has no events token: its notifications are refused", registry)
 
 
 def _error(status: int, message: str) -> JsonResponse:

@@ -1,5 +1,7 @@
-"""`python manage.py apply_retention POLICY.json [--repository NAME …] [--dry-run] [--json]
-[--yes]`: a retention policy's dry run, or its run, from the command line (SPEC §8).
+"""`python manage.py apply_retention POLICY.json [--registry NAME] [--repository NAME …]
+[--dry-run] [--json] [--yes]`: a retention policy's dry run, or its run, from the command
+line (SPEC §8). Without `--registry` it covers every registry the policy's `registries`
+match; `--repository` names repositories of one registry (`--registry`, else the default).
 
 `--dry-run --json` prints SPEC §8's object; scripts rely on it, so keep it stable. The file
 need not be a stored policy (`-` reads standard input, so `retention_policy export NAME |
@@ -16,10 +18,12 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages.lib import formatting
+from hubimages.lib import audit, formatting
+from hubimages.lib.audit import Action, Actor
 from hubimages.lib.formatting import human_size, short_digest
+from hubimages.management.options import add_registry_option, registry_from
 from hubimages.models import RetentionPolicy, RetentionRun
-from hubimages.registries.client import registry_client
+from hubimages.registries.client import ClientsByRegistry
 from hubimages.retention import engine, policies, runs
 
 
@@ -38,13 +42,20 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="show the plan only")
         parser.add_argument("--json", action="store_true", help="print JSON (the stable shape)")
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        add_registry_option(parser)
 
     def handle(self, *args, policy, repositories, dry_run, yes, **options):
         as_json = options["json"]
         parsed = read_policy(policy)
-        if repositories:
-            check_covered(parsed, repositories)
-        preview = engine.dry_run(parsed, repositories=repositories)
+        registry = None
+        if options.get("registry") or repositories:
+            registry = registry_from(options).name
+        try:
+            if repositories:
+                check_covered(parsed, registry, repositories)
+            preview = engine.dry_run(parsed, registry=registry, repositories=repositories)
+        except policies.PatternTooSlow as slow:
+            raise CommandError(f"nothing was decided: {slow}") from None
         if dry_run or not as_json:
             self.write_dry_run(preview, as_json)
         if dry_run:
@@ -55,14 +66,24 @@ class Command(BaseCommand):
         if not yes and not self.confirm(preview):
             self.stderr.write("Nothing deleted.")
             return
-        with registry_client() as client:
+        audit.record(
+            Action.POLICY_RUN,
+            by=Actor.command_line(),
+            target=parsed.name,
+            now=preview.now.isoformat(),
+            fingerprint=preview.fingerprint,
+            registry=registry or "",
+            repositories=repositories or [],
+        )
+        with ClientsByRegistry() as client_for:
             result = runs.run(
                 policy=parsed,
                 now=preview.now,
                 fingerprint=preview.fingerprint,
-                client=client,
+                client_for=client_for,
                 trigger=RetentionRun.Trigger.COMMAND,
                 started_by=f"cli:{getpass.getuser()}",
+                registry=registry,
                 repositories=repositories,
                 row=stored_as(parsed),
             )
@@ -167,7 +188,9 @@ def stored_as(policy: policies.Policy) -> RetentionPolicy | None:
     return None
 
 
-def check_covered(policy: policies.Policy, repositories: list[str]) -> None:
-    outside = [name for name in repositories if not policy.covers(name)]
+def check_covered(policy: policies.Policy, registry: str, repositories: list[str]) -> None:
+    outside = [name for name in repositories if not policy.covers(name, registry)]
     if outside:
-        raise CommandError(f"policy {policy.name} does not cover {', '.join(outside)}")
+        raise CommandError(
+            f"policy {policy.name} does not cover {', '.join(outside)} in registry {registry}"
+        )

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from hubimages.deletion import execution, planning
 from hubimages.lib.formatting import human_size
 from hubimages.lib.leases import LeaseLost, RepositoryBusy
+from hubimages.management.options import add_registry_option, registry_from
 from hubimages.models import Manifest, Repository
 from hubimages.registries.client import registry_client
 
@@ -35,13 +36,17 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="show the plan only")
         parser.add_argument("--json", action="store_true", help="print JSON (the stable shape)")
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        add_registry_option(parser)
 
     def handle(self, *args, repository, digests, dry_run, yes, **options):
         as_json = options["json"]
+        registry = registry_from(options)
         try:
-            repo = Repository.objects.get(name=repository)
+            repo = registry.repositories.get(name=repository)
         except Repository.DoesNotExist:
-            raise CommandError(f"no repository {repository!r}: run sync_registry first") from None
+            raise CommandError(
+                f"no repository {repository!r} in registry {registry.name}: run sync_registry first"
+            ) from None
         selected = [resolve_digest(repo, text) for text in digests]
         plan = planning.plan_deletion(repository=repo, digests=selected)
         if plan.refused:
@@ -92,7 +97,7 @@ class Command(BaseCommand):
         return sys.stdin.readline().strip().lower() in ("y", "yes")
 
     def delete(self, repo, selected, plan) -> execution.DeletionOutcome:
-        client = registry_client()
+        client = registry_client(repo.registry)
         try:
             return execution.execute_deletion(
                 repository=repo,
@@ -155,6 +160,8 @@ class Command(BaseCommand):
             self.stderr.write(f"FAILED   {item.digest}: {item.reason}")
         for item in outcome.skipped:
             self.stderr.write(f"skipped  {item.digest}: {item.reason}")
+        for warning in outcome.warnings:
+            self.stderr.write(f"warning: {warning}")
         self.stdout.write(
             f"Deleted {len(outcome.deleted)} manifests; the registry's garbage collector will "
             f"free {human_size(outcome.reclaimed_bytes)} ({outcome.reclaimed_bytes} bytes)."

@@ -1,11 +1,9 @@
 from datetime import timedelta
 
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from hubimages.models import RegistryEvent
-from hubimages.registries.client import registry_client
 from hubimages.sync import events
 
 
@@ -27,12 +25,8 @@ class Command(BaseCommand):
     def handle(self, *args, keep_days: int = 30, **options):
         if keep_days < 1:
             raise CommandError("--keep-days must be at least 1")
-        try:
-            client = registry_client()
-        except ImproperlyConfigured as error:
-            raise CommandError(str(error)) from None
-        with client:
-            processed = events.process_received(client)
+        # Every registry's, each read with its own client.
+        processed = events.process_received()
         pending = RegistryEvent.objects.filter(state=RegistryEvent.State.RECEIVED)
         pruned = events.prune(timezone.now() - timedelta(days=keep_days))
         self.stdout.write(

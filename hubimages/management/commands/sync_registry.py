@@ -4,6 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from hubimages.lib.formatting import plural
 from hubimages.lib.leases import LeaseBusy
+from hubimages.management.options import add_registry_option, registry_from
+from hubimages.registries import rows
 from hubimages.registries.client import registry_client
 from hubimages.storage.figures import after_full_sync
 from hubimages.sync import events
@@ -22,6 +24,7 @@ class Command(BaseCommand):
             help="sync only this repository (repeatable)",
         )
         parser.add_argument("--workers", type=int, default=None, help="concurrent requests")
+        add_registry_option(parser)
         parser.add_argument(
             "--prune",
             action="store_true",
@@ -36,7 +39,9 @@ class Command(BaseCommand):
         if workers < 1:
             raise CommandError("--workers must be at least 1")
         interactive = sys.stdout.isatty() and options["verbosity"] >= 1
-        client = registry_client()
+        registry = registry_from(options)
+        config = rows.configuration(registry.name)
+        client = registry_client(registry)
 
         def progress(line: str) -> None:
             if interactive:
@@ -48,14 +53,15 @@ class Command(BaseCommand):
             summary = sync_registry(
                 client,
                 repositories=repositories,
-                catalog=settings.REGISTRY_REPOSITORIES,
+                registry=registry,
+                catalog=config.repositories if config else (),
                 workers=workers,
                 progress=progress,
                 prune=prune,
                 after_full_sync=after_full_sync,
             )
             # Registry events still pending (a push whose fetch failed, a deferred delete).
-            processed_events = events.process_received(client)
+            processed_events = events.process_received(client, registry)
         except LeaseBusy as error:
             raise CommandError(str(error)) from None
         finally:

@@ -18,7 +18,7 @@ def keyed_by_address(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("hubimages", "0012_stale_by_last_pull")]
+    dependencies = [("hubimages", "0019_manifest_by_subject_digest")]
 
     operations = [
         migrations.RenameField("apitokenfailure", "address", "key"),
