@@ -1,7 +1,7 @@
-"""The client's address behind a proxy (SPEC §7): `X-Forwarded-For` is read only when the
-request comes from a proxy listed in `TRUSTED_PROXIES`, and every limit — failed sign-ins
-as failed tokens — counts on that address, so one client behind the proxy never locks out
-the others."""
+"""The client's address behind a proxy (SPEC §7, §14): `X-Forwarded-For` is read only when
+the request comes from a proxy listed in `TRUSTED_PROXIES`, and every limit — failed
+sign-ins as failed tokens — counts on that address, so one client behind the proxy never
+locks out the others; the audit log records it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 from django.test import Client, RequestFactory
 
 from hubimages.lib.addresses import client_address
+from hubimages.models import AuditEntry
+from tests.api_helpers import API, bearer, post_json
 from tests.conftest import PASSWORD
 from tests.test_hardening import manage
 
@@ -75,6 +77,45 @@ def test_a_failed_sign_in_lock_out_behind_a_trusted_proxy_concerns_only_that_cli
 
     assert locked.status_code == 429
     assert signed_in.status_code == 302 and "_auth_user_id" in alice.session
+
+
+def test_the_audit_log_names_the_client_behind_a_trusted_proxy_never_a_forged_one(
+    db, client, django_user_model, deleter, settings
+):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/24"]
+    django_user_model.objects.create_user("alice", password=PASSWORD)
+    token = bearer(deleter)
+    policy = {"name": "ci", "rules": [{"keep": "always"}]}
+
+    client.post(
+        "/accounts/login/",
+        {"username": "alice", "password": "wrong"},
+        REMOTE_ADDR=PROXY,
+        HTTP_X_FORWARDED_FOR="203.0.113.5",
+    )
+    post_json(
+        client,
+        f"{API}/retention-policies",
+        policy,
+        headers=token,
+        REMOTE_ADDR=PROXY,
+        HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.6",
+    )
+    post_json(  # not through the proxy: the header is the sender's own word
+        client,
+        f"{API}/retention-policies",
+        {**policy, "name": "ci2"},
+        headers=token,
+        REMOTE_ADDR="192.0.2.66",
+        HTTP_X_FORWARDED_FOR="203.0.113.7",
+    )
+
+    entries = AuditEntry.objects.exclude(action=AuditEntry.Action.TOKEN_CREATED).order_by("id")
+    assert [(entry.action, entry.address) for entry in entries] == [
+        ("sign_in_failed", "203.0.113.5"),
+        ("policy_created", "203.0.113.6"),
+        ("policy_created", "192.0.2.66"),
+    ]
 
 
 def test_trusted_proxies_must_be_addresses_or_ranges(tmp_path):
