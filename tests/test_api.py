@@ -232,6 +232,9 @@ def test_bad_parameters_are_refused_with_the_parameter_named(stock, client, read
         (IMAGES, "filter=image&search=a&filter=index", "filter"),
         (f"{API}/repositories", "ordering=name&ordering=-size&page=1", "ordering"),
         (f"{API}/retention-policies", "page=1&page=2", "page"),
+        (f"{API}/repositories", "registry=default&registry=staging", "registry"),
+        (f"{IMAGES}/sha256:{'0' * 64}", "registry=default&registry=staging", "registry"),
+        (f"{API}/storage", "registry=default&registry=staging", "registry"),
     ],
 )
 def test_a_parameter_given_twice_is_refused_with_its_name(client, reader, url, query, field):
@@ -240,6 +243,33 @@ def test_a_parameter_given_twice_is_refused_with_its_name(client, reader, url, q
 
     assert body["error"]["fields"] == [{"field": field, "message": "given more than once"}]
     assert f"{field} is given more than once" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        (
+            "registry=default&registry=staging",
+            {"field": "registry", "message": "given more than once"},
+        ),
+        ("regsitry=staging", {"field": "regsitry", "message": "unknown parameter"}),
+    ],
+)
+def test_deleting_in_a_registry_named_twice_or_misspelt_is_refused_and_starts_nothing(
+    stock, client, deleter, query, problem
+):
+    """Which registry's images go must not be a guess: neither the last of two values nor
+    the default one in place of a misspelt parameter."""
+    token = bearer(deleter)
+    plan = post_json(client, DELETE, {"digests": [stock.old.digest]}, headers=token).json()
+    deleting = {"digests": [stock.old.digest], "dry_run": False, "fingerprint": plan["fingerprint"]}
+    jobs = Job.objects.count()
+
+    response = post_json(client, f"{DELETE}?{query}", deleting, headers=token)
+
+    body = assert_error(response, 422, "invalid_request")
+    assert body["error"]["fields"] == [problem]
+    assert Job.objects.count() == jobs
 
 
 @pytest.mark.parametrize(
@@ -253,13 +283,17 @@ def test_a_parameter_given_twice_is_refused_with_its_name(client, reader, url, q
         (f"{API}/repositories/a%00b/delete-images", "name"),
         (f"{API}/retention-policies/a%00b", "name"),
         (f"{API}/retention-policies/a%00b/dry-run", "name"),
+        (f"{API}/repositories?registry=a%00b", "registry"),
+        (f"{IMAGES}?registry=Prod", "registry"),
+        (f"{API}/storage?registry=-prod", "registry"),
+        (f"{API}/repositories/{REPO}/delete-images?registry=a%00b", "registry"),
     ],
 )
 def test_a_name_or_search_no_registry_could_hold_is_refused_naming_it(client, deleter, url, field):
     """Control characters reach no database (PostgreSQL refuses U+0000 in a query: a
     500), and a name the registry's grammar forbids names nothing."""
     token = bearer(deleter)
-    if url.endswith(("delete-images", "dry-run")):
+    if url.partition("?")[0].endswith(("delete-images", "dry-run")):
         response = post_json(client, url, {"digests": ["0" * 64]}, headers=token)
     else:
         response = client.get(url, headers=token)
