@@ -1,10 +1,13 @@
 """The web process as the Procfile starts it (gunicorn): what it writes to its access log,
-and the answers gunicorn gives by itself, before Django sees the request."""
+and the answers gunicorn gives by itself, before Django sees the request; and the
+container image's web role, which starts it the same way."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from devtools.processes import Process, environment, wait_for_http
+from devtools.processes import ROOT, Process, environment, procfile_command, wait_for_http
 from devtools.server import free_port
 from hubimages.accounts import tokens
 from hubimages.models import ApiToken
@@ -122,3 +125,24 @@ def test_gunicorn_answers_json_to_a_request_line_or_headers_too_large(web):
         assert b"<html" not in response.content.lower()
     # The process lives on and serves the next request.
     assert requests.get(f"{web.url}/healthz", timeout=10).status_code == 200
+
+
+def test_the_images_web_role_starts_gunicorn_with_the_procfiles_settings(tmp_path):
+    """The container's entry point, run with a stand-in gunicorn that prints its arguments:
+    without `hubimages.gunicorn_conf` a container's access log would keep the tokens put in
+    URLs, and its 414 and 431 answers would be HTML."""
+    stand_in = tmp_path / "gunicorn"
+    stand_in.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    stand_in.chmod(0o755)
+
+    started = subprocess.run(
+        [str(ROOT / "deploy" / "container" / "entrypoint"), "web"],
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin", "DATABASE_URL": "sqlite:////data/db.sqlite3"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert started.returncode == 0, started.stderr
+    for arguments in (started.stdout.splitlines(), shlex.split(procfile_command("web"))):
+        assert arguments[arguments.index("--config") + 1] == "python:hubimages.gunicorn_conf"
