@@ -19,8 +19,8 @@ from devtools.pusher import random_layer
 from devtools.worker import run_tasks
 from hubimages.deletion import execution, planning
 from hubimages.jobs import queue
-from hubimages.registries import rows
 from hubimages.models import Deletion, Manifest, Repository, StorageFigures, StorageSample, SyncRun
+from hubimages.registries import rows
 from hubimages.storage import collection
 from hubimages.storage import figures as storage_figures
 from hubimages.sync.service import sync_registry
