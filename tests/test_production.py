@@ -22,7 +22,15 @@ from devtools.processes import Process, environment, wait_for_http
 from devtools.pusher import ImagePusher, random_layer
 from devtools.server import LocalRegistry, free_port
 from hubimages.lib import leases
-from hubimages.models import Deletion, DeletionRecord, Job, Manifest, RegistryEvent, WorkerHeartbeat
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    Job,
+    KeptManifest,
+    Manifest,
+    RegistryEvent,
+    WorkerHeartbeat,
+)
 from registry.client import RegistryClient
 from tests.conftest import PASSWORD
 
@@ -350,6 +358,14 @@ def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expir
     assert {d for d, state in records.items() if state == "done"} == set(digests) - still_there
     assert all(records.get(d) in (None, "failed") for d in still_there)
     assert 2 <= len(set(digests) - still_there) < 6
+    # Killed between keeping and deleting (its last DELETE held by the proxy): every
+    # DELETE the registry carried out has the manifest's exact bytes in the Trash.
+    kept = {d: bytes(b) for d, b in KeptManifest.objects.values_list("record__digest", "body")}
+    assert set(kept) == set(records)
+    bodies = {image.digest: image.body for image in images}
+    assert {d: kept[d] for d in set(digests) - still_there} == {
+        d: bodies[d] for d in set(digests) - still_there
+    }
     assert "stopped during attempt 1" in Job.objects.get(pk=job.pk).message
     assert Deletion.objects.get().state == "failed"
 
