@@ -10,8 +10,23 @@ import pytest
 from django.utils import timezone
 
 from devtools.pusher import ImagePusher, PushedManifest, random_layer
+from devtools.worker import run_tasks
 from hubimages.deletion import execution, planning
-from hubimages.models import Deletion, DeletionRecord, KeptManifest, Manifest, Repository
+from hubimages.jobs import queue, worker
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    Job,
+    KeptManifest,
+    Manifest,
+    Repository,
+    RetentionRun,
+)
+from hubimages.registries import rows
+from hubimages.retention import engine, policies, runs
+from hubimages.storage import collection
+from hubimages.trash import listing, states
+from hubimages.trash.restore import RestoreOutcome, RestoreRefused, restore_operations
 from registry.client import RegistryClient
 
 REPO = "team/app"
@@ -35,6 +50,56 @@ def delete(client: RegistryClient, *digests: str, repository: str = REPO):
 
 def answers(pusher: ImagePusher, digest: str, repository: str = REPO) -> bool:
     return pusher.pull_manifest(repository, digest, method="HEAD").status_code == 200
+
+
+def restore(
+    client: RegistryClient, *operations: Deletion, digests=None, move_tags: bool = False
+) -> RestoreOutcome:
+    return restore_operations(
+        list(operations),
+        digests=digests,
+        move_tags=move_tags,
+        client_for=lambda registry: client,
+        username="bob",
+    )
+
+
+def registry_tags(client: RegistryClient, repository: str = REPO) -> dict[str, str]:
+    return {
+        tag: client.head_manifest(repository, tag).digest for tag in client.list_tags(repository)
+    }
+
+
+def pull(client: RegistryClient, reference: str, repository: str = REPO) -> list[str]:
+    """What `docker pull` fetches: the manifest by tag, an index's children, each image's
+    config and layers, every one verified against its digest. Returns the blobs read."""
+    fetched = client.get_manifest(repository, reference)
+    manifests = [fetched] + [
+        client.get_manifest(repository, child.digest) for child in fetched.parsed.manifests
+    ]
+    blobs = []
+    for manifest in manifests:
+        parsed = manifest.parsed
+        for blob in ([parsed.config] if parsed.config else []) + parsed.layers:
+            client.get_blob(repository, blob.digest)
+            blobs.append(blob.digest)
+    return blobs
+
+
+TIMES = ("pushed_at", "pushed_at_estimated", "last_pulled_at", "first_seen_at")
+
+
+def database(repository: str = REPO) -> dict[str, tuple]:
+    """Each stored manifest's digest -> kind, tags and times."""
+    rows = Manifest.objects.filter(repository__name=repository).prefetch_related("tags")
+    return {
+        row.digest: (
+            row.kind,
+            sorted(t.name for t in row.tags.all()),
+            *(getattr(row, f) for f in TIMES),
+        )
+        for row in rows
+    }
 
 
 @pytest.fixture
@@ -181,3 +246,272 @@ def test_a_manifest_the_registry_no_longer_has_counts_as_deleted_without_a_delet
     record = DeletionRecord.objects.get()
     assert (record.state, record.message) == ("done", execution.GONE_ALREADY)
     assert not KeptManifest.objects.exists()
+
+
+# -- restoring ---------------------------------------------------------------------------------
+
+
+def test_a_deletion_restored_whole_is_back_byte_for_byte_tagged_pullable_and_survives_gc(
+    scene, registry_server, registry_client, pusher
+):
+    """Then deleted again and collected: Lost, refused with the reason, nothing half back."""
+    index, old = scene["index"], scene["old"]
+    fallback_digest, fallback_body = scene["fallback"]
+    bodies = {d: m.body for d, m in scene["manifests"].items()} | {fallback_digest: fallback_body}
+    Manifest.objects.filter(digest=old.digest).update(
+        pushed_at=timezone.now() - timedelta(days=90),
+        pushed_at_estimated=False,
+        last_pulled_at=timezone.now() - timedelta(days=30),
+    )
+    registry_server.garbage_collect()  # only this test's effect is measured below
+    stored = registry_server.blob_bytes_on_disk()
+    tags, before = registry_tags(registry_client), database()
+
+    operation = delete(registry_client, index.digest, old.digest)
+    assert not any(answers(pusher, digest) for digest in bodies)
+    assert sorted(registry_tags(registry_client)) == ["nightly", "stable"]
+    assert collection.waiting_for_collection().bytes == operation.reclaimed_bytes > 0
+
+    outcome = restore(registry_client, operation)
+
+    assert outcome.complete and outcome.failed == [] and outcome.conflicts == []
+    assert {item["digest"] for item in outcome.restored} == set(bodies)
+    order = [item["digest"] for item in outcome.restored].index  # children, subjects first
+    assert all(order(child) < order(index.digest) for child in index.child_digests)
+    assert order(index.digest) < order(scene["signature"].digest)
+    assert order(index.digest) < order(scene["sbom"].digest) < order(fallback_digest)
+    for digest, body in bodies.items():
+        fetched = registry_client.get_manifest(REPO, digest)
+        assert fetched.body == body
+    assert registry_tags(registry_client) == tags
+    assert database() == before  # kinds, tags, Last pushed and Last pulled as they were
+    assert set(pull(registry_client, "v1")) >= set(index.children[0].blob_digests)
+    pull(registry_client, "nightly")
+    assert {r.state for r in operation.records.all()} == {"restored"}
+    assert {r.restored_by for r in operation.records.all()} == {"bob"}
+    operation.refresh_from_db()
+    assert operation.reclaimed_bytes == 0  # nothing of it waits for the collector now
+    assert collection.waiting_for_collection().bytes == 0
+    registry_server.garbage_collect()
+    assert registry_server.blob_bytes_on_disk() == stored  # it frees nothing of them
+    assert all(answers(pusher, digest) for digest in bodies)
+    pull(registry_client, "v1")
+
+    again = restore(registry_client, operation)
+    assert again.restored == [] and len(again.already) == len(bodies)
+    assert "nothing more to restore" in again.message()
+    assert again.complete
+
+    second = delete(registry_client, index.digest, old.digest)
+    registry_server.garbage_collect()
+    states.check_registry(rows.get(), registry_client)
+    assert {r.kept.state for r in second.records.select_related("kept")} == {"lost"}
+
+    for deletion in (second, operation):
+        with pytest.raises(RestoreRefused, match="is lost: the garbage collector removed"):
+            restore(registry_client, deletion)
+    assert not any(answers(pusher, digest) for digest in bodies)  # nothing half restored
+    assert sorted(registry_tags(registry_client)) == ["nightly", "stable"]
+    assert scene["stays"].digest in database() and not set(database()) & set(bodies)
+    assert {r.state for r in second.records.all()} == {"done"}
+
+
+def test_a_retention_run_undone_as_a_whole_brings_back_exactly_what_it_deleted(
+    pusher, sync, registry_client, registry_url
+):
+    web = "team/web"
+    pusher.push_image(REPO, tag="v1", layers=[random_layer(600, "app-v1")])
+    pusher.push_image(REPO, tag="main-1", layers=[random_layer(600, "main-1")])
+    pusher.push_image(REPO, tag="main-2", layers=[random_layer(600, "main-2")])
+    pusher.push_image(web, tag="v1", layers=[random_layer(600, "web-v1")])
+    amd64 = pusher.push_image(web, layers=[random_layer(600, "pr-amd64")])
+    arm64 = pusher.push_image(web, layers=[random_layer(600, "pr-arm64")], architecture="arm64")
+    pusher.push_index(web, tag="pr-3", images=[amd64, arm64], attestations=True)
+    sync()
+    before = {name: (registry_tags(registry_client, name), database(name)) for name in (REPO, web)}
+    policy = policies.parse_policy(
+        {"name": "ci", "repositories": ["team/**"], "rules": [{"keep": "always", "tags": ["v*"]}]}
+    )
+    dry = engine.dry_run(policy, now=timezone.now())
+    result = runs.run(
+        policy=policy,
+        now=dry.now,
+        fingerprint=dry.fingerprint,
+        client_for=lambda registry: registry_client,
+        trigger=RetentionRun.Trigger.MANUAL,
+        started_by="tester",
+    )
+    assert result.record.manifests_deleted == 7
+    operations = list(result.record.deletions.order_by("pk"))
+    assert [op.repository for op in operations] == [REPO, web]
+    assert {op.pk for op in listing.operations()} == {op.pk for op in operations}
+    assert sorted(registry_tags(registry_client, web)) == ["v1"]
+
+    job = queue.start_restore(operations=operations, started_by="bob")
+    run_tasks()
+
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.message
+    assert len(job.outcome["restored"]) == 7
+    assert job.outcome["operations"] == [op.pk for op in operations]
+    for name in (REPO, web):
+        assert (registry_tags(registry_client, name), database(name)) == before[name]
+
+
+def test_a_tag_that_now_names_another_image_is_a_conflict_moved_back_only_when_asked(
+    pusher, sync, registry_client
+):
+    first = pusher.push_image(REPO, tag="v1", layers=[random_layer(700, "first")])
+    pusher.tag(REPO, "stable", first)
+    sync()
+    operation = delete(registry_client, first.digest)
+    newer = pusher.push_image(REPO, tag="v1", layers=[random_layer(700, "newer")])
+
+    outcome = restore(registry_client, operation)
+
+    assert outcome.complete and [i["digest"] for i in outcome.restored] == [first.digest]
+    assert outcome.conflicts == [
+        {"tag": "v1", "digest": first.digest, "now": newer.digest, "moved": False}
+    ]
+    assert outcome.tags == [{"tag": "stable", "digest": first.digest}]
+    assert "left alone (v1)" in outcome.message()
+    assert registry_tags(registry_client) == {"v1": newer.digest, "stable": first.digest}
+
+    moved = restore(registry_client, operation, move_tags=True)
+
+    assert [c["moved"] for c in moved.conflicts] == [True]
+    assert registry_tags(registry_client) == {"v1": first.digest, "stable": first.digest}
+    assert sorted(database()[first.digest][1]) == ["stable", "v1"]
+
+
+def test_a_digest_the_registry_answers_wrongly_fails_that_item_and_what_needs_it(
+    pusher, sync, fault_proxy
+):
+    amd64 = pusher.push_image(REPO, layers=[random_layer(700, "amd64")])
+    arm64 = pusher.push_image(REPO, layers=[random_layer(700, "arm64")], architecture="arm64")
+    index = pusher.push_index(REPO, tag="v1", images=[amd64, arm64])
+    sync()
+    with RegistryClient(fault_proxy.url) as client:
+        operation = delete(client, index.digest)
+        other = "sha256:" + "e" * 64
+        fault_proxy.answer(
+            rf"/manifests/{arm64.digest}$",
+            method="PUT",
+            status=201,
+            headers={"Docker-Content-Digest": other},
+        )
+
+        outcome = restore(client, operation)
+
+    assert not outcome.complete
+    assert [i["digest"] for i in outcome.restored] == [amd64.digest]
+    reasons = {item["digest"]: item["reason"] for item in outcome.failed}
+    assert set(reasons) == {arm64.digest, index.digest}
+    assert f"the registry stored {other}, not {arm64.digest}" in reasons[arm64.digest]
+    assert reasons[index.digest].startswith("not restored:")
+    assert not answers(pusher, index.digest) and not answers(pusher, arm64.digest)
+    assert pusher.list_tags(REPO) == []
+    records = {r.digest: r for r in operation.records.select_related("kept")}
+    assert records[amd64.digest].state == "restored"
+    assert records[index.digest].state == "done"
+    assert "stored" in records[arm64.digest].kept.message
+
+    fault_proxy.clear()
+    with RegistryClient(fault_proxy.url) as client:
+        rest = restore(client, operation)  # the rest, now that the registry answers true
+    assert rest.complete and {i["digest"] for i in rest.restored} == {arm64.digest, index.digest}
+    assert [i["digest"] for i in rest.already] == [amd64.digest]
+    assert answers(pusher, "v1")
+
+
+def test_an_index_restored_alone_brings_its_children_and_a_shared_layer_leaves_one_partly_lost(
+    pusher, sync, registry_client, registry_server
+):
+    base = random_layer(900, "base")
+    amd64 = pusher.push_image(REPO, layers=[base, random_layer(700, "amd64")])
+    arm64 = pusher.push_image(REPO, layers=[random_layer(700, "arm64")], architecture="arm64")
+    index = pusher.push_index(REPO, tag="v1", images=[amd64, arm64])
+    solo = pusher.push_image(REPO, tag="solo", layers=[base, random_layer(800, "solo")])
+    pusher.push_image(REPO, tag="base", layers=[base])  # keeps the base layer
+    sync()
+    operation = delete(registry_client, index.digest, solo.digest)
+
+    states.check_registry(rows.get(), registry_client)
+    assert {i.digest: i.state for i in listing.with_items([operation])[0].items} == {
+        index.digest: "restorable",
+        amd64.digest: "restorable",
+        arm64.digest: "restorable",
+        solo.digest: "restorable",
+    }
+
+    outcome = restore(registry_client, operation, digests=[index.digest])
+
+    restored = [i["digest"] for i in outcome.restored]
+    assert set(restored[:2]) == {amd64.digest, arm64.digest} and restored[2:] == [index.digest]
+    assert not answers(pusher, solo.digest)
+
+    pusher.delete_manifest(REPO, index.digest)
+    pusher.delete_manifest(REPO, arm64.digest)  # someone else's deletion: not in the Trash
+    registry_server.garbage_collect()
+    states.check_registry(rows.get(), registry_client)
+
+    [item] = [i for i in listing.with_items([operation])[0].items if i.digest == solo.digest]
+    assert item.state == "partly_lost"  # its own layer went, the shared base stayed
+    assert set(item.missing) == {solo.config_digest, solo.layer_digests[1]}
+    assert item.checked_at is not None
+    with pytest.raises(RestoreRefused, match="is partly lost: the registry no longer has"):
+        restore(registry_client, operation, digests=[solo.digest])
+    with pytest.raises(RestoreRefused, match="not in the Trash of deletion"):
+        restore(registry_client, operation, digests=["sha256:" + "0" * 64])
+
+
+def test_after_a_full_sync_notices_a_collection_the_workers_check_the_trash(
+    scene, registry_server, registry_client, registry_url
+):
+    operation = delete(registry_client, scene["old"].digest)
+    queue.start_sync(registry="default")
+    run_tasks()
+    kept = KeptManifest.objects.get(record__operation=operation)
+    assert (kept.state, kept.checked_at) == ("unchecked", None)  # nothing collected yet
+
+    registry_server.garbage_collect()
+    job = queue.start_sync(registry="default")
+    run_tasks()
+
+    assert Job.objects.get(pk=job.pk).state == Job.State.SUCCEEDED
+    kept.refresh_from_db()
+    assert kept.state == "lost" and kept.checked_at is not None
+    operation.refresh_from_db()
+    assert operation.collected_at is not None
+    assert collection.reclaimed().bytes == operation.reclaimed_bytes > 0
+    assert collection.waiting_for_collection().bytes == 0
+
+
+def test_check_now_is_a_job_that_asks_the_registry(scene, registry_client, registry_url):
+    operation = delete(registry_client, scene["old"].digest)
+
+    job = queue.start_trash_check(registry="default", started_by="bob")
+    assert queue.start_trash_check(registry="default") == job  # a second click follows it
+    run_tasks()
+
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED
+    assert job.outcome == {"registry": "default", "states": {"restorable": 1}}
+    assert KeptManifest.objects.get(record__operation=operation).state == "restorable"
+
+
+def test_the_trash_forgets_what_it_kept_after_trash_keep_days(scene, registry_client, settings):
+    settings.TRASH_KEEP_DAYS = 14
+    operation = delete(registry_client, scene["old"].digest)
+    fresh = delete(registry_client, scene["index"].digest)
+    operation.records.update(deleted_at=timezone.now() - timedelta(days=15))
+
+    assert [op.pk for op in listing.operations()] == [fresh.pk]  # no longer offered
+    with pytest.raises(RestoreRefused, match="not in the Trash"):
+        restore(registry_client, operation, digests=[scene["old"].digest])
+
+    worker.housekeeping(timezone.now())
+
+    assert not KeptManifest.objects.filter(record__operation=operation).exists()
+    assert KeptManifest.objects.filter(record__operation=fresh).count() == 8
+    assert operation.records.get().state == "done"  # the history keeps its record

@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from hubimages.models import Job, Repository
+from hubimages.models import Deletion, Job, Repository
 
 log = logging.getLogger("hubimages.jobs")
 
@@ -106,6 +106,42 @@ def start_deletion(*, repository: Repository, digests: list[str], fingerprint: s
         repository=repository.name,
         params=params,
     )
+
+
+def start_restore(
+    *,
+    operations: list[Deletion],
+    digests: list[str] | None = None,
+    move_tags: bool = False,
+    user=None,
+    started_by: str = "",
+) -> Job:
+    """Put back what deletion operations deleted (one, or a retention run's), or only
+    `digests` of them, from the Trash. Safe to run twice, so retried like a sync."""
+    registries = {operation.registry for operation in operations}
+    repositories = {operation.repository for operation in operations}
+    params = {
+        "operations": [operation.pk for operation in operations],
+        "digests": list(digests or []),
+        "move_tags": move_tags,
+    }
+    return start(
+        Kind.RESTORE,
+        user=user,
+        started_by=started_by,
+        registry=registries.pop() if len(registries) == 1 else "",
+        repository=repositories.pop() if len(repositories) == 1 else "",
+        params=params,
+    )
+
+
+def start_trash_check(*, registry: str, user=None, started_by: str = "") -> Job:
+    """Ask the registry about everything its Trash holds, unless that is queued or running
+    already: then that job."""
+    waiting = Job.objects.filter(
+        kind=Kind.TRASH_CHECK, registry=registry, state__in=(State.QUEUED, State.RUNNING)
+    ).first()
+    return waiting or start(Kind.TRASH_CHECK, user=user, started_by=started_by, registry=registry)
 
 
 def visible_to(user) -> QuerySet[Job]:

@@ -23,6 +23,7 @@ from hubimages.registries import rows
 from hubimages.registries.client import registry_client
 from hubimages.retention import runs
 from hubimages.sync import events
+from hubimages.trash import lifetime
 from registry.errors import RegistryError
 
 log = logging.getLogger("hubimages.jobs")
@@ -166,8 +167,10 @@ def claim_schedule(name: str, now: datetime, every: timedelta) -> bool:
 
 
 def housekeeping(now: datetime) -> None:
-    """Keep the tables bounded: processed events, finished tasks and jobs."""
+    """Keep the tables bounded: processed events, finished tasks and jobs, and what the
+    Trash kept past TRASH_KEEP_DAYS."""
     pruned = events.prune(now - timedelta(days=settings.EVENTS_KEEP_DAYS))
+    lifetime.forget_expired()
     finished = Q(status=TaskResultStatus.SUCCESSFUL) | Q(status=TaskResultStatus.FAILED)
     DBTaskResult.objects.filter(finished, finished_at__lt=now - KEEP_FINISHED).delete()
     Job.objects.filter(

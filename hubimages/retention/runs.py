@@ -14,7 +14,7 @@ from django.utils import timezone
 from hubimages.deletion import execution, planning
 from hubimages.lib.formatting import human_size, plural
 from hubimages.lib.leases import RepositoryBusy, repository_lock
-from hubimages.models import Registry, Repository, RetentionPolicy, RetentionRun
+from hubimages.models import Deletion, Registry, Repository, RetentionPolicy, RetentionRun
 from hubimages.retention.engine import DryRun, RepositoryDryRun, dry_run, dry_run_fingerprint
 from hubimages.retention.policies import InvalidPolicy, Policy, policy_of
 from hubimages.sync.service import sync_repository
@@ -121,10 +121,12 @@ def _recheck(client_for: ClientFor, repositories: list[Repository]) -> str:
 def _execute(
     record: RetentionRun, checked: DryRun, client_for: ClientFor, *, user, brake: bool
 ) -> RunResult:
-    notes, incomplete = [], False
+    notes, incomplete, operations = [], False, []
     for repo in checked.repositories:
         client = client_for(repo.repository.registry)
         note, done = _execute_repository(repo, checked.policy, client, user=user, brake=brake)
+        if "operation" in note:
+            operations.append(note.pop("operation"))
         notes.append(
             {
                 "registry": repo.registry,
@@ -142,7 +144,10 @@ def _execute(
     record.tags_deleted = sum(n["tags"] for n in notes)
     record.reclaimed_bytes = sum(n["reclaimed_bytes"] for n in notes)
     outcome = RetentionRun.Outcome.INCOMPLETE if incomplete else RetentionRun.Outcome.DONE
-    return _finish(record, checked, outcome, _summary(record, incomplete))
+    result = _finish(record, checked, outcome, _summary(record, incomplete))
+    # The run's deletions, so the Trash can undo the whole run.
+    Deletion.objects.filter(pk__in=operations).update(retention_run=record)
+    return result
 
 
 def _execute_repository(
@@ -186,11 +191,14 @@ CHANGED_WHILE_RUNNING = "the repository changed while the run went on: nothing d
 
 
 def _outcome_note(outcome: execution.DeletionOutcome) -> dict[str, Any]:
+    """The repository's note in the run's record, and (taken out before it is stored) the
+    deletion operation that ran."""
     if outcome.stale:
-        return {"note": CHANGED_WHILE_RUNNING}
+        return {"note": CHANGED_WHILE_RUNNING, "operation": outcome.operation_id}
     problems = [f"failed {i.digest}: {i.reason}" for i in outcome.failed]
     problems += [f"skipped {i.digest}: {i.reason}" for i in outcome.skipped]
     return {
+        "operation": outcome.operation_id,
         "deleted": len(outcome.deleted),
         "tags": sum(len(item.tags) for item in outcome.deleted),
         "reclaimed_bytes": outcome.reclaimed_bytes,
