@@ -15,6 +15,7 @@ from hubimages.web import (
     search,
     storage,
     tokens,
+    trash,
     webhooks,
 )
 
@@ -47,6 +48,9 @@ urlpatterns = [
     path("storage/", storage.storage_insights, name="storage"),
     path("history/", history.deletion_history, name="deletion_history"),
     path("history/export.csv", history.deletion_history_csv, name="deletion_history_csv"),
+    path("trash/", trash.trash, name="trash"),
+    path("trash/check", trash.trash_check, name="trash_check"),
+    path("trash/<int:operation>/restore", trash.trash_restore, name="trash_restore"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:job_id>/", jobs.job, name="job"),
     path("retention/", retention.retention_policies, name="retention_policies"),

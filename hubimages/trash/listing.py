@@ -24,6 +24,7 @@ STATES = (
 )
 STATE_LABELS = {**dict(KeptManifest.State.choices), RESTORED: "Restored"}
 IN_TRASH = (DeletionRecord.State.DONE, DeletionRecord.State.RESTORED)
+MAY_RESTORE = (KeptManifest.State.RESTORABLE, KeptManifest.State.UNCHECKED)
 
 
 def kept_records(registry: str | None = None) -> QuerySet[DeletionRecord]:
@@ -35,6 +36,12 @@ def kept_records(registry: str | None = None) -> QuerySet[DeletionRecord]:
         kept__isnull=False, state__in=IN_TRASH, deleted_at__gte=since
     )
     return records.filter(registry=registry) if registry else records
+
+
+def registries() -> list[str]:
+    """The names of the registries whose Trash holds something."""
+    names = kept_records().order_by().values_list("registry", flat=True).distinct()
+    return sorted(names)
 
 
 def operations(registry: str | None = None) -> QuerySet[Deletion]:
@@ -105,8 +112,19 @@ class Operation:
         times = [item.checked_at for item in self.items if item.state != RESTORED]
         return None if not times or None in times else min(times)  # type: ignore[type-var]
 
-    def count(self, state: str) -> int:
-        return sum(1 for item in self.items if item.state == state)
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many items are in each state (`unchecked` too)."""
+        counts = dict.fromkeys([*STATES, KeptManifest.State.UNCHECKED], 0)
+        for item in self.items:
+            counts[item.state] += 1
+        return counts
+
+    @property
+    def may_restore(self) -> bool:
+        """Something of it may come back: not restored yet, and not found lost when last
+        checked (or not checked yet: a restore checks first)."""
+        return any(item.state in MAY_RESTORE for item in self.items)
 
     def as_dict(self) -> dict:
         """The shape of `manage.py trash list --json` (SPEC §12)."""

@@ -68,6 +68,7 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
         "history_chart": charts.line_chart(points),
         "history_points": points,
         "waiting": collection.waiting_for_collection(registry),
+        "reclaimed": collection.reclaimed(registry),
         "stale_months": settings.STALE_AFTER_MONTHS,
         "as_of": datetime.fromisoformat(figures["as_of"]) if figures["as_of"] else None,
     }
