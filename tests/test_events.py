@@ -502,6 +502,25 @@ def test_a_push_by_hubimages_itself_never_moves_last_pushed(client, pushed):
     assert RegistryEvent.objects.get(event_id=own["id"]).state == "applied"
 
 
+def test_a_push_by_hubimages_recorded_before_a_sync_stores_the_manifest_is_no_push_time(
+    client, events_on, pusher, registry_url, sync
+):
+    image = pusher.push_image("team/api", tag="v1", layers=[random_layer(100, "own")])
+    own = registry_event(
+        "push", "team/api", digest=image.digest, tag="v1", user_agent="hubimages/0.1.0"
+    )
+    client.post(  # recorded; the worker has not stored it yet when the sync does
+        URL,
+        data=json.dumps({"events": [own]}),
+        content_type=V1,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+    sync()
+
+    assert stored("team/api", image.digest).pushed_at_estimated is True
+
+
 def test_a_delete_older_than_a_recorded_push_of_the_same_manifest_changes_nothing(client, pushed):
     """Put back from the Trash with its old Last pushed, a manifest is newer than the
     delete event its deletion caused, which may be applied only after the restore."""

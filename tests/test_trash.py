@@ -28,6 +28,7 @@ from hubimages.storage import collection
 from hubimages.trash import listing, states
 from hubimages.trash.restore import RestoreOutcome, RestoreRefused, restore_operations
 from registry.client import RegistryClient
+from registry.errors import RegistryError
 
 REPO = "team/app"
 
@@ -393,6 +394,7 @@ def test_a_digest_the_registry_answers_wrongly_fails_that_item_and_what_needs_it
     sync()
     with RegistryClient(fault_proxy.url) as client:
         operation = delete(client, index.digest)
+        freed = operation.reclaimed_bytes
         other = "sha256:" + "e" * 64
         fault_proxy.answer(
             rf"/manifests/{arm64.digest}$",
@@ -415,6 +417,11 @@ def test_a_digest_the_registry_answers_wrongly_fails_that_item_and_what_needs_it
     assert records[amd64.digest].state == "restored"
     assert records[index.digest].state == "done"
     assert "stored" in records[arm64.digest].kept.message
+    # What came back no longer waits for the collector; the probe is one still deleted.
+    operation.refresh_from_db()
+    assert operation.reclaimed_bytes == freed - (amd64.size + amd64.config_size + 700)
+    assert operation.probe_digest == arm64.layer_digests[0]
+    assert collection.waiting_for_collection().bytes == operation.reclaimed_bytes
 
     fault_proxy.clear()
     with RegistryClient(fault_proxy.url) as client:
@@ -485,6 +492,20 @@ def test_after_a_full_sync_notices_a_collection_the_workers_check_the_trash(
     assert operation.collected_at is not None
     assert collection.reclaimed().bytes == operation.reclaimed_bytes > 0
     assert collection.waiting_for_collection().bytes == 0
+
+
+def test_a_check_the_registry_fails_midway_stores_no_state_at_all(
+    scene, registry_client, fault_proxy
+):
+    operation = delete(registry_client, scene["index"].digest, scene["old"].digest)
+    arm64 = scene["index"].children[1]
+    fault_proxy.answer(rf"/blobs/{arm64.layer_digests[1]}$", method="HEAD", status=500)
+
+    with RegistryClient(fault_proxy.url) as client, pytest.raises(RegistryError):
+        states.check_registry(rows.get(), client)
+
+    kept = KeptManifest.objects.filter(record__operation=operation)
+    assert set(kept.values_list("state", "checked_at")) == {("unchecked", None)}
 
 
 def test_check_now_is_a_job_that_asks_the_registry(scene, registry_client, registry_url):

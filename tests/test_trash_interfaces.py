@@ -168,6 +168,25 @@ def test_restore_the_whole_run_takes_every_deletion_of_that_retention_run(delete
     assert "retention policy <a" in html
 
 
+def test_a_big_deletion_opens_onto_its_first_hundred_items_and_counts_them_all(
+    deleter_client, db, django_assert_max_num_queries
+):
+    deletion = kept_deletion()
+    for n in range(100):
+        record = DeletionRecord.objects.create(
+            operation=deletion, repository=REPO, digest=f"sha256:{n:064x}", kind="image"
+        )
+        KeptManifest.objects.create(record=record, media_type="x", body=b"{}", state="lost")
+
+    with django_assert_max_num_queries(25):
+        html = deleter_client.get("/trash/").content.decode()
+
+    assert html.count('class="trash-item"') == 100
+    assert "102 items" in html and "2 restorable" in html and "100 lost" in html
+    assert "and 2 more, not shown" in html
+    assert f'title="{2 * len(INDEX_BODY) + 200:,} bytes"' in html  # all of it kept
+
+
 def test_the_trash_forgets_deletions_older_than_trash_keep_days(viewer_client, settings, db):
     settings.TRASH_KEEP_DAYS = 3
     old = kept_deletion()

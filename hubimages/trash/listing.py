@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, QuerySet
-from django.db.models.functions import Length, Now
+from django.db.models import Count, Exists, F, Min, OuterRef, QuerySet, Sum, Window
+from django.db.models.functions import Length, Now, RowNumber
 
 from hubimages.lib.formatting import iso
 from hubimages.models import Deletion, DeletionRecord, KeptManifest
@@ -25,6 +25,7 @@ STATES = (
 STATE_LABELS = {**dict(KeptManifest.State.choices), RESTORED: "Restored"}
 IN_TRASH = (DeletionRecord.State.DONE, DeletionRecord.State.RESTORED)
 MAY_RESTORE = (KeptManifest.State.RESTORABLE, KeptManifest.State.UNCHECKED)
+ALL_STATES = (*STATES, KeptManifest.State.UNCHECKED)
 
 
 def kept_records(registry: str | None = None) -> QuerySet[DeletionRecord]:
@@ -88,11 +89,25 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """An operation's items counted, whether shown or not."""
+
+    counts: dict[str, int]  # items per state, `unchecked` too
+    kept_bytes: int
+    checked_at: datetime | None  # its least recently checked item not restored, if all were
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
 class Operation:
-    """A deletion operation and what the Trash holds of it."""
+    """A deletion operation and what the Trash holds of it: its first items, or all."""
 
     deletion: Deletion
     items: tuple[Item, ...]
+    summary: Summary
 
     @property
     def pk(self) -> int:
@@ -103,28 +118,27 @@ class Operation:
         return policy_of(self.deletion)
 
     @property
+    def counts(self) -> dict[str, int]:
+        return self.summary.counts
+
+    @property
     def kept_bytes(self) -> int:
-        return sum(item.kept_bytes for item in self.items)
+        return self.summary.kept_bytes
 
     @property
     def checked_at(self) -> datetime | None:
-        """When its least recently checked item not restored was checked."""
-        times = [item.checked_at for item in self.items if item.state != RESTORED]
-        return None if not times or None in times else min(times)  # type: ignore[type-var]
+        return self.summary.checked_at
 
     @property
-    def counts(self) -> dict[str, int]:
-        """How many items are in each state (`unchecked` too)."""
-        counts = dict.fromkeys([*STATES, KeptManifest.State.UNCHECKED], 0)
-        for item in self.items:
-            counts[item.state] += 1
-        return counts
+    def more(self) -> int:
+        """Items not among `items`."""
+        return self.summary.total - len(self.items)
 
     @property
     def may_restore(self) -> bool:
         """Something of it may come back: not restored yet, and not found lost when last
         checked (or not checked yet: a restore checks first)."""
-        return any(item.state in MAY_RESTORE for item in self.items)
+        return any(self.counts[state] for state in MAY_RESTORE)
 
     def as_dict(self) -> dict:
         """The shape of `manage.py trash list --json` (SPEC §12)."""
@@ -146,22 +160,59 @@ def policy_of(deletion: Deletion) -> str | None:
     return name.removeprefix("policy:") if name.startswith("policy:") else None
 
 
-def with_items(deletions: Iterable[Deletion]) -> list[Operation]:
-    """Each deletion with its kept items in the order they were deleted: two queries, the
-    kept bytes left in the database."""
+def with_items(deletions: Iterable[Deletion], *, limit: int | None = None) -> list[Operation]:
+    """Each deletion with its kept items in the order they were deleted (the first
+    `limit` of each, or all) and their counts: three queries, the kept bytes left in the
+    database."""
     deletions = list(deletions)
+    held = kept_records().filter(operation_id__in=[d.pk for d in deletions])
     records = (
-        kept_records()
-        .filter(operation_id__in=[d.pk for d in deletions])
-        .select_related("kept")
+        held.select_related("kept")
         .defer("kept__body")
         .annotate(kept_bytes=Length("kept__body"))
         .order_by("deleted_at", "pk")
     )
+    if limit is not None:
+        number = Window(
+            RowNumber(), partition_by=F("operation_id"), order_by=[F("deleted_at"), F("pk")]
+        )
+        records = records.annotate(number=number).filter(number__lte=limit)
     items: dict[int, list[Item]] = {}
     for record in records:
         items.setdefault(record.operation_id, []).append(item_of(record))
-    return [Operation(d, tuple(items.get(d.pk, ()))) for d in deletions]
+    summaries = _summaries(held)
+    empty = Summary(dict.fromkeys(ALL_STATES, 0), 0, None)
+    return [Operation(d, tuple(items.get(d.pk, ())), summaries.get(d.pk, empty)) for d in deletions]
+
+
+def _summaries(records: QuerySet[DeletionRecord]) -> dict[int, Summary]:
+    rows = (
+        records.order_by()
+        .values("operation_id", "state", "kept__state")
+        .annotate(
+            count=Count("pk"),
+            kept_bytes=Sum(Length("kept__body")),
+            oldest_check=Min("kept__checked_at"),
+        )
+    )
+    counts: dict[int, dict[str, int]] = {}
+    kept: dict[int, int] = {}
+    checks: dict[int, list] = {}
+    for row in rows:
+        operation = row["operation_id"]
+        restored = row["state"] == DeletionRecord.State.RESTORED
+        state = RESTORED if restored else row["kept__state"]
+        counts.setdefault(operation, dict.fromkeys(ALL_STATES, 0))[state] += row["count"]
+        kept[operation] = kept.get(operation, 0) + (row["kept_bytes"] or 0)
+        if not restored:
+            checks.setdefault(operation, []).append(row["oldest_check"])
+    summaries = {}
+    for operation, by_state in counts.items():
+        times = checks.get(operation, [])
+        unchecked = by_state[KeptManifest.State.UNCHECKED] or None in times
+        oldest = None if unchecked or not times else min(times)
+        summaries[operation] = Summary(by_state, kept[operation], oldest)
+    return summaries
 
 
 def item_of(record: DeletionRecord) -> Item:

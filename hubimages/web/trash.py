@@ -22,6 +22,7 @@ from hubimages.web.rendering import render_page, vary_on_htmx
 from registry import media
 
 TRASH_PER_PAGE = 20
+ITEMS_SHOWN = 100  # a deletion opens onto its first items; Restore all takes them all
 
 
 @require_GET
@@ -41,7 +42,7 @@ def trash(request: HttpRequest) -> HttpResponse:
     )
     context = {
         "page": page,
-        "operations": listing.with_items(page.object_list),
+        "operations": listing.with_items(page.object_list, limit=ITEMS_SHOWN),
         **neighbours(page),
         "state": {"registry": registry.name if registry else None},
         "registry": registry,
