@@ -105,7 +105,11 @@ class _Checker:
 def check(records: Iterable[DeletionRecord], client: RegistryClient) -> dict[str, int]:
     """Ask the registry (which `client` reads) about each of `records`' kept manifests and
     store what it answered, with the time; returns how many are in each state. A registry
-    error stops the check before anything is stored: a state is never half-known."""
+    error stops the check before anything is stored: a state is never half-known.
+
+    An index's children among `records` go by their own state; any other child by a HEAD
+    of the manifest. So `records` holds the children the Trash keeps with their index: the
+    registry's whole Trash, or a restore's items (`restore._asked`)."""
     by_key: dict[tuple[str, str], DeletionRecord] = {}
     for record in sorted(records, key=lambda r: (r.deleted_at, r.pk)):
         by_key[(record.repository, record.digest)] = record  # the newest deletion wins

@@ -32,7 +32,6 @@ def trash(request: HttpRequest) -> HttpResponse:
     narrows to one registry. Any signed-in user may look, as at the deletion history;
     checking and restoring take the delete permission."""
     registries = registry_rows.known()
-    names = [registry.name for registry in registries]
     chosen = request.GET.get("registry", "")
     registry = next((r for r in registries if r.name == chosen), None)
     page = paginate(
@@ -46,7 +45,7 @@ def trash(request: HttpRequest) -> HttpResponse:
         **neighbours(page),
         "state": {"registry": registry.name if registry else None},
         "registry": registry,
-        "registries": registries if len(names) > 1 else [],
+        "registries": registries if len(registries) > 1 else [],
         "check_registries": [registry.name] if registry else listing.registries(),
         "waiting": collection.waiting_for_collection(registry),
         "reclaimed": collection.reclaimed(registry),
