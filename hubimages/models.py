@@ -1,13 +1,15 @@
 """What hubimages knows of the registry (SPEC §1), plus its own records.
 
 Manifests are per repository (the same digest may live in several); blobs are global, as
-the registry stores them. A few columns are kept up to date by `rollups.refresh` rather
+the registry stores them. A few columns are kept up to date by `sync.rollups` rather
 than computed on every page, so the list can filter and sort from an index:
 `is_top_level`, `is_tagged`, and an index's `total_size`.
 """
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
 from django.urls import reverse
 
 
@@ -57,7 +59,7 @@ class Repository(models.Model):
     synced_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every change so an open page can ask "anything new?" cheaply.
     revision = models.PositiveBigIntegerField(default=0)
-    # Top-level items per list filter ("all", "tagged", …), kept by `rollups.refresh`: a
+    # Top-level items per list filter ("all", "tagged", …), kept by `sync.rollups`: a
     # list of a million manifests shows its count without counting them.
     list_counts = models.JSONField(default=dict, blank=True)
 
@@ -178,6 +180,13 @@ class Manifest(models.Model):
             ),
             models.Index(fields=["config_digest"], name="manifest_by_config"),
             models.Index(fields=["digest"], name="manifest_by_digest"),
+            # A manifest's referrers waiting for it (`rollups.changing`): few rows have a
+            # subject, so only they are indexed.
+            models.Index(
+                fields=["repository", "subject_digest"],
+                name="manifest_by_subject_digest",
+                condition=~models.Q(subject_digest=""),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -254,6 +263,9 @@ class Tag(models.Model):
 
 
 class SyncRun(models.Model):
+    """One sync, closed with its summary as it ends, or by the workers if its process
+    stopped first (`sync.service.settle_interrupted_syncs`)."""
+
     registry = models.ForeignKey(
         Registry, on_delete=models.CASCADE, related_name="sync_runs", default=default_registry
     )
@@ -265,7 +277,11 @@ class SyncRun(models.Model):
     class Meta:
         ordering = ["-started_at"]
         get_latest_by = "started_at"
-        indexes = [models.Index(fields=["registry", "-started_at"], name="syncrun_by_registry")]
+        indexes = [
+            models.Index(fields=["registry", "-started_at"], name="syncrun_by_registry"),
+            # The workers look for interrupted syncs every few seconds.
+            models.Index(fields=["id"], condition=Q(finished_at=None), name="syncrun_running"),
+        ]
 
 
 class Deletion(models.Model):
@@ -288,6 +304,16 @@ class Deletion(models.Model):
     repository = models.CharField(max_length=255)
     selected = models.JSONField(default=list, blank=True)
     fingerprint = models.CharField(max_length=64)
+    # The retention run this deletion is one repository of: settling an interrupted run
+    # reads what went from its deletions' records.
+    retention_run = models.ForeignKey(
+        "RetentionRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="deletions"
+    )
+    # The deletion job that ran it: a job is never run again once one of its DELETEs may
+    # have gone out, and its recovery reads what went from here.
+    job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="deletions"
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
     message = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
@@ -300,17 +326,16 @@ class Deletion(models.Model):
     collected_at = models.DateTimeField(
         null=True, blank=True, help_text="When hubimages saw the garbage collector had run."
     )
-    # The retention run this deletion was part of (one operation per repository it
-    # cleaned), so the Trash can undo a whole run.
-    retention_run = models.ForeignKey(
-        "RetentionRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="deletions"
-    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
         indexes = [
             models.Index(fields=["repository", "-started_at"], name="operation_by_repository"),
             models.Index(fields=["collected_at", "finished_at"], name="operation_by_collection"),
+            # The workers look for interrupted deletions every few seconds.
+            models.Index(
+                fields=["repository"], condition=Q(state="running"), name="operation_running"
+            ),
         ]
 
 
@@ -438,11 +463,12 @@ class RegistryEvent(models.Model):
 
 class Lease(models.Model):
     """A named lock that expires unless its holder renews it: a repository's (sync and
-    delete take it), the full sync's. A holder that dies leaves nothing that needs a person:
-    its lease runs out and anyone may take it over. See `hubimages.locks`."""
+    delete take it), the full sync's, a running record's. A row exists while someone holds
+    the name; its id is the lease's generation, the fencing token a holder checks before
+    each DELETE. A holder that dies leaves nothing that needs a person: its lease runs out
+    and anyone may take it over. See `hubimages.lib.leases`."""
 
     name = models.CharField(max_length=300, unique=True)
-    token = models.CharField(max_length=32, blank=True)
     owner = models.CharField(max_length=200, blank=True)
     acquired_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -556,7 +582,8 @@ class RetentionRun(models.Model):
     """One run of a policy, manual or scheduled: what it deleted and freed, and per
     repository what happened (`repositories`: a list of {"repository", "selected",
     "deleted", "tags", "reclaimed_bytes", "note"}). Its deletions are in DeletionRecord
-    under the username `policy:<name>`."""
+    under the username `policy:<name>`. Written as the run starts ("running") and settled
+    as it ends, or by the workers if its process stopped (`retention.runs`)."""
 
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Run now"
@@ -564,6 +591,7 @@ class RetentionRun(models.Model):
         COMMAND = "command", "Command line"
 
     class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
         DONE = "done", "Done"
         INCOMPLETE = "incomplete", "Incomplete"
         CHANGED = "changed", "Plan changed: nothing deleted"
@@ -585,10 +613,17 @@ class RetentionRun(models.Model):
     reclaimed_bytes = models.BigIntegerField(default=0)
     planned_bytes = models.BigIntegerField(default=0, help_text="The dry run's total.")
     repositories = models.JSONField(default=list, blank=True)
+    job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="retention_runs"
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
-        indexes = [models.Index(fields=["policy", "-started_at"], name="run_by_policy")]
+        indexes = [
+            models.Index(fields=["policy", "-started_at"], name="run_by_policy"),
+            # The workers look for interrupted runs every few seconds.
+            models.Index(fields=["id"], condition=Q(outcome="running"), name="run_running"),
+        ]
 
 
 class ApiToken(models.Model):
@@ -657,3 +692,140 @@ class StorageFigures(models.Model):
     key = models.CharField(max_length=64)
     computed_at = models.DateTimeField()
     figures = models.JSONField(default=dict)
+
+
+# -- teams, sign-in and audit (SPEC §14) -----------------------------------------------------
+
+
+class Team(models.Model):
+    """People who share rights: its members, the identity provider's groups bound to it,
+    and its grants (`hubimages.teams`)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="teams", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class GroupBinding(models.Model):
+    """Whoever the identity provider says is in `group` belongs to the team: bound by name,
+    so a group is bound before any of its members has signed in."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="bindings")
+    group = models.CharField(max_length=255, db_index=True)
+
+    class Meta:
+        ordering = ["group"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "group"], name="one_binding_per_group")
+        ]
+
+
+class Grant(models.Model):
+    """A role on the repositories a glob names (SPEC §8's globs), in one registry. A
+    pattern starting with `!` excludes, from the team's grants of the same role and
+    registry, what it names."""
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer", "Viewer"
+        DELETER = "deleter", "Deleter"
+        POLICY_ADMIN = "policy_admin", "Policy admin"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="grants")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    pattern = models.CharField(max_length=255)
+    # The registry's name; a plain string until registries are objects of their own.
+    registry = models.CharField(max_length=63, default="default")
+
+    class Meta:
+        ordering = ["registry", "role", "pattern"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "role", "pattern", "registry"], name="one_grant_per_pattern"
+            )
+        ]
+
+
+class UserGroup(models.Model):
+    """A group the identity provider named for the user at their last sign-in (replaced
+    whole at each one)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity_groups"
+    )
+    name = models.CharField(max_length=255, db_index=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["user", "name"], name="one_row_per_group")]
+
+
+class AuditIsAppendOnly(Exception):
+    """Something tried to change or remove an audit entry."""
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AuditIsAppendOnly("audit entries are never changed")
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise AuditIsAppendOnly("audit entries are never changed")
+
+    def delete(self):
+        raise AuditIsAppendOnly("audit entries are never deleted")
+
+
+class AuditEntry(models.Model):
+    """Who did what, when, from where (SPEC §14): written once, never changed or deleted
+    by the app (its queryset and instances refuse). Names are copied, not referenced, so
+    an entry outlives the user, team or policy it names; the time is the database's."""
+
+    class Action(models.TextChoices):
+        SIGN_IN = "sign_in", "Signed in"
+        SIGN_IN_FAILED = "sign_in_failed", "Failed to sign in"
+        TOKEN_CREATED = "token_created", "Created an API token"
+        TOKEN_REVOKED = "token_revoked", "Revoked an API token"
+        DELETION_STARTED = "deletion_started", "Started a deletion"
+        RESTORE = "restore", "Started a restore from the Trash"
+        POLICY_CREATED = "policy_created", "Created a retention policy"
+        POLICY_CHANGED = "policy_changed", "Changed a retention policy"
+        POLICY_RUN = "policy_run", "Ran a retention policy"
+        POLICY_DELETED = "policy_deleted", "Deleted a retention policy"
+        TEAM_CREATED = "team_created", "Created a team"
+        TEAM_DELETED = "team_deleted", "Deleted a team"
+        MEMBER_ADDED = "member_added", "Added a team member"
+        MEMBER_REMOVED = "member_removed", "Removed a team member"
+        GROUP_BOUND = "group_bound", "Bound a group to a team"
+        GROUP_UNBOUND = "group_unbound", "Unbound a group from a team"
+        GRANT_ADDED = "grant_added", "Granted a role"
+        GRANT_REVOKED = "grant_revoked", "Revoked a grant"
+
+    at = models.DateTimeField(db_default=Now(), db_index=True)
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=255, blank=True, db_index=True)
+    address = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
+    target = models.CharField(max_length=255, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.actor or 'someone'} {self.get_action_display().lower()} {self.target}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AuditIsAppendOnly("audit entries are never changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AuditIsAppendOnly("audit entries are never deleted")

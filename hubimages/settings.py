@@ -71,6 +71,75 @@ def env_url(name: str) -> str:
     return raw.rstrip("/")
 
 
+def env_secret(name: str) -> str:
+    """A secret from `NAME`, or from the file `NAME_FILE` names (as Kubernetes and Docker
+    mount secrets); both set is an error."""
+    value, path = os.environ.get(name, ""), env_str(f"{name}_FILE")
+    if value and path:
+        raise ImproperlyConfigured(f"set {name} or {name}_FILE, not both")
+    if not path:
+        return value.strip()
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {error.strerror}") from None
+
+
+def env_issuer(name: str) -> str:
+    """An OpenID Connect issuer: https (http only on loopback, for tests and demos), no
+    credentials, no query; kept as written, since it is compared with the provider's."""
+    raw = env_str(name)
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not parts.hostname or parts.scheme not in ("https", "http") or parts.query:
+        raise ImproperlyConfigured(f"{name} must be the issuer's URL, e.g. https://sso.example.com")
+    if parts.scheme == "http" and not loopback:
+        raise ImproperlyConfigured(f"{name} must be https (http only on a loopback address)")
+    if parts.username or parts.password:
+        raise ImproperlyConfigured(f"{name} must not hold credentials: use OIDC_CLIENT_SECRET")
+    return raw
+
+
+def oidc_providers(*, issuer: str, client_id: str, secret: str, name: str, scopes: list[str]):
+    """django-allauth's `SOCIALACCOUNT_PROVIDERS`: one OpenID Connect provider (its id in
+    URLs is `oidc`) when `issuer` is set, none otherwise, with PKCE, the userinfo read at
+    each sign-in, and hubimages's provider class (a nonce, the issuer checked:
+    `hubimages.accounts.oidc`), which allauth registers once, configured or not."""
+    return {
+        "openid_connect": {
+            "provider_class": "hubimages.accounts.oidc.Provider",
+            "OAUTH_PKCE_ENABLED": True,
+            "APPS": [
+                {
+                    "provider_id": OIDC_PROVIDER_ID,
+                    "name": name,
+                    "client_id": client_id,
+                    "secret": secret,
+                    "settings": {
+                        "server_url": issuer,
+                        "oauth_pkce_enabled": True,
+                        "fetch_userinfo": True,
+                        "scope": scopes,
+                    },
+                }
+            ]
+            if issuer
+            else [],
+        }
+    }
+
+
+def oidc_form_action(issuer: str) -> list[str]:
+    """The provider's origin, for the CSP's `form-action`: "Sign in with …" is a form whose
+    answer redirects there, and browsers hold a form's redirects to that list too."""
+    if not issuer:
+        return []
+    parts = urlsplit(issuer)
+    return [f"{parts.scheme}://{parts.netloc}"]
+
+
 def database_from_url(url: str) -> dict:
     """Parse `DATABASE_URL` (postgres://user:pass@host:port/name or sqlite:///path)."""
     parts = urlsplit(url)
@@ -168,6 +237,44 @@ PAGE_SIZE = env_int("PAGE_SIZE", 25, minimum=1)
 if PAGE_SIZE not in PAGE_SIZES:
     raise ImproperlyConfigured(f"PAGE_SIZE must be one of {PAGE_SIZES}, not {PAGE_SIZE}")
 
+# -- signing in (SPEC §14) -----------------------------------------------------------------
+# Local accounts (username and password) and/or one OpenID Connect provider.
+OIDC_PROVIDER_ID = "oidc"
+OIDC_ISSUER = env_issuer("OIDC_ISSUER")
+OIDC_CLIENT_ID = env_str("OIDC_CLIENT_ID")
+OIDC_CLIENT_SECRET = env_secret("OIDC_CLIENT_SECRET")
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on") or "single sign-on"
+OIDC_SCOPES = env_list("OIDC_SCOPES", ["openid", "profile", "email"])
+# Where the groups are, in the ID token or else in userinfo: `groups`, `realm_access.roles`.
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups") or "groups"
+LOCAL_ACCOUNTS = env_bool("LOCAL_ACCOUNTS", True)
+if OIDC_ISSUER and not OIDC_CLIENT_ID:
+    raise ImproperlyConfigured("OIDC_ISSUER needs OIDC_CLIENT_ID (and usually OIDC_CLIENT_SECRET)")
+if not OIDC_ISSUER and (OIDC_CLIENT_ID or OIDC_CLIENT_SECRET):
+    raise ImproperlyConfigured("OIDC_CLIENT_ID and OIDC_CLIENT_SECRET need OIDC_ISSUER")
+if "openid" not in OIDC_SCOPES:
+    raise ImproperlyConfigured("OIDC_SCOPES must include openid")
+if not LOCAL_ACCOUNTS and not OIDC_ISSUER:
+    raise ImproperlyConfigured("LOCAL_ACCOUNTS=false needs OIDC_ISSUER: nobody could sign in")
+SOCIALACCOUNT_PROVIDERS = oidc_providers(
+    issuer=OIDC_ISSUER,
+    client_id=OIDC_CLIENT_ID,
+    secret=OIDC_CLIENT_SECRET,
+    name=OIDC_PROVIDER_NAME,
+    scopes=OIDC_SCOPES,
+)
+SOCIALACCOUNT_ADAPTER = "hubimages.accounts.oidc.SocialAccountAdapter"
+ACCOUNT_ADAPTER = "hubimages.accounts.oidc.AccountAdapter"
+# People come from the provider: made at their first sign-in, never asked for a form, never
+# matched to a local account by their email (that would let the provider's users take
+# over local accounts).
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_EMAIL_VERIFICATION = "none"
+SOCIALACCOUNT_STORE_TOKENS = False
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_UNIQUE_EMAIL = False
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -178,6 +285,10 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "axes",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     # The API; listed so its docs page uses the Swagger UI files it ships, not a CDN.
     "ninja",
     # Before django_tasks_db: hubimages's db_worker extends django-tasks-db's.
@@ -194,6 +305,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -203,7 +315,8 @@ MIDDLEWARE = [
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # ModelBackend, refusing passwords while LOCAL_ACCOUNTS is false.
+    "hubimages.accounts.backends.LocalAccountsBackend",
 ]
 # Failed logins: after 5 for one username from one address, that pair waits 15 minutes.
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
@@ -293,7 +406,7 @@ SECURE_CSP = {
     "connect-src": ["'self'"],
     "object-src": ["'none'"],
     "base-uri": ["'none'"],
-    "form-action": ["'self'"],
+    "form-action": ["'self'", *oidc_form_action(OIDC_ISSUER)],
     "frame-ancestors": ["'none'"],
 }
 

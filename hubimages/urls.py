@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
+from hubimages.accounts import oidc
 from hubimages.api import api
 from hubimages.api import errors as api_errors
 from hubimages.web import (
+    audit,
     deletion,
     health,
     history,
@@ -13,6 +15,7 @@ from hubimages.web import (
     repositories,
     retention,
     search,
+    signin,
     storage,
     tokens,
     trash,
@@ -51,6 +54,9 @@ urlpatterns = [
     path("trash/", trash.trash, name="trash"),
     path("trash/check", trash.trash_check, name="trash_check"),
     path("trash/<int:operation>/restore", trash.trash_restore, name="trash_restore"),
+    path("audit/", audit.audit_log, name="audit"),
+    path("audit/export.csv", audit.audit_csv, name="audit_csv"),
+    path("audit/export.json", audit.audit_json, name="audit_json"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<int:job_id>/", jobs.job, name="job"),
     path("retention/", retention.retention_policies, name="retention_policies"),
@@ -81,6 +87,14 @@ urlpatterns = [
     path("registry/events", webhooks.registry_events, name="registry_events"),
     path("registry/<slug:registry>/events", webhooks.registry_events, name="registry_events_of"),
     path("healthz", health.healthz, name="healthz"),
+    # Before Django's own: the same login view, with the identity provider's button.
+    path("accounts/login/", signin.login_page, name="login"),
+    path("accounts/oidc/<str:provider_id>/login/", oidc.login, name="openid_connect_login"),
+    path(
+        "accounts/oidc/<str:provider_id>/login/callback/",
+        oidc.callback,
+        name="openid_connect_callback",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

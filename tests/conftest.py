@@ -198,3 +198,59 @@ def signed_in_page(browser, live_server, django_user_model):
     yield open_page
     for context in contexts:
         context.close()
+
+
+# -- identity provider ---------------------------------------------------------------------
+
+OIDC_CALLBACK = "/accounts/oidc/oidc/login/callback/"
+
+
+@pytest.fixture(scope="session")
+def oidc_provider():
+    """A real OpenID Connect provider process (django-oauth-toolkit), one per test session
+    (`devtools.oidc_provider`); `oidc` sets it up for a test."""
+    from devtools.oidc_provider import OidcProvider
+
+    with OidcProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def oidc(oidc_provider, settings):
+    """hubimages configured to sign in through `oidc_provider`, its switches at their
+    defaults, its client allowed back to the test client's host (browser tests add the
+    live server's)."""
+    from devtools.oidc_provider import CLIENT_ID
+    from hubimages.settings import oidc_form_action, oidc_providers
+
+    oidc_provider.switch()
+    oidc_provider.client([f"http://testserver{OIDC_CALLBACK}"])
+    settings.SOCIALACCOUNT_PROVIDERS = oidc_providers(
+        issuer=oidc_provider.issuer,
+        client_id=CLIENT_ID,
+        secret=oidc_provider.client_secret,
+        name="Test IdP",
+        scopes=["openid", "profile", "email"],
+    )
+    settings.OIDC_GROUPS_CLAIM = "groups"
+    settings.SECURE_CSP = {
+        **settings.SECURE_CSP,
+        "form-action": ["'self'", *oidc_form_action(oidc_provider.issuer)],
+    }
+    return oidc_provider
+
+
+# -- hubimages's own processes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def live(tmp_path, transactional_db):
+    """gunicorn and `db_worker` processes on the test database, started on demand
+    (`tests.live.Live`; a test sets `live.env` first, e.g. REGISTRY_URL)."""
+    from tests.live import Live
+
+    processes = Live(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()

@@ -68,7 +68,7 @@ HUBIMAGES_DIR = PROJECT_DIR / "hubimages"
 MAY_IMPORT = {
     "lib": set(),
     "registries": {"lib"},
-    "accounts": {"lib"},
+    "accounts": {"lib", "teams"},
     "sync": {"lib", "registries"},
     "inventory": {"lib", "sync.rollups"},
     "deletion": {"lib", "registries", "inventory", "sync"},
@@ -85,6 +85,7 @@ MAY_IMPORT = {
         "storage",
         "trash",
     },
+    "teams": {"lib"},
 }
 
 

@@ -55,3 +55,75 @@ def test_it_parses_database_urls():
         config.database_from_url("mysql://x/y")
     with pytest.raises(ImproperlyConfigured, match="name the database"):
         config.database_from_url("postgres://host/")
+
+
+def test_it_reads_an_oidc_issuer_https_or_http_on_loopback_only(monkeypatch):
+    monkeypatch.setenv("OIDC_ISSUER", "https://sso.example.com/realms/acme")
+    assert config.env_issuer("OIDC_ISSUER") == "https://sso.example.com/realms/acme"
+    monkeypatch.setenv("OIDC_ISSUER", "https://tenant.auth0.example/")  # kept as written
+    assert config.env_issuer("OIDC_ISSUER") == "https://tenant.auth0.example/"
+    monkeypatch.setenv("OIDC_ISSUER", "http://127.0.0.1:9000/o")
+    assert config.env_issuer("OIDC_ISSUER") == "http://127.0.0.1:9000/o"
+    for junk, message in (
+        ("http://sso.example.com", "https"),
+        ("sso.example.com", "issuer's URL"),
+        ("https://sso.example.com/?x=1", "issuer's URL"),
+        ("https://me:secret@sso.example.com", "credentials"),
+    ):
+        monkeypatch.setenv("OIDC_ISSUER", junk)
+        with pytest.raises(ImproperlyConfigured, match=message) as refused:
+            config.env_issuer("OIDC_ISSUER")
+        assert "secret@" not in str(refused.value)
+
+
+def test_it_reads_a_secret_from_the_environment_or_a_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("OIDC_CLIENT_SECRET", " s3cret ")
+    assert config.env_secret("OIDC_CLIENT_SECRET") == "s3cret"
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    monkeypatch.setenv("OIDC_CLIENT_SECRET_FILE", str(secret))
+    with pytest.raises(ImproperlyConfigured, match="not both"):
+        config.env_secret("OIDC_CLIENT_SECRET")
+    monkeypatch.delenv("OIDC_CLIENT_SECRET")
+    assert config.env_secret("OIDC_CLIENT_SECRET") == "from-a-file"
+    monkeypatch.setenv("OIDC_CLIENT_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ImproperlyConfigured, match="cannot read"):
+        config.env_secret("OIDC_CLIENT_SECRET")
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"LOCAL_ACCOUNTS": "false"}, "LOCAL_ACCOUNTS=false needs OIDC_ISSUER"),
+        ({"OIDC_ISSUER": "https://sso.example.com"}, "needs OIDC_CLIENT_ID"),
+        ({"OIDC_CLIENT_ID": "hubimages"}, "need OIDC_ISSUER"),
+        (
+            {
+                "OIDC_ISSUER": "https://sso.example.com",
+                "OIDC_CLIENT_ID": "h",
+                "OIDC_SCOPES": "email",
+            },
+            "must include openid",
+        ),
+        ({"LOCAL_ACCOUNTS": "nope"}, "LOCAL_ACCOUNTS"),
+    ],
+)
+def test_start_up_refuses_a_sign_in_set_up_nobody_could_use(environment, message):
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OIDC_", "LOCAL_ACCOUNTS"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "import hubimages.settings"],
+        env={**env, "SECRET_KEY": "x" * 50, **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -25,6 +25,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from hubimages.lib import audit
+from hubimages.lib.audit import Action, Actor
 from hubimages.models import ApiToken, ApiTokenFailure
 
 PREFIX = "hubi_"
@@ -64,16 +66,38 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue(*, user, name: str, scope: str, expires_in_days: int | None = None) -> IssuedToken:
-    """Create a token for `user`. Its scope may say more than the user may do: a token
-    never grants more than its user has (see `may_delete`), and the user may get the
-    permission later."""
+def issue(
+    *,
+    user,
+    name: str,
+    scope: str,
+    expires_in_days: int | None = None,
+    by: Actor | None = None,
+) -> IssuedToken:
+    """Create a token for `user`, audited as made `by` whom (else by the user). Its scope
+    may say more than the user may do: a token never grants more than its user has (see
+    `may_delete`), and the user may get the permission later."""
     if scope not in ApiToken.Scope.values:
         raise ValueError(f"scope must be one of {', '.join(ApiToken.Scope.values)}")
     if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
         raise ValueError(f"expiry must be from 1 to {MAX_EXPIRY_DAYS} days")
     token = PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken.objects.create(
+    with transaction.atomic():
+        row = _create(user, name, scope, token, expires_in_days)
+        audit.record(
+            Action.TOKEN_CREATED,
+            by=by or Actor.of_user(user),
+            target=row.prefix,
+            owner=user.get_username(),
+            name=row.name,
+            scope=scope,
+            expires_at=row.expires_at.isoformat() if row.expires_at else None,
+        )
+    return IssuedToken(row, token)
+
+
+def _create(user, name: str, scope: str, token: str, expires_in_days: int | None) -> ApiToken:
+    return ApiToken.objects.create(
         user=user,
         name=name.strip()[:100],
         scope=scope,
@@ -81,11 +105,23 @@ def issue(*, user, name: str, scope: str, expires_in_days: int | None = None) ->
         token_hash=hash_token(token),
         expires_at=timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None,
     )
-    return IssuedToken(row, token)
 
 
-def revoke(row: ApiToken) -> None:
-    ApiToken.objects.filter(pk=row.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+def revoke(row: ApiToken, *, by: Actor | None = None) -> bool:
+    """Revoke the token, audited as `by` whom (else its user); False when it was already."""
+    with transaction.atomic():
+        revoked = ApiToken.objects.filter(pk=row.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if revoked:
+            audit.record(
+                Action.TOKEN_REVOKED,
+                by=by or Actor.of_user(row.user),
+                target=row.prefix,
+                owner=row.user.get_username(),
+                name=row.name,
+            )
+    return bool(revoked)
 
 
 def state(row: ApiToken, now: datetime | None = None) -> str:

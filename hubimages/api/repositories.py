@@ -31,6 +31,7 @@ from hubimages.deletion import planning
 from hubimages.inventory import details, lists, repositories
 from hubimages.jobs import queue
 from hubimages.lib import formatting
+from hubimages.lib.audit import Actor
 from hubimages.models import Manifest, Registry, Repository
 from hubimages.registries import rows as registry_rows
 from registry import media
@@ -210,6 +211,7 @@ def delete_images(
         digests=list(plan.selected),
         fingerprint=plan.fingerprint,
         user=request.user,
+        by=Actor.of(request),
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
     response["Location"] = url

@@ -10,6 +10,7 @@ and needs the delete permission (and a read+delete token).
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -30,6 +31,7 @@ from hubimages.api.schemas import (
     error_responses,
 )
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.models import RetentionPolicy as PolicyRow
 from hubimages.retention import engine, policies
 
@@ -68,7 +70,7 @@ def create_policy(request: HttpRequest, response: HttpResponse) -> Status:
     require_delete(request)
     policy = _policy_in(request)
     try:
-        row = policies.save_policy(policy)
+        row = policies.save_policy(policy, by=Actor.of(request))
     except policies.PolicyExists as exists:
         raise ApiError(
             409, "policy_exists", f"{exists}: replace it with PUT {_url(policy.name)}"
@@ -100,7 +102,7 @@ def replace_policy(request: HttpRequest, name: str) -> dict:
     row = _row(name)
     policy = _policy_in(request)
     try:
-        row = policies.save_policy(policy, original=row)
+        row = policies.save_policy(policy, original=row, by=Actor.of(request))
     except policies.PolicyExists as exists:
         raise ApiError(409, "policy_exists", str(exists)) from None
     return policy_json(row)
@@ -114,20 +116,20 @@ def replace_policy(request: HttpRequest, name: str) -> dict:
 def delete_policy(request: HttpRequest, name: str) -> Status:
     """Its past runs stay on record, under its name."""
     require_delete(request)
-    _row(name).delete()
+    policies.delete_policy(_row(name), by=Actor.of(request))
     return Status(204, None)
 
 
 @router.post(
     "/retention-policies/{name}/dry-run",
-    response={200: DryRunOut, **error_responses(403, 404)},
+    response={200: DryRunOut, **error_responses(403, 404, 422)},
     summary="Dry-run a retention policy",
 )
 def dry_run_policy(request: HttpRequest, name: str) -> dict:
     """What a run would delete now, per repository (each plan as `delete-images` answers
     it), and its `now` and `fingerprint`: send both to `run` to delete exactly that."""
     require_delete(request)
-    return dry_run_out(engine.dry_run(policies.policy_of(_row(name))))
+    return dry_run_out(_dry_run(policies.policy_of(_row(name))))
 
 
 @router.post(
@@ -141,16 +143,20 @@ def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpRe
     require_delete(request)
     row = _row(name)
     policy = policies.policy_of(row)
-    if engine.dry_run(policy, now=payload.now).fingerprint != payload.fingerprint:
+    if _dry_run(policy, now=payload.now).fingerprint != payload.fingerprint:
         raise ApiError(
             409,
             "plan_changed",
             "the registry changed since that dry run (or it was another one): nothing was "
             "deleted; check the new dry run and send its now and fingerprint",
-            dry_run=dry_run_out(engine.dry_run(policy)),
+            dry_run=dry_run_out(_dry_run(policy)),
         )
     job = queue.start_retention(
-        policy=row.name, now=payload.now, fingerprint=payload.fingerprint, user=request.user
+        policy=row.name,
+        now=payload.now,
+        fingerprint=payload.fingerprint,
+        user=request.user,
+        by=Actor.of(request),
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
     response["Location"] = url
@@ -159,6 +165,19 @@ def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpRe
 
 def policy_json(row: PolicyRow) -> dict[str, Any]:
     return policies.policy_of(row).as_json()
+
+
+def _dry_run(policy: policies.Policy, now: datetime | None = None) -> engine.DryRun:
+    """The dry run, or 422 naming the pattern that took too long (`PatternClock`)."""
+    try:
+        return engine.dry_run(policy, now=now)
+    except policies.PatternTooSlow as slow:
+        raise ApiError(
+            422,
+            "pattern_too_slow",
+            f"nothing was decided: {slow}",
+            fields=[{"field": e.field, "message": e.message} for e in slow.errors],
+        ) from None
 
 
 def dry_run_out(result: engine.DryRun) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """What the registry stores and what cleaning it up would free (SPEC §10), as the Storage
-page shows it: computed by the plan engine, cached per sync."""
+page shows it: computed by the plan engine in the workers, read here with its age."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from ninja import Query, Router
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import reject_unknown_parameters
 from hubimages.api.schemas import StorageOut, StorageQuery, error_responses
+from hubimages.lib.formatting import iso
 from hubimages.registries import rows
 from hubimages.storage import figures
 
@@ -16,17 +17,35 @@ router = Router(tags=["storage"])
 
 
 @router.get(
-    "/storage", response={200: StorageOut, **error_responses(404, 422)}, summary="Storage figures"
+    "/storage",
+    response={200: StorageOut, **error_responses(404, 422, 503)},
+    summary="Storage figures",
 )
 def get_storage(request: HttpRequest, query: Query[StorageQuery]) -> dict:
     """Stored bytes (distinct blobs, each once), the bytes deleting every stale item would
     free, and the bytes untagged items hold — registry-wide (blobs shared between
     repositories counted once) and per repository; and stored bytes after each full sync.
     A repository's `stale_reclaimable_bytes` is what `delete-images` with all its stale
-    top-level digests would report. One registry's (`?registry=`): each stores its own."""
+    top-level digests would report. One registry's (`?registry=`): each stores its own.
+    The workers compute them after each sync or deletion: `computed_at` says when,
+    `current` whether the registry's state has moved on since (then `computing` says
+    whether new figures are being computed); 503 before the first."""
     reject_unknown_parameters(request, StorageQuery)
     try:
         registry = rows.get(query.registry or None)
     except rows.UnknownRegistry as error:
         raise ApiError(404, "not_found", str(error)) from None
-    return figures.figures(registry)
+    kept = figures.kept(registry)
+    if kept.document is None:
+        raise ApiError(
+            503,
+            "not_computed",
+            "the workers have not computed the storage figures yet: they do within a "
+            "minute of each sync; try again then",
+        )
+    return {
+        **figures.figures_of(kept.document),
+        "computed_at": iso(kept.computed_at),
+        "current": kept.current,
+        "computing": kept.computing,
+    }

@@ -9,9 +9,13 @@ from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import QuerySet
+from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from django_tasks_db.models import DBTaskResult
 
+from hubimages.lib import audit
+from hubimages.lib.audit import Action, Actor
 from hubimages.models import Deletion, Job, Repository
 
 log = logging.getLogger("hubimages.jobs")
@@ -40,8 +44,10 @@ def start(
     repository: str = "",
     params: dict | None = None,
     max_attempts: int = 3,
+    audited: tuple[str, Actor, str] | None = None,
 ) -> Job:
-    """Record the job and enqueue its task, in one transaction."""
+    """Record the job and enqueue its task, in one transaction; with `audited` (action,
+    actor, target), its audit entry too, naming the job and its parameters."""
     run_job = import_string(RUN_JOB)
     with transaction.atomic():
         job = Job.objects.create(
@@ -56,22 +62,28 @@ def start(
         result = run_job.enqueue(job.pk)
         Job.objects.filter(pk=job.pk).update(task_id=str(result.id))
         job.task_id = str(result.id)
+        if audited is not None:
+            action, by, target = audited
+            audit.record(action, by=by, target=target, job=job.pk, **job.params)
     return job
 
 
 def start_sync(*, registry: str = "", user=None, started_by: str = "", repository: str = "") -> Job:
     """A full sync of `registry` (or of one repository), unless the same one is already
-    queued or running: then that job, so a second click follows the first."""
+    queued or running: then that job, so a second click follows the first. Only a job
+    whose task still waits or runs is followed: one whose task ended without closing it is
+    the workers' to line up (`jobs.worker.recover`), and never holds up a new sync."""
     kind = Kind.SYNC_REPOSITORY if repository else Kind.SYNC
-    waiting = Job.objects.filter(
+    for waiting in Job.objects.filter(
         kind=kind,
         registry=registry,
         repository=repository,
         state__in=(State.QUEUED, State.RUNNING),
-    ).first()
-    return waiting or start(
-        kind, user=user, started_by=started_by, registry=registry, repository=repository
-    )
+    ):
+        live = (TaskResultStatus.READY, TaskResultStatus.RUNNING)
+        if DBTaskResult.objects.filter(id=waiting.task_id, status__in=live).exists():
+            return waiting
+    return start(kind, user=user, started_by=started_by, registry=registry, repository=repository)
 
 
 def start_retention(
@@ -82,22 +94,38 @@ def start_retention(
     user=None,
     started_by: str = "",
     scheduled: bool = False,
+    by: Actor | None = None,
 ) -> Job:
     """A retention run of the stored policy `policy` as of `now`: exactly the dry run
     previewed as `fingerprint`, or (scheduled, no fingerprint) previewed and executed in
-    one go with the brake."""
+    one go with the brake. Audited as run `by` whom (else the user, or who started it)."""
     params = {
         "policy": policy,
         "now": now.isoformat(),
         "fingerprint": fingerprint,
         "scheduled": scheduled,
     }
-    return start(Kind.RETENTION, user=user, started_by=started_by, params=params)
+    by = by or _actor(user, started_by)
+    return start(
+        Kind.RETENTION,
+        user=user,
+        started_by=started_by,
+        params=params,
+        audited=(Action.POLICY_RUN, by, policy),
+    )
 
 
-def start_deletion(*, repository: Repository, digests: list[str], fingerprint: str, user) -> Job:
+def start_deletion(
+    *,
+    repository: Repository,
+    digests: list[str],
+    fingerprint: str,
+    user,
+    by: Actor | None = None,
+) -> Job:
     """The deletion of a previewed plan: executed by a worker, exactly that plan or nothing.
-    Not retried once it may have deleted something (see `_run_deletion`)."""
+    Not retried once it may have deleted something (see `_run_deletion`). Audited as
+    started `by` whom (else the user)."""
     params = {"digests": digests, "fingerprint": fingerprint}
     return start(
         Kind.DELETION,
@@ -105,6 +133,7 @@ def start_deletion(*, repository: Repository, digests: list[str], fingerprint: s
         registry=repository.registry.name,
         repository=repository.name,
         params=params,
+        audited=(Action.DELETION_STARTED, by or _actor(user, ""), _target(repository)),
     )
 
 
@@ -115,9 +144,11 @@ def start_restore(
     move_tags: bool = False,
     user=None,
     started_by: str = "",
+    by: Actor | None = None,
 ) -> Job:
     """Put back what deletion operations deleted (one, or a retention run's), or only
-    `digests` of them, from the Trash. Safe to run twice, so retried like a sync."""
+    `digests` of them, from the Trash. Safe to run twice, so retried like a sync. Audited
+    as a restore started `by` whom (else the user), naming each operation's repository."""
     registries = {operation.registry for operation in operations}
     repositories = {operation.repository for operation in operations}
     params = {
@@ -132,16 +163,39 @@ def start_restore(
         registry=registries.pop() if len(registries) == 1 else "",
         repository=repositories.pop() if len(repositories) == 1 else "",
         params=params,
+        audited=(Action.RESTORE, by or _actor(user, started_by), restore_target(operations)),
     )
+
+
+def restore_target(operations: list[Deletion]) -> str:
+    """The repositories a restore puts back into, as the audit log names them."""
+    names = dict.fromkeys(
+        op.repository if op.registry == "default" else f"{op.registry}/{op.repository}"
+        for op in operations
+    )
+    return ", ".join(names)
 
 
 def start_trash_check(*, registry: str, user=None, started_by: str = "") -> Job:
     """Ask the registry about everything its Trash holds, unless that is queued or running
-    already: then that job."""
-    waiting = Job.objects.filter(
+    already (its task still waiting or running, as `start_sync` follows): then that job."""
+    for waiting in Job.objects.filter(
         kind=Kind.TRASH_CHECK, registry=registry, state__in=(State.QUEUED, State.RUNNING)
-    ).first()
-    return waiting or start(Kind.TRASH_CHECK, user=user, started_by=started_by, registry=registry)
+    ):
+        live = (TaskResultStatus.READY, TaskResultStatus.RUNNING)
+        if DBTaskResult.objects.filter(id=waiting.task_id, status__in=live).exists():
+            return waiting
+    return start(Kind.TRASH_CHECK, user=user, started_by=started_by, registry=registry)
+
+
+def _actor(user, started_by: str) -> Actor:
+    return Actor.of_user(user) if user is not None else Actor(name=started_by)
+
+
+def _target(repository: Repository) -> str:
+    """A repository as the audit log names it: `prod/team/api`, `team/api` in `default`."""
+    registry = repository.registry.name
+    return repository.name if registry == "default" else f"{registry}/{repository.name}"
 
 
 def visible_to(user) -> QuerySet[Job]:

@@ -12,7 +12,7 @@ check with "Check now" (a job) or `manage.py trash list`. Never in a web request
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from django.db.models import Max, Q
@@ -143,7 +143,9 @@ def check_registry(registry: Registry, client: RegistryClient) -> dict[str, int]
     return check(in_trash(registry), client)
 
 
-def after_collection(registry: Registry, client: RegistryClient) -> dict[str, int]:
+def after_collection(
+    registry: Registry, client: RegistryClient, *, progress: Callable[[str], None] | None = None
+) -> dict[str, int]:
     """After a full sync: if a garbage collection was noticed (`storage.note_collections`)
     since some kept manifest was last checked, check the registry's Trash (all of it: an
     index's state follows its children's). One query when no collection was noticed."""
@@ -155,4 +157,8 @@ def after_collection(registry: Registry, client: RegistryClient) -> dict[str, in
         .filter(state=DeletionRecord.State.DONE)
         .filter(Q(kept__checked_at__isnull=True) | Q(kept__checked_at__lt=latest))
     )
-    return check_registry(registry, client) if stale.exists() else {}
+    if not stale.exists():
+        return {}
+    if progress is not None:
+        progress("Checking the Trash after a garbage collection")
+    return check_registry(registry, client)

@@ -3,6 +3,8 @@ not even what exists."""
 
 from __future__ import annotations
 
+from functools import wraps
+
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
@@ -28,3 +30,15 @@ def may_edit_policies(request: HttpRequest) -> None:
     """A policy deletes: editing or running one needs the delete permission."""
     if not planning.can_delete(request.user):
         raise PermissionDenied("retention policies need the hubimages.delete_manifest permission")
+
+
+def staff_only(view):
+    """Pages for administrators (`is_staff`): anyone else gets 403."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied("this page is for administrators")
+        return view(request, *args, **kwargs)
+
+    return wrapper

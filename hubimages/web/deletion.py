@@ -11,6 +11,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from hubimages.deletion import planning, preview
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.models import Repository
 from hubimages.web.access import repository_to_delete_from
 from hubimages.web.jobs import follow_job
@@ -122,5 +123,6 @@ def delete_execute(request: HttpRequest, registry: str, name: str) -> HttpRespon
         digests=list(plan.selected),
         fingerprint=plan.fingerprint,
         user=request.user,
+        by=Actor.of(request),
     )
     return follow_job(request, job, back=request.POST.get("back", ""))

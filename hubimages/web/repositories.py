@@ -34,13 +34,12 @@ def repositories(request: HttpRequest) -> HttpResponse:
         sort = "name"
     registries = registry_rows.known()
     chosen = next((r for r in registries if r.name == request.GET.get("registry")), None)
+    # Computed by the workers, never here: each registry's kept figures, read.
+    kept = storage_figures.kept_together([chosen] if chosen else registries)
     reclaimable = {}
-    total_reclaimable = 0
-    for registry in [chosen] if chosen else registries:
-        figures = storage_figures.insights(registry)
-        total_reclaimable += figures["stale_reclaimable_bytes"]
-        for row in figures["repositories"]:
-            reclaimable[(registry.name, row["name"])] = row["stale_reclaimable_bytes"]
+    for registry_name, document in kept.documents.items():
+        for row in document["repositories"]:
+            reclaimable[(registry_name, row["name"])] = row["stale_reclaimable_bytes"]
     rows = inventory_repositories.repository_overview(search, sort, chosen)
     if sort in RECLAIMABLE_SORTS:
         rows = _by_reclaimable(rows, reclaimable, descending=sort.startswith("-"))
@@ -59,7 +58,8 @@ def repositories(request: HttpRequest) -> HttpResponse:
         "columns": sort_columns(sort, REPOSITORY_COLUMNS, ascending_first=("name",)),
         "never_synced": not page.paginator.count and not SyncRun.objects.exists(),
         "reclaimable": reclaimable,
-        "total_reclaimable": total_reclaimable,
+        "total_reclaimable": kept.stale_reclaimable_bytes,
+        "kept": kept,
         "registries": registries,
         "registry": chosen,
         "totals": (

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from hubimages.deletion import planning
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.models import RetentionPolicy
 from hubimages.retention import engine, policies
 from hubimages.retention.form import KEEP_CHOICES, PolicyForm
@@ -53,12 +54,18 @@ def _editor(
     for a blank new policy, which has nothing to complain about yet."""
     draft = form.validate() if check else None
     saved = policies.policy_of(row) if row is not None else None
+    preview = None
+    if draft is not None:
+        try:
+            preview = engine.dry_run(draft)
+        except policies.PatternTooSlow as slow:  # shown on its field, as any other problem
+            form.add_errors(slow.errors)
     context = {
         "row": row,
         "form": form,
         "keep_choices": KEEP_CHOICES,
         "draft": draft,
-        "preview": engine.dry_run(draft) if draft is not None else None,
+        "preview": preview,
         "is_saved": saved is not None
         and draft is not None
         and draft.effective_json() == saved.effective_json(),
@@ -109,7 +116,7 @@ def retention_save(request: HttpRequest, name: str = "") -> HttpResponse:
     if policy is None:
         return _editor(request, row=row, form=form, status=422)
     try:
-        saved = policies.save_policy(policy, original=row)
+        saved = policies.save_policy(policy, original=row, by=Actor.of(request))
     except policies.PolicyExists as exists:
         form.errors.setdefault("name", []).append(f"{exists}: choose another name")
         return _editor(request, row=row, form=form, status=422)
@@ -128,7 +135,7 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
     now = _aware_datetime(request.POST.get("now", ""))
     fingerprint = request.POST.get("fingerprint", "")
     refusal = {}
-    if now is None or engine.dry_run(policy, now=now).fingerprint != fingerprint:
+    if now is None or _fingerprint(policy, now) != fingerprint:
         # A junk time, or a plan that already differs in the database: no job, the fresh
         # preview at once.
         refusal = {"notice": CHANGED, "status": 409}
@@ -141,9 +148,18 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
             response["HX-Reswap"] = "outerHTML"
         return response
     job = queue.start_retention(
-        policy=row.name, now=now, fingerprint=fingerprint, user=request.user
+        policy=row.name, now=now, fingerprint=fingerprint, user=request.user, by=Actor.of(request)
     )
     return follow_job(request, job)
+
+
+def _fingerprint(policy: policies.Policy, now: datetime) -> str:
+    """The dry run's fingerprint; "" when its patterns are too slow (the editor then
+    shows why)."""
+    try:
+        return engine.dry_run(policy, now=now).fingerprint
+    except policies.PatternTooSlow:
+        return ""
 
 
 def _aware_datetime(text: str) -> datetime | None:
@@ -160,7 +176,7 @@ def retention_delete(request: HttpRequest, name: str) -> HttpResponse:
     """Delete the policy (its runs stay on record, under its name)."""
     may_edit_policies(request)
     row = _stored_policy(name)
-    row.delete()
+    policies.delete_policy(row, by=Actor.of(request))
     messages.success(request, f"Deleted policy {name}; its runs stay in the records.")
     return HttpResponseRedirect(reverse("retention_policies"), status=303)
 
@@ -190,7 +206,9 @@ def retention_import(request: HttpRequest) -> HttpResponse:
     else:
         try:
             policy = policies.parse_policy_json(text)
-            row = policies.save_policy(policy, replace=request.POST.get("replace") == "yes")
+            row = policies.save_policy(
+                policy, replace=request.POST.get("replace") == "yes", by=Actor.of(request)
+            )
         except policies.InvalidPolicy as invalid:
             problems = [str(error) for error in invalid.errors]
         except policies.PolicyExists as exists:

@@ -42,7 +42,8 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
         registry = registry_rows.get(request.GET.get("registry") or None)
     except registry_rows.UnknownRegistry:
         registry = registries[0] if registries else registry_rows.get()
-    figures = storage_figures.insights(registry)
+    kept = storage_figures.kept(registry)  # computed by the workers, never here
+    figures = kept.document or storage_figures.NOT_COMPUTED
     sort = request.GET.get("sort", STORAGE_DEFAULT_SORT)
     if sort not in STORAGE_SORTS:
         sort = STORAGE_DEFAULT_SORT
@@ -54,6 +55,7 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     ]
     context = {
         "figures": figures,
+        "kept": kept,
         "page": page,
         **neighbours(page),
         "sort": sort,
@@ -70,7 +72,6 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
         "waiting": collection.waiting_for_collection(registry),
         "reclaimed": collection.reclaimed(registry),
         "stale_months": settings.STALE_AFTER_MONTHS,
-        "as_of": datetime.fromisoformat(figures["as_of"]) if figures["as_of"] else None,
     }
     return render_page(request, "storage.html", "by-repository", context)
 

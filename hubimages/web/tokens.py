@@ -17,6 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from hubimages.accounts import tokens
+from hubimages.lib.audit import Actor
 from hubimages.models import ApiToken
 
 DEFAULT_EXPIRY_DAYS = 90
@@ -49,6 +50,7 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 scope=form.cleaned_data["scope"],
                 expires_in_days=form.cleaned_data["expires_in_days"],
+                by=Actor.of(request),
             )
             form = TokenForm()
         else:
@@ -69,6 +71,6 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
 def revoke_api_token(request: HttpRequest, token_id: int) -> HttpResponse:
     """Revoke one of the user's own tokens (another user's is not found)."""
     row = get_object_or_404(ApiToken, pk=token_id, user=request.user)
-    tokens.revoke(row)
+    tokens.revoke(row, by=Actor.of(request))
     messages.success(request, f"Revoked token {row.name} ({row.prefix}…): it no longer works.")
     return HttpResponseRedirect(reverse("api_tokens"), status=303)

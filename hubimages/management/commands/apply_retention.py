@@ -18,7 +18,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hubimages.lib import formatting
+from hubimages.lib import audit, formatting
+from hubimages.lib.audit import Action, Actor
 from hubimages.lib.formatting import human_size, short_digest
 from hubimages.management.options import add_registry_option, registry_from
 from hubimages.models import RetentionPolicy, RetentionRun
@@ -49,9 +50,12 @@ class Command(BaseCommand):
         registry = None
         if options.get("registry") or repositories:
             registry = registry_from(options).name
-        if repositories:
-            check_covered(parsed, registry, repositories)
-        preview = engine.dry_run(parsed, registry=registry, repositories=repositories)
+        try:
+            if repositories:
+                check_covered(parsed, registry, repositories)
+            preview = engine.dry_run(parsed, registry=registry, repositories=repositories)
+        except policies.PatternTooSlow as slow:
+            raise CommandError(f"nothing was decided: {slow}") from None
         if dry_run or not as_json:
             self.write_dry_run(preview, as_json)
         if dry_run:
@@ -62,6 +66,15 @@ class Command(BaseCommand):
         if not yes and not self.confirm(preview):
             self.stderr.write("Nothing deleted.")
             return
+        audit.record(
+            Action.POLICY_RUN,
+            by=Actor.command_line(),
+            target=parsed.name,
+            now=preview.now.isoformat(),
+            fingerprint=preview.fingerprint,
+            registry=registry or "",
+            repositories=repositories or [],
+        )
         with ClientsByRegistry() as client_for:
             result = runs.run(
                 policy=parsed,

@@ -5,6 +5,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from hubimages.accounts import tokens
+from hubimages.lib.audit import Actor
 from hubimages.models import ApiToken
 
 
@@ -32,7 +33,11 @@ class Command(BaseCommand):
             raise CommandError("--name must not be empty")
         try:
             issued = tokens.issue(
-                user=account, name=name, scope=scope, expires_in_days=expires_in_days
+                user=account,
+                name=name,
+                scope=scope,
+                expires_in_days=expires_in_days,
+                by=Actor.command_line(),
             )
         except ValueError as error:
             raise CommandError(str(error)) from None

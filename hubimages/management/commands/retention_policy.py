@@ -8,6 +8,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from hubimages.lib.audit import Actor
 from hubimages.management.commands.apply_retention import read_policy
 from hubimages.models import RetentionPolicy
 from hubimages.retention import policies
@@ -42,7 +43,7 @@ class Command(BaseCommand):
         else:
             policy = read_policy(options["file"])
             try:
-                policies.save_policy(policy, replace=options["replace"])
+                policies.save_policy(policy, replace=options["replace"], by=Actor.command_line())
             except policies.PolicyExists as error:
                 raise CommandError(f"{error}: pass --replace to replace it") from None
             self.stdout.write(f"Stored policy {policy.name}.")
