@@ -14,8 +14,11 @@ from django.utils import timezone
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
+from hubimages.jobs import queue
+from hubimages.lib import audit
 from hubimages.models import (
     ApiToken,
+    AuditEntry,
     Deletion,
     DeletionRecord,
     Job,
@@ -263,6 +266,56 @@ def test_restoring_over_the_api_starts_a_job_and_needs_a_delete_token(client, vi
     assert (followed["kind"], followed["status"]) == ("restore", "queued")
 
 
+def test_every_restore_started_on_the_page_or_through_the_api_is_in_the_audit_log(
+    client, deleter, deleter_client, db
+):
+    deletion = kept_deletion()
+    deleter_client.post(
+        f"/trash/{deletion.pk}/restore",
+        {"scope": "ticked", "digest": [CHILD]},
+        REMOTE_ADDR="192.0.2.1",
+    )
+    post_json(
+        client,
+        f"{API}/trash/{deletion.pk}/restore",
+        {"move_tags": True},
+        headers=bearer(deleter),
+        REMOTE_ADDR="192.0.2.2",
+    )
+
+    page, api = AuditEntry.objects.filter(action="restore").order_by("id")
+    jobs = list(Job.objects.filter(kind="restore").order_by("id"))
+    assert (page.actor, page.address, page.target) == ("deleter", "192.0.2.1", REPO)
+    assert page.details == {
+        "job": jobs[0].pk,
+        "operations": [deletion.pk],
+        "digests": [CHILD],
+        "move_tags": False,
+    }
+    assert (api.actor, api.address, api.target) == ("deleter", "192.0.2.2", REPO)
+    assert api.details == {
+        "job": jobs[1].pk,
+        "operations": [deletion.pk],
+        "digests": [],
+        "move_tags": True,
+    }
+    assert page.get_action_display() == "Started a restore from the Trash"
+
+
+def test_a_restore_job_and_its_audit_entry_are_written_together_or_not_at_all(
+    deleter, monkeypatch, db
+):
+    deletion = kept_deletion()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the audit table is gone")
+
+    monkeypatch.setattr(audit, "record", broken)
+    with pytest.raises(RuntimeError):
+        queue.start_restore(operations=[deletion], user=deleter)
+    assert not Job.objects.exists()
+
+
 # -- against the registry: the command line, the job and its page --------------------------------
 
 
@@ -317,6 +370,13 @@ def test_trash_restore_exits_zero_when_every_asked_item_is_back_and_says_why_oth
 
     assert f"restored  {image.digest}  image" in out.getvalue()
     assert registry_tags(registry_client) == {"v1": image.digest, "v2": stays.digest}
+    entry = AuditEntry.objects.get(action="restore")
+    assert entry.actor.endswith("(command line)") and entry.target == REPO
+    assert entry.details == {
+        "operations": [operation.pk],
+        "digests": [image.digest],
+        "move_tags": False,
+    }
     again = StringIO()
     call_command("trash", "restore", str(operation.pk), "--yes", stdout=again)
     assert "nothing more to restore" in again.getvalue()

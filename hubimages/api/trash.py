@@ -18,6 +18,7 @@ from hubimages.api.schemas import (
 )
 from hubimages.deletion import planning
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.lib.formatting import iso
 from hubimages.registries import rows
 from hubimages.trash import listing
@@ -119,7 +120,11 @@ def restore(
             fields=[{"field": "digests", "message": f"not in the Trash: {d}"} for d in unknown],
         )
     job = queue.start_restore(
-        operations=operations, digests=digests, move_tags=payload.move_tags, user=request.user
+        operations=operations,
+        digests=digests,
+        move_tags=payload.move_tags,
+        user=request.user,
+        by=Actor.of(request),
     )
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
     response["Location"] = url

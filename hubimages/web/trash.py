@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from hubimages.deletion import planning
 from hubimages.jobs import queue
+from hubimages.lib.audit import Actor
 from hubimages.registries import rows as registry_rows
 from hubimages.storage import collection
 from hubimages.trash import listing
@@ -90,6 +91,7 @@ def trash_restore(request: HttpRequest, operation: int) -> HttpResponse:
         digests=digests,
         move_tags=request.POST.get("move_tags") == "yes",
         user=request.user,
+        by=Actor.of(request),
     )
     return follow_job(request, job)
 

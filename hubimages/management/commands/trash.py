@@ -3,7 +3,8 @@
 
 `list` asks the registry about each item first, so the states it prints are the
 registry's word now; `list --json` prints a shape scripts rely on: keep it stable.
-`restore` runs in the foreground and exits 0 only when every item asked for is back."""
+`restore` runs in the foreground, recorded in the audit log as a restore from the command
+line, and exits 0 only when every item asked for is back."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from hubimages.deletion import planning
+from hubimages.jobs import queue
+from hubimages.lib import audit
+from hubimages.lib.audit import Action, Actor
 from hubimages.lib.formatting import human_size, short_digest
 from hubimages.lib.leases import LeaseBusy, LeaseLost
 from hubimages.management.options import add_registry_option, registry_from
@@ -97,6 +101,14 @@ class Command(BaseCommand):
             self.stderr.write("Nothing restored.")
             return
         username = f"cli:{getpass.getuser()}"
+        audit.record(
+            Action.RESTORE,
+            by=Actor.command_line(),
+            target=queue.restore_target([deletion]),
+            operations=[deletion.pk],
+            digests=digests,
+            move_tags=options["move_tags"],
+        )
         try:
             with ClientsByRegistry() as client_for:
                 outcome = restore.restore_operations(
