@@ -25,6 +25,7 @@ from hubimages.models import (
 from hubimages.registries import rows
 from hubimages.retention import engine, policies, runs
 from hubimages.storage import collection
+from hubimages.sync import rollups
 from hubimages.trash import listing, states
 from hubimages.trash.restore import RestoreOutcome, RestoreRefused, restore_operations
 from registry.client import RegistryClient
@@ -101,6 +102,23 @@ def database(repository: str = REPO) -> dict[str, tuple]:
         )
         for row in rows
     }
+
+
+DERIVED = ("digest", "is_top_level", "is_tagged", "total_size", "subject_id", "pushed_at")
+
+
+def derived(repository: str = REPO) -> tuple:
+    """What the list reads besides the manifests themselves: each manifest's derived columns
+    and the repository's counts per filter."""
+    rows = Manifest.objects.filter(repository__name=repository).order_by("digest")
+    counts = Repository.objects.get(name=repository).list_counts
+    return list(rows.values_list(*DERIVED)), counts
+
+
+def rederived(repository: str = REPO) -> tuple:
+    """The same, computed again over the whole repository (what a sync does)."""
+    rollups.refresh(Repository.objects.get(name=repository))
+    return derived(repository)
 
 
 @pytest.fixture
@@ -286,6 +304,7 @@ def test_a_deletion_restored_whole_is_back_byte_for_byte_tagged_pullable_and_sur
         assert fetched.body == body
     assert registry_tags(registry_client) == tags
     assert database() == before  # kinds, tags, Last pushed and Last pulled as they were
+    assert derived() == rederived()  # the list's columns and counts, kept as a sync would
     assert set(pull(registry_client, "v1")) >= set(index.children[0].blob_digests)
     pull(registry_client, "nightly")
     assert {r.state for r in operation.records.all()} == {"restored"}
@@ -357,6 +376,7 @@ def test_a_retention_run_undone_as_a_whole_brings_back_exactly_what_it_deleted(
     assert job.outcome["operations"] == [op.pk for op in operations]
     for name in (REPO, web):
         assert (registry_tags(registry_client, name), database(name)) == before[name]
+        assert derived(name) == rederived(name)
 
 
 def test_a_tag_that_now_names_another_image_is_a_conflict_moved_back_only_when_asked(
@@ -411,6 +431,7 @@ def test_a_digest_the_registry_answers_wrongly_fails_that_item_and_what_needs_it
     assert set(reasons) == {arm64.digest, index.digest}
     assert f"the registry stored {other}, not {arm64.digest}" in reasons[arm64.digest]
     assert reasons[index.digest].startswith("not restored:")
+    assert derived() == rederived()  # half of an index back: an image of its own for now
     assert not answers(pusher, index.digest) and not answers(pusher, arm64.digest)
     assert pusher.list_tags(REPO) == []
     records = {r.digest: r for r in operation.records.select_related("kept")}
@@ -456,6 +477,7 @@ def test_an_index_restored_alone_brings_its_children_and_a_shared_layer_leaves_o
     restored = [i["digest"] for i in outcome.restored]
     assert set(restored[:2]) == {amd64.digest, arm64.digest} and restored[2:] == [index.digest]
     assert not answers(pusher, solo.digest)
+    assert derived() == rederived()
 
     pusher.delete_manifest(REPO, index.digest)
     pusher.delete_manifest(REPO, arm64.digest)  # someone else's deletion: not in the Trash

@@ -37,7 +37,7 @@ from hubimages.models import (
     Registry,
     Repository,
 )
-from hubimages.sync import rollups, store
+from hubimages.sync import store
 from hubimages.trash import states
 from hubimages.trash.listing import kept_records
 from registry import media
@@ -361,9 +361,10 @@ def _store(
         snapshot = store.read_pushed(client, pool, registry, operation.repository, present)
     try:
         with transaction.atomic():
+            # Stored as pushes are: the list's columns and counts of what came back only
+            # (`rollups.changing`), never the whole repository's.
             repository = store.write_pushed(registry, snapshot)
             _kept_times(repository, put)
-            rollups.refresh(repository)
             Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
             DeletionRecord.objects.filter(pk__in=[r.pk for r in put]).update(
                 state=DeletionRecord.State.RESTORED,
