@@ -10,9 +10,11 @@ import pytest
 from django.utils import timezone
 
 from devtools.pusher import ImagePusher, PushedManifest, random_layer
+from devtools.server import LocalRegistry
 from devtools.worker import run_tasks
 from hubimages.deletion import execution, planning
 from hubimages.jobs import queue, worker
+from hubimages.lib import leases
 from hubimages.models import (
     Deletion,
     DeletionRecord,
@@ -23,10 +25,15 @@ from hubimages.models import (
     RetentionRun,
 )
 from hubimages.registries import rows
+from hubimages.registries.client import ClientsByRegistry
+from hubimages.registries.client import registry_client as registry_client_of
+from hubimages.registries.config import RegistryConfig
 from hubimages.retention import engine, policies, runs
 from hubimages.storage import collection
 from hubimages.sync import rollups
+from hubimages.sync.service import sync_registry
 from hubimages.trash import listing, states
+from hubimages.trash import restore as restore_module
 from hubimages.trash.restore import RestoreOutcome, RestoreRefused, restore_operations
 from registry.client import RegistryClient
 from registry.errors import RegistryError
@@ -558,3 +565,86 @@ def test_the_trash_forgets_what_it_kept_after_trash_keep_days(scene, registry_cl
     assert not KeptManifest.objects.filter(record__operation=operation).exists()
     assert KeptManifest.objects.filter(record__operation=fresh).count() == 8
     assert operation.records.get().state == "done"  # the history keeps its record
+
+
+# -- several registries ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prod_and_staging(tmp_path, settings, db):
+    """Two registries holding the same image (the same digest) in a repository of the same
+    name, synced."""
+    with (
+        LocalRegistry(tmp_path / "prod") as prod,
+        LocalRegistry(tmp_path / "staging") as staging,
+    ):
+        settings.REGISTRY_URL = ""
+        settings.REGISTRIES = [
+            RegistryConfig(name="prod", url=prod.url),
+            RegistryConfig(name="staging", url=staging.url),
+        ]
+        layers = [random_layer(2_000, "same in both")]
+        images = {}
+        for name, server in (("prod", prod), ("staging", staging)):
+            images[name] = ImagePusher(server.url).push_image(REPO, tag="v1", layers=layers)
+            with registry_client_of(rows.get(name)) as client:
+                assert sync_registry(client, registry=rows.get(name), workers=2).errors == []
+        yield {"prod": prod, "staging": staging, "image": images["staging"]}
+
+
+def test_a_restore_puts_back_into_its_own_registry_under_that_registrys_repository_lease(
+    prod_and_staging, monkeypatch, admin_client
+):
+    image = prod_and_staging["image"]
+    staging = Repository.objects.select_related("registry").get(registry__name="staging", name=REPO)
+    plan = planning.plan_deletion(repository=staging, digests=[image.digest])
+    with registry_client_of(staging.registry) as client:
+        outcome = execution.execute_deletion(
+            repository=staging,
+            digests=[image.digest],
+            fingerprint=plan.fingerprint,
+            user=None,
+            client=client,
+            username="alice",
+        )
+    operation = Deletion.objects.get(pk=outcome.operation_id)
+    assert operation.registry == "staging"
+    assert [op.pk for op in listing.operations("staging")] == [operation.pk]
+    assert not listing.operations("prod").exists()
+    api = {
+        name: admin_client.get(f"/api/v1/trash?registry={name}").json()
+        for name in ("prod", "staging")
+    }
+    assert api["prod"]["count"] == 0 and api["staging"]["count"] == 1
+    assert api["staging"]["results"][0]["registry"] == "staging"
+    page = admin_client.get("/trash/?registry=staging").content.decode()
+    assert f'id="operation-{operation.pk}"' in page and f"/r/staging/{REPO}/" in page
+    assert (
+        f'id="operation-{operation.pk}"'
+        not in admin_client.get("/trash/?registry=prod").content.decode()
+    )
+    prod = RegistryClient(prod_and_staging["prod"].url)
+    assert prod.head_manifest(REPO, image.digest) is not None  # prod's copy never touched
+
+    # Another process holds staging's team/app: the restore waits for that lease, not prod's.
+    monkeypatch.setattr(restore_module, "LOCK_WAIT_SECONDS", 0.2)
+    held = leases.acquire(leases.repository_lease_name(REPO, "staging"), owner="someone")
+    with ClientsByRegistry() as client_for, pytest.raises(leases.RepositoryBusy, match="staging/"):
+        restore_operations([operation], client_for=client_for, username="bob")
+    leases.release(held)
+    assert leases.repository_lease_name(REPO, "staging") == f"repository:staging/{REPO}"
+    prod_held = leases.acquire(leases.repository_lease_name(REPO, "prod"), owner="someone")
+
+    job = queue.start_restore(operations=[operation], started_by="bob")
+    run_tasks()
+
+    leases.release(prod_held)
+    job.refresh_from_db()
+    assert (job.state, job.registry) == (Job.State.SUCCEEDED, "staging"), job.message
+    staging_client = RegistryClient(prod_and_staging["staging"].url)
+    assert staging_client.get_manifest(REPO, "v1").body == image.body
+    assert Manifest.objects.filter(
+        repository__registry__name="staging", repository__name=REPO, digest=image.digest
+    ).exists()
+    assert Manifest.objects.filter(repository__registry__name="prod", digest=image.digest).exists()
+    assert {r.state for r in operation.records.all()} == {"restored"}
