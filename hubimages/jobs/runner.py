@@ -260,8 +260,11 @@ def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
 
 
 def _run_restore(job: Job, progress: Callable[[str], None]) -> dict:
-    """Idempotent, so a failure that may pass is retried like a sync's. A refusal (what
-    was asked can no longer be restored) is final, and nothing was sent."""
+    """Idempotent, so a failure that may pass is retried like a sync's, and a job whose
+    worker died mid-way is run again (`worker.recover`: not one of `recovery.DELETING`)
+    once the dead worker's repository lease ran out; a lease taken over mid-way stops it
+    before its next PUT (fenced) and it runs again. A refusal (what was asked can no
+    longer be restored) is final, and nothing was sent."""
     ids = job.params["operations"]
     operations = list(Deletion.objects.filter(pk__in=ids).order_by("started_at", "pk"))
     if len(operations) != len(ids):
