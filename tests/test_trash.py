@@ -20,6 +20,7 @@ from hubimages.models import (
     DeletionRecord,
     Job,
     KeptManifest,
+    Lease,
     Manifest,
     Repository,
     RetentionRun,
@@ -457,6 +458,45 @@ def test_a_digest_the_registry_answers_wrongly_fails_that_item_and_what_needs_it
     assert rest.complete and {i["digest"] for i in rest.restored} == {arm64.digest, index.digest}
     assert [i["digest"] for i in rest.already] == [amd64.digest]
     assert answers(pusher, "v1")
+
+
+def test_a_restore_whose_repository_lease_is_taken_over_sends_no_further_put(
+    pusher, sync, registry_client, fault_proxy
+):
+    """Fenced as deletions are: a restore whose host stalled past its lease, taken over by
+    another process, stops before its next PUT; run again, it brings the rest back."""
+    images = [
+        pusher.push_image(REPO, tag=f"v{n}", layers=[random_layer(300, f"fenced-{n}")])
+        for n in range(4)
+    ]
+    sync()
+    operation = delete(registry_client, *(image.digest for image in images))
+    name = leases.repository_lease_name(REPO)
+    stolen = []
+
+    def stall_at_the_second(line: str) -> None:
+        if line.startswith("Restoring 2 of"):
+            Lease.objects.filter(name=name).update(expires_at=timezone.now() - timedelta(seconds=5))
+            stolen.append(leases.acquire(name, owner="thief"))
+
+    with RegistryClient(fault_proxy.url) as client, pytest.raises(leases.LeaseLost):
+        restore_operations(
+            [operation],
+            client_for=lambda registry: client,
+            username="bob",
+            progress=stall_at_the_second,
+        )
+
+    puts = [path for method, path in fault_proxy.requests if method == "PUT"]
+    assert len(puts) == 2 and stolen[0] is not None  # the one under way when it was taken
+    assert sum(answers(pusher, image.digest) for image in images) == 2
+    assert {r.state for r in operation.records.all()} == {"done"}
+    leases.release(stolen[0])
+
+    again = restore(registry_client, operation)
+
+    assert again.complete and len(again.restored) == 4
+    assert registry_tags(registry_client) == {f"v{n}": i.digest for n, i in enumerate(images)}
 
 
 def test_an_index_restored_alone_brings_its_children_and_a_shared_layer_leaves_one_partly_lost(
