@@ -97,6 +97,7 @@ def test_the_trash_page_shows_each_deletion_its_items_their_states_and_when_chec
     assert "checked <time" in html
     assert "can no longer be restored" in html
     assert "docker-registry garbage-collect /etc/docker/registry/config.yml" in html
+    assert "docker exec REGISTRY_CONTAINER registry garbage-collect /etc/docker/" in html
     assert "--delete-untagged" in html and "read-only" in html
     assert "only until then" in html
     assert 'name="scope"' not in html  # a viewer sees no restore button
