@@ -412,8 +412,11 @@ class KeptManifest(models.Model):
     checked_at = models.DateTimeField(null=True, blank=True)
     # What the last check found missing: blobs, or child manifests of an index.
     missing = models.JSONField(default=list, blank=True)
-    # The last restore's word on it: why it failed, a tag left pointing elsewhere.
+    # The last restore's word on it: why it failed.
     message = models.CharField(max_length=512, blank=True)
+    # The tags the last restore left naming another manifest ([{"tag", "now"}]): shown, and
+    # moved back only when someone asks (`move_tags`).
+    conflicts = models.JSONField(default=list, blank=True)
 
 
 class RegistryEvent(models.Model):

@@ -388,7 +388,7 @@ def test_a_retention_run_undone_as_a_whole_brings_back_exactly_what_it_deleted(
 
 
 def test_a_tag_that_now_names_another_image_is_a_conflict_moved_back_only_when_asked(
-    pusher, sync, registry_client
+    pusher, sync, registry_client, deleter_client
 ):
     first = pusher.push_image(REPO, tag="v1", layers=[random_layer(700, "first")])
     pusher.tag(REPO, "stable", first)
@@ -405,12 +405,27 @@ def test_a_tag_that_now_names_another_image_is_a_conflict_moved_back_only_when_a
     assert outcome.tags == [{"tag": "stable", "digest": first.digest}]
     assert "left alone (v1)" in outcome.message()
     assert registry_tags(registry_client) == {"v1": newer.digest, "stable": first.digest}
+    # The Trash shows the conflict left, and offers to move the tag back.
+    [shown] = listing.with_items([operation])
+    assert shown.items[0].conflicts == ({"tag": "v1", "now": newer.digest},)
+    assert shown.conflicts == 1 and not shown.may_restore
+    page = deleter_client.get("/trash/").content.decode()
+    assert f'now names <code title="{newer.digest}">' in page
+    assert "Move tags back (1 item)" in page
 
-    moved = restore(registry_client, operation, move_tags=True)
+    answer = deleter_client.post(
+        f"/trash/{operation.pk}/restore", {"scope": "all", "move_tags": "yes"}
+    )
+    run_tasks()
 
-    assert [c["moved"] for c in moved.conflicts] == [True]
+    job = Job.objects.get(kind="restore")
+    assert answer.status_code == 303 and job.state == Job.State.SUCCEEDED, job.message
+    assert [c["moved"] for c in job.outcome["conflicts"]] == [True]
     assert registry_tags(registry_client) == {"v1": first.digest, "stable": first.digest}
     assert sorted(database()[first.digest][1]) == ["stable", "v1"]
+    [shown] = listing.with_items([operation])
+    assert shown.items[0].conflicts == () and shown.conflicts == 0
+    assert "Move tags back" not in deleter_client.get("/trash/").content.decode()
 
 
 def test_a_digest_the_registry_answers_wrongly_fails_that_item_and_what_needs_it(

@@ -237,6 +237,7 @@ def test_the_api_lists_the_trash_with_each_items_state(client, viewer, db):
     ]
     assert operation["items"][0]["missing"] == ["sha256:" + "c" * 64]
     assert operation["items"][0]["kept_bytes"] == len(INDEX_BODY)
+    assert operation["items"][0]["conflicts"] == []
     assert client.get(f"{API}/trash?registry=default", headers=reader).json()["count"] == 1
     assert_error(client.get(f"{API}/trash?registry=nope", headers=reader), 404, "not_found")
     assert_error(client.get(f"{API}/trash?stauts=lost", headers=reader), 422, "invalid_request")

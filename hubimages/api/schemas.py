@@ -390,6 +390,11 @@ class TrashQuery(PageQuery):
     )
 
 
+class TagConflictOut(Schema):
+    tag: str
+    now: str = Field(description="The manifest the tag names now, which it was left naming.")
+
+
 class TrashItemOut(Schema):
     repository: str
     digest: str
@@ -406,6 +411,10 @@ class TrashItemOut(Schema):
     kept_bytes: int = Field(description="The manifest's own bytes, which the Trash keeps.")
     restored_at: Timestamp | None = _timestamp("When it was restored.")
     restored_by: str
+    conflicts: list[TagConflictOut] = Field(
+        description="Its tags that its restore left naming another manifest; restore again "
+        "with `move_tags` to move them back."
+    )
 
 
 class TrashOperationOut(Schema):

@@ -69,6 +69,7 @@ def operation_out(operation: listing.Operation) -> dict:
                 "kept_bytes": item.kept_bytes,
                 "restored_at": iso(item.restored_at) if item.restored_at else None,
                 "restored_by": item.restored_by,
+                "conflicts": list(item.conflicts),
             }
             for item in operation.items
         ],

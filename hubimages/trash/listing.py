@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Exists, F, Min, OuterRef, QuerySet, Sum, Window
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet, Sum, Window
 from django.db.models.functions import Length, Now, RowNumber
 
 from hubimages.lib.formatting import iso
@@ -72,6 +72,7 @@ class Item:
     message: str
     restored_at: datetime | None
     restored_by: str
+    conflicts: tuple[dict, ...] = ()  # tags its restore left naming another manifest
 
     @property
     def state_label(self) -> str:
@@ -95,6 +96,7 @@ class Summary:
     counts: dict[str, int]  # items per state, `unchecked` too
     kept_bytes: int
     checked_at: datetime | None  # its least recently checked item not restored, if all were
+    conflicts: int = 0  # restored items with a tag left naming another manifest
 
     @property
     def total(self) -> int:
@@ -133,6 +135,10 @@ class Operation:
     def more(self) -> int:
         """Items not among `items`."""
         return self.summary.total - len(self.items)
+
+    @property
+    def conflicts(self) -> int:
+        return self.summary.conflicts
 
     @property
     def may_restore(self) -> bool:
@@ -193,13 +199,16 @@ def _summaries(records: QuerySet[DeletionRecord]) -> dict[int, Summary]:
             count=Count("pk"),
             kept_bytes=Sum(Length("kept__body")),
             oldest_check=Min("kept__checked_at"),
+            conflicts=Count("pk", filter=~Q(kept__conflicts=[])),
         )
     )
     counts: dict[int, dict[str, int]] = {}
     kept: dict[int, int] = {}
     checks: dict[int, list] = {}
+    conflicts: dict[int, int] = {}
     for row in rows:
         operation = row["operation_id"]
+        conflicts[operation] = conflicts.get(operation, 0) + row["conflicts"]
         restored = row["state"] == DeletionRecord.State.RESTORED
         state = RESTORED if restored else row["kept__state"]
         counts.setdefault(operation, dict.fromkeys(ALL_STATES, 0))[state] += row["count"]
@@ -211,7 +220,7 @@ def _summaries(records: QuerySet[DeletionRecord]) -> dict[int, Summary]:
         times = checks.get(operation, [])
         unchecked = by_state[KeptManifest.State.UNCHECKED] or None in times
         oldest = None if unchecked or not times else min(times)
-        summaries[operation] = Summary(by_state, kept[operation], oldest)
+        summaries[operation] = Summary(by_state, kept[operation], oldest, conflicts[operation])
     return summaries
 
 
@@ -232,4 +241,5 @@ def item_of(record: DeletionRecord) -> Item:
         message=kept.message,
         restored_at=record.restored_at,
         restored_by=record.restored_by,
+        conflicts=tuple(kept.conflicts) if restored else (),
     )

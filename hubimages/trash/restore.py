@@ -197,8 +197,8 @@ def _restore_one(
         failed = _put_manifests(operation, ordered, client, lease, progress, outcome)
         put = [record for record in ordered if record.digest not in failed]
         outcome.already += [_item(record) for record in back]
-        tags = _put_tags(repository, put + back, client, move_tags, lease, outcome)
-        _store(operation, put, back, tags, client, username, failed)
+        tags, left = _put_tags(repository, put + back, client, move_tags, lease, outcome)
+        _store(operation, put, back, tags, client, username, failed, left)
     outcome.restored += [_item(record) for record in put]
 
 
@@ -309,10 +309,12 @@ def _put_tags(
     move_tags: bool,
     lease: HeldLease,
     outcome: RestoreOutcome,
-) -> dict[str, set[str]]:
+) -> tuple[dict[str, set[str]], dict[str, list[dict]]]:
     """Point each record's tags at it again, unless a tag now names another manifest (moved
-    only with `move_tags`); returns digest -> the tags that name it now."""
+    only with `move_tags`); returns digest -> the tags that name it now, and digest -> the
+    conflicts left ({"tag", "now"}), which the Trash shows until a restore moves them."""
     naming: dict[str, set[str]] = {record.digest: set() for record in records}
+    left: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         for tag in record.tags:
             lease.check()
@@ -325,6 +327,7 @@ def _put_tags(
                     conflict = {"tag": tag, "digest": record.digest, "now": head.digest}
                     outcome.conflicts.append({**conflict, "moved": move_tags})
                     if not move_tags:
+                        left[record.digest].append({"tag": tag, "now": head.digest})
                         continue
                 body, media_type = bytes(record.kept.body), record.kept.media_type
                 client.put_manifest(repository, tag, body, media_type)
@@ -335,7 +338,7 @@ def _put_tags(
             naming[record.digest].add(tag)
             if head is None:
                 outcome.tags.append({"tag": tag, "digest": record.digest})
-    return naming
+    return naming, dict(left)
 
 
 def _store(
@@ -346,9 +349,11 @@ def _store(
     client: RegistryClient,
     username: str,
     failed: dict[str, str],
+    left: dict[str, list[dict]],
 ) -> None:
     """Store what came back as a push would, with the kept times; mark the records
-    restored; and take what came back into use off "deleted, awaiting collection"."""
+    restored, with the tag conflicts left; and take what came back into use off "deleted,
+    awaiting collection"."""
     if not (put or back):
         for digest, reason in failed.items():
             KeptManifest.objects.filter(record__operation=operation, record__digest=digest).update(
@@ -372,7 +377,9 @@ def _store(
                 restored_by=username[:150],
             )
             for record in put + back:
-                KeptManifest.objects.filter(pk=record.pk).update(message="")
+                KeptManifest.objects.filter(pk=record.pk).update(
+                    message="", conflicts=left.get(record.digest, [])
+                )
             for digest, reason in failed.items():
                 KeptManifest.objects.filter(
                     record__operation=operation, record__digest=digest

@@ -82,6 +82,11 @@ class Command(BaseCommand):
             for item in operation.items:
                 tags = f"  tags: {', '.join(item.tags)}" if item.tags else ""
                 self.stdout.write(f"    {item.state:<11} {item.digest[:19]}  {item.kind:<11}{tags}")
+                for conflict in item.conflicts:
+                    self.stdout.write(
+                        f"      tag {conflict['tag']} left naming {short_digest(conflict['now'])}"
+                        " (trash restore --move-tags moves it back)"
+                    )
 
     # -- restore ------------------------------------------------------------------------------
 
