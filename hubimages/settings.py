@@ -243,6 +243,8 @@ PULL_IGNORE_USER_AGENTS = env_list(
 SYNC_INTERVAL_MINUTES = env_int("SYNC_INTERVAL_MINUTES", 15)
 # Processed registry events are forgotten after this many days.
 EVENTS_KEEP_DAYS = env_int("EVENTS_KEEP_DAYS", 7, minimum=1)
+# Deleted manifests' bytes are kept this long, restorable until the collector runs.
+TRASH_KEEP_DAYS = env_int("TRASH_KEEP_DAYS", 14, minimum=1)
 # A lock (a repository's, the full sync's) whose holder stopped renewing it for this long
 # may be taken over; a worker silent for this long is dead and its task recovered.
 LOCK_LEASE_SECONDS = env_int("LOCK_LEASE_SECONDS", 60, minimum=2)

@@ -538,6 +538,66 @@ def test_a_delete_older_than_the_last_push_changes_nothing(client, pushed):
     assert manifest is not None and manifest.is_tagged
 
 
+def test_a_push_by_hubimages_itself_never_moves_last_pushed(client, pushed):
+    """hubimages pushes only to put a manifest back from the Trash, which restores its
+    kept Last pushed: its own push is not a push time (SPEC §12)."""
+    before = stored("team/api", pushed.digest).pushed_at
+    own = registry_event(
+        "push", "team/api", digest=pushed.digest, tag="v1", user_agent="hubimages/0.1.0"
+    )
+
+    post(client, own)
+
+    assert stored("team/api", pushed.digest).pushed_at == before
+    assert RegistryEvent.objects.get(event_id=own["id"]).state == "applied"
+
+
+def test_a_push_by_hubimages_recorded_before_a_sync_stores_the_manifest_is_no_push_time(
+    client, events_on, pusher, registry_url, sync
+):
+    image = pusher.push_image("team/api", tag="v1", layers=[random_layer(100, "own")])
+    own = registry_event(
+        "push", "team/api", digest=image.digest, tag="v1", user_agent="hubimages/0.1.0"
+    )
+    client.post(  # recorded; the worker has not stored it yet when the sync does
+        URL,
+        data=json.dumps({"events": [own]}),
+        content_type=V1,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+    sync()
+
+    assert stored("team/api", image.digest).pushed_at_estimated is True
+
+
+def test_a_delete_older_than_a_recorded_push_of_the_same_manifest_changes_nothing(client, pushed):
+    """Put back from the Trash with its old Last pushed, a manifest is newer than the
+    delete event its deletion caused, which may be applied only after the restore."""
+    restored_at = timezone.now()
+    deleted_at = restored_at - timedelta(seconds=5)
+    for tag in (None, "v1"):  # put back by digest, then tagged
+        own = registry_event(
+            "push",
+            "team/api",
+            digest=pushed.digest,
+            tag=tag,
+            at=restored_at,
+            user_agent="hubimages/0.1",
+        )
+        post(client, own)
+    post(client, registry_event("delete", "team/api", digest=pushed.digest, at=deleted_at))
+    post(client, registry_event("delete", "team/api", tag="v1", at=deleted_at))
+
+    manifest = stored("team/api", pushed.digest)
+    assert manifest is not None and manifest.is_tagged
+    outcomes = set(RegistryEvent.objects.filter(action="delete").values_list("state", "message"))
+    assert outcomes == {
+        ("ignored", "pushed again after this delete"),
+        ("ignored", "tag pushed again after this delete"),
+    }
+
+
 def test_a_delete_waits_while_the_repository_is_locked(
     client, pushed, registry_client, monkeypatch
 ):

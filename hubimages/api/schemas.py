@@ -287,7 +287,7 @@ class JobStartedOut(Schema):
 
 class JobOut(Schema):
     id: int
-    kind: Literal["sync", "sync_repository", "deletion", "retention"]
+    kind: Literal["sync", "sync_repository", "deletion", "retention", "restore", "trash_check"]
     status: Literal["queued", "running", "succeeded", "failed"]
     registry: str
     repository: str
@@ -304,7 +304,10 @@ class JobOut(Schema):
         "`failed` and `skipped` (digest, reason), `reclaimed_bytes`, `warnings` (what other "
         "clients' pushes during the deletion did: tags that went with a deleted manifest, "
         "an index left listing a deleted one); with `stale` true the "
-        "plan changed, nothing was deleted and `plan` is the new one."
+        "plan changed, nothing was deleted and `plan` is the new one. A restore: "
+        "`restored` and `already` (digest, kind, repository), `failed` (with `reason`), "
+        "`tags` put back, `conflicts` (tag, digest, `now`: what it names instead, `moved`), "
+        "`message`; or `refused`: why nothing was restored."
     )
 
 
@@ -475,3 +478,71 @@ class StorageOut(Schema):
         "after a sync or a deletion, until the workers compute new ones."
     )
     computing: bool = Field(description="Whether a worker is computing new figures now.")
+
+
+# -- trash -------------------------------------------------------------------------------
+
+
+class TrashQuery(PageQuery):
+    registry: str = Field(
+        "", max_length=40, description="A registry's name (SPEC §11); empty: every registry."
+    )
+
+
+class TagConflictOut(Schema):
+    tag: str
+    now: str = Field(description="The manifest the tag names now, which it was left naming.")
+
+
+class TrashItemOut(Schema):
+    repository: str
+    digest: str
+    kind: str
+    tags: list[str] = Field(description="The tags that named it when it was deleted.")
+    state: Literal["restorable", "partly_lost", "lost", "restored", "unchecked"] = Field(
+        description="As last checked (`checked_at`): restorable while every blob it needs "
+        "answers in the registry, partly_lost or lost once the garbage collector took some "
+        "or all of it; restored; unchecked until first checked."
+    )
+    checked_at: Timestamp | None = _timestamp("When the registry was last asked about it.")
+    missing: list[str] = Field(description="What the last check found gone.")
+    size: int = Field(description="Its config and layers, as when it was deleted.")
+    kept_bytes: int = Field(description="The manifest's own bytes, which the Trash keeps.")
+    restored_at: Timestamp | None = _timestamp("When it was restored.")
+    restored_by: str
+    conflicts: list[TagConflictOut] = Field(
+        description="Its tags that its restore left naming another manifest; restore again "
+        "with `move_tags` to move them back."
+    )
+
+
+class TrashOperationOut(Schema):
+    id: int = Field(description="The deletion operation; restore it with its id.")
+    registry: str
+    repository: str
+    deleted_at: Timestamp
+    deleted_by: str
+    policy: str | None = Field(description="The retention policy whose run deleted it.")
+    retention_run: int | None
+    reclaimed_bytes: int = Field(description="What it frees that is still deleted.")
+    collected_at: Timestamp | None = _timestamp("When its garbage collection was noticed.")
+    items: list[TrashItemOut]
+
+
+class TrashPage(Page):
+    results: list[TrashOperationOut]
+
+
+class RestoreIn(Strict):
+    digests: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_DIGESTS,
+        description="Only these items (an index brings the children its deletion took); "
+        "empty: all of it.",
+    )
+    move_tags: StrictBool = Field(
+        False, description="Move a tag back even where it now names another manifest."
+    )
+    whole_run: StrictBool = Field(
+        False, description="Restore every deletion of this one's retention run."
+    )
