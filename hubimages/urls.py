@@ -19,6 +19,7 @@ from hubimages.web import (
     signin,
     storage,
     tokens,
+    trash,
     webhooks,
 )
 
@@ -52,6 +53,9 @@ urlpatterns = [
     path("in-use/", in_use.in_use_sources, name="in_use"),
     path("history/", history.deletion_history, name="deletion_history"),
     path("history/export.csv", history.deletion_history_csv, name="deletion_history_csv"),
+    path("trash/", trash.trash, name="trash"),
+    path("trash/check", trash.trash_check, name="trash_check"),
+    path("trash/<int:operation>/restore", trash.trash_restore, name="trash_restore"),
     path("audit/", audit.audit_log, name="audit"),
     path("audit/export.csv", audit.audit_csv, name="audit_csv"),
     path("audit/export.json", audit.audit_json, name="audit_json"),

@@ -161,6 +161,11 @@ def test_the_openapi_document_validates_and_every_endpoint_answers_as_documented
     api.call(web, "POST", f"{policy}/run", path=named, json=good_run, expect=202)
     api.call(web, "DELETE", policy, path=named, expect=204)
 
+    trash = f"{API}/trash"
+    api.call(web, "GET", trash, expect=200)
+    restore = f"{trash}/{{operation}}/restore"
+    api.call(web, "POST", restore, path={"operation": 999_999}, json={}, expect=404)
+
     in_use = f"{API}/in-use/{{source}}"
     reporter = session(admin, ApiToken.Scope.REPORT)
     # A Docker Hub reference: no registry here has that host, so it is counted, not kept.
@@ -314,7 +319,7 @@ def test_the_docs_page_works_under_the_content_security_policy(stock, signed_in_
     assert page.locator("body").get_attribute("data-api-csrf") == "true"  # for Try it out
     operations = page.locator(".opblock")
     expect(operations.first).to_be_visible()
-    assert operations.count() == 14  # every operation of the document
+    assert operations.count() == 16  # every operation of the document
     # Try it out, with the session: the list of repositories comes back.
     listing = page.locator("#operations-repositories-hubimages_api_repositories_list_repositories")
     listing.locator(".opblock-summary").click()

@@ -75,6 +75,7 @@ MAY_IMPORT = {
     "deletion": {"lib", "registries", "inventory", "sync", "inuse"},
     "retention": {"lib", "registries", "inventory", "sync", "inuse", "deletion"},
     "storage": {"lib", "registries", "inventory", "sync", "inuse", "deletion"},
+    "trash": {"lib", "registries", "sync"},
     "jobs": {
         "lib",
         "registries",
@@ -84,6 +85,7 @@ MAY_IMPORT = {
         "deletion",
         "retention",
         "storage",
+        "trash",
     },
     "teams": {"lib"},
 }
