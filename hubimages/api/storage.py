@@ -11,6 +11,7 @@ from hubimages.api.paging import reject_unknown_parameters
 from hubimages.api.schemas import StorageOut, StorageQuery, error_responses
 from hubimages.registries import rows
 from hubimages.storage import figures
+from hubimages.teams.rights import rights_of
 
 router = Router(tags=["storage"])
 
@@ -23,10 +24,13 @@ def get_storage(request: HttpRequest, query: Query[StorageQuery]) -> dict:
     free, and the bytes untagged items hold — registry-wide (blobs shared between
     repositories counted once) and per repository; and stored bytes after each full sync.
     A repository's `stale_reclaimable_bytes` is what `delete-images` with all its stale
-    top-level digests would report. One registry's (`?registry=`): each stores its own."""
+    top-level digests would report. One registry's (`?registry=`): each stores its own.
+    Only the repositories the caller may see: who sees every repository of the registry
+    gets its totals (`complete` true); anyone else the sum of their repositories' figures
+    (`complete` false; a layer two of them share counted in each) and no history."""
     reject_unknown_parameters(request, StorageQuery)
     try:
         registry = rows.get(query.registry or None)
     except rows.UnknownRegistry as error:
         raise ApiError(404, "not_found", str(error)) from None
-    return figures.figures(registry)
+    return figures.figures(registry, within=rights_of(request).within())

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Max, Prefetch, QuerySet
+from django.db.models import Count, Max, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from hubimages.deletion import planning
@@ -59,16 +59,17 @@ HISTORY_POINTS = 120  # the chart's points at most: a full sync every 15 min mak
 KEEP_SAMPLES = timedelta(days=366)
 
 
-def figures(registry: Registry | None = None) -> dict:
+def figures(registry: Registry | None = None, *, within: Q | None = None) -> dict:
     """The registry's storage in the shape of `GET /api/v1/storage`: `registry`, `stored_bytes`,
-    `stale_reclaimable_bytes`, `untagged_bytes`, `repositories` (by name, each with the
-    same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90 days,
-    at most 120 of them, evenly spread)."""
+    `stale_reclaimable_bytes`, `untagged_bytes`, `complete`, `repositories` (by name, each
+    with the same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90
+    days, at most 120 of them, evenly spread); as `seen_through(within)` shows them."""
     registry = registry or registry_rows.get()
-    document = insights(registry)
+    document = seen_through(registry, within)
     return {
         "registry": registry.name,
         **{key: document[key] for key in TOTAL_KEYS},
+        "complete": document["complete"],
         "repositories": [
             {key: row[key] for key in REPOSITORY_KEYS} for row in document["repositories"]
         ],
@@ -88,6 +89,35 @@ def insights(registry: Registry | None = None) -> dict:
         document = compute(registry=registry)
         _keep(registry, key, document)
     return document
+
+
+def seen_through(registry: Registry, within: Q | None) -> dict:
+    """`insights(registry)` for someone who sees only the repositories `within` lets
+    through (None: every one). Who sees every repository of the registry gets its figures
+    (`complete`: true); anyone else only their repositories' rows, and for totals the sum
+    of those rows (a layer two of them share counted in each; a blob only their stale
+    items share is left out), the largest items among the registry's that are theirs, and
+    none of the registry-wide figures (its history, its most shared layers, which name
+    other repositories). Two queries besides the cached figures."""
+    document = insights(registry)
+    if within is None:
+        return {**document, "complete": True}
+    repositories = registry.repositories.all()
+    seen = set(repositories.filter(within).values_list("name", flat=True))
+    if len(seen) == repositories.count():
+        return {**document, "complete": True}
+    rows = [row for row in document["repositories"] if row["name"] in seen]
+    summed = ("stored_bytes", "stale_reclaimable_bytes", "untagged_bytes")
+    counted = ("stale_items", "untagged_items")
+    return {
+        **document,
+        **{key: sum(row[key] for row in rows) for key in summed + counted},
+        "complete": False,
+        "repositories": rows,
+        "largest": [item for item in document["largest"] if item["repository"] in seen],
+        "shared_layers": [],
+        "history": [],
+    }
 
 
 def state_key(registry: Registry | None = None) -> str:

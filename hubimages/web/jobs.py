@@ -16,7 +16,7 @@ from hubimages.jobs import queue
 from hubimages.lib.formatting import human_size, plural
 from hubimages.models import Job, Registry, Repository
 from hubimages.registries import rows
-from hubimages.web.access import repository_or_404
+from hubimages.web.access import repository_to_view
 from hubimages.web.list_state import list_url
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, vary_on_htmx
@@ -103,11 +103,13 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def sync_now(request: HttpRequest, registry: str = "", name: str = "") -> HttpResponse:
     """Admins: sync every registry, one registry or one repository now (as jobs the workers
-    run, one a registry). Several jobs are followed on the Jobs page."""
+    run, one a registry). Several jobs are followed on the Jobs page. A repository the
+    admin may not see is not found, as on every page."""
+    if name:
+        repository_to_view(request, registry, name)
     if not request.user.is_staff:
         raise PermissionDenied("syncing on demand is for admins")
     if name:
-        repository_or_404(registry, name)
         names = [registry]
     elif registry:
         names = [get_object_or_404(Registry, name=registry, configured=True).name]

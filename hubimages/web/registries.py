@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET
 
 from hubimages.registries import health
 from hubimages.registries.config import DEFAULT
+from hubimages.web.access import rights
 
 CAPABILITIES = (
     ("catalog", "Catalog readable"),
@@ -22,8 +23,10 @@ CAPABILITIES = (
 @require_GET
 def registry_list(request: HttpRequest) -> HttpResponse:
     """Each registry: its last sync and how it ended, its last notification, what it can
-    do (as the workers last probed it), and when its garbage collector last ran."""
-    context = {"registries": health.overview(), "capability_labels": CAPABILITIES}
+    do (as the workers last probed it), and when its garbage collector last ran. Admins
+    see every registry; others those where they see a repository, and how many they see."""
+    within = None if request.user.is_staff else rights(request).within()
+    context = {"registries": health.overview(within), "capability_labels": CAPABILITIES}
     return render(request, "registries.html", context)
 
 

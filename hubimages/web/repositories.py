@@ -9,8 +9,8 @@ from django.views.decorators.http import require_GET
 
 from hubimages.inventory import repositories as inventory_repositories
 from hubimages.models import Repository, SyncRun
-from hubimages.registries import rows as registry_rows
 from hubimages.storage import figures as storage_figures
+from hubimages.web.access import rights, visible_registries
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, sort_columns, vary_on_htmx
 
@@ -32,16 +32,17 @@ def repositories(request: HttpRequest) -> HttpResponse:
     sort = request.GET.get("sort", "name")
     if sort not in inventory_repositories.REPOSITORY_SORTS and sort not in RECLAIMABLE_SORTS:
         sort = "name"
-    registries = registry_rows.known()
+    within = rights(request).within()
+    registries = visible_registries(request)
     chosen = next((r for r in registries if r.name == request.GET.get("registry")), None)
     reclaimable = {}
     total_reclaimable = 0
     for registry in [chosen] if chosen else registries:
-        figures = storage_figures.insights(registry)
+        figures = storage_figures.seen_through(registry, within)
         total_reclaimable += figures["stale_reclaimable_bytes"]
         for row in figures["repositories"]:
             reclaimable[(registry.name, row["name"])] = row["stale_reclaimable_bytes"]
-    rows = inventory_repositories.repository_overview(search, sort, chosen)
+    rows = inventory_repositories.repository_overview(search, sort, chosen, within=within)
     if sort in RECLAIMABLE_SORTS:
         rows = _by_reclaimable(rows, reclaimable, descending=sort.startswith("-"))
     page = paginate(rows, REPOSITORIES_PER_PAGE, request.GET.get("page"))
@@ -63,7 +64,9 @@ def repositories(request: HttpRequest) -> HttpResponse:
         "registries": registries,
         "registry": chosen,
         "totals": (
-            inventory_repositories.repository_totals(chosen) if page.paginator.count else None
+            inventory_repositories.repository_totals(chosen, within=within)
+            if page.paginator.count
+            else None
         ),
     }
     return render_page(request, "repositories.html", "table", context)
