@@ -7,15 +7,16 @@ two years, so most items are stale). Then times, taking turns:
 
 - one list page of one repository (25 rows), rendered through Django's test client: the
   baseline, a page people expect to be fast;
-- `storage.compute()`: the figures from scratch, two plans of the whole registry (every
-  stale item, every untagged item) and a few queries: what a full sync pays as it ends,
-  and a page after a deletion;
 - the Storage page and the Repositories page (by name, and by reclaimable bytes: all 50
-  rows read to sort them), rendered, with the figures computed: what every other view
-  pays.
+  rows read to sort them), rendered right after a deletion: the figures the workers kept
+  are out of date, and the pages read them all the same, saying so (no request computes
+  them, SPEC §7);
+- `storage.compute()`: the figures from scratch, two plans of the whole registry (every
+  stale item, every untagged item) and a few queries: what a worker pays after a sync or
+  a deletion, never a page.
 
-Targets: the Storage page with its figures ≤ 3 × the list page (the cache is what makes a
-big registry's page fast); computing the figures is printed as a ratio too.
+Target: the Storage page right after a deletion ≤ 3 × the list page (it reads, never
+recomputes); computing the figures is printed as a ratio too.
 
     .venv/bin/python bench/storage_bench.py [--repositories 50] [--items 400] [--repeat 5]
 """
@@ -44,7 +45,7 @@ def run(workdir: str, args: argparse.Namespace) -> int:
     from django.test import Client
     from django.utils import timezone
 
-    from hubimages.models import SyncRun
+    from hubimages.models import Deletion, SyncRun
     from hubimages.storage import figures as storage_figures
 
     now = timezone.now()
@@ -63,7 +64,13 @@ def run(workdir: str, args: argparse.Namespace) -> int:
     def compute() -> dict:
         return storage_figures.compute()
 
-    figures = storage_figures.insights()  # computed and kept, as a full sync leaves them
+    storage_figures.refresh()  # what the workers leave after a full sync
+    figures = storage_figures.kept().document
+    # A deletion ends: the kept figures are out of date until a worker computes new ones.
+    Deletion.objects.create(username="bench", repository="bench/r000", fingerprint="x")
+    Deletion.objects.update(finished_at=timezone.now())
+    assert storage_figures.outdated()
+    assert "out of date" in client.get("/storage/").content.decode()
     for warm in (list_page, lambda: page("/storage/"), lambda: page("/")):
         warm()
     times: dict[str, list[float]] = {
@@ -89,15 +96,17 @@ def run(workdir: str, args: argparse.Namespace) -> int:
         f"{figures['stale_reclaimable_bytes'] / 1e12:.2f} TB, {figures['untagged_items']:,} "
         f"untagged items holding {figures['untagged_bytes'] / 1e12:.2f} TB"
     )
-    print(f"list page, rendered (25 rows):              {listed * 1000:7.1f} ms")
-    print(f"Storage page, figures kept:                 {cached * 1000:7.1f} ms")
-    print(f"Repositories page by reclaimable, kept:     {repositories * 1000:7.1f} ms")
-    print(f"Repositories page by name, kept:            {by_name * 1000:7.1f} ms")
-    print(f"figures computed from scratch:              {computing * 1000:7.1f} ms")
+    assert storage_figures.outdated()  # no page computed them
+    print(f"list page, rendered (25 rows):                 {listed * 1000:7.1f} ms")
+    print(f"Storage page right after a deletion:           {cached * 1000:7.1f} ms")
+    print(f"Repositories page by reclaimable, same:        {repositories * 1000:7.1f} ms")
+    print(f"Repositories page by name, same:               {by_name * 1000:7.1f} ms")
+    print(f"figures computed from scratch (the workers):   {computing * 1000:7.1f} ms")
     ratio = cached / listed
     verdict = "meets" if ratio <= TARGET else "misses"
     print(
-        f"storage bench: Storage page / list page = {ratio:.2f} ({verdict} target ≤ "
+        f"storage bench: Storage page after a deletion / list page = {ratio:.2f} "
+        f"({verdict} target ≤ "
         f"{TARGET:g}); Repositories page / list page = {repositories / listed:.2f}; "
         f"computing the figures / list page = {computing / listed:.1f}"
     )

@@ -30,6 +30,7 @@ import http.client
 import json
 import re
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,15 @@ class Fault:
         return self.pattern.search(path) is not None
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (a worker killed mid-request) is no error of the proxy's."""
+        if not isinstance(sys.exc_info()[1], _CLIENT_GONE):
+            super().handle_error(request, client_address)
+
+
 class FaultProxy:
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
@@ -121,8 +131,7 @@ class FaultProxy:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> FaultProxy:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
+        server = _Server(("127.0.0.1", 0), _Handler)
         server.proxy = self  # type: ignore[attr-defined]
         self._server = server
         self._thread = threading.Thread(

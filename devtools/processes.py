@@ -71,6 +71,36 @@ class Process:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def database_url() -> str:
+    """The database this process uses (the test database, in a test), as another process
+    reaches it."""
+    from urllib.parse import quote
+
+    from django.db import connection
+
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{Path(settings['NAME']).resolve()}"
+    credentials = quote(settings["USER"]) + (
+        f":{quote(settings['PASSWORD'])}" if settings["PASSWORD"] else ""
+    )
+    return f"postgres://{credentials}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+
+
+def manage(*arguments: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`python manage.py ARGUMENTS…` in a process of its own (its output in `log`), for
+    tests that kill a command mid-way."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), *arguments],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def wait_for_http(url: str, process: Process, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -1,13 +1,14 @@
 """What hubimages knows of the registry (SPEC §1), plus its own records.
 
 Manifests are per repository (the same digest may live in several); blobs are global, as
-the registry stores them. A few columns are kept up to date by `rollups.refresh` rather
+the registry stores them. A few columns are kept up to date by `sync.rollups` rather
 than computed on every page, so the list can filter and sort from an index:
 `is_top_level`, `is_tagged`, and an index's `total_size`.
 """
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Now
 from django.urls import reverse
 
@@ -58,7 +59,7 @@ class Repository(models.Model):
     synced_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every change so an open page can ask "anything new?" cheaply.
     revision = models.PositiveBigIntegerField(default=0)
-    # Top-level items per list filter ("all", "tagged", …), kept by `rollups.refresh`: a
+    # Top-level items per list filter ("all", "tagged", …), kept by `sync.rollups`: a
     # list of a million manifests shows its count without counting them.
     list_counts = models.JSONField(default=dict, blank=True)
 
@@ -179,6 +180,13 @@ class Manifest(models.Model):
             ),
             models.Index(fields=["config_digest"], name="manifest_by_config"),
             models.Index(fields=["digest"], name="manifest_by_digest"),
+            # A manifest's referrers waiting for it (`rollups.changing`): few rows have a
+            # subject, so only they are indexed.
+            models.Index(
+                fields=["repository", "subject_digest"],
+                name="manifest_by_subject_digest",
+                condition=~models.Q(subject_digest=""),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -255,6 +263,9 @@ class Tag(models.Model):
 
 
 class SyncRun(models.Model):
+    """One sync, closed with its summary as it ends, or by the workers if its process
+    stopped first (`sync.service.settle_interrupted_syncs`)."""
+
     registry = models.ForeignKey(
         Registry, on_delete=models.CASCADE, related_name="sync_runs", default=default_registry
     )
@@ -266,7 +277,11 @@ class SyncRun(models.Model):
     class Meta:
         ordering = ["-started_at"]
         get_latest_by = "started_at"
-        indexes = [models.Index(fields=["registry", "-started_at"], name="syncrun_by_registry")]
+        indexes = [
+            models.Index(fields=["registry", "-started_at"], name="syncrun_by_registry"),
+            # The workers look for interrupted syncs every few seconds.
+            models.Index(fields=["id"], condition=Q(finished_at=None), name="syncrun_running"),
+        ]
 
 
 class Deletion(models.Model):
@@ -289,6 +304,16 @@ class Deletion(models.Model):
     repository = models.CharField(max_length=255)
     selected = models.JSONField(default=list, blank=True)
     fingerprint = models.CharField(max_length=64)
+    # The retention run this deletion is one repository of: settling an interrupted run
+    # reads what went from its deletions' records.
+    retention_run = models.ForeignKey(
+        "RetentionRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="deletions"
+    )
+    # The deletion job that ran it: a job is never run again once one of its DELETEs may
+    # have gone out, and its recovery reads what went from here.
+    job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="deletions"
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
     message = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
@@ -307,6 +332,10 @@ class Deletion(models.Model):
         indexes = [
             models.Index(fields=["repository", "-started_at"], name="operation_by_repository"),
             models.Index(fields=["collected_at", "finished_at"], name="operation_by_collection"),
+            # The workers look for interrupted deletions every few seconds.
+            models.Index(
+                fields=["repository"], condition=Q(state="running"), name="operation_running"
+            ),
         ]
 
 
@@ -393,11 +422,12 @@ class RegistryEvent(models.Model):
 
 class Lease(models.Model):
     """A named lock that expires unless its holder renews it: a repository's (sync and
-    delete take it), the full sync's. A holder that dies leaves nothing that needs a person:
-    its lease runs out and anyone may take it over. See `hubimages.locks`."""
+    delete take it), the full sync's, a running record's. A row exists while someone holds
+    the name; its id is the lease's generation, the fencing token a holder checks before
+    each DELETE. A holder that dies leaves nothing that needs a person: its lease runs out
+    and anyone may take it over. See `hubimages.lib.leases`."""
 
     name = models.CharField(max_length=300, unique=True)
-    token = models.CharField(max_length=32, blank=True)
     owner = models.CharField(max_length=200, blank=True)
     acquired_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -509,7 +539,8 @@ class RetentionRun(models.Model):
     """One run of a policy, manual or scheduled: what it deleted and freed, and per
     repository what happened (`repositories`: a list of {"repository", "selected",
     "deleted", "tags", "reclaimed_bytes", "note"}). Its deletions are in DeletionRecord
-    under the username `policy:<name>`."""
+    under the username `policy:<name>`. Written as the run starts ("running") and settled
+    as it ends, or by the workers if its process stopped (`retention.runs`)."""
 
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Run now"
@@ -517,6 +548,7 @@ class RetentionRun(models.Model):
         COMMAND = "command", "Command line"
 
     class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
         DONE = "done", "Done"
         INCOMPLETE = "incomplete", "Incomplete"
         CHANGED = "changed", "Plan changed: nothing deleted"
@@ -538,10 +570,17 @@ class RetentionRun(models.Model):
     reclaimed_bytes = models.BigIntegerField(default=0)
     planned_bytes = models.BigIntegerField(default=0, help_text="The dry run's total.")
     repositories = models.JSONField(default=list, blank=True)
+    job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="retention_runs"
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
-        indexes = [models.Index(fields=["policy", "-started_at"], name="run_by_policy")]
+        indexes = [
+            models.Index(fields=["policy", "-started_at"], name="run_by_policy"),
+            # The workers look for interrupted runs every few seconds.
+            models.Index(fields=["id"], condition=Q(outcome="running"), name="run_running"),
+        ]
 
 
 class ApiToken(models.Model):

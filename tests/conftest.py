@@ -247,3 +247,19 @@ def oidc(oidc_provider, settings):
         "form-action": ["'self'", *oidc_form_action(oidc_provider.issuer)],
     }
     return oidc_provider
+
+
+# -- hubimages's own processes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def live(tmp_path, transactional_db):
+    """gunicorn and `db_worker` processes on the test database, started on demand
+    (`tests.live.Live`; a test sets `live.env` first, e.g. REGISTRY_URL)."""
+    from tests.live import Live
+
+    processes = Live(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()

@@ -351,32 +351,6 @@ def test_a_concurrent_holder_of_the_lock_makes_deletion_and_sync_refuse(
     assert execute(registry_client, image.digest, fingerprint=preview.fingerprint).succeeded
 
 
-def test_a_lock_whose_holder_stopped_renewing_can_be_taken_over(db):
-    from django.utils import timezone
-
-    from hubimages.models import Lease
-
-    name = leases.repository_lease_name(REPO)
-    crashed = leases.acquire(name, owner="sync")
-    assert leases.acquire(name, owner="delete:bob") is None
-
-    Lease.objects.filter(name=name).update(
-        expires_at=timezone.now() - timezone.timedelta(seconds=1)
-    )
-    with leases.repository_lock(REPO, owner="delete:bob") as lock:
-        assert not crashed.renew()
-        assert crashed.lost.is_set()
-        with pytest.raises(leases.LeaseLost):
-            crashed.check()
-        assert lock.renew()
-        with leases.repository_lock(REPO, owner="sync"):  # re-entrant, as sync needs
-            pass
-        assert Lease.objects.get(name=name).token == lock.token
-        assert leases.repository_locked(REPO)
-    assert Lease.objects.get(name=name).token == ""
-    assert not leases.repository_locked(REPO)
-
-
 def test_the_legacy_delete_permission_still_deletes_everywhere_and_a_viewer_nowhere(
     viewer, deleter
 ):

@@ -26,6 +26,7 @@ from hubimages.sync import events
 from hubimages.web import webhooks
 from registry.client import RegistryClient
 from registry.media import OCI_MANIFEST
+from registry.notifications import parse_envelope
 
 TOKEN = "events-secret-9f2c"
 V1 = "application/vnd.docker.distribution.events.v1+json"
@@ -505,3 +506,18 @@ def test_a_delete_waits_while_the_repository_is_locked(
     assert events.process_received(registry_client) == 1
     assert stored("team/api", pushed.digest) is None
     assert RegistryEvent.objects.get(action="delete").message == "manifest deleted"
+
+
+def test_an_envelope_holding_the_same_event_twice_records_it_once(client, events_on):
+    """Found by the stateful test: the second copy made the envelope's transaction fail
+    on the unique event id (twice, with the retry), and nothing was recorded."""
+    [event] = parse_envelope(
+        json.dumps(
+            {"events": [registry_event("pull", "team/api", digest="sha256:" + "c" * 64)]}
+        ).encode()
+    )
+
+    recorded = events.record([event, event])
+
+    assert (recorded.new, recorded.duplicates) == (1, 1)
+    assert RegistryEvent.objects.count() == 1

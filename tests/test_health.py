@@ -76,3 +76,16 @@ def test_it_answers_503_when_the_database_is_unreachable():
     status, body = json.loads(result.stdout.strip().splitlines()[-1])
     assert status == 503
     assert body == {"status": "unavailable", "database": "unreachable"}
+
+
+def test_the_heartbeats_age_is_measured_on_the_databases_clock(db, monkeypatch):
+    from hubimages.jobs import worker
+
+    worker.beat("w", timezone.now())
+    # The web host's clock runs an hour ahead of the worker's and the database's.
+    ahead = timezone.now() + timedelta(hours=1)
+    monkeypatch.setattr(timezone, "now", lambda: ahead)
+
+    figures = Client().get("/healthz").json()
+
+    assert 0 <= figures["last_worker_heartbeat_age_seconds"] < 10

@@ -8,17 +8,18 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from unittest.mock import Mock
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from devtools.pusher import random_layer
 from devtools.worker import run_tasks
-from hubimages.jobs import queue, runner
+from hubimages.jobs import queue, recovery, runner
 from hubimages.jobs import worker as jobs_worker
 from hubimages.lib import leases
 from hubimages.models import (
@@ -130,6 +131,19 @@ def claimed_by(job: Job, worker: str, *, ago: float) -> None:
     )
 
 
+def test_a_worker_whose_clock_runs_behind_is_not_taken_for_dead(db, settings, monkeypatch):
+    settings.WORKER_LEASE_SECONDS = 10
+    job = queue.start_sync(started_by="alice")
+    claimed_by(job, "worker-behind", ago=30)
+    behind = timezone.now() - timedelta(hours=1)
+    with monkeypatch.context() as clock:
+        clock.setattr(timezone, "now", lambda: behind)
+        jobs_worker.beat("worker-behind", behind)
+
+    assert jobs_worker.recover() == []
+    assert Job.objects.get(pk=job.pk).state == "running"
+
+
 def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
     settings.WORKER_LEASE_SECONDS = 10
     dead = queue.start_sync(started_by="schedule")
@@ -151,7 +165,7 @@ def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
 
 
 def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice(
-    pusher, sync, deleter, settings, registry_client
+    pusher, sync, deleter, settings, registry_client, monkeypatch
 ):
     settings.WORKER_LEASE_SECONDS = 10
     gone = pusher.push_image(REPO, tag="a", layers=[random_layer(100, "gone")])
@@ -163,7 +177,11 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
     )
     # The worker wrote both records PENDING, sent the first DELETE, and died.
     operation = Deletion.objects.create(
-        username="deleter", repository=REPO, selected=[gone.digest, kept.digest], fingerprint="f"
+        username="deleter",
+        repository=REPO,
+        selected=[gone.digest, kept.digest],
+        fingerprint="f",
+        job=job,
     )
     for image in (gone, kept):
         DeletionRecord.objects.create(
@@ -176,7 +194,15 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
         )
     pusher.delete_manifest(REPO, gone.digest)
     claimed_by(job, "worker-dead", ago=30)
-    Deletion.objects.filter(pk=operation.pk).update(started_at=job.created_at)
+    # The job is closed and its repair sync started together, or neither.
+    with monkeypatch.context() as database_away:
+        database_away.setattr(
+            recovery, "start_sync", Mock(side_effect=DatabaseError("connection lost"))
+        )
+        with pytest.raises(DatabaseError):
+            jobs_worker.recover()
+    assert Job.objects.get(pk=job.pk).state == "running"
+    assert DBTaskResult.objects.get(id=job.task_id).status == "RUNNING"
 
     assert jobs_worker.recover() == [job.pk]
 
@@ -190,6 +216,64 @@ def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice
     run_tasks()
     assert not Manifest.objects.filter(digest=gone.digest).exists()
     assert Manifest.objects.filter(digest=kept.digest).exists()
+
+
+def ended_without_closing(job: Job, status: str = "FAILED") -> None:
+    """As if the job's task had ended (an exception after the job was claimed and before it
+    was closed: a second SIGTERM, a bug, the database gone) leaving the job running."""
+    DBTaskResult.objects.filter(id=job.task_id).update(
+        status=status,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        worker_ids=["worker-a"],
+        exception_class_path="builtins.SystemExit" if status == "FAILED" else "",
+    )
+    Job.objects.filter(pk=job.pk).update(state="running", attempts=1, worker_id="worker-a")
+    jobs_worker.beat("worker-a", timezone.now())  # its worker is alive and well
+
+
+def test_a_sync_whose_task_ended_without_closing_it_is_lined_up_and_blocks_no_later_sync(db):
+    stuck = queue.start_sync(started_by="alice")
+    ended_without_closing(stuck)
+
+    assert queue.start_sync(started_by="bob") != stuck  # a click never follows a dead job
+    assert jobs_worker.recover() == [stuck.pk]
+
+    stuck.refresh_from_db()
+    assert stuck.state == "queued" and "its task ended (failed" in stuck.message
+    assert DBTaskResult.objects.get(id=stuck.task_id).status == "READY"
+    assert jobs_worker.recover() == []  # lined up: nothing more to do
+
+
+def test_a_job_whose_task_is_gone_from_the_queue_runs_again_a_bounded_number_of_times(db):
+    lost = queue.start_sync(started_by="alice", repository=REPO)
+    for _ in range(3):
+        DBTaskResult.objects.filter(id=lost.task_id).delete()  # e.g. pruned by someone
+        assert jobs_worker.recover() == [lost.pk]
+        lost.refresh_from_db()
+    assert lost.state == "failed" and lost.attempts == 3
+    assert "gave up after 3 attempts: its task is gone from the queue" in lost.message
+
+
+def test_every_unfinished_job_is_lined_up_with_its_task(pusher, sync, deleter, settings):
+    settings.WORKER_LEASE_SECONDS = 10
+    image = pusher.push_image(REPO, tag="a", layers=[random_layer(100, "lined-up")])
+    sync()
+    repository = Repository.objects.get(name=REPO)
+    waiting = queue.start_sync(started_by="alice")
+    running = queue.start_sync(started_by="bob", repository=REPO)
+    claimed_by(running, "worker-alive", ago=30)
+    jobs_worker.beat("worker-alive", timezone.now())
+    done = queue.start_deletion(
+        repository=repository, digests=[image.digest], fingerprint="f", user=deleter
+    )
+    ended_without_closing(done, status="SUCCESSFUL")  # nothing had been deleted
+
+    assert jobs_worker.recover() == [done.pk]
+
+    states = {job.pk: job.state for job in Job.objects.all()}
+    assert states == {waiting.pk: "queued", running.pk: "running", done.pk: "queued"}
+    assert "nothing had been deleted" in Job.objects.get(pk=done.pk).message
 
 
 # -- the schedule -------------------------------------------------------------------------------
@@ -324,6 +408,16 @@ def test_two_workers_draining_at_once_store_each_push_once(pusher, registry_url,
     }
     assert Manifest.objects.filter(repository__name=REPO).count() == 40
     assert {m.digest for m in Manifest.objects.all()} == {image.digest for image in images}
+
+
+def test_a_workers_claim_on_events_lapses_on_the_databases_clock(pusher, registry_url, db):
+    push_events(pusher, 3)
+    assert len(events.claim(batch=10)) == 3
+    # Another worker, on a host whose clock runs an hour ahead, must not take them over.
+    ahead = timezone.now() + timedelta(hours=1)
+    with pytest.MonkeyPatch.context() as clock:
+        clock.setattr(timezone, "now", lambda: ahead)
+        assert events.claim(batch=10) == []
 
 
 def test_with_the_registry_down_pending_pushes_wait_together_and_a_sync_ends_quickly(

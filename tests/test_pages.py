@@ -227,7 +227,7 @@ def stale_and_shared(pusher, sync):
         pushed_at=datetime(2020, 1, 1, tzinfo=UTC)
     )
     sync()
-    storage_figures.insights()  # what the worker computes after each full sync
+    storage_figures.refresh()  # what the workers compute after each full sync
     return SimpleNamespace(old=old, older=older)
 
 
@@ -290,7 +290,7 @@ def test_the_repositories_page_costs_the_same_queries_however_many_repositories(
             manifest(repo, f"r{n}", size=1_000, pushed_at=now - timedelta(days=900), tags=["1"])
             finish(repo)
         SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
-        storage_figures.insights()
+        storage_figures.refresh()
 
     sorts = ("-reclaimable", "name", "-size")
     add(3)

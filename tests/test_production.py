@@ -10,36 +10,34 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import requests
-from django.db import connection
+from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from devtools.faultproxy import FaultProxy
-from devtools.processes import Process, environment, wait_for_http
+from devtools.processes import Process, database_url, environment, wait_for_http
 from devtools.pusher import ImagePusher, random_layer
 from devtools.server import LocalRegistry, free_port
+from hubimages.jobs import queue
 from hubimages.lib import leases
-from hubimages.models import Deletion, DeletionRecord, Job, Manifest, RegistryEvent, WorkerHeartbeat
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    Job,
+    Manifest,
+    RegistryEvent,
+    RetentionRun,
+    WorkerHeartbeat,
+)
+from hubimages.retention import engine, policies
 from registry.client import RegistryClient
 from tests.conftest import PASSWORD
 
 TOKEN = "production-shape-events-token"
 SECRET = "production-shape-secret-key-" + "x" * 30
 LEASE_SECONDS = "6"
-
-
-def database_url() -> str:
-    """The test database, as the other processes reach it."""
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{Path(settings['NAME']).resolve()}"
-    credentials = quote(settings["USER"]) + (
-        f":{quote(settings['PASSWORD'])}" if settings["PASSWORD"] else ""
-    )
-    return f"postgres://{credentials}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
 
 
 def eventually(check: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:
@@ -362,5 +360,79 @@ def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expir
     assert not leases.repository_locked("team/crash")
     listed_now = set(
         Manifest.objects.filter(repository__name="team/crash").values_list("digest", flat=True)
+    )
+    assert listed_now == still_there
+
+
+def test_a_worker_killed_mid_retention_run_is_not_run_again_and_its_records_say_what_went(
+    deployment,
+):
+    pusher = ImagePusher(deployment.registry.url)
+    images = [
+        pusher.push_image("team/prune", tag=f"build-{n}", layers=[random_layer(300, f"prune-{n}")])
+        for n in range(18)
+    ]
+    digests = [image.digest for image in images]
+    eventually(listed(set(digests)), what="the images listed")
+    row = policies.save_policy(
+        policies.parse_policy(
+            {"name": "prune", "rules": [{"keep": "always", "tags": ["release-*"]}]}
+        )
+    )
+    dry = engine.dry_run(policies.policy_of(row), now=timezone.now())
+    assert len(dry.repositories[0].selected) == 18
+    deployment.proxy.delay(r"/manifests/sha256:", seconds=1.0, method="DELETE")
+    job = queue.start_retention(
+        policy="prune", now=dry.now, fingerprint=dry.fingerprint, started_by="tester"
+    )
+
+    def five_deleted() -> bool:
+        """five DELETEs went through"""
+        return DeletionRecord.objects.filter(state="done").count() >= 5
+
+    eventually(five_deleted, timeout=90)
+    job.refresh_from_db()
+    runner = next(
+        process
+        for process in deployment.workers
+        if WorkerHeartbeat.objects.filter(pid=process.pid, worker_id=job.worker_id).exists()
+    )
+    runner.kill()  # SIGKILL mid-run
+
+    def closed() -> bool:
+        """the other worker settled the run and closed the job"""
+        return Job.objects.get(pk=job.pk).finished
+
+    eventually(closed, timeout=90)
+    with RegistryClient(deployment.registry.url) as registry:
+        still_there = {d for d in digests if registry.head_manifest("team/prune", d) is not None}
+    gone = set(digests) - still_there
+    assert 5 <= len(gone) < 18
+    job.refresh_from_db()
+    assert (job.state, job.attempts) == ("failed", 1)
+    assert "stopped during attempt 1" in job.message
+    assert f"the run had deleted {len(gone)} manifests and {len(gone)} tags" in job.message
+    assert "nothing more was deleted" in job.message
+    run = RetentionRun.objects.get()  # one run: the job was not run again
+    assert (run.outcome, run.manifests_deleted, run.tags_deleted) == (
+        "incomplete",
+        len(gone),
+        len(gone),
+    )
+    assert job.outcome["retention_run"] == run.pk and job.outcome["run_outcome"] == "incomplete"
+    operation = Deletion.objects.get()
+    assert operation.state == "failed" and operation.retention_run_id == run.pk
+    records = dict(DeletionRecord.objects.values_list("digest", "state"))
+    assert {d for d, state in records.items() if state == "done"} == gone
+    assert "pending" not in records.values()
+
+    def repaired() -> bool:
+        """the recovery's sync of the repository succeeded"""
+        repair = Job.objects.filter(kind="sync_repository", started_by="recovery").first()
+        return repair is not None and repair.state == "succeeded"
+
+    eventually(repaired, timeout=90)
+    listed_now = set(
+        Manifest.objects.filter(repository__name="team/prune").values_list("digest", flat=True)
     )
     assert listed_now == still_there

@@ -8,6 +8,7 @@ import html
 import json
 import re
 from datetime import datetime, timedelta
+from html.parser import HTMLParser
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +26,7 @@ from hubimages.models import (
     RetentionRun,
 )
 from hubimages.retention import engine, policies, runs
+from hubimages.retention import form as retention_form
 from hubimages.web import deletion, retention
 from tests.builders import finish, manifest
 
@@ -615,3 +617,86 @@ def test_the_header_links_to_the_retention_page(db, viewer_client):
 
 def test_an_unknown_policy_is_a_404(db, viewer_client):
     assert viewer_client.get("/retention/policies/nope/").status_code == 404
+
+
+# -- what the editor can show -------------------------------------------------------------------
+
+
+class _FormFields(HTMLParser):
+    """The fields a browser would send for the form `form_id` of a page, as they stand."""
+
+    def __init__(self, form_id: str) -> None:
+        super().__init__()
+        self.form_id = form_id
+        self.inside = False
+        self.fields: list[tuple[str, str]] = []
+        self._select: str | None = None
+        self._textarea: str | None = None
+        self._text = ""
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "form":
+            self.inside = a.get("id") == self.form_id
+        if not self.inside or "name" not in a and tag != "option":
+            return
+        if tag == "input":
+            if a.get("type") == "checkbox" and "checked" not in a:
+                return
+            if a.get("type") == "submit":
+                return
+            default = "on" if a.get("type") == "checkbox" else ""
+            self.fields.append((a["name"], a.get("value") or default))
+        elif tag == "select":
+            self._select = a["name"]
+        elif tag == "option" and self._select and "selected" in a:
+            self.fields.append((self._select, a.get("value", "")))
+        elif tag == "textarea":
+            self._textarea, self._text = a["name"], ""
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
+        elif tag == "select":
+            self._select = None
+        elif tag == "textarea" and self._textarea:
+            self.fields.append((self._textarea, self._text))
+            self._textarea = None
+
+
+def form_fields(page: str, form_id: str = "policy-form") -> dict[str, str]:
+    parser = _FormFields(form_id)
+    parser.feed(page)
+    return {name: value for name, value in parser.fields if name != "csrfmiddlewaretoken"}
+
+
+def test_a_policy_of_sixty_rules_opened_and_saved_unchanged_keeps_all_sixty(db, deleter_client):
+    rules = [{"keep": "always", "tags": [f"keep-{n}"]} for n in range(60)]
+    policies.save_policy(policies.parse_policy({"name": "many", "rules": rules}))
+    editor = "/retention/policies/many/"
+
+    page = deleter_client.get(editor).content.decode()
+    response = deleter_client.post(f"{editor}save", form_fields(page))
+
+    assert response.status_code == 303
+    assert RetentionPolicy.objects.get(name="many").rules == rules
+
+
+def test_more_rules_than_the_editor_handles_are_refused_never_cut(db, deleter_client):
+    limit = retention_form.EDITOR_MAX_RULES
+    rules = [{"keep": "always", "tags": [f"keep-{n}"]} for n in range(limit + 1)]
+    policies.save_policy(policies.parse_policy({"name": "huge", "rules": rules}))
+    editor = "/retention/policies/huge/"
+
+    page = deleter_client.get(editor).content.decode()
+    response = deleter_client.post(f"{editor}save", form_fields(page))
+
+    assert f'name="rule-{limit}-keep"' in page  # every rule shown
+    assert response.status_code == 422
+    message = f"the editor handles up to {limit} rules; this policy has {limit + 1}"
+    assert message in html.unescape(response.content.decode())
+    assert len(RetentionPolicy.objects.get(name="huge").rules) == limit + 1

@@ -187,7 +187,7 @@ def test_the_garbage_collector_frees_exactly_the_registrys_stale_figure(
 
 
 def test_the_largest_items_and_the_most_shared_layers(two_teams):
-    document = storage_figures.insights()
+    document = storage_figures.compute()
 
     largest = document["largest"]
     sizes = [item["size"] for item in largest]
@@ -219,20 +219,17 @@ def test_the_largest_items_and_the_most_shared_layers(two_teams):
 
 
 def test_figures_are_computed_once_per_state_and_anew_after_a_sync(two_teams, pusher, sync):
-    registry = rows.get()
-    storage_figures.insights(registry)
-    with CaptureQueriesContext(connection) as queries:
-        again = storage_figures.insights(registry)
-    assert len(queries) == 3  # the state's two aggregates and the cached row
+    assert storage_figures.refresh() is True
+    again = storage_figures.kept().document
+    assert storage_figures.refresh() is False  # the same state: nothing to compute
 
     pusher.push_image(WEB, tag="big", layers=[random_layer(70_000, "big")])
-    with CaptureQueriesContext(connection) as queries:
-        before_sync = storage_figures.insights(registry)
-    assert len(queries) == 3
-    assert before_sync == again  # events aside, the registry is read by syncs
+    assert storage_figures.refresh() is False  # events aside, the registry is read by syncs
 
     sync(WEB)  # a repository's sync is enough
-    after = storage_figures.insights()
+    assert storage_figures.outdated()
+    assert storage_figures.refresh() is True
+    after = storage_figures.kept().document
     assert after["stored_bytes"] > again["stored_bytes"]
     assert by_name(after)[WEB]["stored_bytes"] >= by_name(again)[WEB]["stored_bytes"] + 70_000
     assert StorageFigures.objects.count() == 1
@@ -240,12 +237,12 @@ def test_figures_are_computed_once_per_state_and_anew_after_a_sync(two_teams, pu
 
 def test_a_full_sync_job_leaves_the_figures_ready(two_teams, registry_url):
     queue.start_sync(started_by="schedule")
-    run_tasks()
+    run_tasks()  # the sync, then the figures it made out of date
 
     registry = rows.get()
     with CaptureQueriesContext(connection) as queries:
-        storage_figures.insights(registry)
-    assert len(queries) == 3
+        kept = storage_figures.kept(registry)
+    assert kept.current and len(queries) == 4
 
 
 def test_a_deletion_shows_in_the_figures_at_once(two_teams, registry_client):

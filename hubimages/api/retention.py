@@ -13,8 +13,10 @@ otherwise, saying what is beyond).
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import Query, Router, Status
@@ -136,7 +138,7 @@ def delete_policy(request: HttpRequest, name: str) -> Status:
 
 @router.post(
     "/retention-policies/{name}/dry-run",
-    response={200: DryRunOut, **error_responses(403, 404)},
+    response={200: DryRunOut, **error_responses(403, 404, 422)},
     summary="Dry-run a retention policy",
 )
 def dry_run_policy(request: HttpRequest, name: str) -> dict:
@@ -145,7 +147,7 @@ def dry_run_policy(request: HttpRequest, name: str) -> dict:
     the repositories the caller sees (their totals and fingerprint too): whoever may run
     the policy sees all it covers."""
     policy = policies.policy_of(_row(request, name))
-    return dry_run_out(engine.dry_run(policy, within=rights_of(request).within()))
+    return dry_run_out(_dry_run(policy, within=rights_of(request).within()))
 
 
 @router.post(
@@ -160,13 +162,13 @@ def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpRe
     require_write_scope(request, "running policies")
     policy = policies.policy_of(row)
     _refuse_unless_admin(request, policy, "run")
-    if engine.dry_run(policy, now=payload.now).fingerprint != payload.fingerprint:
+    if _dry_run(policy, now=payload.now).fingerprint != payload.fingerprint:
         raise ApiError(
             409,
             "plan_changed",
             "the registry changed since that dry run (or it was another one): nothing was "
             "deleted; check the new dry run and send its now and fingerprint",
-            dry_run=dry_run_out(engine.dry_run(policy)),
+            dry_run=dry_run_out(_dry_run(policy)),
         )
     job = queue.start_retention(
         policy=row.name,
@@ -182,6 +184,22 @@ def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpRe
 
 def policy_json(row: PolicyRow) -> dict[str, Any]:
     return policies.policy_of(row).as_json()
+
+
+def _dry_run(
+    policy: policies.Policy, now: datetime | None = None, *, within: Q | None = None
+) -> engine.DryRun:
+    """The dry run (of the repositories `within` lets through: those the caller sees), or
+    422 naming the pattern that took too long (`PatternClock`)."""
+    try:
+        return engine.dry_run(policy, now=now, within=within)
+    except policies.PatternTooSlow as slow:
+        raise ApiError(
+            422,
+            "pattern_too_slow",
+            f"nothing was decided: {slow}",
+            fields=[{"field": e.field, "message": e.message} for e in slow.errors],
+        ) from None
 
 
 def dry_run_out(result: engine.DryRun) -> dict[str, Any]:

@@ -374,3 +374,9 @@ class StorageOut(Schema):
     )
     repositories: list[RepositoryStorageOut]
     history: list[StoragePointOut] = Field(description="Stored bytes after each full sync.")
+    computed_at: str = Field(description="When the workers computed these (ISO 8601, UTC).")
+    current: bool = Field(
+        description="Whether they describe the registry as hubimages knows it now; false "
+        "after a sync or a deletion, until the workers compute new ones."
+    )
+    computing: bool = Field(description="Whether a worker is computing new figures now.")

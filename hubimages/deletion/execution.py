@@ -4,6 +4,7 @@ children, each manifest recorded PENDING before its DELETE and settled after."""
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,21 +15,31 @@ from django.utils import timezone
 
 from hubimages.deletion.planning import DeletionPlan, PlannedItem, plan_deletion
 from hubimages.lib.formatting import plural, short_digest
-from hubimages.lib.leases import HeldLease, repository_lock
+from hubimages.lib.leases import (
+    HeldLease,
+    LeaseLost,
+    acquire,
+    holding,
+    repository_lease_name,
+    repository_lock,
+)
 from hubimages.models import (
-    Blob,
     Deletion,
     DeletionRecord,
     IndexEntry,
+    Job,
     Manifest,
     ManifestBlob,
     RegistryEvent,
     Repository,
+    RetentionRun,
 )
 from hubimages.sync import rollups
 from hubimages.sync.service import sync_repository
 from registry.client import RegistryClient
 from registry.errors import NotFound, RegistryError, UnsupportedOperation
+
+log = logging.getLogger("hubimages.deletion")
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,15 @@ class RecheckFailed(Exception):
     """The repository could not be re-read from the registry: nothing was deleted."""
 
 
+class DeletionStopped(LeaseLost):
+    """The repository's lease was taken over mid-way: no further DELETE was sent, and the
+    operation's records say what went."""
+
+    def __init__(self, message: str, operation_id: int) -> None:
+        super().__init__(message)
+        self.operation_id = operation_id
+
+
 # -- execution -----------------------------------------------------------------------------
 
 
@@ -83,6 +103,8 @@ def execute_deletion(
     client: RegistryClient,
     username: str | None = None,
     progress: Callable[[str], None] | None = None,
+    retention_run: RetentionRun | None = None,
+    job: Job | None = None,
 ) -> DeletionOutcome:
     """Delete exactly the plan previewed as `fingerprint`, or nothing if it changed.
 
@@ -91,9 +113,12 @@ def execute_deletion(
     before their referrers) so a failure never leaves an index pointing at nothing. Each
     manifest's record is written PENDING before its DELETE is sent and DONE or FAILED
     after, so a worker killed mid-way leaves an exact history (`resolve_interrupted`).
-    `username` overrides the recorded name (the command line records `cli:<os user>`).
-    Raises `locks.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
-    `locks.LeaseLost` if the lease is taken over mid-way (what went is recorded).
+    `username` overrides the recorded name (the command line records `cli:<os user>`);
+    `retention_run` is the run this deletion is part of, `job` the deletion job running it.
+    Raises `leases.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
+    `DeletionStopped` (a `leases.LeaseLost`) if the lease is taken over mid-way: the check
+    right before each DELETE asks the database whether this holder's generation of the lease
+    is still the current one, so nothing more is sent once another process took it over.
     """
     digests = list(digests)
     name = username or (user.get_username() if user is not None else "")
@@ -115,6 +140,8 @@ def execute_deletion(
             repository=repository.name,
             selected=list(plan.selected),
             fingerprint=fingerprint,
+            retention_run=retention_run,
+            job=job,
         )
         if plan.fingerprint != fingerprint:
             _close(operation, Deletion.State.STALE, CHANGED_MESSAGE)
@@ -128,6 +155,8 @@ def execute_deletion(
                 plan, client, lease, operation, deleted, failed, skipped, report, watch
             )
             watch.finish(operation, deleted)
+        except LeaseLost as lost:
+            raise DeletionStopped(str(lost), operation.pk) from None
         finally:
             reclaimed = _record(repository, operation, deleted)
             state = Deletion.State.DONE if not (failed or skipped) else Deletion.State.PARTIAL
@@ -187,7 +216,7 @@ def _delete_in_order(
             skipped.append(NotDeleted(item.digest, reason))
             not_done[item.manifest_id] = item.digest
             continue
-        lease.check()  # never send a DELETE without holding the repository
+        lease.check()  # fencing: no DELETE unless this generation still holds the repository
         report(f"Deleting {number} of {len(ordered)}: {short_digest(item.digest)}")
         record = _pending_record(operation, item)
         try:
@@ -379,10 +408,41 @@ def _settle(record: DeletionRecord, state: str, message: str = "") -> None:
     DeletionRecord.objects.filter(pk=record.pk).update(state=state, message=message[:512])
 
 
+def settle_interrupted(
+    client_for: Callable[[str], RegistryClient], operations: Iterable[Deletion]
+) -> list[int]:
+    """Settle the deletions a process left running when it stopped (SIGKILL, a lost host,
+    a database that went away before it could close them). A deletion holds its
+    repository's lease from its start to its end, so one still running whose repository's
+    lease is free was interrupted. Each repository's are settled holding that lease:
+    nobody deletes there meanwhile, and a holder that was only stalled is fenced out (its
+    next check fails). A repository whose lease is held, or whose registry does not answer,
+    waits for the next call. `client_for(registry)` reads each deletion's registry.
+    Returns the ids of the deletions settled."""
+    settled = []
+    for registry, repository in sorted({(o.registry, o.repository) for o in operations}):
+        taken = acquire(repository_lease_name(repository, registry), owner="recovery")
+        if taken is None:
+            continue  # held: a live deletion, or a sync; the next call tries again
+        with holding(taken):
+            for operation in Deletion.objects.filter(
+                registry=registry, repository=repository, state=Deletion.State.RUNNING
+            ):
+                try:
+                    resolve_interrupted(client_for(registry), operation)
+                except RegistryError as error:
+                    log.warning("could not settle deletion %s yet: %s", operation.pk, error)
+                    break
+                settled.append(operation.pk)
+    return settled
+
+
 def resolve_interrupted(client: RegistryClient, operation: Deletion) -> int:
-    """After a worker died mid-deletion: a PENDING record's DELETE may or may not have
-    reached the registry, so ask it (a HEAD by digest) and record what is true. Returns how
-    many were resolved."""
+    """A deletion whose process stopped mid-way: a PENDING record's DELETE may or may not
+    have reached the registry, so ask it (a HEAD by digest) and record what is true. The
+    manifests that went leave the database as a finished deletion's would, their freed
+    bytes credited to them. Call it holding the repository's lease (`settle_interrupted`).
+    Returns how many records were resolved."""
     resolved = 0
     for record in operation.records.filter(state=DeletionRecord.State.PENDING):
         present = client.head_manifest(operation.repository, record.digest) is not None
@@ -392,15 +452,50 @@ def resolve_interrupted(client: RegistryClient, operation: Deletion) -> int:
             "interrupted before the registry deleted it" if present else "",
         )
         resolved += 1
-    done = operation.records.filter(state=DeletionRecord.State.DONE).count()
+    done = list(
+        operation.records.filter(state=DeletionRecord.State.DONE)
+        .order_by("pk")
+        .values_list("digest", flat=True)
+    )
+    repository = Repository.objects.filter(
+        registry__name=operation.registry, name=operation.repository
+    ).first()
+    if repository is not None and done:
+        _record(repository, operation, _still_stored(repository, done))
+    reclaimed = sum(operation.records.values_list("reclaimed_bytes", flat=True))
     _close(
         operation,
         Deletion.State.FAILED,
-        f"interrupted: the worker stopped; {plural(done, 'manifest')} "
-        f"{'was' if done == 1 else 'were'} "
-        "deleted before it did (see the records)",
+        f"interrupted: the process running it stopped; {plural(len(done), 'manifest')} "
+        f"{'was' if len(done) == 1 else 'were'} deleted before it did (see the records)",
+        reclaimed,
     )
     return resolved
+
+
+def _still_stored(repository: Repository, digests: list[str]) -> list[PlannedItem]:
+    """The deleted manifests the database still holds (the process stopped before it
+    recorded them), in deletion order, as `_record` takes them."""
+    rows = {
+        digest: (pk, kind, size)
+        for pk, digest, kind, size in Manifest.objects.filter(
+            repository=repository, digest__in=digests
+        ).values_list("pk", "digest", "kind", "size")
+    }
+    return [
+        PlannedItem(
+            manifest_id=rows[d][0],
+            digest=d,
+            kind=rows[d][1],
+            platform="",
+            tags=(),
+            size=rows[d][2],
+            because="",
+            group="",
+        )
+        for d in digests
+        if d in rows
+    ]
 
 
 def _parents_within(plan: DeletionPlan) -> dict[int, list[tuple[int, str]]]:
@@ -459,9 +554,9 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
         for manifest_id, share in shares.items():
             operation.records.filter(digest=digests[manifest_id]).update(reclaimed_bytes=share)
         Deletion.objects.filter(pk=operation.pk).update(probe_digest=probe)
-        Manifest.objects.filter(pk__in=ids).delete()
-        Blob.objects.filter(pk__in=set(blob_ids), manifest_links__isnull=True).delete()
-        rollups.refresh(repository)
+        with rollups.changing(repository.pk, ids):  # the deleted items' neighbourhood only
+            Manifest.objects.filter(pk__in=ids).delete()
+            rollups.unused_blobs(set(blob_ids)).delete()
         Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return sum(shares.values())
 

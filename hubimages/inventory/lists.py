@@ -168,7 +168,7 @@ def count_top_level(
 ) -> ListCount:
     """How many rows `top_level(repository, query)` holds, without counting a million.
 
-    A filter alone is answered by the counts `rollups.refresh` stores. With a status or a
+    A filter alone is answered by the counts `sync.rollups` keeps. With a status or a
     search, the count is first estimated from a sample of the filter's rows taken in
     digest order (digests are random, so the sample is not skewed towards old or new
     pushes); an estimate past ESTIMATED_FROM is shown rounded, and says so. Below it (or

@@ -9,8 +9,10 @@ from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import QuerySet
+from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from django_tasks_db.models import DBTaskResult
 
 from hubimages.lib import audit
 from hubimages.lib.audit import Action, Actor
@@ -68,17 +70,20 @@ def start(
 
 def start_sync(*, registry: str = "", user=None, started_by: str = "", repository: str = "") -> Job:
     """A full sync of `registry` (or of one repository), unless the same one is already
-    queued or running: then that job, so a second click follows the first."""
+    queued or running: then that job, so a second click follows the first. Only a job
+    whose task still waits or runs is followed: one whose task ended without closing it is
+    the workers' to line up (`jobs.worker.recover`), and never holds up a new sync."""
     kind = Kind.SYNC_REPOSITORY if repository else Kind.SYNC
-    waiting = Job.objects.filter(
+    for waiting in Job.objects.filter(
         kind=kind,
         registry=registry,
         repository=repository,
         state__in=(State.QUEUED, State.RUNNING),
-    ).first()
-    return waiting or start(
-        kind, user=user, started_by=started_by, registry=registry, repository=repository
-    )
+    ):
+        live = (TaskResultStatus.READY, TaskResultStatus.RUNNING)
+        if DBTaskResult.objects.filter(id=waiting.task_id, status__in=live).exists():
+            return waiting
+    return start(kind, user=user, started_by=started_by, registry=registry, repository=repository)
 
 
 def start_retention(

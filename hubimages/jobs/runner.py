@@ -8,9 +8,10 @@ progress, outcome or failure. A failure that may pass (the registry unreachable,
 repository busy) is retried with back-off, at most `max_attempts` times.
 
 django-tasks-db leaves a task whose worker died in RUNNING for ever. Every worker beats a
-`WorkerHeartbeat`; `recover`, which the workers run every few seconds, finds the tasks of
-workers that stopped beating and runs their jobs again or marks them failed. Their leases
-(repository locks) expire by themselves.
+`WorkerHeartbeat`; `worker.recover`, which the workers run every few seconds, lines every
+unfinished job up with its task (lost with its worker, ended without closing the job, gone
+from the queue) and runs it again or closes it. Their leases (repository locks) expire by
+themselves.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from hubimages.deletion import execution
+from hubimages.jobs import recovery
 from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail
 from hubimages.lib.formatting import plural
 from hubimages.lib.leases import LeaseBusy, LeaseLost
@@ -60,19 +62,36 @@ def run(job_id: int, *, worker_id: str = "") -> None:
     job = Job.objects.get(pk=job_id)
     try:
         outcome = HANDLERS[job.kind](job, _progress_writer(job))
-    except Retry as reason:
+    except Retry as reason:  # raised only while nothing can have been deleted
         retry_or_fail(job, str(reason))
-    except (LeaseBusy, RegistryError, DatabaseError) as error:
-        retryable = not isinstance(error, RegistryError) or error.retryable
-        if retryable:
-            retry_or_fail(job, str(error))
-        else:
-            fail_job(job, str(error))
     except Exception as error:
-        log.exception("job %s (%s) failed", job.pk, job.kind)
-        fail_job(job, f"internal error: {error!r}")
+        if job.kind in recovery.DELETING and recovery.may_have_deleted(job):
+            log.exception("job %s (%s) stopped after its DELETEs began", job.pk, job.kind)
+            _close_after_deletes(job, f"stopped by an error after its DELETEs began: {error}")
+        elif isinstance(error, (LeaseBusy, DatabaseError)) or (
+            isinstance(error, RegistryError) and error.retryable
+        ):
+            retry_or_fail(job, str(error))
+        elif isinstance(error, RegistryError):
+            fail_job(job, str(error))
+        else:
+            log.exception("job %s (%s) failed", job.pk, job.kind)
+            fail_job(job, f"internal error: {error!r}")
     else:
         _finish(job, outcome)
+
+
+def _close_after_deletes(job: Job, reason: str) -> None:
+    """Never retried once a DELETE may have gone out: what it recorded is settled from the
+    registry and the job closed saying what went (`recovery.close_job`). If that cannot be
+    done now (the database still away, the repository busy), the job stays running and
+    the workers' sweep closes it (`worker.recover`)."""
+    recovery.settle_interrupted()
+    if not recovery.records_settled(job):
+        Job.objects.filter(pk=job.pk).update(message=f"{reason}; settling what went")
+        return
+    with transaction.atomic():
+        recovery.close_job(job, reason)
 
 
 def _progress_writer(job: Job) -> Callable[[str], None]:
@@ -117,11 +136,6 @@ def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
             probes.probe(registry, client)
         except RegistryError as error:
             log.warning("could not probe registry %s: %s", registry.name, error)
-    if summary.succeeded:
-        # The Storage page's figures for the state the sync left, computed here rather
-        # than by the first person who opens the page.
-        progress("Computing the storage figures")
-        figures.insights(registry)
     return _sync_outcome(summary)
 
 
@@ -148,8 +162,8 @@ def _sync_outcome(summary: service.SyncSummary) -> dict:
 
 def _run_deletion(job: Job, progress: Callable[[str], None]) -> dict:
     """Retried only while nothing can have been deleted: the registry unreachable for the
-    re-check, the repository busy. Once DELETEs went out, a failure is final and the
-    history says what went."""
+    re-check, the repository busy. Once a DELETE may have gone out, a failure (an error of
+    the database included) is final, and the history says what went (`run`)."""
     repository = (
         Repository.objects.select_related("registry")
         .filter(registry__name=job.registry or rows.default_name(), name=job.repository)
@@ -167,6 +181,7 @@ def _run_deletion(job: Job, progress: Callable[[str], None]) -> dict:
                 client=client,
                 username=job.started_by,
                 progress=progress,
+                job=job,
             )
     except execution.RecheckFailed as error:
         raise Retry(f"nothing was deleted: {error}") from None
@@ -209,7 +224,7 @@ def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
     progress(f"Running policy {row.name} as of {now:%Y-%m-%d %H:%M:%S} UTC")
     with ClientsByRegistry() as client_for:
         if job.params.get("scheduled"):
-            result = runs.run_scheduled(row, now, client_for=client_for)
+            result = runs.run_scheduled(row, now, client_for=client_for, job=job)
         else:
             result = runs.run(
                 policy=policies.policy_of(row),
@@ -220,6 +235,7 @@ def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
                 started_by=job.started_by,
                 user=job.user,
                 row=row,
+                job=job,
             )
     record = result.record
     if record.outcome == RetentionRun.Outcome.BUSY:

@@ -1,5 +1,6 @@
-"""What every worker does besides its tasks: beat its heartbeat, recover the tasks of
-workers that died, start what the schedule says is due, keep the tables bounded."""
+"""What every worker does besides its tasks: beat its heartbeat (a thread of its own),
+and, in another thread, recover the tasks of workers that died, start what the schedule
+says is due, keep the tables bounded. Heartbeats are on the database's clock."""
 
 from __future__ import annotations
 
@@ -10,20 +11,19 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from hubimages.deletion import execution
-from hubimages.jobs.queue import Kind, State, fail_job, retry_or_fail, start_retention, start_sync
-from hubimages.jobs.tasks import ensure_drain, events_due
-from hubimages.models import Deletion, Job, Schedule, WorkerHeartbeat
+from hubimages.jobs import recovery
+from hubimages.jobs.queue import State, retry_or_fail, start_retention, start_sync
+from hubimages.jobs.tasks import ensure_drain, ensure_figures, events_due
+from hubimages.models import Job, Schedule, WorkerHeartbeat
 from hubimages.registries import rows
-from hubimages.registries.client import registry_client
 from hubimages.retention import runs
 from hubimages.sync import events
-from registry.errors import RegistryError
 
 log = logging.getLogger("hubimages.jobs")
 KEEP_FINISHED = timedelta(days=30)
@@ -36,13 +36,16 @@ HOUSEKEEPING_EVERY = timedelta(hours=1)
 
 
 def beat(worker_id: str, started_at: datetime) -> None:
-    """This worker is alive (called every few seconds by its heartbeat thread)."""
-    now = timezone.now()
+    """This worker is alive: called every few seconds by its heartbeat thread, which does
+    nothing else, so no slow work (recovery asking the registry, the schedule) can make a
+    live worker look dead. On the database's clock, as every other worker reads it."""
+    if WorkerHeartbeat.objects.filter(worker_id=worker_id).update(beat_at=Now()):
+        return
     WorkerHeartbeat.objects.update_or_create(
         worker_id=worker_id,
-        defaults={"beat_at": now},
+        defaults={"beat_at": Now()},
         create_defaults={
-            "beat_at": now,
+            "beat_at": Now(),
             "host": socket.gethostname()[:255],
             "pid": os.getpid(),
             "started_at": started_at,
@@ -55,71 +58,107 @@ def stop_beating(worker_id: str) -> None:
     WorkerHeartbeat.objects.filter(worker_id=worker_id).delete()
 
 
-def dead_workers(now: datetime | None = None) -> set[str]:
-    cutoff = (now or timezone.now()) - timedelta(seconds=settings.WORKER_LEASE_SECONDS)
+def live_workers() -> set[str]:
+    """The workers that beat within `WORKER_LEASE_SECONDS`, on the database's clock."""
+    cutoff = Now() - timedelta(seconds=settings.WORKER_LEASE_SECONDS)
     return set(
-        WorkerHeartbeat.objects.filter(beat_at__lt=cutoff).values_list("worker_id", flat=True)
+        WorkerHeartbeat.objects.filter(beat_at__gte=cutoff).values_list("worker_id", flat=True)
     )
 
 
 def recover(now: datetime | None = None) -> list[int]:
-    """Tasks whose worker died mid-run (SIGKILL, a lost host): mark them failed in the
-    queue, and run their jobs again, or fail them when they may not run twice. Returns the
-    recovered jobs' ids."""
+    """Line every unfinished job up with its task in django-tasks-db's queue, which keeps
+    the state of record of what runs: a job is left queued or running only while its task
+    waits, or runs in a live worker. A job whose task is lost (its worker stopped beating:
+    SIGKILL, a lost host), ended without closing it (an exception between claiming and
+    closing it, a second SIGTERM) or is gone from the queue runs again, or is closed when
+    it may not run twice (`recovery.close_job`); the task is marked failed in the same
+    transaction. First, what stopped processes left running is settled
+    (`recovery.settle_interrupted`): a job that deletes waits until its records are.
+    Returns the recovered jobs' ids."""
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.WORKER_LEASE_SECONDS)
-    alive = set(
-        WorkerHeartbeat.objects.filter(beat_at__gte=cutoff).values_list("worker_id", flat=True)
-    )
+    recovery.settle_interrupted()
+    alive = live_workers()
+    unfinished = list(Job.objects.filter(state__in=(State.QUEUED, State.RUNNING)))
+    tasks = {
+        str(task.id): task
+        for task in DBTaskResult.objects.filter(
+            id__in=[job.task_id for job in unfinished if job.task_id]
+        ).only("id", "status", "worker_ids", "exception_class_path")
+    }
     recovered = []
-    running = DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING, started_at__lt=cutoff)
-    for task in running.only("id", "worker_ids", "started_at"):
-        worker = task.worker_ids[-1] if task.worker_ids else ""
-        if worker in alive:
-            continue
-        marked = DBTaskResult.objects.filter(id=task.id, status=TaskResultStatus.RUNNING).update(
-            status=TaskResultStatus.FAILED,
-            finished_at=now,
-            exception_class_path="hubimages.jobs.queue.WorkerLost",
-            traceback=f"worker {worker or '?'} stopped beating while running this task",
-        )
-        if not marked:
-            continue  # another worker recovered it first
-        job = Job.objects.filter(task_id=str(task.id)).first()
-        if job is not None and not job.finished:
-            _recover_job(job, worker)
+    for job in unfinished:
+        task = tasks.get(job.task_id)
+        reason = _lost(job, task, alive)
+        if reason and _recover(job, task, reason, now):
             recovered.append(job.pk)
-    WorkerHeartbeat.objects.filter(beat_at__lt=now - timedelta(days=1)).delete()
+    _fail_orphaned_tasks(alive, now)
+    WorkerHeartbeat.objects.filter(beat_at__lt=Now() - timedelta(days=1)).delete()
     return recovered
 
 
-def _recover_job(job: Job, worker: str) -> None:
-    reason = f"worker {worker or '?'} stopped during attempt {job.attempts or 1}"
-    if job.kind == Kind.DELETION:
-        _recover_deletion(job, reason)
-        return
-    Job.objects.filter(pk=job.pk).update(state=State.RUNNING)
-    retry_or_fail(job, reason)
+def _lost(job: Job, task: DBTaskResult | None, alive: set[str]) -> str:
+    """Why `job` will never be closed by its task ("" while the task waits or runs)."""
+    if task is None:
+        return "its task is gone from the queue"
+    worker = task.worker_ids[-1] if task.worker_ids else ""
+    if task.status == TaskResultStatus.RUNNING:
+        if worker in alive:
+            return ""
+        return f"worker {worker or '?'} stopped during attempt {job.attempts or 1}"
+    if task.status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
+        error = task.exception_class_path.rpartition(".")[2]
+        return (
+            f"its task ended ({task.status.lower()}{f': {error}' if error else ''}) during "
+            f"attempt {job.attempts or 1} without closing it"
+        )
+    return ""
 
 
-def _recover_deletion(job: Job, reason: str) -> None:
-    """A deletion is never run twice: what went is settled from the registry, and a sync
-    of the repository makes the list true again."""
-    registry = job.registry or rows.default_name()
-    operations = Deletion.objects.filter(
-        registry=registry,
-        repository=job.repository,
-        state=Deletion.State.RUNNING,
-        started_at__gte=job.created_at,
+def _recover(job: Job, task: DBTaskResult | None, reason: str, now: datetime) -> bool:
+    """Whether `job` was recovered (False: another worker did, or it deletes and its
+    records are not settled yet: the next round tries again)."""
+    if job.kind in recovery.DELETING and not recovery.records_settled(job):
+        return False
+    with transaction.atomic():
+        # Claim the job as it was read (a conditional UPDATE: one worker wins); a job
+        # never claimed by its task counts this as an attempt, so retries stay bounded.
+        claimed = Job.objects.filter(pk=job.pk, task_id=job.task_id, state=job.state).update(
+            state=State.RUNNING,
+            attempts=F("attempts") + (1 if job.state == State.QUEUED else 0),
+        )
+        if not claimed:
+            return False
+        if task is not None:
+            _fail_task(task, now)
+        if job.kind in recovery.DELETING:
+            recovery.close_job(job, reason)
+        else:
+            retry_or_fail(job, reason)
+    return True
+
+
+def _fail_task(task: DBTaskResult, now: datetime) -> None:
+    """A task left running by a worker that stopped beating: failed (a task that ended is
+    left as it ended)."""
+    worker = task.worker_ids[-1] if task.worker_ids else "?"
+    DBTaskResult.objects.filter(id=task.id, status=TaskResultStatus.RUNNING).update(
+        status=TaskResultStatus.FAILED,
+        finished_at=now,
+        exception_class_path="hubimages.jobs.queue.WorkerLost",
+        traceback=f"worker {worker} stopped beating while running this task",
     )
-    try:
-        with registry_client(registry) as client:
-            for operation in operations:
-                execution.resolve_interrupted(client, operation)
-    except RegistryError as error:
-        log.warning("could not settle the interrupted deletion of job %s: %s", job.pk, error)
-    fail_job(job, f"{reason}; nothing more was deleted; the deletion history says what went")
-    start_sync(registry=registry, started_by="recovery", repository=job.repository)
+
+
+def _fail_orphaned_tasks(alive: set[str], now: datetime) -> None:
+    """Tasks without a job (drains of registry events) whose worker stopped: failed, so
+    nothing shows as running without a live worker. (Their events' claims expire.)"""
+    for task in DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).only(
+        "id", "worker_ids"
+    ):
+        worker = task.worker_ids[-1] if task.worker_ids else ""
+        if worker not in alive and not Job.objects.filter(task_id=str(task.id)).exists():
+            _fail_task(task, now)
 
 
 def schedule_due(now: datetime | None = None) -> list[Job]:
@@ -176,11 +215,11 @@ def housekeeping(now: datetime) -> None:
     log.info("housekeeping: forgot %s processed registry events", pruned)
 
 
-def maintain(worker_id: str, started_at: datetime) -> None:
-    """What each worker does every few seconds besides its tasks."""
-    beat(worker_id, started_at)
+def maintain() -> None:
+    """What each worker does every few seconds besides its tasks and its heartbeat."""
     rows.ensure_rows()
     recover()
     schedule_due()
     if events_due():
         ensure_drain()
+    ensure_figures()  # after a day, a changed stale setting, a deletion from the command line

@@ -1,37 +1,48 @@
 """Named leases, so a deletion and a sync never interleave on one repository and two full
 syncs never overlap, whichever processes and hosts they run in.
 
-A lease is a row (`Lease`) taken by a conditional UPDATE ("where nobody holds it, or where
-the holder's lease ran out"): it works alike on SQLite and PostgreSQL. While a process
-holds leases, one thread of that process renews them every quarter of `LOCK_LEASE_SECONDS`;
-a process that dies (SIGKILL included) stops renewing, and after the lease anyone may take
-over. A holder whose lease was taken over meanwhile learns it from `HeldLease.check()`.
-Only workers and command-line processes hold leases: a web request never does.
+A lease is a row (`Lease`) that exists while someone holds the name: taking it is an
+INSERT the unique name lets only one process win, after deleting the row of a holder whose
+lease ran out. Each taking is a new row, so the row's id is the lease's **generation**: it
+only grows (PostgreSQL's sequences and SQLite's AUTOINCREMENT never hand an id out twice)
+and names one holder for ever. It is the fencing token: `HeldLease.check()`, called right
+before each irreversible step (a registry DELETE), is one conditional UPDATE "push the
+lease named by this generation forward", so a holder whose lease was taken over learns it
+from the database itself, however its callers nested their leases.
+
+While a process holds leases, one thread of that process renews them every quarter of
+`LOCK_LEASE_SECONDS`; a process that dies (SIGKILL included) stops renewing, and after the
+lease anyone may take over. Expiries are on the database's clock (`Now()`), never a host's:
+a host whose clock runs ahead cannot take a live lease. Only workers and command-line
+processes hold leases: a web request never does.
 
 Leases are re-entrant within one thread of execution (a context variable remembers what
 this context holds): a deletion holds its repository's while it re-reads the repository
-through `hubimages.sync.service.sync_repository`, whose write path takes the same lease.
+through `hubimages.sync.service.sync_repository`, whose write path takes the same lease, and
+a retention run holds every repository's while each one's deletion runs. A nested `lease()`
+yields the very lease its caller holds, so the check before a DELETE is the outer one's.
 
-Take them outside any transaction: inside one, the UPDATE would only be seen by others at
-commit time (PostgreSQL would make them wait on the row instead of answering "busy").
+Take them outside any transaction: inside one, the INSERT would only be seen by others at
+commit time (PostgreSQL would make them wait on the row instead of answering "busy"). The
+one exception is `acquire_new`, for a name nobody can know yet (a run's own lease, taken in
+the transaction that writes the run: see `run_lease_name`).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from hubimages.models import Lease, Repository
 
@@ -39,8 +50,8 @@ log = logging.getLogger("hubimages.locks")
 
 POLL_INTERVAL = 0.2
 
-# Lease name -> token of the leases this context holds (never mutated: replaced).
-_held: ContextVar[dict[str, str] | None] = ContextVar("hubimages_leases", default=None)
+# Lease name -> the lease this context holds (never mutated: replaced).
+_held: ContextVar[dict[str, HeldLease] | None] = ContextVar("hubimages_leases", default=None)
 
 
 def lease_duration() -> timedelta:
@@ -73,25 +84,23 @@ class LeaseLost(Exception):
     """The lease ran out and another process took it over: stop before doing more."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeldLease:
     name: str
-    token: str
-    lost: threading.Event = field(default_factory=threading.Event, compare=False)
+    generation: int
 
     def check(self) -> None:
-        """Raise LeaseLost when the lease was taken over; call before each irreversible step."""
-        if self.lost.is_set():
+        """Raise LeaseLost unless this generation still holds the lease, and push it
+        forward: call right before each irreversible step."""
+        if not self.renew():
             raise LeaseLost(f"lost the lease on {self.name}: another process took it over")
 
     def renew(self) -> bool:
-        """Push the lease forward; False (and `lost` set) when it was taken over."""
-        renewed = Lease.objects.filter(name=self.name, token=self.token).update(
-            expires_at=timezone.now() + lease_duration()
+        """Push the lease forward; False when another process took it over. (A lease that
+        ran out but that nobody took is still this generation's: nobody else held it.)"""
+        return bool(
+            Lease.objects.filter(pk=self.generation).update(expires_at=Now() + lease_duration())
         )
-        if not renewed:
-            self.lost.set()
-        return bool(renewed)
 
 
 DEFAULT_REGISTRY = "default"
@@ -102,34 +111,44 @@ def repository_lease_name(name: str, registry: str = DEFAULT_REGISTRY) -> str:
     return f"repository:{registry}/{name}"
 
 
+def run_lease_name(kind: str, pk: int) -> str:
+    """The lease a run record (`SyncRun`, `RetentionRun`) is held by while its process
+    works on it: a record still running whose lease is free was left by a process that
+    stopped, and the workers settle it."""
+    return f"run:{kind}:{pk}"
+
+
 def acquire(name: str, *, owner: str) -> HeldLease | None:
-    """Take the lease if it is free or expired; None if someone holds it. Not re-entrant."""
-    now = timezone.now()
-    token = secrets.token_hex(16)
-    fields = {"token": token, "owner": owner[:200], "acquired_at": now}
-    free = Q(token="") | Q(expires_at__isnull=True) | Q(expires_at__lt=now)
-    if (
-        Lease.objects.filter(name=name)
-        .filter(free)
-        .update(expires_at=now + lease_duration(), **fields)
-    ):
-        return HeldLease(name, token)
-    if Lease.objects.filter(name=name).exists():
-        return None
+    """Take the lease if it is free or ran out; None if someone holds it. Not re-entrant."""
+    Lease.objects.filter(name=name).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__lt=Now())
+    ).delete()
     try:
-        Lease.objects.create(name=name, expires_at=now + lease_duration(), **fields)
-    except IntegrityError:  # someone created it first
+        with transaction.atomic():
+            row = Lease.objects.create(
+                name=name, owner=owner[:200], acquired_at=Now(), expires_at=Now() + lease_duration()
+            )
+    except IntegrityError:  # someone holds it, or took it just now
         return None
-    return HeldLease(name, token)
+    return HeldLease(name, row.pk)
+
+
+def acquire_new(name: str, *, owner: str) -> HeldLease:
+    """Take the lease of a name nobody can know yet (a run's own, in the transaction that
+    writes the run: see `run_lease_name`)."""
+    taken = acquire(name, owner=owner)
+    if taken is None:
+        raise RuntimeError(f"the new lease {name} is taken")
+    return taken
 
 
 def release(held: HeldLease) -> None:
-    Lease.objects.filter(name=held.name, token=held.token).update(token="", expires_at=None)
+    Lease.objects.filter(pk=held.generation).delete()
 
 
 def holder(name: str) -> Lease | None:
     """The live lease on `name`, if someone holds one."""
-    return Lease.objects.filter(name=name, expires_at__gte=timezone.now()).exclude(token="").first()
+    return Lease.objects.filter(name=name, expires_at__gte=Now()).first()
 
 
 @contextmanager
@@ -140,19 +159,27 @@ def lease(
     the background meanwhile. Raises `busy(what, …)` when another holder keeps it longer."""
     held = _held.get() or {}
     if name in held:
-        yield HeldLease(name, held[name])
+        yield held[name]
         return
     deadline = time.monotonic() + wait
     while (taken := acquire(name, owner=owner)) is None:
         if time.monotonic() >= deadline:
-            current = Lease.objects.filter(name=name).first()
+            current = holder(name)
             raise busy(
                 what or name.partition(":")[2] or name,
                 current.owner if current else "",
                 current.acquired_at if current else None,
             )
         time.sleep(POLL_INTERVAL)
-    reset = _held.set({**held, name: taken.token})
+    with holding(taken) as kept:
+        yield kept
+
+
+@contextmanager
+def holding(taken: HeldLease) -> Iterator[HeldLease]:
+    """Keep a lease `acquire` took for the block (renewed in the background, re-entrant
+    within this context), then release it."""
+    reset = _held.set({**(_held.get() or {}), taken.name: taken})
     _renewer.add(taken)
     try:
         yield taken
@@ -195,25 +222,25 @@ class _Renewer:
     none (so a process that holds no lease runs no thread)."""
 
     def __init__(self) -> None:
-        self._objects: dict[tuple[str, str], HeldLease] = {}
+        self._objects: set[HeldLease] = set()
         self._state = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def add(self, held: HeldLease) -> None:
         with self._state:
-            self._objects[(held.name, held.token)] = held
+            self._objects.add(held)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
                 self._thread.start()
 
     def discard(self, held: HeldLease) -> None:
         with self._state:
-            self._objects.pop((held.name, held.token), None)
+            self._objects.discard(held)
             self._state.notify()
 
     def _holds(self, held: HeldLease) -> bool:
         with self._state:
-            return (held.name, held.token) in self._objects
+            return held in self._objects
 
     def _run(self) -> None:
         try:
@@ -226,12 +253,14 @@ class _Renewer:
                     if not self._objects:
                         self._thread = None
                         return
-                    holding = list(self._objects.values())
+                    holding = list(self._objects)
                 for held in holding:
                     try:
                         if not held.renew() and self._holds(held):
-                            # (A lease released since `holding` was read is not lost.)
+                            # Its holder learns it at its next `check()`. (A lease released
+                            # since `holding` was read is not lost.)
                             log.warning("lease %s was taken over by another process", held.name)
+                            self.discard(held)
                     except Exception:  # a database hiccup: try again next round
                         log.exception("renewing lease %s failed", held.name)
         finally:

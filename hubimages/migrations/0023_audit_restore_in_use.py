@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('hubimages', '0017_teams_audit'),
+        ('hubimages', '0019_manifest_by_subject_digest'),
     ]
 
     operations = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,7 +17,15 @@ from django.utils import timezone
 from hubimages.deletion import planning
 from hubimages.lib.formatting import ago, iso
 from hubimages.models import Manifest, Repository, Tag
-from hubimages.retention.policies import ALWAYS, LATEST_PULLED, PUSHED_WITHIN, TIMED, Policy, Rule
+from hubimages.retention.policies import (
+    ALWAYS,
+    LATEST_PULLED,
+    PUSHED_WITHIN,
+    TIMED,
+    PatternClock,
+    Policy,
+    Rule,
+)
 from registry.media import referrer_tag_subject
 
 # Deleted items pulled this recently are marked "in use" in the dry run.
@@ -133,6 +140,7 @@ def covered_repositories(
     registry: str | None = None,
     only: Collection[str] | None = None,
     within: Q | None = None,
+    clock: PatternClock | None = None,
 ) -> list[Repository]:
     """The repositories the policy covers, by registry and name; `registry` and `only` (names
     in that registry) narrow them further, and so does `within` (a filter on repositories:
@@ -144,7 +152,8 @@ def covered_repositories(
         rows = rows.filter(registry__name=registry)
     if only is not None:
         rows = rows.filter(name__in=list(only))
-    return [row for row in rows if policy.covers(row.name, row.registry.name)]
+    clock = clock or PatternClock()
+    return [row for row in rows if policy.covers(row.name, row.registry.name, clock)]
 
 
 def dry_run(
@@ -161,14 +170,19 @@ def dry_run(
 
     A fixed number of queries whatever the number of repositories and items: two read
     every covered repository's candidates and tags, the rules run in Python, and
-    `deletion.plan_deletions` plans every repository's selection at once."""
+    `deletion.plan_deletions` plans every repository's selection at once. Its patterns'
+    matching is bounded (`PatternClock`): a catastrophic one raises `PatternTooSlow`
+    within seconds, in a web request as in a worker."""
     now = now or start_now()
-    repos = covered_repositories(policy, registry=registry, only=repositories, within=within)
+    clock = PatternClock()
+    repos = covered_repositories(
+        policy, registry=registry, only=repositories, within=within, clock=clock
+    )
     candidates = _candidates(repos)
     evaluated = []
     for repository in repos:
         items = candidates.get(repository.pk, [])
-        kept = evaluate(policy, items, now=now)
+        kept = evaluate(policy, items, now=now, clock=clock)
         evaluated.append((repository, items, kept))
     plans = planning.plan_deletions(
         {
@@ -237,17 +251,24 @@ def _candidates(repositories: list[Repository]) -> dict[int, list[Candidate]]:
     return by_repository
 
 
-def evaluate(policy: Policy, items: list[Candidate], *, now: datetime) -> dict[int, list[str]]:
+def evaluate(
+    policy: Policy, items: list[Candidate], *, now: datetime, clock: PatternClock | None = None
+) -> dict[int, list[str]]:
     """Which candidates the rules keep (a union), each with the rules that keep it:
-    id -> ["rule 2: latest 3 of group main", …]. Whatever is not in it is selected."""
+    id -> ["rule 2: latest 3 of group main", …]. Whatever is not in it is selected.
+    Raises `PatternTooSlow` (naming the rule's field) when a pattern exceeds `clock`."""
+    clock = clock or PatternClock()
     kept: dict[int, list[str]] = defaultdict(list)
     for number, rule in enumerate(policy.rules, start=1):
-        for pk, why in _keeps(rule, _scope(rule, items), now):
+        at = f"rules[{number - 1}]"
+        for pk, why in _keeps(rule, _scope(rule, items, clock, at), now, clock, at):
             kept[pk].append(f"rule {number}: {why}")
     return dict(kept)
 
 
-def _scope(rule: Rule, items: list[Candidate]) -> list[tuple[Candidate, tuple[str, ...]]]:
+def _scope(
+    rule: Rule, items: list[Candidate], clock: PatternClock, at: str
+) -> list[tuple[Candidate, tuple[str, ...]]]:
     """The rule's scope, each item with its in-scope tags (those matching `tags`)."""
     include, exclude, _ = rule.matchers
     untagged = rule.includes_untagged
@@ -258,14 +279,22 @@ def _scope(rule: Rule, items: list[Candidate]) -> list[tuple[Candidate, tuple[st
             if untagged:
                 scope.append((item, ()))
             continue
-        matching = tuple(tag for tag in tags if include.match(tag)) if include else ()
-        if matching and not (exclude and any(exclude.match(tag) for tag in tags)):
+        matching = ()
+        if include:
+            matching = tuple(t for t in tags if clock.match(include, "match", t, f"{at}.tags"))
+        if matching and not (
+            exclude and any(clock.match(exclude, "match", t, f"{at}.exclude_tags") for t in tags)
+        ):
             scope.append((item, matching))
     return scope
 
 
 def _keeps(
-    rule: Rule, scope: list[tuple[Candidate, tuple[str, ...]]], now: datetime
+    rule: Rule,
+    scope: list[tuple[Candidate, tuple[str, ...]]],
+    now: datetime,
+    clock: PatternClock,
+    at: str,
 ) -> Iterable[tuple[int, str]]:
     if rule.keep == ALWAYS:
         return ((item.pk, "always") for item, _ in scope)
@@ -278,10 +307,12 @@ def _keeps(
             for item, _ in scope
             if (when := item.pushed_at if pushed else item.last_pulled_at) and when >= cutoff
         )
-    return _latest(rule, scope)
+    return _latest(rule, scope, clock, f"{at}.group_by")
 
 
-def _latest(rule: Rule, scope: list[tuple[Candidate, tuple[str, ...]]]) -> list[tuple[int, str]]:
+def _latest(
+    rule: Rule, scope: list[tuple[Candidate, tuple[str, ...]]], clock: PatternClock, at: str
+) -> list[tuple[int, str]]:
     """The newest `count` of each group; ties go to the smaller digest."""
     pulled = rule.keep == LATEST_PULLED
     groups: dict[str, list[Candidate]] = defaultdict(list)
@@ -289,7 +320,7 @@ def _latest(rule: Rule, scope: list[tuple[Candidate, tuple[str, ...]]]) -> list[
     for item, tags in scope:
         if pulled and item.last_pulled_at is None:
             continue  # never pulled: not kept by "latest pulled"
-        for key in _group_keys(regex, tags):
+        for key in _group_keys(regex, tags, clock, at):
             groups[key].append(item)
     kept = []
     for key, members in groups.items():
@@ -302,7 +333,7 @@ def _latest(rule: Rule, scope: list[tuple[Candidate, tuple[str, ...]]]) -> list[
     return kept
 
 
-def _group_keys(regex: re.Pattern | None, tags: tuple[str, ...]) -> set[str]:
+def _group_keys(regex, tags: tuple[str, ...], clock: PatternClock, at: str) -> set[str]:
     """Its first capture group (else the whole match) in each in-scope tag; tags it does
     not match, untagged items, and a first group that took no part in the match all share
     the group ""."""
@@ -310,7 +341,7 @@ def _group_keys(regex: re.Pattern | None, tags: tuple[str, ...]) -> set[str]:
         return {""}
     keys = set()
     for tag in tags:
-        match = regex.search(tag)
+        match = clock.find(regex, "search", tag, at)
         if match is None:
             keys.add("")
         else:

@@ -17,7 +17,10 @@ from django.http import QueryDict
 
 from hubimages.retention import policies
 
-MAX_ROWS = 50
+# The most rules the editor shows and sends back: each row is six fields, and Django
+# refuses a form of more than DATA_UPLOAD_MAX_NUMBER_FIELDS (1,000). A longer policy (the
+# API and import take any length) is shown whole but refused on save, never cut short.
+EDITOR_MAX_RULES = 100
 KEEP_CHOICES = (
     ("", "— no rule —"),
     (policies.ALWAYS, "always"),
@@ -27,6 +30,7 @@ KEEP_CHOICES = (
     (policies.PULLED_WITHIN, "pulled within N days"),
 )
 _PATH = re.compile(r"^rules\[(\d+)\](?:\.(\w+))?$")
+_ROW_KEEP = re.compile(r"^rule-(\d{1,6})-keep$")
 _RULE_FIELD = {
     "keep": "keep",
     "count": "number",
@@ -112,10 +116,11 @@ class PolicyForm:
 
     @classmethod
     def from_post(cls, data: QueryDict) -> PolicyForm:
+        """Every row the form sent, in order, whatever its number: a rule is never
+        dropped (too many are refused by `validate`)."""
         rows = []
-        for i in range(MAX_ROWS):
-            if f"rule-{i}-keep" not in data:
-                break
+        numbers = sorted({int(m.group(1)) for key in data if (m := _ROW_KEEP.match(key))})
+        for i in numbers:
             rows.append(
                 RuleRow(
                     keep=data.get(f"rule-{i}-keep", "").strip(),
@@ -161,6 +166,13 @@ class PolicyForm:
         if self._checked:
             return self._policy
         self._checked = True
+        rules = sum(1 for row in self.rows if row.is_rule)
+        if rules > EDITOR_MAX_RULES:
+            self.errors.setdefault("rules", []).append(
+                f"the editor handles up to {EDITOR_MAX_RULES} rules; this policy has {rules}: "
+                "edit its JSON (Export, then Import with Replace) or use the API"
+            )
+            return None
         policy_errors = policies.validate_policy(self.as_json())
         if not policy_errors:
             self._policy = policies.parse_policy(self.as_json())
@@ -169,6 +181,13 @@ class PolicyForm:
         for error in policy_errors:
             self._place(error, rule_rows)
         return None
+
+    def add_errors(self, errors: list[policies.FieldError]) -> None:
+        """Errors found after `validate` (a pattern too slow in the dry run), each on its
+        field."""
+        rule_rows = [row for row in self.rows if row.is_rule]
+        for error in errors:
+            self._place(error, rule_rows)
 
     def _place(self, error: policies.FieldError, rule_rows: list[RuleRow]) -> None:
         match = _PATH.match(error.field)

@@ -19,20 +19,21 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
+import regex
 from django.db import transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from hubimages.lib import audit
+from hubimages.lib import audit, globs
 from hubimages.lib.audit import Action, Actor
 from hubimages.lib.globs import PATTERN_RE as REPOSITORY_PATTERN_RE
-from hubimages.lib.globs import covering
 from hubimages.models import Repository, RetentionPolicy, RetentionRun
 
 ALWAYS = "always"
@@ -88,10 +89,73 @@ class InvalidPolicy(ValueError):
         super().__init__("; ".join(str(error) for error in errors))
 
 
-def _shell_patterns(patterns: Iterable[str]) -> re.Pattern | None:
+# -- bounded matching ------------------------------------------------------------------------
+
+# One match of one of a policy's patterns against one name (a tag, a repository). A sane
+# pattern takes microseconds; a catastrophic one (`^(a+)+$`, `^(a|aa)+$`) takes hours on a
+# name of a few dozen characters, and Python's `re` holds the interpreter lock meanwhile:
+# a gunicorn worker past its timeout, a task worker whose heartbeat stops.
+MATCH_SECONDS = 0.25
+# All the matching of one evaluation (a dry run, the Retention page's coverage) together:
+# a pattern slow on every tag, but not past MATCH_SECONDS on any.
+EVALUATION_SECONDS = 5.0
+
+
+class PatternTooSlow(InvalidPolicy):
+    """One of the policy's patterns took longer than its bound: nothing was decided on it
+    (the dry run stops there), and the error names the pattern's field."""
+
+
+class PatternClock:
+    """The time bound of one evaluation's matching. Every match of a policy's patterns goes
+    through `find`: the `regex` package stops it after MATCH_SECONDS, or what is left of
+    EVALUATION_SECONDS, and releases the interpreter lock while it runs, so other threads
+    (a worker's heartbeat) go on."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = EVALUATION_SECONDS if seconds is None else seconds
+        self.spent = 0.0
+
+    def match(self, pattern: regex.Pattern, how: str, text: str, field: str) -> bool:
+        """Whether `pattern` matches `text` (`how`: match, fullmatch); raises PatternTooSlow."""
+        return self.find(pattern, how, text, field) is not None
+
+    def find(self, pattern: regex.Pattern, how: str, text: str, field: str):
+        """`pattern.<how>(text)`, bounded; raises PatternTooSlow naming `field`."""
+        left = self.seconds - self.spent
+        if left <= 0:
+            raise PatternTooSlow([FieldError(field, self._why(text, left))])
+        started = time.perf_counter()
+        try:
+            return getattr(pattern, how)(text, timeout=min(MATCH_SECONDS, left), concurrent=True)
+        except TimeoutError:
+            raise PatternTooSlow([FieldError(field, self._why(text, left))]) from None
+        finally:
+            self.spent += time.perf_counter() - started
+
+    def _why(self, text: str, left: float) -> str:
+        name = json.dumps(text if len(text) <= 80 else text[:79] + "…")
+        if left < MATCH_SECONDS:
+            return (
+                f"the policy's patterns took over {self.seconds:g} s in all (the last on "
+                f"{name}): simplify them"
+            )
+        return (
+            f"this pattern takes over {MATCH_SECONDS:g} s on {name}: it backtracks "
+            "catastrophically (nested quantifiers such as (a+)+, or overlapping alternatives "
+            "such as (a|aa)+): simplify it"
+        )
+
+
+def _compile(pattern: str) -> regex.Pattern:
+    """A policy's pattern for `PatternClock`: `regex`, with `re`'s behaviour (VERSION0)."""
+    return regex.compile(pattern, regex.VERSION0)
+
+
+def _shell_patterns(patterns: Iterable[str]) -> regex.Pattern | None:
     """One regular expression for shell-style patterns, each matching a whole tag."""
     parts = [fnmatch.translate(pattern) for pattern in patterns]
-    return re.compile("|".join(parts)) if parts else None
+    return _compile("|".join(parts)) if parts else None
 
 
 @dataclass(frozen=True)
@@ -116,12 +180,13 @@ class Rule:
         return bool(self.untagged)
 
     @cached_property
-    def matchers(self) -> tuple[re.Pattern | None, re.Pattern | None, re.Pattern | None]:
-        """Compiled once per rule: its tags, its exclude_tags and its group_by."""
+    def matchers(self) -> tuple[regex.Pattern | None, regex.Pattern | None, regex.Pattern | None]:
+        """Compiled once per rule: its tags, its exclude_tags and its group_by; match them
+        through a `PatternClock`."""
         return (
             _shell_patterns(self.tag_patterns),
             _shell_patterns(self.exclude_tags or ()),
-            re.compile(self.group_by) if self.group_by else None,
+            _compile(self.group_by) if self.group_by else None,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -203,19 +268,23 @@ class Policy:
         alike, however their JSON was written (the page's form writes every field)."""
         return {**self.as_json(), "rules": [rule.effective_json() for rule in self.rules]}
 
-    def covers(self, repository: str, registry: str = "default") -> bool:
-        """Some pattern of each list includes the name and none excludes it."""
-        return bool(self._repository_covering.match(repository)) and bool(
-            self._registry_covering.match(registry)
-        )
+    def covers(
+        self, repository: str, registry: str = "default", clock: PatternClock | None = None
+    ) -> bool:
+        """Some pattern of each list includes the name and none excludes it. Raises
+        PatternTooSlow."""
+        clock = clock or PatternClock()
+        return clock.match(
+            self._repository_covering, "match", repository, "repositories"
+        ) and clock.match(self._registry_covering, "match", registry, "registries")
 
     @cached_property
-    def _repository_covering(self) -> re.Pattern:
-        return covering(self.repositories)
+    def _repository_covering(self) -> regex.Pattern:
+        return _compile(globs.anchored([globs.covering_body(self.repositories)]))
 
     @cached_property
-    def _registry_covering(self) -> re.Pattern:
-        return covering(self.registries)
+    def _registry_covering(self) -> regex.Pattern:
+        return _compile(globs.anchored([globs.covering_body(self.registries)]))
 
 
 def validate_policy(data: Any) -> list[FieldError]:
@@ -223,9 +292,13 @@ def validate_policy(data: Any) -> list[FieldError]:
     return _parse(data)[1]
 
 
-def parse_policy(data: Any) -> Policy:
-    """The policy `data` describes; raises InvalidPolicy with every problem found."""
-    policy, errors = _parse(data)
+def parse_policy(data: Any, *, stored: bool = False) -> Policy:
+    """The policy `data` describes; raises InvalidPolicy with every problem found.
+
+    `stored`: a policy read back from the database skips the checks added since it may have
+    been saved (a `group_by` with nested quantifiers): it still runs, its matching bounded
+    by `PatternClock`, rather than break every page that lists it."""
+    policy, errors = _parse(data, strict=not stored)
     if errors or policy is None:
         raise InvalidPolicy(errors)
     return policy
@@ -240,7 +313,7 @@ def parse_policy_json(text: str) -> Policy:
     return parse_policy(data)
 
 
-def _parse(data: Any) -> tuple[Policy | None, list[FieldError]]:
+def _parse(data: Any, *, strict: bool = True) -> tuple[Policy | None, list[FieldError]]:
     if not isinstance(data, dict):
         return None, [FieldError("", 'a policy is a JSON object: {"name": …, "rules": […]}')]
     errors = [
@@ -266,7 +339,7 @@ def _parse(data: Any) -> tuple[Policy | None, list[FieldError]]:
         data.get("registries", list(DEFAULT_REGISTRIES)), "registries", "registry"
     )
     errors += registries[1]
-    rules = _parse_rules(data.get("rules"))
+    rules = _parse_rules(data.get("rules"), strict=strict)
     errors += rules[1]
     fraction = data.get("max_delete_fraction", DEFAULT_MAX_DELETE_FRACTION)
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
@@ -349,7 +422,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _parse_rules(value: Any) -> tuple[tuple[Rule, ...], list[FieldError]]:
+def _parse_rules(value: Any, *, strict: bool) -> tuple[tuple[Rule, ...], list[FieldError]]:
     if not isinstance(value, list):
         return (), [FieldError("rules", "required: a list of keep rules")]
     if not value:
@@ -361,14 +434,14 @@ def _parse_rules(value: Any) -> tuple[tuple[Rule, ...], list[FieldError]]:
         ]
     rules, errors = [], []
     for i, raw in enumerate(value):
-        rule, problems = _parse_rule(raw, f"rules[{i}]")
+        rule, problems = _parse_rule(raw, f"rules[{i}]", strict=strict)
         errors += problems
         if rule:
             rules.append(rule)
     return tuple(rules), errors
 
 
-def _parse_rule(raw: Any, at: str) -> tuple[Rule | None, list[FieldError]]:
+def _parse_rule(raw: Any, at: str, *, strict: bool) -> tuple[Rule | None, list[FieldError]]:
     if not isinstance(raw, dict):
         return None, [FieldError(at, 'a rule is an object such as {"keep": "always"}')]
     errors = [
@@ -399,7 +472,7 @@ def _parse_rule(raw: Any, at: str) -> tuple[Rule | None, list[FieldError]]:
         untagged = None
     group_by = raw.get("group_by")
     if group_by is not None:
-        errors += _check_group_by(group_by, keep, at)
+        errors += _check_group_by(group_by, keep, at, strict=strict)
     if tags == () and not untagged and not any(e.field == f"{at}.tags" for e in errors):
         errors.append(FieldError(at, 'this rule keeps nothing: give tags, or "untagged": true'))
     if errors:
@@ -441,16 +514,96 @@ def _pattern_list(raw: dict, key: str, at: str, errors: list[FieldError]) -> tup
     return tuple(value)
 
 
-def _check_group_by(value: Any, keep: Any, at: str) -> list[FieldError]:
+def _check_group_by(value: Any, keep: Any, at: str, *, strict: bool) -> list[FieldError]:
     if keep in KEEP_KINDS and keep not in COUNTED:
         return [FieldError(f"{at}.group_by", "group_by goes with latest_pushed and latest_pulled")]
     if not isinstance(value, str) or not value:
         return [FieldError(f"{at}.group_by", "a regular expression, such as ^(main|pr-[0-9]+)-")]
     try:
         re.compile(value)
-    except re.error as error:
+        _compile(value)
+    except (re.error, regex.error) as error:
         return [FieldError(f"{at}.group_by", f"not a valid regular expression: {error}")]
+    if strict and nested_quantifier(value):
+        return [
+            FieldError(
+                f"{at}.group_by",
+                "a repeated group that repeats inside, such as (a+)+, can take hours on one "
+                "tag: repeat the group or its inside, not both",
+            )
+        ]
     return []
+
+
+def nested_quantifier(pattern: str) -> bool:
+    """Whether a group holding an unbounded repeat (`*`, `+`, `{n,}`) is itself repeated
+    (`*`, `+`, `{n,}`, `{n,m}` with m > 1): `(a+)+`, `(a*b)*`, `((ab)+c){2,9}`. That is
+    the shape of most catastrophic backtracking; what remains is bounded by PatternClock."""
+    holds = [False]  # per open group: whether it holds an unbounded repeat
+    closed: bool | None = None  # the group just closed held one (None: not after a group)
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        repeat = _repeat_at(pattern, i)
+        if repeat:
+            end, unbounded, many = repeat
+            if closed and many:
+                return True
+            holds[-1] = holds[-1] or unbounded or bool(closed)
+            closed, i = None, end
+            continue
+        closed = None
+        if char == "\\":
+            i += 2
+        elif char == "[":
+            i = _class_end(pattern, i)
+        elif char == "(":
+            holds.append(False)
+            i += 1
+        elif char == ")" and len(holds) > 1:
+            closed = holds.pop()
+            holds[-1] = holds[-1] or closed
+            i += 1
+        else:
+            i += 1
+    return False
+
+
+_BRACES = re.compile(r"\{(\d*)(,?)(\d*)\}")
+
+
+def _repeat_at(pattern: str, i: int) -> tuple[int, bool, bool] | None:
+    """A quantifier at `i`: (where it ends, unbounded, more than once), lazy or possessive
+    suffix included; None when there is none."""
+    char = pattern[i]
+    if char in "*+":
+        end, unbounded, many = i + 1, True, True
+    elif char == "?":
+        end, unbounded, many = i + 1, False, False
+    elif char == "{" and (braces := _BRACES.match(pattern, i)):
+        low, comma, high = braces.groups()
+        if not low and not high:
+            return None  # a literal "{,}"
+        unbounded = bool(comma) and not high
+        many = unbounded or int(high or low or 0) > 1
+        end = braces.end()
+    else:
+        return None
+    if end < len(pattern) and pattern[end] in "?+":
+        end += 1
+    return end, unbounded, many
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """Just past the character class that starts at `i`."""
+    j = i + 1
+    if j < len(pattern) and pattern[j] == "^":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
 
 
 # -- stored policies -----------------------------------------------------------------------
@@ -459,7 +612,8 @@ def _check_group_by(value: Any, keep: Any, at: str) -> list[FieldError]:
 def policy_of(row: RetentionPolicy) -> Policy:
     """The stored policy, as the engine reads it."""
     return parse_policy(
-        {
+        stored=True,
+        data={
             "name": row.name,
             "registries": row.registries,
             "repositories": row.repositories,
@@ -467,7 +621,7 @@ def policy_of(row: RetentionPolicy) -> Policy:
             "max_delete_fraction": row.max_delete_fraction,
             "schedule": {"every_hours": row.schedule_hours} if row.schedule_hours else None,
             "enabled": row.enabled,
-        }
+        },
     )
 
 
@@ -552,7 +706,7 @@ class PolicySummary:
 
     row: RetentionPolicy
     policy: Policy
-    covered: int
+    covered: int | None  # None: its patterns took too long to tell (`PatternClock`)
     last_run: RetentionRun | None
 
 
@@ -564,15 +718,14 @@ def policy_overview(within: Q | None = None) -> list[PolicySummary]:
     runs = RetentionRun.objects.in_bulk([row.last_run_id for row in rows if row.last_run_id])
     repositories = Repository.objects.filter(within) if within is not None else Repository.objects
     names = list(repositories.values_list("registry__name", "name")) if rows else []
+    clock = PatternClock()
     summaries = []
     for row in rows:
         policy = policy_of(row)
-        summaries.append(
-            PolicySummary(
-                row=row,
-                policy=policy,
-                covered=sum(1 for registry, name in names if policy.covers(name, registry)),
-                last_run=runs.get(row.last_run_id),
-            )
-        )
+        try:
+            covered = sum(1 for registry, name in names if policy.covers(name, registry, clock))
+        except PatternTooSlow:
+            covered = None
+        last_run = runs.get(row.last_run_id)
+        summaries.append(PolicySummary(row=row, policy=policy, covered=covered, last_run=last_run))
     return summaries

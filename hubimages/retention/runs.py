@@ -3,20 +3,30 @@ repository under their leases, and the schedule that starts them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from hubimages.deletion import execution, planning
+from hubimages.lib import leases
 from hubimages.lib.formatting import human_size, plural
 from hubimages.lib.leases import RepositoryBusy, repository_lock
-from hubimages.models import Registry, Repository, RetentionPolicy, RetentionRun
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    Job,
+    Registry,
+    Repository,
+    RetentionPolicy,
+    RetentionRun,
+)
 from hubimages.retention.engine import DryRun, RepositoryDryRun, dry_run, dry_run_fingerprint
-from hubimages.retention.policies import InvalidPolicy, Policy, policy_of
+from hubimages.retention.policies import InvalidPolicy, PatternTooSlow, Policy, policy_of
 from hubimages.sync.service import sync_repository
 from registry.client import RegistryClient
 
@@ -28,7 +38,7 @@ SCHEDULED_LOCK_WAIT = 30.0
 
 
 # A client for each registry a run touches (`registries.client.ClientsByRegistry`).
-ClientFor = Callable[[Registry], RegistryClient]
+ClientFor = Callable[[Registry | str], RegistryClient]
 
 
 @dataclass
@@ -58,6 +68,7 @@ def run(
     repositories: Collection[str] | None = None,
     row: RetentionPolicy | None = None,
     lock_wait: float = 0.0,
+    job: Job | None = None,
 ) -> RunResult:
     """Execute the dry run previewed as `fingerprint` (as of its `now`), or nothing.
 
@@ -69,36 +80,68 @@ def run(
     `brake=True`: it deletes nothing in a repository where it would delete more than
     `max_delete_fraction` of the top-level items, and says so in the record.
 
-    A job runs it (`jobs.start_retention`): a web request only enqueues it.
+    The run is recorded as it starts (outcome "running"), held by its own lease
+    (`leases.run_lease_name`) until it ends: a run whose process stopped mid-way is settled
+    by the workers (`settle_interrupted`), its record then saying what went.
+
+    A job runs it (`jobs.start_retention`): a web request only enqueues it. A pattern of
+    the policy too slow to match (`PatternTooSlow`) deletes nothing and says which.
     """
-    first = dry_run(policy, now=now, registry=registry, repositories=repositories)
-    record = RetentionRun(
-        policy=row,
-        policy_name=policy.name,
-        trigger=trigger,
-        started_by=started_by,
-        started_at=now,
-        planned_bytes=first.reclaimable_bytes,
-    )
-    if fingerprint is not None and first.fingerprint != fingerprint:
-        return _finish(record, first, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
-    covered = [r.repository for r in first.repositories]
     try:
-        with ExitStack() as stack:
-            for repository in covered:
-                stack.enter_context(
-                    repository_lock(repository, owner=f"retention:{policy.name}", wait=lock_wait)
-                )
-            failure = _recheck(client_for, covered)
-            if failure:
-                return _finish(record, first, RetentionRun.Outcome.FAILED, failure)
-            checked = dry_run(policy, now=now, registry=registry, repositories=repositories)
-            record.planned_bytes = checked.reclaimable_bytes
-            if fingerprint is not None and checked.fingerprint != fingerprint:
-                return _finish(record, checked, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
-            return _execute(record, checked, client_for, user=user, brake=brake)
-    except RepositoryBusy as busy:
-        return _finish(record, first, RetentionRun.Outcome.BUSY, f"Nothing was deleted: {busy}.")
+        first = dry_run(policy, now=now, registry=registry, repositories=repositories)
+    except PatternTooSlow as slow:
+        return _not_run(row, policy.name, now, trigger, started_by, f"Nothing was deleted: {slow}")
+    record, taken = _start(
+        RetentionRun(
+            policy=row,
+            policy_name=policy.name,
+            trigger=trigger,
+            started_by=started_by,
+            started_at=now,
+            planned_bytes=first.reclaimable_bytes,
+            job=job,
+        )
+    )
+    with leases.holding(taken):
+        if fingerprint is not None and first.fingerprint != fingerprint:
+            return _finish(record, first, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
+        covered = [r.repository for r in first.repositories]
+        try:
+            with ExitStack() as stack:
+                for repository in covered:
+                    stack.enter_context(
+                        repository_lock(
+                            repository, owner=f"retention:{policy.name}", wait=lock_wait
+                        )
+                    )
+                failure = _recheck(client_for, covered)
+                if failure:
+                    return _finish(record, first, RetentionRun.Outcome.FAILED, failure)
+                try:
+                    checked = dry_run(policy, now=now, registry=registry, repositories=repositories)
+                except PatternTooSlow as slow:
+                    message = f"Nothing was deleted: {slow}"
+                    return _finish(record, first, RetentionRun.Outcome.FAILED, message)
+                record.planned_bytes = checked.reclaimable_bytes
+                if fingerprint is not None and checked.fingerprint != fingerprint:
+                    return _finish(record, checked, RetentionRun.Outcome.CHANGED, CHANGED_MESSAGE)
+                return _execute(record, checked, client_for, user=user, brake=brake)
+        except RepositoryBusy as busy:
+            return _finish(
+                record, first, RetentionRun.Outcome.BUSY, f"Nothing was deleted: {busy}."
+            )
+
+
+def _start(record: RetentionRun) -> tuple[RetentionRun, leases.HeldLease]:
+    """Write the run and take its lease in one transaction: no worker ever sees the run
+    without its lease (and settles it while it runs)."""
+    with transaction.atomic():
+        record.outcome = RetentionRun.Outcome.RUNNING
+        record.save()
+        taken = leases.acquire_new(
+            leases.run_lease_name("retention", record.pk), owner=f"retention:{record.policy_name}"
+        )
+    return record, taken
 
 
 CHANGED_MESSAGE = (
@@ -121,32 +164,64 @@ def _recheck(client_for: ClientFor, repositories: list[Repository]) -> str:
 def _execute(
     record: RetentionRun, checked: DryRun, client_for: ClientFor, *, user, brake: bool
 ) -> RunResult:
-    notes, incomplete = [], False
+    """Each repository in turn. A repository whose lease was taken over mid-way (its host
+    stalled past the lease) stops the whole run: the others' leases are as old."""
+    notes, incomplete, stopped = [], False, ""
     for repo in checked.repositories:
+        if stopped:
+            notes.append(_note(repo, note=f"not reached: the run stopped ({stopped})"))
+            continue
         client = client_for(repo.repository.registry)
-        note, done = _execute_repository(repo, checked.policy, client, user=user, brake=brake)
-        notes.append(
-            {
-                "registry": repo.registry,
-                "repository": repo.name,
-                "selected": len(repo.selected),
-                "deleted": 0,
-                "tags": 0,
-                "reclaimed_bytes": 0,
-                **note,
-            }
-        )
+        try:
+            note, done = _execute_repository(
+                repo, checked.policy, client, user=user, brake=brake, record=record
+            )
+        except execution.DeletionStopped as lost:
+            stopped = str(lost)
+            note, done = {**deleted_by(lost.operation_id), "note": f"stopped: {lost}"}, False
+        notes.append(_note(repo, **note))
         incomplete = incomplete or not done
     record.repositories = notes
     record.manifests_deleted = sum(n["deleted"] for n in notes)
     record.tags_deleted = sum(n["tags"] for n in notes)
     record.reclaimed_bytes = sum(n["reclaimed_bytes"] for n in notes)
     outcome = RetentionRun.Outcome.INCOMPLETE if incomplete else RetentionRun.Outcome.DONE
-    return _finish(record, checked, outcome, _summary(record, incomplete))
+    message = _summary(record, incomplete) + (f" Stopped: {stopped}." if stopped else "")
+    return _finish(record, checked, outcome, message)
+
+
+def _note(repo: RepositoryDryRun, **note: Any) -> dict[str, Any]:
+    return {
+        "registry": repo.registry,
+        "repository": repo.name,
+        "selected": len(repo.selected),
+        "deleted": 0,
+        "tags": 0,
+        "reclaimed_bytes": 0,
+        **note,
+    }
+
+
+def deleted_by(operation_id: int) -> dict[str, int]:
+    """What a deletion operation deleted, as its records say (each written before its
+    DELETE and settled after, so they are the truth even for an operation cut short)."""
+    done = DeletionRecord.objects.filter(operation_id=operation_id, state=DeletionRecord.State.DONE)
+    rows = list(done.values_list("tags", "reclaimed_bytes"))
+    return {
+        "deleted": len(rows),
+        "tags": sum(len(tags) for tags, _ in rows),
+        "reclaimed_bytes": sum(reclaimed for _, reclaimed in rows),
+    }
 
 
 def _execute_repository(
-    repo: RepositoryDryRun, policy: Policy, client: RegistryClient, *, user, brake: bool
+    repo: RepositoryDryRun,
+    policy: Policy,
+    client: RegistryClient,
+    *,
+    user,
+    brake: bool,
+    record: RetentionRun,
 ) -> tuple[dict[str, Any], bool]:
     """Delete one repository's part of a checked dry run: (its note, whether it went as
     planned).
@@ -176,6 +251,7 @@ def _execute_repository(
             user=user,
             client=client,
             username=f"policy:{policy.name}",
+            retention_run=record,
         )
     except execution.RecheckFailed as failure:
         return {"note": f"nothing deleted here: {failure}"}, False
@@ -231,6 +307,64 @@ def _finish(record: RetentionRun, shown: DryRun, outcome: str, message: str) -> 
     return RunResult(record=record, dry_run=shown)
 
 
+def settle_interrupted(client_for: ClientFor, records: Iterable[RetentionRun]) -> list[int]:
+    """Settle the runs a process left running when it stopped (SIGKILL, a lost host): a run
+    holds its own lease from its start to its end, so one still running whose lease is
+    free was interrupted. Its deletions are settled first, from the registry
+    (`execution.settle_interrupted`); then its record says what went, repository by
+    repository, from their records. A run whose deletions cannot be settled yet (their
+    repository busy, the registry down) waits for the next call. Returns the ids settled."""
+    settled = []
+    for record in records:
+        taken = leases.acquire(leases.run_lease_name("retention", record.pk), owner="recovery")
+        if taken is None:
+            continue  # its process is alive
+        with leases.holding(taken):
+            running = record.deletions.filter(state=Deletion.State.RUNNING)
+            execution.settle_interrupted(client_for, list(running))
+            if not running.exists() and _settle(record):
+                settled.append(record.pk)
+    return settled
+
+
+def _settle(record: RetentionRun) -> bool:
+    notes = [
+        {
+            "registry": operation.registry,
+            "repository": operation.repository,
+            "selected": len(operation.selected),
+            **deleted_by(operation.pk),
+            "note": operation.message or operation.get_state_display(),
+        }
+        for operation in record.deletions.order_by("pk")
+    ]
+    deleted = sum(n["deleted"] for n in notes)
+    tags = sum(n["tags"] for n in notes)
+    reclaimed = sum(n["reclaimed_bytes"] for n in notes)
+    if deleted:
+        outcome = RetentionRun.Outcome.INCOMPLETE
+        message = (
+            f"Interrupted: the process running it stopped. It had deleted "
+            f"{plural(deleted, 'manifest')} and {plural(tags, 'tag')}; "
+            f"{human_size(reclaimed)} ({reclaimed:,} bytes) will be freed at the next garbage "
+            "collection. Nothing more was deleted."
+        )
+    else:
+        outcome = RetentionRun.Outcome.FAILED
+        message = "Interrupted: the process running it stopped before deleting anything."
+    return bool(
+        RetentionRun.objects.filter(pk=record.pk, outcome=RetentionRun.Outcome.RUNNING).update(
+            outcome=outcome,
+            message=message,
+            finished_at=timezone.now(),
+            manifests_deleted=deleted,
+            tags_deleted=tags,
+            reclaimed_bytes=reclaimed,
+            repositories=notes,
+        )
+    )
+
+
 def claim_due_policies(now: datetime) -> list[RetentionPolicy]:
     """The enabled policies whose schedule is due at `now`, each claimed by moving its
     `next_run_at` forward with a conditional UPDATE, so two workers (on two hosts) never
@@ -248,7 +382,9 @@ def claim_due_policies(now: datetime) -> list[RetentionPolicy]:
     return claimed
 
 
-def run_scheduled(row: RetentionPolicy, now: datetime, *, client_for: ClientFor) -> RunResult:
+def run_scheduled(
+    row: RetentionPolicy, now: datetime, *, client_for: ClientFor, job: Job | None = None
+) -> RunResult:
     """A scheduled run of a claimed policy: previewed and executed in one go, as of `now`,
     with the `max_delete_fraction` brake."""
     try:
@@ -265,6 +401,7 @@ def run_scheduled(row: RetentionPolicy, now: datetime, *, client_for: ClientFor)
         brake=True,
         row=row,
         lock_wait=SCHEDULED_LOCK_WAIT,
+        job=job,
     )
 
 
@@ -274,21 +411,25 @@ def run_due_policies(now: datetime, *, client_for: ClientFor) -> list[RunResult]
 
 
 def _unreadable(row: RetentionPolicy, now: datetime, invalid: InvalidPolicy) -> RunResult:
+    message = f"Nothing was deleted: the stored policy is not valid: {invalid}"
+    return _not_run(row, row.name, now, RetentionRun.Trigger.SCHEDULED, "schedule", message)
+
+
+def _not_run(
+    row: RetentionPolicy | None, name: str, now: datetime, trigger: str, started_by: str, why: str
+) -> RunResult:
+    """A run that failed before it had a dry run: its record says why."""
     record = RetentionRun.objects.create(
         policy=row,
-        policy_name=row.name,
-        trigger=RetentionRun.Trigger.SCHEDULED,
-        started_by="schedule",
+        policy_name=name,
+        trigger=trigger,
+        started_by=started_by,
         started_at=now,
         finished_at=timezone.now(),
         outcome=RetentionRun.Outcome.FAILED,
-        message=f"Nothing was deleted: the stored policy is not valid: {invalid}",
+        message=why,
     )
     empty = DryRun(
-        Policy(name=row.name, rules=()),
-        now,
-        (),
-        0,
-        dry_run_fingerprint(Policy(row.name, ()), now, [], 0),
+        Policy(name=name, rules=()), now, (), 0, dry_run_fingerprint(Policy(name, ()), now, [], 0)
     )
     return RunResult(record=record, dry_run=empty)

@@ -6,11 +6,15 @@ repositories at once), so it is what the garbage collector would free: a reposit
 figure is exactly what `delete_images REPO <its stale items> --dry-run` reports, and the
 registry's counts once the blobs that only deleted items of several repositories share.
 
-Planning every stale and untagged item of a big registry takes a while, so the figures are
-kept in `StorageFigures` under the key of the state they describe (`state_key`) and
-computed again only when that changes: a sync or a deletion ends, or a day passes. A full
-sync computes them as it ends, so the pages seldom wait. Pushes and pulls that registry
-events bring between two syncs show after the next one.
+Each registry has its own figures (it stores and collects its own blobs, SPEC §11).
+Planning every stale and untagged item of a big registry takes seconds, so no web request
+ever does it (SPEC §7): the workers keep each registry's figures in `StorageFigures`,
+under the key of the state they describe (`state_key`), and compute them again
+(`refresh`, one computation a registry at a time on any number of hosts) when that state
+changes: a sync or a deletion ends, the
+stale setting changes, or a day passes. Pages and the API only read them (`kept`), with
+their age and whether new ones are on the way. Pushes and pulls that registry events bring
+between two syncs show after the next one.
 """
 
 from __future__ import annotations
@@ -19,18 +23,20 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Max, Prefetch, Q, QuerySet
+from django.db.models import Count, Max, Prefetch, QuerySet
 from django.utils import timezone
 
 from hubimages.deletion import planning
 from hubimages.inventory import repositories as inventory_repositories
 from hubimages.inventory import status
 from hubimages.lib.formatting import iso
+from hubimages.lib.leases import LeaseBusy, holder, lease
 from hubimages.models import (
     Deletion,
     Manifest,
@@ -59,17 +65,30 @@ HISTORY_POINTS = 120  # the chart's points at most: a full sync every 15 min mak
 KEEP_SAMPLES = timedelta(days=366)
 
 
-def figures(registry: Registry | None = None, *, within: Q | None = None) -> dict:
-    """The registry's storage in the shape of `GET /api/v1/storage`: `registry`, `stored_bytes`,
-    `stale_reclaimable_bytes`, `untagged_bytes`, `complete`, `repositories` (by name, each
-    with the same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90
-    days, at most 120 of them, evenly spread); as `seen_through(within)` shows them."""
-    registry = registry or registry_rows.get()
-    document = seen_through(registry, within)
+REFRESH_ROUNDS = 3  # computed again at most this often when the state moved meanwhile
+
+
+def figures_lease(registry: Registry) -> str:
+    """Held by the one process computing `registry`'s figures."""
+    return f"storage-figures:{registry.name}"
+
+
+def figures(registry: Registry | None = None) -> dict:
+    """The registry's storage computed now, in the shape of `GET /api/v1/storage`: for
+    scripts and the command line. Pages and the API read what the workers keep (`kept`)."""
+    return figures_of(compute(registry=registry or registry_rows.get()))
+
+
+def figures_of(document: dict) -> dict:
+    """A kept document in the shape of `GET /api/v1/storage`: `registry`, `stored_bytes`,
+    `stale_reclaimable_bytes`, `untagged_bytes`, `complete` (false: `seen_through` narrowed
+    it), `repositories` (by name, each with the same three) and `history` (`at`,
+    `stored_bytes`: the full syncs of the last 90 days, at most 120 of them, evenly
+    spread)."""
     return {
-        "registry": registry.name,
+        "registry": document["registry"],
         **{key: document[key] for key in TOTAL_KEYS},
-        "complete": document["complete"],
+        "complete": document.get("complete", True),
         "repositories": [
             {key: row[key] for key in REPOSITORY_KEYS} for row in document["repositories"]
         ],
@@ -77,47 +96,134 @@ def figures(registry: Registry | None = None, *, within: Q | None = None) -> dic
     }
 
 
-def insights(registry: Registry | None = None) -> dict:
-    """Everything the Storage page shows: `figures()`, plus per repository how many stale
-    and untagged items there are, the largest items, the most shared layers, and when
-    the figures were computed. From the cache while the state is the one they describe."""
-    registry = registry or registry_rows.get()
-    key = state_key(registry)
-    kept = StorageFigures.objects.filter(registry=registry, key=key)
-    document = kept.values_list("figures", flat=True).first()
-    if document is None:
-        document = compute(registry=registry)
-        _keep(registry, key, document)
-    return document
+# What pages show before the workers first computed the figures (no figure is 0: none is
+# shown; the page says they are on the way).
+NOT_COMPUTED: dict = {
+    "repositories": [],
+    "history": [],
+    "largest": [],
+    "shared_layers": [],
+}
 
 
-def seen_through(registry: Registry, within: Q | None) -> dict:
-    """`insights(registry)` for someone who sees only the repositories `within` lets
-    through (None: every one). Who sees every repository of the registry gets its figures
-    (`complete`: true); anyone else only their repositories' rows, and for totals the sum
-    of those rows (a layer two of them share counted in each; a blob only their stale
-    items share is left out), the largest items among the registry's that are theirs, and
-    none of the registry-wide figures (its history, its most shared layers, which name
-    other repositories). Two queries besides the cached figures."""
-    document = insights(registry)
-    if within is None:
+def seen_through(document: dict, sees: Callable[[str], bool] | None) -> dict:
+    """A registry's figures (`document`, kept or `NOT_COMPUTED`) for someone who sees only
+    the repositories `sees` (a repository name -> whether they may see it; None: every
+    one). Who sees every repository the figures name gets them whole (`complete`: true);
+    anyone else only their repositories' rows, and for totals the sum of those rows (a
+    layer two of them share counted in each; a blob only their stale items share left
+    out), the largest items that are theirs, and none of the registry-wide figures (its
+    history, its most shared layers, which name other repositories). No query: decided on
+    the document's own names, so the figures and the rows they sum always agree."""
+    rows = document["repositories"]
+    if sees is None or all(sees(row["name"]) for row in rows):
         return {**document, "complete": True}
-    repositories = registry.repositories.all()
-    seen = set(repositories.filter(within).values_list("name", flat=True))
-    if len(seen) == repositories.count():
-        return {**document, "complete": True}
-    rows = [row for row in document["repositories"] if row["name"] in seen]
-    summed = ("stored_bytes", "stale_reclaimable_bytes", "untagged_bytes")
-    counted = ("stale_items", "untagged_items")
+    mine = [row for row in rows if sees(row["name"])]
+    summed = (*TOTAL_KEYS, "stale_items", "untagged_items")
     return {
         **document,
-        **{key: sum(row[key] for row in rows) for key in summed + counted},
+        **{key: sum(row[key] for row in mine) for key in summed if key in document},
         "complete": False,
-        "repositories": rows,
-        "largest": [item for item in document["largest"] if item["repository"] in seen],
+        "repositories": mine,
+        "largest": [item for item in document["largest"] if sees(item["repository"])],
         "shared_layers": [],
         "history": [],
     }
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The figures as the workers last computed them, for a page to show with their age:
+    `document` (None before the first computation), `computed_at`, whether they describe
+    the state as it is now (`current`), and whether a worker is computing new ones."""
+
+    document: dict | None
+    computed_at: datetime | None
+    current: bool
+    computing: bool
+
+
+def kept(registry: Registry | None = None) -> Kept:
+    """What pages and the API show: a read of the registry's kept row, whatever its age.
+    Never computes. Four queries once the registry is known."""
+    registry = registry or registry_rows.get()
+    row = StorageFigures.objects.filter(registry=registry).first()
+    if row is None:
+        return Kept(None, None, False, computing(registry))
+    return Kept(row.figures, row.computed_at, row.key == state_key(registry), computing(registry))
+
+
+@dataclass(frozen=True)
+class KeptTogether:
+    """Several registries' kept figures, for the Repositories page: each registry's
+    document (those computed), the oldest age, whether all are current, whether any is
+    being computed. `document` is a document when every registry has one."""
+
+    documents: dict[str, dict]
+    computed_at: datetime | None
+    current: bool
+    computing: bool
+    document: dict | None
+
+    @property
+    def stale_reclaimable_bytes(self) -> int:
+        return sum(d["stale_reclaimable_bytes"] for d in self.documents.values())
+
+
+def kept_together(registries: list[Registry]) -> KeptTogether:
+    """`kept` of each registry, read together (a few queries each)."""
+    each = {registry.name: kept(registry) for registry in registries}
+    documents = {name: k.document for name, k in each.items() if k.document is not None}
+    ages = [k.computed_at for k in each.values() if k.computed_at is not None]
+    complete = bool(each) and len(documents) == len(each)
+    return KeptTogether(
+        documents=documents,
+        computed_at=min(ages) if ages else None,
+        current=all(k.current for k in each.values()),
+        computing=any(k.computing for k in each.values()),
+        document=next(iter(documents.values())) if complete else None,
+    )
+
+
+def computing(registry: Registry) -> bool:
+    """Whether a worker is computing the registry's figures now."""
+    return holder(figures_lease(registry)) is not None
+
+
+def outdated(registry: Registry | None = None) -> bool:
+    """Whether the kept figures of `registry` (of any registry, with None) describe
+    another state than the current one (or none). The workers ask after each job and every
+    few seconds."""
+    registries = [registry] if registry is not None else registry_rows.known()
+    return any(_stored_key(each) != state_key(each) for each in registries)
+
+
+def _stored_key(registry: Registry) -> str | None:
+    return StorageFigures.objects.filter(registry=registry).values_list("key", flat=True).first()
+
+
+def refresh(registry: Registry | None = None, *, owner: str = "worker") -> bool:
+    """Compute and keep the figures of `registry` (of every registry, with None) unless
+    they are current; what the workers run.
+
+    Single-flight: a registry's computation holds its lease (`figures_lease`), so on any
+    number of workers and hosts one computes a registry's figures at a time, and a worker
+    that finds it held moves on (the holder computes again if the state moved while it
+    worked). Returns whether it computed any."""
+    registries = [registry] if registry is not None else registry_rows.known()
+    computed = False
+    for each in registries:
+        try:
+            with lease(figures_lease(each), owner=owner):
+                for _ in range(REFRESH_ROUNDS):
+                    key = state_key(each)
+                    if _stored_key(each) == key:
+                        break
+                    _keep(each, key, compute(registry=each))
+                    computed = True
+        except LeaseBusy:
+            continue
+    return computed
 
 
 def state_key(registry: Registry | None = None) -> str:

@@ -28,18 +28,11 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from hubimages.lib.leases import LeaseBusy, repository_lock, repository_locked
-from hubimages.models import (
-    Blob,
-    Manifest,
-    ManifestBlob,
-    Registry,
-    RegistryEvent,
-    Repository,
-    Tag,
-)
+from hubimages.models import Manifest, ManifestBlob, Registry, RegistryEvent, Repository, Tag
 from hubimages.registries import rows
 from hubimages.registries.client import registry_client
 from hubimages.sync import activity, rollups, store
@@ -122,7 +115,6 @@ def _record(events: list[Event], registry: Registry) -> Recorded:
             ).values_list("event_id", flat=True)
         )
         changed: set[str] = set()
-        refresh: set[str] = set()
         rows = []
         now = timezone.now()
         corrected = [_plausible_time(event, now) for event in events]
@@ -130,17 +122,14 @@ def _record(events: list[Event], registry: Registry) -> Recorded:
             if event.id in seen:
                 result.duplicates += 1
                 continue
+            seen.add(event.id)  # an envelope may hold the same event twice: it counts once
             applied = apply_on_receipt(event, registry)
             if applied.changed:
                 changed.add(event.repository)
-                if event.action == "delete":
-                    refresh.add(event.repository)
             rows.append(_row(registry, event, applied, now, correction))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
         RegistryEvent.objects.bulk_create(rows)
-        for repository in registry.repositories.filter(name__in=refresh):
-            rollups.refresh(repository)
         _bump(registry, changed)
     return result
 
@@ -258,8 +247,11 @@ def apply_delete(event: Event, registry: Registry) -> Applied:
         blob_ids = list(
             ManifestBlob.objects.filter(manifest=manifest).values_list("blob_id", flat=True)
         )
-        manifest.delete()
-        Blob.objects.filter(pk__in=blob_ids, manifest_links__isnull=True).delete()
+        # Only this manifest's neighbourhood is computed again: a notification costs the
+        # same in a repository of a million manifests as in one of a thousand.
+        with rollups.changing(manifest.repository_id, [manifest.pk]):
+            manifest.delete()
+            rollups.unused_blobs(blob_ids).delete()
         return Applied(State.APPLIED, "manifest deleted", changed=True)
     tag = Tag.objects.filter(
         repository__registry=registry, repository__name=event.repository, name=event.tag
@@ -268,7 +260,8 @@ def apply_delete(event: Event, registry: Registry) -> Applied:
         return Applied(State.IGNORED, "delete: tag not stored")
     if Manifest.objects.filter(pk=tag.manifest_id).filter(pushed_later).exists():
         return Applied(State.IGNORED, "tag pushed again after this delete")
-    tag.delete()
+    with rollups.changing(tag.repository_id, [tag.manifest_id]):
+        tag.delete()
     return Applied(State.APPLIED, "tag deleted", changed=True)
 
 
@@ -303,7 +296,7 @@ def due_events(
     with `now_or_later`: a person at the command line does not wait for the back-off)."""
     now = now or timezone.now()
     events = RegistryEvent.objects.filter(state=State.RECEIVED).filter(
-        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=Now())  # a lease: the database's clock
     )
     if registry is not None:
         events = events.filter(registry=registry)
@@ -327,7 +320,7 @@ def claim(
             .values_list("pk", flat=True)[:batch]
         )
         RegistryEvent.objects.filter(pk__in=ids).update(
-            claimed_until=now + timedelta(seconds=settings.WORKER_LEASE_SECONDS)
+            claimed_until=Now() + timedelta(seconds=settings.WORKER_LEASE_SECONDS)
         )
     return list(RegistryEvent.objects.filter(pk__in=ids).select_related("registry").order_by("pk"))
 
@@ -536,7 +529,6 @@ def _process_deferred(row: RegistryEvent) -> None:
     ):
         applied = apply_on_receipt(_event_of(row), repository.registry, defer_if_locked=False)
         if applied.changed:
-            rollups.refresh(repository)
             _bump(repository.registry, {repository.name})
         _finish(row, applied)
 

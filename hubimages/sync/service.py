@@ -20,10 +20,20 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from django.db import transaction
 from django.utils import timezone
 
 from hubimages.lib.formatting import plural
-from hubimages.lib.leases import LeaseBusy, lease, repository_lock
+from hubimages.lib.leases import (
+    LeaseBusy,
+    acquire,
+    acquire_new,
+    holding,
+    lease,
+    release,
+    repository_lock,
+    run_lease_name,
+)
 from hubimages.models import Registry, SyncRun
 from hubimages.registries import rows
 from hubimages.sync import store
@@ -128,30 +138,59 @@ def _sync(
     prune: bool,
 ) -> SyncSummary:
     started = time.monotonic()
-    run = SyncRun.objects.create(registry=registry, started_at=timezone.now())
+    with transaction.atomic():  # no worker ever sees the run without its lease
+        run = SyncRun.objects.create(registry=registry, started_at=timezone.now())
+        taken = acquire_new(run_lease_name("sync", run.pk), owner=f"sync run {run.pk}")
     summary = SyncSummary()
     report = progress or (lambda message: None)
-    try:
-        if names is not None:
-            valid = _valid_names(names, "named", summary)
-            _sync_all(client, registry, valid, workers, report, summary, gone=None)
-        else:
-            _sync_everything(client, registry, catalog, workers, report, summary, prune)
-        if summary.manifests_removed or summary.repositories_removed:
-            store.remove_unused_blobs()
-    except RegistryError as error:
-        summary.errors.append(str(error))
-    except BaseException as error:
-        summary.errors.append(f"interrupted: {error!r}")
-        raise
-    finally:
-        # Whatever happened (a bug, a lost database), the run is closed with what it did.
-        summary.duration = time.monotonic() - started
-        run.finished_at = timezone.now()
-        run.succeeded = summary.succeeded
-        run.summary = summary.as_dict()
-        run.save()
+    with holding(taken):
+        try:
+            if names is not None:
+                valid = _valid_names(names, "named", summary)
+                _sync_all(client, registry, valid, workers, report, summary, gone=None)
+            else:
+                _sync_everything(client, registry, catalog, workers, report, summary, prune)
+            if summary.manifests_removed or summary.repositories_removed:
+                store.remove_unused_blobs()
+        except RegistryError as error:
+            summary.errors.append(str(error))
+        except BaseException as error:
+            summary.errors.append(f"interrupted: {error!r}")
+            raise
+        finally:
+            # Whatever happened (a bug, a lost database), the run is closed with what it did.
+            summary.duration = time.monotonic() - started
+            run.finished_at = timezone.now()
+            run.succeeded = summary.succeeded
+            run.summary = summary.as_dict()
+            run.save()
     return summary
+
+
+INTERRUPTED = "interrupted: the process running it stopped before it ended"
+
+
+def settle_interrupted_syncs() -> list[int]:
+    """Close the runs of syncs whose process stopped (SIGKILL, a lost host) before it could:
+    a sync holds its run's lease (`leases.run_lease_name`) until it has closed its run, so
+    an unfinished run whose lease is free was interrupted. What it wrote is in the
+    database, one repository per transaction; the next sync reads everything again.
+    Returns the ids of the runs closed."""
+    settled = []
+    for pk in SyncRun.objects.filter(finished_at__isnull=True).values_list("pk", flat=True):
+        taken = acquire(run_lease_name("sync", pk), owner="recovery")
+        if taken is None:
+            continue  # its process is alive
+        try:
+            if SyncRun.objects.filter(pk=pk, finished_at__isnull=True).update(
+                finished_at=timezone.now(),
+                succeeded=False,
+                summary=SyncSummary(errors=[INTERRUPTED]).as_dict(),
+            ):
+                settled.append(pk)
+        finally:
+            release(taken)
+    return settled
 
 
 def _sync_everything(

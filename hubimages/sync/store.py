@@ -562,8 +562,6 @@ def write_pushed(registry: Registry, snapshot: Snapshot) -> Repository:
             ).values_list("digest", flat=True)
         )
         new = [d for d in snapshot.fetched if d not in stored and d in snapshot.present]
-        if new:
-            _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
         Manifest.objects.filter(
             repository=repository,
             digest__in=list(snapshot.present),
@@ -575,10 +573,24 @@ def write_pushed(registry: Registry, snapshot: Snapshot) -> Repository:
             )
         )
         moved = {tag: d for tag, d in snapshot.tags.items() if current.get(tag) != d}
-        tags_changed = _write_tags(repository, moved)
-        changed = bool(new or tags_changed)
+        # The rollups of what this push touches only, not of the whole repository.
+        with rollups.changing(repository.pk, digests=_touched(snapshot, current)) as change:
+            if new:
+                _insert_manifests(repository, snapshot.fetched, new, snapshot.configs, now)
+                change.inserted(_manifest_ids(repository, new).values())
+            tags_changed = _write_tags(repository, moved)
+            changed = bool(new or tags_changed)
+            if changed:
+                _classify(repository, snapshot.fetched, new, snapshot.tags)
         if changed:
-            _classify(repository, snapshot.fetched, new, snapshot.tags)
-            rollups.refresh(repository)
             Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
     return repository
+
+
+def _touched(snapshot: Snapshot, current_tags: dict[str, str]) -> set[str]:
+    """The digests a push may change the derived columns of: what it read, the children
+    its indexes name, and where its tags pointed and will point."""
+    digests = set(snapshot.fetched)
+    digests |= {c.digest for m in snapshot.fetched.values() for c in m.parsed.manifests}
+    digests |= {d for d in (*snapshot.tags.values(), *current_tags.values()) if d}
+    return digests

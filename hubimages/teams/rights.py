@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -83,6 +83,14 @@ class Rights:
 
     def sees_everything(self, role: str = Role.VIEWER) -> bool:
         return self._everywhere(role)
+
+    def viewing(self, registry: str) -> Callable[[str], bool] | None:
+        """Which repositories of `registry` these rights see, as a test on names (no
+        query); None when they see every repository of every registry."""
+        if self._everywhere(Role.VIEWER):
+            return None
+        covering = self._covering(Role.VIEWER, registry)
+        return lambda name: bool(covering.match(name))
 
     def repositories(
         self,

@@ -5,6 +5,7 @@ from datetime import datetime
 from django.contrib.auth.decorators import login_not_required
 from django.db import DatabaseError, connection
 from django.db.models import Max, Min
+from django.db.models.functions import Now
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -28,7 +29,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
         oldest_event = RegistryEvent.objects.filter(state=RegistryEvent.State.RECEIVED).aggregate(
             at=Min("received_at")
         )["at"]
-        last_beat = WorkerHeartbeat.objects.aggregate(at=Max("beat_at"))["at"]
+        # Heartbeats are on the database's clock: their age is measured there too.
+        beat_age = WorkerHeartbeat.objects.aggregate(age=Now() - Max("beat_at"))["age"]
     except DatabaseError:
         return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
     return JsonResponse(
@@ -37,7 +39,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
             "database": "ok",
             "last_successful_sync_age_seconds": _age(now, last_sync),
             "oldest_unapplied_event_age_seconds": _age(now, oldest_event),
-            "last_worker_heartbeat_age_seconds": _age(now, last_beat),
+            "last_worker_heartbeat_age_seconds": (
+                None if beat_age is None else round(max(0.0, beat_age.total_seconds()), 1)
+            ),
         }
     )
 

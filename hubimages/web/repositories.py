@@ -32,16 +32,22 @@ def repositories(request: HttpRequest) -> HttpResponse:
     sort = request.GET.get("sort", "name")
     if sort not in inventory_repositories.REPOSITORY_SORTS and sort not in RECLAIMABLE_SORTS:
         sort = "name"
-    within = rights(request).within()
+    mine = rights(request)
+    within = mine.within()
     registries = visible_registries(request)
     chosen = next((r for r in registries if r.name == request.GET.get("registry")), None)
+    # Computed by the workers, never here: each registry's kept figures, read.
+    kept = storage_figures.kept_together([chosen] if chosen else registries)
     reclaimable = {}
-    total_reclaimable = 0
-    for registry in [chosen] if chosen else registries:
-        figures = storage_figures.seen_through(registry, within)
-        total_reclaimable += figures["stale_reclaimable_bytes"]
-        for row in figures["repositories"]:
-            reclaimable[(registry.name, row["name"])] = row["stale_reclaimable_bytes"]
+    # Each registry's figures as the user sees them (their repositories' rows, and the
+    # sum of those when they do not see every repository of it).
+    documents = {
+        name: storage_figures.seen_through(document, mine.viewing(name))
+        for name, document in kept.documents.items()
+    }
+    for registry_name, document in documents.items():
+        for row in document["repositories"]:
+            reclaimable[(registry_name, row["name"])] = row["stale_reclaimable_bytes"]
     rows = inventory_repositories.repository_overview(search, sort, chosen, within=within)
     if sort in RECLAIMABLE_SORTS:
         rows = _by_reclaimable(rows, reclaimable, descending=sort.startswith("-"))
@@ -60,7 +66,8 @@ def repositories(request: HttpRequest) -> HttpResponse:
         "columns": sort_columns(sort, REPOSITORY_COLUMNS, ascending_first=("name",)),
         "never_synced": not page.paginator.count and not SyncRun.objects.exists(),
         "reclaimable": reclaimable,
-        "total_reclaimable": total_reclaimable,
+        "total_reclaimable": sum(d["stale_reclaimable_bytes"] for d in documents.values()),
+        "kept": kept,
         "registries": registries,
         "registry": chosen,
         "totals": (

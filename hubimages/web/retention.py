@@ -106,13 +106,19 @@ def _editor(
     beyond = _refusal(request, draft, "save") if draft is not None and can_edit else None
     recent = list(row.runs.all()[:RUNS_SHOWN]) if row is not None else []
     runs = [run for run in recent if _sees_run(mine, run)]
+    preview = None
+    if draft is not None:
+        try:
+            # Only the repositories the user sees: the totals are theirs too.
+            preview = engine.dry_run(draft, within=mine.within())
+        except policies.PatternTooSlow as slow:  # shown on its field, as any other problem
+            form.add_errors(slow.errors)
     context = {
         "row": row,
         "form": form,
         "keep_choices": KEEP_CHOICES,
         "draft": draft,
-        # Only the repositories the user sees: the totals are theirs too.
-        "preview": engine.dry_run(draft, within=mine.within()) if draft is not None else None,
+        "preview": preview,
         "is_saved": saved is not None
         and draft is not None
         and draft.effective_json() == saved.effective_json(),
@@ -222,7 +228,7 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
     now = _aware_datetime(request.POST.get("now", ""))
     fingerprint = request.POST.get("fingerprint", "")
     refusal = {}
-    if now is None or engine.dry_run(policy, now=now).fingerprint != fingerprint:
+    if now is None or _fingerprint(policy, now) != fingerprint:
         # A junk time, or a plan that already differs in the database: no job, the fresh
         # preview at once.
         refusal = {"notice": CHANGED, "status": 409}
@@ -238,6 +244,15 @@ def retention_run(request: HttpRequest, name: str) -> HttpResponse:
         policy=row.name, now=now, fingerprint=fingerprint, user=request.user, by=Actor.of(request)
     )
     return follow_job(request, job)
+
+
+def _fingerprint(policy: policies.Policy, now: datetime) -> str:
+    """The dry run's fingerprint; "" when its patterns are too slow (the editor then
+    shows why)."""
+    try:
+        return engine.dry_run(policy, now=now).fingerprint
+    except policies.PatternTooSlow:
+        return ""
 
 
 def _aware_datetime(text: str) -> datetime | None:

@@ -41,7 +41,10 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     page, in the table's order."""
     registries = visible_registries(request)
     registry = _chosen(request, registries)
-    figures = storage_figures.seen_through(registry, rights(request).within())
+    kept = storage_figures.kept(registry)  # computed by the workers, never here
+    figures = storage_figures.seen_through(
+        kept.document or storage_figures.NOT_COMPUTED, rights(request).viewing(registry.name)
+    )
     sort = request.GET.get("sort", STORAGE_DEFAULT_SORT)
     if sort not in STORAGE_SORTS:
         sort = STORAGE_DEFAULT_SORT
@@ -53,6 +56,7 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     ]
     context = {
         "figures": figures,
+        "kept": kept,
         "page": page,
         **neighbours(page),
         "sort": sort,
@@ -70,7 +74,6 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
             registry, within=rights(request).within(registry_field="registry", field="repository")
         ),
         "stale_months": settings.STALE_AFTER_MONTHS,
-        "as_of": datetime.fromisoformat(figures["as_of"]) if figures["as_of"] else None,
     }
     return render_page(request, "storage.html", "by-repository", context)
 

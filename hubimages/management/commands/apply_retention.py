@@ -50,9 +50,12 @@ class Command(BaseCommand):
         registry = None
         if options.get("registry") or repositories:
             registry = registry_from(options).name
-        if repositories:
-            check_covered(parsed, registry, repositories)
-        preview = engine.dry_run(parsed, registry=registry, repositories=repositories)
+        try:
+            if repositories:
+                check_covered(parsed, registry, repositories)
+            preview = engine.dry_run(parsed, registry=registry, repositories=repositories)
+        except policies.PatternTooSlow as slow:
+            raise CommandError(f"nothing was decided: {slow}") from None
         if dry_run or not as_json:
             self.write_dry_run(preview, as_json)
         if dry_run:

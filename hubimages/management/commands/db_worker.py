@@ -2,17 +2,21 @@
 
 Same options as django-tasks-db's command. Besides running tasks, each worker:
 - beats a heartbeat every few seconds, so the others can tell when it died;
-- recovers the tasks of workers that stopped beating (`jobs.recover`);
+- recovers the tasks of workers that stopped beating and lines every unfinished job up
+  with its task (`jobs.worker.recover`);
 - starts what the schedule says is due (the periodic full sync, housekeeping);
 - makes sure registry events waiting to be stored have a task to store them.
-All of that runs in one thread of the worker process (never in a web process), so it
-goes on while a long task runs.
+The heartbeat has a thread of its own that does nothing else: the maintenance, which may
+wait on a slow registry (settling an interrupted deletion asks it about each manifest)
+or on a busy database, runs in a second thread. Both go on while a long task runs, and
+neither runs in a web process.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
@@ -24,11 +28,13 @@ from hubimages.jobs import worker
 log = logging.getLogger("hubimages.worker")
 
 
-class Housekeeper(threading.Thread):
-    def __init__(self, worker_id: str) -> None:
-        super().__init__(name="hubimages-housekeeper", daemon=True)
-        self.worker_id = worker_id
-        self.started_at = timezone.now()
+class Every(threading.Thread):
+    """Calls `action` every `WORKER_LEASE_SECONDS / 6` (at least every half second) until
+    stopped; an error (the database restarting) is logged and tried again next round."""
+
+    def __init__(self, name: str, action: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.action = action
         self.stopping = threading.Event()
 
     @property
@@ -39,9 +45,9 @@ class Housekeeper(threading.Thread):
         try:
             while not self.stopping.is_set():
                 try:
-                    worker.maintain(self.worker_id, self.started_at)
-                except Exception:  # the database restarting: try again next round
-                    log.exception("worker housekeeping failed")
+                    self.action()
+                except Exception:
+                    log.exception("worker %s failed", self.name)
                     connection.close()
                 self.stopping.wait(self.interval)
         finally:
@@ -50,10 +56,6 @@ class Housekeeper(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=10)
-        try:
-            worker.stop_beating(self.worker_id)
-        finally:
-            connection.close()
 
 
 class Command(db_worker.Command):
@@ -69,10 +71,18 @@ class Command(db_worker.Command):
         parser.set_defaults(reload=False, interval=0.25)
 
     def handle(self, *args, worker_id: str, **options) -> None:
-        housekeeper = Housekeeper(worker_id)
-        worker.beat(worker_id, housekeeper.started_at)  # alive before the first claim
-        housekeeper.start()
+        started_at = timezone.now()
+        worker.beat(worker_id, started_at)  # alive before the first claim
+        heartbeat = Every("hubimages-heartbeat", lambda: worker.beat(worker_id, started_at))
+        maintenance = Every("hubimages-maintenance", worker.maintain)
+        heartbeat.start()
+        maintenance.start()
         try:
             super().handle(*args, worker_id=worker_id, **options)
         finally:
-            housekeeper.stop()
+            maintenance.stop()
+            heartbeat.stop()
+            try:
+                worker.stop_beating(worker_id)
+            finally:
+                connection.close()
