@@ -14,6 +14,14 @@ action on something they see but may not change answers 403. Lists (`lists=True`
 request reads the grants at most once. A URL pattern or API operation without a row fails
 `test_every_url_pattern_and_api_operation_has_a_rule`: a new URL needs a rule.
 
+Adding a URL is one line in TABLE (the failing test prints one to start from):
+`Row(key, RULE, method, url, ok=<its own answer>, data=… or body=…)`. The url and the
+data may name the world's things: `{web_digest}` (alpha/web's image), `{web_operation}`
+and `{api_operation}` (a deletion in alpha/web, in beta/api: what a Trash restores),
+`{job}` (the owner's job), `{owner_token}`. The rules a new page usually needs are here:
+SIGNED_IN (a list showing only what the user may see), VIEW and DELETE (one repository;
+RESTORE, undoing a deletion, is DELETE's), STAFF, POLICY_ADMIN.
+
 `python manage.py shell -c "from tests.test_rights import as_text; print(as_text())"`
 prints the table.
 """
@@ -76,8 +84,15 @@ REGISTRY = rule(
     **{p: 401 for p in PERSONAS},
 )
 SIGNED_IN = rule("anyone signed in; shows only what they may see")
-OWN_LIST = rule("anyone signed in; their own (staff: everyone's jobs)")
-REGISTRIES = rule("anyone signed in; the registries where they see a repository (staff: all)")
+OWN_JOBS = rule(
+    "anyone signed in; the jobs they started (staff: also every full sync and the jobs in "
+    "repositories they see)"
+)
+OWN_TOKENS = rule("anyone signed in; their own tokens")
+REGISTRIES = rule(
+    "anyone signed in; the registries where a grant lets them see, counting only the "
+    "repositories they see (staff: every registry)"
+)
 REDIRECT = rule("anyone signed in: a redirect to /r/default/…, whose page decides")
 DOCUMENT = rule("anyone signed in (a session or a token of any scope)")
 VIEW = rule(
@@ -87,6 +102,13 @@ VIEW = rule(
 )
 DELETE = rule(
     "deleter or above on the repository (404 if they may not see it, 403 if they only see it)",
+    stranger=404,
+    other=404,
+    viewer=403,
+)
+RESTORE = rule(
+    "deleter or above on the deletion's repository (404 if they may not see it, 403 if they "
+    "only see it)",
     stranger=404,
     other=404,
     viewer=403,
@@ -107,7 +129,12 @@ ADMIN_SITE = rule(
     viewer=302,
     owner=302,
 )
-OWN_JOB = rule("who started the job, or staff (404 otherwise)", stranger=404, other=404, viewer=404)
+OWN_JOB = rule(
+    "who started the job, or staff who see its repository (a full sync: any staff; 404 otherwise)",
+    stranger=404,
+    other=404,
+    viewer=404,
+)
 OWN_TOKEN = rule(
     "the token's owner (404 to anyone else, admins too)",
     stranger=404,
@@ -209,7 +236,7 @@ TABLE = [
     Row("audit/", STAFF, url="/audit/"),
     Row("audit/export.csv", STAFF, url="/audit/export.csv"),
     Row("audit/export.json", STAFF, url="/audit/export.json"),
-    Row("jobs/", OWN_LIST, url="/jobs/"),
+    Row("jobs/", OWN_JOBS, url="/jobs/"),
     Row("jobs/<int:job_id>/", OWN_JOB, url="/jobs/{job}/"),
     Row("retention/", SIGNED_IN, url="/retention/", lists=True),
     Row("retention/new/", POLICY_WRITER, url="/retention/new/"),
@@ -254,7 +281,7 @@ TABLE = [
         POLICY_VIEW,
         url="/retention/policies/web-cleanup/export.json",
     ),
-    Row("account/api-tokens/", OWN_LIST, url="/account/api-tokens/"),
+    Row("account/api-tokens/", OWN_TOKENS, url="/account/api-tokens/"),
     Row(
         "account/api-tokens/<int:token_id>/revoke",
         OWN_TOKEN,
@@ -331,7 +358,12 @@ TABLE = [
         body={"now": "2026-01-01T00:00:00Z", "fingerprint": "stale"},
     ),
     Row("API GET /storage", SIGNED_IN, url="/api/v1/storage", lists=True),
-    Row("^api/", PUBLIC, url="/api/no/such/endpoint", ok=404),
+    Row(
+        "^api/",
+        rule("anyone: a JSON 404 for an address under /api/ that is none", anonymous=OK),
+        url="/api/no/such/endpoint",
+        ok=404,
+    ),
     Row("registry/events", REGISTRY, "post", "/registry/events", data={"events": "[]"}),
     Row(
         "registry/<slug:registry>/events",
@@ -399,6 +431,16 @@ def url_keys() -> set[str]:
     return keys
 
 
+def suggested_row(key: str) -> str:
+    """A row to start from for a URL the table lacks: pick its rule, fill its address."""
+    method, _, path = (
+        key.partition(" ")[2].partition(" ") if key.startswith("API ") else ("", "", "")
+    )
+    if method:
+        return f'    Row("{key}", SIGNED_IN, "{method.lower()}", "/api/v1{path}"),'
+    return f'    Row("{key}", SIGNED_IN, url="/{key}"),'
+
+
 API_PAGES = {
     "api-root": "API GET /api/v1/ (index)",
     "openapi-json": "API GET /api/v1/openapi.json",
@@ -410,7 +452,9 @@ def test_every_url_pattern_and_api_operation_has_a_rule():
     table = [row.key for row in TABLE]
     assert len(table) == len(set(table)), "a key twice in the table"
     missing = url_keys() - set(table)
-    assert not missing, f"URLs without a rule in tests/test_rights.py's TABLE: {sorted(missing)}"
+    assert not missing, "URLs without a rule in tests/test_rights.py's TABLE; add a row each:\n" + (
+        "\n".join(suggested_row(key) for key in sorted(missing))
+    )
     assert not set(table) - url_keys(), "rows for URLs that no longer exist"
 
 
@@ -439,7 +483,7 @@ def world(db, django_user_model, settings) -> dict:
     settings.REGISTRY_EVENTS_TOKEN = "events-secret"
     registry = registry_rows.get()
     when = datetime(2026, 1, 1, tzinfo=UTC)
-    digests = {}
+    digests, operations = {}, {}
     for name in ("alpha/web", "beta/api"):
         repository = Repository.objects.create(registry=registry, name=name)
         image = builders.manifest(repository, name, pushed_at=when, tags=["v1"])
@@ -448,6 +492,7 @@ def world(db, django_user_model, settings) -> dict:
         operation = Deletion.objects.create(
             username="someone", repository=name, selected=[image.digest], fingerprint="x"
         )
+        operations[name] = operation.pk
         DeletionRecord.objects.create(
             operation=operation,
             username="someone",
@@ -487,6 +532,8 @@ def world(db, django_user_model, settings) -> dict:
         "users": users,
         "bearer": bearer,
         "web_digest": digests["alpha/web"],
+        "web_operation": operations["alpha/web"],
+        "api_operation": operations["beta/api"],
         "job": job.pk,
         "owner_token": ApiToken.objects.get(user=users["owner"]).pk,
         "new_policy": "new-policy",
@@ -558,8 +605,11 @@ def test_each_url_answers_each_persona_by_its_rule(row, world):
 
 
 def as_text() -> str:
-    width = max(len(row.key) for row in TABLE)
-    return "\n".join(f"{row.key:<{width}}  {row.rule.text}" for row in TABLE)
+    keys = [row.key or '"" (the Repositories page, /)' for row in TABLE]
+    width = max(len(key) for key in keys)
+    return "\n".join(
+        f"{key:<{width}}  {row.rule.text}" for key, row in zip(keys, TABLE, strict=True)
+    )
 
 
 # -- what each page and operation shows, in detail ---------------------------------------------
@@ -620,6 +670,22 @@ def test_a_stranger_sees_no_registry_and_staff_every_one(world):
     assert "default" in signed_in(world, "admin").get("/registries/").content.decode()
 
 
+def test_the_registries_page_counts_only_the_repositories_the_user_sees(world):
+    from hubimages.models import Registry
+
+    Registry.objects.create(name="staging")  # nothing synced there yet
+    team = services.create_team("staging-readers", by=BY)
+    services.add_members(team, [world["users"]["viewer"]], by=BY)
+    services.grant(team, "viewer", "**", registry="staging", by=BY)
+
+    viewer = signed_in(world, "viewer").get("/registries/").content.decode()
+    admin = signed_in(world, "admin").get("/registries/").content.decode()
+
+    assert "1 repository" in viewer and "2 repositories" not in viewer
+    assert "?registry=staging" in viewer  # a grant there, though nothing synced yet
+    assert "2 repositories" in admin and "?registry=staging" in admin
+
+
 def test_an_image_in_two_repositories_lists_only_the_copy_the_user_may_see(world):
     api = Repository.objects.get(name="beta/api")
     web = Repository.objects.get(name="alpha/web")
@@ -651,6 +717,52 @@ def test_the_jobs_page_lists_only_the_users_own_jobs_and_staff_everyones(world):
     assert f'href="/jobs/{world["job"]}/"' in signed_in(world, "admin").get(jobs).content.decode()
     viewer = signed_in(world, "viewer").get(jobs).content.decode()
     assert f'href="/jobs/{world["job"]}/"' not in viewer  # sees the repository, not the job
+
+
+def test_an_admin_follows_syncs_and_the_jobs_of_the_repositories_they_see_only(world):
+    """A staff user who is not a superuser, with a grant on alpha/web: every full sync (theirs
+    to watch), the owner's deletion in alpha/web; not a job in beta/api nor another's
+    retention run, which spans repositories."""
+    ops = world["users"]["viewer"]
+    ops.is_staff = True
+    ops.save()
+    other = world["users"]["other"]
+    sync = Job.objects.create(kind=Job.Kind.SYNC, started_by="schedule", registry="default")
+    beta = Job.objects.create(
+        kind=Job.Kind.DELETION, user=other, started_by="other", repository="beta/api"
+    )
+    run = Job.objects.create(kind=Job.Kind.RETENTION, user=other, started_by="other")
+    web = signed_in(world, "viewer")
+    listing = web.get("/jobs/").content.decode()
+
+    for job, shown in ((world["job"], True), (sync.pk, True), (beta.pk, False), (run.pk, False)):
+        assert (f'href="/jobs/{job}/"' in listing) == shown, job
+        assert web.get(f"/jobs/{job}/").status_code == (200 if shown else 404), job
+        api = Client().get(f"/api/v1/jobs/{job}", headers=token_of(world, "viewer"))
+        assert api.status_code == (200 if shown else 404), job
+    admin = signed_in(world, "admin").get("/jobs/").content.decode()
+    assert f'href="/jobs/{beta.pk}/"' in admin and f'href="/jobs/{run.pk}/"' in admin
+
+
+def test_every_client_address_is_read_in_one_place():
+    """`lib.addresses.client_address` says where a request comes from, for the audit log,
+    the token limits and the sign-in limits (django-axes) alike: nothing else reads it."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    root = Path(__file__).resolve().parent.parent / "hubimages"
+    readers = [
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*.py")
+        if "migrations" not in path.parts
+        and any(
+            word in path.read_text()
+            for word in ("REMOTE_ADDR", "get_client_ip", "HTTP_X_FORWARDED_FOR", "X-Forwarded-For")
+        )
+    ]
+    assert [r for r in readers if r not in ("lib/addresses.py", "settings.py")] == []
+    assert settings.AXES_CLIENT_IP_CALLABLE == "hubimages.lib.addresses.client_address"
 
 
 def test_a_viewer_gets_no_selection_and_no_delete_button(world):

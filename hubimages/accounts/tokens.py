@@ -8,9 +8,9 @@ index probe) and its first characters, for people to tell tokens apart.
 Guessing is rate-limited like sign-ins (django-axes, `LOGIN_FAILURE_LIMIT` failures per
 `LOGIN_COOLOFF_MINUTES`), but keyed by the client address alone: a token attempt names no
 user. Axes itself keys on username and address and records attempts through its login
-signals, so the address is read the way axes reads it (`get_client_ip_address`) and the
-count lives in `ApiTokenFailure`. Only unknown tokens count: an expired or revoked token is
-a real one a script forgot to replace, not a guess.
+signals, so the address is the one axes reads too (`lib.addresses.client_address`, its
+`AXES_CLIENT_IP_CALLABLE`) and the count lives in `ApiTokenFailure`. Only unknown tokens
+count: an expired or revoked token is a real one a script forgot to replace, not a guess.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ number of queries whatever the number of registries."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,10 +28,12 @@ class RegistryHealth:
         return self.registry.capabilities or {}
 
 
-def overview(within: Q | None = None) -> list[RegistryHealth]:
-    """Every registry hubimages knows, configured ones first; with `within` (a filter on
-    repositories: those a user may see), only the registries holding one of those, each
-    with how many it holds."""
+def overview(
+    within: Q | None = None, *, names: Collection[str] | None = None
+) -> list[RegistryHealth]:
+    """Every registry hubimages knows (only those `names` names, when given), configured
+    ones first, each with how many repositories it holds (only those `within` lets
+    through, when given: those a user may see)."""
     ensure_rows()
     last_run = SyncRun.objects.filter(registry=OuterRef("pk")).order_by("-started_at", "-pk")
     registries = list(
@@ -62,8 +65,8 @@ def overview(within: Q | None = None) -> list[RegistryHealth]:
         .annotate(count=Count("pk"))
         .values_list("registry_id", "count")
     )
-    if within is not None:
-        registries = [registry for registry in registries if counts.get(registry.pk)]
+    if names is not None:
+        registries = [registry for registry in registries if registry.name in names]
     return [
         RegistryHealth(
             registry=registry,

@@ -16,7 +16,7 @@ from hubimages.jobs import queue
 from hubimages.lib.formatting import human_size, plural
 from hubimages.models import Job, Registry, Repository
 from hubimages.registries import rows
-from hubimages.web.access import repository_to_view
+from hubimages.web.access import repository_to_view, rights
 from hubimages.web.list_state import list_url
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, vary_on_htmx
@@ -69,12 +69,18 @@ def _deletion_summary(outcome: dict) -> dict:
     }
 
 
+def _visible(request: HttpRequest):
+    """The jobs this user may follow (`queue.visible_to`)."""
+    within = rights(request).within(registry_field="registry_name", field="repository")
+    return queue.visible_to(request.user, within)
+
+
 @require_GET
 @vary_on_htmx
 def job(request: HttpRequest, job_id: int) -> HttpResponse:
     """A job's progress and outcome; the page refreshes itself while it runs (htmx polls
     its status, a plain page reloads). Its owner and admins may see it."""
-    job = get_object_or_404(queue.visible_to(request.user), pk=job_id)
+    job = get_object_or_404(_visible(request), pk=job_id)
     back = request.GET.get("back", "")[:1000]
     context = _job_context(request, job, back)
     if request.htmx and request.GET.get("in") == "dialog":
@@ -89,10 +95,10 @@ def job(request: HttpRequest, job_id: int) -> HttpResponse:
 @require_GET
 @vary_on_htmx
 def job_list(request: HttpRequest) -> HttpResponse:
-    """Recent jobs, newest first: admins see everyone's (and why what failed failed),
-    others their own."""
+    """Recent jobs, newest first: admins see everyone's in the repositories they may see
+    (and why what failed failed), others their own."""
     page = paginate(
-        queue.visible_to(request.user).select_related("user"),
+        _visible(request).select_related("user"),
         JOBS_PER_PAGE,
         request.GET.get("page"),
     )
