@@ -665,6 +665,9 @@ def test_the_repositories_page_counts_only_what_the_user_sees(world):
 
 def test_a_stranger_sees_no_registry_and_staff_every_one(world):
     assert "<td" not in signed_in(world, "stranger").get("/registries/").content.decode()
+    header = signed_in(world, "stranger").get("/history/").content.decode()
+    assert "none granted to you" in header and "127.0.0.1:9" not in header
+    assert "127.0.0.1:9" in signed_in(world, "viewer").get("/history/").content.decode()
     viewer = signed_in(world, "viewer").get("/registries/").content.decode()
     assert "default" in viewer
     assert "default" in signed_in(world, "admin").get("/registries/").content.decode()
