@@ -47,6 +47,7 @@ from hubimages.models import (
     Deletion,
     DeletionRecord,
     Job,
+    KeptManifest,
     Manifest,
     Repository,
     RetentionPolicy,
@@ -111,6 +112,11 @@ RESTORE = rule(
     "only see it)",
     stranger=404,
     other=404,
+    viewer=403,
+)
+TRASH_CHECK = rule(
+    "deleter or above somewhere in the registry (403 otherwise)",
+    stranger=403,
     viewer=403,
 )
 STAFF_VIEW = rule(
@@ -281,6 +287,16 @@ TABLE = [
         POLICY_VIEW,
         url="/retention/policies/web-cleanup/export.json",
     ),
+    Row("trash/", SIGNED_IN, url="/trash/", lists=True),
+    Row("trash/check", TRASH_CHECK, "post", "/trash/check", ok=303, data={"registry": "default"}),
+    Row(
+        "trash/<int:operation>/restore",
+        RESTORE,
+        "post",
+        "/trash/{web_operation}/restore",
+        ok=303,
+        data={"scope": "all"},
+    ),
     Row("account/api-tokens/", OWN_TOKENS, url="/account/api-tokens/"),
     Row(
         "account/api-tokens/<int:token_id>/revoke",
@@ -358,6 +374,15 @@ TABLE = [
         body={"now": "2026-01-01T00:00:00Z", "fingerprint": "stale"},
     ),
     Row("API GET /storage", SIGNED_IN, url="/api/v1/storage", lists=True),
+    Row("API GET /trash", SIGNED_IN, url="/api/v1/trash", lists=True),
+    Row(
+        "API POST /trash/{int:operation}/restore",
+        RESTORE,
+        "post",
+        "/api/v1/trash/{web_operation}/restore",
+        ok=202,
+        body={"digests": []},
+    ),
     Row(
         "^api/",
         rule("anyone: a JSON 404 for an address under /api/ that is none", anonymous=OK),
@@ -493,12 +518,15 @@ def world(db, django_user_model, settings) -> dict:
             username="someone", repository=name, selected=[image.digest], fingerprint="x"
         )
         operations[name] = operation.pk
-        DeletionRecord.objects.create(
+        record = DeletionRecord.objects.create(
             operation=operation,
             username="someone",
             repository=name,
             digest=builders.digest_for(f"{name} gone"),
             kind=Manifest.Kind.IMAGE,
+        )
+        KeptManifest.objects.create(  # in the Trash
+            record=record, media_type="application/vnd.oci.image.manifest.v1+json", body=b"{}"
         )
         short = name.split("/")[1]
         policies.save_policy(

@@ -8,7 +8,7 @@ from ninja import Query, Router
 
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import reject_unknown_parameters
-from hubimages.api.schemas import StorageOut, StorageQuery, error_responses
+from hubimages.api.schemas import RegistryQuery, StorageOut, error_responses
 from hubimages.lib.formatting import iso
 from hubimages.registries import rows
 from hubimages.storage import figures
@@ -22,7 +22,7 @@ router = Router(tags=["storage"])
     response={200: StorageOut, **error_responses(404, 422, 503)},
     summary="Storage figures",
 )
-def get_storage(request: HttpRequest, query: Query[StorageQuery]) -> dict:
+def get_storage(request: HttpRequest, query: Query[RegistryQuery]) -> dict:
     """Stored bytes (distinct blobs, each once), the bytes deleting every stale item would
     free, and the bytes untagged items hold — registry-wide (blobs shared between
     repositories counted once) and per repository; and stored bytes after each full sync.
@@ -34,7 +34,7 @@ def get_storage(request: HttpRequest, query: Query[StorageQuery]) -> dict:
     Only the repositories the caller may see: who sees every repository of the registry
     gets its totals (`complete` true); anyone else the sum of their repositories' figures
     (`complete` false; a layer two of them share counted in each) and no history."""
-    reject_unknown_parameters(request, StorageQuery)
+    reject_unknown_parameters(request, RegistryQuery)
     try:
         registry = rows.get(query.registry or None)
     except rows.UnknownRegistry as error:

@@ -6,13 +6,13 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('hubimages', '0019_manifest_by_subject_digest'),
+        ('hubimages', '0021_trash'),
     ]
 
     operations = [
         migrations.AlterField(
             model_name='auditentry',
             name='action',
-            field=models.CharField(choices=[('sign_in', 'Signed in'), ('sign_in_failed', 'Failed to sign in'), ('token_created', 'Created an API token'), ('token_revoked', 'Revoked an API token'), ('deletion_started', 'Started a deletion'), ('restore', 'Restored deleted images'), ('in_use_override', 'Deleted images in use'), ('policy_created', 'Created a retention policy'), ('policy_changed', 'Changed a retention policy'), ('policy_run', 'Ran a retention policy'), ('policy_deleted', 'Deleted a retention policy'), ('team_created', 'Created a team'), ('team_deleted', 'Deleted a team'), ('member_added', 'Added a team member'), ('member_removed', 'Removed a team member'), ('group_bound', 'Bound a group to a team'), ('group_unbound', 'Unbound a group from a team'), ('grant_added', 'Granted a role'), ('grant_revoked', 'Revoked a grant')], db_index=True, max_length=32),
+            field=models.CharField(choices=[('sign_in', 'Signed in'), ('sign_in_failed', 'Failed to sign in'), ('token_created', 'Created an API token'), ('token_revoked', 'Revoked an API token'), ('deletion_started', 'Started a deletion'), ('restore', 'Started a restore from the Trash'), ('in_use_override', 'Deleted images in use'), ('policy_created', 'Created a retention policy'), ('policy_changed', 'Changed a retention policy'), ('policy_run', 'Ran a retention policy'), ('policy_deleted', 'Deleted a retention policy'), ('team_created', 'Created a team'), ('team_deleted', 'Deleted a team'), ('member_added', 'Added a team member'), ('member_removed', 'Removed a team member'), ('group_bound', 'Bound a group to a team'), ('group_unbound', 'Unbound a group from a team'), ('grant_added', 'Granted a role'), ('grant_revoked', 'Revoked a grant')], db_index=True, max_length=32),
         ),
     ]

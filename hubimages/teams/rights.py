@@ -296,6 +296,33 @@ def may_see_policy(rights: Rights, registries: Sequence[str], repositories: Sequ
     return False
 
 
+# -- the Trash: who may put back what a deletion took ----------------------------------------
+
+
+def restore_refusal(rights: Rights, deletions: Iterable) -> str | None:
+    """Why these rights may not restore what these deletions (rows with `registry` and
+    `repository`) took, or None when they may: restoring is deleting undone, so it takes
+    the `deleter` role on each one's repository (a retention run's: on all of them)."""
+    beyond = sorted(
+        {
+            f"{row.registry}/{row.repository}"
+            for row in deletions
+            if not rights.may_delete(row.registry, row.repository)
+        }
+    )
+    if not beyond:
+        return None
+    return (
+        f"restoring needs the deleter role on {', '.join(beyond[:3])}"
+        f"{f' and {len(beyond) - 3} more' if len(beyond) > 3 else ''}, which you do not hold"
+    )
+
+
+def may_check_trash(rights: Rights, registry: str) -> bool:
+    """Asking a registry about its Trash (a job) is for those who may restore in it."""
+    return rights.sees_everything(Role.DELETER) or registry in rights.registries(Role.DELETER)
+
+
 def _covered(registries: Sequence[str], repositories: Sequence[str]) -> QuerySet[Repository]:
     """The repositories a policy's patterns cover, matched in SQL."""
     return Repository.objects.filter(

@@ -41,6 +41,8 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     page, in the table's order."""
     registries = visible_registries(request)
     registry = _chosen(request, registries)
+    # The deletions the user may read: those in repositories they may see.
+    deletions = rights(request).within(registry_field="registry", field="repository")
     kept = storage_figures.kept(registry)  # computed by the workers, never here
     figures = storage_figures.seen_through(
         kept.document or storage_figures.NOT_COMPUTED, rights(request).viewing(registry.name)
@@ -70,9 +72,8 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
         "chart": charts.repository_bars(page.object_list),
         "history_chart": charts.line_chart(points),
         "history_points": points,
-        "waiting": collection.waiting_for_collection(
-            registry, within=rights(request).within(registry_field="registry", field="repository")
-        ),
+        "waiting": collection.waiting_for_collection(registry, within=deletions),
+        "reclaimed": collection.reclaimed(registry, within=deletions),
         "stale_months": settings.STALE_AFTER_MONTHS,
     }
     return render_page(request, "storage.html", "by-repository", context)
