@@ -973,6 +973,35 @@ def test_a_run_that_touched_a_repository_the_user_may_not_see_is_left_out(world)
     )
 
 
+def test_restoring_a_whole_retention_run_needs_the_deleter_role_on_each_of_its_repositories(
+    world,
+):
+    from hubimages.models import RetentionRun
+
+    run = RetentionRun.objects.create(
+        policy_name="all", trigger="manual", started_at=datetime(2026, 1, 2, tzinfo=UTC)
+    )
+    Deletion.objects.filter(pk__in=[world["web_operation"], world["api_operation"]]).update(
+        retention_run=run
+    )
+    restore = f"/trash/{world['web_operation']}/restore"
+
+    refused = signed_in(world, "owner").post(restore, {"scope": "run"})
+    api = Client().post(
+        f"/api/v1/{restore.lstrip('/')}",
+        json.dumps({"whole_run": True}),
+        content_type="application/json",
+        headers=token_of(world, "owner"),
+    )
+
+    assert refused.status_code == 403
+    assert "restoring needs the deleter role on default/beta/api" in refused.content.decode()
+    assert api.status_code == 403 and "default/beta/api" in api.json()["error"]["message"]
+    assert not Job.objects.filter(kind=Job.Kind.RESTORE).exists()
+    assert signed_in(world, "owner").post(restore, {"scope": "all"}).status_code == 303
+    assert signed_in(world, "admin").post(restore, {"scope": "run"}).status_code == 303
+
+
 def test_the_audit_log_has_the_actions_restore_and_in_use_override_will_need():
     from hubimages.lib import audit
 
