@@ -253,7 +253,7 @@ def test_restoring_over_the_api_starts_a_job_and_needs_a_delete_token(client, vi
     token = bearer(deleter)
     assert_error(post_json(client, f"{API}/trash/999/restore", {}, headers=token), 404, "not_found")
     unknown = post_json(client, url, {"digests": ["d" * 64]}, headers=token)
-    assert_error(unknown, 422, "not_in_trash")
+    assert_error(unknown, 404, "not_in_trash")  # as an unknown deletion
     assert_error(post_json(client, url, {"dry_run": True}, headers=token), 422, "invalid_request")
     assert not Job.objects.exists()
 

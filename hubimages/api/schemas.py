@@ -538,7 +538,7 @@ class TrashPage(Page):
 
 
 class RestoreIn(Strict):
-    digests: list[str] = Field(
+    digests: list[Annotated[str, Field(pattern=SELECTED_DIGEST_PATTERN)]] = Field(
         default_factory=list,
         max_length=MAX_DIGESTS,
         description="Only these items (an index brings the children its deletion took); "

@@ -121,8 +121,8 @@ def restore(
     )
     unknown = [d for d in digests if d not in kept]
     if unknown:
-        raise ApiError(
-            422,
+        raise ApiError(  # like an unknown deletion: nothing of that name is in the Trash
+            404,
             "not_in_trash",
             f"not in the Trash of deletion {operation}: {', '.join(unknown)}",
             fields=[{"field": "digests", "message": f"not in the Trash: {d}"} for d in unknown],
