@@ -11,6 +11,7 @@ those manifests named. Read-only, three queries whatever the plan's size.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -54,7 +55,12 @@ class PlanSharing:
         return self.frees_alone + self.shared_among_items
 
 
-def plan_sharing(plan: planning.DeletionPlan) -> PlanSharing:
+def plan_sharing(
+    plan: planning.DeletionPlan, *, visible: Callable[[str], bool] | None = None
+) -> PlanSharing:
+    """What each planned item frees and what it shares. `visible` says which other
+    repositories of the registry may be named (those the user sees); the others count,
+    unnamed ("and N more"), so the bytes stay exact."""
     ids = {item.manifest_id: item.digest for item in plan.delete}
     if not ids:
         return PlanSharing({}, 0, 0)
@@ -68,7 +74,7 @@ def plan_sharing(plan: planning.DeletionPlan) -> PlanSharing:
         blobs_of[manifest_id].add(blob_id)
         sizes[blob_id] = size
     outside = _users_outside(list(sizes), list(ids))
-    names = _names(plan.repository, {sample for _, sample in outside.values()})
+    names = _names(plan.repository, {sample for _, sample in outside.values()}, visible)
     items = {
         digest: _item_sharing(blobs_of[pk], users, sizes, outside, names)
         for pk, digest in ids.items()
@@ -98,9 +104,11 @@ def _users_outside(blob_ids: list[int], planned: list[int]) -> dict[int, tuple[i
     return {blob: (count, tagged or any_) for blob, count, tagged, any_ in rows}
 
 
-def _names(repository: str, manifest_ids: set[int]) -> dict[int, str]:
+def _names(
+    repository: str, manifest_ids: set[int], visible: Callable[[str], bool] | None = None
+) -> dict[int, str]:
     """A manifest as people know it: its first tag (`repo:tag` in another repository),
-    else its short digest."""
+    else its short digest; none for one in a repository `visible` refuses."""
     rows = (
         Manifest.objects.filter(pk__in=planning.as_parameter(manifest_ids))
         .annotate(first_tag=Min("tags__name"))
@@ -108,6 +116,8 @@ def _names(repository: str, manifest_ids: set[int]) -> dict[int, str]:
     )
     names = {}
     for pk, repo, digest, tag in rows:
+        if repo != repository and visible is not None and not visible(repo):
+            continue
         name = tag or short_digest(digest)
         if repo != repository:
             name = f"{repo}:{tag}" if tag else f"{repo}@{short_digest(digest)}"
