@@ -41,6 +41,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, clear_url_caches, get_resolver
 
 from hubimages.accounts import tokens
+from hubimages.inuse import reports
 from hubimages.lib.audit import Actor
 from hubimages.models import (
     ApiToken,
@@ -1104,3 +1105,34 @@ def test_a_preview_names_no_repository_the_user_may_not_see_and_its_bytes_stay_e
     assert "beta/api" in admin
     assert "beta/api" not in owner
     assert "at least 1 more manifest" in owner  # counted, unnamed
+
+
+def test_the_in_use_page_shows_each_user_the_sources_and_references_they_see(world):
+    host = "127.0.0.1:9"  # the world's registry
+    images = [
+        {"reference": f"{host}/alpha/web@{world['web_digest']}", "where": "prod/web/pod/a"},
+        {"reference": f"{host}/beta/api@{builders.digest_for('api 1')}", "where": "prod/api/1"},
+        {"reference": f"{host}/beta/api@{builders.digest_for('api 2')}", "where": "prod/api/2"},
+        {"reference": f"{host}/beta/api:no-such-tag", "where": "prod/api/3"},
+        {"reference": "nginx:1.27", "where": "prod/edge/pod/n"},
+    ]
+    reports.replace(source="prod", images=images, ttl_seconds=600)
+
+    def page(persona: str) -> str:
+        return signed_in(world, persona).get("/in-use/").content.decode()
+
+    def references(text: str) -> str:
+        row = re.search(r'<tr class="in-use-source" data-source="prod">.*?</tr>', text, re.S)
+        return re.search(r'<td class="col-count">(\d+)', row[0])[1]
+
+    viewer, other, admin, stranger = page("viewer"), page("other"), page("admin"), page("stranger")
+    assert (references(viewer), references(other), references(admin)) == ("1", "2", "3")
+    for narrowed in (viewer, other):
+        assert "in repositories you see" in narrowed
+        # The unknown tag may name a repository the user may not see; other hosts are
+        # the report's own, no registry's here.
+        assert "beta/api" not in narrowed and "unknown tag" not in narrowed
+        assert "+1 on other registries" in narrowed
+    assert "1 unknown tag" in admin and "+1 on other registries" in admin
+    assert "beta/api:no-such-tag" in admin
+    assert 'data-source="prod"' not in stranger and "No reports on what you see" in stranger

@@ -15,7 +15,7 @@ the index alone. With no live report at all, one query.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -248,16 +248,58 @@ def _duration(seconds: int) -> str:
 
 @dataclass(frozen=True)
 class SourceRow:
+    """A source as one user may see it: `registries` and `references` narrowed to what
+    they see; `whole` when nothing was left out (then the unknown tags, which may name
+    repositories they may not see, are shown too)."""
+
     source: InUseSource
     live: bool
     expires_at: datetime
     now: datetime
+    registries: tuple[str, ...]
+    references: int
+    whole: bool
 
 
-def sources() -> list[SourceRow]:
-    """Every source with whether its report is live, by the database's clock."""
-    rows = []
-    for source in InUseSource.objects.annotate(now=Now()).order_by("name"):
-        expires = source.received_at + timedelta(seconds=source.ttl_seconds)
-        rows.append(SourceRow(source, expires > source.now, expires, source.now))
-    return rows
+Sees = Callable[[str, str], bool]  # (registry, repository) -> whether the user sees it
+
+
+def sources(
+    *, registries: Collection[str] | None = None, sees: Sees | None = None
+) -> list[SourceRow]:
+    """Every source with whether its report is live, by the database's clock. For a user
+    who sees everything, `registries` and `sees` are None; else only the sources naming
+    one of `registries` (those where the user holds a grant), each narrowed to them, its
+    references counted on the repositories `sees` lets through (one grouped query)."""
+    rows = InUseSource.objects.annotate(now=Now()).order_by("name")
+    if registries is None:
+        return [_row(source, tuple(source.registries), source.size, True) for source in rows]
+    shown = [source for source in rows if set(source.registries) & set(registries)]
+    counted: dict[int, int] = defaultdict(int)
+    for source_id, registry, repository, count in (
+        InUseReference.objects.filter(
+            source_id__in=[source.pk for source in shown], registry__name__in=list(registries)
+        )
+        .values("source_id", "registry__name", "repository")
+        .annotate(count=Count("pk"))
+        .order_by()
+        .values_list("source_id", "registry__name", "repository", "count")
+    ):
+        if sees is None or sees(registry, repository):
+            counted[source_id] += count
+    return [
+        _row(
+            source,
+            tuple(name for name in source.registries if name in registries),
+            counted[source.pk],
+            False,
+        )
+        for source in shown
+    ]
+
+
+def _row(source: InUseSource, registries: tuple[str, ...], references: int, whole: bool):
+    expires = source.received_at + timedelta(seconds=source.ttl_seconds)
+    return SourceRow(
+        source, expires > source.now, expires, source.now, registries, references, whole
+    )
