@@ -347,6 +347,8 @@ class DeletionRecord(models.Model):
         PENDING = "pending", "Pending"
         DONE = "done", "Deleted"
         FAILED = "failed", "Failed"
+        # Deleted, then put back from the Trash (`restored_at`, `restored_by`).
+        RESTORED = "restored", "Restored"
 
     operation = models.ForeignKey(
         Deletion, null=True, blank=True, on_delete=models.CASCADE, related_name="records"
@@ -366,6 +368,8 @@ class DeletionRecord(models.Model):
     reclaimed_bytes = models.BigIntegerField(default=0)
     state = models.CharField(max_length=16, choices=State.choices, default=State.DONE)
     message = models.CharField(max_length=512, blank=True)
+    restored_at = models.DateTimeField(null=True, blank=True)
+    restored_by = models.CharField(max_length=150, blank=True)
 
     class Meta:
         ordering = ["-deleted_at", "-id"]
@@ -373,6 +377,46 @@ class DeletionRecord(models.Model):
             models.Index(fields=["-deleted_at", "-id"], name="deletion_by_time"),
             models.Index(fields=["repository", "-deleted_at"], name="deletion_by_repository"),
         ]
+
+
+class KeptManifest(models.Model):
+    """A deleted manifest as it was, kept so the Trash can give it back until the garbage
+    collector runs (SPEC §12): its exact bytes and media type, and its Last pushed and
+    Last pulled. Created with its record's PENDING state, in the same transaction, before
+    the DELETE is sent: no DELETE goes out without it. Its registry, repository, digest,
+    kind and tags are its record's. Forgotten after TRASH_KEEP_DAYS.
+
+    `state` is what the last check found (HEADs of the blobs it references, never a
+    guess); whether it was restored is its record's state."""
+
+    class State(models.TextChoices):
+        UNCHECKED = "unchecked", "Not checked yet"
+        RESTORABLE = "restorable", "Restorable"
+        PARTLY_LOST = "partly_lost", "Partly lost"
+        LOST = "lost", "Lost"
+
+    record = models.OneToOneField(
+        DeletionRecord, on_delete=models.CASCADE, primary_key=True, related_name="kept"
+    )
+    media_type = models.CharField(max_length=255)
+    body = models.BinaryField()
+    pushed_at = models.DateTimeField(null=True, blank=True)
+    pushed_at_estimated = models.BooleanField(default=True)
+    last_pulled_at = models.DateTimeField(null=True, blank=True)
+    first_seen_at = models.DateTimeField(null=True, blank=True)
+    # The blobs the deletion freed that were credited to this manifest ([digest, size,
+    # role], as `DeletionRecord.reclaimed_bytes` counts them): a restore takes back those it
+    # brings back into use from "deleted, awaiting collection".
+    freed = models.JSONField(default=list, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.UNCHECKED)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    # What the last check found missing: blobs, or child manifests of an index.
+    missing = models.JSONField(default=list, blank=True)
+    # The last restore's word on it: why it failed.
+    message = models.CharField(max_length=512, blank=True)
+    # The tags the last restore left naming another manifest ([{"tag", "now"}]): shown, and
+    # moved back only when someone asks (`move_tags`).
+    conflicts = models.JSONField(default=list, blank=True)
 
 
 class RegistryEvent(models.Model):
@@ -443,6 +487,8 @@ class Job(models.Model):
         SYNC_REPOSITORY = "sync_repository", "Repository sync"
         DELETION = "deletion", "Deletion"
         RETENTION = "retention", "Retention run"
+        RESTORE = "restore", "Restore from the Trash"
+        TRASH_CHECK = "trash_check", "Trash check"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -614,11 +660,12 @@ class ApiToken(models.Model):
 
 
 class ApiTokenFailure(models.Model):
-    """Failed token attempts from one client address, so guessing is rate-limited like
-    sign-ins (`hubimages.tokens`): after `LOGIN_FAILURE_LIMIT` failures within
-    `LOGIN_COOLOFF_MINUTES`, the address is refused until `locked_until`."""
+    """Unknown tokens counted under one key, so guessing is rate-limited like sign-ins
+    (`hubimages.accounts.tokens`): `address:<client address>` or `prefix:<the token's first
+    characters>`. After `LOGIN_FAILURE_LIMIT` failures within `LOGIN_COOLOFF_MINUTES`,
+    unknown tokens under that key are refused until `locked_until`."""
 
-    address = models.CharField(max_length=64, unique=True)
+    key = models.CharField(max_length=80, unique=True)
     failures = models.PositiveIntegerField(default=0)
     first_failed_at = models.DateTimeField()
     locked_until = models.DateTimeField(null=True, blank=True)
@@ -748,6 +795,7 @@ class AuditEntry(models.Model):
         TOKEN_CREATED = "token_created", "Created an API token"
         TOKEN_REVOKED = "token_revoked", "Revoked an API token"
         DELETION_STARTED = "deletion_started", "Started a deletion"
+        RESTORE = "restore", "Started a restore from the Trash"
         POLICY_CREATED = "policy_created", "Created a retention policy"
         POLICY_CHANGED = "policy_changed", "Changed a retention policy"
         POLICY_RUN = "policy_run", "Ran a retention policy"

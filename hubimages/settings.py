@@ -1,5 +1,6 @@
 """Settings, read from the environment through strict helpers: a junk value is an error."""
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -53,6 +54,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_networks(name: str) -> list[str]:
+    """Comma-separated IP addresses or CIDR ranges, each checked (`10.0.0.0/8,192.0.2.7`)."""
+    networks = []
+    for item in env_list(name, []):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} must list IP addresses or CIDR ranges, such as 10.0.0.0/8, not {item!r}"
+            ) from None
+    return networks
 
 
 def env_url(name: str) -> str:
@@ -197,6 +211,9 @@ if not SECRET_KEY:
     SECRET_KEY = secrets.token_urlsafe(50)  # development only: sessions end at restart
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# The proxies in front of the web processes: only a request from one of them says, in
+# X-Forwarded-For, which client it carries (`hubimages.lib.addresses`).
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
 
 REGISTRY_URL = env_url("REGISTRY_URL")
 REGISTRY_USERNAME = env_str("REGISTRY_USERNAME")
@@ -226,6 +243,8 @@ PULL_IGNORE_USER_AGENTS = env_list(
 SYNC_INTERVAL_MINUTES = env_int("SYNC_INTERVAL_MINUTES", 15)
 # Processed registry events are forgotten after this many days.
 EVENTS_KEEP_DAYS = env_int("EVENTS_KEEP_DAYS", 7, minimum=1)
+# Deleted manifests' bytes are kept this long, restorable until the collector runs.
+TRASH_KEEP_DAYS = env_int("TRASH_KEEP_DAYS", 14, minimum=1)
 # A lock (a repository's, the full sync's) whose holder stopped renewing it for this long
 # may be taken over; a worker silent for this long is dead and its task recovered.
 LOCK_LEASE_SECONDS = env_int("LOCK_LEASE_SECONDS", 60, minimum=2)
@@ -279,6 +298,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: runserver leaves static files to WhiteNoise, as gunicorn does.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
@@ -322,6 +343,8 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15, minim
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_RESET_ON_SUCCESS = True
+# The client behind TRUSTED_PROXIES, read as the API's token limit reads it.
+AXES_CLIENT_IP_CALLABLE = "hubimages.lib.addresses.client_address"
 AXES_VERBOSE = False
 
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
@@ -368,11 +391,13 @@ STATIC_URL = "static/"
 # hubimages package, where the app directories loaders find them.
 STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]
 STATIC_ROOT = Path(env_str("STATIC_ROOT") or PROJECT_DIR / ".static")
-# WhiteNoise serves what collectstatic wrote: compressed, with hashed names cached forever.
+# WhiteNoise serves what collectstatic wrote: compressed, with hashed names cached forever;
+# before collectstatic, the source's files as they are (`hubimages.staticfiles`).
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "hubimages.staticfiles.StaticFilesStorage"},
 }
+WHITENOISE_USE_FINDERS = True
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
@@ -421,7 +446,15 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"},
         "json": {"()": "hubimages.lib.logs.JsonFormatter"},
     },
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    # A token a client put in a URL (runserver's request lines) is redacted from every line.
+    "filters": {"redact": {"()": "hubimages.lib.logs.RedactSecrets"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["redact"],
+        }
+    },
     "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"level": "INFO"},

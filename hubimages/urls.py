@@ -18,6 +18,7 @@ from hubimages.web import (
     signin,
     storage,
     tokens,
+    trash,
     webhooks,
 )
 
@@ -50,6 +51,9 @@ urlpatterns = [
     path("storage/", storage.storage_insights, name="storage"),
     path("history/", history.deletion_history, name="deletion_history"),
     path("history/export.csv", history.deletion_history_csv, name="deletion_history_csv"),
+    path("trash/", trash.trash, name="trash"),
+    path("trash/check", trash.trash_check, name="trash_check"),
+    path("trash/<int:operation>/restore", trash.trash_restore, name="trash_restore"),
     path("audit/", audit.audit_log, name="audit"),
     path("audit/export.csv", audit.audit_csv, name="audit_csv"),
     path("audit/export.json", audit.audit_json, name="audit_json"),

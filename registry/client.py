@@ -411,6 +411,43 @@ class RegistryClient:
             return False
         return True
 
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        """Store `body` as a manifest of `repository`, by digest or by tag (which tags it),
+        and return the digest the registry answered (`Docker-Content-Digest`).
+
+        The content decides the digest: an answer naming another one (a registry that
+        rewrote the bytes, a proxy in between) raises DigestMismatch, as does a digest
+        reference the bytes do not hash to, which is never sent. A registry that answers
+        without the header is asked with a HEAD by the bytes' digest. PUT is idempotent
+        (the same bytes, the same digest), so it is retried like a read."""
+        url = self._manifest_url(repository, reference)
+        algorithm = reference.split(":", 1)[0] if is_digest(reference) else "sha256"
+        expected = digest_of(body, algorithm)
+        if is_digest(reference) and reference != expected:
+            raise DigestMismatch(
+                f"the manifest's bytes hash to {expected}, not {reference}",
+                url=url,
+                method="PUT",
+            )
+        response, _ = self._call(
+            "PUT",
+            url,
+            scope=f"repository:{repository}:pull,push",
+            headers={"Content-Type": media_type},
+            data=body,
+        )
+        answered = response.headers.get("Docker-Content-Digest", "").strip()
+        if not answered:
+            head = self.head_manifest(repository, expected)
+            answered = head.digest if head is not None else ""
+        if answered != expected:
+            raise DigestMismatch(
+                f"the registry stored {answered or 'nothing it names'}, not {expected}",
+                url=url,
+                method="PUT",
+            )
+        return answered
+
     def delete_tag(self, repository: str, tag: str) -> bool:
         """Delete a tag, leaving its manifest (OCI distribution 1.1, distribution 3.x):
         True when deleted now, False when the registry no longer had it. Distribution 2.8
@@ -447,6 +484,7 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         max_bytes: int = MAX_JSON_BYTES,
         authorization: str | None = None,
+        data: bytes | None = None,
     ) -> tuple[requests.Response, bytes]:
         """Send with retries and auth; the 2xx response and its body, or a RegistryError.
 
@@ -469,6 +507,7 @@ class RegistryClient:
                     method,
                     url,
                     headers=request_headers,
+                    data=data,
                     timeout=self._timeouts(deadline, method, url),
                     stream=True,
                 )

@@ -41,6 +41,7 @@ DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 # The distribution spec's grammar: lowercase path components, at most 255 characters.
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME_RE = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
+REPOSITORY_NAME_PATTERN = _NAME_RE.pattern  # for documents (OpenAPI) that state the grammar
 MAX_NAME_LENGTH = 255
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 # Also a database regular expression (PostgreSQL's and Python's syntax agree on it), so

@@ -70,6 +70,17 @@ def put_json(client, url: str, body: object, **kwargs):
     return client.put(url, json.dumps(body), content_type="application/json", **kwargs)
 
 
+def documented(client, headers: dict[str, str], component: str):
+    """A validator for `component` of the API's own OpenAPI document, as the API serves it.
+    jsonschema-rs reads `pattern` as ECMA-262 does, as the document means it (Python's
+    `re` would let `$` match before a final newline)."""
+    from jsonschema_rs import Draft202012Validator
+
+    document = client.get(f"{API}/openapi.json", headers=headers).json()
+    root = {"$ref": f"#/components/schemas/{component}", "components": document["components"]}
+    return Draft202012Validator(root)
+
+
 def assert_error(response, status: int, code: str) -> dict:
     """The one error shape, as JSON (never HTML): returns the body."""
     assert response.status_code == status, response.content[:500]

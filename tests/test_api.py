@@ -24,7 +24,16 @@ from hubimages.inventory import repositories as inventory_repositories
 from hubimages.lib import formatting
 from hubimages.models import ApiToken, Job, Manifest, Repository
 from tests import builders
-from tests.api_helpers import API, IMAGES_REPO, REPO, assert_error, bearer, post_json, push_stock
+from tests.api_helpers import (
+    API,
+    IMAGES_REPO,
+    REPO,
+    assert_error,
+    bearer,
+    documented,
+    post_json,
+    push_stock,
+)
 
 IMAGES = f"{API}/repositories/{REPO}/images"
 DELETE = f"{API}/repositories/{REPO}/delete-images"
@@ -215,6 +224,88 @@ def test_bad_parameters_are_refused_with_the_parameter_named(stock, client, read
 
     assert [problem["field"] for problem in body["error"]["fields"]] == [field]
     assert field in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("url", "query", "field"),
+    [
+        (IMAGES, "status=stale&status=active", "status"),
+        (IMAGES, "filter=image&search=a&filter=index", "filter"),
+        (f"{API}/repositories", "ordering=name&ordering=-size&page=1", "ordering"),
+        (f"{API}/retention-policies", "page=1&page=2", "page"),
+        (f"{API}/repositories", "registry=default&registry=staging", "registry"),
+        (f"{IMAGES}/sha256:{'0' * 64}", "registry=default&registry=staging", "registry"),
+        (f"{API}/storage", "registry=default&registry=staging", "registry"),
+    ],
+)
+def test_a_parameter_given_twice_is_refused_with_its_name(client, reader, url, query, field):
+    """Which of two values wins is a guess a cleanup script must never depend on."""
+    body = assert_error(client.get(f"{url}?{query}", headers=reader), 422, "invalid_request")
+
+    assert body["error"]["fields"] == [{"field": field, "message": "given more than once"}]
+    assert f"{field} is given more than once" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        (
+            "registry=default&registry=staging",
+            {"field": "registry", "message": "given more than once"},
+        ),
+        ("regsitry=staging", {"field": "regsitry", "message": "unknown parameter"}),
+    ],
+)
+def test_deleting_in_a_registry_named_twice_or_misspelt_is_refused_and_starts_nothing(
+    stock, client, deleter, query, problem
+):
+    """Which registry's images go must not be a guess: neither the last of two values nor
+    the default one in place of a misspelt parameter."""
+    token = bearer(deleter)
+    plan = post_json(client, DELETE, {"digests": [stock.old.digest]}, headers=token).json()
+    deleting = {"digests": [stock.old.digest], "dry_run": False, "fingerprint": plan["fingerprint"]}
+    jobs = Job.objects.count()
+
+    response = post_json(client, f"{DELETE}?{query}", deleting, headers=token)
+
+    body = assert_error(response, 422, "invalid_request")
+    assert body["error"]["fields"] == [problem]
+    assert Job.objects.count() == jobs
+
+
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        (f"{API}/repositories?search=a%00b", "search"),
+        (f"{IMAGES}?search=%0A", "search"),
+        (f"{API}/repositories/team/a%00b/images", "name"),
+        (f"{API}/repositories/Team/API/images", "name"),
+        (f"{API}/repositories/a%00b/images/sha256:{'0' * 64}", "name"),
+        (f"{API}/repositories/a%00b/delete-images", "name"),
+        (f"{API}/retention-policies/a%00b", "name"),
+        (f"{API}/retention-policies/a%00b/dry-run", "name"),
+        (f"{API}/repositories?registry=a%00b", "registry"),
+        (f"{IMAGES}?registry=Prod", "registry"),
+        (f"{API}/storage?registry=-prod", "registry"),
+        (f"{API}/repositories/{REPO}/delete-images?registry=a%00b", "registry"),
+    ],
+)
+def test_a_name_or_search_no_registry_could_hold_is_refused_naming_it(client, deleter, url, field):
+    """Control characters reach no database (PostgreSQL refuses U+0000 in a query: a
+    500), and a name the registry's grammar forbids names nothing."""
+    token = bearer(deleter)
+    if url.partition("?")[0].endswith(("delete-images", "dry-run")):
+        response = post_json(client, url, {"digests": ["0" * 64]}, headers=token)
+    else:
+        response = client.get(url, headers=token)
+
+    body = assert_error(response, 422, "invalid_request")
+
+    assert [problem["field"] for problem in body["error"]["fields"]] == [field]
+    document = client.get(f"{API}/openapi.json", headers=token).json()
+    for path, operations in document["paths"].items():
+        if "{name}" in path:  # every operation that takes a name documents its 422
+            assert all("422" in operation["responses"] for operation in operations.values())
 
 
 def test_a_repository_named_like_an_endpoint_part_is_still_addressed(stock, client, reader):
@@ -445,6 +536,69 @@ def test_a_bad_delete_request_is_refused_and_deletes_nothing(
 
     assert_error(post_json(client, DELETE, body, headers=bearer(deleter)), status, code)
     assert not Job.objects.exists()
+
+
+HEX = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "",
+        "sha256:abc",
+        "SHA256:" + HEX.upper(),
+        "sha256:" + HEX.upper(),
+        " sha256:" + HEX,
+        "sha256:" + HEX + "\n",
+        "sha512:" + HEX,
+        "md5:" + HEX,
+    ],
+)
+def test_a_selected_digest_the_api_refuses_is_one_its_document_forbids(client, deleter, digest):
+    Repository.objects.create(name=REPO)
+    token = bearer(deleter)
+
+    refused = post_json(client, DELETE, {"digests": [digest]}, headers=token)
+
+    body = assert_error(refused, 422, "invalid_request")
+    assert body["error"]["fields"][0]["field"] == "digests[0]"
+    assert not documented(client, token, "DeleteImagesIn").is_valid({"digests": [digest]})
+
+
+def test_an_image_path_with_a_digest_the_document_forbids_is_refused(stock, client, reader):
+    upper = "sha256:" + stock.edge.hex.upper()
+
+    assert_error(client.get(f"{IMAGES}/{upper}", headers=reader), 422, "invalid_request")
+    assert client.get(f"{IMAGES}/{stock.edge.digest}", headers=reader).status_code == 200
+
+
+def test_the_selected_digests_the_api_accepts_are_ones_its_document_allows(client, deleter):
+    Repository.objects.create(name=REPO)
+    token = bearer(deleter)
+    schema = documented(client, token, "DeleteImagesIn")
+    for digest in ["sha256:" + HEX, HEX, "sha512:" + HEX * 2]:
+        selection = {"digests": [digest]}
+        assert post_json(client, DELETE, selection, headers=token).status_code == 200
+        assert schema.is_valid(selection)
+
+
+def test_the_document_says_that_deleting_needs_the_fingerprint(client, deleter):
+    Repository.objects.create(name=REPO)
+    token = bearer(deleter)
+    schema = documented(client, token, "DeleteImagesIn")
+    selection = ["sha256:" + HEX]
+
+    for body in [
+        {"digests": selection, "dry_run": False},
+        {"digests": selection, "dry_run": False, "fingerprint": None},
+        {"digests": selection, "dry_run": False, "fingerprint": ""},
+    ]:
+        refused = post_json(client, DELETE, body, headers=token)
+        assert_error(refused, 422, "fingerprint_required")
+        assert not schema.is_valid(body)
+    assert schema.is_valid({"digests": selection})
+    assert schema.is_valid({"digests": selection, "dry_run": True, "fingerprint": None})
+    assert schema.is_valid({"digests": selection, "dry_run": False, "fingerprint": "f" * 64})
 
 
 def test_running_a_plan_that_refuses_part_of_the_selection_is_refused(stock, client, deleter):
@@ -679,6 +833,20 @@ def test_djangos_own_error_pages_answer_json_under_api_and_html_elsewhere(db):
         assert handler(factory.get("/x"), Exception("x"))["Content-Type"].startswith("text/html")
     assert_error(api_errors.handler500(factory.get("/api/v1/x")), 500, "internal_error")
     assert api_errors.handler500(factory.get("/x"))["Content-Type"].startswith("text/html")
+
+
+def test_every_operation_documents_the_400_django_may_answer_before_any_view(client, viewer):
+    """A Host the settings do not allow, too many fields, a body over the limit: Django
+    refuses these for any URL, before the view, with a JSON 400 under /api/."""
+    reader = bearer(viewer, ApiToken.Scope.READ)
+
+    refused = client.get(f"{API}/storage", headers={**reader, "Host": "elsewhere.example"})
+
+    assert_error(refused, 400, "bad_request")
+    document = client.get(f"{API}/openapi.json", headers=reader).json()
+    operations = [op for path in document["paths"].values() for op in path.values()]
+    assert len(operations) == 13
+    assert [op["operationId"] for op in operations if "400" not in op["responses"]] == []
 
 
 def test_an_oversized_body_is_a_json_400(stock, client, deleter, settings):

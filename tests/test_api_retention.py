@@ -4,14 +4,25 @@ replace, delete, dry-run and run in the policy JSON, each refusal in the error s
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 
 from devtools.worker import run_tasks
-from hubimages.models import ApiToken, Job, RetentionPolicy, RetentionRun
-from tests.api_helpers import API, REPO, assert_error, bearer, post_json, push_stock, put_json
+from hubimages.models import ApiToken, Job, Repository, RetentionPolicy, RetentionRun
+from tests import builders
+from tests.api_helpers import (
+    API,
+    REPO,
+    assert_error,
+    bearer,
+    documented,
+    post_json,
+    push_stock,
+    put_json,
+)
 
 POLICIES = f"{API}/retention-policies"
 POLICY = {
@@ -119,6 +130,102 @@ def test_an_invalid_policy_is_refused_with_each_problem_named(client, admin_toke
     assert_error(not_json, 400, "bad_request")
     too_big = post_json(client, POLICIES, {**POLICY, "pad": "x" * 100_000}, headers=admin_token)
     assert_error(too_big, 400, "bad_request")
+
+
+ALWAYS = {"keep": "always"}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"name": "x", "rules": []},
+        {"name": "bad name", "rules": [ALWAYS]},
+        {"name": "x", "repositories": [], "rules": [ALWAYS]},
+        {"name": "x", "repositories": ["!org/golden"], "rules": [ALWAYS]},
+        {"name": "x", "repositories": ["Org/*"], "rules": [ALWAYS]},
+        {"name": "x", "rules": [{"keep": "latest_pushed"}]},
+        {"name": "x", "rules": [{"keep": "latest_pushed", "count": 0}]},
+        {"name": "x", "rules": [{"keep": "pulled_within", "days": 1_000_001}]},
+        {"name": "x", "rules": [{"keep": "always", "count": 3}]},
+        {"name": "x", "rules": [{"keep": "pushed_within", "days": 3, "group_by": "^v"}]},
+        {"name": "x", "rules": [{"keep": "latest_pushed", "count": 3, "group_by": ""}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": []}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": [], "untagged": False}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": [""]}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": ["v\u0000*"]}]},
+        {"name": "x", "rules": [{"keep": "always", "exclude_tags": ["\n"]}]},
+        {"name": "x", "rules": [{"keep": "latest_pushed", "count": 1, "group_by": "^(v)\u007f"}]},
+        {"name": "x", "rules": [{"keep": "always", "tags": None}]},
+        {"name": "x", "rules": [{"keep": "always", "untagged": None}]},
+        {"name": "x", "rules": [{"keep": "latest_pushed", "count": 3, "group_by": None}]},
+        {"name": "x", "rules": [ALWAYS], "max_delete_fraction": 0},
+        {"name": "x", "rules": [ALWAYS], "max_delete_fraction": 1.5},
+        {"name": "x", "rules": [ALWAYS], "schedule": {"every_hours": 0}},
+        {"name": "x", "rules": [ALWAYS], "enabled": "yes"},
+    ],
+)
+def test_a_policy_the_api_refuses_is_one_its_document_forbids(client, admin_token, policy):
+    """A script (or a client generated from the OpenAPI document) learns every rule of a
+    policy from the document, not from a 422."""
+    assert_error(post_json(client, POLICIES, policy, headers=admin_token), 422, "invalid_policy")
+
+    assert not documented(client, admin_token, "RetentionPolicy").is_valid(policy)
+
+
+def test_the_policies_the_api_accepts_are_ones_its_document_allows(client, admin_token):
+    schema = documented(client, admin_token, "RetentionPolicy")
+    for policy in [
+        POLICY,
+        {"name": "x", "rules": [{"keep": "always", "tags": [], "untagged": True}]},
+        {"name": "y", "rules": [{"keep": "latest_pulled", "count": 1, "group_by": "^(v[0-9]+)"}]},
+        {"name": "z", "rules": [ALWAYS], "schedule": {"every_hours": 24}, "enabled": False},
+    ]:
+        response = post_json(client, POLICIES, policy, headers=admin_token)
+        assert response.status_code == 201, response.json()
+        assert schema.is_valid(policy) and schema.is_valid(response.json())
+
+
+def test_a_whole_number_written_with_a_decimal_point_is_that_number(client, admin_token):
+    """JSON does not tell 2.0 from 2, and the document's integer type accepts both."""
+    policy = {
+        "name": "decimal",
+        "rules": [{"keep": "latest_pushed", "count": 2.0}, {"keep": "pulled_within", "days": 30.0}],
+        "schedule": {"every_hours": 24.0},
+    }
+    assert documented(client, admin_token, "RetentionPolicy").is_valid(policy)
+
+    response = post_json(client, POLICIES, policy, headers=admin_token)
+
+    assert response.status_code == 201, response.json()
+    answer = response.json()
+    assert answer["rules"] == [
+        {"keep": "latest_pushed", "count": 2},
+        {"keep": "pulled_within", "days": 30},
+    ]
+    assert answer["schedule"] == {"every_hours": 24}
+    assert isinstance(RetentionPolicy.objects.get().rules[0]["count"], int)
+    half = {**policy, "name": "half", "schedule": {"every_hours": 1.5}}
+    half = post_json(client, POLICIES, half, headers=admin_token)
+    assert_error(half, 422, "invalid_policy")
+
+
+def test_a_window_reaching_past_the_first_datetime_keeps_every_dated_item(client, admin_token):
+    """days may be 1,000,000 (2,700 years): its start is before datetimes begin, and so is
+    that of any window before a `now` sent back by hand; neither is a 500."""
+    repository = Repository.objects.create(name="team/api")
+    builders.manifest(repository, "old", pushed_at=datetime(2015, 1, 1, tzinfo=UTC), tags=["v1"])
+    builders.finish(repository)
+    forever = {"name": "forever", "rules": [{"keep": "pushed_within", "days": 1_000_000}]}
+    post_json(client, POLICIES, forever, headers=admin_token)
+
+    dry_run = post_json(client, f"{POLICIES}/forever/dry-run", {}, headers=admin_token)
+
+    assert dry_run.status_code == 200, dry_run.content[:300]
+    assert dry_run.json()["repositories"][0]["selected"] == []
+    for now in ["0001-01-01T00:00:01Z", "9999-12-31T23:59:59Z"]:
+        sent = {"now": now, "fingerprint": "f" * 64}
+        run = post_json(client, f"{POLICIES}/forever/run", sent, headers=admin_token)
+        assert_error(run, 409, "plan_changed")
 
 
 def test_a_second_policy_of_the_same_name_is_a_conflict(stored, client, admin_token):

@@ -197,22 +197,129 @@ def test_last_used_is_recorded_and_written_at_most_once_a_minute(viewer, client)
 
 def test_failed_token_attempts_lock_the_address_out_like_sign_ins(viewer, client, settings):
     settings.AXES_FAILURE_LIMIT = 3
-    good = tokens.issue(user=viewer, name="ci", scope=ApiToken.Scope.READ).token
     guesses = [f"hubi_guess{i}" for i in range(3)]
 
     for guess in guesses:
         assert_error(client.get(REPOSITORIES, headers=auth(guess)), 401, "invalid_token")
-    locked = client.get(REPOSITORIES, headers=auth(good))
+    locked = client.get(REPOSITORIES, headers=auth("hubi_guess3"))
 
     body = assert_error(locked, 429, "too_many_failures")
     assert "too many failed token attempts from this address" in body["error"]["message"]
     # Another address is not concerned.
-    other = client.get(REPOSITORIES, headers=auth(good), REMOTE_ADDR="127.0.0.2")
-    assert other.status_code == 200
-    # After the cool-off the address may try again, and a success clears its count.
+    other = client.get(REPOSITORIES, headers=auth("hubi_guess4"), REMOTE_ADDR="127.0.0.2")
+    assert_error(other, 401, "invalid_token")
+    # After the cool-off the address may try again.
     ApiTokenFailure.objects.update(locked_until=timezone.now() - timedelta(seconds=1))
+    assert_error(client.get(REPOSITORIES, headers=auth("hubi_guess5")), 401, "invalid_token")
+
+
+def test_a_guesser_never_locks_out_a_valid_token_sent_from_its_own_address(
+    viewer, client, settings
+):
+    """An office behind one NAT address, or every client behind a proxy not listed in
+    TRUSTED_PROXIES, shares one address: the limit stops guesses, not the valid tokens."""
+    settings.AXES_FAILURE_LIMIT = 3
+    good = tokens.issue(user=viewer, name="ci", scope=ApiToken.Scope.READ).token
+
+    for i in range(5):
+        client.get(REPOSITORIES, headers=auth(f"hubi_guess{i}"))
+
+    assert_error(client.get(REPOSITORIES, headers=auth("hubi_guess")), 429, "too_many_failures")
     assert client.get(REPOSITORIES, headers=auth(good)).status_code == 200
-    assert not ApiTokenFailure.objects.exists()
+
+
+PROXY = "10.0.0.2"
+
+
+def through_proxy(address: str) -> dict[str, str]:
+    """What the TLS proxy sends on: its own address, and the client's in X-Forwarded-For."""
+    return {"REMOTE_ADDR": PROXY, "HTTP_X_FORWARDED_FOR": address}
+
+
+def test_clients_behind_a_trusted_proxy_are_each_limited_on_their_own_address(
+    viewer, client, settings
+):
+    settings.AXES_FAILURE_LIMIT = 3
+    settings.TRUSTED_PROXIES = ["10.0.0.0/24"]
+    good = tokens.issue(user=viewer, name="ci", scope=ApiToken.Scope.READ).token
+    guesser, honest, careless = "203.0.113.5", "203.0.113.6", "198.51.100.7"
+
+    for i in range(3):
+        client.get(REPOSITORIES, headers=auth(f"hubi_guess{i}"), **through_proxy(guesser))
+
+    refused = client.get(REPOSITORIES, headers=auth("hubi_guess"), **through_proxy(guesser))
+    assert_error(refused, 429, "too_many_failures")
+    assert client.get(REPOSITORIES, headers=auth(good), **through_proxy(honest)).status_code == 200
+    # Another client's own mistake is its own first failure, not a lock-out.
+    typo = client.get(REPOSITORIES, headers=auth(good[:-1]), **through_proxy(careless))
+    assert_error(typo, 401, "invalid_token")
+    counted = dict(
+        ApiTokenFailure.objects.filter(key__startswith="address:").values_list("key", "failures")
+    )
+    assert counted == {f"address:{guesser}": 3, f"address:{careless}": 1}
+
+
+def test_x_forwarded_for_from_an_untrusted_address_does_not_escape_the_limit(
+    viewer, client, settings
+):
+    """A guesser that makes up a new X-Forwarded-For each time is still one address."""
+    settings.AXES_FAILURE_LIMIT = 3
+    settings.TRUSTED_PROXIES = ["10.0.0.0/24"]
+
+    for i in range(3):
+        client.get(
+            REPOSITORIES,
+            headers=auth(f"hubi_guess{i}"),
+            REMOTE_ADDR="192.0.2.66",
+            HTTP_X_FORWARDED_FOR=f"203.0.113.{i}",
+        )
+
+    refused = client.get(
+        REPOSITORIES,
+        headers=auth("hubi_guess"),
+        REMOTE_ADDR="192.0.2.66",
+        HTTP_X_FORWARDED_FOR="203.0.113.99",
+    )
+    assert_error(refused, 429, "too_many_failures")
+    assert ApiTokenFailure.objects.filter(key="address:192.0.2.66").exists()
+
+
+def test_guesses_at_one_token_prefix_are_limited_across_addresses_but_its_holder_is_not(
+    viewer, client, settings
+):
+    """The first characters of a token are shown on the tokens page (and in screenshots):
+    guesses of the rest from many addresses are limited per prefix, and the holder of
+    the real token goes on working."""
+    settings.AXES_FAILURE_LIMIT = 3
+    real = tokens.issue(user=viewer, name="ci", scope=ApiToken.Scope.READ).token
+    prefix = real[: tokens.SHOWN_CHARACTERS]
+
+    for i in range(3):
+        guess = prefix + f"guess{i}".ljust(len(real) - len(prefix), "x")
+        client.get(REPOSITORIES, headers=auth(guess), REMOTE_ADDR=f"192.0.2.{10 + i}")
+
+    guess = prefix + "another".ljust(len(real) - len(prefix), "x")
+    body = assert_error(
+        client.get(REPOSITORIES, headers=auth(guess), REMOTE_ADDR="192.0.2.20"),
+        429,
+        "too_many_failures",
+    )
+    assert f"tokens starting {prefix}" in body["error"]["message"]
+    assert client.get(REPOSITORIES, headers=auth(real), REMOTE_ADDR="192.0.2.10").status_code == 200
+    assert client.get(REPOSITORIES, headers=auth(real), REMOTE_ADDR="192.0.2.30").status_code == 200
+
+
+def test_a_valid_token_does_not_reset_the_failure_count_of_its_address(viewer, client, settings):
+    """A guesser holding one valid token of its own must not clear its count with it."""
+    settings.AXES_FAILURE_LIMIT = 3
+    good = tokens.issue(user=viewer, name="ci", scope=ApiToken.Scope.READ).token
+
+    for guess in ("hubi_guess0", "hubi_guess1"):
+        assert_error(client.get(REPOSITORIES, headers=auth(guess)), 401, "invalid_token")
+    assert client.get(REPOSITORIES, headers=auth(good)).status_code == 200
+    assert_error(client.get(REPOSITORIES, headers=auth("hubi_guess2")), 401, "invalid_token")
+
+    assert_error(client.get(REPOSITORIES, headers=auth("hubi_guess3")), 429, "too_many_failures")
 
 
 def test_failures_older_than_the_cool_off_are_forgotten(viewer, client, settings):
@@ -223,7 +330,7 @@ def test_failures_older_than_the_cool_off_are_forgotten(viewer, client, settings
 
     client.get(REPOSITORIES, headers=auth("hubi_guess"))
 
-    assert ApiTokenFailure.objects.get().failures == 1
+    assert ApiTokenFailure.objects.get(key="address:127.0.0.1").failures == 1
     assert client.get(REPOSITORIES, headers=auth(good)).status_code == 200
 
 

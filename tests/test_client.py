@@ -816,6 +816,98 @@ def test_delete_refuses_tags(client):
         client.delete_manifest("team/api", "latest")
 
 
+# -- putting a manifest back (the Trash) ---------------------------------------------------
+
+
+def test_put_manifest_sends_the_bytes_as_they_are_and_returns_the_digest_answered(rsps, client):
+    url = f"{BASE}/v2/team/api/manifests/{MANIFEST_DIGEST}"
+    rsps.put(url, status=201, headers={"Docker-Content-Digest": MANIFEST_DIGEST})
+
+    assert client.put_manifest("team/api", MANIFEST_DIGEST, MANIFEST, OCI_MANIFEST) == (
+        MANIFEST_DIGEST
+    )
+    sent = rsps.calls[0].request
+    assert sent.body == MANIFEST
+    assert sent.headers["Content-Type"] == OCI_MANIFEST
+
+
+def test_put_manifest_by_tag_tags_the_bytes(rsps, client):
+    rsps.put(
+        f"{BASE}/v2/team/api/manifests/v1",
+        status=201,
+        headers={"Docker-Content-Digest": MANIFEST_DIGEST},
+    )
+
+    assert client.put_manifest("team/api", "v1", MANIFEST, OCI_MANIFEST) == MANIFEST_DIGEST
+
+
+def test_put_manifest_fails_when_the_registry_names_another_digest(rsps, client):
+    rsps.put(
+        f"{BASE}/v2/team/api/manifests/v1",
+        status=201,
+        headers={"Docker-Content-Digest": OTHER_DIGEST},
+    )
+
+    with pytest.raises(DigestMismatch, match=f"stored {OTHER_DIGEST}, not {MANIFEST_DIGEST}"):
+        client.put_manifest("team/api", "v1", MANIFEST, OCI_MANIFEST)
+
+
+def test_put_manifest_never_sends_bytes_that_do_not_hash_to_their_digest(rsps, client):
+    with pytest.raises(DigestMismatch, match="hash to"):
+        client.put_manifest("team/api", OTHER_DIGEST, MANIFEST, OCI_MANIFEST)
+
+    assert len(rsps.calls) == 0
+
+
+def test_put_manifest_asks_with_a_head_when_the_answer_names_no_digest(rsps, client):
+    url = f"{BASE}/v2/team/api/manifests/{MANIFEST_DIGEST}"
+    rsps.put(url, status=201)
+    rsps.head(
+        url,
+        headers={
+            "Docker-Content-Digest": MANIFEST_DIGEST,
+            "Content-Length": str(len(MANIFEST)),
+            "Content-Type": OCI_MANIFEST,
+        },
+    )
+
+    assert client.put_manifest("team/api", MANIFEST_DIGEST, MANIFEST, OCI_MANIFEST) == (
+        MANIFEST_DIGEST
+    )
+
+
+def test_put_manifest_says_what_the_registry_refused(rsps, client):
+    rsps.put(
+        f"{BASE}/v2/team/api/manifests/{MANIFEST_DIGEST}",
+        status=400,
+        json=oci_error("MANIFEST_BLOB_UNKNOWN", "blob unknown to registry"),
+    )
+
+    with pytest.raises(RegistryError, match="blob unknown to registry") as caught:
+        client.put_manifest("team/api", MANIFEST_DIGEST, MANIFEST, OCI_MANIFEST)
+    assert (caught.value.status, caught.value.code) == (400, "MANIFEST_BLOB_UNKNOWN")
+
+
+def test_put_manifest_is_retried_like_a_read_and_asks_for_a_push_scope(rsps, client, sleeps):
+    url = f"{BASE}/v2/team/api/manifests/{MANIFEST_DIGEST}"
+    rsps.put(url, status=401, headers=bearer_challenge(None))
+    rsps.get(AUTH, json={"token": "push"})
+    rsps.put(url, status=503, match=[bearer("push")])
+    rsps.put(
+        url,
+        status=201,
+        headers={"Docker-Content-Digest": MANIFEST_DIGEST},
+        match=[bearer("push")],
+    )
+
+    assert client.put_manifest("team/api", MANIFEST_DIGEST, MANIFEST, OCI_MANIFEST) == (
+        MANIFEST_DIGEST
+    )
+    assert query(rsps.calls[1])["scope"] == ["repository:team/api:pull,push"]
+    assert len(sleeps) == 1
+    assert rsps.calls[3].request.body == MANIFEST
+
+
 # -- ping ------------------------------------------------------------------------------------
 
 

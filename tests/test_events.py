@@ -221,7 +221,13 @@ def test_a_push_stores_the_manifest_with_an_exact_last_pushed(
     response = post(client, push)
 
     assert response.status_code == 200
-    assert response.json() == {"recorded": 1, "duplicates": 0, "pending": 1, "ignored": 0}
+    assert response.json() == {
+        "recorded": 1,
+        "duplicates": 0,
+        "pending": 1,
+        "ignored": 0,
+        "not_stored": 0,
+    }
     manifest = stored("team/api", image.digest)
     assert manifest.pushed_at == pushed_at
     assert manifest.pushed_at_estimated is False
@@ -238,7 +244,13 @@ def test_a_push_stores_the_manifest_with_an_exact_last_pushed(
     # The same envelope again changes nothing.
     before = revision("team/api")
     again = post(client, push)
-    assert again.json() == {"recorded": 0, "duplicates": 1, "pending": 0, "ignored": 0}
+    assert again.json() == {
+        "recorded": 0,
+        "duplicates": 1,
+        "pending": 0,
+        "ignored": 0,
+        "not_stored": 0,
+    }
     assert RegistryEvent.objects.count() == 1
     assert revision("team/api") == before
 
@@ -390,9 +402,46 @@ def test_pulls_by_tag_and_by_digest_set_last_pulled_and_make_a_stale_image_activ
 def test_scanner_and_hubimages_pulls_are_neither_counted_nor_stored(client, pushed, user_agent):
     event = registry_event("pull", "team/api", digest=pushed.digest, user_agent=user_agent)
     response = post(client, event)
-    assert response.json() == {"recorded": 0, "duplicates": 0, "pending": 0, "ignored": 1}
+    assert response.json() == {
+        "recorded": 0,
+        "duplicates": 0,
+        "pending": 0,
+        "ignored": 0,
+        "not_stored": 1,
+    }
     assert stored("team/api", pushed.digest).last_pulled_at is None
     assert not RegistryEvent.objects.filter(action="pull").exists()
+
+
+def test_the_answer_counts_every_event_once_and_ignored_is_what_was_stored_as_ignored(
+    client, events_on
+):
+    """The registry (and whoever reads its logs) sees the envelope accounted for: recorded
+    (of which pending and ignored), duplicates, and pulls not stored at all."""
+    digest = "sha256:" + "c" * 64
+    layer = "sha256:" + "d" * 64
+    envelope = [
+        registry_event("mount", "team/api", digest=layer, media_type="application/octet-stream"),
+        registry_event("pull", "team/api", digest=layer, media_type="application/x-tar"),
+        registry_event("pull", "Not A Name", digest=digest),
+        registry_event("pull", "team/api", digest=digest),
+        registry_event("pull", "team/api", digest=digest, user_agent="Trivy/0.56.2"),
+    ]
+    post(client, envelope[0])
+
+    answer = post(client, *envelope).json()
+
+    ids = [event["id"] for event in envelope]
+    stored_ignored = RegistryEvent.objects.filter(event_id__in=ids[1:], state="ignored").count()
+    assert stored_ignored == 2
+    assert answer == {
+        "recorded": 3,
+        "duplicates": 1,
+        "pending": 0,
+        "ignored": stored_ignored,
+        "not_stored": 1,
+    }
+    assert answer["recorded"] + answer["duplicates"] + answer["not_stored"] == len(envelope)
 
 
 def test_pull_ignore_user_agents_is_a_setting(client, pushed, settings):
@@ -487,6 +536,66 @@ def test_a_delete_older_than_the_last_push_changes_nothing(client, pushed):
     post(client, registry_event("delete", "team/api", tag="v1", at=repushed - timedelta(seconds=1)))
     manifest = stored("team/api", pushed.digest)
     assert manifest is not None and manifest.is_tagged
+
+
+def test_a_push_by_hubimages_itself_never_moves_last_pushed(client, pushed):
+    """hubimages pushes only to put a manifest back from the Trash, which restores its
+    kept Last pushed: its own push is not a push time (SPEC §12)."""
+    before = stored("team/api", pushed.digest).pushed_at
+    own = registry_event(
+        "push", "team/api", digest=pushed.digest, tag="v1", user_agent="hubimages/0.1.0"
+    )
+
+    post(client, own)
+
+    assert stored("team/api", pushed.digest).pushed_at == before
+    assert RegistryEvent.objects.get(event_id=own["id"]).state == "applied"
+
+
+def test_a_push_by_hubimages_recorded_before_a_sync_stores_the_manifest_is_no_push_time(
+    client, events_on, pusher, registry_url, sync
+):
+    image = pusher.push_image("team/api", tag="v1", layers=[random_layer(100, "own")])
+    own = registry_event(
+        "push", "team/api", digest=image.digest, tag="v1", user_agent="hubimages/0.1.0"
+    )
+    client.post(  # recorded; the worker has not stored it yet when the sync does
+        URL,
+        data=json.dumps({"events": [own]}),
+        content_type=V1,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+    sync()
+
+    assert stored("team/api", image.digest).pushed_at_estimated is True
+
+
+def test_a_delete_older_than_a_recorded_push_of_the_same_manifest_changes_nothing(client, pushed):
+    """Put back from the Trash with its old Last pushed, a manifest is newer than the
+    delete event its deletion caused, which may be applied only after the restore."""
+    restored_at = timezone.now()
+    deleted_at = restored_at - timedelta(seconds=5)
+    for tag in (None, "v1"):  # put back by digest, then tagged
+        own = registry_event(
+            "push",
+            "team/api",
+            digest=pushed.digest,
+            tag=tag,
+            at=restored_at,
+            user_agent="hubimages/0.1",
+        )
+        post(client, own)
+    post(client, registry_event("delete", "team/api", digest=pushed.digest, at=deleted_at))
+    post(client, registry_event("delete", "team/api", tag="v1", at=deleted_at))
+
+    manifest = stored("team/api", pushed.digest)
+    assert manifest is not None and manifest.is_tagged
+    outcomes = set(RegistryEvent.objects.filter(action="delete").values_list("state", "message"))
+    assert outcomes == {
+        ("ignored", "pushed again after this delete"),
+        ("ignored", "tag pushed again after this delete"),
+    }
 
 
 def test_a_delete_waits_while_the_repository_is_locked(

@@ -74,7 +74,17 @@ MAY_IMPORT = {
     "deletion": {"lib", "registries", "inventory", "sync"},
     "retention": {"lib", "registries", "inventory", "sync", "deletion"},
     "storage": {"lib", "registries", "inventory", "sync", "deletion"},
-    "jobs": {"lib", "registries", "inventory", "sync", "deletion", "retention", "storage"},
+    "trash": {"lib", "registries", "sync"},
+    "jobs": {
+        "lib",
+        "registries",
+        "inventory",
+        "sync",
+        "deletion",
+        "retention",
+        "storage",
+        "trash",
+    },
     "teams": {"lib"},
 }
 

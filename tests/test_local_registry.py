@@ -7,6 +7,7 @@ import requests
 
 from devtools.pusher import ImagePusher, PushedManifest, random_layer
 from devtools.server import LocalRegistry
+from registry.client import RegistryClient
 from registry.media import DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST
 
 
@@ -162,3 +163,23 @@ def test_the_referrers_fallback_tag_lists_every_referrer(pusher):
         ["v1", f"sha256-{image.hex}", f"sha256-{image.hex}.sig"]
     )
     assert signature.tag == f"sha256-{image.hex}.sig"
+
+
+def test_a_deleted_manifest_put_back_by_its_kept_bytes_answers_again_byte_for_byte(
+    local_registry, pusher
+):
+    """What the Trash relies on: until the collector runs, a deleted manifest's layers
+    stay, so its exact bytes PUT by digest bring it back (and PUT by tag tags it)."""
+    image = pusher.push_image("team/app", tag="v1", layers=[random_layer(500, "put-back")])
+    with RegistryClient(local_registry.url) as client:
+        kept = client.get_manifest("team/app", image.digest)
+        assert client.delete_manifest("team/app", image.digest)
+        assert client.head_manifest("team/app", image.digest) is None
+
+        assert client.put_manifest("team/app", kept.digest, kept.body, kept.media_type) == (
+            image.digest
+        )
+        assert client.put_manifest("team/app", "v1", kept.body, kept.media_type) == image.digest
+
+        again = client.get_manifest("team/app", "v1")
+    assert (again.digest, again.body, again.media_type) == (image.digest, image.body, OCI_MANIFEST)

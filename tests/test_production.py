@@ -20,14 +20,17 @@ from devtools.faultproxy import FaultProxy
 from devtools.processes import Process, database_url, environment, wait_for_http
 from devtools.pusher import ImagePusher, random_layer
 from devtools.server import LocalRegistry, free_port
+from hubimages.deletion import planning
 from hubimages.jobs import queue
 from hubimages.lib import leases
 from hubimages.models import (
     Deletion,
     DeletionRecord,
     Job,
+    KeptManifest,
     Manifest,
     RegistryEvent,
+    Repository,
     RetentionRun,
     WorkerHeartbeat,
 )
@@ -348,6 +351,14 @@ def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expir
     assert {d for d, state in records.items() if state == "done"} == set(digests) - still_there
     assert all(records.get(d) in (None, "failed") for d in still_there)
     assert 2 <= len(set(digests) - still_there) < 6
+    # Killed between keeping and deleting (its last DELETE held by the proxy): every
+    # DELETE the registry carried out has the manifest's exact bytes in the Trash.
+    kept = {d: bytes(b) for d, b in KeptManifest.objects.values_list("record__digest", "body")}
+    assert set(kept) == set(records)
+    bodies = {image.digest: image.body for image in images}
+    assert {d: kept[d] for d in set(digests) - still_there} == {
+        d: bodies[d] for d in set(digests) - still_there
+    }
     assert "stopped during attempt 1" in Job.objects.get(pk=job.pk).message
     assert Deletion.objects.get().state == "failed"
 
@@ -362,6 +373,72 @@ def test_a_worker_killed_mid_deletion_leaves_an_exact_history_and_its_lock_expir
         Manifest.objects.filter(repository__name="team/crash").values_list("digest", flat=True)
     )
     assert listed_now == still_there
+
+
+def test_a_worker_killed_mid_restore_leaves_it_to_another_which_brings_everything_back(
+    deployment,
+):
+    """A restore is safe to run twice (SPEC §12): the job of a worker SIGKILLed mid-way is
+    run again by another once the dead worker's heartbeat and repository lease run out,
+    and everything comes back, byte for byte, tagged, listed."""
+    pusher = ImagePusher(deployment.registry.url)
+    images = [
+        pusher.push_image("team/undo", tag=f"v{n}", layers=[random_layer(300, f"undo-{n}")])
+        for n in range(6)
+    ]
+    digests = [image.digest for image in images]
+    eventually(listed(set(digests)), what="the images listed")
+    repository = Repository.objects.select_related("registry").get(name="team/undo")
+    plan = planning.plan_deletion(repository=repository, digests=digests)
+    deletion = queue.start_deletion(
+        repository=repository, digests=digests, fingerprint=plan.fingerprint, user=None
+    )
+    eventually(lambda: Job.objects.get(pk=deletion.pk).state == "succeeded", what="deleted")
+    operation = Deletion.objects.get(pk=Job.objects.get(pk=deletion.pk).outcome["deletion_id"])
+    assert operation.records.filter(state="done").count() == 6
+    deployment.proxy.delay(r"/manifests/sha256:", seconds=1.5, method="PUT")
+    job = queue.start_restore(operations=[operation], started_by="tester")
+
+    def two_back() -> bool:
+        """two manifests PUT back"""
+        with RegistryClient(deployment.registry.url) as registry:
+            return sum(registry.head_manifest("team/undo", d) is not None for d in digests) >= 2
+
+    eventually(two_back, timeout=60)
+    job.refresh_from_db()
+    runner = next(
+        process
+        for process in deployment.workers
+        if WorkerHeartbeat.objects.filter(pid=process.pid, worker_id=job.worker_id).exists()
+    )
+    runner.kill()  # SIGKILL mid-restore
+    assert leases.repository_locked("team/undo")
+    assert Job.objects.get(pk=job.pk).state == "running"
+
+    def restored() -> bool:
+        """another worker ran the restore again, to the end"""
+        return Job.objects.get(pk=job.pk).state == "succeeded"
+
+    eventually(restored, timeout=120)
+    job.refresh_from_db()
+    assert job.attempts == 2
+    assert len(job.outcome["restored"]) + len(job.outcome["already"]) == 6
+    assert job.outcome["failed"] == [] and len(job.outcome["tags"]) == 6
+    with RegistryClient(deployment.registry.url) as registry:
+        for image in images:
+            assert registry.get_manifest("team/undo", image.digest).body == image.body
+        tags = {
+            t: registry.head_manifest("team/undo", t).digest
+            for t in registry.list_tags("team/undo")
+        }
+    assert tags == {f"v{n}": image.digest for n, image in enumerate(images)}
+    assert {r.state for r in operation.records.all()} == {"restored"}
+    assert set(
+        Manifest.objects.filter(repository__name="team/undo").values_list("digest", flat=True)
+    ) == set(digests)
+    # The dead worker's lease ran out (the one that stores the restore's push events may
+    # hold it a moment).
+    eventually(lambda: not leases.repository_locked("team/undo"), what="the lease released")
 
 
 def test_a_worker_killed_mid_retention_run_is_not_run_again_and_its_records_say_what_went(

@@ -18,6 +18,7 @@ from devtools.pusher import random_layer
 from devtools.worker import run_tasks
 from hubimages.deletion import execution, planning
 from hubimages.models import Manifest, Repository, Tag
+from hubimages.registries import rows as registry_rows
 from hubimages.sync import rollups
 from tests.builders import digest_for, finish, manifest
 from tests.test_events import TOKEN, URL, registry_event
@@ -145,6 +146,7 @@ def test_a_delete_notification_writes_as_much_in_a_big_repository_as_in_a_small_
     db, client, events_on
 ):
     written = {}
+    registry_rows.ensure_rows()  # the configured registry's row, written once before
     for name, unrelated in (("small/app", 20), ("big/app", 600)):
         repository = Repository.objects.create(name=name)
         build(repository, name, images=unrelated)

@@ -19,6 +19,7 @@ from hubimages.deletion import planning
 from hubimages.jobs import queue, tasks, worker
 from hubimages.lib import leases
 from hubimages.models import Lease, Repository, StorageFigures, SyncRun
+from hubimages.registries import rows as registry_rows
 from hubimages.storage import figures as storage_figures
 from tests.builders import finish, manifest
 from tests.conftest import PASSWORD
@@ -38,6 +39,10 @@ def rows(db):
     storage_figures.refresh()
     SyncRun.objects.create(started_at=now, finished_at=now, succeeded=True)
     assert storage_figures.outdated()
+
+
+def figures_lease() -> str:
+    return storage_figures.figures_lease(registry_rows.get())
 
 
 def kept_row() -> tuple:
@@ -63,7 +68,7 @@ def test_no_page_computes_the_figures_however_old(rows, viewer_client, monkeypat
 
 
 def test_the_page_says_when_new_figures_are_being_computed(rows, viewer_client):
-    held = leases.acquire(storage_figures.FIGURES_LEASE, owner="a worker")
+    held = leases.acquire(figures_lease(), owner="a worker")
 
     page = viewer_client.get("/storage/").text
 
@@ -87,15 +92,16 @@ def test_before_the_first_computation_pages_say_so_and_the_api_answers_503(db, v
 
 
 def test_reading_the_kept_figures_is_a_few_queries(rows):
+    registry = registry_rows.get()
     with CaptureQueriesContext(connection) as queries:
-        kept = storage_figures.kept()
+        kept = storage_figures.kept(registry)
 
     assert kept.document and not kept.current
     assert len(queries) == 4  # the row, the state's two aggregates, the lease
 
 
 def test_one_worker_computes_at_a_time(rows, monkeypatch):
-    held = leases.acquire(storage_figures.FIGURES_LEASE, owner="another host")
+    held = leases.acquire(figures_lease(), owner="another host")
     before = kept_row()
 
     assert storage_figures.refresh() is False
@@ -103,7 +109,7 @@ def test_one_worker_computes_at_a_time(rows, monkeypatch):
     leases.release(held)
     assert storage_figures.refresh() is True
     assert not storage_figures.outdated()
-    assert Lease.objects.get(name=storage_figures.FIGURES_LEASE).token == ""  # released
+    assert not Lease.objects.filter(name=figures_lease()).exists()  # released
 
 
 def test_a_state_that_moves_during_the_computation_is_computed_again(rows, monkeypatch):
@@ -128,7 +134,7 @@ def test_the_workers_enqueue_one_computation_when_the_figures_are_out_of_date(ro
 
     tasks.ensure_figures()
     tasks.ensure_figures()
-    worker.maintain("test-worker", timezone.now())
+    worker.maintain()
 
     assert DBTaskResult.objects.filter(task_path=path).count() == 1
     run_tasks()
@@ -164,8 +170,8 @@ def test_a_burst_of_requests_to_gunicorn_computes_nothing(rows, live, django_use
     session = live.signed_in("reader", PASSWORD)
     cookies = session.cookies.get_dict()
     before = kept_row()
-    lease = Lease.objects.filter(name=storage_figures.FIGURES_LEASE)
-    taken = list(lease.values_list("token", "acquired_at"))
+    lease = Lease.objects.filter(name=figures_lease())
+    taken = list(lease.values_list("id", "acquired_at"))
     answers: list[tuple[str, int, str]] = []
 
     def read(path: str) -> None:
@@ -183,4 +189,4 @@ def test_a_burst_of_requests_to_gunicorn_computes_nothing(rows, live, django_use
     )
     assert all("out of date" in text for path, _, text in answers if path != PAGES[2])
     assert kept_row() == before  # nobody computed, nobody stored
-    assert list(lease.values_list("token", "acquired_at")) == taken  # nobody started to
+    assert list(lease.values_list("id", "acquired_at")) == taken  # nobody started to

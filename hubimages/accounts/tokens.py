@@ -5,12 +5,17 @@ A token is `hubi_` and 43 characters of `secrets.token_urlsafe(32)`. It is shown
 issued; the database keeps its SHA-256 (looked up by equality, so checking one costs an
 index probe) and its first characters, for people to tell tokens apart.
 
-Guessing is rate-limited like sign-ins (django-axes, `LOGIN_FAILURE_LIMIT` failures per
-`LOGIN_COOLOFF_MINUTES`), but keyed by the client address alone: a token attempt names no
-user. Axes itself keys on username and address and records attempts through its login
-signals, so the address is read the way axes reads it (`get_client_ip_address`) and the
-count lives in `ApiTokenFailure`. Only unknown tokens count: an expired or revoked token is
-a real one a script forgot to replace, not a guess.
+Guessing is limited like sign-ins (`LOGIN_FAILURE_LIMIT` failures per
+`LOGIN_COOLOFF_MINUTES`), counted in `ApiTokenFailure` under two keys (SPEC §7): the
+client's address (`lib.addresses.client_address`, the real client behind `TRUSTED_PROXIES`),
+and the token's first characters, which the tokens page shows, so guesses at the rest of
+one token spread over many addresses are limited too. A limited key gets 429 instead of
+401 for its unknown tokens. The token is looked up first, and a live token is never
+refused because of failures: a lock that refused it would let whoever shares its address
+(an office's NAT, every client of a proxy missing from `TRUSTED_PROXIES`) or knows its
+first characters lock its holder out, while guessing 256 random bits is hopeless anyway.
+Only unknown tokens count: an expired or revoked token is a real one a script forgot to
+replace, not a guess. Time is the database's, as every host reads the same counts.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from hubimages.lib import audit
@@ -44,13 +51,15 @@ class InvalidToken(Exception):
 
 
 class TooManyFailures(Exception):
-    """This address failed too often: it waits until `until`."""
+    """Unknown tokens from this address, or starting like this one, failed too often: they
+    are refused until `until`."""
 
-    def __init__(self, until: datetime) -> None:
+    def __init__(self, key: str, until: datetime) -> None:
         self.until = until
+        kind, _, value = key.partition(":")
+        whose = "from this address" if kind == "address" else f"with tokens starting {value}"
         super().__init__(
-            "too many failed token attempts from this address: "
-            f"try again after {until:%Y-%m-%d %H:%M:%S} UTC"
+            f"too many failed token attempts {whose}: try again after {until:%Y-%m-%d %H:%M:%S} UTC"
         )
 
 
@@ -141,18 +150,15 @@ def may_delete(user, token: ApiToken | None) -> bool:
 
 
 def authenticate(token: str, *, address: str, now: datetime | None = None) -> ApiToken:
-    """The live token `token` names, with its user; raises TooManyFailures while `address`
-    is locked out (before looking at the token), InvalidToken otherwise."""
+    """The live token `token` names, with its user. An unknown token counts as a failure
+    of `address` and of the token's first characters: InvalidToken, or TooManyFailures
+    while either is limited."""
     now = now or timezone.now()
-    failures = ApiTokenFailure.objects.filter(address=address).values("locked_until").first()
-    if failures and failures["locked_until"] and failures["locked_until"] > now:
-        raise TooManyFailures(failures["locked_until"])
     row = None
     if token.startswith(PREFIX) and len(token) <= MAX_TOKEN_LENGTH:
         row = ApiToken.objects.select_related("user").filter(token_hash=hash_token(token)).first()
     if row is None:
-        record_failure(address, now)
-        raise InvalidToken("not a valid API token")
+        refuse_guess(token, address)
     if row.revoked_at:
         raise InvalidToken(f"this token ({row.name}) was revoked")
     if row.expires_at and row.expires_at <= now:
@@ -164,28 +170,49 @@ def authenticate(token: str, *, address: str, now: datetime | None = None) -> Ap
     if row.last_used_at is None or row.last_used_at <= now - LAST_USED_PRECISION:
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
         row.last_used_at = now
-    if failures:  # a success clears the address's count, as axes does for sign-ins
-        ApiTokenFailure.objects.filter(address=address).delete()
+    # A success leaves the counts alone: a guesser holding one valid token of its own would
+    # otherwise clear its count between guesses.
     return row
 
 
-def record_failure(address: str, now: datetime) -> None:
-    """Count a failed attempt from `address`; the one that reaches the limit locks it out
-    for the cool-off. Failures older than the cool-off are forgotten."""
-    cooloff = settings.AXES_COOLOFF_TIME
-    window = Q(first_failed_at__gt=now - cooloff)
-    ApiTokenFailure.objects.filter(
-        ~window & (Q(locked_until__isnull=True) | Q(locked_until__lte=now))
-    ).delete()
-    counted = ApiTokenFailure.objects.filter(window, address=address).update(
-        failures=F("failures") + 1
+def failure_keys(token: str, address: str) -> list[str]:
+    """What an unknown token counts against: its client's address and its first characters."""
+    return [f"address:{address}"[:80], f"prefix:{token[:SHOWN_CHARACTERS]}"]
+
+
+def refuse_guess(token: str, address: str) -> NoReturn:
+    """TooManyFailures while a key of this attempt is limited (not counted again);
+    otherwise count it and raise InvalidToken."""
+    keys = failure_keys(token, address)
+    locked = (
+        ApiTokenFailure.objects.filter(key__in=keys, locked_until__gt=Now())
+        .order_by("-locked_until")
+        .values_list("key", "locked_until")
+        .first()
     )
+    if locked:
+        raise TooManyFailures(*locked)
+    for key in keys:
+        record_failure(key)
+    raise InvalidToken("not a valid API token")
+
+
+def record_failure(key: str) -> None:
+    """Count a failure under `key`; the one that reaches the limit locks it for the
+    cool-off. Failures older than the cool-off are forgotten."""
+    cooloff = settings.AXES_COOLOFF_TIME
+    since = ExpressionWrapper(Now() - cooloff, output_field=DateTimeField())
+    window = Q(first_failed_at__gt=since)
+    ApiTokenFailure.objects.filter(
+        ~window & (Q(locked_until__isnull=True) | Q(locked_until__lte=Now()))
+    ).delete()
+    counted = ApiTokenFailure.objects.filter(window, key=key).update(failures=F("failures") + 1)
     if not counted:
         try:
             with transaction.atomic():
-                ApiTokenFailure.objects.create(address=address, failures=1, first_failed_at=now)
-        except IntegrityError:  # another request from the same address created it just now
-            ApiTokenFailure.objects.filter(address=address).update(failures=F("failures") + 1)
+                ApiTokenFailure.objects.create(key=key, failures=1, first_failed_at=Now())
+        except IntegrityError:  # another request created it just now
+            ApiTokenFailure.objects.filter(key=key).update(failures=F("failures") + 1)
     ApiTokenFailure.objects.filter(
-        address=address, failures__gte=settings.AXES_FAILURE_LIMIT, locked_until__isnull=True
-    ).update(locked_until=now + cooloff)
+        key=key, failures__gte=settings.AXES_FAILURE_LIMIT, locked_until__isnull=True
+    ).update(locked_until=ExpressionWrapper(Now() + cooloff, output_field=DateTimeField()))

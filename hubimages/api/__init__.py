@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonR
 from django.urls import URLPattern, path, reverse
 from ninja import NinjaAPI, Swagger
 
-from hubimages.api import errors, jobs, repositories, retention, storage
+from hubimages.api import errors, jobs, repositories, retention, storage, trash
 from hubimages.api.auth import AUTH
 from hubimages.api.errors import ApiError, error_response
 from hubimages.api.reference import ReferencePage
@@ -132,3 +132,4 @@ api.add_router("", repositories.router)
 api.add_router("", jobs.router)
 api.add_router("", retention.router)
 api.add_router("", storage.router)
+api.add_router("", trash.router)

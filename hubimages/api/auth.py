@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from axes.helpers import get_client_ip_address
 from django.conf import settings
 from django.http import HttpRequest
 from ninja.security import APIKeyCookie, HttpBearer
@@ -18,6 +17,7 @@ from ninja.utils import check_csrf
 
 from hubimages.accounts import tokens
 from hubimages.api.errors import ApiError
+from hubimages.lib.addresses import client_address
 from hubimages.models import ApiToken
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
@@ -38,7 +38,7 @@ class BearerToken(HttpBearer):
         return self.authenticate(request, value.strip())
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiToken:
-        address = get_client_ip_address(request) or "unknown"
+        address = client_address(request) or "unknown"
         try:
             row = tokens.authenticate(token, address=address)
         except tokens.TooManyFailures as locked:

@@ -1,5 +1,5 @@
-"""`{"count", "next", "previous", "results"}` pages, and the parameter check every list
-endpoint shares."""
+"""`{"count", "next", "previous", "results"}` pages, and the parameter check every endpoint
+that takes query parameters shares."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
 from django.http import HttpRequest
+from ninja import Schema
 
 from hubimages.api.errors import ApiError
 from hubimages.api.schemas import PageQuery
 
 
-def reject_unknown_parameters(request: HttpRequest, query: type[PageQuery]) -> None:
-    """422 for a parameter the endpoint does not take: `?stauts=stale` silently listing
-    every image is how a cleanup script deletes what it meant to keep."""
+def reject_unknown_parameters(request: HttpRequest, query: type[Schema]) -> None:
+    """422 for a parameter the endpoint does not take, or one given twice: `?stauts=stale`
+    silently listing every image is how a cleanup script deletes what it meant to keep,
+    and which of `status=stale&status=active` wins is a guess it must not depend on."""
     known = set(query.model_fields)
     unknown = sorted(set(request.GET) - known)
     if unknown:
@@ -25,6 +27,15 @@ def reject_unknown_parameters(request: HttpRequest, query: type[PageQuery]) -> N
             f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
             f"this endpoint takes {', '.join(sorted(known))}",
             fields=[{"field": name, "message": "unknown parameter"} for name in unknown],
+        )
+    repeated = sorted(name for name, values in request.GET.lists() if len(values) > 1)
+    if repeated:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{', '.join(repeated)} {'are' if len(repeated) > 1 else 'is'} given more than "
+            "once: give each parameter once",
+            fields=[{"field": name, "message": "given more than once"} for name in repeated],
         )
 
 

@@ -16,6 +16,7 @@ from hubimages.api.auth import require_delete
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import paginate, reject_unknown_parameters
 from hubimages.api.schemas import (
+    DIGEST_PATTERN,
     DeleteImagesIn,
     ImageDetailOut,
     ImagePage,
@@ -23,6 +24,7 @@ from hubimages.api.schemas import (
     JobStartedOut,
     PlanChangedOut,
     PlanOut,
+    RegistryQuery,
     RepositoriesQuery,
     RepositoryPage,
     error_responses,
@@ -38,8 +40,12 @@ from registry import media
 
 router = Router(tags=["repositories"])
 
-NAME = Path(description="The repository's name, slashes as they are: `team/api`.")
-REGISTRY = Query("", max_length=40, description="The registry; empty: `default`, or the only one.")
+NAME = Path(
+    pattern=media.REPOSITORY_NAME_PATTERN,
+    max_length=media.MAX_NAME_LENGTH,
+    description="The repository's name, slashes as they are: `team/api`.",
+)
+DIGEST = Path(pattern=DIGEST_PATTERN, description="`sha256:<64 hex digits>`.")
 PLAN_CHANGED = (
     "the repository changed since your dry run, so the plan differs: nothing was deleted; "
     "check the new plan and send its fingerprint"
@@ -120,11 +126,12 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     summary="One image's details",
 )
 def image_detail(
-    request: HttpRequest, digest: str, name: str = NAME, registry: str = REGISTRY
+    request: HttpRequest, query: Query[RegistryQuery], digest: str = DIGEST, name: str = NAME
 ) -> dict:
     """An index or image with its children, referrers, layers (each with the build step
     that made it), labels and annotations, and where else the same digest lives."""
-    repository = _repository(name, registry)
+    reject_unknown_parameters(request, RegistryQuery)
+    repository = _repository(name, query.registry)
     digest = _digest(digest, "digest")
     try:
         manifest = details.manifest_detail(repository, digest)
@@ -172,9 +179,9 @@ def image_detail(
 def delete_images(
     request: HttpRequest,
     payload: DeleteImagesIn,
+    query: Query[RegistryQuery],
     response: HttpResponse,
     name: str = NAME,
-    registry: str = REGISTRY,
 ) -> Status:
     """With `dry_run` true (the default), the plan: what goes with the selection, what
     stays and why, the tags removed, the bytes the garbage collector will free, and its
@@ -182,7 +189,8 @@ def delete_images(
     plan starts as a job: 202 and the job's URL. 409 and the new plan when the registry or
     the database changed since the dry run; nothing is deleted then."""
     require_delete(request)
-    repository = _repository(name, registry)
+    reject_unknown_parameters(request, RegistryQuery)
+    repository = _repository(name, query.registry)
     digests = [_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
     plan = planning.plan_deletion(repository=repository, digests=digests)
     if payload.dry_run:

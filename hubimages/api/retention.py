@@ -15,7 +15,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from ninja import Query, Router, Status
+from ninja import Path, Query, Router, Status
 
 from hubimages.api.auth import require_delete
 from hubimages.api.errors import ApiError
@@ -36,6 +36,7 @@ from hubimages.models import RetentionPolicy as PolicyRow
 from hubimages.retention import engine, policies
 
 router = Router(tags=["retention policies"])
+NAME = Path(pattern=policies.NAME_RE.pattern, description="The policy's name.")
 
 POLICY_BODY = {
     "requestBody": {
@@ -81,11 +82,11 @@ def create_policy(request: HttpRequest, response: HttpResponse) -> Status:
 
 @router.get(
     "/retention-policies/{name}",
-    response={200: RetentionPolicy, **error_responses(404)},
+    response={200: RetentionPolicy, **error_responses(404, 422)},
     exclude_unset=True,
     summary="One retention policy",
 )
-def get_policy(request: HttpRequest, name: str) -> dict:
+def get_policy(request: HttpRequest, name: str = NAME) -> dict:
     return policy_json(_row(name))
 
 
@@ -96,7 +97,7 @@ def get_policy(request: HttpRequest, name: str) -> dict:
     openapi_extra=POLICY_BODY,
     summary="Replace a retention policy",
 )
-def replace_policy(request: HttpRequest, name: str) -> dict:
+def replace_policy(request: HttpRequest, name: str = NAME) -> dict:
     """The body replaces the policy whole; a different `name` renames it."""
     require_delete(request)
     row = _row(name)
@@ -110,10 +111,10 @@ def replace_policy(request: HttpRequest, name: str) -> dict:
 
 @router.delete(
     "/retention-policies/{name}",
-    response={204: None, **error_responses(403, 404)},
+    response={204: None, **error_responses(403, 404, 422)},
     summary="Delete a retention policy",
 )
-def delete_policy(request: HttpRequest, name: str) -> Status:
+def delete_policy(request: HttpRequest, name: str = NAME) -> Status:
     """Its past runs stay on record, under its name."""
     require_delete(request)
     policies.delete_policy(_row(name), by=Actor.of(request))
@@ -125,7 +126,7 @@ def delete_policy(request: HttpRequest, name: str) -> Status:
     response={200: DryRunOut, **error_responses(403, 404, 422)},
     summary="Dry-run a retention policy",
 )
-def dry_run_policy(request: HttpRequest, name: str) -> dict:
+def dry_run_policy(request: HttpRequest, name: str = NAME) -> dict:
     """What a run would delete now, per repository (each plan as `delete-images` answers
     it), and its `now` and `fingerprint`: send both to `run` to delete exactly that."""
     require_delete(request)
@@ -137,7 +138,9 @@ def dry_run_policy(request: HttpRequest, name: str) -> dict:
     response={202: JobStartedOut, **error_responses(400, 403, 404, 422), 409: DryRunChangedOut},
     summary="Run a retention policy",
 )
-def run_policy(request: HttpRequest, name: str, payload: RunIn, response: HttpResponse) -> Status:
+def run_policy(
+    request: HttpRequest, payload: RunIn, response: HttpResponse, name: str = NAME
+) -> Status:
     """Starts a job that deletes exactly the dry run `now` and `fingerprint` name, or
     nothing: 409 with a fresh dry run when it would differ already."""
     require_delete(request)

@@ -5,7 +5,7 @@ against. Output shapes mirror the command line's JSON (`list_images --json`,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from ninja import Field, Schema
@@ -13,10 +13,19 @@ from pydantic import AwareDatetime, ConfigDict, StrictBool
 
 from hubimages.inventory import lists
 from hubimages.inventory import repositories as inventory_repositories
+from hubimages.registries import config as registry_config
 from hubimages.retention import policies
 
 MAX_PAGE_SIZE = 100
 MAX_DIGESTS = 1000
+# A digest as the registry writes it; a selection may leave out `sha256:`. Checked before
+# any view runs, so the document and the API refuse the same strings.
+DIGEST_PATTERN = r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$"
+SELECTED_DIGEST_PATTERN = r"^(?:(?:sha256:)?[0-9a-f]{64}|sha512:[0-9a-f]{128})$"
+# A registry's name as REGISTRIES_FILE spells it, or empty for the default one: anything
+# else names no registry, and a 422 says so before a query runs (PostgreSQL refuses U+0000).
+REGISTRY_PATTERN = rf"^(?:{registry_config.NAME_RE.pattern[1:-1]})?$"
+REGISTRY_MAX_LENGTH = 40
 Timestamp = str  # ISO 8601 in UTC with a "Z", as the command line prints it
 
 
@@ -52,9 +61,15 @@ class ErrorOut(Schema):
 
 
 def error_responses(*statuses: int) -> dict[int, type[ErrorOut]]:
-    """The error answers an endpoint documents; 401 and 429 go with every endpoint, since
-    every endpoint takes tokens."""
-    return {status: ErrorOut for status in sorted({401, 429, *statuses})}
+    """The error answers an endpoint documents. Every endpoint documents 400, since Django
+    refuses a malformed request (a Host not allowed, too many fields, a body over the
+    limit) before any view, and 401 and 429, since every endpoint takes tokens."""
+    return {status: ErrorOut for status in sorted({400, 401, 429, *statuses})}
+
+
+# Text a client types (a search): anything but control characters, which match nothing
+# and which PostgreSQL refuses in a query (U+0000).
+SEARCH_PATTERN = r"^[^\u0000-\u001f\u007f]*$"
 
 
 # -- paging ------------------------------------------------------------------------------
@@ -77,9 +92,14 @@ class Page(Schema):
 
 
 class RepositoriesQuery(PageQuery):
-    search: str = Field("", max_length=200, description="Part of the repository's name.")
+    search: str = Field(
+        "", max_length=200, pattern=SEARCH_PATTERN, description="Part of the repository's name."
+    )
     registry: str = Field(
-        "", max_length=40, description="Only this registry's repositories; empty: every one."
+        "",
+        max_length=REGISTRY_MAX_LENGTH,
+        pattern=REGISTRY_PATTERN,
+        description="Only this registry's repositories; empty: every one.",
     )
     ordering: Literal[tuple(inventory_repositories.REPOSITORY_SORTS)] = Field(  # type: ignore[valid-type]
         "name", description="`-` first for descending."
@@ -104,12 +124,14 @@ class RepositoryPage(Page):
 class ImagesQuery(PageQuery):
     registry: str = Field(
         "",
-        max_length=40,
+        max_length=REGISTRY_MAX_LENGTH,
+        pattern=REGISTRY_PATTERN,
         description="A registry's name (SPEC §11); empty: `default`, or the only registry.",
     )
     search: str = Field(
         "",
         max_length=200,
+        pattern=SEARCH_PATTERN,
         description="Tag substring, or digest prefix with or without `sha256:`; a match on "
         "a child shows its index.",
     )
@@ -195,7 +217,20 @@ class ImageDetailOut(ImageOut):
 
 
 class DeleteImagesIn(Strict):
-    digests: list[str] = Field(
+    # Deleting (dry_run false) needs the dry run's fingerprint.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"dry_run": {"const": True}}},
+                {
+                    "required": ["fingerprint"],
+                    "properties": {"fingerprint": {"type": "string", "minLength": 1}},
+                },
+            ]
+        }
+    )
+
+    digests: list[Annotated[str, Field(pattern=SELECTED_DIGEST_PATTERN)]] = Field(
         min_length=1,
         max_length=MAX_DIGESTS,
         description="Top-level items to delete, `sha256:<hex>` (the prefix is optional).",
@@ -252,7 +287,7 @@ class JobStartedOut(Schema):
 
 class JobOut(Schema):
     id: int
-    kind: Literal["sync", "sync_repository", "deletion", "retention"]
+    kind: Literal["sync", "sync_repository", "deletion", "retention", "restore", "trash_check"]
     status: Literal["queued", "running", "succeeded", "failed"]
     registry: str
     repository: str
@@ -269,40 +304,102 @@ class JobOut(Schema):
         "`failed` and `skipped` (digest, reason), `reclaimed_bytes`, `warnings` (what other "
         "clients' pushes during the deletion did: tags that went with a deleted manifest, "
         "an index left listing a deleted one); with `stale` true the "
-        "plan changed, nothing was deleted and `plan` is the new one."
+        "plan changed, nothing was deleted and `plan` is the new one. A restore: "
+        "`restored` and `already` (digest, kind, repository), `failed` (with `reason`), "
+        "`tags` put back, `conflicts` (tag, digest, `now`: what it names instead, `moved`), "
+        "`message`; or `refused`: why nothing was restored."
     )
 
 
 # -- retention policies ------------------------------------------------------------------
 
 
-class RuleSchema(Strict):
-    keep: Literal[policies.KEEP_KINDS]  # type: ignore[valid-type]
-    count: int | None = None
-    days: int | None = None
-    tags: list[str] | None = None
-    exclude_tags: list[str] | None = None
-    untagged: bool | None = None
-    group_by: str | None = None
+# No control characters: they never match a tag (`policies.CONTROL_RE`).
+PRINTABLE = r"^[^\u0000-\u001f\u007f]+$"
+TagPattern = Annotated[str, Field(min_length=1, pattern=PRINTABLE)]
+Number = Annotated[int, Field(ge=1, le=policies.MAX_NUMBER)]
+
+
+class _RuleScope(Strict):
+    """Which top-level items a rule looks at: tagged ones by their tags, and untagged ones
+    when asked. A rule whose scope is empty (`"tags": []` without `"untagged": true`)
+    keeps nothing, and is refused."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"tags": {"minItems": 1}}},
+                {"required": ["untagged"], "properties": {"untagged": {"const": True}}},
+            ]
+        }
+    )
+
+    tags: list[TagPattern] = Field(
+        default_factory=lambda: list(policies.DEFAULT_TAGS),
+        description="Shell-style patterns, each matching a whole tag.",
+    )
+    exclude_tags: list[TagPattern] = Field(default_factory=list)
+    untagged: StrictBool = Field(False, description="Untagged items are in scope too.")
+
+
+class AlwaysRule(_RuleScope):
+    keep: Literal["always"]
+
+
+class CountedRule(_RuleScope):
+    keep: Literal["latest_pushed", "latest_pulled"]
+    count: Number
+    group_by: str = Field(
+        None,
+        min_length=1,
+        pattern=PRINTABLE,
+        description="A regular expression: `count` is per group, the group being its first "
+        "capture group (or the whole match).",
+        json_schema_extra={"format": "regex"},
+    )
+
+
+class TimedRule(_RuleScope):
+    keep: Literal["pushed_within", "pulled_within"]
+    days: Number
+
+
+RuleSchema = Annotated[AlwaysRule | CountedRule | TimedRule, Field(discriminator="keep")]
 
 
 class ScheduleSchema(Strict):
-    every_hours: int
+    every_hours: int = Field(ge=1, le=policies.MAX_SCHEDULE_HOURS)
 
 
 class RetentionPolicy(Strict):
     """SPEC §8's policy JSON, as `retention_policy export` prints it."""
 
-    name: str
-    registries: list[str] = Field(
+    model_config = ConfigDict(json_schema_extra=lambda schema: _some_pattern_includes(schema))
+
+    name: str = Field(pattern=policies.NAME_RE.pattern)
+    registries: list[Annotated[str, Field(pattern=policies.REGISTRY_PATTERN_RE.pattern)]] = Field(
         default_factory=lambda: list(policies.DEFAULT_REGISTRIES),
-        description="Registry names (globs, `!` excludes) the policy covers.",
+        min_length=1,
+        description="Globs on registry names (`*`, `?`); a leading `!` excludes.",
     )
-    repositories: list[str] = Field(default_factory=lambda: list(policies.DEFAULT_REPOSITORIES))
-    rules: list[RuleSchema]
-    max_delete_fraction: float = policies.DEFAULT_MAX_DELETE_FRACTION
+    repositories: list[Annotated[str, Field(pattern=policies.REPOSITORY_PATTERN_RE.pattern)]] = (
+        Field(
+            default_factory=lambda: list(policies.DEFAULT_REPOSITORIES),
+            min_length=1,
+            description="Globs on repository names (`*`, `**`, `?`); a leading `!` excludes.",
+        )
+    )
+    rules: list[RuleSchema] = Field(min_length=1, description="Kept when any rule keeps it.")
+    max_delete_fraction: float = Field(policies.DEFAULT_MAX_DELETE_FRACTION, gt=0, le=1)
     schedule: ScheduleSchema | None = None
-    enabled: bool = True
+    enabled: StrictBool = True
+
+
+def _some_pattern_includes(schema: dict) -> None:
+    """Exclusions alone cover nothing: some registry and some repository pattern must
+    include."""
+    for field in ("registries", "repositories"):
+        schema["properties"][field]["contains"] = {"pattern": "^[^!]"}
 
 
 class PolicyPage(Page):
@@ -352,10 +449,15 @@ class StoragePointOut(Schema):
     stored_bytes: int
 
 
-class StorageQuery(Schema):
+class RegistryQuery(Schema):
+    """The one parameter of an endpoint about one registry's things; checked as the lists'
+    are (`paging.reject_unknown_parameters`): `?registry=prod&registry=staging`, or a
+    misspelt `registry`, must not fall back to some registry and delete there."""
+
     registry: str = Field(
         "",
-        max_length=40,
+        max_length=REGISTRY_MAX_LENGTH,
+        pattern=REGISTRY_PATTERN,
         description="A registry's name (SPEC §11); empty: `default`, or the only registry.",
     )
 
@@ -376,3 +478,71 @@ class StorageOut(Schema):
         "after a sync or a deletion, until the workers compute new ones."
     )
     computing: bool = Field(description="Whether a worker is computing new figures now.")
+
+
+# -- trash -------------------------------------------------------------------------------
+
+
+class TrashQuery(PageQuery):
+    registry: str = Field(
+        "", max_length=40, description="A registry's name (SPEC §11); empty: every registry."
+    )
+
+
+class TagConflictOut(Schema):
+    tag: str
+    now: str = Field(description="The manifest the tag names now, which it was left naming.")
+
+
+class TrashItemOut(Schema):
+    repository: str
+    digest: str
+    kind: str
+    tags: list[str] = Field(description="The tags that named it when it was deleted.")
+    state: Literal["restorable", "partly_lost", "lost", "restored", "unchecked"] = Field(
+        description="As last checked (`checked_at`): restorable while every blob it needs "
+        "answers in the registry, partly_lost or lost once the garbage collector took some "
+        "or all of it; restored; unchecked until first checked."
+    )
+    checked_at: Timestamp | None = _timestamp("When the registry was last asked about it.")
+    missing: list[str] = Field(description="What the last check found gone.")
+    size: int = Field(description="Its config and layers, as when it was deleted.")
+    kept_bytes: int = Field(description="The manifest's own bytes, which the Trash keeps.")
+    restored_at: Timestamp | None = _timestamp("When it was restored.")
+    restored_by: str
+    conflicts: list[TagConflictOut] = Field(
+        description="Its tags that its restore left naming another manifest; restore again "
+        "with `move_tags` to move them back."
+    )
+
+
+class TrashOperationOut(Schema):
+    id: int = Field(description="The deletion operation; restore it with its id.")
+    registry: str
+    repository: str
+    deleted_at: Timestamp
+    deleted_by: str
+    policy: str | None = Field(description="The retention policy whose run deleted it.")
+    retention_run: int | None
+    reclaimed_bytes: int = Field(description="What it frees that is still deleted.")
+    collected_at: Timestamp | None = _timestamp("When its garbage collection was noticed.")
+    items: list[TrashItemOut]
+
+
+class TrashPage(Page):
+    results: list[TrashOperationOut]
+
+
+class RestoreIn(Strict):
+    digests: list[Annotated[str, Field(pattern=SELECTED_DIGEST_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=MAX_DIGESTS,
+        description="Only these items (an index brings the children its deletion took); "
+        "empty: all of it.",
+    )
+    move_tags: StrictBool = Field(
+        False, description="Move a tag back even where it now names another manifest."
+    )
+    whole_run: StrictBool = Field(
+        False, description="Restore every deletion of this one's retention run."
+    )

@@ -8,7 +8,7 @@ from ninja import Query, Router
 
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import reject_unknown_parameters
-from hubimages.api.schemas import StorageOut, StorageQuery, error_responses
+from hubimages.api.schemas import RegistryQuery, StorageOut, error_responses
 from hubimages.lib.formatting import iso
 from hubimages.registries import rows
 from hubimages.storage import figures
@@ -21,7 +21,7 @@ router = Router(tags=["storage"])
     response={200: StorageOut, **error_responses(404, 422, 503)},
     summary="Storage figures",
 )
-def get_storage(request: HttpRequest, query: Query[StorageQuery]) -> dict:
+def get_storage(request: HttpRequest, query: Query[RegistryQuery]) -> dict:
     """Stored bytes (distinct blobs, each once), the bytes deleting every stale item would
     free, and the bytes untagged items hold — registry-wide (blobs shared between
     repositories counted once) and per repository; and stored bytes after each full sync.
@@ -30,7 +30,7 @@ def get_storage(request: HttpRequest, query: Query[StorageQuery]) -> dict:
     The workers compute them after each sync or deletion: `computed_at` says when,
     `current` whether the registry's state has moved on since (then `computing` says
     whether new figures are being computed); 503 before the first."""
-    reject_unknown_parameters(request, StorageQuery)
+    reject_unknown_parameters(request, RegistryQuery)
     try:
         registry = rows.get(query.registry or None)
     except rows.UnknownRegistry as error:

@@ -1,5 +1,6 @@
 """Executing a previewed plan (SPEC §4): exactly that plan or nothing, parents before
-children, each manifest recorded PENDING before its DELETE and settled after."""
+children, each manifest recorded PENDING (with its kept bytes, for the Trash: SPEC §12)
+before its DELETE and settled after."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from hubimages.models import (
     DeletionRecord,
     IndexEntry,
     Job,
+    KeptManifest,
     Manifest,
     ManifestBlob,
     RegistryEvent,
@@ -37,7 +39,7 @@ from hubimages.models import (
 from hubimages.sync import rollups
 from hubimages.sync.service import sync_repository
 from registry.client import RegistryClient
-from registry.errors import NotFound, RegistryError, UnsupportedOperation
+from registry.errors import ManifestNotFound, NotFound, RegistryError, UnsupportedOperation
 
 log = logging.getLogger("hubimages.deletion")
 
@@ -113,6 +115,10 @@ def execute_deletion(
     before their referrers) so a failure never leaves an index pointing at nothing. Each
     manifest's record is written PENDING before its DELETE is sent and DONE or FAILED
     after, so a worker killed mid-way leaves an exact history (`resolve_interrupted`).
+    The PENDING record carries the manifest's exact bytes, fetched by digest right before
+    and verified, in the same transaction (`KeptManifest`, the Trash's): no DELETE is sent
+    for a manifest whose bytes could not be kept, and a worker killed between keeping and
+    deleting leaves kept bytes for every DELETE it sent.
     `username` overrides the recorded name (the command line records `cli:<os user>`);
     `retention_run` is the run this deletion is part of, `job` the deletion job running it.
     Raises `leases.RepositoryBusy` or `RecheckFailed`, both before deleting anything, and
@@ -218,7 +224,19 @@ def _delete_in_order(
             continue
         lease.check()  # fencing: no DELETE unless this generation still holds the repository
         report(f"Deleting {number} of {len(ordered)}: {short_digest(item.digest)}")
-        record = _pending_record(operation, item)
+        try:
+            kept = _keep(client, plan.repository, item)
+        except RegistryError as error:
+            reason = f"not deleted: its bytes could not be kept for the Trash first: {error}"
+            failed.append(NotDeleted(item.digest, reason))
+            not_done[item.manifest_id] = item.digest
+            _settle(_pending_record(operation, item), DeletionRecord.State.FAILED, reason)
+            continue
+        record = _pending_record(operation, item, kept)
+        if kept is None:  # nothing left to delete, nor to keep
+            _settle(record, DeletionRecord.State.DONE, GONE_ALREADY)
+            deleted.append(item)
+            continue
         try:
             _delete_manifest(client, plan.repository, item)
         except RegistryError as error:
@@ -230,6 +248,22 @@ def _delete_in_order(
             continue
         _settle(record, DeletionRecord.State.DONE)
         deleted.append(item)
+
+
+GONE_ALREADY = "the registry no longer had it: nothing was sent"
+KEPT_TIMES = ("pushed_at", "pushed_at_estimated", "last_pulled_at", "first_seen_at")
+
+
+def _keep(client: RegistryClient, repository: str, item: PlannedItem) -> KeptManifest | None:
+    """What the Trash keeps of `item` (unsaved): its exact bytes, GET by digest now and
+    verified against it, and its times as the database has them; None when the registry
+    no longer has it (a manifest it no longer has counts as deleted, SPEC §4)."""
+    try:
+        fetched = client.get_manifest(repository, item.digest)
+    except ManifestNotFound:
+        return None
+    times = Manifest.objects.filter(pk=item.manifest_id).values(*KEPT_TIMES).first() or {}
+    return KeptManifest(media_type=fetched.media_type, body=fetched.body, **times)
 
 
 def _delete_manifest(client: RegistryClient, repository: str, item: PlannedItem) -> None:
@@ -389,19 +423,27 @@ def _as(tag: str) -> str:
     return f" (tag {tag})" if tag else ""
 
 
-def _pending_record(operation: Deletion, item: PlannedItem) -> DeletionRecord:
-    return DeletionRecord.objects.create(
-        operation=operation,
-        user_id=operation.user_id,
-        username=operation.username,
-        registry=operation.registry,
-        repository=operation.repository,
-        digest=item.digest,
-        kind=item.kind,
-        tags=list(item.tags),
-        size=item.size,
-        state=DeletionRecord.State.PENDING,
-    )
+def _pending_record(
+    operation: Deletion, item: PlannedItem, kept: KeptManifest | None = None
+) -> DeletionRecord:
+    """The PENDING record, and with it (one transaction) what the Trash keeps."""
+    with transaction.atomic():
+        record = DeletionRecord.objects.create(
+            operation=operation,
+            user_id=operation.user_id,
+            username=operation.username,
+            registry=operation.registry,
+            repository=operation.repository,
+            digest=item.digest,
+            kind=item.kind,
+            tags=list(item.tags),
+            size=item.size,
+            state=DeletionRecord.State.PENDING,
+        )
+        if kept is not None:
+            kept.record = record
+            kept.save(force_insert=True)
+    return record
 
 
 def _settle(record: DeletionRecord, state: str, message: str = "") -> None:
@@ -545,43 +587,47 @@ def _record(repository: Repository, operation: Deletion, deleted: list[PlannedIt
     if not deleted:
         return 0
     ids = [item.manifest_id for item in deleted]
-    shares, probe = _reclaimed_shares(ids)
+    freed, probe = _freed_blobs(ids)
     blob_ids = list(
         ManifestBlob.objects.filter(manifest_id__in=ids).values_list("blob_id", flat=True)
     )
     digests = {item.manifest_id: item.digest for item in deleted}
     with transaction.atomic():
-        for manifest_id, share in shares.items():
-            operation.records.filter(digest=digests[manifest_id]).update(reclaimed_bytes=share)
+        for manifest_id, blobs in freed.items():
+            records = operation.records.filter(digest=digests[manifest_id])
+            records.update(reclaimed_bytes=sum(size for _, size, _ in blobs))
+            KeptManifest.objects.filter(record__in=records).update(freed=blobs)
         Deletion.objects.filter(pk=operation.pk).update(probe_digest=probe)
         with rollups.changing(repository.pk, ids):  # the deleted items' neighbourhood only
             Manifest.objects.filter(pk__in=ids).delete()
             rollups.unused_blobs(set(blob_ids)).delete()
         Repository.objects.filter(pk=repository.pk).update(revision=F("revision") + 1)
-    return sum(shares.values())
+    return sum(size for blobs in freed.values() for _, size, _ in blobs)
 
 
-def _reclaimed_shares(ids: list[int]) -> tuple[dict[int, int], str]:
-    """Each freed blob's bytes credited to the first deleted manifest holding it; and the
-    largest freed layer or config, the operation's probe (`Deletion.probe_digest`: the
-    registry serves it through the repository until its garbage collector runs, which
-    a manifest's own blob, reachable only as a manifest, does not tell)."""
+def _freed_blobs(ids: list[int]) -> tuple[dict[int, list[list]], str]:
+    """Each freed blob ([digest, size, role]) credited to the first deleted manifest
+    holding it; and the largest freed layer or config, the operation's probe
+    (`Deletion.probe_digest`: the registry serves it through the repository until its
+    garbage collector runs, which a manifest's own blob, reachable only as a manifest,
+    does not tell)."""
     position = {pk: i for i, pk in enumerate(ids)}
     used_elsewhere = ManifestBlob.objects.filter(blob_id=OuterRef("blob_id")).exclude(
         manifest_id__in=ids
     )
-    owner: dict[int, tuple[int, int]] = {}  # blob id -> (manifest id, size)
+    owner: dict[int, tuple[int, list]] = {}  # blob id -> (manifest id, [digest, size, role])
     probe: tuple[int, str] = (-1, "")
     for blob_id, manifest_id, size, role, digest in (
         ManifestBlob.objects.filter(manifest_id__in=ids)
         .filter(~Exists(used_elsewhere))
+        .order_by("blob__digest", "role")
         .values_list("blob_id", "manifest_id", "blob__size", "role", "blob__digest")
     ):
         if blob_id not in owner or position[manifest_id] < position[owner[blob_id][0]]:
-            owner[blob_id] = (manifest_id, size)
+            owner[blob_id] = (manifest_id, [digest, size, role])
         if role != ManifestBlob.Role.MANIFEST and (-size, digest) < (-probe[0], probe[1]):
             probe = (size, digest)
-    shares: dict[int, int] = defaultdict(int)
-    for manifest_id, size in owner.values():
-        shares[manifest_id] += size
-    return dict(shares), probe[1]
+    freed: dict[int, list[list]] = defaultdict(list)
+    for manifest_id, blob in owner.values():
+        freed[manifest_id].append(blob)
+    return dict(freed), probe[1]

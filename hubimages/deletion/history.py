@@ -41,6 +41,8 @@ CSV_HEADER = (
     "message",
     "deleted_at",
     "garbage_collected_at",
+    "restored_at",
+    "restored_by",
 )
 
 
@@ -77,6 +79,7 @@ class HistoryRow:
     deleted: int
     failed: int
     pending: int
+    restored: int
     tags: int
     reclaimed_bytes: int
     waiting_for_collection: bool
@@ -88,7 +91,7 @@ class HistoryRow:
 
     @property
     def manifests(self) -> int:
-        return self.deleted + self.failed + self.pending
+        return self.deleted + self.failed + self.pending + self.restored
 
     @property
     def selected_shown(self) -> list[Selected]:
@@ -132,6 +135,7 @@ def rows(page: Iterable[tuple[str, int, datetime]], *, every_record: bool = Fals
             deleted=Count("records", filter=Q(records__state=DeletionRecord.State.DONE)),
             failed=Count("records", filter=Q(records__state=DeletionRecord.State.FAILED)),
             pending=Count("records", filter=Q(records__state=DeletionRecord.State.PENDING)),
+            restored=Count("records", filter=Q(records__state=DeletionRecord.State.RESTORED)),
             tag_count=Sum(
                 JSONArrayLength("records__tags"),
                 filter=Q(records__state=DeletionRecord.State.DONE),
@@ -163,7 +167,7 @@ def _records_of(operation_ids: list[int], limit: int | None) -> dict[int, list]:
 def _operation_row(operation: Deletion, records: list[DeletionRecord]) -> HistoryRow:
     tags_of = {record.digest: tuple(record.tags) for record in records}
     selected = [Selected(d, tags_of.get(d, ())) for d in operation.selected]
-    manifests = operation.deleted + operation.failed + operation.pending
+    manifests = operation.deleted + operation.failed + operation.pending + operation.restored
     return HistoryRow(
         source=OPERATION,
         pk=operation.pk,
@@ -176,6 +180,7 @@ def _operation_row(operation: Deletion, records: list[DeletionRecord]) -> Histor
         deleted=operation.deleted,
         failed=operation.failed,
         pending=operation.pending,
+        restored=operation.restored,
         tags=operation.tag_count or 0,
         reclaimed_bytes=operation.reclaimed_bytes,
         waiting_for_collection=_waits(operation),
@@ -209,6 +214,7 @@ def _record_row(record: DeletionRecord) -> HistoryRow:
         deleted=int(record.state == DeletionRecord.State.DONE),
         failed=int(record.state == DeletionRecord.State.FAILED),
         pending=int(record.state == DeletionRecord.State.PENDING),
+        restored=int(record.state == DeletionRecord.State.RESTORED),
         tags=len(record.tags) if record.state == DeletionRecord.State.DONE else 0,
         reclaimed_bytes=record.reclaimed_bytes,
         waiting_for_collection=False,  # unknown: recorded before hubimages watched for it
@@ -245,7 +251,7 @@ def _csv_lines(row: HistoryRow) -> Iterator[list]:
     ]
     collected = _time(row.collected_at)
     if not row.records:
-        yield _inert(operation + ["", "", "", "", "", "", row.message, "", collected])
+        yield _inert(operation + ["", "", "", "", "", "", row.message, "", collected, "", ""])
     for record in row.records:
         yield _inert(
             operation
@@ -259,6 +265,8 @@ def _csv_lines(row: HistoryRow) -> Iterator[list]:
                 record.message,
                 _time(record.deleted_at),
                 collected,
+                _time(record.restored_at),
+                record.restored_by,
             ]
         )
 

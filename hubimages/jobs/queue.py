@@ -16,7 +16,7 @@ from django_tasks_db.models import DBTaskResult
 
 from hubimages.lib import audit
 from hubimages.lib.audit import Action, Actor
-from hubimages.models import Job, Repository
+from hubimages.models import Deletion, Job, Repository
 
 log = logging.getLogger("hubimages.jobs")
 
@@ -135,6 +135,57 @@ def start_deletion(
         params=params,
         audited=(Action.DELETION_STARTED, by or _actor(user, ""), _target(repository)),
     )
+
+
+def start_restore(
+    *,
+    operations: list[Deletion],
+    digests: list[str] | None = None,
+    move_tags: bool = False,
+    user=None,
+    started_by: str = "",
+    by: Actor | None = None,
+) -> Job:
+    """Put back what deletion operations deleted (one, or a retention run's), or only
+    `digests` of them, from the Trash. Safe to run twice, so retried like a sync. Audited
+    as a restore started `by` whom (else the user), naming each operation's repository."""
+    registries = {operation.registry for operation in operations}
+    repositories = {operation.repository for operation in operations}
+    params = {
+        "operations": [operation.pk for operation in operations],
+        "digests": list(digests or []),
+        "move_tags": move_tags,
+    }
+    return start(
+        Kind.RESTORE,
+        user=user,
+        started_by=started_by,
+        registry=registries.pop() if len(registries) == 1 else "",
+        repository=repositories.pop() if len(repositories) == 1 else "",
+        params=params,
+        audited=(Action.RESTORE, by or _actor(user, started_by), restore_target(operations)),
+    )
+
+
+def restore_target(operations: list[Deletion]) -> str:
+    """The repositories a restore puts back into, as the audit log names them."""
+    names = dict.fromkeys(
+        op.repository if op.registry == "default" else f"{op.registry}/{op.repository}"
+        for op in operations
+    )
+    return ", ".join(names)
+
+
+def start_trash_check(*, registry: str, user=None, started_by: str = "") -> Job:
+    """Ask the registry about everything its Trash holds, unless that is queued or running
+    already (its task still waiting or running, as `start_sync` follows): then that job."""
+    for waiting in Job.objects.filter(
+        kind=Kind.TRASH_CHECK, registry=registry, state__in=(State.QUEUED, State.RUNNING)
+    ):
+        live = (TaskResultStatus.READY, TaskResultStatus.RUNNING)
+        if DBTaskResult.objects.filter(id=waiting.task_id, status__in=live).exists():
+            return waiting
+    return start(Kind.TRASH_CHECK, user=user, started_by=started_by, registry=registry)
 
 
 def _actor(user, started_by: str) -> Actor:

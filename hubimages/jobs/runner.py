@@ -31,12 +31,13 @@ from hubimages.jobs import recovery
 from hubimages.jobs.queue import Kind, Retry, State, fail_job, retry_or_fail
 from hubimages.lib.formatting import plural
 from hubimages.lib.leases import LeaseBusy, LeaseLost
-from hubimages.models import Job, Repository, RetentionPolicy, RetentionRun
+from hubimages.models import Deletion, Job, Repository, RetentionPolicy, RetentionRun
 from hubimages.registries import probes, rows
 from hubimages.registries.client import ClientsByRegistry, registry_client
 from hubimages.retention import policies, runs
 from hubimages.storage import figures
 from hubimages.sync import service
+from hubimages.trash import restore, states
 from registry.errors import RegistryError
 
 log = logging.getLogger("hubimages.jobs")
@@ -136,6 +137,13 @@ def _run_full_sync(job: Job, progress: Callable[[str], None]) -> dict:
             probes.probe(registry, client)
         except RegistryError as error:
             log.warning("could not probe registry %s: %s", registry.name, error)
+        if summary.succeeded:
+            # A garbage collection the sync noticed may have taken what the Trash holds.
+            try:
+                if states.after_collection(registry, client, progress=progress):
+                    log.info("checked the Trash of %s after a garbage collection", registry.name)
+            except RegistryError as error:
+                log.warning("could not check the Trash of %s: %s", registry.name, error)
     return _sync_outcome(summary)
 
 
@@ -251,9 +259,49 @@ def _run_retention(job: Job, progress: Callable[[str], None]) -> dict:
     return outcome
 
 
+def _run_restore(job: Job, progress: Callable[[str], None]) -> dict:
+    """Idempotent, so a failure that may pass is retried like a sync's, and a job whose
+    worker died mid-way is run again (`worker.recover`: not one of `recovery.DELETING`)
+    once the dead worker's repository lease ran out; a lease taken over mid-way stops it
+    before its next PUT (fenced) and it runs again. A refusal (what was asked can no
+    longer be restored) is final, and nothing was sent."""
+    ids = job.params["operations"]
+    operations = list(Deletion.objects.filter(pk__in=ids).order_by("started_at", "pk"))
+    if len(operations) != len(ids):
+        return {"failed_because": "that deletion is no longer in the Trash"}
+    try:
+        with ClientsByRegistry() as client_for:
+            outcome = restore.restore_operations(
+                operations,
+                digests=job.params.get("digests") or None,
+                move_tags=job.params.get("move_tags", False),
+                client_for=client_for,
+                username=job.started_by,
+                progress=progress,
+            )
+    except restore.RestoreRefused as refused:
+        return {"operations": ids, "refused": str(refused), "failed_because": str(refused)}
+    except LeaseLost as error:
+        raise Retry(f"stopped: {error}") from None
+    result = {"operations": ids, **outcome.as_dict()}
+    if not outcome.complete:
+        result["failed_because"] = outcome.message()
+    return result
+
+
+def _run_trash_check(job: Job, progress: Callable[[str], None]) -> dict:
+    registry = rows.get(job.registry or None)
+    progress(f"Asking registry {registry.name} about what its Trash holds")
+    with registry_client(registry) as client:
+        counts = states.check_registry(registry, client)
+    return {"registry": registry.name, "states": counts}
+
+
 HANDLERS: dict[str, Callable[[Job, Callable[[str], None]], dict]] = {
     Kind.SYNC: _run_full_sync,
     Kind.SYNC_REPOSITORY: _run_repository_sync,
     Kind.DELETION: _run_deletion,
     Kind.RETENTION: _run_retention,
+    Kind.RESTORE: _run_restore,
+    Kind.TRASH_CHECK: _run_trash_check,
 }

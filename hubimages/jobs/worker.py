@@ -24,6 +24,7 @@ from hubimages.models import Job, Schedule, WorkerHeartbeat
 from hubimages.registries import rows
 from hubimages.retention import runs
 from hubimages.sync import events
+from hubimages.trash import lifetime
 
 log = logging.getLogger("hubimages.jobs")
 KEEP_FINISHED = timedelta(days=30)
@@ -205,8 +206,10 @@ def claim_schedule(name: str, now: datetime, every: timedelta) -> bool:
 
 
 def housekeeping(now: datetime) -> None:
-    """Keep the tables bounded: processed events, finished tasks and jobs."""
+    """Keep the tables bounded: processed events, finished tasks and jobs, and what the
+    Trash kept past TRASH_KEEP_DAYS."""
     pruned = events.prune(now - timedelta(days=settings.EVENTS_KEEP_DAYS))
+    lifetime.forget_expired()
     finished = Q(status=TaskResultStatus.SUCCESSFUL) | Q(status=TaskResultStatus.FAILED)
     DBTaskResult.objects.filter(finished, finished_at__lt=now - KEEP_FINISHED).delete()
     Job.objects.filter(

@@ -1,2 +1,3 @@
-"""Small pieces every feature uses: formatting for people, leases, the JSON log format.
-Imports only `hubimages.models`, Django and the standard library."""
+"""Small pieces every feature uses: formatting for people, leases, the JSON log format and
+its redaction, repository globs, a request's client address, the audit log. Imports only
+`hubimages.models`, Django, the standard library, dateutil and django-ipware."""

@@ -8,7 +8,7 @@ import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.utils import timezone
@@ -289,7 +289,10 @@ def _keeps(
     if rule.keep == ALWAYS:
         return ((item.pk, "always") for item, _ in scope)
     if rule.keep in TIMED:
-        cutoff = now - timedelta(days=rule.days or 0)
+        try:
+            cutoff = now - timedelta(days=rule.days or 0)
+        except OverflowError:  # the window starts before datetimes do: every date is in it
+            cutoff = datetime.min.replace(tzinfo=UTC)
         pushed = rule.keep == PUSHED_WITHIN
         why = f"{'pushed' if pushed else 'pulled'} within {rule.days} days"
         return (

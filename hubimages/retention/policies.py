@@ -64,6 +64,8 @@ MAX_SCHEDULE_HOURS = 24 * 366
 MAX_IMPORT_BYTES = 100_000
 MAX_NUMBER = 1_000_000  # counts and days beyond this are typing mistakes
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Control characters never match a tag, and PostgreSQL's jsonb cannot even store U+0000.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 REGISTRY_PATTERN_RE = re.compile(r"^!?[a-z0-9*?-]+$")
 
 
@@ -412,14 +414,18 @@ def _parse_schedule(value: Any) -> tuple[int | None, list[FieldError]]:
         for key in value
         if key not in SCHEDULE_FIELDS
     ]
-    hours = value.get("every_hours")
-    if not _is_int(hours) or not 1 <= hours <= MAX_SCHEDULE_HOURS:
+    hours = _whole(value.get("every_hours"))
+    if hours is None or not 1 <= hours <= MAX_SCHEDULE_HOURS:
         errors.append(FieldError("schedule.every_hours", message))
     return (hours if not errors else None), errors
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _whole(value: Any) -> int | None:
+    """The whole number `value` is, or None. JSON does not tell 2.0 from 2 (JSON Schema's
+    integer type accepts both), so neither may we; true and false are not numbers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _parse_rules(value: Any, *, strict: bool) -> tuple[tuple[Rule, ...], list[FieldError]]:
@@ -466,12 +472,13 @@ def _parse_rule(raw: Any, at: str, *, strict: bool) -> tuple[Rule | None, list[F
         errors += _check_number(raw, "days", keep in TIMED, at, "pushed_within and pulled_within")
     tags = _pattern_list(raw, "tags", at, errors)
     exclude = _pattern_list(raw, "exclude_tags", at, errors)
+    # A field given is checked, null included: "untagged": null is no boolean.
     untagged = raw.get("untagged")
-    if untagged is not None and not isinstance(untagged, bool):
+    if "untagged" in raw and not isinstance(untagged, bool):
         errors.append(FieldError(f"{at}.untagged", "true or false"))
         untagged = None
     group_by = raw.get("group_by")
-    if group_by is not None:
+    if "group_by" in raw:
         errors += _check_group_by(group_by, keep, at, strict=strict)
     if tags == () and not untagged and not any(e.field == f"{at}.tags" for e in errors):
         errors.append(FieldError(at, 'this rule keeps nothing: give tags, or "untagged": true'))
@@ -480,8 +487,8 @@ def _parse_rule(raw: Any, at: str, *, strict: bool) -> tuple[Rule | None, list[F
     return (
         Rule(
             keep=keep,
-            count=raw.get("count"),
-            days=raw.get("days"),
+            count=_whole(raw.get("count")),
+            days=_whole(raw.get("days")),
             tags=tags,
             exclude_tags=exclude,
             untagged=untagged,
@@ -499,7 +506,8 @@ def _check_number(raw: dict, key: str, wanted: bool, at: str, kinds: str) -> lis
         return []
     if value is None:
         return [FieldError(f"{at}.{key}", f"required with keep {raw.get('keep')}: a number ≥ 1")]
-    if not _is_int(value) or not 1 <= value <= MAX_NUMBER:
+    number = _whole(value)
+    if number is None or not 1 <= number <= MAX_NUMBER:
         return [FieldError(f"{at}.{key}", f"a whole number from 1 to {MAX_NUMBER:,}")]
     return []
 
@@ -511,6 +519,9 @@ def _pattern_list(raw: dict, key: str, at: str, errors: list[FieldError]) -> tup
     if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
         errors.append(FieldError(f"{at}.{key}", 'a list of tag patterns, such as ["v*"]'))
         return None
+    if any(CONTROL_RE.search(pattern) for pattern in value):
+        errors.append(FieldError(f"{at}.{key}", "control characters never match a tag"))
+        return None
     return tuple(value)
 
 
@@ -519,6 +530,8 @@ def _check_group_by(value: Any, keep: Any, at: str, *, strict: bool) -> list[Fie
         return [FieldError(f"{at}.group_by", "group_by goes with latest_pushed and latest_pulled")]
     if not isinstance(value, str) or not value:
         return [FieldError(f"{at}.group_by", "a regular expression, such as ^(main|pr-[0-9]+)-")]
+    if CONTROL_RE.search(value):
+        return [FieldError(f"{at}.group_by", "control characters never match a tag")]
     try:
         re.compile(value)
         _compile(value)

@@ -37,6 +37,24 @@ def waiting_for_collection(registry: Registry | None = None) -> Waiting:
     return Waiting(totals["bytes"] or 0, totals["deletions"])
 
 
+@dataclass(frozen=True)
+class Reclaimed:
+    """Deleted and collected: what the garbage collector freed, from how many deletions."""
+
+    bytes: int
+    deletions: int
+
+
+def reclaimed(registry: Registry | None = None) -> Reclaimed:
+    """Bytes that finished deletions freed and that the registry's (or every registry's)
+    garbage collector was seen to collect (`note_collections`). One query."""
+    deletions = Deletion.objects.filter(collected_at__isnull=False, reclaimed_bytes__gt=0)
+    if registry is not None:
+        deletions = deletions.filter(registry=registry.name)
+    totals = deletions.aggregate(bytes=Sum("reclaimed_bytes"), deletions=Count("pk"))
+    return Reclaimed(totals["bytes"] or 0, totals["deletions"])
+
+
 def _uncollected(registry: Registry | None) -> QuerySet[Deletion]:
     deletions = Deletion.objects.filter(
         collected_at__isnull=True, finished_at__isnull=False, reclaimed_bytes__gt=0

@@ -117,7 +117,7 @@ class Kept:
 
 def kept(registry: Registry | None = None) -> Kept:
     """What pages and the API show: a read of the registry's kept row, whatever its age.
-    Never computes. Four queries."""
+    Never computes. Four queries once the registry is known."""
     registry = registry or registry_rows.get()
     row = StorageFigures.objects.filter(registry=registry).first()
     if row is None:

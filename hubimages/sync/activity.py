@@ -9,6 +9,9 @@ from django.db.models import Max, Q
 from hubimages.models import Manifest, RegistryEvent, Repository
 
 State = RegistryEvent.State
+# hubimages's own requests: its pulls are never counted, and it pushes only to put a
+# manifest back from the Trash, which restores the manifest's kept Last pushed.
+OWN_USER_AGENT_PREFIX = "hubimages/"
 
 
 def apply_earlier_pulls(repository: Repository, digests: list[str]) -> int:
@@ -34,7 +37,8 @@ def apply_earlier_pulls(repository: Repository, digests: list[str]) -> int:
 
 
 def apply_recorded_pushes(repository: Repository, digests: list[str]) -> int:
-    """Push events the worker has not processed yet still carry the real push time."""
+    """Push events the worker has not processed yet still carry the real push time
+    (hubimages's own pushes, restores from the Trash, do not)."""
     if not digests:
         return 0
     count = 0
@@ -43,7 +47,7 @@ def apply_recorded_pushes(repository: Repository, digests: list[str]) -> int:
         action="push",
         repository=repository.name,
         digest__in=digests,
-    )
+    ).exclude(user_agent__startswith=OWN_USER_AGENT_PREFIX)
     for digest, latest in _latest(pushes):
         count += Manifest.objects.filter(
             repository=repository, digest=digest, pushed_at_estimated=True

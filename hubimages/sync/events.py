@@ -44,7 +44,7 @@ from registry.notifications import Event
 log = logging.getLogger("hubimages.events")
 
 PULL_METHODS = ("GET", "HEAD")
-OWN_USER_AGENT_PREFIX = "hubimages/"
+OWN_USER_AGENT_PREFIX = activity.OWN_USER_AGENT_PREFIX
 ACTIONS = ("push", "pull", "delete", "mount")
 LOCK_WAIT_SECONDS = 30.0  # then the event waits for the next round
 # An event time may run this far ahead of its receipt (the registry's clock is not ours);
@@ -68,9 +68,13 @@ class Applied:
 
 @dataclass
 class Recorded:
+    """What became of an envelope's events: each is new, a duplicate, or not stored; of
+    the new ones, `pending` wait for a worker and `ignored` were stored as ignored."""
+
     new: int = 0
     duplicates: int = 0
     pending: int = 0
+    ignored: int = 0
     not_stored: int = 0
 
 
@@ -129,6 +133,7 @@ def _record(events: list[Event], registry: Registry) -> Recorded:
             rows.append(_row(registry, event, applied, now, correction))
             result.new += 1
             result.pending += applied.state == State.RECEIVED
+            result.ignored += applied.state == State.IGNORED
         RegistryEvent.objects.bulk_create(rows)
         _bump(registry, changed)
     return result
@@ -235,14 +240,26 @@ def apply_pull(event: Event, registry: Registry) -> Applied:
 
 
 def apply_delete(event: Event, registry: Registry) -> Applied:
+    """Unless the manifest (or tag) was pushed after the delete: by its stored Last pushed,
+    or by a push event recorded since (a restore from the Trash keeps the manifest's old
+    Last pushed, and its deletion's delete event may be applied only after it)."""
     pushed_later = Q(pushed_at_estimated=False, pushed_at__gt=event.occurred_at)
+    pushes_since = RegistryEvent.objects.filter(
+        registry=registry,
+        action="push",
+        repository=event.repository,
+        occurred_at__gt=event.occurred_at,
+    )
     if event.digest:
         manifest = Manifest.objects.filter(
             repository__registry=registry, repository__name=event.repository, digest=event.digest
         ).first()
         if manifest is None:
             return Applied(State.IGNORED, "delete: manifest not stored")
-        if Manifest.objects.filter(pk=manifest.pk).filter(pushed_later).exists():
+        if (
+            Manifest.objects.filter(pk=manifest.pk).filter(pushed_later).exists()
+            or pushes_since.filter(digest=event.digest).exists()
+        ):
             return Applied(State.IGNORED, "pushed again after this delete")
         blob_ids = list(
             ManifestBlob.objects.filter(manifest=manifest).values_list("blob_id", flat=True)
@@ -258,7 +275,10 @@ def apply_delete(event: Event, registry: Registry) -> Applied:
     ).first()
     if tag is None:
         return Applied(State.IGNORED, "delete: tag not stored")
-    if Manifest.objects.filter(pk=tag.manifest_id).filter(pushed_later).exists():
+    if (
+        Manifest.objects.filter(pk=tag.manifest_id).filter(pushed_later).exists()
+        or pushes_since.filter(tag=event.tag).exists()
+    ):
         return Applied(State.IGNORED, "tag pushed again after this delete")
     with rollups.changing(tag.repository_id, [tag.manifest_id]):
         tag.delete()
@@ -563,6 +583,8 @@ def _store_pushes(
         repository = store.write_pushed(registry, snapshot)
         updated = 0
         for row in stored:
+            if row.user_agent.lower().startswith(OWN_USER_AGENT_PREFIX):
+                continue  # a restore from the Trash: the kept Last pushed stands
             updated += (
                 Manifest.objects.filter(repository=repository, digest=row.digest)
                 .filter(Q(pushed_at_estimated=True) | Q(pushed_at__lt=row.occurred_at))

@@ -56,6 +56,9 @@ def _job_context(request: HttpRequest, job: Job, back: str) -> dict:
     if job.kind == Job.Kind.RETENTION:
         context["back_url"] = reverse("retention_policy", args=[job.params["policy"]])
         context["done_message"] = job.outcome.get("message", "")
+    if job.kind in (Job.Kind.RESTORE, Job.Kind.TRASH_CHECK):
+        context["back_url"] = reverse("trash")
+        context["done_message"] = job.outcome.get("message", "")
     return context
 
 

@@ -70,6 +70,7 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
         "history_chart": charts.line_chart(points),
         "history_points": points,
         "waiting": collection.waiting_for_collection(registry),
+        "reclaimed": collection.reclaimed(registry),
         "stale_months": settings.STALE_AFTER_MONTHS,
     }
     return render_page(request, "storage.html", "by-repository", context)

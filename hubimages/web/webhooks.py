@@ -71,7 +71,8 @@ def registry_events(request: HttpRequest, registry: str = DEFAULT) -> JsonRespon
             "recorded": recorded.new,
             "duplicates": recorded.duplicates,
             "pending": recorded.pending,
-            "ignored": recorded.not_stored,
+            "ignored": recorded.ignored,
+            "not_stored": recorded.not_stored,
         }
     )
 
