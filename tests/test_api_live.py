@@ -299,7 +299,8 @@ def test_swagger_ui_works_under_the_content_security_policy(stock, signed_in_pag
     assert page.locator("body").get_attribute("data-api-csrf") == "true"  # for Try it out
     operations = page.locator(".opblock")
     expect(operations.first).to_be_visible()
-    assert operations.count() == 13  # every operation of the document
+    document = page.request.get("/api/v1/openapi.json").json()  # with the session
+    assert operations.count() == sum(len(item) for item in document["paths"].values()) >= 13
     # Try it out, with the session: the list of repositories comes back.
     listing = page.locator("#operations-repositories-hubimages_api_repositories_list_repositories")
     listing.locator(".opblock-summary").click()

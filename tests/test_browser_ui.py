@@ -509,6 +509,7 @@ def pages(lived_in) -> dict[str, str]:
         "jobs": "/jobs/",
         "job": f"/jobs/{lived_in.deletion.pk}/",
         "history": "/history/",
+        "trash": "/trash/",
         "retention": "/retention/",
         "new policy": "/retention/new/",
         "policy": f"/retention/policies/{POLICY}/",
