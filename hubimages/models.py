@@ -795,7 +795,9 @@ class AuditEntry(models.Model):
         TOKEN_CREATED = "token_created", "Created an API token"
         TOKEN_REVOKED = "token_revoked", "Revoked an API token"
         DELETION_STARTED = "deletion_started", "Started a deletion"
+        # Written by the Trash (SPEC §12) and In use (§13) features.
         RESTORE = "restore", "Started a restore from the Trash"
+        IN_USE_OVERRIDE = "in_use_override", "Deleted images in use"
         POLICY_CREATED = "policy_created", "Created a retention policy"
         POLICY_CHANGED = "policy_changed", "Changed a retention policy"
         POLICY_RUN = "policy_run", "Ran a retention policy"

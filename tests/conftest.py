@@ -111,13 +111,22 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 def viewer(django_user_model):
-    """Signed-in user who may look but not delete."""
-    return django_user_model.objects.create_user("viewer", password=PASSWORD)
+    """Signed-in user who may look but not delete: a member of a team granted `viewer` on
+    every repository of `default` (SPEC §14: without a grant, a user sees nothing)."""
+    from hubimages.lib.audit import Actor
+    from hubimages.teams import services
+
+    user = django_user_model.objects.create_user("viewer", password=PASSWORD)
+    team = services.create_team("viewers", by=Actor(name="tests"))
+    services.grant(team, "viewer", "**", by=Actor(name="tests"))
+    services.add_members(team, [user], by=Actor(name="tests"))
+    return user
 
 
 @pytest.fixture
 def deleter(django_user_model):
-    """A user holding the delete permission (not a superuser)."""
+    """A user holding the legacy delete permission (not a superuser): `policy_admin` on
+    every repository of every registry, as it was before teams."""
     from django.contrib.auth.models import Permission
 
     user = django_user_model.objects.create_user("deleter", password=PASSWORD)

@@ -92,7 +92,7 @@ def test_a_token_that_never_expires_and_was_never_used_says_so(viewer_client):
     assert '<td><span class="muted">never</span></td>' in page  # expires
     assert '<td class="last-used"><span class="muted">never</span></td>' in page
     # The viewer may not delete, and the page says the token cannot either.
-    assert "you do not have the delete permission, so yours cannot" in page
+    assert "you may delete nowhere, so yours cannot" in page
 
 
 @pytest.mark.parametrize(
@@ -387,7 +387,7 @@ def test_create_api_token_warns_when_the_user_cannot_delete(viewer):
         stderr=err,
     )
 
-    assert "viewer does not have the delete permission" in err.getvalue()
+    assert "viewer may delete nowhere (no deleter role)" in err.getvalue()
     assert "never expires" in out.getvalue()
 
 

@@ -351,9 +351,14 @@ def test_a_concurrent_holder_of_the_lock_makes_deletion_and_sync_refuse(
     assert execute(registry_client, image.digest, fingerprint=preview.fingerprint).succeeded
 
 
-def test_only_holders_of_the_delete_permission_can_delete(viewer, deleter):
-    assert planning.can_delete(deleter)
-    assert not planning.can_delete(viewer)
+def test_the_legacy_delete_permission_still_deletes_everywhere_and_a_viewer_nowhere(
+    viewer, deleter
+):
+    from hubimages.teams.rights import rights_for
+
+    assert rights_for(deleter).may_delete("default", REPO)
+    assert rights_for(deleter).may_admin_policies("staging", "any/thing")
+    assert not rights_for(viewer).may_delete("default", REPO)
 
 
 def test_a_nested_index_goes_with_its_parent_and_each_index_goes_before_its_children(

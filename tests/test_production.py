@@ -23,6 +23,7 @@ from devtools.server import LocalRegistry, free_port
 from hubimages.deletion import planning
 from hubimages.jobs import queue
 from hubimages.lib import leases
+from hubimages.lib.audit import Actor
 from hubimages.models import (
     Deletion,
     DeletionRecord,
@@ -35,6 +36,7 @@ from hubimages.models import (
     WorkerHeartbeat,
 )
 from hubimages.retention import engine, policies
+from hubimages.teams import services
 from registry.client import RegistryClient
 from tests.conftest import PASSWORD
 
@@ -169,7 +171,10 @@ def listed(digests: set[str]) -> Callable[[], bool]:
 
 
 def test_pushes_from_eight_clients_are_listed_without_a_sync(deployment, django_user_model):
-    django_user_model.objects.create_user("viewer", password=PASSWORD)
+    viewer = django_user_model.objects.create_user("viewer", password=PASSWORD)
+    team = services.create_team("viewers", by=Actor(name="tests"))  # sees every repository
+    services.grant(team, "viewer", "**", by=Actor(name="tests"))
+    services.add_members(team, [viewer], by=Actor(name="tests"))
 
     images = push_from_threads(deployment.registry.url, threads=8, each=5)
 

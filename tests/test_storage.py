@@ -96,6 +96,7 @@ def test_figures_have_the_shape_of_the_storage_api(two_teams):
         "stored_bytes",
         "stale_reclaimable_bytes",
         "untagged_bytes",
+        "complete",
         "repositories",
         "history",
     ]

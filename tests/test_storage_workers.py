@@ -18,9 +18,11 @@ from devtools.worker import run_tasks
 from hubimages.deletion import planning
 from hubimages.jobs import queue, tasks, worker
 from hubimages.lib import leases
+from hubimages.lib.audit import Actor
 from hubimages.models import Lease, Repository, StorageFigures, SyncRun
 from hubimages.registries import rows as registry_rows
 from hubimages.storage import figures as storage_figures
+from hubimages.teams import services
 from tests.builders import finish, manifest
 from tests.conftest import PASSWORD
 from tests.test_storage import WEB, by_name, two_teams  # noqa: F401 (a fixture)
@@ -165,7 +167,10 @@ def test_the_workers_compute_the_figures_again_after_a_deletion(two_teams, regis
 
 
 def test_a_burst_of_requests_to_gunicorn_computes_nothing(rows, live, django_user_model):
-    django_user_model.objects.create_user("reader", password=PASSWORD)
+    reader = django_user_model.objects.create_user("reader", password=PASSWORD)
+    team = services.create_team("readers", by=Actor(name="tests"))  # sees every repository
+    services.grant(team, "viewer", "**", by=Actor(name="tests"))
+    services.add_members(team, [reader], by=Actor(name="tests"))
     url = live.start_web(workers=3)
     session = live.signed_in("reader", PASSWORD)
     cookies = session.cookies.get_dict()

@@ -324,3 +324,71 @@ def test_the_team_command_says_what_is_wrong(alice, args, message):
 def test_the_team_command_refuses_an_unknown_role():
     with pytest.raises(CommandError, match="invalid choice: 'owner'"):
         team_command("grant", "platform", "owner", "**")
+
+
+# -- the legacy permission, tokens, and policies' patterns ------------------------------------
+
+
+def test_the_legacy_delete_permission_reads_as_policy_admin_everywhere_in_the_same_query(
+    alice, django_assert_num_queries
+):
+    from django.contrib.auth.models import Group, Permission
+
+    cleaners = Group.objects.create(name="cleaners")
+    cleaners.permissions.add(Permission.objects.get(codename="delete_manifest"))
+    alice.groups.add(cleaners)
+    team = team_with("ops", ("viewer", "team/*"))
+    services.add_members(team, [alice], by=ADMIN)
+
+    with django_assert_num_queries(1):
+        mine = rights_for(alice)
+    assert mine.may_admin_policies("staging", "anything/at/all")
+    assert mine.sees_everything("policy_admin")
+    assert mine.beyond(["*"], ["**"]) is None
+
+
+def test_a_read_token_caps_every_role_at_viewer(alice, django_user_model):
+    from types import SimpleNamespace
+
+    from hubimages.accounts import tokens
+    from hubimages.models import ApiToken
+
+    team = team_with("ops", ("policy_admin", "team/**"))
+    services.add_members(team, [alice], by=ADMIN)
+    boss = django_user_model.objects.create_superuser("root")
+    for user in (alice, boss):
+        read = tokens.issue(user=user, name="r", scope=ApiToken.Scope.READ).row
+        mine = rights.rights_of(SimpleNamespace(user=user, auth=read))
+        assert mine.may_view("default", "team/api")
+        assert not mine.may_delete("default", "team/api")
+        assert not mine.holds("deleter")
+
+
+@pytest.mark.parametrize(
+    ("patterns", "within", "example"),
+    [
+        (["team/web*"], [["team/web*"]], None),
+        (["team/web-*"], [["team/web*"]], None),
+        (["**"], [["team/web*"]], "a"),
+        (["team/**"], [["team/*"], ["team/*/**"]], None),
+        (["team/**"], [["team/**", "!team/golden"]], "team/golden"),
+        (["team/**", "!team/golden"], [["team/**", "!team/golden"]], None),
+        (["*/api"], [["team/*"]], "a/api"),
+        (["!team/api"], [], None),  # only exclusions: covers nothing
+        (["team/?"], [["team/*"]], None),
+    ],
+)
+def test_a_policys_patterns_reach_beyond_a_grant_exactly_when_some_name_proves_it(
+    patterns, within, example
+):
+    from hubimages.lib import globs
+
+    assert globs.example_beyond(patterns, within) == example
+
+
+def test_registry_patterns_are_decided_on_registry_names():
+    from hubimages.lib import globs
+
+    assert globs.example_beyond(["*"], [["prod"], ["staging"]], names=globs.REGISTRY_NAMES) == "a"
+    assert globs.example_beyond(["prod"], [["prod"]], names=globs.REGISTRY_NAMES) is None
+    assert globs.example_beyond(["prod-*"], [["prod"]], names=globs.REGISTRY_NAMES) == "prod-"

@@ -35,6 +35,7 @@ from django.utils import timezone
 from hubimages.lib import audit
 from hubimages.lib.audit import Action, Actor
 from hubimages.models import ApiToken, ApiTokenFailure
+from hubimages.teams.rights import Role, rights_for
 
 PREFIX = "hubi_"
 SHOWN_CHARACTERS = 12  # "hubi_" and 7 characters: enough to recognise, useless to guess
@@ -84,8 +85,8 @@ def issue(
     by: Actor | None = None,
 ) -> IssuedToken:
     """Create a token for `user`, audited as made `by` whom (else by the user). Its scope
-    may say more than the user may do: a token never grants more than its user has (see
-    `may_delete`), and the user may get the permission later."""
+    may say more than the user may do: a token never grants more than its user has now
+    (`teams.rights.rights_of`), and the user may get a role later."""
     if scope not in ApiToken.Scope.values:
         raise ValueError(f"scope must be one of {', '.join(ApiToken.Scope.values)}")
     if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
@@ -143,10 +144,11 @@ def state(row: ApiToken, now: datetime | None = None) -> str:
 
 
 def may_delete(user, token: ApiToken | None) -> bool:
-    """The user's own permission, narrowed by the token's scope (None: a browser session)."""
+    """Whether the token (None: a browser session) could delete anywhere now: its scope,
+    and the user's current rights (a deleter's role somewhere)."""
     if token is not None and token.scope != ApiToken.Scope.READ_DELETE:
         return False
-    return user.has_perm("hubimages.delete_manifest")
+    return rights_for(user).holds(Role.DELETER)
 
 
 def authenticate(token: str, *, address: str, now: datetime | None = None) -> ApiToken:

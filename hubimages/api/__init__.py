@@ -30,9 +30,13 @@ What hubimages knows of the registry, and safe deletion, for scripts and CI pipe
 
 **Authentication**: a personal access token, `Authorization: Bearer <token>` (create one
 on the API tokens page, or with `manage.py create_api_token`), or the signed-in browser
-session with its CSRF token (`X-CSRFToken`) on POST, PUT and DELETE. A `read` token reads;
-deleting, and changing or running retention policies, need a `read+delete` token of a user
-who holds the delete permission.
+session with its CSRF token (`X-CSRFToken`) on POST, PUT and DELETE. A token does what its
+user may do now, never more: a `read` token reads what they may see; deleting needs a
+`read+delete` token and the `deleter` role on the repository, and writing, deleting or
+running a retention policy the `policy_admin` role on everything it covers.
+
+**Not found or forbidden**: a repository (or policy) you may not see answers 404, as one
+that does not exist; an action on something you see but may not change answers 403.
 
 **Errors** are always `{"error": {"code": "...", "message": "..."}}`.
 

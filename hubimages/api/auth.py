@@ -3,7 +3,10 @@ session, with a CSRF check on unsafe methods. Tried in that order; a request tha
 token is judged by the token alone, so a bad token is a 401 even beside a session.
 
 `request.user` is the token's user afterwards, and `request.auth` the token (or the user,
-for a session): `token_of` tells which, `require_delete` checks both walls.
+for a session): `token_of` tells which. What the caller may do where is the user's rights
+now (`teams.rights.rights_of`: a `read` token's no more than viewing), read once per
+request, so a role taken away holds from the next call on; `require_delete` checks both
+walls for one repository, `require_write_scope` the token's wall.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from hubimages.accounts import tokens
 from hubimages.api.errors import ApiError
 from hubimages.lib.addresses import client_address
 from hubimages.models import ApiToken
+from hubimages.teams.rights import rights_of
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
@@ -81,19 +85,25 @@ def token_of(request: HttpRequest) -> ApiToken | None:
     return auth if isinstance(auth, ApiToken) else None
 
 
-def require_delete(request: HttpRequest) -> None:
-    """403 unless the user may delete and, with a token, its scope says so too."""
+def require_write_scope(request: HttpRequest, doing: str = "deleting") -> None:
+    """403 for a token whose scope is `read`: it reads, and never more."""
     token = token_of(request)
     if token is not None and token.scope != ApiToken.Scope.READ_DELETE:
         raise ApiError(
             403,
             "insufficient_scope",
-            f"this token's scope is {token.scope}: deleting needs a read+delete token",
+            f"this token's scope is {token.scope}: {doing} needs a read+delete token",
         )
-    if not tokens.may_delete(request.user, token):
+
+
+def require_delete(request: HttpRequest, registry: str, repository: str) -> None:
+    """403 unless the token's scope says delete and the user may delete in `repository`
+    of `registry` now (call it once the repository is known to be one they may see)."""
+    require_write_scope(request)
+    if not rights_of(request).may_delete(registry, repository):
         raise ApiError(
             403,
             "permission_denied",
-            "deleting needs the hubimages.delete_manifest permission, which "
-            f"{request.user.get_username()} does not have",
+            f"deleting in {registry}/{repository} needs the deleter role on it, which "
+            f"{request.user.get_username()} does not hold",
         )

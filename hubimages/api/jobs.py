@@ -9,6 +9,7 @@ from hubimages.api.errors import ApiError
 from hubimages.api.schemas import JobOut, error_responses
 from hubimages.jobs import queue
 from hubimages.models import Job
+from hubimages.teams.rights import rights_of
 
 router = Router(tags=["jobs"])
 
@@ -18,8 +19,10 @@ router = Router(tags=["jobs"])
 )
 def get_job(request: HttpRequest, job_id: int) -> dict:
     """`status` is queued, running, succeeded or failed; `progress` says where a running
-    job is; `outcome` what a finished one did. Users see their own jobs, admins all."""
-    job = queue.visible_to(request.user).filter(pk=job_id).first()
+    job is; `outcome` what a finished one did. Users see their own jobs, admins also those in
+    the repositories they may see."""
+    within = rights_of(request).within(registry_field="registry_name", field="repository")
+    job = queue.visible_to(request.user, within).filter(pk=job_id).first()
     if job is None:
         raise ApiError(404, "not_found", f"no job {job_id} that you started")
     return job_out(job)

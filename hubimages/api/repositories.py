@@ -36,6 +36,7 @@ from hubimages.lib import formatting
 from hubimages.lib.audit import Actor
 from hubimages.models import Manifest, Registry, Repository
 from hubimages.registries import rows as registry_rows
+from hubimages.teams.rights import rights_of
 from registry import media
 
 router = Router(tags=["repositories"])
@@ -73,10 +74,12 @@ register_converter(DigestConverter, "oci_digest")
     summary="List repositories",
 )
 def list_repositories(request: HttpRequest, query: Query[RepositoriesQuery]) -> dict:
-    """Every repository with its counts, stored bytes and last push."""
+    """Every repository the caller may see, with its counts, stored bytes and last push."""
     reject_unknown_parameters(request, RepositoriesQuery)
     registry = _registry(query.registry) if query.registry else None
-    rows = repositories.repository_overview(query.search.strip(), query.ordering, registry)
+    rows = repositories.repository_overview(
+        query.search.strip(), query.ordering, registry, within=rights_of(request).within()
+    )
     return paginate(request, rows, query, lambda page: [_repository_out(row) for row in page])
 
 
@@ -102,7 +105,7 @@ def list_images(request: HttpRequest, query: Query[ImagesQuery], name: str = NAM
     """The Image Management list: one item per index and per image no index holds, in the
     shape of `list_images --json`."""
     reject_unknown_parameters(request, ImagesQuery)
-    repository = _repository(name, query.registry)
+    repository = _repository(request, name, query.registry)
     listing = lists.ListQuery(
         search=query.search.strip(),
         filter=query.filter,
@@ -131,7 +134,7 @@ def image_detail(
     """An index or image with its children, referrers, layers (each with the build step
     that made it), labels and annotations, and where else the same digest lives."""
     reject_unknown_parameters(request, RegistryQuery)
-    repository = _repository(name, query.registry)
+    repository = _repository(request, name, query.registry)
     digest = _digest(digest, "digest")
     try:
         manifest = details.manifest_detail(repository, digest)
@@ -141,7 +144,12 @@ def image_detail(
         **lists.row_as_dict(manifest, registry=repository.registry.name),
         "also_in": [
             {"registry": other.repository.registry.name, "repository": other.repository.name}
-            for other in details.also_in(manifest)
+            for other in details.also_in(
+                manifest,
+                within=rights_of(request).within(
+                    registry_field="repository__registry__name", field="repository__name"
+                ),
+            )
         ],
         "platform": manifest.platform,
         "manifest_size": manifest.size,
@@ -187,10 +195,12 @@ def delete_images(
     stays and why, the tags removed, the bytes the garbage collector will free, and its
     `fingerprint`. With `dry_run` false and that fingerprint, the deletion of exactly that
     plan starts as a job: 202 and the job's URL. 409 and the new plan when the registry or
-    the database changed since the dry run; nothing is deleted then."""
-    require_delete(request)
+    the database changed since the dry run; nothing is deleted then. 404 for a repository
+    the caller may not see; 403 where they see but may not delete (or with a `read`
+    token), the dry run included."""
     reject_unknown_parameters(request, RegistryQuery)
-    repository = _repository(name, query.registry)
+    repository = _repository(request, name, query.registry)
+    require_delete(request, repository.registry.name, repository.name)
     digests = [_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
     plan = planning.plan_deletion(repository=repository, digests=digests)
     if payload.dry_run:
@@ -242,10 +252,13 @@ def _registry(name: str) -> Registry:
         raise ApiError(404, "not_found", str(error)) from None
 
 
-def _repository(name: str, registry: str = "") -> Repository:
-    """The repository `name` of the registry `registry` (`default`, or the only one)."""
+def _repository(request: HttpRequest, name: str, registry: str = "") -> Repository:
+    """The repository `name` of the registry `registry` (`default`, or the only one); 404
+    for one the caller may not see, exactly as for one that does not exist."""
     owner = _registry(registry)
-    repository = owner.repositories.select_related("registry").filter(name=name).first()
+    repository = None
+    if rights_of(request).may_view(owner.name, name):
+        repository = owner.repositories.select_related("registry").filter(name=name).first()
     if repository is None:
         raise ApiError(
             404, "not_found", f"no repository {name} in registry {owner.name}: is it synced?"

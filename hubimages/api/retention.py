@@ -3,8 +3,11 @@ and run, in the policy JSON that `retention_policy export` prints and import rea
 
 Bodies are checked by `retention.parse_policy`, the one checker the editor, the import and
 the command line use, so a 422 names each problem by its JSON path (`rules[1].count`).
-Reading is for everyone signed in; everything else deletes, or decides what will be deleted,
-and needs the delete permission (and a read+delete token).
+A policy shows to whoever sees a repository it covers (or administers all it may cover);
+its dry run shows only the repositories the caller sees. Creating, replacing, deleting and
+running one decide what will be deleted: they need a read+delete token, and the
+`policy_admin` role on everything the policy covers, before and after a change (403
+otherwise, saying what is beyond).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import json
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import Path, Query, Router, Status
 
-from hubimages.api.auth import require_delete
+from hubimages.api.auth import require_write_scope
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import paginate, reject_unknown_parameters
 from hubimages.api.schemas import (
@@ -34,6 +38,7 @@ from hubimages.jobs import queue
 from hubimages.lib.audit import Actor
 from hubimages.models import RetentionPolicy as PolicyRow
 from hubimages.retention import engine, policies
+from hubimages.teams.rights import may_see_policy, policy_refusal, rights_of
 
 router = Router(tags=["retention policies"])
 NAME = Path(pattern=policies.NAME_RE.pattern, description="The policy's name.")
@@ -55,8 +60,14 @@ POLICY_BODY = {
     summary="List retention policies",
 )
 def list_policies(request: HttpRequest, query: Query[PageQuery]) -> dict:
+    """The policies the caller may see, by name."""
     reject_unknown_parameters(request, PageQuery)
-    rows = PolicyRow.objects.order_by("name")
+    mine = rights_of(request)
+    rows = [
+        row
+        for row in PolicyRow.objects.order_by("name")
+        if may_see_policy(mine, *_patterns(policies.policy_of(row)))
+    ]
     return paginate(request, rows, query, lambda page: [policy_json(row) for row in page])
 
 
@@ -68,8 +79,9 @@ def list_policies(request: HttpRequest, query: Query[PageQuery]) -> dict:
     summary="Create a retention policy",
 )
 def create_policy(request: HttpRequest, response: HttpResponse) -> Status:
-    require_delete(request)
+    require_write_scope(request, "writing policies")
     policy = _policy_in(request)
+    _refuse_unless_admin(request, policy, "save")
     try:
         row = policies.save_policy(policy, by=Actor.of(request))
     except policies.PolicyExists as exists:
@@ -87,7 +99,7 @@ def create_policy(request: HttpRequest, response: HttpResponse) -> Status:
     summary="One retention policy",
 )
 def get_policy(request: HttpRequest, name: str = NAME) -> dict:
-    return policy_json(_row(name))
+    return policy_json(_row(request, name))
 
 
 @router.put(
@@ -99,9 +111,11 @@ def get_policy(request: HttpRequest, name: str = NAME) -> dict:
 )
 def replace_policy(request: HttpRequest, name: str = NAME) -> dict:
     """The body replaces the policy whole; a different `name` renames it."""
-    require_delete(request)
-    row = _row(name)
+    row = _row(request, name)
+    require_write_scope(request, "writing policies")
+    _refuse_unless_admin(request, policies.policy_of(row), "change")
     policy = _policy_in(request)
+    _refuse_unless_admin(request, policy, "save")
     try:
         row = policies.save_policy(policy, original=row, by=Actor.of(request))
     except policies.PolicyExists as exists:
@@ -116,8 +130,10 @@ def replace_policy(request: HttpRequest, name: str = NAME) -> dict:
 )
 def delete_policy(request: HttpRequest, name: str = NAME) -> Status:
     """Its past runs stay on record, under its name."""
-    require_delete(request)
-    policies.delete_policy(_row(name), by=Actor.of(request))
+    row = _row(request, name)
+    require_write_scope(request, "deleting policies")
+    _refuse_unless_admin(request, policies.policy_of(row), "delete")
+    policies.delete_policy(row, by=Actor.of(request))
     return Status(204, None)
 
 
@@ -128,9 +144,11 @@ def delete_policy(request: HttpRequest, name: str = NAME) -> Status:
 )
 def dry_run_policy(request: HttpRequest, name: str = NAME) -> dict:
     """What a run would delete now, per repository (each plan as `delete-images` answers
-    it), and its `now` and `fingerprint`: send both to `run` to delete exactly that."""
-    require_delete(request)
-    return dry_run_out(_dry_run(policies.policy_of(_row(name))))
+    it), and its `now` and `fingerprint`: send both to `run` to delete exactly that. Only
+    the repositories the caller sees (their totals and fingerprint too): whoever may run
+    the policy sees all it covers."""
+    policy = policies.policy_of(_row(request, name))
+    return dry_run_out(_dry_run(policy, within=rights_of(request).within()))
 
 
 @router.post(
@@ -143,9 +161,10 @@ def run_policy(
 ) -> Status:
     """Starts a job that deletes exactly the dry run `now` and `fingerprint` name, or
     nothing: 409 with a fresh dry run when it would differ already."""
-    require_delete(request)
-    row = _row(name)
+    row = _row(request, name)
+    require_write_scope(request, "running policies")
     policy = policies.policy_of(row)
+    _refuse_unless_admin(request, policy, "run")
     if _dry_run(policy, now=payload.now).fingerprint != payload.fingerprint:
         raise ApiError(
             409,
@@ -170,10 +189,13 @@ def policy_json(row: PolicyRow) -> dict[str, Any]:
     return policies.policy_of(row).as_json()
 
 
-def _dry_run(policy: policies.Policy, now: datetime | None = None) -> engine.DryRun:
-    """The dry run, or 422 naming the pattern that took too long (`PatternClock`)."""
+def _dry_run(
+    policy: policies.Policy, now: datetime | None = None, *, within: Q | None = None
+) -> engine.DryRun:
+    """The dry run (of the repositories `within` lets through: those the caller sees), or
+    422 naming the pattern that took too long (`PatternClock`)."""
     try:
-        return engine.dry_run(policy, now=now)
+        return engine.dry_run(policy, now=now, within=within)
     except policies.PatternTooSlow as slow:
         raise ApiError(
             422,
@@ -187,11 +209,28 @@ def dry_run_out(result: engine.DryRun) -> dict[str, Any]:
     return {**result.as_dict(), "fingerprint": result.fingerprint}
 
 
-def _row(name: str) -> PolicyRow:
+def _row(request: HttpRequest, name: str) -> PolicyRow:
+    """The stored policy; 404 for one the caller may not see, as for one that is not."""
     row = PolicyRow.objects.filter(name=name).first()
+    if row is not None:
+        policy = policies.policy_of(row)
+        if not may_see_policy(rights_of(request), policy.registries, policy.repositories):
+            row = None
     if row is None:
         raise ApiError(404, "not_found", f"no retention policy {name}")
     return row
+
+
+def _patterns(policy: policies.Policy) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return policy.registries, policy.repositories
+
+
+def _refuse_unless_admin(request: HttpRequest, policy: policies.Policy, doing: str) -> None:
+    refusal = policy_refusal(
+        rights_of(request), policy.registries, policy.repositories, doing=doing
+    )
+    if refusal:
+        raise ApiError(403, "permission_denied", refusal)
 
 
 def _url(name: str) -> str:

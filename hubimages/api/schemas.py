@@ -470,6 +470,10 @@ class StorageOut(Schema):
         "items of several repositories count once."
     )
     untagged_bytes: int = Field(description="What deleting every untagged item would free.")
+    complete: bool = Field(
+        description="True: the registry's own figures (the caller sees every repository of "
+        "it). False: the sum of the repositories the caller sees, and no history."
+    )
     repositories: list[RepositoryStorageOut]
     history: list[StoragePointOut] = Field(description="Stored bytes after each full sync.")
     computed_at: str = Field(description="When the workers computed these (ISO 8601, UTC).")

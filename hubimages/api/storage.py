@@ -12,6 +12,7 @@ from hubimages.api.schemas import RegistryQuery, StorageOut, error_responses
 from hubimages.lib.formatting import iso
 from hubimages.registries import rows
 from hubimages.storage import figures
+from hubimages.teams.rights import rights_of
 
 router = Router(tags=["storage"])
 
@@ -29,7 +30,10 @@ def get_storage(request: HttpRequest, query: Query[RegistryQuery]) -> dict:
     top-level digests would report. One registry's (`?registry=`): each stores its own.
     The workers compute them after each sync or deletion: `computed_at` says when,
     `current` whether the registry's state has moved on since (then `computing` says
-    whether new figures are being computed); 503 before the first."""
+    whether new figures are being computed); 503 before the first.
+    Only the repositories the caller may see: who sees every repository of the registry
+    gets its totals (`complete` true); anyone else the sum of their repositories' figures
+    (`complete` false; a layer two of them share counted in each) and no history."""
     reject_unknown_parameters(request, RegistryQuery)
     try:
         registry = rows.get(query.registry or None)
@@ -44,7 +48,9 @@ def get_storage(request: HttpRequest, query: Query[RegistryQuery]) -> dict:
             "minute of each sync; try again then",
         )
     return {
-        **figures.figures_of(kept.document),
+        **figures.figures_of(
+            figures.seen_through(kept.document, rights_of(request).viewing(registry.name))
+        ),
         "computed_at": iso(kept.computed_at),
         "current": kept.current,
         "computing": kept.computing,

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import Query, Router, Status
 
-from hubimages.api.auth import require_delete
+from hubimages.api.auth import require_write_scope
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import paginate, reject_unknown_parameters
 from hubimages.api.schemas import (
@@ -21,6 +21,7 @@ from hubimages.jobs import queue
 from hubimages.lib.audit import Actor
 from hubimages.lib.formatting import iso
 from hubimages.registries import rows
+from hubimages.teams.rights import restore_refusal, rights_of
 from hubimages.trash import listing
 from registry import media
 
@@ -32,7 +33,8 @@ def list_trash(request: HttpRequest, query: Query[TrashQuery]) -> dict:
     """Deletions of the last `TRASH_KEEP_DAYS`, newest first, each with what it kept and
     each item's state as last checked (the workers check after each garbage collection
     they notice; `manage.py trash list` checks first). Restorable only until the
-    registry's garbage collector runs."""
+    registry's garbage collector runs. Only the deletions in repositories the caller may
+    see."""
     reject_unknown_parameters(request, TrashQuery)
     registry = None
     if query.registry:
@@ -42,7 +44,7 @@ def list_trash(request: HttpRequest, query: Query[TrashQuery]) -> dict:
             raise ApiError(404, "not_found", str(error)) from None
     return paginate(
         request,
-        listing.operations(registry),
+        listing.operations(registry, within=_seen(request)),
         query,
         lambda page: [operation_out(op) for op in listing.with_items(page)],
     )
@@ -88,9 +90,11 @@ def restore(
     `digests` of it; with `whole_run`, every deletion of its retention run): 202 and the
     job's URL. The job checks the registry first and restores nothing if anything asked
     can no longer come back (its outcome says why); children go before their index,
-    subjects before their referrers, then the tags. Needs a `read+delete` token."""
-    require_delete(request)
-    deletion = listing.operations().filter(pk=operation).first()
+    subjects before their referrers, then the tags. Needs a `read+delete` token and the
+    deleter role on every repository restored; 404 for a deletion the caller may not
+    see."""
+    require_write_scope(request, "restoring")
+    deletion = listing.operations(within=_seen(request)).filter(pk=operation).first()
     if deletion is None:
         raise ApiError(404, "not_found", f"no deletion {operation} in the Trash")
     digests = []
@@ -109,6 +113,9 @@ def restore(
         operations = list(
             listing.operations().filter(retention_run=deletion.retention_run_id).reverse()
         )
+    refusal = restore_refusal(rights_of(request), operations)
+    if refusal:
+        raise ApiError(403, "permission_denied", refusal)
     kept = set(
         listing.kept_records().filter(operation__in=operations).values_list("digest", flat=True)
     )
@@ -130,3 +137,8 @@ def restore(
     url = reverse("api:get_job", kwargs={"job_id": job.pk})
     response["Location"] = url
     return Status(202, {"id": job.pk, "url": url})
+
+
+def _seen(request: HttpRequest):
+    """The deletions the caller may see: those in repositories they may see."""
+    return rights_of(request).within(registry_field="registry", field="repository")

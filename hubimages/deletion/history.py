@@ -102,11 +102,15 @@ class HistoryRow:
         return max(0, len(self.selected) - SELECTION_SHOWN)
 
 
-def entries(repository: str = "", registry: str = "") -> Sequence:
+def entries(repository: str = "", registry: str = "", *, within: Q | None = None) -> Sequence:
     """(source, pk, time) of every operation and every record without one, newest first;
-    `repository` matches repository names by substring, `registry` names one registry."""
+    `repository` matches repository names by substring, `registry` names one registry,
+    `within` (a filter on `registry` and `repository`: what a user may see) narrows both."""
     operations = Deletion.objects.all()
     legacy = DeletionRecord.objects.filter(operation__isnull=True)
+    if within is not None:
+        operations = operations.filter(within)
+        legacy = legacy.filter(within)
     if registry:
         operations = operations.filter(registry=registry)
         legacy = legacy.filter(registry=registry)
@@ -228,12 +232,14 @@ def _record_row(record: DeletionRecord) -> HistoryRow:
 # -- CSV -------------------------------------------------------------------------------------
 
 
-def csv_rows(repository: str = "", registry: str = "") -> Iterator[list]:
+def csv_rows(
+    repository: str = "", registry: str = "", *, within: Q | None = None
+) -> Iterator[list]:
     """The history as CSV rows, one per manifest (an operation that deleted nothing has
     one row without a manifest), newest operation first. What to export is read once, so
     a deletion made meanwhile shifts nothing; the details are read in chunks."""
     yield list(CSV_HEADER)
-    everything = list(entries(repository, registry))
+    everything = list(entries(repository, registry, within=within))
     for start in range(0, len(everything), CSV_CHUNK):
         for row in rows(everything[start : start + CSV_CHUNK], every_record=True):
             yield from _csv_lines(row)

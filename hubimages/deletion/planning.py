@@ -133,10 +133,6 @@ class DeletionPlan:
         }
 
 
-def can_delete(user) -> bool:
-    return user.has_perm("hubimages.delete_manifest")
-
-
 def normalize_digest(text: str) -> str:
     """`sha256:<hex>` from a digest given with or without its algorithm."""
     text = text.strip().lower()

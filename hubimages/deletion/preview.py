@@ -12,6 +12,7 @@ queries whatever the plan's size.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -54,7 +55,12 @@ class PlanSharing:
         return self.frees_alone + self.shared_among_items
 
 
-def plan_sharing(plan: planning.DeletionPlan) -> PlanSharing:
+def plan_sharing(
+    plan: planning.DeletionPlan, *, visible: Callable[[str], bool] | None = None
+) -> PlanSharing:
+    """What each planned item frees and what it shares. `visible` says which other
+    repositories of the registry may be named (those the user sees); the others count,
+    unnamed ("and N more"), so the bytes stay exact."""
     ids = {item.manifest_id: item.digest for item in plan.delete}
     if not ids:
         return PlanSharing({}, 0, 0)
@@ -68,7 +74,7 @@ def plan_sharing(plan: planning.DeletionPlan) -> PlanSharing:
         blobs_of[manifest_id].add(blob_id)
         sizes[blob_id] = size
     outside = _users_outside(list(sizes), list(ids))
-    names = _names(plan.repository, {sample for _, sample in outside.values()})
+    names = _names(plan.repository, {sample for _, sample in outside.values()}, visible)
     items = {
         digest: _item_sharing(blobs_of[pk], users, sizes, outside, names)
         for pk, digest in ids.items()
@@ -98,11 +104,13 @@ def _users_outside(blob_ids: list[int], planned: list[int]) -> dict[int, tuple[i
     return {blob: (count, tagged or any_) for blob, count, tagged, any_ in rows}
 
 
-def _names(repository: str, manifest_ids: set[int]) -> dict[int, str]:
+def _names(
+    repository: str, manifest_ids: set[int], visible: Callable[[str], bool] | None = None
+) -> dict[int, str]:
     """A manifest as people know it: its first tag; an untagged image inside a tagged index
     by that index's tag and its platform ("latest · linux/arm64/v8"), which says which
     architecture it is; else its short digest and platform. `repo:` before it when it lives
-    in another repository."""
+    in another repository; none for one in a repository `visible` refuses."""
     rows = (
         Manifest.objects.filter(pk__in=planning.as_parameter(manifest_ids))
         .annotate(first_tag=Min("tags__name"))
@@ -114,6 +122,8 @@ def _names(repository: str, manifest_ids: set[int]) -> dict[int, str]:
     parents = _tagged_parents([row[0] for row in rows if not row[3]])
     names = {}
     for pk, repo, digest, tag, os, architecture, variant in rows:
+        if repo != repository and visible is not None and not visible(repo):
+            continue
         own_platform = platform_label(os, architecture, variant)
         if tag:
             name = tag

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Count, Prefetch
+from django.db.models import Count, Prefetch, Q
 
 from hubimages.models import IndexEntry, Manifest, ManifestBlob, Repository, Tag
 
@@ -92,13 +92,15 @@ def _created_by(entry: dict) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def also_in(manifest: Manifest) -> list[Manifest]:
+def also_in(manifest: Manifest, *, within: Q | None = None) -> list[Manifest]:
     """The same digest in other repositories, of any registry: where else this content
-    lives (a copy, a mirror, a promotion from staging). One query, through the digest
-    index."""
+    lives (a copy, a mirror, a promotion from staging); `within` narrows them (to those a
+    user may see). One query, through the digest index."""
+    rows = Manifest.objects.filter(digest=manifest.digest)
+    if within is not None:
+        rows = rows.filter(within)
     return list(
-        Manifest.objects.filter(digest=manifest.digest)
-        .exclude(pk=manifest.pk)
+        rows.exclude(pk=manifest.pk)
         .select_related("repository__registry")
         .only("digest", "kind", "repository__name", "repository__registry__name")
         .order_by("repository__registry__name", "repository__name")[:50]

@@ -14,14 +14,16 @@ from registry import media
 
 
 def repository_overview(
-    search: str = "", sort: str = "name", registry: Registry | None = None
+    search: str = "",
+    sort: str = "name",
+    registry: Registry | None = None,
+    *,
+    within: Q | None = None,
 ) -> QuerySet[Repository]:
-    """Repositories (of `registry`, or of every registry) with their counts, size, last
-    push and stale share: one query."""
+    """Repositories (of `registry`, or of every registry; only those `within` lets
+    through, when given) with their counts, size, last push and stale share: one query."""
     top = Manifest.objects.filter(repository=OuterRef("pk"), is_top_level=True)
-    rows = Repository.objects.select_related("registry")
-    if registry is not None:
-        rows = rows.filter(registry=registry)
+    rows = _repositories(registry, within).select_related("registry")
     rows = rows.annotate(
         tag_count=_count(pushed_tags(Tag.objects.filter(repository=OuterRef("pk")))),
         image_count=_count(top),
@@ -60,15 +62,19 @@ class Totals:
     stored_bytes: int
 
 
-def repository_totals(registry: Registry | None = None) -> Totals:
-    """Counts over all repositories (of `registry`, or of every registry), and their
-    storage with every blob counted once per registry, however many repositories share it
-    (so less than the sum of the rows). Four queries."""
-    manifests, repositories, tags = Manifest.objects, Repository.objects, Tag.objects
+def repository_totals(registry: Registry | None = None, *, within: Q | None = None) -> Totals:
+    """Counts over all repositories (of `registry`, or of every registry; only those
+    `within` lets through, when given), and their storage with every blob counted once per
+    registry, however many repositories share it (so less than the sum of the rows). Four
+    queries."""
+    repositories = _repositories(registry, within)
+    manifests, tags = Manifest.objects.all(), Tag.objects.all()
     if registry is not None:
         manifests = manifests.filter(repository__registry=registry)
-        repositories = repositories.filter(registry=registry)
         tags = tags.filter(repository__registry=registry)
+    if within is not None:
+        manifests = manifests.filter(repository__in=Repository.objects.filter(within))
+        tags = tags.filter(repository__in=Repository.objects.filter(within))
     items = manifests.filter(is_top_level=True).aggregate(
         images=Count("pk"), stale=Count("pk", filter=stale_q())
     )
@@ -77,15 +83,25 @@ def repository_totals(registry: Registry | None = None) -> Totals:
         tags=pushed_tags(tags.all()).count(),
         images=items["images"],
         stale=items["stale"],
-        stored_bytes=stored_bytes(registry),
+        stored_bytes=stored_bytes(registry, within=within),
     )
 
 
-def stored_bytes(registry: Registry | None = None) -> int:
+def _repositories(registry: Registry | None, within: Q | None) -> QuerySet[Repository]:
+    rows = Repository.objects.all()
+    if registry is not None:
+        rows = rows.filter(registry=registry)
+    return rows.filter(within) if within is not None else rows
+
+
+def stored_bytes(registry: Registry | None = None, *, within: Q | None = None) -> int:
     """What the registry (or every registry) stores for the manifests hubimages knows:
-    every blob they use (layers, configs, the manifests' own bytes), once per registry.
-    One query."""
-    linked = Blob.objects.filter(Exists(ManifestBlob.objects.filter(blob=OuterRef("pk"))))
+    every blob they use (layers, configs, the manifests' own bytes), once per registry;
+    with `within`, only the blobs of the repositories it lets through. One query."""
+    links = ManifestBlob.objects.filter(blob=OuterRef("pk"))
+    if within is not None:
+        links = links.filter(manifest__repository__in=Repository.objects.filter(within))
+    linked = Blob.objects.filter(Exists(links))
     if registry is not None:
         linked = linked.filter(registry=registry)
     return linked.aggregate(total=Sum("size"))["total"] or 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 
 from hubimages.models import Manifest, Repository, Tag
 
@@ -22,25 +22,30 @@ class Found:
     more: bool  # a kind of match had more than LIMIT
 
 
-def everywhere(text: str) -> Found:
+def everywhere(text: str, *, within: Q | None = None) -> Found:
     """Repositories whose name holds `text`; manifests whose digest starts with it (with
-    or without `sha256:`), or one of whose tags holds it; at most LIMIT of each."""
+    or without `sha256:`), or one of whose tags holds it; at most LIMIT of each. `within`
+    (a filter on repositories: those a user may see) narrows all three."""
     text = text.strip()[:200]
     if not text:
         return Found([], [], False)
     needle = text.lower()
+    seen = Repository.objects.filter(within) if within is not None else Repository.objects.all()
+    manifests = Manifest.objects.all()
+    tags = Tag.objects.all()
+    if within is not None:
+        manifests = manifests.filter(repository__in=seen)
+        tags = tags.filter(repository__in=seen)
     repositories = list(
-        Repository.objects.select_related("registry")
+        seen.select_related("registry")
         .filter(name__icontains=needle)
         .order_by("name", "registry__name")[: LIMIT + 1]
     )
     ids: list[int] = []
     if _HEX.match(needle) and len(needle.removeprefix("sha256:")) >= MIN_DIGEST_PREFIX:
         prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
-        ids += Manifest.objects.filter(digest__startswith=prefix).values_list("pk", flat=True)[
-            : LIMIT + 1
-        ]
-    tagged = Tag.objects.filter(name__icontains=needle).values_list("manifest_id", flat=True)
+        ids += manifests.filter(digest__startswith=prefix).values_list("pk", flat=True)[: LIMIT + 1]
+    tagged = tags.filter(name__icontains=needle).values_list("manifest_id", flat=True)
     ids += tagged[: LIMIT + 1]
     manifests = list(
         Manifest.objects.filter(pk__in=set(ids))

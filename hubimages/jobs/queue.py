@@ -8,7 +8,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -17,6 +17,7 @@ from django_tasks_db.models import DBTaskResult
 from hubimages.lib import audit
 from hubimages.lib.audit import Action, Actor
 from hubimages.models import Deletion, Job, Repository
+from hubimages.registries.config import DEFAULT
 
 log = logging.getLogger("hubimages.jobs")
 
@@ -198,9 +199,22 @@ def _target(repository: Repository) -> str:
     return repository.name if registry == "default" else f"{registry}/{repository.name}"
 
 
-def visible_to(user) -> QuerySet[Job]:
-    """The jobs `user` may follow: admins everyone's, others their own."""
-    return Job.objects.all() if user.is_staff else Job.objects.filter(user=user)
+def visible_to(user, within: Q | None = None) -> QuerySet[Job]:
+    """The jobs `user` may follow: their own; for admins (`is_staff`) also every full
+    sync (theirs to watch) and everyone's jobs in the repositories `within` lets through
+    (a filter on `registry_name`, the job's registry with `default` for the jobs made
+    before there were several, and `repository`: those the admin may see; None: every
+    job, for who sees everything). A retention run spans repositories: an admin who does
+    not see everything follows their own only."""
+    own = Q(user=user)
+    if not user.is_staff:
+        return Job.objects.filter(own)
+    if within is None:
+        return Job.objects.all()
+    jobs = Job.objects.annotate(
+        registry_name=Case(When(registry="", then=Value(DEFAULT)), default=F("registry"))
+    )
+    return jobs.filter(own | Q(kind=Job.Kind.SYNC) | (~Q(repository="") & within))
 
 
 def fail_job(job: Job, message: str) -> None:

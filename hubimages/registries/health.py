@@ -4,12 +4,13 @@ number of queries whatever the number of registries."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, Max, OuterRef, Subquery
+from django.db.models import Count, Max, OuterRef, Q, Subquery
 
-from hubimages.models import Deletion, Registry, RegistryEvent, SyncRun
+from hubimages.models import Deletion, Registry, RegistryEvent, Repository, SyncRun
 from hubimages.registries.rows import ensure_rows
 
 
@@ -27,8 +28,12 @@ class RegistryHealth:
         return self.registry.capabilities or {}
 
 
-def overview() -> list[RegistryHealth]:
-    """Every registry hubimages knows, configured ones first."""
+def overview(
+    within: Q | None = None, *, names: Collection[str] | None = None
+) -> list[RegistryHealth]:
+    """Every registry hubimages knows (only those `names` names, when given), configured
+    ones first, each with how many repositories it holds (only those `within` lets
+    through, when given: those a user may see)."""
     ensure_rows()
     last_run = SyncRun.objects.filter(registry=OuterRef("pk")).order_by("-started_at", "-pk")
     registries = list(
@@ -54,7 +59,14 @@ def overview() -> list[RegistryHealth]:
         .annotate(at=Max("collected_at"))
         .values_list("registry", "at")
     )
-    counts = dict(Registry.objects.annotate(count=Count("repositories")).values_list("pk", "count"))
+    repositories = Repository.objects.filter(within) if within is not None else Repository.objects
+    counts = dict(
+        repositories.values("registry_id")
+        .annotate(count=Count("pk"))
+        .values_list("registry_id", "count")
+    )
+    if names is not None:
+        registries = [registry for registry in registries if registry.name in names]
     return [
         RegistryHealth(
             registry=registry,

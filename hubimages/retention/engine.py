@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from django.db.models import Q
 from django.utils import timezone
 
 from hubimages.deletion import planning
@@ -138,11 +139,15 @@ def covered_repositories(
     *,
     registry: str | None = None,
     only: Collection[str] | None = None,
+    within: Q | None = None,
     clock: PatternClock | None = None,
 ) -> list[Repository]:
     """The repositories the policy covers, by registry and name; `registry` and `only` (names
-    in that registry) narrow them further."""
+    in that registry) narrow them further, and so does `within` (a filter on repositories:
+    those a user may see)."""
     rows = Repository.objects.select_related("registry").order_by("registry__name", "name")
+    if within is not None:
+        rows = rows.filter(within)
     if registry is not None:
         rows = rows.filter(registry__name=registry)
     if only is not None:
@@ -157,8 +162,11 @@ def dry_run(
     now: datetime | None = None,
     registry: str | None = None,
     repositories: Collection[str] | None = None,
+    within: Q | None = None,
 ) -> DryRun:
     """What a run of `policy` would delete and keep, as of `now`: reads, never writes.
+    `within` leaves out the repositories a user may not see (their dry run: its totals
+    and fingerprint are those of what it shows).
 
     A fixed number of queries whatever the number of repositories and items: two read
     every covered repository's candidates and tags, the rules run in Python, and
@@ -167,7 +175,9 @@ def dry_run(
     within seconds, in a web request as in a worker."""
     now = now or start_now()
     clock = PatternClock()
-    repos = covered_repositories(policy, registry=registry, only=repositories, clock=clock)
+    repos = covered_repositories(
+        policy, registry=registry, only=repositories, within=within, clock=clock
+    )
     candidates = _candidates(repos)
     evaluated = []
     for repository in repos:

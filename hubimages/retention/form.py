@@ -43,6 +43,7 @@ _RULE_FIELD = {
 }
 _POLICY_FIELD = {
     "name": "name",
+    "registries": "registries",
     "repositories": "repositories",
     "max_delete_fraction": "max_delete_fraction",
     "schedule": "schedule_hours",
@@ -76,6 +77,7 @@ class RuleRow:
 @dataclass
 class PolicyForm:
     name: str = ""
+    registries: str = " ".join(policies.DEFAULT_REGISTRIES)
     repositories: str = "**"
     max_delete_fraction: str = str(policies.DEFAULT_MAX_DELETE_FRACTION)
     schedule_hours: str = ""
@@ -109,6 +111,7 @@ class PolicyForm:
         ]
         return cls(
             name=policy.name,
+            registries=" ".join(policy.registries),
             repositories="\n".join(policy.repositories),
             max_delete_fraction=f"{policy.max_delete_fraction:g}",
             schedule_hours=str(policy.schedule_hours or ""),
@@ -146,6 +149,8 @@ class PolicyForm:
             note = f"Rule {len(rows)} added." if data.get("add_rule") else note
         return cls(
             name=data.get("name", "").strip(),
+            # A form from before the field (an open page at an upgrade): every registry.
+            registries=data.get("registries", " ".join(policies.DEFAULT_REGISTRIES)).strip(),
             repositories=data.get("repositories", "").strip(),
             max_delete_fraction=data.get("max_delete_fraction", "").strip(),
             schedule_hours=data.get("schedule_hours", "").strip(),
@@ -166,6 +171,7 @@ class PolicyForm:
         so the validator's message names the field."""
         data: dict[str, Any] = {
             "name": self.name,
+            "registries": self.registries.split(),
             "repositories": self.repositories.split(),
             "rules": [_rule_json(row) for row in self.rows if row.is_rule],
             "enabled": self.enabled,
@@ -233,6 +239,7 @@ class PolicyForm:
 
 _LABELS = {
     "name": "Name",
+    "registries": "Registries",
     "repositories": "Repositories",
     "max_delete_fraction": "Brake",
     "schedule_hours": "Schedule",

@@ -28,7 +28,7 @@ from typing import Any
 
 import regex
 from django.db import transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from hubimages.lib import audit, globs
@@ -723,12 +723,14 @@ class PolicySummary:
     last_run: RetentionRun | None
 
 
-def policy_overview() -> list[PolicySummary]:
-    """Every stored policy with its coverage and last run: three queries, however many."""
+def policy_overview(within: Q | None = None) -> list[PolicySummary]:
+    """Every stored policy with its coverage and last run: three queries, however many.
+    `within` counts only the repositories it lets through (those a user may see)."""
     last = RetentionRun.objects.filter(policy=OuterRef("pk")).order_by("-started_at", "-id")
     rows = list(RetentionPolicy.objects.annotate(last_run_id=Subquery(last.values("pk")[:1])))
     runs = RetentionRun.objects.in_bulk([row.last_run_id for row in rows if row.last_run_id])
-    names = list(Repository.objects.values_list("registry__name", "name")) if rows else []
+    repositories = Repository.objects.filter(within) if within is not None else Repository.objects
+    names = list(repositories.values_list("registry__name", "name")) if rows else []
     clock = PatternClock()
     summaries = []
     for row in rows:

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
 from hubimages.models import Deletion, ManifestBlob, Registry
@@ -30,10 +30,14 @@ class Waiting:
     deletions: int
 
 
-def waiting_for_collection(registry: Registry | None = None) -> Waiting:
+def waiting_for_collection(registry: Registry | None = None, *, within: Q | None = None) -> Waiting:
     """Bytes that finished deletions freed and the registry (or every registry) still
-    stores. One query."""
-    totals = _uncollected(registry).aggregate(bytes=Sum("reclaimed_bytes"), deletions=Count("pk"))
+    stores; with `within`, only the deletions it lets through (those in repositories a
+    user may see). One query."""
+    deletions = _uncollected(registry)
+    if within is not None:
+        deletions = deletions.filter(within)
+    totals = deletions.aggregate(bytes=Sum("reclaimed_bytes"), deletions=Count("pk"))
     return Waiting(totals["bytes"] or 0, totals["deletions"])
 
 
@@ -45,12 +49,15 @@ class Reclaimed:
     deletions: int
 
 
-def reclaimed(registry: Registry | None = None) -> Reclaimed:
+def reclaimed(registry: Registry | None = None, *, within: Q | None = None) -> Reclaimed:
     """Bytes that finished deletions freed and that the registry's (or every registry's)
-    garbage collector was seen to collect (`note_collections`). One query."""
+    garbage collector was seen to collect (`note_collections`); with `within`, only the
+    deletions it lets through (those in repositories a user may see). One query."""
     deletions = Deletion.objects.filter(collected_at__isnull=False, reclaimed_bytes__gt=0)
     if registry is not None:
         deletions = deletions.filter(registry=registry.name)
+    if within is not None:
+        deletions = deletions.filter(within)
     totals = deletions.aggregate(bytes=Sum("reclaimed_bytes"), deletions=Count("pk"))
     return Reclaimed(totals["bytes"] or 0, totals["deletions"])
 

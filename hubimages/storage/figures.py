@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -80,12 +81,14 @@ def figures(registry: Registry | None = None) -> dict:
 
 def figures_of(document: dict) -> dict:
     """A kept document in the shape of `GET /api/v1/storage`: `registry`, `stored_bytes`,
-    `stale_reclaimable_bytes`, `untagged_bytes`, `repositories` (by name, each with the
-    same three) and `history` (`at`, `stored_bytes`: the full syncs of the last 90 days,
-    at most 120 of them, evenly spread)."""
+    `stale_reclaimable_bytes`, `untagged_bytes`, `complete` (false: `seen_through` narrowed
+    it), `repositories` (by name, each with the same three) and `history` (`at`,
+    `stored_bytes`: the full syncs of the last 90 days, at most 120 of them, evenly
+    spread)."""
     return {
         "registry": document["registry"],
         **{key: document[key] for key in TOTAL_KEYS},
+        "complete": document.get("complete", True),
         "repositories": [
             {key: row[key] for key in REPOSITORY_KEYS} for row in document["repositories"]
         ],
@@ -101,6 +104,31 @@ NOT_COMPUTED: dict = {
     "largest": [],
     "shared_layers": [],
 }
+
+
+def seen_through(document: dict, sees: Callable[[str], bool] | None) -> dict:
+    """A registry's figures (`document`, kept or `NOT_COMPUTED`) for someone who sees only
+    the repositories `sees` (a repository name -> whether they may see it; None: every
+    one). Who sees every repository the figures name gets them whole (`complete`: true);
+    anyone else only their repositories' rows, and for totals the sum of those rows (a
+    layer two of them share counted in each; a blob only their stale items share left
+    out), the largest items that are theirs, and none of the registry-wide figures (its
+    history, its most shared layers, which name other repositories). No query: decided on
+    the document's own names, so the figures and the rows they sum always agree."""
+    rows = document["repositories"]
+    if sees is None or all(sees(row["name"]) for row in rows):
+        return {**document, "complete": True}
+    mine = [row for row in rows if sees(row["name"])]
+    summed = (*TOTAL_KEYS, "stale_items", "untagged_items")
+    return {
+        **document,
+        **{key: sum(row[key] for row in mine) for key in summed if key in document},
+        "complete": False,
+        "repositories": mine,
+        "largest": [item for item in document["largest"] if sees(item["repository"])],
+        "shared_layers": [],
+        "history": [],
+    }
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,15 @@ def registries() -> list[str]:
     return sorted(names)
 
 
-def operations(registry: str | None = None) -> QuerySet[Deletion]:
-    """The deletion operations the Trash holds something of, newest first."""
+def operations(registry: str | None = None, *, within: Q | None = None) -> QuerySet[Deletion]:
+    """The deletion operations the Trash holds something of, newest first; with `within`
+    (a filter on `registry` and `repository`), only those it lets through: the deletions
+    in repositories a user may see."""
     held = kept_records(registry).filter(operation=OuterRef("pk"))
-    return (
-        Deletion.objects.filter(Exists(held))
-        .select_related("retention_run")
-        .order_by("-started_at", "-pk")
-    )
+    rows = Deletion.objects.filter(Exists(held))
+    if within is not None:
+        rows = rows.filter(within)
+    return rows.select_related("retention_run").order_by("-started_at", "-pk")
 
 
 @dataclass(frozen=True)

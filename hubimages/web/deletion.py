@@ -13,7 +13,7 @@ from hubimages.deletion import planning, preview
 from hubimages.jobs import queue
 from hubimages.lib.audit import Actor
 from hubimages.models import Repository
-from hubimages.web.access import repository_to_delete_from
+from hubimages.web.access import repository_to_delete_from, rights
 from hubimages.web.jobs import follow_job
 from hubimages.web.list_state import MAX_SELECTED, list_url
 from hubimages.web.rendering import render_page, vary_on_htmx
@@ -64,7 +64,7 @@ def _preview(
         "back": back,
         "list_url": list_url(repository, back),
         "groups": _preview_groups(plan),
-        "sharing": preview.plan_sharing(plan),
+        "sharing": preview.plan_sharing(plan, visible=_visible_in(request, repository)),
         "guards": guards,
         "in_use": [item for item in plan.delete if guards.get(item.digest, _NO_GUARD).pulled_at],
         "latest": [item for item in plan.delete if guards.get(item.digest, _NO_GUARD).latest],
@@ -82,6 +82,13 @@ def _preview(
 
 
 _NO_GUARD = preview.Guards()
+
+
+def _visible_in(request: HttpRequest, repository: Repository):
+    """Which other repositories of this one's registry the preview may name."""
+    mine = rights(request)
+    registry = repository.registry.name
+    return lambda name: mine.may_view(registry, name)
 
 
 @require_http_methods(["GET", "POST"])

@@ -15,7 +15,7 @@ from hubimages.deletion import planning
 from hubimages.inventory import details, lists
 from hubimages.models import Manifest, Repository
 from hubimages.registries import rows as registry_rows
-from hubimages.web.access import repository_or_404, repository_to_delete_from
+from hubimages.web.access import repository_to_delete_from, repository_to_view, rights
 from hubimages.web.list_state import MAX_SELECTED, list_state, list_url
 from hubimages.web.paging import ListPaginator, neighbours, page_size_from
 from hubimages.web.rendering import (
@@ -60,7 +60,7 @@ def image_management(request: HttpRequest, registry: str, name: str) -> HttpResp
     """The list. Its URL is the truth: a URL that says the same view another way (an empty
     search, a default, junk, a page past the end) is redirected to the one way, so what
     people bookmark and share is short and always shows what it says."""
-    repository = repository_or_404(registry, name)
+    repository = repository_to_view(request, registry, name)
     if wants_partial(request) and request.GET.get("since") == str(repository.revision):
         # The list's poll: nothing changed since it was drawn, so htmx swaps nothing.
         return HttpResponse(status=204)
@@ -94,6 +94,7 @@ def image_management(request: HttpRequest, registry: str, name: str) -> HttpResp
         "matching": page.paginator.count,
         "stale_months": settings.STALE_AFTER_MONTHS,
         "sync_url": reverse("sync_repository", args=[registry, repository.name]),
+        "may_delete": rights(request).may_delete(registry, repository.name),
     }
     response = render_page(request, "image_management.html", "rows", context)
     if request.htmx and str(page.number) != request.GET.get("page", "1"):
@@ -126,7 +127,7 @@ def _selection_context(request: HttpRequest, repository: Repository, on_page: se
     """The selection bar: how many are selected, what deleting them frees (the preview's
     own figure, from the plan engine), and the selected digests not on this page, which
     the form carries so the preview gets the whole selection."""
-    if not planning.can_delete(request.user):
+    if not rights(request).may_delete(repository.registry.name, repository.name):
         return {"selected": set(), "off_page": [], "selected_count": 0, "frees": None}
     selected = _selected(request, repository)
     frees = None
@@ -167,6 +168,7 @@ def selection(request: HttpRequest, registry: str, name: str) -> HttpResponse:
         query = lists.ListQuery.from_params(QueryDict(back.lstrip("?")))
         context = {
             "repository": repository,
+            "may_delete": True,
             "back": back,
             "matching": lists.top_level(repository, query).count(),
             **_selection_context(request, repository, set(request.POST.getlist("shown"))),
@@ -182,7 +184,8 @@ def selection(request: HttpRequest, registry: str, name: str) -> HttpResponse:
 def image_detail(request: HttpRequest, registry: str, name: str, digest: str) -> HttpResponse:
     if not media.is_digest(digest):
         raise Http404("not a digest")
-    repository = repository_or_404(registry, name)
+    repository = repository_to_view(request, registry, name)
+    mine = rights(request)
     try:
         manifest = details.manifest_detail(repository, digest)
     except Manifest.DoesNotExist:
@@ -191,7 +194,13 @@ def image_detail(request: HttpRequest, registry: str, name: str, digest: str) ->
         "repository": repository,
         "manifest": manifest,
         "pull_command": f"docker pull {_pull_reference(repository, manifest.digest)}",
-        "also_in": details.also_in(manifest),
+        "also_in": details.also_in(
+            manifest,
+            within=mine.within(
+                registry_field="repository__registry__name", field="repository__name"
+            ),
+        ),
+        "may_delete": mine.may_delete(registry, repository.name),
         "layers": details.layers_of(manifest),
         "layer_users": details.layer_users(manifest),
         "children": [(entry.child, entry.child_platform) for entry in manifest.entries.all()],

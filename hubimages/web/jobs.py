@@ -16,7 +16,7 @@ from hubimages.jobs import queue
 from hubimages.lib.formatting import human_size, plural
 from hubimages.models import Job, Registry, Repository
 from hubimages.registries import rows
-from hubimages.web.access import repository_or_404
+from hubimages.web.access import repository_to_view, rights
 from hubimages.web.list_state import list_url
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, vary_on_htmx
@@ -72,12 +72,18 @@ def _deletion_summary(outcome: dict) -> dict:
     }
 
 
+def _visible(request: HttpRequest):
+    """The jobs this user may follow (`queue.visible_to`)."""
+    within = rights(request).within(registry_field="registry_name", field="repository")
+    return queue.visible_to(request.user, within)
+
+
 @require_GET
 @vary_on_htmx
 def job(request: HttpRequest, job_id: int) -> HttpResponse:
     """A job's progress and outcome; the page refreshes itself while it runs (htmx polls
     its status, a plain page reloads). Its owner and admins may see it."""
-    job = get_object_or_404(queue.visible_to(request.user), pk=job_id)
+    job = get_object_or_404(_visible(request), pk=job_id)
     back = request.GET.get("back", "")[:1000]
     context = _job_context(request, job, back)
     if request.htmx and request.GET.get("in") == "dialog":
@@ -92,10 +98,10 @@ def job(request: HttpRequest, job_id: int) -> HttpResponse:
 @require_GET
 @vary_on_htmx
 def job_list(request: HttpRequest) -> HttpResponse:
-    """Recent jobs, newest first: admins see everyone's (and why what failed failed),
-    others their own."""
+    """Recent jobs, newest first: admins see everyone's in the repositories they may see
+    (and why what failed failed), others their own."""
     page = paginate(
-        queue.visible_to(request.user).select_related("user"),
+        _visible(request).select_related("user"),
         JOBS_PER_PAGE,
         request.GET.get("page"),
     )
@@ -106,11 +112,13 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def sync_now(request: HttpRequest, registry: str = "", name: str = "") -> HttpResponse:
     """Admins: sync every registry, one registry or one repository now (as jobs the workers
-    run, one a registry). Several jobs are followed on the Jobs page."""
+    run, one a registry). Several jobs are followed on the Jobs page. A repository the
+    admin may not see is not found, as on every page."""
+    if name:
+        repository_to_view(request, registry, name)
     if not request.user.is_staff:
         raise PermissionDenied("syncing on demand is for admins")
     if name:
-        repository_or_404(registry, name)
         names = [registry]
     elif registry:
         names = [get_object_or_404(Registry, name=registry, configured=True).name]

@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET
 
 from hubimages.registries import health
 from hubimages.registries.config import DEFAULT
+from hubimages.web.access import rights, visible_registries
 
 CAPABILITIES = (
     ("catalog", "Catalog readable"),
@@ -22,8 +23,12 @@ CAPABILITIES = (
 @require_GET
 def registry_list(request: HttpRequest) -> HttpResponse:
     """Each registry: its last sync and how it ended, its last notification, what it can
-    do (as the workers last probed it), and when its garbage collector last ran."""
-    context = {"registries": health.overview(), "capability_labels": CAPABILITIES}
+    do (as the workers last probed it), and when its garbage collector last ran. Admins
+    see every registry, others those where a grant lets them see; each with how many of
+    its repositories they see."""
+    names = None if request.user.is_staff else [r.name for r in visible_registries(request)]
+    registries = health.overview(rights(request).within(), names=names)
+    context = {"registries": registries, "capability_labels": CAPABILITIES}
     return render(request, "registries.html", context)
 
 

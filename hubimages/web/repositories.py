@@ -9,8 +9,8 @@ from django.views.decorators.http import require_GET
 
 from hubimages.inventory import repositories as inventory_repositories
 from hubimages.models import Repository, SyncRun
-from hubimages.registries import rows as registry_rows
 from hubimages.storage import figures as storage_figures
+from hubimages.web.access import rights, visible_registries
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, sort_columns, vary_on_htmx
 
@@ -32,15 +32,23 @@ def repositories(request: HttpRequest) -> HttpResponse:
     sort = request.GET.get("sort", "name")
     if sort not in inventory_repositories.REPOSITORY_SORTS and sort not in RECLAIMABLE_SORTS:
         sort = "name"
-    registries = registry_rows.known()
+    mine = rights(request)
+    within = mine.within()
+    registries = visible_registries(request)
     chosen = next((r for r in registries if r.name == request.GET.get("registry")), None)
     # Computed by the workers, never here: each registry's kept figures, read.
     kept = storage_figures.kept_together([chosen] if chosen else registries)
     reclaimable = {}
-    for registry_name, document in kept.documents.items():
+    # Each registry's figures as the user sees them (their repositories' rows, and the
+    # sum of those when they do not see every repository of it).
+    documents = {
+        name: storage_figures.seen_through(document, mine.viewing(name))
+        for name, document in kept.documents.items()
+    }
+    for registry_name, document in documents.items():
         for row in document["repositories"]:
             reclaimable[(registry_name, row["name"])] = row["stale_reclaimable_bytes"]
-    rows = inventory_repositories.repository_overview(search, sort, chosen)
+    rows = inventory_repositories.repository_overview(search, sort, chosen, within=within)
     if sort in RECLAIMABLE_SORTS:
         rows = _by_reclaimable(rows, reclaimable, descending=sort.startswith("-"))
     page = paginate(rows, REPOSITORIES_PER_PAGE, request.GET.get("page"))
@@ -58,12 +66,14 @@ def repositories(request: HttpRequest) -> HttpResponse:
         "columns": sort_columns(sort, REPOSITORY_COLUMNS, ascending_first=("name",)),
         "never_synced": not page.paginator.count and not SyncRun.objects.exists(),
         "reclaimable": reclaimable,
-        "total_reclaimable": kept.stale_reclaimable_bytes,
+        "total_reclaimable": sum(d["stale_reclaimable_bytes"] for d in documents.values()),
         "kept": kept,
         "registries": registries,
         "registry": chosen,
         "totals": (
-            inventory_repositories.repository_totals(chosen) if page.paginator.count else None
+            inventory_repositories.repository_totals(chosen, within=within)
+            if page.paginator.count
+            else None
         ),
     }
     return render_page(request, "repositories.html", "table", context)

@@ -8,10 +8,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
+from hubimages.models import Registry
 from hubimages.registries import rows as registry_rows
 from hubimages.storage import collection
 from hubimages.storage import figures as storage_figures
 from hubimages.web import charts
+from hubimages.web.access import rights, visible_registries
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, sort_columns, vary_on_htmx
 
@@ -37,13 +39,14 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
     """The Storage page: the registry's storage, what cleaning up would free, where the
     bytes are and how they changed (SPEC §10). The bar chart draws the rows of the table's
     page, in the table's order."""
-    registries = registry_rows.known()
-    try:
-        registry = registry_rows.get(request.GET.get("registry") or None)
-    except registry_rows.UnknownRegistry:
-        registry = registries[0] if registries else registry_rows.get()
+    registries = visible_registries(request)
+    registry = _chosen(request, registries)
+    # The deletions the user may read: those in repositories they may see.
+    deletions = rights(request).within(registry_field="registry", field="repository")
     kept = storage_figures.kept(registry)  # computed by the workers, never here
-    figures = kept.document or storage_figures.NOT_COMPUTED
+    figures = storage_figures.seen_through(
+        kept.document or storage_figures.NOT_COMPUTED, rights(request).viewing(registry.name)
+    )
     sort = request.GET.get("sort", STORAGE_DEFAULT_SORT)
     if sort not in STORAGE_SORTS:
         sort = STORAGE_DEFAULT_SORT
@@ -69,11 +72,23 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
         "chart": charts.repository_bars(page.object_list),
         "history_chart": charts.line_chart(points),
         "history_points": points,
-        "waiting": collection.waiting_for_collection(registry),
-        "reclaimed": collection.reclaimed(registry),
+        "waiting": collection.waiting_for_collection(registry, within=deletions),
+        "reclaimed": collection.reclaimed(registry, within=deletions),
         "stale_months": settings.STALE_AFTER_MONTHS,
     }
     return render_page(request, "storage.html", "by-repository", context)
+
+
+def _chosen(request: HttpRequest, registries: list[Registry]) -> Registry:
+    """The registry asked for, if the user sees it; else the default one, else the first
+    they see (someone who sees none gets the first, with nothing of it)."""
+    try:
+        wanted = registry_rows.get(request.GET.get("registry") or None)
+    except registry_rows.UnknownRegistry:
+        wanted = None
+    if wanted is not None and wanted in registries:
+        return wanted
+    return registries[0] if registries else (registry_rows.known() or [registry_rows.get()])[0]
 
 
 def _storage_order(rows: list[dict], sort: str) -> list[dict]:

@@ -19,6 +19,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from hubimages.accounts import tokens
 from hubimages.lib.audit import Actor
 from hubimages.models import ApiToken
+from hubimages.teams.rights import Role
+from hubimages.web.access import rights
 
 DEFAULT_EXPIRY_DAYS = 90
 
@@ -61,7 +63,7 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
         "form": form,
         "issued": issued,
         "tokens": [(row, tokens.state(row, now)) for row in rows],
-        "can_delete": request.user.has_perm("hubimages.delete_manifest"),
+        "can_delete": rights(request).holds(Role.DELETER),
         "docs_url": reverse("api:openapi-view"),
     }
     return render(request, "api_tokens.html", context, status=status)

@@ -16,7 +16,9 @@ from hubimages.jobs import queue
 from hubimages.lib.audit import Actor
 from hubimages.registries import rows as registry_rows
 from hubimages.storage import collection
+from hubimages.teams.rights import may_check_trash, restore_refusal
 from hubimages.trash import listing
+from hubimages.web.access import rights
 from hubimages.web.jobs import follow_job
 from hubimages.web.paging import neighbours, paginate
 from hubimages.web.rendering import render_page, vary_on_htmx
@@ -30,40 +32,53 @@ ITEMS_SHOWN = 100  # a deletion opens onto its first items; Restore all takes th
 @vary_on_htmx
 def trash(request: HttpRequest) -> HttpResponse:
     """Deletions newest first, each with what it kept and each item's state; `?registry=`
-    narrows to one registry. Any signed-in user may look, as at the deletion history;
-    checking and restoring take the delete permission."""
+    narrows to one registry. Each user sees the deletions in the repositories they may
+    see, as at the deletion history; checking and restoring take the deleter role (on the
+    repository restored)."""
+    mine = rights(request)
     registries = registry_rows.known()
     chosen = request.GET.get("registry", "")
     registry = next((r for r in registries if r.name == chosen), None)
+    within = _deletions_seen(request)
     page = paginate(
-        listing.operations(registry.name if registry else None),
+        listing.operations(registry.name if registry else None, within=within),
         TRASH_PER_PAGE,
         request.GET.get("page"),
     )
+    operations = listing.with_items(page.object_list, limit=ITEMS_SHOWN)
+    checked = [registry.name] if registry else listing.registries()
     context = {
         "page": page,
-        "operations": listing.with_items(page.object_list, limit=ITEMS_SHOWN),
+        "operations": operations,
         **neighbours(page),
         "state": {"registry": registry.name if registry else None},
         "registry": registry,
         "registries": registries if len(registries) > 1 else [],
-        "check_registries": [registry.name] if registry else listing.registries(),
-        "waiting": collection.waiting_for_collection(registry),
-        "reclaimed": collection.reclaimed(registry),
+        "check_registries": [name for name in checked if may_check_trash(mine, name)],
+        "waiting": collection.waiting_for_collection(registry, within=within),
+        "reclaimed": collection.reclaimed(registry, within=within),
         "keep_days": settings.TRASH_KEEP_DAYS,
-        "can_restore": planning.can_delete(request.user),
+        "restorable": {
+            op.deletion.pk
+            for op in operations
+            if mine.may_delete(op.deletion.registry, op.deletion.repository)
+        },
     }
     return render_page(request, "trash.html", "operations", context)
 
 
 @require_POST
 def trash_check(request: HttpRequest) -> HttpResponse:
-    """Check now: ask the registry about what its Trash holds, as a job."""
-    _may_restore(request)
+    """Check now: ask the registry about what its Trash holds, as a job; for those who may
+    restore in that registry."""
     try:
         registry = registry_rows.get(request.POST.get("registry", "")[:40] or None)
     except registry_rows.UnknownRegistry as unknown:
         raise Http404(str(unknown)) from None
+    if not may_check_trash(rights(request), registry.name):
+        raise PermissionDenied(
+            f"checking the Trash of {registry.name} needs the deleter role in it"
+        )
     job = queue.start_trash_check(registry=registry.name, user=request.user)
     return follow_job(request, job)
 
@@ -72,9 +87,10 @@ def trash_check(request: HttpRequest) -> HttpResponse:
 def trash_restore(request: HttpRequest, operation: int) -> HttpResponse:
     """Restore the ticked items of a deletion, or all of it (`scope=all`), or its whole
     retention run (`scope=run`), as a job; a tag that now names another image moves back
-    only with `move_tags`."""
-    _may_restore(request)
-    deletion = get_object_or_404(listing.operations(), pk=operation)
+    only with `move_tags`. 404 for a deletion the user may not see; 403 unless they may
+    delete in every repository it (or its run) touched."""
+    seen = listing.operations(within=_deletions_seen(request))
+    deletion = get_object_or_404(seen, pk=operation)
     scope = request.POST.get("scope", "all")
     digests = [planning.normalize_digest(d) for d in request.POST.getlist("digest")]
     digests = [d for d in digests if media.is_digest(d)] if scope == "ticked" else []
@@ -86,6 +102,9 @@ def trash_restore(request: HttpRequest, operation: int) -> HttpResponse:
         operations = list(
             listing.operations().filter(retention_run=deletion.retention_run_id).reverse()
         )
+    refusal = restore_refusal(rights(request), operations)
+    if refusal:
+        raise PermissionDenied(refusal)
     job = queue.start_restore(
         operations=operations,
         digests=digests,
@@ -96,6 +115,6 @@ def trash_restore(request: HttpRequest, operation: int) -> HttpResponse:
     return follow_job(request, job)
 
 
-def _may_restore(request: HttpRequest) -> None:
-    if not planning.can_delete(request.user):
-        raise PermissionDenied("the Trash's checks and restores need the delete permission")
+def _deletions_seen(request: HttpRequest):
+    """The deletions the user may see: those in repositories they may see."""
+    return rights(request).within(registry_field="registry", field="repository")

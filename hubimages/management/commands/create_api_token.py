@@ -43,7 +43,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         if scope == ApiToken.Scope.READ_DELETE and not tokens.may_delete(account, None):
             self.stderr.write(
-                f"warning: {user} does not have the delete permission, so this token cannot "
+                f"warning: {user} may delete nowhere (no deleter role), so this token cannot "
                 "delete either (a token never grants more than its user has)"
             )
         expiry = (
