@@ -615,6 +615,9 @@ def test_no_page_is_wider_than_the_screen_has_an_axe_violation_or_a_small_target
     page.get_by_role("button", name="Preview and delete").click()
     expect(page.locator("dialog.panel")).to_be_visible()
     problems += look_around(page, "preview", phone)
+    page.context.clear_cookies()
+    page.goto("/accounts/login/")
+    problems += look_around(page, "sign-in", phone)
     assert problems == []
 
 
