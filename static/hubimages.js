@@ -141,12 +141,45 @@ document.documentElement.classList.add("js");
     }
   });
 
+  // Focus lands on the result of an action, never on <body>: the message a page opens
+  // with (Delete forever ends on the list with "Deleted …"), a deletion's outcome when it
+  // arrives in its dialog, the selection bar after Cancel.
+  function focusResult(element) {
+    if (!element) return;
+    if (!element.hasAttribute("tabindex")) element.setAttribute("tabindex", "-1");
+    element.focus();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     enhance(document);
+    if (document.activeElement === document.body || !document.activeElement) {
+      focusResult(document.querySelector(".messages .message"));
+    }
   });
+  var focusAfterSwap = null;
+
   document.addEventListener("htmx:afterSettle", function (event) {
     enhance(document);
     markCurrent(false);
+    if (focusAfterSwap) {
+      focusResult(document.getElementById(focusAfterSwap));
+      focusAfterSwap = null;
+    }
+    var outcome = document.querySelector("dialog[open] .delete-outcome:not([data-shown])");
+    if (outcome) {
+      outcome.setAttribute("data-shown", "");
+      focusResult(outcome);
+    }
+  });
+
+  // The preview's Cancel forgets the selection (the list comes back with nothing ticked)
+  // and closes the dialog.
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var element = event.detail.elt;
+    if (!event.detail.successful || !element.hasAttribute("data-closes-dialog")) return;
+    var dialog = element.closest("dialog");
+    if (dialog) dialog.close();
+    focusAfterSwap = "selection-summary"; // in the list the answer is about to replace
   });
 
   // Keyboard: / searches, j and k move between rows, x ticks, Enter opens the details,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
@@ -848,7 +849,12 @@ def test_no_url_under_api_answers_a_csrf_failure_page(client_factory, viewer):
     assert_error(web.put(f"{API}/repositories"), 405, "method_not_allowed")
     assert_error(post_json(web, DELETE, {"digests": ["x"]}), 403, "csrf_failed")
     index = web.get(f"{API}/").json()
-    assert index == {"openapi": "/api/v1/openapi.json", "docs": "/api/v1/docs"}
+    assert index == {
+        "openapi": "/api/v1/openapi.json",
+        "docs": "/api/v1/docs",
+        "swagger": "/api/v1/docs/swagger",
+    }
+    assert_error(web.post(f"{API}/docs/swagger"), 405, "method_not_allowed")
 
 
 def test_an_unexpected_failure_is_a_json_500_and_is_logged_with_its_traceback(
@@ -968,11 +974,43 @@ def test_list_queries_stay_the_same_whatever_the_page_size(
 # -- the docs page and the document ---------------------------------------------------------------
 
 
-def test_the_docs_page_is_a_page_behind_the_login_wall(client, viewer_client):
-    anonymous = client.get(f"{API}/docs")
+def test_the_docs_pages_are_pages_behind_the_login_wall(client, viewer_client):
+    for docs in (f"{API}/docs", f"{API}/docs/swagger"):
+        anonymous = client.get(docs)
+        assert anonymous.status_code == 302, docs
+        assert anonymous["Location"].startswith("/accounts/login/"), docs
 
-    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/accounts/login/")
+
+def test_the_reference_page_is_drawn_from_the_document_with_every_operation_and_schema(
+    viewer_client,
+):
+    document = viewer_client.get(f"{API}/openapi.json").json()
+
     page = viewer_client.get(f"{API}/docs").content.decode()
+
+    assert '<html lang="en">' in page and 'name="viewport"' in page
+    assert '<a href="/">Repositories</a>' in page  # the way back
+    assert 'href="/api/v1/docs" aria-current="page">API</a>' in page  # in the header
+    assert "<script>" not in page and "swagger-ui" not in page
+    operations = [(m.upper(), p) for p, item in document["paths"].items() for m in item]
+    shown = re.findall(
+        r'<h3 id="[^"]+"><span class="method method-\w+">(\w+)</span> '
+        r'<code class="api-path">([^<]+)</code></h3>',
+        page,
+    )
+    assert shown == operations
+    for name in document["components"]["schemas"]:
+        assert f'<h3 id="schema-{name.lower()}"><code>{name}</code></h3>' in page
+    # Types link to their schema; descriptions keep their code and emphasis, escaped.
+    assert '<a href="#schema-deleteimagesin"><code>DeleteImagesIn</code></a>' in page
+    assert "<strong>Authentication</strong>" in page
+    assert "<code>Authorization: Bearer &lt;token&gt;</code>" in page
+    assert 'href="/api/v1/openapi.json"' in page and 'href="/api/v1/docs/swagger"' in page
+
+
+def test_swagger_ui_stays_for_trying_calls_out(viewer_client):
+    page = viewer_client.get(f"{API}/docs/swagger").content.decode()
+
     assert '<div id="swagger-ui"></div>' in page
     assert '"url": "/api/v1/openapi.json"' in page and '"validatorUrl": null' in page
     assert "<script>" not in page  # code comes from files only (a JSON data block is data)

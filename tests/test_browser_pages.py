@@ -162,9 +162,8 @@ def test_the_list_narrows_sorts_opens_and_goes_back_without_page_loads(
 
 
 def save_screenshots(page) -> None:
-    """The default view with the release opened and two rows ticked, as a test artifact;
-    the viewport shot is the README's picture (copy it to docs/screenshot.png when the page
-    changes)."""
+    """The default view with the release opened and two rows ticked, as a test artifact
+    (the README's pictures: `python -m devtools.screenshots`)."""
     page.goto(LIST)
     page.locator("details.children").first.locator("summary").click()
     for row in (1, 2):  # a selection, to show what deleting it would free

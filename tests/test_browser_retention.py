@@ -124,7 +124,10 @@ def test_with_javascript_off_the_preview_button_shows_the_dry_run(
         item.digest for item in plan.repositories[0].plan.delete
     }
     expect(page.locator("#dry-run")).to_contain_text("kept by rule 1: always")
-    expect(page.locator("#rule-1-keep")).to_have_value("")  # a row to add another rule
+    expect(page.locator("#rule-1-keep")).to_have_count(0)
+    page.get_by_role("button", name="Add rule").click()  # without JavaScript: the page again
+    expect(page.locator("#rule-1-keep")).to_have_value("")
+    expect(page.locator("#rule-1-keep")).to_be_focused()
 
     page.get_by_role("button", name="Save policy").click()
     expect(page.locator(".message-success")).to_have_text("Saved policy releases.")

@@ -1,10 +1,13 @@
-"""The list and the preview in Debian's chromium (issue 13), on a laptop (1366×900) and on a
-phone (390×844, mobile emulation): what fits the screen, which columns show, axe-core on
-every page, the running "frees" total against a preview of the same selection, the guard
-rails, the keyboard, and screenshots under test-artifacts/."""
+"""The pages in Debian's chromium (issues 13 and 24), on a laptop (1366×900) and on a phone
+(390×844, mobile emulation): what fits the screen, which columns show, axe-core on every
+page, touch targets, the running "frees" total against a preview of the same selection, the
+guard rails, the keyboard, where the focus lands, the retention editor's rules, the storage
+chart's axes, the API reference, and screenshots under test-artifacts/ (or docs/, for the
+README: `python -m devtools.screenshots`)."""
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -16,9 +19,20 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from devtools.pusher import random_layer
+from devtools.worker import run_tasks
+from hubimages.accounts import tokens
 from hubimages.deletion import planning
+from hubimages.jobs import queue
 from hubimages.lib.formatting import human_size, short_digest
-from hubimages.models import Job, Manifest, Repository
+from hubimages.models import (
+    Job,
+    Manifest,
+    Repository,
+    RetentionPolicy,
+    RetentionRun,
+    StorageSample,
+)
+from hubimages.retention import policies
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -139,8 +153,8 @@ def sideways_scrolling(page, selector: str) -> list[str]:
     )
 
 
-SHOWN = ("col-digest", "col-tags", "col-size", "col-last_pushed", "col-status")
-PHONE_HIDDEN = ("col-type", "col-platform", "col-last_pulled")
+SHOWN = ("col-digest", "col-tags", "col-size", "col-last_pushed", "col-last_pulled", "col-status")
+PHONE_HIDDEN = ("col-type", "col-platform")  # an index's platforms show in its contents
 
 
 @pytest.mark.parametrize("phone", [False, True], ids=["laptop", "phone"])
@@ -432,3 +446,443 @@ def test_the_focus_ring_and_input_borders_stand_out_and_a_disabled_delete_is_no_
     red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
     assert abs(red - green) < 20 and abs(green - blue) < 20, background  # grey, not red
     assert button.evaluate(style, "opacity") == "1"
+
+
+# == Issue 24: every page on a laptop and on a phone ============================================
+
+SIZES = pytest.mark.parametrize("phone", [False, True], ids=["laptop", "phone"])
+POLICY = "ci-cleanup"
+SCREENSHOTS = "HUBIMAGES_SCREENSHOTS"  # a folder: the README's pictures go there (devtools)
+
+
+@pytest.fixture
+def lived_in(web, registry_client, django_user_model):
+    """`web`, with what the other pages show: a deletion (history, a job), a sync job, a
+    retention policy that would delete something and one that ran, an API token, storage
+    figures, and stored bytes at three full syncs seconds apart (one minute on the chart)."""
+    admin = django_user_model.objects.create_superuser(
+        "admin", password="correct horse battery staple"
+    )
+    repository = Repository.objects.get(name=REPO)
+    gone = [web.builds["1.9.7"].digest]
+    plan = planning.plan_deletion(repository=repository, digests=gone)
+    deletion = queue.start_deletion(
+        repository=repository, digests=gone, fingerprint=plan.fingerprint, user=admin
+    )
+    StorageSample.objects.all().delete()
+    now = timezone.now()
+    for seconds, stored in ((40, 610_000), (25, 540_000), (5, 365_000)):
+        StorageSample.objects.create(at=now - timedelta(seconds=seconds), stored_bytes=stored)
+    sync_job = queue.start_sync(user=admin)  # a fourth point, then the figures
+    run_tasks()
+    policy = {
+        "name": POLICY,
+        "repositories": ["acme/**"],
+        "rules": [{"keep": "always", "tags": ["2.4.*", "latest"]}],
+    }
+    policies.save_policy(policies.parse_policy(policy))
+    kept = policies.save_policy(
+        policies.parse_policy(
+            {"name": "keep-everything", "rules": [{"keep": "always", "untagged": True}]}
+        )
+    )
+    now = timezone.now()
+    RetentionRun.objects.create(
+        policy=kept,
+        policy_name=kept.name,
+        trigger=RetentionRun.Trigger.MANUAL,
+        started_by="admin",
+        started_at=now,
+        finished_at=now,
+        outcome=RetentionRun.Outcome.DONE,
+        repositories=[{"repository": REPO, "note": "nothing to delete", "deleted": 0}],
+    )
+    tokens.issue(user=admin, name="nightly cleanup", scope="read+delete", expires_in_days=30)
+    return SimpleNamespace(**vars(web), deletion=deletion, sync=sync_job)
+
+
+def pages(lived_in) -> dict[str, str]:
+    """Every page a person reaches from the header, with data on it."""
+    return {
+        "repositories": "/",
+        "list": LIST,
+        "search": f"{LIST}?search=2.4",
+        "details": f"{LIST}-/images/{lived_in.release.digest}/",
+        "jobs": "/jobs/",
+        "job": f"/jobs/{lived_in.deletion.pk}/",
+        "history": "/history/",
+        "trash": "/trash/",
+        "retention": "/retention/",
+        "new policy": "/retention/new/",
+        "policy": f"/retention/policies/{POLICY}/",
+        "policy that ran": "/retention/policies/keep-everything/",
+        "storage": "/storage/",
+        "api tokens": "/account/api-tokens/",
+        "api docs": "/api/v1/docs",
+        "registries": "/registries/",
+        "search everywhere": "/search/?q=2.4",
+        "audit": "/audit/",
+    }
+
+
+@pytest.fixture
+def screen(signed_in_page, browser, live_server):
+    """A signed-in page at laptop size or as a phone; phone contexts closed afterwards."""
+    contexts = []
+
+    def open_screen(*, phone: bool):
+        page = open_page(signed_in_page, browser, live_server, phone=phone)
+        contexts.append(page.context)
+        return page
+
+    yield open_screen
+    for context in contexts:
+        context.close()
+
+
+def every_violation(page) -> list[str]:
+    """Every axe-core violation, whatever its impact (landmark-unique is "moderate")."""
+    results = Axe().run(page)
+    return [
+        f"{violation['id']} ({violation['impact']}): "
+        + "; ".join(node["target"][0] for node in violation["nodes"][:3])
+        for violation in results.response["violations"]
+    ]
+
+
+# What a finger must hit: controls, and links that are not words inside a sentence (WCAG
+# 2.5.5's exception). A check box's target is its label when it has one.
+SMALL_TARGETS = """() => {
+  const blockOf = element => {
+    let block = element.parentElement;
+    while (block && getComputedStyle(block).display.startsWith("inline")) {
+      block = block.parentElement;
+    }
+    return block;
+  };
+  const inline = link => {
+    const block = blockOf(link);
+    if (!block || block.matches("td, th, nav, nav *")) return false;
+    return block.textContent.replace(link.textContent, "").trim().length > 0;
+  };
+  const wanted = "a[href], button, input:not([type=hidden]), select, summary, textarea";
+  return [...document.querySelectorAll(wanted)]
+    .filter(element => element.checkVisibility() && !element.closest("dialog:not([open])"))
+    .filter(element => !(element.matches("a") && inline(element)))
+    .map(element => {
+      const target = (element.matches("input") && element.closest("label")) || element;
+      const box = target.getBoundingClientRect();
+      const text = element.getAttribute("aria-label") || element.textContent || element.name;
+      return {box, name: `${element.tagName} "${(text || "").trim().slice(0, 40)}"`};
+    })
+    .filter(({box}) => box.right > 0 && box.bottom > 0)  // the skip link waits off screen
+    .filter(({box}) => box.width < 43.5 || box.height < 43.5)
+    .map(({box, name}) => `${name} ${Math.round(box.width)}×${Math.round(box.height)}`);
+}"""
+
+
+def look_around(page, name: str, phone: bool) -> list[str]:
+    """What is wrong with the page as it stands: wider than the screen, axe-core's
+    violations, and on a phone the targets smaller than 44 × 44 px."""
+    problems = (
+        [f"{page_width(page)} px wide"] if page_width(page) > page.viewport_size["width"] else []
+    )
+    problems += every_violation(page)
+    if phone:
+        problems += page.evaluate(SMALL_TARGETS)
+    return [f"{name}: {problem}" for problem in problems]
+
+
+@SIZES
+def test_no_page_is_wider_than_the_screen_has_an_axe_violation_or_a_small_target(
+    lived_in, screen, phone
+):
+    page = screen(phone=phone)
+    problems = []
+    for name, url in pages(lived_in).items():
+        page.goto(url)
+        expect(page.locator("main h1")).to_be_visible()
+        problems += look_around(page, name, phone)
+
+    # The open states: an index's contents, a deletion's manifests, the preview.
+    page.goto(LIST)
+    page.locator("details.children").first.locator("summary").click()
+    problems += look_around(page, "list with an index open", phone)
+    page.goto("/history/")
+    page.locator("details.children").first.locator("summary").click()
+    problems += look_around(page, "history with a deletion open", phone)
+    page.goto(LIST)
+    box(page, lived_in.release).check()
+    expect(page.locator("#selected-count")).to_have_text("1")
+    page.get_by_role("button", name="Preview and delete").click()
+    expect(page.locator("dialog.panel")).to_be_visible()
+    problems += look_around(page, "preview", phone)
+    page.context.clear_cookies()
+    page.goto("/accounts/login/")
+    problems += look_around(page, "sign-in", phone)
+    assert problems == []
+
+
+def overlaps(first: dict, second: dict) -> bool:
+    return not (
+        first["x"] + first["width"] <= second["x"]
+        or second["x"] + second["width"] <= first["x"]
+        or first["y"] + first["height"] <= second["y"]
+        or second["y"] + second["height"] <= first["y"]
+    )
+
+
+def one_line(locator) -> bool:
+    """The element's text sits on one line (no word broken over two)."""
+    return locator.evaluate(
+        "element => element.getClientRects().length === 1 && element.getBoundingClientRect()"
+        ".height < 1.7 * parseFloat(getComputedStyle(element).fontSize)"
+    )
+
+
+@SIZES
+def test_the_preview_shows_each_item_s_type_and_platform_and_nothing_drawn_over_another(
+    lived_in, screen, phone
+):
+    page = screen(phone=phone)
+    page.goto(LIST)
+    box(page, lived_in.release).check()
+    expect(page.locator("#selected-count")).to_have_text("1")
+    page.get_by_role("button", name="Preview and delete").click()
+    dialog = page.locator("dialog.panel")
+    items = dialog.locator("tr.delete-item")
+    expect(items).to_have_count(
+        len(
+            planning.plan_deletion(
+                repository=Repository.objects.get(name=REPO), digests=[lived_in.release.digest]
+            ).delete
+        )
+    )
+
+    arm = dialog.locator(f'tr.delete-item[data-digest="{lived_in.release.children[1].digest}"]')
+    expect(arm.locator("td.col-type")).to_have_text("Image")
+    expect(arm.locator("td.col-platform")).to_have_text("linux/arm64/v8")
+    for n in range(items.count()):
+        cells = [
+            items.nth(n).locator(f"td.{name}")
+            for name in ("col-digest", "col-type", "col-platform", "col-size", "frees-cell")
+        ]
+        for cell in cells:
+            assert_within_width(page, cell)
+            assert not cell.evaluate("cell => cell.scrollWidth > cell.clientWidth + 1"), n
+        boxes = [cell.bounding_box() for cell in cells]
+        for i, first in enumerate(boxes):
+            for second in boxes[i + 1 :]:
+                assert not overlaps(first, second), (n, first, second)
+    for platform in dialog.locator(".platform").all():
+        assert one_line(platform), platform.text_content()
+
+
+@SIZES
+def test_platforms_and_children_fit_in_the_list_and_the_details(lived_in, screen, phone):
+    page = screen(phone=phone)
+    page.goto(LIST)
+    page.locator("details.children").first.locator("summary").click()
+    children = page.locator("table.list-children tbody tr")
+    expect(children.first).to_be_visible()
+    for n in range(children.count()):
+        for cell in ("col-digest", "col-type", "col-platform", "col-size", "col-status"):
+            assert_within_width(page, children.nth(n).locator(f"td.{cell}"))
+    expect(children.nth(1).locator("td.col-platform")).to_have_text("linux/arm64/v8")
+    assert sideways_scrolling(page, "#rows .table-scroll") == []
+    platforms = page.locator("#rows .platform")
+    assert platforms.count() >= 2
+    for platform in platforms.all():
+        if platform.is_visible():
+            assert one_line(platform), platform.text_content()
+    # The cards show Last pulled and sort by it too.
+    first = page.locator("#rows tr.row").first
+    assert_within_width(page, first.locator("td.col-last_pulled"))
+    expect(first.locator("td.col-last_pulled")).to_contain_text("3 min ago")
+    page.get_by_role("link", name="Last pulled").click()
+    expect(page).to_have_url(re.compile(r"\?sort=-last_pulled$"))
+
+    page.goto(f"{LIST}-/images/{lived_in.release.digest}/")
+    for platform in page.locator(".platform").all():
+        assert one_line(platform), platform.text_content()
+    assert page_width(page) <= page.viewport_size["width"]
+
+
+@SIZES
+def test_the_storage_chart_labels_its_axes_with_distinct_times_and_round_sizes(
+    lived_in, screen, phone
+):
+    page = screen(phone=phone)
+    page.goto("/storage/")
+    chart = page.locator("svg.line-chart")
+    expect(chart).to_be_visible()
+    times = chart.locator("text.x-tick")
+    labels = times.all_text_contents()
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels  # one minute, apart
+    sizes = chart.locator("text.y-tick").all_text_contents()
+    assert len(sizes) >= 3 and sizes[-1] == "0", sizes
+    assert sizes[0] == human_size(800_000), sizes  # round, above the highest (610 kB)
+    texts = [*times.all(), *chart.locator("text.y-tick").all()]
+    boxes = [text.bounding_box() for text in texts]
+    chart_box = chart.bounding_box()
+    for n, first in enumerate(boxes):
+        assert (
+            chart_box["x"] - 0.5 <= first["x"]
+            and first["x"] + first["width"] <= chart_box["x"] + chart_box["width"] + 0.5
+        ), (labels, first)
+        for second in boxes[n + 1 :]:
+            assert not overlaps(first, second), (first, second)
+    expect(page.locator(".chart-axis-note")).to_contain_text("times in UTC")
+    # The command block wraps: nothing to scroll, nothing a keyboard cannot reach.
+    assert sideways_scrolling(page, "pre.command") == []
+    expect(page.locator(".storage-figure-untagged")).to_contain_text("no untagged items")
+    assert "the 0 untagged" not in page.locator("main").text_content()
+
+
+@SIZES
+def test_the_repositories_page_says_its_images_column_counts_top_level_items(
+    lived_in, screen, phone
+):
+    page = screen(phone=phone)
+    page.goto("/")
+    header = page.locator("#table thead th.col-count").nth(1)
+    expect(header).to_contain_text("Images (top-level)")
+    expect(page.locator("#table .note")).to_contain_text("Images counts the top-level items")
+    row = page.locator("#table tbody tr").first
+    for cell in row.locator("td").all():
+        assert_within_width(page, cell)
+
+
+@SIZES
+def test_the_api_reference_is_in_the_header_and_leads_back(lived_in, screen, phone):
+    page = screen(phone=phone)
+    page.goto("/")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="API").click()
+    expect(page).to_have_url(re.compile(r"/api/v1/docs$"))
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    assert page.locator('meta[name="viewport"]').count() == 1
+    expect(page.get_by_role("heading", name="GET /api/v1/repositories", exact=True)).to_be_visible()
+    page.get_by_role("link", name="POST /api/v1/repositories/{name}/delete-images").click()
+    expect(
+        page.get_by_role("heading", name="POST /api/v1/repositories/{name}/delete-images")
+    ).to_be_in_viewport()
+    page.get_by_role("link", name="DeleteImagesIn").first.click()
+    expect(page.locator("#schema-deleteimagesin")).to_be_in_viewport()
+    page.get_by_role("navigation", name="Breadcrumb").get_by_role(
+        "link", name="Repositories"
+    ).click()
+    expect(page).to_have_url(re.compile(r"/$"))
+
+
+@SIZES
+def test_after_delete_forever_the_focus_is_on_the_result(lived_in, screen, worker_thread, phone):
+    page = screen(phone=phone)
+    page.goto(LIST)
+    box(page, lived_in.builds["release-2019-11-04-nightly-build-7781-linux-amd64"]).check()
+    page.get_by_role("button", name="Preview and delete").click()
+    dialog = page.locator("dialog.panel")
+    dialog.get_by_label("I understand that").check()
+    dialog.get_by_role("button", name="Delete forever").click()
+
+    message = page.locator(".message-success")
+    expect(message).to_be_visible(timeout=20_000)
+    expect(message).to_be_focused()
+    expect(message).to_contain_text("Deleted 1 manifest")
+
+
+@SIZES
+def test_a_cancelled_preview_leaves_nothing_ticked(lived_in, screen, phone):
+    page = screen(phone=phone)
+    page.goto(LIST)
+    box(page, lived_in.builds["2.4.0"]).check()
+    box(page, lived_in.builds["2.3.2"]).check()
+    expect(page.locator("#selected-count")).to_have_text("2")
+    page.get_by_role("button", name="Preview and delete").click()
+    dialog = page.locator("dialog.panel")
+    dialog.get_by_role("button", name="Cancel").click()
+
+    expect(dialog).to_have_count(0)
+    expect(page.locator(f"{ROWS}:checked")).to_have_count(0)
+    expect(page.locator("#selection-bar")).to_contain_text("Nothing selected")
+    expect(page.locator("#selection-summary")).to_be_focused()
+    page.reload()  # the server forgot them too
+    expect(page.locator(ROWS).first).to_be_visible()
+    expect(page.locator(f"{ROWS}:checked")).to_have_count(0)
+
+    # Close keeps them, to change the selection.
+    box(page, lived_in.builds["2.4.0"]).check()
+    expect(page.locator("#selected-count")).to_have_text("1")
+    page.get_by_role("button", name="Preview and delete").click()
+    page.locator("dialog.panel").get_by_role("button", name="Close").click()
+    expect(box(page, lived_in.builds["2.4.0"])).to_be_checked()
+
+
+@SIZES
+def test_the_retention_editor_adds_and_removes_rules_before_saving(lived_in, screen, phone):
+    page = screen(phone=phone)
+    page.goto("/retention/new/")
+    page.get_by_label("Name").fill("releases")
+    page.locator("#rule-0-keep").select_option(label="always")
+    page.locator("#rule-0-tags").fill("2.4.*")
+    expect(page.locator("#rule-1-keep")).to_have_count(0)
+
+    page.get_by_role("button", name="Add rule").click()
+    expect(page.get_by_role("group", name="Rule 2 (new)")).to_be_visible()
+    expect(page.locator("#rule-1-keep")).to_be_focused()
+    page.locator("#rule-1-keep").select_option(label="latest N pushed")
+    page.locator("#rule-1-number").fill("1")
+    page.get_by_role("button", name="Add rule").click()
+    page.locator("#rule-2-keep").select_option(label="always")
+    page.locator("#rule-2-tags").fill("latest")
+    expect(page.locator("#dry-run")).to_contain_text("rule 3: always")
+
+    page.get_by_role("button", name="Remove rule 2").click()
+    expect(page.locator("#rule-2-keep")).to_have_count(0)
+    expect(page.locator("#rule-1-tags")).to_have_value("latest")  # rule 3 is rule 2 now
+    expect(page.get_by_role("button", name="Add rule")).to_be_focused()
+    expect(page.locator("#dry-run")).to_contain_text("rule 2: always")
+    assert page_width(page) <= page.viewport_size["width"]
+    assert not RetentionPolicy.objects.filter(name="releases").exists()
+
+    page.get_by_role("button", name="Save policy").click()
+    expect(page.locator(".message-success")).to_have_text("Saved policy releases.")
+    assert RetentionPolicy.objects.get(name="releases").rules == [
+        {"keep": "always", "tags": ["2.4.*"]},
+        {"keep": "always", "tags": ["latest"]},
+    ]
+
+
+@SIZES
+def test_the_readme_screenshots_of_the_list_the_preview_and_storage(lived_in, screen, phone):
+    """The README's pictures: `python -m devtools.screenshots` has this test write them to
+    docs/ (else they go to test-artifacts/)."""
+    folder = Path(os.environ.get(SCREENSHOTS) or ARTIFACTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    size = "phone" if phone else "laptop"
+    page = screen(phone=phone)
+    page.goto(LIST)
+    page.locator("details.children").first.locator("summary").click()
+    box(page, lived_in.builds["2.3.2"]).check()
+    expect(page.locator("#selected-count")).to_have_text("1")
+    page.mouse.move(0, 0)
+    # On a phone, past the header and the controls: the selection and the first cards.
+    page.evaluate("window.scrollTo(0, 0)")
+    if phone:
+        page.locator("#rows").evaluate("rows => rows.scrollIntoView()")
+    page.screenshot(path=folder / f"list-{size}.png")
+    box(page, lived_in.release).check()
+    expect(page.locator("#selected-count")).to_have_text("2")
+    page.get_by_role("button", name="Preview and delete").click()
+    expect(page.locator("dialog.panel")).to_be_visible()
+    page.mouse.move(0, 0)
+    page.screenshot(path=folder / f"preview-{size}.png")
+    page.goto("/storage/")
+    expect(page.locator("svg.line-chart")).to_be_attached()
+    if phone:  # the figures, then the chart
+        page.locator("#history-title").evaluate("title => title.scrollIntoView()")
+    page.screenshot(path=folder / f"storage-{size}.png", full_page=not phone)
+    readme = (ROOT / "README.md").read_text()
+    for name in ("list", "preview", "storage"):
+        shot = folder / f"{name}-{size}.png"
+        assert 20_000 < shot.stat().st_size < 600_000, shot
+        assert f"docs/{shot.name}" in readme  # the README shows each

@@ -66,15 +66,48 @@ def test_each_item_frees_only_its_own_layers_and_names_what_shares_the_rest(shop
     own = 2_000 + shop.one.config_size + len(shop.one.body)
     assert f'<td class="frees-cell" data-bytes="{own}">' in one
     assert f'title="{own:,} bytes">{human_size(own)}</span>' in one
-    assert f"{human_size(30_000)}</span> shared with <code>1.1</code>" not in one  # 1.1 goes too
+    assert f'{human_size(30_000)}</span> shared with <code title="1.1">' not in one  # goes too
     assert re.search(
-        rf"{re.escape(human_size(30_000))}</span> shared with <code>stable</code>", one
+        rf"{re.escape(human_size(30_000))}</span> shared with <code title=\"stable\">stable</code>",
+        one,
     )
     # Two rows of about 32 kB reclaim only what is their own: the parts add up to the total.
     sharing = preview.plan_sharing(plan)
     assert sharing.total == plan.reclaimable_bytes
     assert sharing.frees_alone == own + 3_000 + shop.two.config_size + len(shop.two.body)
     assert f'= <span class="size" title="{sharing.frees_alone:,} bytes">' in page
+
+
+def test_what_shares_a_layer_is_named_by_tags_and_platform_not_by_a_digest(
+    shop, pusher, sync, deleter_client
+):
+    """An untagged image inside a tagged index is named by that index's tag and its
+    platform ("Shared with sha256:f7f9c6f60582" meant nothing to anyone); an untagged image
+    of its own by digest and platform; one in another repository with its repository."""
+    layers = [random_layer(12_000 - n * 1_000, f"shared-{n}") for n in range(3)]
+    arm = pusher.push_image(
+        REPO, layers=[layers[0], random_layer(900, "arm")], architecture="arm64", variant="v8"
+    )
+    pusher.push_index(REPO, tag="multi", images=[arm])
+    loose = pusher.push_image(REPO, tag="next", layers=[random_layer(800, "loose"), layers[1]])
+    elsewhere = pusher.push_image(
+        "acme/other", tag="next", layers=[layers[2], random_layer(700, "x")], architecture="s390x"
+    )
+    sync()  # seen while tagged, then left untagged by a newer `next`
+    for repository in (REPO, "acme/other"):
+        pusher.push_image(repository, tag="next", layers=[random_layer(500, repository)])
+    old = pusher.push_image(REPO, tag="old", layers=[*layers, random_layer(600, "old")])
+    sync()
+
+    page = deleter_client.post(PREVIEW, {"digest": old.digest}).content.decode()
+
+    note = row_of(page, old.digest)
+    names = re.findall(r"<code title=\"[^\"]+\">([^<]+)</code>", note[note.index("shared with") :])
+    assert names == [
+        "multi · linux/arm64/v8",  # the biggest shared layer first
+        f"{short_digest(loose.digest)} · linux/amd64",
+        f"acme/other@{short_digest(elsewhere.digest)} · linux/s390x",
+    ]
 
 
 def test_bytes_only_the_deleted_items_share_are_counted_once_and_said_so(

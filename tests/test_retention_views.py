@@ -273,19 +273,64 @@ def test_the_live_preview_answers_only_the_dry_run_to_htmx(shop, ci, deleter_cli
     assert RetentionPolicy.objects.get().rules == ci.rules  # a preview saves nothing
 
 
-def test_the_preview_button_draws_the_whole_editor_with_a_new_empty_rule(shop, ci, deleter_client):
+def test_the_preview_button_draws_the_whole_editor_with_the_rules_as_they_stand(
+    shop, ci, deleter_client
+):
     fields = editor_fields(POLICY)
-    fields["rule-2-keep"] = "pushed_within"  # filling the empty row adds a rule
+    fields["rule-2-keep"] = "pushed_within"  # a row added with "Add rule", filled
     fields["rule-2-number"] = "30"
 
     page = deleter_client.post(PREVIEW, {**fields, "original": "ci"}).content.decode()
 
     assert 'id="policy-form"' in page and "<html" in page
     assert "<legend>Rule 3</legend>" in page
-    assert '<legend>Rule 4 <span class="muted">(new)</span></legend>' in page
-    assert 'name="rule-3-keep"' in page and 'name="rule-4-keep"' not in page
+    assert 'name="rule-2-keep"' in page and 'name="rule-3-keep"' not in page  # no empty row
     assert "kept by rule 3: pushed within 30 days" in page
     assert delete_items(page) == []
+
+
+def test_add_rule_draws_the_editor_again_with_an_empty_rule_to_fill_before_saving(
+    db, deleter_client
+):
+    fields = editor_fields({"name": "fresh", "rules": [{"keep": "always", "tags": ["v*"]}]})
+
+    answer = deleter_client.post(PREVIEW, {**fields, "add_rule": "yes"}, headers=HTMX)
+
+    page = answer.content.decode()
+    assert page.lstrip().startswith('<div class="retention-editor" id="retention-editor">')
+    assert "<html" not in page and 'id="dry-run"' in page  # the editor and its dry run
+    assert "<legend>Rule 1</legend>" in page
+    assert '<legend>Rule 2 <span class="muted">(new)</span></legend>' in page
+    assert '<select id="rule-1-keep" name="rule-1-keep" autofocus>' in page
+    assert '<p class="visually-hidden" role="status">Rule 2 added.</p>' in page
+    assert not RetentionPolicy.objects.exists()  # nothing saved
+    # Without JavaScript, the whole page.
+    whole = deleter_client.post(PREVIEW, {**fields, "add_rule": "yes"}).content.decode()
+    assert "<html" in whole and '<legend>Rule 2 <span class="muted">(new)</span></legend>' in whole
+
+
+def test_remove_rule_takes_out_that_rule_and_the_others_renumber(shop, ci, deleter_client):
+    fields = editor_fields(
+        {**POLICY, "rules": [*POLICY["rules"], {"keep": "always", "tags": ["x"]}]}
+    )
+
+    answer = deleter_client.post(
+        PREVIEW, {**fields, "original": "ci", "remove_rule": "0"}, headers=HTMX
+    )
+
+    page = answer.content.decode()
+    assert page.lstrip().startswith('<div class="retention-editor" id="retention-editor">')
+    assert '<p class="visually-hidden" role="status">Rule 1 removed.</p>' in page
+    assert 'name="rule-1-keep"' in page and 'name="rule-2-keep"' not in page
+    assert 'id="rule-0-group_by" name="rule-0-group_by" value="^(main)-"' in page
+    assert "kept by rule 1: latest 1 of group main" in page
+    assert re.search(r'<button type="submit" class="button" name="add_rule"[^>]* autofocus', page)
+    assert RetentionPolicy.objects.get().rules == ci.rules  # nothing saved until Save
+    # The last rule removed leaves one empty row to fill.
+    only = editor_fields({"name": "one", "rules": [{"keep": "always"}]})
+    page = deleter_client.post(PREVIEW, {**only, "remove_rule": "0"}).content.decode()
+    assert '<legend>Rule 1 <span class="muted">(new)</span></legend>' in page
+    assert 'name="rule-1-keep"' not in page and "remove_rule" not in page
 
 
 def test_a_rule_emptied_in_the_middle_goes_and_the_others_renumber(shop, ci, deleter_client):
@@ -296,7 +341,7 @@ def test_a_rule_emptied_in_the_middle_goes_and_the_others_renumber(shop, ci, del
 
     page = deleter_client.post(PREVIEW, {**fields, "original": "ci"}).content.decode()
 
-    assert 'name="rule-2-keep"' in page and 'name="rule-3-keep"' not in page
+    assert 'name="rule-1-keep"' in page and 'name="rule-2-keep"' not in page
     assert 'id="rule-0-group_by" name="rule-0-group_by" value="^(main)-"' in page
     assert "kept by rule 1: latest 1 of group main" in page
 

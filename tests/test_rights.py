@@ -318,6 +318,7 @@ TABLE = [
     Row("API GET /api/v1/ (index)", PUBLIC, url="/api/v1/"),
     Row("API GET /api/v1/openapi.json", DOCUMENT, url="/api/v1/openapi.json"),
     Row("API GET /api/v1/docs", DOCUMENT, url="/api/v1/docs", page=True),
+    Row("API GET /api/v1/docs/swagger", DOCUMENT, url="/api/v1/docs/swagger", page=True),
     Row("API GET /repositories", SIGNED_IN, url="/api/v1/repositories", lists=True),
     Row(
         "API GET /repositories/{path:name}/images",
@@ -487,6 +488,7 @@ API_PAGES = {
     "api-root": "API GET /api/v1/ (index)",
     "openapi-json": "API GET /api/v1/openapi.json",
     "openapi-view": "API GET /api/v1/docs",
+    "swagger": "API GET /api/v1/docs/swagger",
 }
 
 

@@ -117,6 +117,28 @@ def test_clear_empties_the_selection(thirty, deleter_client):
     assert checked(page) == [] and "Nothing selected" in page
 
 
+def test_the_preview_s_cancel_forgets_the_selection_and_goes_back_to_the_list(
+    thirty, deleter_client
+):
+    """Ticks used to survive a cancelled preview."""
+    tick(deleter_client, thirty[:10], thirty[:2])
+    page = deleter_client.post(
+        f"{LIST}-/delete/", {"digest": thirty[:2], "back": "filter=tagged"}
+    ).content.decode()
+    cancel = re.search(r'<button type="submit" class="button cancel-delete"[^>]*>', page)[0]
+    assert f'formaction="{SELECTION}"' in cancel and 'name="action" value="clear"' in cancel
+    assert "formnovalidate" in cancel  # the unticked confirmation box does not hold it up
+
+    # The preview's form, sent by its Cancel button (without JavaScript).
+    fields = {"digest": thirty[:2], "back": "filter=tagged", "action": "clear"}
+    response = deleter_client.post(SELECTION, fields)
+
+    assert response.status_code == 303
+    assert response["Location"] == f"{LIST}?filter=tagged"  # the list as it was left
+    listed = deleter_client.get(LIST).content.decode()
+    assert checked(listed) == [] and "Nothing selected" in listed
+
+
 def test_without_javascript_keep_this_pages_ticks_goes_back_to_the_same_page(
     thirty, deleter_client
 ):

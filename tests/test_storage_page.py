@@ -5,7 +5,7 @@ it costs."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -15,6 +15,7 @@ from django.utils import timezone
 from hubimages.lib.formatting import human_size
 from hubimages.models import Blob, Manifest, ManifestBlob, Repository, StorageSample, SyncRun
 from hubimages.storage import figures as storage_figures
+from hubimages.web import charts
 from tests.builders import digest_for, finish, manifest
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -179,6 +180,65 @@ def test_the_history_chart_has_a_title_and_a_table(registry_rows, viewer_client)
     assert '<polyline points="0.0,' in history and " 1000.0," in history
     cells = re.findall(r'<td class="col-size" title="([\d,]+) bytes">', history)
     assert cells == ["1,000,000", "1,500,000", "1,200,000"]
+
+
+def test_the_history_chart_labels_its_axes_even_when_every_sync_fell_in_one_minute(
+    registry_rows, viewer_client
+):
+    """Both time labels used to read the same minute, and the side only the maximum."""
+    at = (timezone.now() - timedelta(hours=1)).astimezone(UTC).replace(second=2, microsecond=0)
+    StorageSample.objects.all().delete()
+    for seconds, stored in ((0, 1_000_000), (20, 1_500_000), (41, 1_200_000)):
+        StorageSample.objects.create(at=at + timedelta(seconds=seconds), stored_bytes=stored)
+    SyncRun.objects.create(started_at=at, finished_at=timezone.now(), succeeded=True)
+    storage_figures.refresh()
+
+    page = viewer_client.get("/storage/").content.decode()
+
+    history = page[page.index('id="history-title"') : page.index('id="gc-title"')]
+    times = re.findall(r'class="tick-label x-tick">([^<]+)</text>', history)
+    assert times == [f"{at:%H:%M}:{second}" for second in (10, 20, 30, 40)]
+    sizes = re.findall(r'class="tick-label y-tick">([^<]+)</text>', history)
+    assert sizes == ["1.5 MB", "1.0 MB", "500.0 kB", "0"]
+    assert history.count('class="gridline"') == 3  # 500 kB, 1 MB, 1.5 MB
+    assert "times in UTC" in history
+
+
+@pytest.mark.parametrize(
+    ("span", "labels"),
+    [
+        (timedelta(0), ["Mar 3 14:05:31"]),
+        (timedelta(milliseconds=300), ["Mar 3 14:05:31"]),
+        (timedelta(seconds=50), ["14:05:45", "14:06:00", "14:06:15"]),
+        (timedelta(minutes=7), ["14:06", "14:08", "14:10", "14:12"]),
+        (timedelta(hours=20), ["Mar 3 18:00", "Mar 4 00:00", "Mar 4 06:00"]),
+        (timedelta(days=6), ["Mar 4", "Mar 6", "Mar 8"]),
+        (timedelta(days=400), ["2026-04-23", "2026-07-23", "2026-10-22", "2027-01-21"]),
+    ],
+)
+def test_time_ticks_are_round_few_and_distinct_whatever_the_span(span, labels):
+    first = datetime(2026, 3, 3, 14, 5, 31, tzinfo=UTC)
+
+    ticks = charts.time_ticks(first, first + span)
+
+    assert [tick.label for tick in ticks] == labels
+    assert len(ticks) <= charts.MAX_X_TICKS
+    assert all(0 <= tick.position <= 100 for tick in ticks)
+
+
+def test_with_no_untagged_item_the_figure_says_so_rather_than_the_0_untagged_items(
+    db, viewer_client
+):
+    repository = Repository.objects.create(name="team/tagged")
+    manifest(repository, "tagged", size=1_000, pushed_at=timezone.now(), tags=["v1"])
+    finish(repository)
+    SyncRun.objects.create(started_at=timezone.now(), finished_at=timezone.now(), succeeded=True)
+    storage_figures.refresh()
+
+    page = viewer_client.get("/storage/").content.decode()
+
+    assert '<span class="figure-note">no untagged items</span>' in page
+    assert "the 0 untagged" not in page
 
 
 def test_without_any_full_sync_the_history_says_so(registry_rows, viewer_client):

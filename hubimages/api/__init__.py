@@ -1,12 +1,12 @@
 """The HTTP API under `/api/v1/` (SPEC §9), built with django-ninja: typed schemas
 (`schemas`), the OpenAPI document generated from them at `/api/v1/openapi.json`, and its
-docs page at `/api/v1/docs`.
+reference page at `/api/v1/docs`, drawn by the server from that document (`reference`).
 
-The docs page is ninja's Swagger UI served from ninja's own static files (WhiteNoise, like
-ours); its settings travel in a JSON data block read by a script file, so it runs under
-our Content Security Policy, with no CDN, inline script or eval. It is a page, so the
-login wall sends strangers to sign in; everything else here answers JSON to a session or a
-token, and JSON errors to anyone else (`errors`).
+For trying calls out, ninja's Swagger UI is at `/api/v1/docs/swagger`, served from ninja's
+own static files (WhiteNoise, like ours); its settings travel in a JSON data block read by
+a script file, so it runs under our Content Security Policy, with no CDN, inline script or
+eval. Both are pages, so the login wall sends strangers to sign in; everything else here
+answers JSON to a session or a token, and JSON errors to anyone else (`errors`).
 
 May import every feature package and `hubimages.accounts`; never `hubimages.web`.
 """
@@ -17,12 +17,13 @@ from collections.abc import Callable
 from functools import wraps
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
-from django.urls import URLPattern, reverse
+from django.urls import URLPattern, path, reverse
 from ninja import NinjaAPI, Swagger
 
 from hubimages.api import errors, in_use, jobs, repositories, retention, storage, trash
 from hubimages.api.auth import AUTH
 from hubimages.api.errors import ApiError, error_response
+from hubimages.api.reference import ReferencePage
 
 DESCRIPTION = """\
 What hubimages knows of the registry, and safe deletion, for scripts and CI pipelines.
@@ -93,27 +94,33 @@ def index(request: HttpRequest, **kwargs: object) -> JsonResponse:
         {
             "openapi": reverse("api:openapi-json"),
             "docs": reverse("api:openapi-view"),
+            "swagger": reverse("api:swagger"),
         }
     )
 
 
 class HubimagesAPI(NinjaAPI):
     """ninja's API, its URLs adjusted: JSON answers only, no login wall but for the docs
-    page (a page like the others), and an index at the root."""
+    pages (pages like the others), an index at the root, and Swagger UI beside the
+    reference page."""
 
     def _get_urls(self) -> list:
         patterns = super()._get_urls()
+        swagger = _credentials_required(lambda request: SWAGGER.render_page(request, self))
+        patterns.insert(0, path("docs/swagger", swagger, name="swagger"))
         for pattern in patterns:
             if not isinstance(pattern, URLPattern):
                 continue
             if pattern.name == "api-root":
                 pattern.callback = index
-            read_only = pattern.name in ("api-root", "openapi-json", "openapi-view")
+            read_only = pattern.name in ("api-root", "openapi-json", "openapi-view", "swagger")
             pattern.callback = _json_only(pattern.callback, read_only=read_only)
-            if pattern.name != "openapi-view":
+            if pattern.name not in ("openapi-view", "swagger"):
                 pattern.callback.login_required = False
         return patterns
 
+
+SWAGGER = Swagger(settings={"validatorUrl": None, "persistAuthorization": False})
 
 api = HubimagesAPI(
     title="hubimages API",
@@ -121,7 +128,7 @@ api = HubimagesAPI(
     description=DESCRIPTION,
     urls_namespace="api",
     auth=AUTH,
-    docs=Swagger(settings={"validatorUrl": None, "persistAuthorization": False}),
+    docs=ReferencePage(),
     docs_decorator=_credentials_required,
 )
 errors.install(api)

@@ -5,7 +5,8 @@ what the rest of it is shared with, and the guard rails that ask for a second lo
 most of their layers are used elsewhere. Each item therefore gets the bytes only it holds,
 the bytes it shares with other items of the same deletion (freed together, counted once in
 the total) and the bytes a manifest that stays still uses (never freed), with a few of
-those manifests named. Read-only, three queries whatever the plan's size.
+those manifests named (by tag, or an index's tag and the platform). Read-only, four
+queries whatever the plan's size.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.utils import timezone
 from hubimages.deletion import planning
 from hubimages.inventory import status
 from hubimages.lib.formatting import short_digest
-from hubimages.models import Manifest, ManifestBlob, Tag
+from hubimages.models import IndexEntry, Manifest, ManifestBlob, Tag, platform_label
 
 # Pulled this recently, an item is "recently pulled": the same window the retention dry run
 # uses. (Not "in use": that means a live in-use report says it runs, SPEC §13.)
@@ -107,22 +108,56 @@ def _users_outside(blob_ids: list[int], planned: list[int]) -> dict[int, tuple[i
 def _names(
     repository: str, manifest_ids: set[int], visible: Callable[[str], bool] | None = None
 ) -> dict[int, str]:
-    """A manifest as people know it: its first tag (`repo:tag` in another repository),
-    else its short digest; none for one in a repository `visible` refuses."""
+    """A manifest as people know it: its first tag; an untagged image inside a tagged index
+    by that index's tag and its platform ("latest · linux/arm64/v8"), which says which
+    architecture it is; else its short digest and platform. `repo:` before it when it lives
+    in another repository; none for one in a repository `visible` refuses."""
     rows = (
         Manifest.objects.filter(pk__in=planning.as_parameter(manifest_ids))
         .annotate(first_tag=Min("tags__name"))
-        .values_list("pk", "repository__name", "digest", "first_tag")
+        .values_list(
+            "pk", "repository__name", "digest", "first_tag", "os", "architecture", "variant"
+        )
     )
+    rows = list(rows)
+    parents = _tagged_parents([row[0] for row in rows if not row[3]])
     names = {}
-    for pk, repo, digest, tag in rows:
+    for pk, repo, digest, tag, os, architecture, variant in rows:
         if repo != repository and visible is not None and not visible(repo):
             continue
-        name = tag or short_digest(digest)
+        own_platform = platform_label(os, architecture, variant)
+        if tag:
+            name = tag
+        elif pk in parents:
+            index_tag, declared = parents[pk]
+            name = " · ".join(part for part in (index_tag, declared or own_platform) if part)
+            tag = index_tag
+        else:
+            name = " · ".join(part for part in (short_digest(digest), own_platform) if part)
         if repo != repository:
-            name = f"{repo}:{tag}" if tag else f"{repo}@{short_digest(digest)}"
+            name = f"{repo}:{name}" if tag else f"{repo}@{name}"
         names[pk] = name
     return names
+
+
+def _tagged_parents(manifest_ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Untagged manifest -> (the first tag of a tagged index holding it, the platform that
+    index declares for it)."""
+    if not manifest_ids:
+        return {}
+    rows = (
+        IndexEntry.objects.filter(
+            child_id__in=planning.as_parameter(manifest_ids), index__is_tagged=True
+        )
+        .annotate(tag=Min("index__tags__name"))
+        .values_list("child_id", "tag", "os", "architecture", "variant")
+        .order_by("child_id", "tag")
+    )
+    parents: dict[int, tuple[str, str]] = {}
+    for child, tag, os, architecture, variant in rows:
+        if tag and child not in parents:
+            parents[child] = (tag, platform_label(os, architecture, variant))
+    return parents
 
 
 def _item_sharing(

@@ -3,8 +3,9 @@
 Not a Django form: the JSON is the policy's one true shape and `retention.validate_policy`
 its one validator, so the form only turns fields into that JSON and maps each error's
 JSON path (`rules[1].count`) back onto the field it concerns. A row whose `keep` is empty
-is no rule at all: that is how a row is removed, and the page always offers one empty row
-to add a rule (without JavaScript too: Preview draws the page again with a new one).
+is no rule at all. "Add rule" and "Remove rule" are submit buttons that draw the editor
+again (htmx swaps it in place; without JavaScript the page comes back), so a rule can be
+added or removed before the policy is ever saved.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class RuleRow:
     group_by: str = ""
     errors: dict[str, list[str]] = field(default_factory=dict)
     index: int = 0
+    added: bool = False  # just added with "Add rule": the page puts the focus on it
 
     @property
     def is_rule(self) -> bool:
@@ -82,6 +84,9 @@ class PolicyForm:
     enabled: bool = True
     rows: list[RuleRow] = field(default_factory=list)
     errors: dict[str, list[str]] = field(default_factory=dict)  # field -> messages
+    # What "Add rule" or "Remove rule" just did, for screen readers ("Rule 2 added.").
+    note: str = ""
+    removed: bool = False  # a rule was just removed: the focus goes to "Add rule"
     _checked: bool = field(default=False, repr=False)
     _policy: policies.Policy | None = field(default=None, repr=False)
 
@@ -111,15 +116,22 @@ class PolicyForm:
             max_delete_fraction=f"{policy.max_delete_fraction:g}",
             schedule_hours=str(policy.schedule_hours or ""),
             enabled=policy.enabled,
-            rows=rows + [RuleRow()],
+            rows=rows or [RuleRow()],
         )
 
     @classmethod
     def from_post(cls, data: QueryDict) -> PolicyForm:
         """Every row the form sent, in order, whatever its number: a rule is never
-        dropped (too many are refused by `validate`)."""
+        dropped (too many are refused by `validate`) unless its "Remove rule" was pressed.
+        Emptied rows go, so the numbers match the dry run's "rule 2"; "Add rule" appends
+        an empty row, and a form without any rule keeps one to fill."""
         rows = []
         numbers = sorted({int(m.group(1)) for key in data if (m := _ROW_KEEP.match(key))})
+        removed = data.get("remove_rule", "")
+        note = ""
+        if removed.isdigit() and int(removed) in numbers:
+            note = f"Rule {numbers.index(int(removed)) + 1} removed."
+            numbers.remove(int(removed))
         for i in numbers:
             rows.append(
                 RuleRow(
@@ -131,8 +143,10 @@ class PolicyForm:
                     group_by=data.get(f"rule-{i}-group_by", "").strip(),
                 )
             )
-        # Emptied rows go (numbers then match the dry run's "rule 2"); one empty row stays.
-        rows = [row for row in rows if row.is_rule] + [RuleRow()]
+        rows = [row for row in rows if row.is_rule]
+        if data.get("add_rule") or not rows:
+            rows.append(RuleRow(added=bool(data.get("add_rule"))))
+            note = f"Rule {len(rows)} added." if data.get("add_rule") else note
         return cls(
             name=data.get("name", "").strip(),
             # A form from before the field (an open page at an upgrade): every registry.
@@ -142,7 +156,15 @@ class PolicyForm:
             schedule_hours=data.get("schedule_hours", "").strip(),
             enabled=data.get("enabled") == "on",
             rows=rows,
+            note=note,
+            removed=bool(note) and not data.get("add_rule"),
         )
+
+    @property
+    def rows_changed(self) -> bool:
+        """ "Add rule" or "Remove rule" was pressed: the editor, not only the dry run,
+        is drawn again."""
+        return bool(self.note)
 
     def as_json(self) -> dict[str, Any]:
         """The policy JSON these fields say; what does not parse is passed on as typed,

@@ -176,7 +176,9 @@ def selection(request: HttpRequest, registry: str, name: str) -> HttpResponse:
             **_selection_context(request, repository, set(request.POST.getlist("shown"))),
         }
         return render(request, "image_management.html#selection-bar", context)
-    return HttpResponseRedirect(list_url(repository, request.POST.get("here", "")), status=303)
+    # The preview's Cancel sends the list's address as `back`, the list itself as `here`.
+    here = request.POST.get("here") or back
+    return HttpResponseRedirect(list_url(repository, here), status=303)
 
 
 @require_GET

@@ -131,7 +131,9 @@ def _editor(
         "error": error,
         "checked": check,
     }
-    return render_page(request, "retention_policy.html", "dry_run", context, status=status)
+    # "Add rule" and "Remove rule" change the form itself: htmx gets the whole editor.
+    partial = "editor" if form.rows_changed else "dry_run"
+    return render_page(request, "retention_policy.html", partial, context, status=status)
 
 
 def _stored_policy(request: HttpRequest, name: str) -> RetentionPolicy:
@@ -187,7 +189,8 @@ def _blank_form(mine: Rights) -> PolicyForm:
 @vary_on_htmx
 def retention_preview(request: HttpRequest) -> HttpResponse:
     """The dry run of the editor's fields as they stand, saved or not: htmx asks for it as
-    you type; the Preview button gets the whole page (and a fresh empty rule row)."""
+    you type; the Preview button gets the whole page; "Add rule" and "Remove rule" the
+    editor with one rule more or less (the whole page without JavaScript)."""
     may_write_policies(request)
     original = request.POST.get("original", "")
     row = RetentionPolicy.objects.filter(name=original).first() if original else None
