@@ -8,7 +8,7 @@ endpoint reads up to MAX_REPORT_BYTES itself and checks the JSON against its sch
 from __future__ import annotations
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Path, Router
 from pydantic import ValidationError
 
 from hubimages.api.auth import ReportToken
@@ -52,7 +52,10 @@ def _inline(schema: dict) -> dict:
         }
     },
 )
-def report_in_use(request: HttpRequest, source: str) -> dict:
+def report_in_use(
+    request: HttpRequest,
+    source: str = Path(..., pattern=reports.SOURCE_NAME_RE.pattern, max_length=100),
+) -> dict:
     """What `source` (a cluster, a CI system) runs now: it replaces the source's last
     report whole. References are kept by digest; a tag is resolved to its digest now, and
     one hubimages does not know comes back in `unresolved`; references to registries
