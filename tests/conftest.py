@@ -19,6 +19,27 @@ from registry.client import RegistryClient
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
+# Fixtures through which a test reaches the database (pytest-django's, and Django's test
+# client, which signs in and keeps sessions there).
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_setup", "live_server", "client"}
+
+
+def touches_the_database(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(fixtures & DATABASE_FIXTURES) or item.get_closest_marker("django_db") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With HUBIMAGES_DATABASE_TESTS_ONLY=1 (scripts/test's PostgreSQL run), only the tests
+    that reach the database run: the others (media types, policy parsing, the registry
+    client, settings) cannot answer differently on another database, and already ran on
+    SQLite."""
+    if os.environ.get("HUBIMAGES_DATABASE_TESTS_ONLY") != "1":
+        return
+    kept = [item for item in items if touches_the_database(item)]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
 
 @pytest.fixture(autouse=True)
 def plain_static_files(settings):
