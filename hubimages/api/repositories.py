@@ -131,7 +131,7 @@ def image_detail(
     that made it), labels and annotations, and where else the same digest lives."""
     reject_unknown_parameters(request, RegistryQuery)
     repository = _repository(request, name, query.registry)
-    digest = _digest(digest, "digest")
+    digest = checked_digest(digest, "digest")
     try:
         manifest = details.manifest_detail(repository, digest)
     except Manifest.DoesNotExist:
@@ -197,7 +197,7 @@ def delete_images(
     reject_unknown_parameters(request, RegistryQuery)
     repository = _repository(request, name, query.registry)
     require_delete(request, repository.registry.name, repository.name)
-    digests = [_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
+    digests = [checked_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
     plan = planning.plan_deletion(
         repository=repository, digests=digests, allow_in_use=payload.allow_in_use
     )
@@ -284,7 +284,8 @@ def _repository(request: HttpRequest, name: str, registry: str = "") -> Reposito
     return repository
 
 
-def _digest(text: str, field: str) -> str:
+def checked_digest(text: str, field: str) -> str:
+    """`text` as a digest (bare hex taken as sha256), or a 422 naming `field`."""
     digest = planning.normalize_digest(text)
     if not media.is_digest(digest):
         raise ApiError(

@@ -9,6 +9,7 @@ from ninja import Query, Router, Status
 from hubimages.api.auth import require_write_scope
 from hubimages.api.errors import ApiError
 from hubimages.api.paging import paginate, reject_unknown_parameters
+from hubimages.api.repositories import checked_digest
 from hubimages.api.schemas import (
     JobStartedOut,
     RestoreIn,
@@ -16,14 +17,12 @@ from hubimages.api.schemas import (
     TrashQuery,
     error_responses,
 )
-from hubimages.deletion import planning
 from hubimages.jobs import queue
 from hubimages.lib.audit import Actor
 from hubimages.lib.formatting import iso
 from hubimages.registries import rows
 from hubimages.teams.rights import restore_refusal, rights_of
 from hubimages.trash import listing
-from registry import media
 
 router = Router(tags=["trash"])
 
@@ -97,17 +96,7 @@ def restore(
     deletion = listing.operations(within=_seen(request)).filter(pk=operation).first()
     if deletion is None:
         raise ApiError(404, "not_found", f"no deletion {operation} in the Trash")
-    digests = []
-    for i, text in enumerate(payload.digests):
-        digest = planning.normalize_digest(text)
-        if not media.is_digest(digest):
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"digests[{i}]: {text[:100]!r} is not a digest",
-                fields=[{"field": f"digests[{i}]", "message": "not a digest"}],
-            )
-        digests.append(digest)
+    digests = [checked_digest(text, f"digests[{i}]") for i, text in enumerate(payload.digests)]
     operations = [deletion]
     if payload.whole_run and deletion.retention_run_id:
         operations = list(
