@@ -4,7 +4,6 @@ before its DELETE and settled after."""
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ from hubimages.lib.leases import (
     repository_lease_name,
     repository_lock,
 )
+from hubimages.lib.ordering import dependencies_first
 from hubimages.models import (
     Deletion,
     DeletionRecord,
@@ -562,26 +562,12 @@ def _parents_within(plan: DeletionPlan) -> dict[int, list[tuple[int, str]]]:
 def _topological(
     items: tuple[PlannedItem, ...], parents: dict[int, list[tuple[int, str]]]
 ) -> list[PlannedItem]:
-    """Parents before children, otherwise plan order (Kahn's algorithm); anything caught
-    in a cycle, which content addressing rules out, comes last in plan order."""
-    position = {item.manifest_id: i for i, item in enumerate(items)}
-    waiting = {pk: len({p for p, _ in parents.get(pk, [])}) for pk in position}
-    children: dict[int, list[int]] = defaultdict(list)
-    for pk in position:
-        for parent in {p for p, _ in parents.get(pk, [])}:
-            children[parent].append(pk)
-    ready = [position[pk] for pk, count in waiting.items() if count == 0]
-    heapq.heapify(ready)
-    ordered: list[PlannedItem] = []
-    while ready:
-        item = items[heapq.heappop(ready)]
-        ordered.append(item)
-        for child in children[item.manifest_id]:
-            waiting[child] -= 1
-            if waiting[child] == 0:
-                heapq.heappush(ready, position[child])
-    placed = {item.manifest_id for item in ordered}
-    return ordered + [item for item in items if item.manifest_id not in placed]
+    """Parents before children, otherwise plan order."""
+    return dependencies_first(
+        items,
+        key=lambda item: item.manifest_id,
+        after=lambda item: (parent for parent, _ in parents.get(item.manifest_id, [])),
+    )
 
 
 def _record(repository: Repository, operation: Deletion, deleted: list[PlannedItem]) -> int:

@@ -16,7 +16,6 @@ run over what is back restores nothing more and says so."""
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from django.utils import timezone
 
 from hubimages.lib.formatting import plural, short_digest
 from hubimages.lib.leases import HeldLease, repository_lock
+from hubimages.lib.ordering import dependencies_first
 from hubimages.models import (
     Deletion,
     DeletionRecord,
@@ -270,27 +270,8 @@ def _put_manifests(
 
 def _in_order(records: list[DeletionRecord]) -> list[DeletionRecord]:
     """Children before their index, subjects before their referrers, otherwise in the
-    order they were deleted (Kahn's algorithm; content addressing rules out cycles)."""
-    position = {record.digest: i for i, record in enumerate(records)}
-    waiting: dict[str, int] = {}
-    dependents: dict[str, list[str]] = defaultdict(list)
-    for record in records:
-        before = {d for d in _before(record) if d in position}
-        waiting[record.digest] = len(before)
-        for digest in before:
-            dependents[digest].append(record.digest)
-    ready = [position[d] for d, count in waiting.items() if count == 0]
-    heapq.heapify(ready)
-    ordered = []
-    while ready:
-        record = records[heapq.heappop(ready)]
-        ordered.append(record)
-        for digest in dependents[record.digest]:
-            waiting[digest] -= 1
-            if waiting[digest] == 0:
-                heapq.heappush(ready, position[digest])
-    placed = {record.digest for record in ordered}
-    return ordered + [record for record in records if record.digest not in placed]
+    order they were deleted."""
+    return dependencies_first(records, key=lambda record: record.digest, after=_before)
 
 
 def _before(record: DeletionRecord) -> tuple[str, ...]:
