@@ -50,6 +50,7 @@ from hubimages.models import (
     Job,
     KeptManifest,
     Manifest,
+    Registry,
     Repository,
     RetentionPolicy,
 )
@@ -1138,3 +1139,15 @@ def test_the_in_use_page_shows_each_user_the_sources_and_references_they_see(wor
     assert "1 unknown tag" in admin and "+1 on other registries" in admin
     assert "beta/api:no-such-tag" in admin
     assert 'data-source="prod"' not in stranger and "No reports on what you see" in stranger
+
+
+def test_the_storage_page_of_a_registry_the_user_may_not_see_is_not_found(world):
+    """Asking for a registry without a grant on it answers as for one that does not exist,
+    never with another registry's figures under the name asked for."""
+    Registry.objects.create(name="private", url="http://127.0.0.1:9")
+    viewer = signed_in(world, "viewer")
+
+    assert viewer.get("/storage/", {"registry": "private"}).status_code == 404
+    assert viewer.get("/storage/", {"registry": "nowhere"}).status_code == 404
+    assert viewer.get("/storage/", {"registry": "default"}).status_code == 200
+    assert signed_in(world, "admin").get("/storage/", {"registry": "private"}).status_code == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
 from hubimages.models import Registry
@@ -80,14 +80,22 @@ def storage_insights(request: HttpRequest) -> HttpResponse:
 
 
 def _chosen(request: HttpRequest, registries: list[Registry]) -> Registry:
-    """The registry asked for, if the user sees it; else the default one, else the first
-    they see (someone who sees none gets the first, with nothing of it)."""
+    """The registry asked for (`?registry=`): 404 unless the user sees it, the same answer
+    as for one that does not exist, rather than another registry's figures under a name
+    they did not ask for. Without one: the default registry if they see it, else the
+    first they see (someone who sees none gets the first, with nothing of it)."""
+    asked = request.GET.get("registry")
+    if asked:
+        chosen = next((registry for registry in registries if registry.name == asked), None)
+        if chosen is None:
+            raise Http404(f"no registry named {asked!r} that you may see")
+        return chosen
     try:
-        wanted = registry_rows.get(request.GET.get("registry") or None)
+        default = registry_rows.get()
     except registry_rows.UnknownRegistry:
-        wanted = None
-    if wanted is not None and wanted in registries:
-        return wanted
+        default = None
+    if default is not None and default in registries:
+        return default
     return registries[0] if registries else (registry_rows.known() or [registry_rows.get()])[0]
 
 
