@@ -29,14 +29,21 @@ def touches_the_database(item: pytest.Item) -> bool:
     return bool(fixtures & DATABASE_FIXTURES) or item.get_closest_marker("django_db") is not None
 
 
+def drives_a_browser(item: pytest.Item) -> bool:
+    """The browser tests (tests/test_browser_*.py): what a person sees and does on the
+    pages. Their database work is the views' own, which the tests driving the same views
+    through Django's client run on both databases."""
+    return item.path.name.startswith("test_browser_")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With HUBIMAGES_DATABASE_TESTS_ONLY=1 (scripts/test's PostgreSQL run), only the tests
-    that reach the database run: the others (media types, policy parsing, the registry
-    client, settings) cannot answer differently on another database, and already ran on
-    SQLite."""
+    that reach the database and do not drive a browser run: the others (media types,
+    policy parsing, the registry client, settings; layouts, focus, accessibility) cannot
+    answer differently on another database, and already ran on SQLite."""
     if os.environ.get("HUBIMAGES_DATABASE_TESTS_ONLY") != "1":
         return
-    kept = [item for item in items if touches_the_database(item)]
+    kept = [item for item in items if touches_the_database(item) and not drives_a_browser(item)]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept
 
