@@ -82,7 +82,7 @@ def test_each_item_frees_only_its_own_layers_and_names_what_shares_the_rest(shop
     # and the base layer that `stable` keeps said once on top.
     assert sharing.groups[shop.one.digest].frees == own
     assert sharing.groups_frees + sharing.shared_among_groups == plan.reclaimable_bytes
-    assert f'= <span class="size" title="{sharing.groups_frees:,} bytes">' in page
+    assert sharing.shared_among_groups == 0 and "several of them share" not in page
     assert f'<strong class="group-frees" data-bytes="{own}">' in page
     assert sharing.kept_shared == 30_000
     assert '<span class="kept-shared" data-bytes="30000">' in page
@@ -135,6 +135,17 @@ def test_bytes_only_the_deleted_items_share_are_counted_once_and_said_so(
     sharing = preview.plan_sharing(plan)
     assert sharing.shared_among_items == 30_000
     assert sharing.total == plan.reclaimable_bytes
+    # On top: the three cards' Frees plus the base layer all three share, once.
+    assert sharing.shared_among_groups == 30_000
+    assert sharing.groups_frees + 30_000 == plan.reclaimable_bytes
+    assert (
+        f'= <span class="size" title="{sharing.groups_frees:,} bytes">'
+        f"{human_size(sharing.groups_frees)}</span> that the selected items free, each with "
+        f'what goes with it (below), + <span class="size" title="30,000 bytes">'
+    ) in page
+    assert f'<strong class="group-frees" data-bytes="{sharing.groups[shop.one.digest].frees}">' in (
+        page
+    )
     assert "shared with other items deleted here: freed once, in the total" in row_of(
         page, shop.one.digest
     )
