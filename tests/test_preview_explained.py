@@ -162,7 +162,10 @@ def test_the_preview_flags_what_was_recently_pulled_tagged_latest_or_a_signature
     assert '<span class="badge badge-guard guard">tag latest</span>' in release
     assert '<span class="badge badge-guard guard">signature</span>' in signature
     guard_rails = re.search(r'<section class="guard-rails".*?</section>', page, re.S)[0]
-    assert "1 item recently pulled: in the last 30 days" in guard_rails
+    assert (
+        '1 item recently pulled: in the last 30 days (<span class="tag" title="2.0">2.0</span> 3'
+        in guard_rails
+    )
     assert 'The tag <span class="tag">latest</span> goes' in guard_rails
     assert "1 signature will go" in guard_rails
     assert "2 items are not stale" in guard_rails
