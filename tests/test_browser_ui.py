@@ -205,6 +205,11 @@ def test_the_list_and_its_dialogs_fit_the_screen_with_the_right_columns(
         dialog.locator(".footer-frees"),
     ):
         expect(control).to_be_in_viewport()
+    # The selected item's card says what it frees; its manifests open with a click.
+    card = dialog.locator("section.delete-group").first
+    expect(card.locator(".group-frees")).to_be_visible()
+    assert_within_width(page, card.locator(".group-figures"))
+    card.locator("details.cascade > summary").click()
     item = dialog.locator("tr.delete-item").first
     for cell in ("td.col-digest", "td.col-size", "td.frees-cell", "td.col-because"):
         assert_within_width(page, item.locator(cell))
@@ -617,6 +622,8 @@ def test_no_page_is_wider_than_the_screen_has_an_axe_violation_or_a_small_target
     page.get_by_role("button", name="Preview and delete").click()
     expect(page.locator("dialog.panel")).to_be_visible()
     problems += look_around(page, "preview", phone)
+    page.locator("dialog.panel details.cascade > summary").first.click()
+    problems += look_around(page, "preview with its manifests open", phone)
     page.context.clear_cookies()
     page.goto("/accounts/login/")
     problems += look_around(page, "sign-in", phone)
@@ -659,6 +666,14 @@ def test_the_preview_shows_each_item_s_type_and_platform_and_nothing_drawn_over_
         )
     )
 
+    # Folded, the card says which architectures go, in words; Enter opens its manifests.
+    card = dialog.locator("section.delete-group").first
+    expect(card.locator(".group-words")).to_contain_text(re.compile(r"images? \(.*linux/arm64/v8"))
+    assert_within_width(page, card.locator(".group-words"))
+    expect(items.first).to_be_hidden()
+    card.locator("details.cascade > summary").focus()
+    page.keyboard.press("Enter")
+    expect(items.first).to_be_visible()
     arm = dialog.locator(f'tr.delete-item[data-digest="{lived_in.release.children[1].digest}"]')
     expect(arm.locator("td.col-type")).to_have_text("Image")
     expect(arm.locator("td.col-platform")).to_have_text("linux/arm64/v8")

@@ -89,7 +89,6 @@ def test_the_preview_lists_what_goes_what_stays_the_tags_and_the_exact_bytes(sho
     assert response.status_code == 200
     page = response.content.decode()
     plan = plan_for(shop.release.digest, shop.old.digest)
-    short = short_digest
     listed = re.findall(r'<tr class="delete-item" data-digest="(sha256:\w+)">', page)
     assert listed == [item.digest for item in plan.delete]
     assert set(listed) == {
@@ -102,7 +101,11 @@ def test_the_preview_lists_what_goes_what_stays_the_tags_and_the_exact_bytes(sho
     release_group = page.index(f'<h2 id="group-1">Image index <code title="{shop.release.digest}"')
     old_group = page.index(f'<h2 id="group-2">Image <code title="{shop.old.digest}"')
     assert release_group < page.index(f'data-digest="{shop.amd.digest}"') < old_group
-    assert f'<td class="col-because">only used by index {short(shop.release.digest)}\n' in page
+    assert (
+        '<td class="col-because">image of the selected image index, which nothing that stays '
+        "uses\n" in page
+    )
+    assert not any("sha256:" in why for why in re.findall(r'"col-because">([^<]*)', page))
     assert page.count('<td class="col-because">selected\n') == 2
     assert (
         '<td class="col-type">Attestation</td>' in page
@@ -140,6 +143,30 @@ def test_the_preview_lists_what_goes_what_stays_the_tags_and_the_exact_bytes(sho
     ) in page
     assert ">Delete forever</button>" in page
     assert f'action="{EXECUTE}"' in page and "hx-post" not in page  # a plain page, no JS needed
+    # In plain words: the totals on top, each selected item with what goes with it, the
+    # manifests folded under it; no "top-level", no "referrer".
+    words = "with 1 image (linux/amd64), 1 attestation"
+    assert page.index('<section class="delete-summary"') < release_group
+    assert (
+        "2 selected items go, and 2 more that go with them: 1 image (linux/amd64), 1 attestation."
+        in page
+    )
+    assert release_group < page.index(words) < page.index('<details class="cascade">')
+    assert "nothing else goes with it" in page[old_group:]
+    assert "top-level" not in page and "eferrer" not in page
+
+
+def test_size_and_frees_differ_by_the_manifest_s_own_bytes_exactly(shop, deleter_client):
+    """Size counts config and layers (SPEC §2), Frees what the collector frees (SPEC §4):
+    the manifest's bytes too. An attestation that shares nothing frees exactly both."""
+    page = deleter_client.get(PREVIEW, {"digest": shop.release.digest}).content.decode()
+    attestation = next(i for i in plan_for(shop.release.digest).delete if i.kind == "attestation")
+    manifest = len(shop.attestation.body)
+    row = re.search(rf'data-digest="{attestation.digest}">.*?</tr>', page, re.S)[0]
+    assert f'<td class="col-size" title="{attestation.size:,} bytes">' in row
+    frees = attestation.size + manifest
+    assert f'class="frees-cell" data-bytes="{frees}" data-manifest-bytes="{manifest}">' in row
+    assert "its own manifest bytes included, which Size leaves out" in page
 
 
 def test_htmx_gets_the_preview_as_a_dialog_for_the_panel(shop, deleter_client):

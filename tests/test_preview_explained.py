@@ -64,7 +64,10 @@ def test_each_item_frees_only_its_own_layers_and_names_what_shares_the_rest(shop
     one = row_of(page, shop.one.digest)
     # Its own layer, config and manifest bytes; the base layer is `stable`'s too.
     own = 2_000 + shop.one.config_size + len(shop.one.body)
-    assert f'<td class="frees-cell" data-bytes="{own}">' in one
+    assert (
+        f'<td class="frees-cell" data-bytes="{own}" data-manifest-bytes="{len(shop.one.body)}">'
+        in one
+    )
     assert f'title="{own:,} bytes">{human_size(own)}</span>' in one
     assert f'{human_size(30_000)}</span> shared with <code title="1.1">' not in one  # goes too
     assert re.search(
@@ -75,7 +78,14 @@ def test_each_item_frees_only_its_own_layers_and_names_what_shares_the_rest(shop
     sharing = preview.plan_sharing(plan)
     assert sharing.total == plan.reclaimable_bytes
     assert sharing.frees_alone == own + 3_000 + shop.two.config_size + len(shop.two.body)
-    assert f'= <span class="size" title="{sharing.frees_alone:,} bytes">' in page
+    # Each selected item is a group: its Frees on its card, the groups adding up to the total,
+    # and the base layer that `stable` keeps said once on top.
+    assert sharing.groups[shop.one.digest].frees == own
+    assert sharing.groups_frees + sharing.shared_among_groups == plan.reclaimable_bytes
+    assert sharing.shared_among_groups == 0 and "several of them share" not in page
+    assert f'<strong class="group-frees" data-bytes="{own}">' in page
+    assert sharing.kept_shared == 30_000
+    assert '<span class="kept-shared" data-bytes="30000">' in page
 
 
 def test_what_shares_a_layer_is_named_by_tags_and_platform_not_by_a_digest(
@@ -125,6 +135,17 @@ def test_bytes_only_the_deleted_items_share_are_counted_once_and_said_so(
     sharing = preview.plan_sharing(plan)
     assert sharing.shared_among_items == 30_000
     assert sharing.total == plan.reclaimable_bytes
+    # On top: the three cards' Frees plus the base layer all three share, once.
+    assert sharing.shared_among_groups == 30_000
+    assert sharing.groups_frees + 30_000 == plan.reclaimable_bytes
+    assert (
+        f'= <span class="size" title="{sharing.groups_frees:,} bytes">'
+        f"{human_size(sharing.groups_frees)}</span> that the selected items free, each with "
+        f'what goes with it (below), + <span class="size" title="30,000 bytes">'
+    ) in page
+    assert f'<strong class="group-frees" data-bytes="{sharing.groups[shop.one.digest].frees}">' in (
+        page
+    )
     assert "shared with other items deleted here: freed once, in the total" in row_of(
         page, shop.one.digest
     )
@@ -141,7 +162,10 @@ def test_the_preview_flags_what_was_recently_pulled_tagged_latest_or_a_signature
     assert '<span class="badge badge-guard guard">tag latest</span>' in release
     assert '<span class="badge badge-guard guard">signature</span>' in signature
     guard_rails = re.search(r'<section class="guard-rails".*?</section>', page, re.S)[0]
-    assert "1 item recently pulled: in the last 30 days" in guard_rails
+    assert (
+        '1 item recently pulled: in the last 30 days (<span class="tag" title="2.0">2.0</span> 3'
+        in guard_rails
+    )
     assert 'The tag <span class="tag">latest</span> goes' in guard_rails
     assert "1 signature will go" in guard_rails
     assert "2 items are not stale" in guard_rails
@@ -192,9 +216,13 @@ def test_the_total_and_delete_forever_sit_in_the_dialogs_sticky_footer(shop, del
     assert ">Delete forever</button>" in footer
 
 
-def test_the_preview_says_referrer_not_artifact(shop, deleter_client):
+def test_the_preview_says_signature_not_referrer_nor_artifact(shop, deleter_client):
     page = deleter_client.post(PREVIEW, {"digest": shop.release.digest}).content.decode()
 
-    assert '<td class="col-type">Referrer</td>' in row_of(page, shop.signature.digest)
-    assert "Artifact" not in page
+    signature = row_of(page, shop.signature.digest)
+    assert '<td class="col-type">Signature</td>' in signature
+    assert '<td class="col-because">signature of the selected image\n' in signature
+    platform = '<bdi class="platform">linux/amd64</bdi>'
+    assert f'<p class="group-words">{platform} · with 1 signature' in page
+    assert "Artifact" not in page and "eferrer" not in page
     assert short_digest(shop.signature.digest) in page

@@ -7,6 +7,7 @@ marks nothing. Each round collects once first, so only the deletion's effect is 
 
 from devtools.pusher import random_layer
 from hubimages.deletion import execution, planning
+from hubimages.deletion import preview as explained
 from hubimages.models import Repository
 
 APP = "team/app"
@@ -42,6 +43,7 @@ def test_reclaimable_bytes_equal_what_garbage_collection_frees(
         before = registry_server.blob_bytes_on_disk()
         repository = Repository.objects.get(name=APP)
         preview = planning.plan_deletion(repository=repository, digests=list(digests))
+        sharing = explained.plan_sharing(preview)
         outcome = execution.execute_deletion(
             repository=repository,
             digests=list(digests),
@@ -53,11 +55,18 @@ def test_reclaimable_bytes_equal_what_garbage_collection_frees(
         assert outcome.succeeded
         assert len(outcome.deleted) == len(preview.delete)
         registry_server.garbage_collect()
-        return before - registry_server.blob_bytes_on_disk(), preview, outcome.reclaimed_bytes
+        freed = before - registry_server.blob_bytes_on_disk()
+        # The page's cards (one per selected item) add up to what the collector freed too.
+        assert sharing.groups_frees + sharing.shared_among_groups == freed
+        return freed, preview, outcome.reclaimed_bytes
 
     # An index with attestations, a referrer and a signature; one image stays in "stable".
     freed, preview, reclaimed = delete_and_collect(v2.digest)
     assert len(preview.delete) == 9  # index, 2 images, 3 attestations, fallback, sbom, sig
+    assert explained.cascade_words(list(preview.delete[1:])) == (
+        "2 images (linux/amd64, linux/arm64/v8), 3 attestations, 1 signature, 1 SBOM, "
+        "1 list of linked artifacts"
+    )
     assert [k.digest for k in preview.keep] == [in_two.digest]
     assert freed == preview.reclaimable_bytes == reclaimed
     assert preview.reclaimable_bytes > 41_000  # the images' own layers, not the base

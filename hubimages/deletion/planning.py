@@ -50,6 +50,8 @@ from hubimages.models import (
 from registry.media import referrer_tag_subject
 
 SELECTED = "selected"
+REFERRER_OF = "referrer of "  # then the subject's short digest
+ONLY_IN_INDEX = "only used by index "  # then the index's short digest
 
 
 @dataclass(frozen=True)
@@ -321,12 +323,12 @@ def _reached_from(
         "pk", "subject_id", "subject__digest"
     )
     for pk, subject_id, subject_digest in referrers:
-        offer(pk, subject_id, 0, f"referrer of {short_digest(subject_digest)}")
+        offer(pk, subject_id, 0, REFERRER_OF + short_digest(subject_digest))
     children = IndexEntry.objects.filter(index_id__in=as_parameter(frontier)).values_list(
         "child_id", "index_id", "index__digest"
     )
     for pk, index_id, index_digest in children:
-        offer(pk, index_id, 1, f"only used by index {short_digest(index_digest)}")
+        offer(pk, index_id, 1, ONLY_IN_INDEX + short_digest(index_digest))
     return {pk: how for pk, (_, how) in best.items()}
 
 

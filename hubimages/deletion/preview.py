@@ -7,13 +7,23 @@ the bytes it shares with other items of the same deletion (freed together, count
 the total) and the bytes a manifest that stays still uses (never freed), with a few of
 those manifests named (by tag, or an index's tag and the platform). Read-only, four
 queries whatever the plan's size.
+
+Size and Frees count different things on purpose. Size is what the item weighs as the list
+shows it (SPEC §2: config and layers; an index, the distinct blobs of its images and
+attestations). Frees is what the collector frees (SPEC §4), so it also counts the
+manifest's own bytes, which is why an attestation of 497 B frees 1.1 kB. Each item's
+`manifest_bytes` says how much of its Frees that is: with nothing shared, an image's or an
+attestation's Frees is exactly its Size plus its manifest bytes.
+
+The page groups the items under what the user selected: each group's figures
+(`GroupSharing`) split the total the same way, a blob counted under one group only.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db.models import Count, Min, Q
@@ -23,6 +33,7 @@ from hubimages.deletion import planning
 from hubimages.inventory import status
 from hubimages.lib.formatting import short_digest
 from hubimages.models import IndexEntry, Manifest, ManifestBlob, Tag, platform_label
+from registry.media import referrer_tag_subject
 
 # Pulled this recently, an item is "recently pulled": the same window the retention dry run
 # uses. (Not "in use": that means a live in-use report says it runs, SPEC §13.)
@@ -42,6 +53,31 @@ class ItemSharing:
     shared_staying: int = 0
     staying_names: tuple[str, ...] = ()
     more_staying: int = 0
+    manifest_bytes: int = 0  # of `frees`, the manifest's own bytes (not in its Size)
+
+    @property
+    def frees_content(self) -> int:
+        """Of `frees`, the config and layers: what its Size counts."""
+        return self.frees - self.manifest_bytes
+
+
+@dataclass(frozen=True)
+class GroupSharing:
+    """What a selected item frees with everything that goes with it (its images,
+    attestations, signatures). `frees`: blobs only this group's items use, `manifest_bytes`
+    of them the manifests' own; `shared_staying`: the distinct bytes of its items that a
+    manifest that stays uses (not freed); `shared_going`: those it shares only with other
+    groups of this deletion (freed once, counted under none)."""
+
+    frees: int = 0
+    manifest_bytes: int = 0
+    shared_staying: int = 0
+    shared_going: int = 0
+
+    @property
+    def frees_content(self) -> int:
+        """Of `frees`, the configs and layers."""
+        return self.frees - self.manifest_bytes
 
 
 @dataclass(frozen=True)
@@ -49,11 +85,19 @@ class PlanSharing:
     items: dict[str, ItemSharing]  # by digest
     frees_alone: int  # the sum of the items' `frees`
     shared_among_items: int  # blobs that only several items of the deletion use
+    groups: dict[str, GroupSharing] = field(default_factory=dict)  # by selected digest
+    shared_among_groups: int = 0  # blobs that only items of several groups use
+    kept_shared: int = 0  # the distinct bytes of the items that a manifest staying uses
 
     @property
     def total(self) -> int:
         """The plan's reclaimable bytes, built up from the parts shown."""
         return self.frees_alone + self.shared_among_items
+
+    @property
+    def groups_frees(self) -> int:
+        """The sum of the groups' `frees`: with `shared_among_groups`, the total again."""
+        return sum(group.frees for group in self.groups.values())
 
 
 def plan_sharing(
@@ -68,22 +112,61 @@ def plan_sharing(
     users: dict[int, set[int]] = defaultdict(set)  # blob -> planned manifests using it
     blobs_of: dict[int, set[int]] = defaultdict(set)  # planned manifest -> its blobs
     sizes: dict[int, int] = {}
-    for manifest_id, blob_id, size in ManifestBlob.objects.filter(
+    manifest_blobs: set[int] = set()  # the blobs that are a manifest's own bytes
+    for manifest_id, blob_id, size, role in ManifestBlob.objects.filter(
         manifest_id__in=planning.as_parameter(ids)
-    ).values_list("manifest_id", "blob_id", "blob__size"):
+    ).values_list("manifest_id", "blob_id", "blob__size", "role"):
         users[blob_id].add(manifest_id)
         blobs_of[manifest_id].add(blob_id)
         sizes[blob_id] = size
+        if role == ManifestBlob.Role.MANIFEST:
+            manifest_blobs.add(blob_id)
     outside = _users_outside(list(sizes), list(ids))
     names = _names(plan.repository, {sample for _, sample in outside.values()}, visible)
     items = {
-        digest: _item_sharing(blobs_of[pk], users, sizes, outside, names)
+        digest: _item_sharing(blobs_of[pk], users, sizes, outside, names, manifest_blobs)
         for pk, digest in ids.items()
     }
     shared_among = sum(
         size for blob, size in sizes.items() if blob not in outside and len(users[blob]) > 1
     )
-    return PlanSharing(items, sum(item.frees for item in items.values()), shared_among)
+    group_of = {item.manifest_id: item.group for item in plan.delete}
+    groups, among_groups = _group_sharing(users, sizes, outside, manifest_blobs, group_of)
+    return PlanSharing(
+        items,
+        sum(item.frees for item in items.values()),
+        shared_among,
+        groups,
+        among_groups,
+        sum(sizes[blob] for blob in outside),
+    )
+
+
+def _group_sharing(
+    users: dict[int, set[int]],
+    sizes: dict[int, int],
+    outside: dict[int, tuple[int, int]],
+    manifest_blobs: set[int],
+    group_of: dict[int, str],
+) -> tuple[dict[str, GroupSharing], int]:
+    """Each group's figures, and the bytes only items of several groups use: every blob
+    the plan frees is in exactly one of them, so they add up to the total."""
+    figures: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    among = 0
+    for blob, size in sizes.items():
+        groups = {group_of[pk] for pk in users[blob]}
+        for group in groups:
+            if blob in outside:
+                figures[group]["shared_staying"] += size
+            elif len(groups) > 1:
+                figures[group]["shared_going"] += size
+            else:
+                figures[group]["frees"] += size
+                if blob in manifest_blobs:
+                    figures[group]["manifest_bytes"] += size
+        if blob not in outside and len(groups) > 1:
+            among += size
+    return {group: GroupSharing(**parts) for group, parts in figures.items()}, among
 
 
 def _users_outside(blob_ids: list[int], planned: list[int]) -> dict[int, tuple[int, int]]:
@@ -166,8 +249,9 @@ def _item_sharing(
     sizes: dict[int, int],
     outside: dict[int, tuple[int, int]],
     names: dict[int, str],
+    manifest_blobs: set[int],
 ) -> ItemSharing:
-    frees = going = staying = 0
+    frees = going = staying = own_manifest = 0
     most_users = 0
     sharers: list[str] = []
     for blob in sorted(blobs, key=lambda b: (-sizes[b], b)):  # biggest shared layer first
@@ -181,10 +265,12 @@ def _item_sharing(
             going += sizes[blob]
         else:
             frees += sizes[blob]
+            if blob in manifest_blobs:
+                own_manifest += sizes[blob]
     shown = tuple(sharers[:NAMES_SHOWN])
     # Distinct sharers number at least the users of the most shared blob.
     more = max(most_users, len(sharers)) - len(shown)
-    return ItemSharing(frees, going, staying, shown, more)
+    return ItemSharing(frees, going, staying, shown, more, own_manifest)
 
 
 # -- guard rails ------------------------------------------------------------------------------
@@ -271,3 +357,91 @@ def _signed(manifest_ids: set[int]) -> set[int]:
     return set(by_tag.values_list("manifest__subject_id", flat=True)) | set(
         by_type.values_list("subject_id", flat=True)
     )
+
+
+# -- in plain words ---------------------------------------------------------------------------
+
+
+def cascade_words(items: list[planning.PlannedItem]) -> str:
+    """What goes with a selected item, as a person says it: "3 images (linux/amd64,
+    linux/arm64/v8, linux/arm/v7), 1 attestation, 1 signature". `items` are the ones that
+    go with it (not the selected item itself)."""
+    platforms: list[str] = []
+    counts: dict[str, int] = defaultdict(int)
+    for item in items:
+        if item.kind == Manifest.Kind.IMAGE:
+            platforms.append(item.platform)
+        counts[plain_kind(item)] += 1
+    words = []
+    for one, many in _KINDS:
+        count = counts[one]
+        if not count:
+            continue
+        text = f"{count} {one if count == 1 else many}"
+        if one == "image" and any(platforms):
+            text += f" ({', '.join(sorted(p or 'no platform' for p in platforms))})"
+        words.append(text)
+    return ", ".join(words)
+
+
+_KINDS = (
+    ("image", "images"),
+    ("image index", "image indexes"),
+    ("attestation", "attestations"),
+    ("signature", "signatures"),
+    ("SBOM", "SBOMs"),
+    ("list of linked artifacts", "lists of linked artifacts"),
+    ("linked artifact", "linked artifacts"),
+)
+
+
+def plain_kind(item: planning.PlannedItem) -> str:
+    """An item's kind in the words of `_KINDS`: a referrer by what it is (a signature, an
+    SBOM), as people call it."""
+    if item.kind == Manifest.Kind.IMAGE:
+        return "image"
+    if item.kind == Manifest.Kind.INDEX:
+        return "image index"
+    if item.kind == Manifest.Kind.ATTESTATION:
+        return "attestation"
+    if is_signature(item):
+        return "signature"
+    kind = item.artifact_type.lower()
+    if any(t.endswith(".sbom") for t in item.tags) or any(
+        word in kind for word in ("sbom", "spdx", "cyclonedx")
+    ):
+        return "SBOM"
+    if any(t.endswith(".att") for t in item.tags) or "in-toto" in kind or "attestation" in kind:
+        return "attestation"
+    if item.kind == Manifest.Kind.ARTIFACT and any(
+        referrer_tag_subject(t) and "." not in t for t in item.tags
+    ):
+        return "list of linked artifacts"  # the OCI referrers fallback index, `sha256-<hex>`
+    return "linked artifact"
+
+
+def plain_reasons(items: list[planning.PlannedItem]) -> dict[str, str]:
+    """Why each item of a group goes, by digest, naming what it belongs to as the page
+    does ("signature of the linux/amd64 image", "attestation of the selected image index,
+    which nothing that stays uses") rather than by the planner's digests."""
+    names = {}
+    for item in items:
+        kind = plain_kind(item)
+        if item.because == planning.SELECTED:
+            names[short_digest(item.digest)] = f"the selected {kind}"
+        elif item.platform and item.kind != Manifest.Kind.ATTESTATION:
+            names[short_digest(item.digest)] = f"the {item.platform} {kind}"
+    reasons = {}
+    for item in items:
+        because = item.because
+        for prefix, words in (
+            (planning.REFERRER_OF, "{kind} of {name}"),
+            (planning.ONLY_IN_INDEX, "{kind} of {name}, which nothing that stays uses"),
+        ):
+            if because.startswith(prefix):
+                target = because.removeprefix(prefix)
+                index = prefix == planning.ONLY_IN_INDEX
+                name = names.get(target, f"index {target}" if index else target)
+                because = words.format(kind=plain_kind(item), name=name)
+        reasons[item.digest] = because
+    return reasons

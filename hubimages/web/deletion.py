@@ -35,11 +35,31 @@ IN_USE_UNCONFIRMED = (
 
 @dataclass(frozen=True)
 class PreviewGroup:
-    """One selected digest with what goes with it and what it leaves behind."""
+    """One selected digest with what goes with it (in words too) and what it leaves
+    behind."""
 
     digest: str
     delete: list[planning.PlannedItem]
     keep: list[planning.KeptItem]
+
+    @property
+    def selected(self) -> planning.PlannedItem | None:
+        first = self.delete[0] if self.delete else None
+        return first if first and first.digest == self.digest else None
+
+    @property
+    def cascade(self) -> list[planning.PlannedItem]:
+        return [item for item in self.delete if item.digest != self.digest]
+
+    @property
+    def words(self) -> str:
+        return preview.cascade_words(self.cascade)
+
+    @property
+    def rows(self) -> list[tuple[planning.PlannedItem, str, str]]:
+        """Each deleted item with its kind and why it goes, in words."""
+        reasons = preview.plain_reasons(self.delete)
+        return [(item, preview.plain_kind(item), reasons[item.digest]) for item in self.delete]
 
 
 def _preview_groups(plan: planning.DeletionPlan) -> list[PreviewGroup]:
@@ -65,12 +85,17 @@ def _preview(
     back = request.GET.get("back") or request.POST.get("back") or ""
     guards = preview.guard_rails(plan)
     in_use_deleted = [item for item in plan.delete if item.in_use]
+    groups = _preview_groups(plan)
+    going_with = [item for group in groups for item in group.cascade]
     context = {
         "repository": repository,
         "plan": plan,
         "back": back,
         "list_url": list_url(repository, back),
-        "groups": _preview_groups(plan),
+        "groups": groups,
+        "selected_going": sum(1 for group in groups if group.selected),
+        "going_with": len(going_with),
+        "going_with_words": preview.cascade_words(going_with),
         "sharing": preview.plan_sharing(plan, visible=_visible_in(request, repository)),
         "guards": guards,
         "recently_pulled": [
