@@ -682,8 +682,9 @@ class ApiTokenFailure(models.Model):
 
 
 class StorageSample(models.Model):
-    """The registry's stored bytes at the end of a successful full sync: the Storage page's
-    "over time" chart (one point per full sync, kept a year)."""
+    """The registry's stored bytes at the end of a successful full sync, or after a
+    deletion, retention run or restore that changed them: the Storage page's "over time"
+    chart (kept a year)."""
 
     registry = models.ForeignKey(
         Registry, on_delete=models.CASCADE, related_name="samples", default=default_registry

@@ -42,6 +42,9 @@ from registry.errors import RegistryError
 
 log = logging.getLogger("hubimages.jobs")
 PROGRESS_EVERY = 0.5  # seconds between two progress writes
+# What changes the registry's stored bytes between two full syncs: a point of the Storage
+# page's history after each (`storage.figures.record_change`).
+CHANGES_STORAGE = (Kind.DELETION, Kind.RETENTION, Kind.RESTORE)
 
 
 # -- running (in a worker) ----------------------------------------------------------------------
@@ -80,6 +83,11 @@ def run(job_id: int, *, worker_id: str = "") -> None:
             fail_job(job, f"internal error: {error!r}")
     else:
         _finish(job, outcome)
+    if job.kind in CHANGES_STORAGE:
+        try:  # even a failed one may have deleted some
+            figures.record_change()
+        except DatabaseError:  # the next full sync adds a point anyway
+            log.exception("could not add a storage history point after job %s", job.pk)
 
 
 def _close_after_deletes(job: Job, reason: str) -> None:
