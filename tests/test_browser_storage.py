@@ -133,6 +133,9 @@ def test_on_a_phone_the_charts_fit_the_screen(lived_in, browser, signed_in_page)
     for name in ("Storage by repository", "Stored bytes over time"):
         box = page.get_by_role("img", name=name).bounding_box()
         assert 300 < box["width"] <= 390
+    line = page.locator("polyline.history-line").get_attribute("points").split()
+    heights = [float(point.split(",")[1]) for point in line]
+    assert len(heights) == 8 and heights[-1] > heights[-2]  # the deletion's point, lower
     label = page.locator(".bar-label").first.bounding_box()
     assert label["height"] >= 12  # text keeps its size however narrow the chart
     table = page.locator("table.storage-table")

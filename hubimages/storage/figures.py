@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -458,14 +458,19 @@ def record_sample(
     )
 
 
-def record_change(now: datetime | None = None) -> list[StorageSample]:
+def record_change(
+    registries: Collection[str] | None = None, now: datetime | None = None
+) -> list[StorageSample]:
     """After a deletion, a retention run or a restore (run by a worker, `jobs.runner`): one
-    point of each registry's history whose stored bytes are no longer its last point's,
-    so the chart drops when the deletion ends rather than at the next full sync. The
-    point changes `state_key`, so the figures the worker computes next show it. A registry
-    without a point yet waits for its first full sync. Two queries a registry."""
+    point of the history of each registry it touched (by name; None: every one) whose
+    stored bytes are no longer its last point's, so the chart drops when the deletion ends
+    rather than at the next full sync. The point changes `state_key`, so the figures the
+    worker computes next show it. A registry without a point yet waits for its first full
+    sync. Two queries a registry."""
     added = []
     for registry in registry_rows.known():
+        if registries is not None and registry.name not in registries:
+            continue
         stored = inventory_repositories.stored_bytes(registry)
         last = (
             StorageSample.objects.filter(registry=registry)
