@@ -519,7 +519,10 @@ class StorageOut(Schema):
         "it). False: the sum of the repositories the caller sees, and no history."
     )
     repositories: list[RepositoryStorageOut]
-    history: list[StoragePointOut] = Field(description="Stored bytes after each full sync.")
+    history: list[StoragePointOut] = Field(
+        description="Stored bytes after each full sync, and after each deletion, retention "
+        "run or restore that changed them."
+    )
     computed_at: str = Field(description="When the workers computed these (ISO 8601, UTC).")
     current: bool = Field(
         description="Whether they describe the registry as hubimages knows it now; false "
