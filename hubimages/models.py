@@ -341,6 +341,12 @@ class Deletion(models.Model):
             ),
         ]
 
+    @property
+    def name(self) -> str:
+        """What every page, the CSV and the API call it: "Deletion #12", its own number
+        (the job that ran it is "Job #N · Deletion", another number)."""
+        return f"Deletion #{self.pk}"
+
 
 class DeletionRecord(models.Model):
     """One manifest of a deletion: written PENDING before its DELETE is sent and DONE or
@@ -530,6 +536,21 @@ class Job(models.Model):
     def finished(self) -> bool:
         return self.state in (self.State.SUCCEEDED, self.State.FAILED)
 
+    @property
+    def name(self) -> str:
+        """ "Job #2 · Deletion": a job's own number, never a deletion's ("Deletion #1", the
+        number History, the Trash and the CSV give what the job deleted)."""
+        return f"Job #{self.pk} · {self.get_kind_display()}"
+
+    @property
+    def started_by_label(self) -> str:
+        """Who started it; for a retention run, who and the policy, as the deletions it
+        makes are recorded ("alice · policy nightly", "scheduled · policy nightly")."""
+        if self.kind != self.Kind.RETENTION:
+            return self.started_by
+        who = "scheduled" if self.params.get("scheduled") else self.started_by or "someone"
+        return f"{who} · policy {self.params.get('policy', '')}"
+
 
 class WorkerHeartbeat(models.Model):
     """A `db_worker` process says it is alive; a task it was running while its heartbeat
@@ -588,8 +609,10 @@ class RetentionRun(models.Model):
     """One run of a policy, manual or scheduled: what it deleted and freed, and per
     repository what happened (`repositories`: a list of {"repository", "selected",
     "deleted", "tags", "reclaimed_bytes", "note"}). Its deletions are in DeletionRecord
-    under the username `policy:<name>`. Written as the run starts ("running") and settled
-    as it ends, or by the workers if its process stopped (`retention.runs`)."""
+    under the name of who started it and the policy, "alice · policy nightly" or
+    "scheduled · policy nightly" (`retention.runs.run_by`; before: `policy:<name>`).
+    Written as the run starts ("running") and settled as it ends, or by the workers if its
+    process stopped (`retention.runs`)."""
 
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Run now"
@@ -682,8 +705,9 @@ class ApiTokenFailure(models.Model):
 
 
 class StorageSample(models.Model):
-    """The registry's stored bytes at the end of a successful full sync: the Storage page's
-    "over time" chart (one point per full sync, kept a year)."""
+    """The registry's stored bytes at the end of a successful full sync, or after a
+    deletion, retention run or restore that changed them: the Storage page's "over time"
+    chart (kept a year)."""
 
     registry = models.ForeignKey(
         Registry, on_delete=models.CASCADE, related_name="samples", default=default_registry

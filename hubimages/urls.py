@@ -53,6 +53,7 @@ urlpatterns = [
     path("in-use/", in_use.in_use_sources, name="in_use"),
     path("history/", history.deletion_history, name="deletion_history"),
     path("history/export.csv", history.deletion_history_csv, name="deletion_history_csv"),
+    path("history/<int:deletion>/export.csv", history.deletion_csv, name="deletion_csv"),
     path("trash/", trash.trash, name="trash"),
     path("trash/check", trash.trash_check, name="trash_check"),
     path("trash/<int:operation>/restore", trash.trash_restore, name="trash_restore"),

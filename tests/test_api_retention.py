@@ -307,6 +307,9 @@ def test_running_the_dry_run_deletes_exactly_it_as_a_job(
     assert registry_client.head_manifest(REPO, stock.old.digest) is None
     assert registry_client.head_manifest(REPO, stock.orphan.digest) is not None
     assert RetentionRun.objects.get().started_by == "deleter"
+    # Named as the pages name it: the job by its own number, who ran the policy and which.
+    assert done["name"] == f"Job #{job.pk} · Retention run"
+    assert done["started_by_label"] == "deleter · policy ci-cleanup"
 
 
 def test_running_a_dry_run_that_no_longer_holds_answers_409_with_a_fresh_one(

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from devtools.pusher import random_layer
 from hubimages.lib.formatting import human_size
-from hubimages.models import DeletionRecord, Manifest, RetentionPolicy
+from hubimages.models import DeletionRecord, Manifest, RetentionPolicy, RetentionRun
 from hubimages.retention import engine, policies
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -100,10 +100,11 @@ def test_the_dry_run_follows_the_editor_as_you_type_and_run_now_deletes_it(
     expect(dry_run).to_contain_text("0 of 1 item go")
     page.locator("tr.run details summary").click()
     page.screenshot(path=ARTIFACTS / "retention-after-run.png", full_page=True)
-    assert {r.username for r in DeletionRecord.objects.all()} == {"policy:ci"}
+    person = RetentionRun.objects.get().started_by
+    assert {r.username for r in DeletionRecord.objects.all()} == {f"{person} · policy ci"}
     assert DeletionRecord.objects.count() == 4
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Deletion history").click()
-    expect(page.locator("tbody.operation tr.row").first).to_contain_text("policy:ci")
+    expect(page.locator("tbody.operation tr.row").first).to_contain_text(f"{person} · policy ci")
 
 
 def test_with_javascript_off_the_preview_button_shows_the_dry_run(

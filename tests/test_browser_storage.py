@@ -61,7 +61,8 @@ def lived_in(pusher, sync, registry_client):
         client=registry_client,
         username="ci-cleanup",
     )
-    storage_figures.refresh()  # what the workers do after the deletion
+    storage_figures.record_change()  # what the worker that ran the deletion does then
+    storage_figures.refresh()  # and the figures it made out of date
 
 
 def test_the_storage_page_draws_its_charts_and_sorts_in_place(lived_in, signed_in_page):
@@ -103,8 +104,13 @@ def test_the_storage_page_draws_its_charts_and_sorts_in_place(lived_in, signed_i
     page.screenshot(path=ARTIFACTS / "storage-top.png")
 
     page.get_by_text("The same as a table").click()
-    rows = page.get_by_role("table", name="Stored bytes at each full sync").locator("tbody tr")
-    expect(rows).to_have_count(7)
+    rows = page.get_by_role("table", name="Stored bytes over time").locator("tbody tr")
+    expect(rows).to_have_count(8)  # seven full syncs and the deletion
+    stored = [
+        int(title.split()[0].replace(",", ""))
+        for title in rows.locator(".col-size").evaluate_all("cells => cells.map(c => c.title)")
+    ]
+    assert stored[-1] < stored[-2]  # the line drops right after the deletion
     assert errors == []
 
 
@@ -127,6 +133,9 @@ def test_on_a_phone_the_charts_fit_the_screen(lived_in, browser, signed_in_page)
     for name in ("Storage by repository", "Stored bytes over time"):
         box = page.get_by_role("img", name=name).bounding_box()
         assert 300 < box["width"] <= 390
+    line = page.locator("polyline.history-line").get_attribute("points").split()
+    heights = [float(point.split(",")[1]) for point in line]
+    assert len(heights) == 8 and heights[-1] > heights[-2]  # the deletion's point, lower
     label = page.locator(".bar-label").first.bounding_box()
     assert label["height"] >= 12  # text keeps its size however narrow the chart
     table = page.locator("table.storage-table")

@@ -25,7 +25,8 @@ DONE, FAILED, PENDING = (DeletionRecord.State.DONE, DeletionRecord.State.FAILED,
 
 
 def operations(page: str) -> list[str]:
-    return re.findall(r'<tbody class="item operation" data-source="(\w+)" data-id="\d+">', page)
+    tbody = r'<tbody class="item operation" data-source="(\w+)" data-id="\d+"[^>]*>'
+    return re.findall(tbody, page)
 
 
 def rows(page: str) -> list[str]:
@@ -203,7 +204,7 @@ def test_the_csv_export_has_a_line_per_manifest_and_neutralises_formulas(db, vie
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert response["Content-Disposition"] == 'attachment; filename="deletion-history.csv"'
     lines = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert [(line["operation"], line["digest"][-1:]) for line in lines] == [
+    assert [(line["deletion"], line["digest"][-1:]) for line in lines] == [
         (str(first.pk + 1), ""),  # nothing deleted: one line, no manifest
         (str(first.pk), "a"),
         (str(first.pk), "b"),
@@ -219,9 +220,18 @@ def test_the_csv_export_has_a_line_per_manifest_and_neutralises_formulas(db, vie
         "1000",
     )
     assert (b["state"], b["message"]) == ("failed", "registry answered 500")
-    assert a["selected"] == f"sha256:{'a':0>64}" and a["operation_state"] == "done"
+    assert a["selected"] == f"sha256:{'a':0>64}" and a["deletion_state"] == "done"
     assert lines[3]["tags"] == "'=cmd|' /C calc'!A0"
     assert a["garbage_collected_at"] == ""
+
+    # Each deletion has its own CSV: the same lines, under the name History gives it.
+    one = viewer_client.get(f"/history/{first.pk}/export.csv")
+    assert one["Content-Disposition"] == f'attachment; filename="deletion-{first.pk}.csv"'
+    assert list(csv.DictReader(io.StringIO(b"".join(one.streaming_content).decode()))) == [a, b]
+    page = viewer_client.get("/history/").content.decode()
+    assert f'<span class="deletion-name">Deletion #{first.pk}</span>' in page
+    assert f'href="/history/{first.pk}/export.csv" download' in page
+    assert viewer_client.get(f"/history/{first.pk + 99}/export.csv").status_code == 404
 
 
 def test_what_waits_for_the_garbage_collector_is_shown_with_the_way_to_run_it(db, viewer_client):

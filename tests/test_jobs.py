@@ -497,5 +497,9 @@ def test_the_schedule_runs_each_due_retention_policy_once_as_a_job(
     record = RetentionRun.objects.get()
     assert (record.trigger, record.outcome) == ("scheduled", "done")
     assert Job.objects.get(pk=started[0].pk).state == "succeeded"
+    assert started[0].started_by_label == "scheduled · policy nightly"
+    assert set(Deletion.objects.values_list("username", flat=True)) == {
+        "scheduled · policy nightly"
+    }
     assert not Manifest.objects.filter(digest=old.digest).exists()
     assert RetentionPolicy.objects.get().next_run_at == now + timedelta(hours=24)

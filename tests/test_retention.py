@@ -459,8 +459,8 @@ def test_a_run_frees_exactly_the_dry_runs_reclaimable_bytes_under_garbage_collec
     assert [n["repository"] for n in result.record.repositories] == ["team/a", "team/b"]
     records = DeletionRecord.objects.all()
     assert {(r.repository, r.username, tuple(r.tags)) for r in records} == {
-        ("team/a", "policy:ci-cleanup", ("old",)),
-        ("team/b", "policy:ci-cleanup", ("old",)),
+        ("team/a", "tester · policy ci-cleanup", ("old",)),
+        ("team/b", "tester · policy ci-cleanup", ("old",)),
     }
     assert sum(r.reclaimed_bytes for r in records) == dry.reclaimable_bytes
 
@@ -556,7 +556,7 @@ def test_the_run_is_recorded_and_its_deletions_carry_the_policys_name(
             "note": "deleted as planned",
         }
     ]
-    assert DeletionRecord.objects.get().username == "policy:nightly"
+    assert DeletionRecord.objects.get().username == "tester · policy nightly"
     assert in_registry(registry_client, old, new) == {new.digest}
 
 
@@ -594,6 +594,7 @@ def test_the_brake_stops_a_scheduled_run_where_it_would_delete_too_much(
     assert notes["team/busy"]["deleted"] == 0
     assert in_registry(registry_client, *busy, repo="team/busy") == {m.digest for m in busy}
     assert notes["team/calm"]["deleted"] == 1  # 1 of 4: under the brake
+    assert DeletionRecord.objects.get().username == "scheduled · policy ci-cleanup"
     assert in_registry(registry_client, calm_old, *calm_keep, repo="team/calm") == {
         m.digest for m in calm_keep
     }

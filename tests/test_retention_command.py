@@ -155,7 +155,9 @@ def test_yes_runs_the_dry_run_it_showed_and_records_it(teams, policy_file, pushe
     record = RetentionRun.objects.get()
     assert (record.trigger, record.policy, record.started_by[:4]) == ("command", None, "cli:")
     assert report["reclaimed_bytes"] == record.reclaimed_bytes == record.planned_bytes
-    assert set(DeletionRecord.objects.values_list("username", flat=True)) == {"policy:ci-cleanup"}
+    assert set(DeletionRecord.objects.values_list("username", flat=True)) == {
+        f"{record.started_by} · policy ci-cleanup"
+    }
 
 
 def test_an_invalid_policy_file_names_every_problem(tmp_path):

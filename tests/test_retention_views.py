@@ -18,6 +18,7 @@ from devtools.pusher import random_layer
 from devtools.worker import run_tasks
 from hubimages.lib import leases
 from hubimages.models import (
+    Deletion,
     DeletionRecord,
     Job,
     Manifest,
@@ -460,7 +461,17 @@ def test_run_now_deletes_exactly_the_previewed_plan_then_shows_a_fresh_preview(
     gone = {item.digest for item in dry.repositories[0].plan.delete}
     assert gone == {shop.mains[0].digest, shop.mains[1].digest}
     assert {r.digest for r in DeletionRecord.objects.all()} == gone
-    assert {(r.username, r.user) for r in DeletionRecord.objects.all()} == {("policy:ci", deleter)}
+    assert {(r.username, r.user) for r in DeletionRecord.objects.all()} == {
+        ("deleter · policy ci", deleter)
+    }
+    # The job page names who pressed Run now and the policy, and the deletion it made by
+    # the name History and its CSV give it.
+    made = Deletion.objects.get()
+    assert "started by deleter · policy ci" in outcome
+    assert f">Deletion #{made.pk}</a> of <code>{REPO}</code>" in outcome
+    assert f'href="/history/{made.pk}/export.csv" download' in outcome
+    jobs = deleter_client.get("/jobs/").content.decode()
+    assert f">Job #{job.pk} · Retention run</a>" in jobs and "deleter · policy ci" in jobs
     for image in shop.mains:
         expected = image.digest not in gone
         assert (registry_client.head_manifest(REPO, image.digest) is not None) is expected

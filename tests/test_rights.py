@@ -249,6 +249,7 @@ TABLE = [
     Row("storage/", SIGNED_IN, url="/storage/", lists=True),
     Row("history/", SIGNED_IN, url="/history/", lists=True),
     Row("history/export.csv", SIGNED_IN, url="/history/export.csv", lists=True),
+    Row("history/<int:deletion>/export.csv", VIEW, url="/history/{web_operation}/export.csv"),
     Row("audit/", STAFF, url="/audit/"),
     Row("audit/export.csv", STAFF, url="/audit/export.csv"),
     Row("audit/export.json", STAFF, url="/audit/export.json"),

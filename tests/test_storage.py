@@ -242,7 +242,7 @@ def test_a_full_sync_job_leaves_the_figures_ready(two_teams, registry_url):
     registry = rows.get()
     with CaptureQueriesContext(connection) as queries:
         kept = storage_figures.kept(registry)
-    assert kept.current and len(queries) == 4
+    assert kept.current and len(queries) == 5
 
 
 def test_a_deletion_shows_in_the_figures_at_once(two_teams, registry_client):

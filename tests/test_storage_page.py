@@ -176,7 +176,7 @@ def test_the_history_chart_has_a_title_and_a_table(registry_rows, viewer_client)
 
     history = page[page.index('id="history-title"') : page.index('id="gc-title"')]
     assert '<title id="history-chart-title">Stored bytes over time</title>' in history
-    assert "3 full syncs from" in history and "the highest at 1.5 MB" in history
+    assert "3 points from" in history and "the highest at 1.5 MB" in history
     assert '<polyline points="0.0,' in history and " 1000.0," in history
     cells = re.findall(r'<td class="col-size" title="([\d,]+) bytes">', history)
     assert cells == ["1,000,000", "1,500,000", "1,200,000"]

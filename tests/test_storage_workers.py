@@ -5,6 +5,7 @@ on any number of hosts; a burst of requests computes nothing."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -19,7 +20,7 @@ from hubimages.deletion import planning
 from hubimages.jobs import queue, tasks, worker
 from hubimages.lib import leases
 from hubimages.lib.audit import Actor
-from hubimages.models import Lease, Repository, StorageFigures, SyncRun
+from hubimages.models import Lease, Repository, StorageFigures, StorageSample, SyncRun
 from hubimages.registries import rows as registry_rows
 from hubimages.storage import figures as storage_figures
 from hubimages.teams import services
@@ -99,7 +100,7 @@ def test_reading_the_kept_figures_is_a_few_queries(rows):
         kept = storage_figures.kept(registry)
 
     assert kept.document and not kept.current
-    assert len(queries) == 4  # the row, the state's two aggregates, the lease
+    assert len(queries) == 5  # the row, the state's three aggregates, the lease
 
 
 def test_one_worker_computes_at_a_time(rows, monkeypatch):
@@ -145,8 +146,13 @@ def test_the_workers_enqueue_one_computation_when_the_figures_are_out_of_date(ro
     assert DBTaskResult.objects.filter(task_path=path).count() == 1  # current: none more
 
 
-def test_the_workers_compute_the_figures_again_after_a_deletion(two_teams, registry_url):  # noqa: F811
+def test_the_workers_compute_the_figures_again_after_a_deletion(
+    two_teams,  # noqa: F811
+    registry_url,
+    viewer_client,
+):
     storage_figures.refresh()
+    points_before = StorageSample.objects.count()
     before = storage_figures.kept().document
     repository = Repository.objects.get(name=WEB)
     plan = planning.plan_deletion(repository=repository, digests=[two_teams.web_old.digest])
@@ -164,6 +170,20 @@ def test_the_workers_compute_the_figures_again_after_a_deletion(two_teams, regis
     assert by_name(before)[WEB]["stale_reclaimable_bytes"] > 0
     assert by_name(kept.document)[WEB]["stale_reclaimable_bytes"] == 0
     assert kept.document["stored_bytes"] == before["stored_bytes"] - plan.reclaimable_bytes
+    # The worker that ran it added a point of the history with the new total, and the
+    # chart drops to it at once, not at the next full sync.
+    history = kept.document["history"]
+    assert StorageSample.objects.count() == points_before + 1 == len(history)
+    assert history[-1]["stored_bytes"] == kept.document["stored_bytes"]
+    assert history[-2]["stored_bytes"] == before["stored_bytes"]
+    page = viewer_client.get("/storage/").text
+    chart = page[page.index('id="history-title"') : page.index('id="gc-title"')]
+    line = re.search(r'<polyline points="([^"]+)" class="history-line"', chart)[1]
+    heights = [float(point.split(",")[1]) for point in line.split()]
+    assert heights[-1] > heights[-2]  # lower on the chart: y grows downwards
+    cells = re.findall(r'<td class="col-size" title="([\d,]+) bytes">', chart)
+    assert int(cells[-1].replace(",", "")) == kept.document["stored_bytes"]
+    assert f"{len(history)} points from" in chart
 
 
 def test_a_burst_of_requests_to_gunicorn_computes_nothing(rows, live, django_user_model):

@@ -24,6 +24,7 @@ from hubimages.models import (
     Manifest,
     Repository,
     RetentionRun,
+    StorageSample,
 )
 from hubimages.registries import rows
 from hubimages.registries.client import ClientsByRegistry
@@ -31,6 +32,7 @@ from hubimages.registries.client import registry_client as registry_client_of
 from hubimages.registries.config import RegistryConfig
 from hubimages.retention import engine, policies, runs
 from hubimages.storage import collection
+from hubimages.storage import figures as storage_figures
 from hubimages.sync import rollups
 from hubimages.sync.service import sync_registry
 from hubimages.trash import listing, states
@@ -374,6 +376,7 @@ def test_a_retention_run_undone_as_a_whole_brings_back_exactly_what_it_deleted(
     assert [op.repository for op in operations] == [REPO, web]
     assert {op.pk for op in listing.operations()} == {op.pk for op in operations}
     assert sorted(registry_tags(registry_client, web)) == ["v1"]
+    storage_figures.record_change()  # what the worker that ran the retention job does then
 
     job = queue.start_restore(operations=operations, started_by="bob")
     run_tasks()
@@ -381,6 +384,10 @@ def test_a_retention_run_undone_as_a_whole_brings_back_exactly_what_it_deleted(
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.message
     assert len(job.outcome["restored"]) == 7
+    # The worker that ran the restore added a point of the storage history: back up to
+    # what the full sync saw, not at the next full sync.
+    synced, deleted, restored = StorageSample.objects.values_list("stored_bytes", flat=True)
+    assert deleted < synced == restored == storage_figures.figures()["history"][-1]["stored_bytes"]
     assert job.outcome["operations"] == [op.pk for op in operations]
     for name in (REPO, web):
         assert (registry_tags(registry_client, name), database(name)) == before[name]

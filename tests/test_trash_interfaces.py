@@ -225,7 +225,7 @@ def test_the_api_lists_the_trash_with_each_items_state(client, viewer, db):
 
     assert answer.status_code == 200
     [operation] = answer.json()["results"]
-    assert operation["id"] == deletion.pk
+    assert operation["id"] == deletion.pk and operation["name"] == f"Deletion #{deletion.pk}"
     assert (operation["deleted_by"], operation["policy"], operation["reclaimed_bytes"]) == (
         "alice",
         None,

@@ -31,11 +31,13 @@ def get_job(request: HttpRequest, job_id: int) -> dict:
 def job_out(job: Job) -> dict:
     return {
         "id": job.pk,
+        "name": job.name,
         "kind": job.kind,
         "status": job.state,
         "registry": job.registry,
         "repository": job.repository,
         "started_by": job.started_by,
+        "started_by_label": job.started_by_label,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

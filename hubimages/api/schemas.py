@@ -323,11 +323,19 @@ class JobStartedOut(Schema):
 
 class JobOut(Schema):
     id: int
+    name: str = Field(
+        description='What the pages call it: "Job #2 · Deletion". The deletion it made is '
+        '`outcome.deletion_id`, "Deletion #1" in History, the Trash and the CSV.'
+    )
     kind: Literal["sync", "sync_repository", "deletion", "retention", "restore", "trash_check"]
     status: Literal["queued", "running", "succeeded", "failed"]
     registry: str
     repository: str
     started_by: str
+    started_by_label: str = Field(
+        description="Who started it as pages say it; a retention run names its policy too: "
+        '"alice · policy nightly", "scheduled · policy nightly".'
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -511,7 +519,10 @@ class StorageOut(Schema):
         "it). False: the sum of the repositories the caller sees, and no history."
     )
     repositories: list[RepositoryStorageOut]
-    history: list[StoragePointOut] = Field(description="Stored bytes after each full sync.")
+    history: list[StoragePointOut] = Field(
+        description="Stored bytes after each full sync, and after each deletion, retention "
+        "run or restore that changed them."
+    )
     computed_at: str = Field(description="When the workers computed these (ISO 8601, UTC).")
     current: bool = Field(
         description="Whether they describe the registry as hubimages knows it now; false "
@@ -558,10 +569,14 @@ class TrashItemOut(Schema):
 
 class TrashOperationOut(Schema):
     id: int = Field(description="The deletion operation; restore it with its id.")
+    name: str = Field(description='"Deletion #12": as History, the job page and the CSV say.')
     registry: str
     repository: str
     deleted_at: Timestamp
-    deleted_by: str
+    deleted_by: str = Field(
+        description="Who deleted it; a retention run's deletion names the person who pressed "
+        'Run now (or "scheduled") and the policy: "alice · policy nightly".'
+    )
     policy: str | None = Field(description="The retention policy whose run deleted it.")
     retention_run: int | None
     reclaimed_bytes: int = Field(description="What it frees that is still deleted.")

@@ -53,6 +53,7 @@ def operation_out(operation: listing.Operation) -> dict:
     deletion = operation.deletion
     return {
         "id": deletion.pk,
+        "name": deletion.name,
         "registry": deletion.registry,
         "repository": deletion.repository,
         "deleted_at": iso(deletion.started_at),

@@ -25,12 +25,12 @@ SELECTION_SHOWN = 3
 CSV_CHUNK = 200
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CSV_HEADER = (
-    "operation",
+    "deletion",  # its number: "Deletion #12" on every page
     "started_at",
     "who",
     "registry",
     "repository",
-    "operation_state",
+    "deletion_state",
     "selected",
     "digest",
     "kind",
@@ -111,12 +111,22 @@ class HistoryRow:
         return max(0, len(self.selected) - SELECTION_SHOWN)
 
 
-def entries(repository: str = "", registry: str = "", *, within: Q | None = None) -> Sequence:
+def entries(
+    repository: str = "",
+    registry: str = "",
+    *,
+    within: Q | None = None,
+    deletion: int | None = None,
+) -> Sequence:
     """(source, pk, time) of every operation and every record without one, newest first;
     `repository` matches repository names by substring, `registry` names one registry,
-    `within` (a filter on `registry` and `repository`: what a user may see) narrows both."""
+    `within` (a filter on `registry` and `repository`: what a user may see) narrows both;
+    `deletion` keeps that one operation alone."""
     operations = Deletion.objects.all()
     legacy = DeletionRecord.objects.filter(operation__isnull=True)
+    if deletion is not None:
+        operations = operations.filter(pk=deletion)
+        legacy = legacy.none()
     if within is not None:
         operations = operations.filter(within)
         legacy = legacy.filter(within)
@@ -247,13 +257,18 @@ def _record_row(record: DeletionRecord) -> HistoryRow:
 
 
 def csv_rows(
-    repository: str = "", registry: str = "", *, within: Q | None = None
+    repository: str = "",
+    registry: str = "",
+    *,
+    within: Q | None = None,
+    deletion: int | None = None,
 ) -> Iterator[list]:
     """The history as CSV rows, one per manifest (an operation that deleted nothing has
-    one row without a manifest), newest operation first. What to export is read once, so
-    a deletion made meanwhile shifts nothing; the details are read in chunks."""
+    one row without a manifest), newest operation first; with `deletion`, that operation's
+    alone. What to export is read once, so a deletion made meanwhile shifts nothing; the
+    details are read in chunks."""
     yield list(CSV_HEADER)
-    everything = list(entries(repository, registry, within=within))
+    everything = list(entries(repository, registry, within=within, deletion=deletion))
     for start in range(0, len(everything), CSV_CHUNK):
         for row in rows(everything[start : start + CSV_CHUNK], every_record=True):
             yield from _csv_lines(row)

@@ -23,7 +23,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from hubimages.deletion import execution
@@ -42,6 +42,9 @@ from registry.errors import RegistryError
 
 log = logging.getLogger("hubimages.jobs")
 PROGRESS_EVERY = 0.5  # seconds between two progress writes
+# What changes the registry's stored bytes between two full syncs: a point of the Storage
+# page's history after each (`storage.figures.record_change`).
+CHANGES_STORAGE = (Kind.DELETION, Kind.RETENTION, Kind.RESTORE)
 
 
 # -- running (in a worker) ----------------------------------------------------------------------
@@ -80,6 +83,18 @@ def run(job_id: int, *, worker_id: str = "") -> None:
             fail_job(job, f"internal error: {error!r}")
     else:
         _finish(job, outcome)
+    if job.kind in CHANGES_STORAGE:
+        try:  # even a failed one may have deleted some
+            figures.record_change(_registries_changed(job))
+        except DatabaseError:  # the next full sync adds a point anyway
+            log.exception("could not add a storage history point after job %s", job.pk)
+
+
+def _registries_changed(job: Job) -> set[str]:
+    """The registries whose stored bytes a deletion, retention or restore job may have
+    changed: those of the deletions it made or restored. One query."""
+    touched = Q(job=job) | Q(retention_run__job=job) | Q(pk__in=job.params.get("operations", []))
+    return set(Deletion.objects.filter(touched).values_list("registry", flat=True))
 
 
 def _close_after_deletes(job: Job, reason: str) -> None:

@@ -300,7 +300,7 @@ def _execute_repository(
             fingerprint=current.fingerprint,
             user=user,
             client=client,
-            username=f"policy:{policy.name}",
+            username=run_by(record),
             retention_run=record,
         )
     except execution.RecheckFailed as failure:
@@ -309,6 +309,14 @@ def _execute_repository(
 
 
 CHANGED_WHILE_RUNNING = "the repository changed while the run went on: nothing deleted here"
+
+
+def run_by(record: RetentionRun) -> str:
+    """Who a run's deletions are recorded as: the person who pressed Run now (or the
+    command line's `cli:user`) and the policy, "alice · policy nightly", or "scheduled ·
+    policy nightly"; History, the Trash, the CSV and the API name them so."""
+    who = "scheduled" if record.trigger == RetentionRun.Trigger.SCHEDULED else record.started_by
+    return f"{who or 'someone'} · policy {record.policy_name}"[:150]
 
 
 def _outcome_note(outcome: execution.DeletionOutcome) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -83,8 +83,8 @@ def figures_of(document: dict) -> dict:
     """A kept document in the shape of `GET /api/v1/storage`: `registry`, `stored_bytes`,
     `stale_reclaimable_bytes`, `untagged_bytes`, `complete` (false: `seen_through` narrowed
     it), `repositories` (by name, each with the same three) and `history` (`at`,
-    `stored_bytes`: the full syncs of the last 90 days, at most 120 of them, evenly
-    spread)."""
+    `stored_bytes`: the full syncs of the last 90 days and the deletions, retention runs and
+    restores that changed the figures, at most 120 of them, evenly spread)."""
     return {
         "registry": document["registry"],
         **{key: document[key] for key in TOTAL_KEYS},
@@ -145,7 +145,7 @@ class Kept:
 
 def kept(registry: Registry | None = None) -> Kept:
     """What pages and the API show: a read of the registry's kept row, whatever its age.
-    Never computes. Four queries once the registry is known."""
+    Never computes. Five queries once the registry is known."""
     registry = registry or registry_rows.get()
     row = StorageFigures.objects.filter(registry=registry).first()
     if row is None:
@@ -227,8 +227,9 @@ def refresh(registry: Registry | None = None, *, owner: str = "worker") -> bool:
 
 
 def state_key(registry: Registry | None = None) -> str:
-    """What the figures depend on, hashed: the last finished sync and deletion, the stale
-    setting, and the day (an item turns stale with time alone). Two queries."""
+    """What the figures depend on, hashed: the last finished sync and deletion, the last
+    point of the history (a restore adds one: `record_change`), the stale setting, and the
+    day (an item turns stale with time alone). Three queries."""
     registry = registry or registry_rows.get()
     syncs = SyncRun.objects.filter(registry=registry).aggregate(
         last=Max("finished_at"), count=Count("pk")
@@ -236,11 +237,16 @@ def state_key(registry: Registry | None = None) -> str:
     deletions = Deletion.objects.filter(registry=registry.name).aggregate(
         last=Max("finished_at"), count=Count("pk")
     )
+    samples = StorageSample.objects.filter(registry=registry).aggregate(
+        last=Max("at"), count=Count("pk")
+    )
     state = [
         iso(syncs["last"]) if syncs["last"] else None,
         syncs["count"],
         iso(deletions["last"]) if deletions["last"] else None,
         deletions["count"],
+        iso(samples["last"]) if samples["last"] else None,
+        samples["count"],
         settings.STALE_AFTER_MONTHS,
         timezone.now().date().isoformat(),
     ]
@@ -411,7 +417,8 @@ def shared_layers(registry: Registry | None = None) -> list[dict]:
 
 
 def history(now: datetime | None = None, *, registry: Registry | None = None) -> list[dict]:
-    """Stored bytes at each full sync of the last `HISTORY_DAYS`, at most `HISTORY_POINTS`
+    """Stored bytes at each full sync of the last `HISTORY_DAYS` and after each deletion,
+    retention run or restore that changed them (`record_change`), at most `HISTORY_POINTS`
     of them spread evenly (the first and the last always among them)."""
     registry = registry or registry_rows.get()
     since = (now or timezone.now()) - timedelta(days=HISTORY_DAYS)
@@ -449,3 +456,28 @@ def record_sample(
     return StorageSample.objects.create(
         registry=registry, at=now, stored_bytes=inventory_repositories.stored_bytes(registry)
     )
+
+
+def record_change(
+    registries: Collection[str] | None = None, now: datetime | None = None
+) -> list[StorageSample]:
+    """After a deletion, a retention run or a restore (run by a worker, `jobs.runner`): one
+    point of the history of each registry it touched (by name; None: every one) whose
+    stored bytes are no longer its last point's, so the chart drops when the deletion ends
+    rather than at the next full sync. The point changes `state_key`, so the figures the
+    worker computes next show it. A registry without a point yet waits for its first full
+    sync. Two queries a registry."""
+    added = []
+    for registry in registry_rows.known():
+        if registries is not None and registry.name not in registries:
+            continue
+        stored = inventory_repositories.stored_bytes(registry)
+        last = (
+            StorageSample.objects.filter(registry=registry)
+            .order_by("-at", "-pk")
+            .values_list("stored_bytes", flat=True)
+            .first()
+        )
+        if last is not None and last != stored:  # a history begins with a full sync
+            added.append(record_sample(now, registry=registry))
+    return added

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from hubimages.deletion import history
+from hubimages.models import Deletion
 from hubimages.storage import collection
 from hubimages.web.access import rights
 from hubimages.web.paging import neighbours, paginate
@@ -65,13 +66,26 @@ def deletion_history_csv(request: HttpRequest) -> StreamingHttpResponse:
     """The history as CSV, one line per deleted manifest, with the same filter."""
     repository = request.GET.get("repository", "").strip()[:255]
     registry = request.GET.get("registry", "").strip()[:40]
+    lines = history.csv_rows(repository, registry, within=_within(request))
+    return _csv_response(lines, "deletion-history.csv")
+
+
+@require_GET
+def deletion_csv(request: HttpRequest, deletion: int) -> StreamingHttpResponse:
+    """One deletion as CSV, the same lines as in the history's: for whoever may read it in
+    the history (its repository one they may see), else 404, as a job of someone else."""
+    within = _within(request)
+    readable = Deletion.objects.filter(pk=deletion)
+    if not (readable.filter(within) if within is not None else readable).exists():
+        raise Http404("no such deletion")
+    lines = history.csv_rows(within=within, deletion=deletion)
+    return _csv_response(lines, f"deletion-{deletion}.csv")
+
+
+def _csv_response(lines, filename: str) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
     response = StreamingHttpResponse(
-        (
-            writer.writerow(line)
-            for line in history.csv_rows(repository, registry, within=_within(request))
-        ),
-        content_type="text/csv; charset=utf-8",
+        (writer.writerow(line) for line in lines), content_type="text/csv; charset=utf-8"
     )
-    response["Content-Disposition"] = 'attachment; filename="deletion-history.csv"'
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

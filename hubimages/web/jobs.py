@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -14,7 +15,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from hubimages.jobs import queue
 from hubimages.lib.formatting import human_size, plural
-from hubimages.models import Job, Registry, Repository
+from hubimages.models import Deletion, Job, Registry, Repository
 from hubimages.registries import rows
 from hubimages.web.access import repository_to_view, rights
 from hubimages.web.list_state import list_url
@@ -50,6 +51,7 @@ def _job_context(request: HttpRequest, job: Job, back: str) -> dict:
         "list_url": list_url(repository, back) if repository else reverse("repositories"),
     }
     context["back_url"] = context["list_url"]
+    context["deletions"] = _deletions_of(request, job)
     if job.kind == Job.Kind.DELETION and job.finished:
         context["deletion"] = _deletion_summary(job.outcome)
         context["done_message"] = context["deletion"]["message"]
@@ -60,6 +62,16 @@ def _job_context(request: HttpRequest, job: Job, back: str) -> dict:
         context["back_url"] = reverse("trash")
         context["done_message"] = job.outcome.get("message", "")
     return context
+
+
+def _deletions_of(request: HttpRequest, job: Job) -> list[Deletion]:
+    """The deletions the job made ("Deletion #12", as History and the CSV name them), in
+    the repositories the user may see. One query."""
+    if job.kind not in (Job.Kind.DELETION, Job.Kind.RETENTION):
+        return []
+    made = Deletion.objects.filter(Q(job=job) | Q(retention_run__job=job))
+    within = rights(request).within(registry_field="registry", field="repository")
+    return list((made.filter(within) if within is not None else made).order_by("pk"))
 
 
 def _deletion_summary(outcome: dict) -> dict:

@@ -74,6 +74,8 @@ class Command(BaseCommand):
         for operation in operations:
             deletion = operation.deletion
             policy = f", policy {operation.policy}" if operation.policy else ""
+            if deletion.username.endswith(f"policy {operation.policy}"):
+                policy = ""  # "alice · policy nightly" names it already
             self.stdout.write(
                 f"#{deletion.pk}  {deletion.started_at:%Y-%m-%d %H:%M} UTC  "
                 f"{deletion.username}{policy}  {deletion.registry}/{deletion.repository}  "
