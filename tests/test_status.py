@@ -133,6 +133,10 @@ def test_an_undated_item_is_unknown_until_watched_stale_after_months_then_stale(
         listed = lists.top_level(repo, lists.ListQuery(status=state))
         names = {name for name, row in rows.items() if row in listed}
         assert names == {name for name, want in expected.items() if want == state}, state
+    # A `now` within STALE_AFTER_MONTHS of the first datetime: nothing is stale, no error.
+    first = datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert status.stale_cutoff(first) == datetime.min.replace(tzinfo=UTC)
+    assert status.status_from(first, PushedFrom.EVENT, None, first) == "active"
 
 
 def test_the_migration_dates_existing_rows_as_honestly_as_they_tell(db):

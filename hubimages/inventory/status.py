@@ -20,7 +20,7 @@ number of items."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from dateutil.relativedelta import relativedelta
@@ -40,8 +40,13 @@ CHUNK = 1000
 
 
 def stale_cutoff(now: datetime | None = None) -> datetime:
-    """Activity before this instant is stale: calendar months, as SPEC §2 says."""
-    return (now or timezone.now()) - relativedelta(months=settings.STALE_AFTER_MONTHS)
+    """Activity before this instant is stale: calendar months, as SPEC §2 says. A `now`
+    within those months of the first datetime (a retention run's, sent back by hand)
+    has no cutoff before it: nothing is stale."""
+    try:
+        return (now or timezone.now()) - relativedelta(months=settings.STALE_AFTER_MONTHS)
+    except (OverflowError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def last_activity(manifest: Manifest) -> datetime:
