@@ -103,6 +103,16 @@ class Blob(models.Model):
         return self.digest
 
 
+class PushedFrom(models.TextChoices):
+    """How a manifest's Last pushed was found (SPEC §2): only a push event dates it; a
+    plausible build time estimates it; the time a sync first saw it dates nothing, and
+    leaves the item Unknown until a push or pull is seen (`inventory.status`)."""
+
+    EVENT = "event", "Push event"
+    BUILD = "build", "Build time"
+    FIRST_SEEN = "first_seen", "First seen"
+
+
 class Manifest(models.Model):
     class Kind(models.TextChoices):
         INDEX = "index", "Image index"
@@ -132,6 +142,9 @@ class Manifest(models.Model):
     first_seen_at = models.DateTimeField()
     pushed_at = models.DateTimeField()
     pushed_at_estimated = models.BooleanField(default=True)
+    pushed_at_source = models.CharField(
+        max_length=10, choices=PushedFrom.choices, default=PushedFrom.BUILD
+    )
     last_pulled_at = models.DateTimeField(null=True, blank=True)
     is_top_level = models.BooleanField(default=True)
     is_tagged = models.BooleanField(default=False)
@@ -411,6 +424,9 @@ class KeptManifest(models.Model):
     body = models.BinaryField()
     pushed_at = models.DateTimeField(null=True, blank=True)
     pushed_at_estimated = models.BooleanField(default=True)
+    pushed_at_source = models.CharField(
+        max_length=10, choices=PushedFrom.choices, default=PushedFrom.BUILD
+    )
     last_pulled_at = models.DateTimeField(null=True, blank=True)
     first_seen_at = models.DateTimeField(null=True, blank=True)
     # The blobs the deletion freed that were credited to this manifest ([digest, size,

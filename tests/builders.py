@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 
-from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, PushedFrom, Repository, Tag
 from hubimages.sync import rollups
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -46,6 +46,7 @@ def manifest(
         first_seen_at=pushed_at,
         pushed_at=pushed_at,
         pushed_at_estimated=False,
+        pushed_at_source=PushedFrom.EVENT,
         last_pulled_at=last_pulled_at,
     )
     if kind != Manifest.Kind.INDEX:

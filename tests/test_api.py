@@ -15,6 +15,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from devtools.worker import run_tasks
 from hubimages.api import errors as api_errors
@@ -120,19 +121,27 @@ def test_a_repositorys_images_come_in_the_list_images_json_shape(stock, client, 
     assert [child["digest"] for child in edge["children"]] == [stock.signature.digest]
 
 
-def test_status_finds_the_stale_images_and_the_active_ones(stock, client, reader):
+def test_status_finds_the_stale_the_active_and_the_unknown_images(stock, client, reader):
+    """The recent images carry no build time and no push or pull was seen: Unknown, dated
+    by when the sync first saw them, until a pull (here `main`'s) dates one. Children and
+    referrers take their index's or subject's status."""
+    Manifest.objects.filter(digest=stock.main.digest).update(last_pulled_at=timezone.now())
+
     stale = client.get(IMAGES, {"status": "stale"}, headers=reader)
     active = client.get(IMAGES, {"status": "active"}, headers=reader)
+    unknown = client.get(IMAGES, {"status": "unknown"}, headers=reader)
 
     assert set(digests(stale)) == {stock.old.digest, stock.orphan.digest}
-    assert all(item["stale"] for item in stale.json()["results"])
-    assert set(digests(active)) == {
-        stock.rebuilt.digest,
-        stock.index.digest,
-        stock.edge.digest,
-        stock.main.digest,
-    }
-    assert not any(item["stale"] for item in active.json()["results"])
+    assert all(item["stale"] and item["status"] == "stale" for item in stale.json()["results"])
+    assert digests(active) == [stock.main.digest]
+    assert active.json()["results"][0]["status"] == "active"
+    assert set(digests(unknown)) == {stock.rebuilt.digest, stock.index.digest, stock.edge.digest}
+    for item in unknown.json()["results"]:
+        assert item["status"] == "unknown" and not item["stale"]
+        assert item["first_seen"] == item["last_pushed"] and item["last_pushed_estimated"]
+        assert {child["status"] for child in item["children"]} <= {"unknown"}
+    edge = next(item for item in unknown.json()["results"] if item["digest"] == stock.edge.digest)
+    assert [child["status"] for child in edge["children"]] == ["unknown"]  # its signature
 
 
 FILTERS = {
@@ -967,7 +976,8 @@ def test_list_queries_stay_the_same_whatever_the_page_size(
             )
         counts[size] = (len(images), len(repositories))
     assert counts[1] == counts[10] == counts[100], counts
-    with django_assert_max_num_queries(12):
+    # One more than before statuses cascaded: the index entries above the children shown.
+    with django_assert_max_num_queries(13):
         client.get(f"{API}/repositories/big/repo/images", {"page_size": 100}, headers=token)
 
 

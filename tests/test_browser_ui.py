@@ -706,6 +706,12 @@ def test_the_preview_shows_each_item_s_type_and_platform_and_nothing_drawn_over_
 
 @SIZES
 def test_platforms_and_children_fit_in_the_list_and_the_details(lived_in, screen, phone):
+    # A build no push or pull dated, first seen 75 days ago: Unknown (SPEC §2).
+    undated = lived_in.builds["2.3.2"].digest
+    row = Manifest.objects.get(digest=undated)
+    Manifest.objects.filter(pk=row.pk).update(
+        first_seen_at=row.pushed_at, pushed_at_estimated=True, pushed_at_source="first_seen"
+    )
     page = screen(phone=phone)
     page.goto(LIST)
     page.locator("details.children").first.locator("summary").click()
@@ -727,6 +733,18 @@ def test_platforms_and_children_fit_in_the_list_and_the_details(lived_in, screen
     expect(first.locator("td.col-last_pulled")).to_contain_text("3 min ago")
     page.get_by_role("link", name="Last pulled").click()
     expect(page).to_have_url(re.compile(r"\?sort=-last_pulled$"))
+    # The Unknown badge shows whole, and its filter finds it alone; the release's images
+    # are as active as the release, signature and attestations too.
+    badge = page.locator("#rows .badge-unknown")
+    expect(badge).to_have_count(1)
+    expect(badge).to_have_text(re.compile(r"^Unknown — watching since \d{1,2} \w{3} \d{4}$"))
+    assert_within_width(page, badge)
+    expect(page.locator("table.list-children .badge-active")).to_have_count(3)
+    page.select_option("#status", "unknown")
+    expect(page).to_have_url(re.compile(r"status=unknown"))
+    expect(page.locator(ROWS)).to_have_count(1)
+    expect(page.locator(f'{ROWS}[value="{undated}"]')).to_have_count(1)
+    assert page_width(page) <= page.viewport_size["width"]
 
     page.goto(f"{LIST}-/images/{lived_in.release.digest}/")
     for platform in page.locator(".platform").all():

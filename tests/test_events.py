@@ -21,7 +21,7 @@ from devtools.pusher import random_layer
 from devtools.worker import run_tasks
 from hubimages.inventory import lists, status
 from hubimages.lib import leases
-from hubimages.models import Blob, Manifest, RegistryEvent, Repository, Tag
+from hubimages.models import Blob, Manifest, PushedFrom, RegistryEvent, Repository, Tag
 from hubimages.sync import events
 from hubimages.web import webhooks
 from registry.client import RegistryClient
@@ -231,6 +231,8 @@ def test_a_push_stores_the_manifest_with_an_exact_last_pushed(
     manifest = stored("team/api", image.digest)
     assert manifest.pushed_at == pushed_at
     assert manifest.pushed_at_estimated is False
+    assert manifest.pushed_at_source == PushedFrom.EVENT
+    assert status.status_of(manifest) == status.ACTIVE
     assert manifest.platform == "linux/arm64"
     assert manifest.total_size == image.config_size + 3000
     assert list(manifest.tags.values_list("name", flat=True)) == ["v1"]
@@ -347,6 +349,36 @@ def test_a_push_that_fails_stays_pending_until_process_events_or_sync_registry(
 
 
 # -- pulls -----------------------------------------------------------------------------------
+
+
+def test_an_image_built_in_1970_is_unknown_until_a_pull_or_a_push_event_dates_it(
+    client, events_on, pusher, sync
+):
+    """Reproducible builds write 1970: no build time, so a sync dates it only by when it
+    first saw it (Unknown, SPEC §2), until a pull or a push event is seen."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    legacy = pusher.push_image("archive/legacy-app", tag="1.0", layers=[b"one"], created=epoch)
+    rebuilt = pusher.push_image("archive/legacy-app", tag="2.0", layers=[b"two"], created=epoch)
+    sync("archive/legacy-app")
+    rows = {
+        row.digest: row for row in Manifest.objects.filter(repository__name="archive/legacy-app")
+    }
+    for row in rows.values():
+        assert row.created_at is None and row.pushed_at == row.first_seen_at
+        assert row.pushed_at_source == PushedFrom.FIRST_SEEN
+        assert status.status_of(row) == status.UNKNOWN
+
+    post(client, registry_event("pull", "archive/legacy-app", digest=legacy.digest, tag="1.0"))
+    pushed_at = timezone.now() - timedelta(minutes=5)
+    push = registry_event("push", "archive/legacy-app", digest=rebuilt.digest, at=pushed_at)
+    post(client, push)
+
+    legacy_row = stored("archive/legacy-app", legacy.digest)
+    assert legacy_row.pushed_at_source == PushedFrom.FIRST_SEEN  # a pull dates its activity
+    assert status.status_of(legacy_row) == status.ACTIVE
+    rebuilt_row = stored("archive/legacy-app", rebuilt.digest)
+    assert (rebuilt_row.pushed_at, rebuilt_row.pushed_at_source) == (pushed_at, PushedFrom.EVENT)
+    assert status.status_of(rebuilt_row) == status.ACTIVE
 
 
 @pytest.fixture

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from devtools.pusher import random_layer
+from hubimages.models import Manifest
 
 REPO = "acme/api"
 
@@ -64,6 +66,8 @@ def test_an_index_page_lists_its_platforms_and_contents(pusher, sync, viewer_cli
     index = pusher.push_index(REPO, tag="multi", images=[amd, arm], attestations=True)
     signature = pusher.push_cosign_signature(REPO, index)
     sync()
+    # Pulled: the index is Active, and so are its images, whose own times date nothing.
+    Manifest.objects.filter(digest=index.digest).update(last_pulled_at=timezone.now())
 
     page = viewer_client.get(detail_url(index.digest)).content.decode()
 
@@ -77,6 +81,10 @@ def test_an_index_page_lists_its_platforms_and_contents(pusher, sync, viewer_cli
     # An image inside the index links back to it.
     child_page = viewer_client.get(detail_url(amd.digest)).content.decode()
     assert "Part of" in child_page and detail_url(index.digest) in child_page
+    assert page.count("badge-active") >= 3 and "badge-unknown" not in page
+    assert "badge-active" in child_page and "badge-unknown" not in child_page
+    signature_page = viewer_client.get(detail_url(signature.digest)).content.decode()
+    assert "badge-active" in signature_page and "badge-unknown" not in signature_page
 
 
 def test_hostile_labels_annotations_and_history_are_escaped_and_clipped(

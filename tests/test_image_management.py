@@ -70,7 +70,9 @@ def test_the_list_shows_one_row_per_top_level_manifest_with_its_columns(pushed, 
     assert re.search(r'<time datetime="[^"]+Z" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC', page)
     assert "≈" in page  # synced for the first time: push times are estimates
     assert 'title="Never pulled">—' in page
-    assert page.count("badge-active") >= 3 and "badge-stale" not in page
+    # No build time, no push or pull seen: dated only by when the sync first saw them.
+    assert "badge-active" not in page and "badge-stale" not in page
+    assert page.count("Unknown — watching since") >= 3 + 2  # the rows, the index's images
 
 
 FILTERS = {
@@ -104,18 +106,24 @@ def test_search_matches_tag_substrings_and_a_childs_tag_finds_its_index(pushed, 
         assert set(row_digests(response)) == {getattr(pushed, n).digest for n in expected}, search
 
 
-def test_the_status_narrows_to_stale_or_active_items_and_stays_in_the_links(pushed, viewer_client):
+def test_the_status_narrows_to_stale_active_or_unknown_items_and_stays_in_the_links(
+    pushed, viewer_client
+):
     Manifest.objects.filter(digest=pushed.loose.digest).update(
         pushed_at=timezone.now() - timedelta(days=400), last_pulled_at=None
     )
+    Manifest.objects.filter(digest=pushed.solo.digest).update(last_pulled_at=timezone.now())
 
     stale = viewer_client.get(LIST_URL, {"status": "stale"})
     active = viewer_client.get(LIST_URL, {"status": "active", "sort": "size"})
+    unknown = viewer_client.get(LIST_URL, {"status": "unknown"})
     junk = viewer_client.get(LIST_URL, {"status": "rotten"}, follow=True)
 
     assert row_digests(stale) == [pushed.loose.digest]
-    assert set(row_digests(active)) == {pushed.index.digest, pushed.solo.digest}
+    assert row_digests(active) == [pushed.solo.digest]  # a pull dates it
+    assert row_digests(unknown) == [pushed.index.digest]
     assert "status=active" in active.content.decode()  # sort links keep it
+    assert '<option value="unknown" selected>Unknown</option>' in unknown.content.decode()
     assert len(row_digests(junk)) == 3
 
 

@@ -22,6 +22,7 @@ from hubimages.models import (
     DeletionRecord,
     Job,
     Manifest,
+    PushedFrom,
     Repository,
     RetentionPolicy,
     RetentionRun,
@@ -219,6 +220,18 @@ def test_the_editor_shows_per_repository_what_goes_what_stays_and_by_which_rule(
     assert f'<input type="hidden" name="fingerprint" value="{dry.fingerprint}">' in page
     assert "As of <time" in page
     assert "A scheduled run would stop" not in page  # 2 of 4 is not more than half
+    assert "unknown-dated" not in page
+
+    # An item nothing dates (SPEC §2): the dry run says how it was dated, in one sentence.
+    Manifest.objects.filter(digest=shop.release.digest).update(
+        pushed_at_estimated=True, pushed_at_source=PushedFrom.FIRST_SEEN
+    )
+    page = deleter_client.get(EDITOR).content.decode()
+    assert (
+        '<p class="note unknown-dated">1 covered item is Unknown: no push or pull was '
+        "seen and no plausible build time dates it, so its Last pushed is when hubimages first "
+        "saw it and the rules count its age from then.</p>"
+    ) in page
 
 
 def test_the_editor_needs_as_many_queries_for_a_big_repository_as_for_a_small_one(

@@ -201,6 +201,7 @@ def test_the_largest_items_and_the_most_shared_layers(two_teams):
         "size": two_teams.old.config_size + 80_000,
         "last_pushed": None,
         "stale": True,
+        "status": "stale",
     }
     shared = {layer["size"]: layer for layer in document["shared_layers"]}
     assert shared[50_000] | {"digest": ""} == {

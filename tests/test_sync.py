@@ -379,12 +379,13 @@ def test_list_images_prints_the_stable_json_shape(pusher, sync, capsys):
     row = listing["results"][0]
     assert set(row) == {
         "registry", "digest", "kind", "media_type", "tags", "platforms", "size", "last_pushed",
-        "last_pushed_estimated", "last_pulled", "stale", "in_use", "children",
+        "last_pushed_estimated", "last_pulled", "stale", "status", "first_seen", "in_use",
+        "children",
     }  # fmt: skip
     assert row["in_use"] == []  # no live in-use report names it (SPEC §13)
     assert row["digest"] == index.digest and row["last_pulled"] is None
     assert row["last_pushed"].endswith("Z")
-    assert set(row["children"][0]) == {"digest", "kind", "platform", "size", "tags"}
+    assert set(row["children"][0]) == {"digest", "kind", "platform", "size", "tags", "status"}
 
 
 def test_blobs_are_global_and_shared_layers_stored_once(pusher, sync):

@@ -139,12 +139,17 @@ class ImagesQuery(PageQuery):
     filter: Literal[lists.FILTERS] = Field(  # type: ignore[valid-type]
         lists.DEFAULT_FILTER, description="Which top-level items."
     )
-    status: Literal["active", "stale"] | None = Field(
-        None, description="Stale: no pull or push for `STALE_AFTER_MONTHS`."
+    status: Literal["active", "unknown", "stale"] | None = Field(
+        None,
+        description="Stale: no pull or push for `STALE_AFTER_MONTHS`. Unknown: no push or "
+        "pull seen and no plausible build time, watched for less than that.",
     )
     ordering: Literal[lists.SORTS] = Field(  # type: ignore[valid-type]
         lists.DEFAULT_SORT, description="`-` first for descending; never pulled sorts last."
     )
+
+
+Status = Literal["active", "unknown", "stale"]
 
 
 class ChildOut(Schema):
@@ -153,6 +158,7 @@ class ChildOut(Schema):
     platform: str
     size: int
     tags: list[str]
+    status: Status = Field(description="Its index's or subject's (SPEC §2).")
 
 
 class InUseOut(Schema):
@@ -174,6 +180,11 @@ class ImageOut(Schema):
     last_pushed_estimated: bool
     last_pulled: Timestamp | None = _timestamp("null when no pull was seen.")
     stale: bool
+    status: Status = Field(
+        description="`unknown`: dated only by `first_seen` (no push or pull seen, no "
+        "plausible build time) and watched for less than `STALE_AFTER_MONTHS`."
+    )
+    first_seen: Timestamp | None = _timestamp("When a sync first saw it.")
     in_use: list[InUseOut] = Field(
         description="Where live in-use reports say it runs (its digest, its index's or a "
         "child's): each source once, with the first of its places; empty when none does."

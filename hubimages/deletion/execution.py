@@ -255,7 +255,13 @@ def _delete_in_order(
 
 
 GONE_ALREADY = "the registry no longer had it: nothing was sent"
-KEPT_TIMES = ("pushed_at", "pushed_at_estimated", "last_pulled_at", "first_seen_at")
+KEPT_TIMES = (
+    "pushed_at",
+    "pushed_at_estimated",
+    "pushed_at_source",
+    "last_pulled_at",
+    "first_seen_at",
+)
 
 
 def _keep(client: RegistryClient, repository: str, item: PlannedItem) -> KeptManifest | None:

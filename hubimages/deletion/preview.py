@@ -283,7 +283,9 @@ class Guards:
     pulled_at: datetime | None = None  # pulled within RECENTLY_PULLED_DAYS
     latest: bool = False  # tagged `latest`: what `docker pull` without a tag gets
     signature: bool = False  # a signature: images verified against it stop verifying
-    active: bool = False  # pushed or pulled within STALE_AFTER_MONTHS: not stale
+    # Not stale (Active, or Unknown: undated, watched for less than STALE_AFTER_MONTHS),
+    # as the top-level item it goes with is (SPEC §2): a stale image's signature is stale.
+    active: bool = False
 
     @property
     def any(self) -> bool:
@@ -294,18 +296,16 @@ def guard_rails(plan: planning.DeletionPlan, now: datetime | None = None) -> dic
     """The guard rails of each planned item, by digest (items without any are left out)."""
     now = now or timezone.now()
     recent_since = now - timedelta(days=RECENTLY_PULLED_DAYS)
-    cutoff = status.stale_cutoff(now)
+    states = status.statuses({item.manifest_id for item in plan.delete}, now)
     guards = {}
     for item in plan.delete:
         pulled = item.last_pulled_at
-        activity = max(filter(None, (item.pushed_at, pulled)), default=None)
         found = Guards(
             pulled_at=pulled if pulled and pulled >= recent_since else None,
             latest="latest" in item.tags,
             signature=is_signature(item),
             active=item.kind != Manifest.Kind.ATTESTATION
-            and activity is not None
-            and activity >= cutoff,
+            and states.get(item.manifest_id, status.ACTIVE) != status.STALE,
         )
         if found.any:
             guards[item.digest] = found

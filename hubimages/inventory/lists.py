@@ -11,13 +11,14 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Lower
 
 from hubimages.inuse import matching
-from hubimages.inventory.status import is_stale, stale_cutoff, stale_q
+from hubimages.inventory import status as statuses
+from hubimages.inventory.status import stale_cutoff
 from hubimages.lib.formatting import iso
 from hubimages.models import IndexEntry, Manifest, Registry, Repository, Tag
 
 FILTERS = ("all", "tagged", "untagged", "index", "image")
-# Status is its own axis (the API's `status`, the list's Stale filter): "" means any.
-STATUSES = ("", "active", "stale")
+# Status is its own axis (the API's `status`, the list's Status filter): "" means any.
+STATUSES = ("", statuses.ACTIVE, statuses.UNKNOWN, statuses.STALE)
 SORT_FIELDS = {"size": "total_size", "last_pushed": "pushed_at", "last_pulled": "last_pulled_at"}
 SORTS = tuple(SORT_FIELDS) + tuple(f"-{key}" for key in SORT_FIELDS)
 DEFAULT_FILTER = "all"
@@ -72,10 +73,8 @@ def top_level(
             pushed_at__lt=cutoff, pulled_or_never__lt=cutoff
         )
         ordering = [F("pulled_or_never").desc(), "-id"]
-    elif query.status == "stale":
-        rows = rows.filter(stale_q())
-    elif query.status == "active":
-        rows = rows.exclude(stale_q())
+    elif query.status:
+        rows = rows.filter(statuses.status_q(query.status))
     if query.search:
         rows = rows.filter((found or search(repository, query.search)).q)
     return rows.order_by(*ordering)
@@ -292,6 +291,7 @@ def rows_as_dicts(rows, registry: Registry, now: datetime | None = None) -> list
     of them read in one go."""
     rows = list(rows)
     matching.annotate(registry.pk, rows)
+    statuses.annotate(rows, now)
     return [row_as_dict(row, now, registry=registry.name) for row in rows]
 
 
@@ -302,6 +302,8 @@ def row_as_dict(row: Manifest, now: datetime | None = None, *, registry: str) ->
     the first of its places)."""
     if not hasattr(row, "in_use"):
         matching.annotate(row.repository.registry_id, [row])
+    if not hasattr(row, "status"):
+        statuses.annotate([row], now)
     return {
         "registry": registry,
         "digest": row.digest,
@@ -313,7 +315,9 @@ def row_as_dict(row: Manifest, now: datetime | None = None, *, registry: str) ->
         "last_pushed": iso(row.pushed_at),
         "last_pushed_estimated": row.pushed_at_estimated,
         "last_pulled": iso(row.last_pulled_at),
-        "stale": is_stale(row, now),
+        "stale": statuses.status_of(row, now) == statuses.STALE,
+        "status": statuses.status_of(row, now),
+        "first_seen": iso(row.first_seen_at),
         "in_use": row.in_use.as_list(),
         "children": [
             {
@@ -322,6 +326,7 @@ def row_as_dict(row: Manifest, now: datetime | None = None, *, registry: str) ->
                 "platform": platform,
                 "size": child.total_size,
                 "tags": [tag.name for tag in child.tags.all()],
+                "status": statuses.status_of(child, now),
             }
             for child, platform in children_of(row)
         ],

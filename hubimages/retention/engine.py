@@ -21,8 +21,9 @@ from django.utils import timezone
 from hubimages.deletion import planning
 from hubimages.inuse import matching
 from hubimages.inuse.matching import Blocking, InUse
+from hubimages.inventory import status
 from hubimages.lib.formatting import ago, iso
-from hubimages.models import Manifest, Repository, Tag
+from hubimages.models import Manifest, PushedFrom, Repository, Tag
 from hubimages.retention.policies import (
     ALWAYS,
     LATEST_PULLED,
@@ -50,6 +51,14 @@ class Candidate(NamedTuple):
     pushed_at: datetime
     last_pulled_at: datetime | None
     tags: tuple[str, ...]
+    # How `pushed_at` was found (`PushedFrom`): first seen dates nothing, yet stays its
+    # Last pushed, so age rules count from when hubimages first saw it (SPEC §2).
+    pushed_at_source: str = PushedFrom.EVENT
+
+    def unknown(self, now: datetime) -> bool:
+        """Unknown (SPEC §2): undated, and watched for less than STALE_AFTER_MONTHS."""
+        found = status.status_from(self.pushed_at, self.pushed_at_source, self.last_pulled_at, now)
+        return found == status.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class RepositoryDryRun:
     kept: tuple[KeptCandidate, ...]
     plan: planning.DeletionPlan
     recently_pulled: Mapping[str, str]  # deleted digest -> "recently pulled: 2 days ago"
+    unknown: int = 0  # candidates dated only by when hubimages first saw them (Unknown)
 
     @property
     def name(self) -> str:
@@ -158,6 +168,12 @@ class DryRun:
     @property
     def selected_count(self) -> int:
         return sum(len(r.selected) for r in self.repositories)
+
+    @property
+    def unknown_count(self) -> int:
+        """Candidates, kept or selected, that are Unknown: no push or pull seen, no
+        plausible build time; their Last pushed is when hubimages first saw them."""
+        return sum(r.unknown for r in self.repositories)
 
     @property
     def braked(self) -> list[RepositoryDryRun]:
@@ -287,6 +303,7 @@ def _repository_dry_run(
         ),
         plan=plan,
         recently_pulled=recently_pulled,
+        unknown=sum(1 for c in items if c.unknown(now)),
     )
 
 
@@ -302,11 +319,25 @@ def _candidates(repositories: list[Repository]) -> dict[int, list[Candidate]]:
         if referrer_tag_subject(name) is None:
             tags[manifest_id].append(name)
     by_repository: dict[int, list[Candidate]] = defaultdict(list)
-    for pk, repository_id, digest, pushed_at, pulled_at in Manifest.objects.filter(
-        repository_id__in=ids, is_top_level=True
-    ).values_list("pk", "repository_id", "digest", "pushed_at", "last_pulled_at"):
+    rows = Manifest.objects.filter(repository_id__in=ids, is_top_level=True).values_list(
+        "pk",
+        "repository_id",
+        "digest",
+        "pushed_at",
+        "last_pulled_at",
+        "pushed_at_source",
+        "pushed_at_estimated",
+    )
+    for pk, repository_id, digest, pushed_at, pulled_at, source, estimated in rows:
         by_repository[repository_id].append(
-            Candidate(pk, digest, pushed_at, pulled_at, tuple(tags.get(pk, ())))
+            Candidate(
+                pk,
+                digest,
+                pushed_at,
+                pulled_at,
+                tuple(tags.get(pk, ())),
+                source if estimated else PushedFrom.EVENT,
+            )
         )
     return by_repository
 

@@ -353,6 +353,8 @@ def largest_items(now: datetime | None = None, *, registry: Registry | None = No
             "kind",
             "total_size",
             "pushed_at",
+            "pushed_at_source",
+            "pushed_at_estimated",
             "last_pulled_at",
             "repository__name",
         )
@@ -372,6 +374,8 @@ def largest_items(now: datetime | None = None, *, registry: Registry | None = No
             "size": row.total_size,
             "last_pushed": iso(row.pushed_at),
             "stale": status.last_activity(row) < cutoff,
+            # Unknown: its Last pushed is when hubimages first saw it.
+            "status": status.own_status(row, now),
         }
         for row in rows
     ]

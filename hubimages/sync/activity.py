@@ -6,7 +6,7 @@ whoever stores a manifest first applies what the events already told us about it
 
 from django.db.models import Max, Q
 
-from hubimages.models import Manifest, RegistryEvent, Repository
+from hubimages.models import Manifest, PushedFrom, RegistryEvent, Repository
 
 State = RegistryEvent.State
 # hubimages's own requests: its pulls are never counted, and it pushes only to put a
@@ -51,7 +51,7 @@ def apply_recorded_pushes(repository: Repository, digests: list[str]) -> int:
     for digest, latest in _latest(pushes):
         count += Manifest.objects.filter(
             repository=repository, digest=digest, pushed_at_estimated=True
-        ).update(pushed_at=latest, pushed_at_estimated=False)
+        ).update(pushed_at=latest, pushed_at_estimated=False, pushed_at_source=PushedFrom.EVENT)
     return count
 
 

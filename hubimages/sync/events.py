@@ -32,7 +32,15 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from hubimages.lib.leases import LeaseBusy, repository_lock, repository_locked
-from hubimages.models import Manifest, ManifestBlob, Registry, RegistryEvent, Repository, Tag
+from hubimages.models import (
+    Manifest,
+    ManifestBlob,
+    PushedFrom,
+    Registry,
+    RegistryEvent,
+    Repository,
+    Tag,
+)
 from hubimages.registries import rows
 from hubimages.registries.client import registry_client
 from hubimages.sync import activity, rollups, store
@@ -588,7 +596,11 @@ def _store_pushes(
             updated += (
                 Manifest.objects.filter(repository=repository, digest=row.digest)
                 .filter(Q(pushed_at_estimated=True) | Q(pushed_at__lt=row.occurred_at))
-                .update(pushed_at=row.occurred_at, pushed_at_estimated=False)
+                .update(
+                    pushed_at=row.occurred_at,
+                    pushed_at_estimated=False,
+                    pushed_at_source=PushedFrom.EVENT,
+                )
             )
         pulled = activity.apply_earlier_pulls(repository, [row.digest for row in stored])
         if updated or pulled:

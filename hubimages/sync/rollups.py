@@ -11,10 +11,23 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 
 from django.db import transaction
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    F,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce
 
-from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, Repository, Tag
+from hubimages.models import Blob, IndexEntry, Manifest, ManifestBlob, PushedFrom, Repository, Tag
 
 COUNT_KEYS = ("all", "tagged", "untagged", "index", "image")
 CHUNK = 1000  # ids per IN (...) list
@@ -196,19 +209,29 @@ def _recompute(manifests: QuerySet[Manifest], repository_id: int) -> None:
         .annotate(newest=Max("child__created_at"))
         .values("newest")
     )
+    built_child = IndexEntry.objects.filter(index=OuterRef("pk"), child__created_at__isnull=False)
     indexes.filter(pushed_at_estimated=True, created_at__isnull=True).update(
-        pushed_at=Coalesce(Subquery(newest_child_build), F("first_seen_at"))
+        pushed_at=Coalesce(Subquery(newest_child_build), F("first_seen_at")),
+        pushed_at_source=Case(
+            When(Exists(built_child), then=Value(PushedFrom.BUILD)),
+            default=Value(PushedFrom.FIRST_SEEN),
+        ),
     )
     # Attestations carry no build time of their own: they were pushed with their index.
-    index_pushed = (
-        IndexEntry.objects.filter(child=OuterRef("pk"))
-        .values("child")
-        .annotate(latest=Max("index__pushed_at"))
-        .values("latest")
+    latest_index = IndexEntry.objects.filter(child=OuterRef("pk")).order_by(
+        "-index__pushed_at", "-index_id"
     )
     manifests.filter(
         kind=Manifest.Kind.ATTESTATION, pushed_at_estimated=True, created_at__isnull=True
-    ).update(pushed_at=Coalesce(Subquery(index_pushed), F("first_seen_at")))
+    ).update(
+        pushed_at=Coalesce(
+            Subquery(latest_index.values("index__pushed_at")[:1]), F("first_seen_at")
+        ),
+        pushed_at_source=Coalesce(
+            Subquery(latest_index.values("index__pushed_at_source")[:1]),
+            Value(PushedFrom.FIRST_SEEN),
+        ),
+    )
 
 
 def _children_size() -> Subquery:

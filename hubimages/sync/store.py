@@ -21,6 +21,7 @@ from hubimages.models import (
     IndexEntry,
     Manifest,
     ManifestBlob,
+    PushedFrom,
     Registry,
     RegistryEvent,
     Repository,
@@ -338,6 +339,7 @@ def _manifest_row(
         first_seen_at=now,
         pushed_at=created or now,
         pushed_at_estimated=True,
+        pushed_at_source=PushedFrom.BUILD if created else PushedFrom.FIRST_SEEN,
     )
 
 

@@ -385,7 +385,11 @@ def _kept_times(repository: Repository, records: list[DeletionRecord]) -> None:
         pulled = [t for t in (kept.last_pulled_at, current[record.digest]) if t is not None]
         values = {"last_pulled_at": max(pulled) if pulled else None}
         if kept.pushed_at is not None:
-            values |= {"pushed_at": kept.pushed_at, "pushed_at_estimated": kept.pushed_at_estimated}
+            values |= {
+                "pushed_at": kept.pushed_at,
+                "pushed_at_estimated": kept.pushed_at_estimated,
+                "pushed_at_source": kept.pushed_at_source,
+            }
         if kept.first_seen_at is not None:
             values["first_seen_at"] = kept.first_seen_at
         Manifest.objects.filter(repository=repository, digest=record.digest).update(**values)

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from hubimages.deletion import planning
 from hubimages.inuse import matching
-from hubimages.inventory import details, lists
+from hubimages.inventory import details, lists, status
 from hubimages.models import Manifest, Repository
 from hubimages.registries import rows as registry_rows
 from hubimages.web.access import repository_to_delete_from, repository_to_view, rights
@@ -41,7 +41,7 @@ FILTER_LABELS = (
     ("index", "Image index"),
     ("image", "Image"),
 )
-STATUS_LABELS = (("", "Any"), ("active", "Active"), ("stale", "Stale"))
+STATUS_LABELS = (("", "Any"), ("active", "Active"), ("unknown", "Unknown"), ("stale", "Stale"))
 # The list's columns that sort, in the order shown; a first click sorts biggest/newest first.
 SORTABLE_COLUMNS = (
     ("size", "Size"),
@@ -72,6 +72,7 @@ def image_management(request: HttpRequest, registry: str, name: str) -> HttpResp
     paginator = ListPaginator(rows, per_page, repository, query, found)
     page = paginator.get_page(request.GET.get("page"))
     matching.annotate(repository.registry_id, page.object_list)
+    status.annotate(page.object_list)
     view = list_state(query, per_page)
     state = {**view, "page": page.number if page.number != 1 else None}
     here = url_with(request.path, encode_state(state))
@@ -193,6 +194,7 @@ def image_detail(request: HttpRequest, registry: str, name: str, digest: str) ->
     except Manifest.DoesNotExist:
         raise Http404("no such manifest in this repository") from None
     matching.annotate(repository.registry_id, [manifest])
+    status.annotate([manifest])
     context = {
         "repository": repository,
         "manifest": manifest,

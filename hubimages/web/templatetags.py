@@ -74,9 +74,16 @@ def iso(value: datetime | None) -> str:
 register.filter("short_digest", formatting.short_digest)
 
 
+@register.filter("status")
+def status_filter(manifest: Manifest) -> str:
+    """active, unknown or stale: its own, or its index's or subject's (`inventory.status`)."""
+    return status.status_of(manifest)
+
+
 @register.filter
-def stale(manifest: Manifest) -> bool:
-    return status.is_stale(manifest)
+def watching_since(manifest: Manifest) -> datetime:
+    """When hubimages first saw the Unknown item (or the index or subject it goes with)."""
+    return status.since(manifest)
 
 
 @register.inclusion_tag("includes/clipped.html")
