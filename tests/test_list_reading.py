@@ -65,17 +65,18 @@ def test_every_size_shows_its_exact_bytes_on_hover_and_times_their_date(pushed, 
     assert re.search(r'title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">1\xa0y 4\xa0mo ago</time>', page)
 
 
-def test_attestations_carry_no_stale_badge_and_referrers_are_called_referrers(
+def test_attestations_take_their_index_s_status_and_referrers_are_called_referrers(
     pushed, viewer_client
 ):
+    """SPEC §2: images, attestations and referrers take the status of their index or
+    subject wherever they are shown."""
     page = viewer_client.get(LIST).content.decode()
 
     attestations = re.findall(r'<tr class="row-attestation">.*?</tr>', page, re.S)
     assert len(attestations) == 2
-    assert all(
-        "badge" not in row and "goes and stays with its index" in row for row in attestations
-    )
-    assert page.count("badge-stale") == 2 + 2 + 1  # two rows, two images, the signature
+    assert all("badge-stale" in row for row in attestations)  # as their stale index
+    # two rows, two images, two attestations, the signature
+    assert page.count("badge-stale") == 2 + 2 + 2 + 1
     assert "<bdi>Referrer" in page and "Artifact" not in page
 
 
