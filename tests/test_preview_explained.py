@@ -171,7 +171,7 @@ def test_the_preview_flags_what_was_recently_pulled_tagged_latest_or_a_signature
     assert "2 items are not stale" in guard_rails
     assert (
         '<input type="checkbox" name="confirm_active" value="yes" required> Also delete 2 active '
-        "items, pushed or pulled in the last 6 months (1 pulled in the last 30 days)."
+        "items: pushed or pulled in the last 6 months (1 pulled in the last 30 days)."
     ) in page
 
 

@@ -155,3 +155,28 @@ def test_the_migration_dates_existing_rows_as_honestly_as_they_tell(db):
 
     sources = dict(Manifest.objects.filter(repository=repo).values_list("pk", "pushed_at_source"))
     assert sources == {event.pk: "event", built.pk: "build", first_seen.pk: "first_seen"}
+
+
+def test_the_preview_says_which_items_it_asks_a_second_tick_for_are_undated(db, deleter_client):
+    """Unknown items are not stale, so deleting them takes the second tick; the preview
+    says they are undated rather than calling them pushed or pulled lately."""
+    now = timezone.now()
+    repo = Repository.objects.create(name="cascade/ticks")
+    dated = manifest(repo, "dated", pushed_at=now - timedelta(days=3), tags=["1.0"])
+    never = manifest(repo, "never", pushed_at=now, tags=["2.0"])
+    undated(never, now - timedelta(days=1))
+    finish(repo)
+    url = f"/r/{repo.registry.name}/{repo.name}/-/delete/"
+
+    both = deleter_client.post(url, {"digest": [dated.digest, never.digest]}).content.decode()
+    only_undated = deleter_client.post(url, {"digest": [never.digest]}).content.decode()
+    only_dated = deleter_client.post(url, {"digest": [dated.digest]}).content.decode()
+
+    assert (
+        "Also delete 2 active items: pushed or pulled in the last 6 months, and 1 not dated "
+        "yet (Unknown: no push, pull or build time seen" in both
+    )
+    assert "Also delete 1 active item: 1 not dated yet (Unknown" in only_undated
+    assert "pushed or pulled in the last" not in only_undated
+    assert "Also delete 1 active item: pushed or pulled in the last 6 months." in only_dated
+    assert "not dated yet" not in only_dated

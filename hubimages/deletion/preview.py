@@ -286,6 +286,8 @@ class Guards:
     # Not stale (Active, or Unknown: undated, watched for less than STALE_AFTER_MONTHS),
     # as the top-level item it goes with is (SPEC §2): a stale image's signature is stale.
     active: bool = False
+    # Of those, Unknown: no push, pull or plausible build time seen (SPEC §2).
+    undated: bool = False
 
     @property
     def any(self) -> bool:
@@ -300,12 +302,14 @@ def guard_rails(plan: planning.DeletionPlan, now: datetime | None = None) -> dic
     guards = {}
     for item in plan.delete:
         pulled = item.last_pulled_at
+        state = states.get(item.manifest_id, status.ACTIVE)
+        counted = item.kind != Manifest.Kind.ATTESTATION
         found = Guards(
             pulled_at=pulled if pulled and pulled >= recent_since else None,
             latest="latest" in item.tags,
             signature=is_signature(item),
-            active=item.kind != Manifest.Kind.ATTESTATION
-            and states.get(item.manifest_id, status.ACTIVE) != status.STALE,
+            active=counted and state != status.STALE,
+            undated=counted and state == status.UNKNOWN,
         )
         if found.any:
             guards[item.digest] = found

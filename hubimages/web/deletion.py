@@ -106,6 +106,7 @@ def _preview(
             item for item in plan.delete if guards.get(item.digest, _NO_GUARD).signature
         ],
         "active_count": sum(1 for guard in guards.values() if guard.active),
+        "undated_count": sum(1 for guard in guards.values() if guard.undated),
         # SPEC §13: kept because a live report says they run, unless the override is on.
         "allow_in_use": allow_in_use,
         "in_use_kept": [item for item in plan.keep if item.in_use],
