@@ -19,12 +19,18 @@ The suite runs a few examples (`STATEFUL_EXAMPLES`, default 4, of up to 12 steps
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from datetime import timedelta
+from collections import Counter
+from pathlib import Path
 
 import hypothesis.strategies as st
+from django.db.models import Q
+from django.tasks import TaskResultStatus
 from django.utils import timezone
-from hypothesis import HealthCheck, settings
+from django_tasks_db.models import DBTaskResult
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -35,25 +41,43 @@ from hypothesis.stateful import (
 )
 
 from devtools.faultproxy import FaultProxy
+from devtools.processes import Process, database_url, environment
 from devtools.pusher import ImagePusher, PushedManifest, random_layer
 from devtools.server import LocalRegistry
-from hubimages.deletion import execution, planning
-from hubimages.models import Deletion, DeletionRecord, IndexEntry, Job, Manifest, Repository, Tag
-from hubimages.retention import engine, policies, runs
+from hubimages.deletion import planning
+from hubimages.jobs import queue
+from hubimages.jobs.worker import live_workers
+from hubimages.models import (
+    Deletion,
+    DeletionRecord,
+    IndexEntry,
+    Job,
+    Manifest,
+    Repository,
+    RetentionRun,
+    Tag,
+)
+from hubimages.retention import engine, policies
 from hubimages.sync import events
 from hubimages.sync.service import sync_registry
 from registry.client import RegistryClient
 from registry.notifications import Event
 
 EXAMPLES = int(os.environ.get("HUBIMAGES_STATEFUL_EXAMPLES", "4"))
+STEPS = int(os.environ.get("HUBIMAGES_STATEFUL_STEPS", "12"))
+LEASE_SECONDS = "2"  # the shortest the settings allow, as the soak runs
+DELETE_DELAY = 0.2  # seconds the fault proxy holds each DELETE while a kill may come
+SETTLE_TIMEOUT = 90.0  # a bound for "never settles", not a measure
 TAGS = ("v1", "v2", "v3", "latest")
 
 
 class Registry(RuleBasedStateMachine):
     """One repository per example (a fresh name), the registry and the database shared."""
 
-    def __init__(self, server: LocalRegistry, proxy: FaultProxy) -> None:
+    def __init__(self, server: LocalRegistry, proxy: FaultProxy, worker: Worker, user) -> None:
         super().__init__()
+        self.worker = worker
+        self.user = user
         self.server = server
         self.proxy = proxy
         self.repo = f"stateful/r{uuid.uuid4().hex[:8]}"
@@ -166,57 +190,117 @@ class Registry(RuleBasedStateMachine):
         events.record(batch)
         events.process_received(self.hub)
 
-    @precondition(lambda self: self.repository() is not None)
-    @rule(data=st.data())
-    def preview_and_delete(self, data) -> None:
+    # -- deletions and retention runs: jobs, run by the real worker --------------------
+
+    def deletion_job(self, data) -> tuple[Job, set[str]] | None:
+        """The deletion of a previewed plan (one or two top-level manifests), started as the
+        page and the API start it; with what the plan shows."""
         repository = self.repository()
-        top = list(
+        top = sorted(
             Manifest.objects.filter(repository=repository, is_top_level=True).values_list(
                 "digest", flat=True
             )
         )
         if not top:
-            return
-        chosen = data.draw(st.lists(st.sampled_from(sorted(top)), min_size=1, max_size=2))
+            return None
+        chosen = data.draw(st.lists(st.sampled_from(top), min_size=1, max_size=2, unique=True))
         plan = planning.plan_deletion(repository=repository, digests=chosen)
         if plan.refused or not plan.delete:
-            return
-        present = {d for d in self.db_digests() if self.registry_has(d)}
-        execution.execute_deletion(
+            return None
+        job = queue.start_deletion(
             repository=repository,
-            digests=chosen,
+            digests=list(plan.selected),
             fingerprint=plan.fingerprint,
-            user=None,
-            client=self.hub,
+            user=self.user,
         )
-        vanished = {d for d in present if not self.registry_has(d)}
-        planned = {item.digest for item in plan.delete}
-        assert vanished <= planned, f"deleted outside the plan: {vanished - planned}"
+        return job, {item.digest for item in plan.delete}
 
-    @precondition(lambda self: self.repository() is not None)
-    @rule(count=st.integers(1, 2))
-    def retention_run(self, count: int) -> None:
-        policy = policies.parse_policy(
-            {
-                "name": "stateful",
-                "repositories": [self.repo],
-                "rules": [{"keep": "latest_pushed", "count": count, "untagged": True}],
-                "max_delete_fraction": 1,
-            }
+    def retention_job(self, count: int) -> tuple[Job, set[str]] | None:
+        """A run of a stored policy's previewed dry run (keep the `count` latest pushed,
+        untagged ones included), started as the policies page starts it."""
+        stored = policies.save_policy(
+            policies.parse_policy(
+                {
+                    "name": f"stateful-{self.repo.rpartition('/')[2]}",
+                    "repositories": [self.repo],
+                    "rules": [{"keep": "latest_pushed", "count": count, "untagged": True}],
+                    "max_delete_fraction": 1,
+                }
+            ),
+            replace=True,
         )
-        preview = engine.dry_run(policy)
+        preview = engine.dry_run(policies.policy_of(stored))
         planned = {i.digest for r in preview.repositories for i in r.plan.delete}
-        present = {d for d in self.db_digests() if self.registry_has(d)}
-        runs.run(
-            policy=policy,
+        if not planned:
+            return None
+        job = queue.start_retention(
+            policy=stored.name,
             now=preview.now,
             fingerprint=preview.fingerprint,
-            client_for=lambda registry: self.hub,
-            trigger="manual",
-            started_by="stateful",
+            user=self.user,
         )
+        return job, planned
+
+    def present(self) -> set[str]:
+        """What the database knows that the registry still has."""
+        return {d for d in self.db_digests() if self.registry_has(d)}
+
+    def check_what_went(self, job: Job, planned: set[str], present: set[str]) -> None:
+        """Nothing went that the plan did not show, and the history says exactly what
+        went (a record "done" for each manifest gone, none for any other)."""
         vanished = {d for d in present if not self.registry_has(d)}
-        assert vanished <= planned, f"retention deleted outside its plan: {vanished - planned}"
+        assert vanished <= planned, f"deleted outside the plan: {vanished - planned}"
+        done = set(
+            DeletionRecord.objects.filter(
+                Q(operation__job=job) | Q(operation__retention_run__job=job),
+                state=DeletionRecord.State.DONE,
+            ).values_list("digest", flat=True)
+        )
+        assert done == vanished, f"the records say {done} went, the registry {vanished}"
+
+    @precondition(lambda self: self.repository() is not None)
+    @rule(kill_at=st.one_of(st.none(), st.floats(0, 1)), data=st.data())
+    def preview_and_delete(self, kill_at: float | None, data) -> None:
+        self.run_job(lambda: self.deletion_job(data), kill_at)
+
+    @precondition(lambda self: self.repository() is not None)
+    @rule(count=st.integers(1, 2), kill_at=st.one_of(st.none(), st.floats(0, 1)))
+    def retention_run(self, count: int, kill_at: float | None) -> None:
+        self.run_job(lambda: self.retention_job(count), kill_at)
+
+    def run_job(self, start, kill_at: float | None) -> None:
+        """Start the job and wait until the worker has run it and everything is settled;
+        with `kill_at`, SIGKILL the worker that far into it (a fraction of the time its
+        DELETEs take, each held a little by the proxy, so the kill lands before, between or
+        during DELETEs, or after the job ended) and start a new one. Once the dead worker's
+        leases ran out, recovery settles what it left from the registry; a job that may
+        have deleted is closed, never run again, one that cannot have is run again. Then
+        nothing went that the plan did not show, the history says what went, and (after a
+        kill) the database equals the registry after a clean sync."""
+        present = self.present()
+        if kill_at is not None:
+            self.proxy.delay(
+                rf"^/v2/{self.repo}/manifests/sha256:", seconds=DELETE_DELAY, method="DELETE"
+            )
+        try:
+            started = start()
+            if started is None:
+                return
+            job, planned = started
+            if kill_at is not None:
+                sent = self.worker.kill_running(
+                    job, after=kill_at * DELETE_DELAY * (len(planned) + 1)
+                )
+                attempts = Job.objects.get(pk=job.pk).attempts
+        finally:
+            self.proxy.clear()
+        self.worker.settle()
+        self.check_what_went(job, planned, present)
+        if kill_at is not None:
+            if sent:  # a DELETE may have gone out: never run again
+                job.refresh_from_db()
+                assert job.attempts == attempts, f"job {job.pk} ran again after deleting"
+            self.database_equals_the_registry()
 
     # -- what always holds ------------------------------------------------------------
 
@@ -240,15 +324,31 @@ class Registry(RuleBasedStateMachine):
             assert stored == listed, f"index {index.digest} stored with {stored}, lists {listed}"
 
     @invariant()
-    def every_deletion_is_settled_and_no_job_runs(self) -> None:
+    def no_index_in_the_registry_misses_a_child(self) -> None:
+        """Other clients delete whole indexes only: a child gone while its index is still
+        in the registry would be hubimages's doing."""
+        for index in self.indexes:
+            if self.registry_has(index.digest):
+                missing = {d for d in index.child_digests if not self.registry_has(d)}
+                assert not missing, f"index {index.digest} in the registry lost {missing}"
+
+    @invariant()
+    def everything_settled_and_no_job_without_a_live_worker(self) -> None:
+        """Every step waits until the worker is idle again (`Worker.settle`), so: no job
+        queued or running (a running one would need a live worker), no deletion, record or
+        retention run unsettled, no task left running by a dead worker."""
+        assert not Job.objects.filter(state__in=(Job.State.QUEUED, Job.State.RUNNING)).exists()
         assert not Deletion.objects.filter(state=Deletion.State.RUNNING).exists()
         assert not DeletionRecord.objects.filter(state=DeletionRecord.State.PENDING).exists()
-        assert not Job.objects.filter(state=Job.State.RUNNING).exists()
+        assert not RetentionRun.objects.filter(outcome=RetentionRun.Outcome.RUNNING).exists()
+        alive = live_workers()
+        for task in DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING):
+            assert task.worker_ids and task.worker_ids[-1] in alive, f"task {task.id} orphaned"
 
-    def teardown(self) -> None:
-        """Two clean syncs (the second removes what the first found gone and marked), then
-        the database must equal the registry, and no index in the registry may point at a
-        missing child."""
+    def database_equals_the_registry(self) -> None:
+        """After two clean syncs (the second removes what the first found gone and marked):
+        the same tags on the same manifests, nothing in the database the registry lacks,
+        everything a tag reaches (an index's children included) in the database."""
         self.sync()
         self.sync()
         tags = {
@@ -259,25 +359,137 @@ class Registry(RuleBasedStateMachine):
             Tag.objects.filter(repository__name=self.repo).values_list("name", "manifest__digest")
         )
         assert db_tags == registry_tags
-        for digest in self.db_digests():
+        stored = self.db_digests()
+        for digest in stored:
             assert self.registry_has(digest), f"{digest} in the database, not in the registry"
+        reached = set(registry_tags.values())
         for index in self.indexes:
-            if self.registry_has(index.digest):
-                for child in self.direct.get_manifest(self.repo, index.digest).parsed.manifests:
-                    assert self.registry_has(child.digest), f"{index.digest} lost {child.digest}"
-        self.direct.close()
-        self.hub.close()
+            if index.digest in reached:
+                reached |= set(index.child_digests)
+        assert reached <= stored, f"in the registry, not in the database: {reached - stored}"
+
+    def teardown(self) -> None:
+        try:
+            self.database_equals_the_registry()
+        finally:
+            self.direct.close()
+            self.hub.close()
 
 
-def test_the_guarantees_hold_whatever_happens_in_whatever_order(tmp_path, db):
-    with LocalRegistry(tmp_path / "registry") as server, FaultProxy(server.url) as proxy:
-        run_state_machine_as_test(
-            lambda: Registry(server, proxy),
-            settings=settings(
-                max_examples=EXAMPLES,
-                stateful_step_count=12,
-                deadline=timedelta(seconds=120),
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                derandomize=EXAMPLES <= 10,
+class Worker:
+    """The `db_worker` process (the Procfile's) that runs the machine's jobs: started once
+    for the whole test, kept across steps and examples, started again after each kill. On
+    the test database, the registry behind the fault proxy, leases as short as the settings
+    allow (as the soak runs it), so recovery after a kill takes seconds."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.started = 0
+        self.kills: Counter[str] = Counter()
+        self.process = self.start()
+
+    def start(self) -> Process:
+        self.process = Process("worker", self.env, self.logs / f"worker-{self.started}.log")
+        self.started += 1
+        return self.process
+
+    def kill_running(self, job: Job, *, after: float) -> bool:
+        """SIGKILL the worker `after` seconds into `job` (once it claimed it), then start a
+        new one. Whether a DELETE of the job's may have gone out (a record is written before
+        each)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while not Job.objects.filter(pk=job.pk).exclude(state=Job.State.QUEUED).exists():
+            self.check_alive()
+            assert time.monotonic() < deadline, f"job {job.pk} never claimed"
+            time.sleep(0.02)
+        time.sleep(after)
+        self.process.kill()
+        job.refresh_from_db()
+        sent = DeletionRecord.objects.filter(
+            Q(operation__job=job) | Q(operation__retention_run__job=job)
+        ).exists()
+        if job.finished:
+            self.kills["after the job ended"] += 1
+        else:
+            self.kills["once a DELETE had gone out" if sent else "before any DELETE"] += 1
+        self.start()
+        return sent
+
+    def check_alive(self) -> None:
+        assert self.process.popen.poll() is None, f"the worker exited:\n{self.process.tail()}"
+
+    def settle(self) -> None:
+        """Wait until every job has ended and every record is settled (recovery included,
+        after a kill); a job queued again does not wait out its back-off (as in the soak)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while unsettled := self.unsettled():
+            self.check_alive()
+            assert time.monotonic() < deadline, f"not settled: {unsettled}\n{self.process.tail()}"
+            DBTaskResult.objects.filter(
+                status=TaskResultStatus.READY, run_after__gt=timezone.now()
+            ).update(run_after=timezone.now())
+            time.sleep(0.05)
+
+    @staticmethod
+    def unsettled() -> list[str]:
+        jobs = Job.objects.filter(state__in=(Job.State.QUEUED, Job.State.RUNNING))
+        return [
+            *(
+                f"job {pk} {kind} {state}"
+                for pk, kind, state in jobs.values_list("pk", "kind", "state")
             ),
+            *(
+                f"deletion {pk}"
+                for pk in Deletion.objects.filter(state=Deletion.State.RUNNING).values_list(
+                    "pk", flat=True
+                )
+            ),
+            *(
+                f"record {d}"
+                for d in DeletionRecord.objects.filter(
+                    state=DeletionRecord.State.PENDING
+                ).values_list("digest", flat=True)
+            ),
+            *(
+                f"retention run {pk}"
+                for pk in RetentionRun.objects.filter(
+                    outcome=RetentionRun.Outcome.RUNNING
+                ).values_list("pk", flat=True)
+            ),
+        ]
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def test_the_guarantees_hold_whatever_happens_in_whatever_order(
+    tmp_path, transactional_db, settings, django_user_model
+):
+    settings.LOCK_LEASE_SECONDS = settings.WORKER_LEASE_SECONDS = int(LEASE_SECONDS)
+    user = django_user_model.objects.create_superuser("stateful", password="stateful-password")
+    with LocalRegistry(tmp_path / "registry") as server, FaultProxy(server.url) as proxy:
+        settings.REGISTRY_URL = proxy.url
+        env = environment(
+            DATABASE_URL=database_url(),
+            SECRET_KEY="stateful-tests-secret-key-" + "x" * 30,
+            REGISTRY_URL=proxy.url,
+            SYNC_INTERVAL_MINUTES="0",
+            WORKER_LEASE_SECONDS=LEASE_SECONDS,
+            LOCK_LEASE_SECONDS=LEASE_SECONDS,
         )
+        worker = Worker(env, tmp_path)
+        try:
+            run_state_machine_as_test(
+                lambda: Registry(server, proxy, worker, user),
+                settings=hypothesis_settings(
+                    max_examples=EXAMPLES,
+                    stateful_step_count=STEPS,
+                    deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                    derandomize=EXAMPLES <= 10,
+                ),
+            )
+        finally:
+            worker.stop()
+        print(f"\n{EXAMPLES} examples; the worker killed: {dict(worker.kills)}")
+    assert worker.kills, "no example killed the worker"
