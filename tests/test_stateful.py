@@ -56,6 +56,7 @@ from hubimages.models import (
     Repository,
     RetentionRun,
     Tag,
+    WorkerHeartbeat,
 )
 from hubimages.retention import engine, policies
 from hubimages.sync import events
@@ -67,6 +68,9 @@ EXAMPLES = int(os.environ.get("HUBIMAGES_STATEFUL_EXAMPLES", "4"))
 STEPS = int(os.environ.get("HUBIMAGES_STATEFUL_STEPS", "12"))
 LEASE_SECONDS = "2"  # the shortest the settings allow, as the soak runs
 DELETE_DELAY = 0.2  # seconds the fault proxy holds each DELETE while a kill may come
+# Where a worker is killed mid-job: once the job has sent 0 to 3 DELETEs, that fraction
+# of a held DELETE later.
+KILL = st.tuples(st.integers(0, 3), st.floats(0, 1))
 SETTLE_TIMEOUT = 90.0  # a bound for "never settles", not a measure
 TAGS = ("v1", "v2", "v3", "latest")
 
@@ -133,7 +137,11 @@ class Registry(RuleBasedStateMachine):
 
     @initialize()
     def first_push(self) -> None:
-        self.push(seed=0, tag="v1")
+        """Three images pushed (v1, v2, latest) and synced: every rule has something to
+        work on from the first step (a short example still deletes)."""
+        for seed, tag in enumerate(("v1", "v2", "latest")):
+            self.push(seed=seed, tag=tag)
+        self.sync()
 
     @rule(seed=st.integers(0, 10_000), tag=st.one_of(st.none(), st.sampled_from(TAGS)))
     def push(self, seed: int, tag: str | None) -> None:
@@ -259,26 +267,42 @@ class Registry(RuleBasedStateMachine):
         assert done == vanished, f"the records say {done} went, the registry {vanished}"
 
     @precondition(lambda self: self.repository() is not None)
-    @rule(kill_at=st.one_of(st.none(), st.floats(0, 1)), data=st.data())
-    def preview_and_delete(self, kill_at: float | None, data) -> None:
-        self.run_job(lambda: self.deletion_job(data), kill_at)
+    @rule(data=st.data())
+    def preview_and_delete(self, data) -> None:
+        self.run_job(lambda: self.deletion_job(data))
 
     @precondition(lambda self: self.repository() is not None)
-    @rule(count=st.integers(1, 2), kill_at=st.one_of(st.none(), st.floats(0, 1)))
-    def retention_run(self, count: int, kill_at: float | None) -> None:
-        self.run_job(lambda: self.retention_job(count), kill_at)
+    @rule(count=st.integers(1, 2))
+    def retention_run(self, count: int) -> None:
+        self.run_job(lambda: self.retention_job(count))
 
-    def run_job(self, start, kill_at: float | None) -> None:
+    @precondition(lambda self: self.repository() is not None)
+    @rule(
+        kind=st.sampled_from(("deletion", "retention")),
+        count=st.integers(1, 2),
+        kill=KILL,
+        data=st.data(),
+    )
+    def kill_the_worker_mid_job(self, kind: str, count: int, kill: tuple[int, float], data) -> None:
+        """A previewed deletion, or a retention run keeping the `count` latest pushed, its
+        worker killed at `kill`."""
+        if kind == "deletion":
+            self.run_job(lambda: self.deletion_job(data), kill)
+        else:
+            self.run_job(lambda: self.retention_job(count), kill)
+
+    def run_job(self, start, kill: tuple[int, float] | None = None) -> None:
         """Start the job and wait until the worker has run it and everything is settled;
-        with `kill_at`, SIGKILL the worker that far into it (a fraction of the time its
-        DELETEs take, each held a little by the proxy, so the kill lands before, between or
-        during DELETEs, or after the job ended) and start a new one. Once the dead worker's
-        leases ran out, recovery settles what it left from the registry; a job that may
-        have deleted is closed, never run again, one that cannot have is run again. Then
+        with `kill` (n, f), SIGKILL the worker once the job has sent n DELETEs (or ended),
+        f of the way into the next one (the proxy holds each DELETE a little), and start
+        a new one: the kill lands before any DELETE, during one, or after the job ended.
+        Once the dead worker's leases ran out, recovery settles what it left from the
+        registry; a job that may have deleted is closed, never run again, one that cannot
+        have is run again. Then
         nothing went that the plan did not show, the history says what went, and (after a
         kill) the database equals the registry after a clean sync."""
         present = self.present()
-        if kill_at is not None:
+        if kill is not None:
             self.proxy.delay(
                 rf"^/v2/{self.repo}/manifests/sha256:", seconds=DELETE_DELAY, method="DELETE"
             )
@@ -287,16 +311,15 @@ class Registry(RuleBasedStateMachine):
             if started is None:
                 return
             job, planned = started
-            if kill_at is not None:
-                sent = self.worker.kill_running(
-                    job, after=kill_at * DELETE_DELAY * (len(planned) + 1)
-                )
+            self.worker.jobs[job.kind] += 1
+            if kill is not None:
+                sent = self.worker.kill_running(job, *kill)
                 attempts = Job.objects.get(pk=job.pk).attempts
         finally:
             self.proxy.clear()
         self.worker.settle()
         self.check_what_went(job, planned, present)
-        if kill_at is not None:
+        if kill is not None:
             if sent:  # a DELETE may have gone out: never run again
                 job.refresh_from_db()
                 assert job.attempts == attempts, f"job {job.pk} ran again after deleting"
@@ -386,6 +409,7 @@ class Worker:
         self.env, self.logs = env, logs
         self.started = 0
         self.kills: Counter[str] = Counter()
+        self.jobs: Counter[str] = Counter()
         self.process = self.start()
 
     def start(self) -> Process:
@@ -393,27 +417,37 @@ class Worker:
         self.started += 1
         return self.process
 
-    def kill_running(self, job: Job, *, after: float) -> bool:
-        """SIGKILL the worker `after` seconds into `job` (once it claimed it), then start a
-        new one. Whether a DELETE of the job's may have gone out (a record is written before
-        each)."""
+    def kill_running(self, job: Job, sent: int, fraction: float) -> bool:
+        """SIGKILL the worker once `job` has sent `sent` DELETEs (a record is written
+        before each) or ended, `fraction` of a held DELETE later; then start a new one.
+        Whether a DELETE of the job's may have gone out."""
+        records = DeletionRecord.objects.filter(
+            Q(operation__job=job) | Q(operation__retention_run__job=job)
+        )
         deadline = time.monotonic() + SETTLE_TIMEOUT
-        while not Job.objects.filter(pk=job.pk).exclude(state=Job.State.QUEUED).exists():
+        while not (
+            Job.objects.filter(pk=job.pk).exclude(state=Job.State.QUEUED).exists()
+            and (sent == 0 or records.count() >= sent or self.ended(job))
+        ):
             self.check_alive()
-            assert time.monotonic() < deadline, f"job {job.pk} never claimed"
-            time.sleep(0.02)
-        time.sleep(after)
+            assert time.monotonic() < deadline, f"job {job.pk} never reached its kill"
+            time.sleep(0.01)
+        time.sleep(fraction * DELETE_DELAY)
         self.process.kill()
         job.refresh_from_db()
-        sent = DeletionRecord.objects.filter(
-            Q(operation__job=job) | Q(operation__retention_run__job=job)
-        ).exists()
+        sent = records.exists()
         if job.finished:
             self.kills["after the job ended"] += 1
         else:
             self.kills["once a DELETE had gone out" if sent else "before any DELETE"] += 1
         self.start()
         return sent
+
+    @staticmethod
+    def ended(job: Job) -> bool:
+        return Job.objects.filter(
+            pk=job.pk, state__in=(Job.State.SUCCEEDED, Job.State.FAILED)
+        ).exists()
 
     def check_alive(self) -> None:
         assert self.process.popen.poll() is None, f"the worker exited:\n{self.process.tail()}"
@@ -430,31 +464,30 @@ class Worker:
             ).update(run_after=timezone.now())
             time.sleep(0.05)
 
-    @staticmethod
-    def unsettled() -> list[str]:
+    def unsettled(self) -> list[str]:
+        """What is not settled yet: jobs queued or running, deletions, records and
+        retention runs running or pending, tasks left running by a killed worker (the
+        recovery fails them once its heartbeat's lease ran out)."""
         jobs = Job.objects.filter(state__in=(Job.State.QUEUED, Job.State.RUNNING))
+        deletions = Deletion.objects.filter(state=Deletion.State.RUNNING)
+        records = DeletionRecord.objects.filter(state=DeletionRecord.State.PENDING)
+        retention = RetentionRun.objects.filter(outcome=RetentionRun.Outcome.RUNNING)
+        mine = set(
+            WorkerHeartbeat.objects.filter(pid=self.process.pid).values_list("worker_id", flat=True)
+        )
+        tasks = DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING)
         return [
             *(
                 f"job {pk} {kind} {state}"
                 for pk, kind, state in jobs.values_list("pk", "kind", "state")
             ),
+            *(f"deletion {pk}" for pk in deletions.values_list("pk", flat=True)),
+            *(f"record {digest}" for digest in records.values_list("digest", flat=True)),
+            *(f"retention run {pk}" for pk in retention.values_list("pk", flat=True)),
             *(
-                f"deletion {pk}"
-                for pk in Deletion.objects.filter(state=Deletion.State.RUNNING).values_list(
-                    "pk", flat=True
-                )
-            ),
-            *(
-                f"record {d}"
-                for d in DeletionRecord.objects.filter(
-                    state=DeletionRecord.State.PENDING
-                ).values_list("digest", flat=True)
-            ),
-            *(
-                f"retention run {pk}"
-                for pk in RetentionRun.objects.filter(
-                    outcome=RetentionRun.Outcome.RUNNING
-                ).values_list("pk", flat=True)
+                f"task {task.id} of {task.worker_ids}"
+                for task in tasks
+                if not (task.worker_ids and task.worker_ids[-1] in mine)
             ),
         ]
 
@@ -491,5 +524,5 @@ def test_the_guarantees_hold_whatever_happens_in_whatever_order(
             )
         finally:
             worker.stop()
-        print(f"\n{EXAMPLES} examples; the worker killed: {dict(worker.kills)}")
+        print(f"\n{EXAMPLES} examples; jobs {dict(worker.jobs)}; killed {dict(worker.kills)}")
     assert worker.kills, "no example killed the worker"
