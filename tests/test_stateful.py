@@ -2,18 +2,37 @@
 registry, through the fault proxy, with what happens to a registry in real life — pushes,
 tag moves, deletes by other clients, syncs (some answered with a 404 or a HEAD without its
 digest header), notifications (delivered, dropped, duplicated, out of order), previews and
-fingerprinted deletions, retention runs — and checks after every step what hubimages
-promises:
+fingerprinted deletions, retention runs, worker kills — and checks after every step what
+hubimages promises.
 
-- nothing is deleted that the executed plan did not show;
-- no index is stored (or left in the registry by hubimages) with a missing child;
+Deletions and retention runs are jobs, started as the pages and the API start them
+(`jobs.queue`), and run by a real `manage.py db_worker` process (the Procfile's) on the
+test database, with the shortest leases the settings allow (2 s, as the soak). One rule
+SIGKILLs that worker mid-job — once the job has sent 0 to 3 DELETEs (each held by the
+proxy), partway into the next, or after it ended — and starts a new one, whose recovery
+must settle what the dead one left. The worker is started once per test, kept across
+steps and examples, and started again after each kill. After every step:
+
+- nothing is deleted that the executed plan did not show, and the deletion history says
+  exactly what went; a job that may have sent a DELETE is never run again;
+- no index is stored (or left in the registry) with a missing child;
 - a manifest leaves the database only when the registry no longer has it (a known untagged
   manifest never vanishes on one odd answer);
-- every deletion record is settled, and no job is left running;
-- after two clean syncs, the database equals the registry.
+- no job queued or running, no task running without a live worker, every Deletion,
+  DeletionRecord and RetentionRun settled (each step first waits, within a generous
+  bound, for the worker and its recovery to settle everything);
+- after a kill, and at the end of each example: after two clean syncs, the database
+  equals the registry.
 
-The suite runs a few examples (`STATEFUL_EXAMPLES`, default 4, of up to 12 steps);
-`HUBIMAGES_STATEFUL_EXAMPLES=200 bash scripts/test -k stateful` runs it long.
+The suite runs a few examples (`HUBIMAGES_STATEFUL_EXAMPLES`, default 4, derandomized, of
+up to `HUBIMAGES_STATEFUL_STEPS` = 12 steps) and fails if none killed the worker; run it
+long (random examples, a line per example) with
+
+    SECRET_KEY=any-test-key-of-50-characters-or-more-xxxxxxxxxxxxxxxx \
+    HUBIMAGES_STATEFUL_EXAMPLES=200 .venv/bin/python -m pytest -s tests/test_stateful.py
+
+(prefixed with `.venv/bin/python -m devtools.postgres --` on PostgreSQL), or
+`HUBIMAGES_STATEFUL_EXAMPLES=200 bash scripts/test -k stateful` on both databases.
 """
 
 from __future__ import annotations
@@ -311,7 +330,7 @@ class Registry(RuleBasedStateMachine):
             if started is None:
                 return
             job, planned = started
-            self.worker.jobs[job.kind] += 1
+            self.worker.jobs[str(job.kind)] += 1
             if kill is not None:
                 sent = self.worker.kill_running(job, *kill)
                 attempts = Job.objects.get(pk=job.pk).attempts
@@ -394,6 +413,9 @@ class Registry(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.database_equals_the_registry()
+            self.worker.examples += 1
+            if EXAMPLES > 10:  # a long run: say how far it got
+                print(f"example {self.worker.examples}: {self.worker.summary()}", flush=True)
         finally:
             self.direct.close()
             self.hub.close()
@@ -410,6 +432,7 @@ class Worker:
         self.started = 0
         self.kills: Counter[str] = Counter()
         self.jobs: Counter[str] = Counter()
+        self.examples = 0
         self.process = self.start()
 
     def start(self) -> Process:
@@ -491,6 +514,9 @@ class Worker:
             ),
         ]
 
+    def summary(self) -> str:
+        return f"jobs {dict(self.jobs)}; the worker killed {dict(self.kills)}"
+
     def stop(self) -> None:
         self.process.stop()
 
@@ -524,5 +550,5 @@ def test_the_guarantees_hold_whatever_happens_in_whatever_order(
             )
         finally:
             worker.stop()
-        print(f"\n{EXAMPLES} examples; jobs {dict(worker.jobs)}; killed {dict(worker.kills)}")
+        print(f"\n{worker.examples} examples; {worker.summary()}")
     assert worker.kills, "no example killed the worker"
