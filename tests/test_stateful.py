@@ -317,9 +317,9 @@ class Registry(RuleBasedStateMachine):
         a new one: the kill lands before any DELETE, during one, or after the job ended.
         Once the dead worker's leases ran out, recovery settles what it left from the
         registry; a job that may have deleted is closed, never run again, one that cannot
-        have is run again. Then
-        nothing went that the plan did not show, the history says what went, and (after a
-        kill) the database equals the registry after a clean sync."""
+        have is run again. Then nothing went that the plan did not show, the history says
+        what went, and (after a kill) the database equals the registry after a clean
+        sync."""
         present = self.present()
         if kill is not None:
             self.proxy.delay(
