@@ -164,6 +164,22 @@ def test_the_task_of_a_worker_that_stopped_beating_runs_again(db, settings):
     assert jobs_worker.recover() == []  # once only
 
 
+def test_the_task_of_a_job_closed_just_before_its_worker_died_is_not_left_running(db, settings):
+    """Found by the stateful test: a worker SIGKILLed after its job was closed and before
+    django-tasks-db marked the task ended left that task running for ever (it has a job,
+    so it was no orphan, and the job, finished, was never recovered)."""
+    settings.WORKER_LEASE_SECONDS = 10
+    job = queue.start_sync(started_by="alice")
+    claimed_by(job, "worker-dead", ago=30)
+    Job.objects.filter(pk=job.pk).update(state="succeeded", finished_at=timezone.now())
+
+    assert jobs_worker.recover() == []  # the job stands as it was closed
+
+    task = DBTaskResult.objects.get(id=job.task_id)
+    assert task.status == "FAILED" and "stopped beating" in task.traceback
+    assert Job.objects.get(pk=job.pk).state == "succeeded"
+
+
 def test_a_deletion_whose_worker_died_is_settled_from_the_registry_not_run_twice(
     pusher, sync, deleter, settings, registry_client, monkeypatch
 ):

@@ -152,13 +152,18 @@ def _fail_task(task: DBTaskResult, now: datetime) -> None:
 
 
 def _fail_orphaned_tasks(alive: set[str], now: datetime) -> None:
-    """Tasks without a job (drains of registry events) whose worker stopped: failed, so
-    nothing shows as running without a live worker. (Their events' claims expire.)"""
+    """Tasks whose worker stopped and that no unfinished job will line up: those without
+    a job (drains of registry events; their events' claims expire) and those whose job
+    was closed just before the worker died (before django-tasks-db marked the task
+    ended). Failed, so nothing shows as running without a live worker."""
     for task in DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).only(
         "id", "worker_ids"
     ):
         worker = task.worker_ids[-1] if task.worker_ids else ""
-        if worker not in alive and not Job.objects.filter(task_id=str(task.id)).exists():
+        unfinished = Job.objects.filter(
+            task_id=str(task.id), state__in=(State.QUEUED, State.RUNNING)
+        )
+        if worker not in alive and not unfinished.exists():
             _fail_task(task, now)
 
 
