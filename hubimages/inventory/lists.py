@@ -103,12 +103,12 @@ class Search:
 
 
 def search(repository: Repository, text: str) -> Search:
-    """Tag names, digests by prefix; a match on a child shows its index.
+    """Tag names by substring, any case; digests by prefix; a match on a child shows its
+    index.
 
-    Tags match by substring on PostgreSQL (a trigram index) and by prefix on SQLite, which
-    has no substring index: both read an index, however many tags the repository has. A
-    narrow search becomes the ids it matched (read by primary key, whatever the sort); a
-    broad one a test each row takes while the page walks its sort index."""
+    Both databases find tags through a trigram index (`tag_matches`). A narrow search
+    becomes the ids it matched (read by primary key, whatever the sort); a broad one a test
+    each row takes while the page walks its sort index."""
     needle = text.lower()
     digest_prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
     ids = _search_ids(repository.pk, text, digest_prefix)
@@ -116,10 +116,10 @@ def search(repository: Repository, text: str) -> Search:
         return Search(Q(pk__in=ids), broad=False)
     # Each row's own tags, through the index on their manifest: the tag search index,
     # asked once per row, would read every tag the search matches each time.
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and text.isascii():
         tagged = Tag.objects.alias(lowered=Lower("name")).filter(lowered__contains=needle)
     else:
-        tagged = Tag.objects.filter(_tag_matches(text))
+        tagged = Tag.objects.filter(tag_contains(text))
     own = Q(digest__startswith=digest_prefix) | Exists(tagged.filter(manifest=OuterRef("pk")))
     child = IndexEntry.objects.filter(index=OuterRef("pk")).filter(
         Q(child__digest__startswith=digest_prefix)
@@ -130,7 +130,7 @@ def search(repository: Repository, text: str) -> Search:
 
 def _search_ids(repository_id: int, text: str, digest_prefix: str) -> frozenset[int] | None:
     """The manifests a search matches and their indexes, or None past SEARCH_IDS_LIMIT."""
-    by_tag = Tag.objects.filter(repository_id=repository_id).filter(_tag_matches(text))
+    by_tag = Tag.objects.filter(repository_id=repository_id).filter(tag_matches(text)).order_by()
     by_digest = Manifest.objects.filter(
         repository_id=repository_id, digest__startswith=digest_prefix
     )
@@ -144,10 +144,33 @@ def _search_ids(repository_id: int, text: str, digest_prefix: str) -> frozenset[
     return frozenset([*ids, *parents])
 
 
-def _tag_matches(text: str) -> Q:
-    if connection.vendor == "postgresql":
-        return Q(name__icontains=text)
-    return Q(name__istartswith=text)
+# The fewest characters a trigram index can look up; a shorter term is read row by row.
+TRIGRAM = 3
+
+
+def tag_contains(text: str) -> Q:
+    """Tag names holding `text`, in any case, wildcards and quotes taken literally. Tag
+    names are ASCII (the OCI grammar), so other text matches none: no database's own case
+    folding (ſ as S, K as K) can then make the two differ."""
+    if not text.isascii():
+        return Q(pk__in=[])
+    return Q(name__icontains=text)
+
+
+def tag_matches(text: str) -> Q:
+    """`tag_contains`, found through an index when `text` has TRIGRAM characters or more:
+    PostgreSQL's `tag_name_trgm` (pg_trgm, migration 0011) answers `icontains` itself;
+    on SQLite the FTS5 trigram table `hubimages_tag_search` (migration 0025) is asked for
+    the phrase, and `icontains` checks what it finds. Shorter terms are read from the rows
+    the rest of the query narrows to (a repository's tags, a manifest's)."""
+    matches = tag_contains(text)
+    if connection.vendor == "sqlite" and text.isascii() and len(text) >= TRIGRAM:
+        phrase = '"' + text.replace('"', '""') + '"'
+        matches &= Q(pk__in=RawSQL(_FTS_PHRASE, (phrase,)))
+    return matches
+
+
+_FTS_PHRASE = "SELECT rowid FROM hubimages_tag_search WHERE hubimages_tag_search MATCH %s"
 
 
 # Counted exactly up to this many rows; past it, from the stored counts or an estimate.
