@@ -140,3 +140,18 @@ def test_search_reads_a_trigram_index_on_either_database(tagged):
         assert "tag_name_trgm" in tags.explain()
     else:
         assert "hubimages_tag_search VIRTUAL TABLE" in tags.explain()
+
+
+@pytest.mark.parametrize("ids_limit", [0, 2000], ids=["broad", "narrow"])
+def test_a_child_s_tag_or_digest_finds_its_index(tagged, monkeypatch, ids_limit):
+    monkeypatch.setattr(lists, "SEARCH_IDS_LIMIT", ids_limit)
+    now = timezone.now()
+    child = manifest(tagged, "arm", pushed_at=now, tags=["Only-ARM64"])
+    index = manifest(
+        tagged, "multi", pushed_at=now, kind=Manifest.Kind.INDEX, children=[child], tags=["m"]
+    )
+    finish(tagged)
+
+    for term in ("ly-arm", "ONLY-ARM64", "64", child.digest[7:15], child.digest[:20].upper()):
+        rows = lists.top_level(tagged, lists.ListQuery(search=term))
+        assert set(rows.values_list("digest", flat=True)) == {index.digest}, term

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import operator
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
 
 from django.db import connection
-from django.db.models import DateTimeField, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import DateTimeField, F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Lower
+from django.db.models.lookups import IsNull
 
 from hubimages.inuse import matching
 from hubimages.inventory.status import is_stale, stale_cutoff, stale_q
@@ -114,30 +118,48 @@ def search(repository: Repository, text: str) -> Search:
     ids = _search_ids(repository.pk, text, digest_prefix)
     if ids is not None:
         return Search(Q(pk__in=ids), broad=False)
-    # Each row's own tags, through the index on their manifest: the tag search index,
-    # asked once per row, would read every tag the search matches each time.
+    # Each a query per row, through the index on the row's (or its children's) id: the
+    # walk stops at a page's worth of rows. Asked as EXISTS, PostgreSQL would hash every
+    # match in the database first; and the trigram index, asked once per row, would read
+    # every tag the search matches each time.
     if connection.vendor == "postgresql" and text.isascii():
         tagged = Tag.objects.alias(lowered=Lower("name")).filter(lowered__contains=needle)
     else:
         tagged = Tag.objects.filter(tag_contains(text))
-    own = Q(digest__startswith=digest_prefix) | Exists(tagged.filter(manifest=OuterRef("pk")))
-    child = IndexEntry.objects.filter(index=OuterRef("pk")).filter(
-        Q(child__digest__startswith=digest_prefix)
-        | Exists(tagged.filter(manifest=OuterRef("child")))
-    )
-    return Search(own | Exists(child), broad=True)
+    found = [
+        _any(tagged.filter(manifest=OuterRef("pk"))),
+        _any(tagged.filter(manifest__parent_entries__index=OuterRef("pk"))),
+    ]
+    if _DIGEST_PREFIX.match(digest_prefix):
+        children = IndexEntry.objects.filter(index=OuterRef("pk"))
+        found = [
+            Q(digest__startswith=digest_prefix),
+            *found,
+            _any(children.filter(child__digest__startswith=digest_prefix)),
+        ]
+    return Search(reduce(operator.or_, found), broad=True)
+
+
+# What a digest can start with (an OCI registry's digests are `sha256:` and lowercase hex);
+# other text is no digest's prefix, and is not looked for among them.
+_DIGEST_PREFIX = re.compile(r"^sha256:[0-9a-f]*$")
+
+
+def _any(rows: QuerySet) -> Q:
+    """Whether `rows` (correlated to the outer row) holds a row: a subquery PostgreSQL
+    runs for each row it reaches, where it would hash a whole EXISTS ahead of the walk."""
+    return Q(IsNull(Subquery(rows.order_by().values("pk")[:1]), False))
 
 
 def _search_ids(repository_id: int, text: str, digest_prefix: str) -> frozenset[int] | None:
     """The manifests a search matches and their indexes, or None past SEARCH_IDS_LIMIT."""
     by_tag = Tag.objects.filter(repository_id=repository_id).filter(tag_matches(text)).order_by()
-    by_digest = Manifest.objects.filter(
-        repository_id=repository_id, digest__startswith=digest_prefix
-    )
-    ids = [
-        *by_tag.values_list("manifest_id", flat=True)[: SEARCH_IDS_LIMIT + 1],
-        *by_digest.values_list("pk", flat=True)[: SEARCH_IDS_LIMIT + 1],
-    ]
+    ids = list(by_tag.values_list("manifest_id", flat=True)[: SEARCH_IDS_LIMIT + 1])
+    if _DIGEST_PREFIX.match(digest_prefix):
+        by_digest = Manifest.objects.filter(
+            repository_id=repository_id, digest__startswith=digest_prefix
+        )
+        ids += by_digest.values_list("pk", flat=True)[: SEARCH_IDS_LIMIT + 1]
     if len(ids) > SEARCH_IDS_LIMIT:
         return None
     parents = IndexEntry.objects.filter(child_id__in=ids).values_list("index_id", flat=True)
