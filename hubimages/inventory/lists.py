@@ -173,7 +173,7 @@ TRIGRAM = 3
 def tag_contains(text: str) -> Q:
     """Tag names holding `text`, in any case, wildcards and quotes taken literally. Tag
     names are ASCII (the OCI grammar), so other text matches none: no database's own case
-    folding (ſ as S, K as K) can then make the two differ."""
+    folding (PostgreSQL's upper case of ſ is S, of ı is I) can then make the two differ."""
     if not text.isascii():
         return Q(pk__in=[])
     return Q(name__icontains=text)

@@ -9,7 +9,8 @@ cascades), so nothing outside the database has to remember it.
 
 A later migration that rebuilds `hubimages_tag` on SQLite (Django does so for most
 `AlterField`s) drops these triggers with the old table: run `TRIGGERS` again after it.
-`tests/test_search.py` checks the triggers and the index's integrity after every migration.
+`tests/test_search.py` writes tags every way and checks the index (`integrity-check`)
+after all migrations, so a lost trigger fails it.
 """
 
 from django.db import migrations
