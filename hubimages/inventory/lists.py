@@ -52,11 +52,19 @@ class ListQuery:
 
 
 def top_level(
-    repository: Repository, query: ListQuery = ListQuery(), *, found: Search | None = None
+    repository: Repository,
+    query: ListQuery = ListQuery(),
+    *,
+    found: Search | None = None,
+    among: list[int] | None = None,
 ) -> QuerySet[Manifest]:
     """The list's rows: every index, and every image no index of the repository holds.
-    `found`: the query's search, if already resolved by `search`."""
-    rows = Manifest.objects.filter(repository=repository, is_top_level=True)
+    `found`: the query's search, if already resolved by `search`. `among`: ids of the
+    list's rows (a sample) to keep only those of, read by primary key."""
+    if among is None:
+        rows = Manifest.objects.filter(repository=repository, is_top_level=True)
+    else:
+        rows = Manifest.objects.filter(pk__in=among)
     if query.filter == "tagged":
         rows = rows.filter(is_tagged=True)
     elif query.filter == "untagged":
@@ -230,18 +238,20 @@ def count_top_level(
     narrow = found is not None and not found.broad
     base = repository.list_counts.get(query.filter)
     if not narrow and base is not None and base > ESTIMATED_FROM:
-        estimate = _estimate(repository, query, rows, base)
+        estimate = _estimate(repository, query, found, base)
         if estimate > ESTIMATED_FROM:
             return ListCount(_round(estimate), estimated=True)
     exact = rows.values("pk")[: COUNT_EXACTLY_UP_TO + 1].count()
     if exact <= COUNT_EXACTLY_UP_TO:
         return ListCount(exact)
-    estimate = _estimate(repository, query, rows, base or exact)
+    estimate = _estimate(repository, query, found, base or exact)
     return ListCount(_round(max(estimate, COUNT_EXACTLY_UP_TO + 1)), estimated=True)
 
 
-def _estimate(repository: Repository, query: ListQuery, rows: QuerySet, base: int) -> int:
-    """`base` (the filter's count) × the share of a sample of the filter's rows kept."""
+def _estimate(repository: Repository, query: ListQuery, found: Search | None, base: int) -> int:
+    """`base` (the filter's count) × the share of a sample of the filter's rows kept. The
+    sample is read by primary key: asked with the repository's conditions too, PostgreSQL
+    would AND a bitmap of every row of the repository with it."""
     sample = list(
         top_level(repository, ListQuery(filter=query.filter))
         .order_by("digest")
@@ -249,7 +259,8 @@ def _estimate(repository: Repository, query: ListQuery, rows: QuerySet, base: in
     )
     if not sample:
         return 0
-    return round(base * rows.filter(pk__in=sample).count() / len(sample))
+    kept = top_level(repository, query, found=found, among=sample).order_by().count()
+    return round(base * kept / len(sample))
 
 
 def _round(value: int) -> int:
