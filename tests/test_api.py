@@ -165,6 +165,9 @@ def test_each_filter_keeps_only_its_items_and_combines_with_status(stock, client
 def test_search_matches_tags_digest_prefixes_and_a_childs_digest(stock, client, reader):
     searches = {
         "ED": {stock.edge.digest},  # tag substring, any case
+        "dGE": {stock.edge.digest},
+        "AI": {stock.main.digest},
+        "ATEST": {stock.index.digest},
         "2.": {stock.rebuilt.digest},
         stock.main.digest[:20]: {stock.main.digest},
         stock.main.hex[:12]: {stock.main.digest},  # without sha256:

@@ -635,6 +635,15 @@ def test_no_page_is_wider_than_the_screen_has_an_axe_violation_or_a_small_target
     problems += look_around(page, "preview", phone)
     page.locator("dialog.panel details.cascade > summary").first.click()
     problems += look_around(page, "preview with its manifests open", phone)
+    # A search that finds nothing says what was searched, how, where, under which filter.
+    page.goto(f"{LIST}?search=ATEST&filter=image")
+    expect(page.locator("td.empty")).to_contain_text(
+        f"No tag contains “ATEST” and no digest starts with it in {REPO} (Filter by: Image)."
+    )
+    problems += look_around(page, "a search that finds nothing", phone)
+    page.get_by_role("link", name="Search every item").click()
+    expect(box(page, lived_in.release)).to_be_visible()  # "atest": the release's `latest`
+    expect(page.locator(ROWS)).to_have_count(1)
     page.context.clear_cookies()
     page.goto("/accounts/login/")
     problems += look_around(page, "sign-in", phone)

@@ -143,9 +143,19 @@ def test_search_matches_digest_prefixes_with_or_without_the_algorithm(pushed, vi
 
 def test_a_search_without_matches_says_so_and_offers_the_whole_list(pushed, viewer_client):
     page = viewer_client.get(LIST_URL, {"search": "<b>nope</b>"}).content.decode()
+    filtered = viewer_client.get(
+        LIST_URL, {"search": "SOLO", "filter": "index", "status": "active"}
+    ).content.decode()
 
-    assert "Nothing matches “&lt;b&gt;nope&lt;/b&gt;”" in page
+    assert (
+        "No tag contains “<bdi>&lt;b&gt;nope&lt;/b&gt;</bdi>” and no digest starts with it in "
+        f'<bdi class="name">{REPO}</bdi>.'
+    ) in page
     assert f'<a href="{LIST_URL}">Show everything</a>' in page
+    assert "Search every item" not in page
+    assert "(Filter by: Image index · Status: Active)." in filtered
+    assert f'<a href="{LIST_URL}?search=SOLO">Search every item</a>' in filtered
+    assert row_digests(viewer_client.get(LIST_URL, {"search": "SOLO"})) == [pushed.solo.digest]
 
 
 # -- sorting ---------------------------------------------------------------------------------

@@ -133,8 +133,8 @@ class ImagesQuery(PageQuery):
         "",
         max_length=200,
         pattern=SEARCH_PATTERN,
-        description="Tag substring, or digest prefix with or without `sha256:`; a match on "
-        "a child shows its index.",
+        description="Part of a tag, in any case and taken literally (`%`, `_`, quotes), or "
+        "a digest prefix with or without `sha256:`; a match on a child shows its index.",
     )
     filter: Literal[lists.FILTERS] = Field(  # type: ignore[valid-type]
         lists.DEFAULT_FILTER, description="Which top-level items."

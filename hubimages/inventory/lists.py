@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import operator
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
 
 from django.db import connection
-from django.db.models import DateTimeField, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import DateTimeField, F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Lower
+from django.db.models.lookups import IsNull
 
 from hubimages.inuse import matching
 from hubimages.inventory import status as statuses
@@ -49,11 +53,19 @@ class ListQuery:
 
 
 def top_level(
-    repository: Repository, query: ListQuery = ListQuery(), *, found: Search | None = None
+    repository: Repository,
+    query: ListQuery = ListQuery(),
+    *,
+    found: Search | None = None,
+    among: list[int] | None = None,
 ) -> QuerySet[Manifest]:
     """The list's rows: every index, and every image no index of the repository holds.
-    `found`: the query's search, if already resolved by `search`."""
-    rows = Manifest.objects.filter(repository=repository, is_top_level=True)
+    `found`: the query's search, if already resolved by `search`. `among`: ids of the
+    list's rows (a sample) to keep only those of, read by primary key."""
+    if among is None:
+        rows = Manifest.objects.filter(repository=repository, is_top_level=True)
+    else:
+        rows = Manifest.objects.filter(pk__in=among)
     if query.filter == "tagged":
         rows = rows.filter(is_tagged=True)
     elif query.filter == "untagged":
@@ -102,51 +114,92 @@ class Search:
 
 
 def search(repository: Repository, text: str) -> Search:
-    """Tag names, digests by prefix; a match on a child shows its index.
+    """Tag names by substring, any case; digests by prefix; a match on a child shows its
+    index.
 
-    Tags match by substring on PostgreSQL (a trigram index) and by prefix on SQLite, which
-    has no substring index: both read an index, however many tags the repository has. A
-    narrow search becomes the ids it matched (read by primary key, whatever the sort); a
-    broad one a test each row takes while the page walks its sort index."""
+    Both databases find tags through a trigram index (`tag_matches`). A narrow search
+    becomes the ids it matched (read by primary key, whatever the sort); a broad one a test
+    each row takes while the page walks its sort index."""
     needle = text.lower()
     digest_prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
     ids = _search_ids(repository.pk, text, digest_prefix)
     if ids is not None:
         return Search(Q(pk__in=ids), broad=False)
-    # Each row's own tags, through the index on their manifest: the tag search index,
-    # asked once per row, would read every tag the search matches each time.
-    if connection.vendor == "postgresql":
+    # Each a query per row, through the index on the row's (or its children's) id: the
+    # walk stops at a page's worth of rows. Asked as EXISTS, PostgreSQL would hash every
+    # match in the database first; and the trigram index, asked once per row, would read
+    # every tag the search matches each time.
+    if connection.vendor == "postgresql" and text.isascii():
         tagged = Tag.objects.alias(lowered=Lower("name")).filter(lowered__contains=needle)
     else:
-        tagged = Tag.objects.filter(_tag_matches(text))
-    own = Q(digest__startswith=digest_prefix) | Exists(tagged.filter(manifest=OuterRef("pk")))
-    child = IndexEntry.objects.filter(index=OuterRef("pk")).filter(
-        Q(child__digest__startswith=digest_prefix)
-        | Exists(tagged.filter(manifest=OuterRef("child")))
-    )
-    return Search(own | Exists(child), broad=True)
+        tagged = Tag.objects.filter(tag_contains(text))
+    found = [
+        _any(tagged.filter(manifest=OuterRef("pk"))),
+        _any(tagged.filter(manifest__parent_entries__index=OuterRef("pk"))),
+    ]
+    if _DIGEST_PREFIX.match(digest_prefix):
+        children = IndexEntry.objects.filter(index=OuterRef("pk"))
+        found = [
+            Q(digest__startswith=digest_prefix),
+            *found,
+            _any(children.filter(child__digest__startswith=digest_prefix)),
+        ]
+    return Search(reduce(operator.or_, found), broad=True)
+
+
+# What a digest can start with (an OCI registry's digests are `sha256:` and lowercase hex);
+# other text is no digest's prefix, and is not looked for among them.
+_DIGEST_PREFIX = re.compile(r"^sha256:[0-9a-f]*$")
+
+
+def _any(rows: QuerySet) -> Q:
+    """Whether `rows` (correlated to the outer row) holds a row: a subquery PostgreSQL
+    runs for each row it reaches, where it would hash a whole EXISTS ahead of the walk."""
+    return Q(IsNull(Subquery(rows.order_by().values("pk")[:1]), False))
 
 
 def _search_ids(repository_id: int, text: str, digest_prefix: str) -> frozenset[int] | None:
     """The manifests a search matches and their indexes, or None past SEARCH_IDS_LIMIT."""
-    by_tag = Tag.objects.filter(repository_id=repository_id).filter(_tag_matches(text))
-    by_digest = Manifest.objects.filter(
-        repository_id=repository_id, digest__startswith=digest_prefix
-    )
-    ids = [
-        *by_tag.values_list("manifest_id", flat=True)[: SEARCH_IDS_LIMIT + 1],
-        *by_digest.values_list("pk", flat=True)[: SEARCH_IDS_LIMIT + 1],
-    ]
+    by_tag = Tag.objects.filter(repository_id=repository_id).filter(tag_matches(text)).order_by()
+    ids = list(by_tag.values_list("manifest_id", flat=True)[: SEARCH_IDS_LIMIT + 1])
+    if _DIGEST_PREFIX.match(digest_prefix):
+        by_digest = Manifest.objects.filter(
+            repository_id=repository_id, digest__startswith=digest_prefix
+        )
+        ids += by_digest.values_list("pk", flat=True)[: SEARCH_IDS_LIMIT + 1]
     if len(ids) > SEARCH_IDS_LIMIT:
         return None
     parents = IndexEntry.objects.filter(child_id__in=ids).values_list("index_id", flat=True)
     return frozenset([*ids, *parents])
 
 
-def _tag_matches(text: str) -> Q:
-    if connection.vendor == "postgresql":
-        return Q(name__icontains=text)
-    return Q(name__istartswith=text)
+# The fewest characters a trigram index can look up; a shorter term is read row by row.
+TRIGRAM = 3
+
+
+def tag_contains(text: str) -> Q:
+    """Tag names holding `text`, in any case, wildcards and quotes taken literally. Tag
+    names are ASCII (the OCI grammar), so other text matches none: no database's own case
+    folding (PostgreSQL's upper case of ſ is S, of ı is I) can then make the two differ."""
+    if not text.isascii():
+        return Q(pk__in=[])
+    return Q(name__icontains=text)
+
+
+def tag_matches(text: str) -> Q:
+    """`tag_contains`, found through an index when `text` has TRIGRAM characters or more:
+    PostgreSQL's `tag_name_trgm` (pg_trgm, migration 0011) answers `icontains` itself;
+    on SQLite the FTS5 trigram table `hubimages_tag_search` (migration 0025) is asked for
+    the phrase, and `icontains` checks what it finds. Shorter terms are read from the rows
+    the rest of the query narrows to (a repository's tags, a manifest's)."""
+    matches = tag_contains(text)
+    if connection.vendor == "sqlite" and text.isascii() and len(text) >= TRIGRAM:
+        phrase = '"' + text.replace('"', '""') + '"'
+        matches &= Q(pk__in=RawSQL(_FTS_PHRASE, (phrase,)))
+    return matches
+
+
+_FTS_PHRASE = "SELECT rowid FROM hubimages_tag_search WHERE hubimages_tag_search MATCH %s"
 
 
 # Counted exactly up to this many rows; past it, from the stored counts or an estimate.
@@ -184,18 +237,20 @@ def count_top_level(
     narrow = found is not None and not found.broad
     base = repository.list_counts.get(query.filter)
     if not narrow and base is not None and base > ESTIMATED_FROM:
-        estimate = _estimate(repository, query, rows, base)
+        estimate = _estimate(repository, query, found, base)
         if estimate > ESTIMATED_FROM:
             return ListCount(_round(estimate), estimated=True)
     exact = rows.values("pk")[: COUNT_EXACTLY_UP_TO + 1].count()
     if exact <= COUNT_EXACTLY_UP_TO:
         return ListCount(exact)
-    estimate = _estimate(repository, query, rows, base or exact)
+    estimate = _estimate(repository, query, found, base or exact)
     return ListCount(_round(max(estimate, COUNT_EXACTLY_UP_TO + 1)), estimated=True)
 
 
-def _estimate(repository: Repository, query: ListQuery, rows: QuerySet, base: int) -> int:
-    """`base` (the filter's count) × the share of a sample of the filter's rows kept."""
+def _estimate(repository: Repository, query: ListQuery, found: Search | None, base: int) -> int:
+    """`base` (the filter's count) × the share of a sample of the filter's rows kept. The
+    sample is read by primary key: asked with the repository's conditions too, PostgreSQL
+    would AND a bitmap of every row of the repository with it."""
     sample = list(
         top_level(repository, ListQuery(filter=query.filter))
         .order_by("digest")
@@ -203,7 +258,8 @@ def _estimate(repository: Repository, query: ListQuery, rows: QuerySet, base: in
     )
     if not sample:
         return 0
-    return round(base * rows.filter(pk__in=sample).count() / len(sample))
+    kept = top_level(repository, query, found=found, among=sample).order_by().count()
+    return round(base * kept / len(sample))
 
 
 def _round(value: int) -> int:

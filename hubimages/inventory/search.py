@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from django.db.models import Prefetch, Q
 
+from hubimages.inventory.lists import tag_matches
 from hubimages.models import Manifest, Repository, Tag
 
 LIMIT = 50
@@ -24,8 +25,9 @@ class Found:
 
 def everywhere(text: str, *, within: Q | None = None) -> Found:
     """Repositories whose name holds `text`; manifests whose digest starts with it (with
-    or without `sha256:`), or one of whose tags holds it; at most LIMIT of each. `within`
-    (a filter on repositories: those a user may see) narrows all three."""
+    or without `sha256:`), or one of whose tags holds it (`tag_matches`: in any case,
+    through an index); at most LIMIT of each. `within` (a filter on repositories: those a
+    user may see) narrows all three."""
     text = text.strip()[:200]
     if not text:
         return Found([], [], False)
@@ -45,7 +47,7 @@ def everywhere(text: str, *, within: Q | None = None) -> Found:
     if _HEX.match(needle) and len(needle.removeprefix("sha256:")) >= MIN_DIGEST_PREFIX:
         prefix = needle if needle.startswith("sha256:") else f"sha256:{needle}"
         ids += manifests.filter(digest__startswith=prefix).values_list("pk", flat=True)[: LIMIT + 1]
-    tagged = tags.filter(name__icontains=needle).values_list("manifest_id", flat=True)
+    tagged = tags.filter(tag_matches(text)).order_by().values_list("manifest_id", flat=True)
     ids += tagged[: LIMIT + 1]
     manifests = list(
         Manifest.objects.filter(pk__in=set(ids))

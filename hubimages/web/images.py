@@ -50,6 +50,14 @@ SORTABLE_COLUMNS = (
 )
 
 
+def _narrowed_by(query: lists.ListQuery) -> list[str]:
+    """The filter and status in force, as the form names them, for the empty list."""
+    return [
+        *(f"Filter by: {label}" for value, label in FILTER_LABELS[1:] if value == query.filter),
+        *(f"Status: {label}" for value, label in STATUS_LABELS[1:] if value == query.status),
+    ]
+
+
 def _same_query(params: QueryDict, encoded: str) -> bool:
     mine = sorted((k, v) for k, values in params.lists() for v in values)
     return mine == sorted((k, v) for k, values in QueryDict(encoded).lists() for v in values)
@@ -91,6 +99,7 @@ def image_management(request: HttpRequest, registry: str, name: str) -> HttpResp
         "here": encode_state(state),
         "filters": FILTER_LABELS,
         "statuses": STATUS_LABELS,
+        "narrowed_by": _narrowed_by(query),
         "columns": sort_columns(query.sort, SORTABLE_COLUMNS),
         **neighbours(page),
         **_selection_context(request, repository, {row.digest for row in page}),
