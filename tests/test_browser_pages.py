@@ -248,7 +248,7 @@ def test_no_page_breaks_the_content_security_policy_and_sync_now_shows_its_progr
     page.get_by_role("button", name="Preview and delete").click()
     expect(page.locator("dialog.panel")).to_be_visible()
     page.goto("/jobs/")
-    expect(page.get_by_role("link", name=re.compile(r"^Full sync #\d+$"))).to_be_visible()
+    expect(page.get_by_role("link", name=re.compile(r"^Job #\d+ · Full sync$"))).to_be_visible()
     page.goto("/history/")
 
     assert violations == []

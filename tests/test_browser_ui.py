@@ -748,7 +748,8 @@ def test_platforms_and_children_fit_in_the_list_and_the_details(lived_in, screen
     expect(badge).to_have_count(1)
     expect(badge).to_have_text(re.compile(r"^Unknown — watching since \d{1,2} \w{3} \d{4}$"))
     assert_within_width(page, badge)
-    expect(page.locator("table.list-children .badge-active")).to_have_count(3)
+    # two images, two attestations and a signature: every one as Active as its index
+    expect(page.locator("table.list-children .badge-active")).to_have_count(5)
     page.select_option("#status", "unknown")
     expect(page).to_have_url(re.compile(r"status=unknown"))
     expect(page.locator(ROWS)).to_have_count(1)
