@@ -180,3 +180,25 @@ def test_the_preview_says_which_items_it_asks_a_second_tick_for_are_undated(db, 
     assert "pushed or pulled in the last" not in only_undated
     assert "Also delete 1 active item: pushed or pulled in the last 6 months." in only_dated
     assert "not dated yet" not in only_dated
+
+
+def test_the_last_pushed_tooltip_names_what_estimated_it(db, viewer_client):
+    """An estimated Last pushed says whether a build time or only the first sight of it
+    dates the item, in the list and in the search across repositories."""
+    now = timezone.now()
+    repo = Repository.objects.create(name="cascade/tooltips")
+    built = manifest(repo, "built", pushed_at=now - timedelta(days=40), tags=["v-built"])
+    Manifest.objects.filter(pk=built.pk).update(
+        pushed_at_estimated=True, pushed_at_source=PushedFrom.BUILD
+    )
+    seen = manifest(repo, "seen", pushed_at=now, tags=["v-seen"])
+    undated(seen, now - timedelta(days=2))
+    finish(repo)
+
+    for page in (
+        viewer_client.get(f"/r/{repo.registry.name}/{repo.name}/").content.decode(),
+        viewer_client.get("/search/", {"q": "v-"}).content.decode(),
+    ):
+        assert "estimated from the image's build time\"" in page
+        assert "estimated from when hubimages first saw it: nothing dates it yet" in page
+        assert "build time or when it was first seen" not in page
