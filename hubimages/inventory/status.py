@@ -36,7 +36,6 @@ UNKNOWN = "unknown"
 STALE = "stale"
 # Most alive first: a shared item takes the first its top-level items have.
 BY_LIFE = (ACTIVE, UNKNOWN, STALE)
-CHUNK = 1000
 
 
 def stale_cutoff(now: datetime | None = None) -> datetime:
@@ -49,13 +48,13 @@ def stale_cutoff(now: datetime | None = None) -> datetime:
         return datetime.min.replace(tzinfo=UTC)
 
 
-def last_activity(manifest: Manifest) -> datetime:
+def last_activity(manifest: Manifest | _Row) -> datetime:
     if manifest.last_pulled_at and manifest.last_pulled_at > manifest.pushed_at:
         return manifest.last_pulled_at
     return manifest.pushed_at
 
 
-def own_status(manifest: Manifest, now: datetime | None = None) -> str:
+def own_status(manifest: Manifest | _Row, now: datetime | None = None) -> str:
     """The row's own status, as if it were top-level: what `stale_q`, `unknown_q` and
     `active_q` select in SQL."""
     return status_from(
@@ -156,25 +155,11 @@ def resolve(
         candidates = [rows[root] for root in roots.get(pk, ()) if root in rows]
         if not candidates and pk in rows:
             candidates = [rows[pk]]  # reaches no top-level item: its own
-        decided = [(_status_of_row(r, now), _activity(r)) for r in candidates]
+        decided = [(own_status(r, now), last_activity(r)) for r in candidates]
         if decided:
             # The most alive, and of those the latest activity (the last to turn stale).
             found[pk] = min(decided, key=lambda d: (BY_LIFE.index(d[0]), -d[1].timestamp()))
     return found
-
-
-def _status_of_row(row: _Row, now: datetime | None) -> str:
-    return status_from(
-        row.pushed_at,
-        row.pushed_at_source,
-        row.last_pulled_at,
-        now,
-        estimated=row.pushed_at_estimated,
-    )
-
-
-def _activity(row: _Row) -> datetime:
-    return max(row.pushed_at, row.last_pulled_at or row.pushed_at)
 
 
 def top_level_of(ids: Collection[int], rows: dict[int, _Row] | None = None) -> dict[int, set[int]]:
@@ -187,8 +172,9 @@ def top_level_of(ids: Collection[int], rows: dict[int, _Row] | None = None) -> d
     parents_of: dict[int, set[int]] = {}
     frontier = set(ids)
     while frontier:
-        for chunk in _chunks(frontier - rows.keys()):
-            for pk, *values in Manifest.objects.filter(pk__in=as_parameter(chunk)).values_list(
+        unread = frontier - rows.keys()
+        if unread:
+            for pk, *values in Manifest.objects.filter(pk__in=as_parameter(unread)).values_list(
                 "pk", *_ROW_FIELDS
             ):
                 rows[pk] = _Row(*values)
@@ -218,8 +204,8 @@ def top_level_of(ids: Collection[int], rows: dict[int, _Row] | None = None) -> d
 
 def _indexes_of(ids: set[int]) -> dict[int, set[int]]:
     indexes: dict[int, set[int]] = {}
-    for chunk in _chunks(ids):
-        entries = IndexEntry.objects.filter(child_id__in=as_parameter(chunk))
+    if ids:
+        entries = IndexEntry.objects.filter(child_id__in=as_parameter(ids))
         for child, index in entries.values_list("child_id", "index_id"):
             indexes.setdefault(child, set()).add(index)
     return indexes
@@ -250,9 +236,3 @@ def since(manifest: Manifest, now: datetime | None = None) -> datetime:
     if getattr(manifest, "status_since", None) is None:
         annotate([manifest], now)
     return getattr(manifest, "status_since", None) or last_activity(manifest)
-
-
-def _chunks(items: Collection[int]):
-    items = list(items)
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
