@@ -189,7 +189,7 @@ def tag_contains(text: str) -> Q:
 def tag_matches(text: str) -> Q:
     """`tag_contains`, found through an index when `text` has TRIGRAM characters or more:
     PostgreSQL's `tag_name_trgm` (pg_trgm, migration 0011) answers `icontains` itself;
-    on SQLite the FTS5 trigram table `hubimages_tag_search` (migration 0025) is asked for
+    on SQLite the FTS5 trigram table `hubimages_tag_search` (migration 0026) is asked for
     the phrase, and `icontains` checks what it finds. Shorter terms are read from the rows
     the rest of the query narrows to (a repository's tags, a manifest's)."""
     matches = tag_contains(text)

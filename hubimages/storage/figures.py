@@ -344,7 +344,6 @@ def largest_items(now: datetime | None = None, *, registry: Registry | None = No
     """The biggest top-level items of the registry (indexes count their images' distinct
     blobs once), with the tags people pushed. Two queries."""
     registry = registry or registry_rows.get()
-    cutoff = status.stale_cutoff(now)
     rows = (
         Manifest.objects.filter(repository__registry=registry, is_top_level=True)
         .select_related("repository")
@@ -365,20 +364,21 @@ def largest_items(now: datetime | None = None, *, registry: Registry | None = No
         )
         .order_by("-total_size", "digest")[:LARGEST_ITEMS]
     )
-    return [
-        {
-            "repository": row.repository.name,
-            "digest": row.digest,
-            "kind": row.kind,
-            "tags": [tag.name for tag in row.tags.all()],
-            "size": row.total_size,
-            "last_pushed": iso(row.pushed_at),
-            "stale": status.last_activity(row) < cutoff,
-            # Unknown: its Last pushed is when hubimages first saw it.
-            "status": status.own_status(row, now),
-        }
-        for row in rows
-    ]
+    return [_largest_item(row, status.own_status(row, now)) for row in rows]
+
+
+def _largest_item(row: Manifest, state: str) -> dict:
+    return {
+        "repository": row.repository.name,
+        "digest": row.digest,
+        "kind": row.kind,
+        "tags": [tag.name for tag in row.tags.all()],
+        "size": row.total_size,
+        "last_pushed": iso(row.pushed_at),
+        "stale": state == status.STALE,
+        # Unknown: its Last pushed is when hubimages first saw it.
+        "status": state,
+    }
 
 
 def shared_layers(registry: Registry | None = None) -> list[dict]:
